@@ -1,0 +1,3 @@
+from llmgen.cli import main
+
+raise SystemExit(main())
