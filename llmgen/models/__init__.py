@@ -1,0 +1,1 @@
+"""Model architectures: each turns a spec into a forward graph."""
