@@ -1,0 +1,51 @@
+"""Rendering: typed template contexts -> Jinja -> one source file per target.
+
+One Jinja Environment (StrictUndefined) finds the templates in a checkout (top-level
+templates/) or in an installed wheel (the package llmgen.templates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from llmgen import __version__
+from llmgen.codegen.lower import Program, lower
+from llmgen.compiler import compile_graph
+
+
+def templates_dir() -> Path:
+    here = Path(__file__).resolve().parent.parent
+    for cand in (here.parent / "templates", here / "templates"):
+        if (cand / "common" / "runtime.h").is_file():
+            return cand
+    raise FileNotFoundError("llmgen templates not found (expected templates/ beside the llmgen package)")
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                              keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a build is specialised for beyond the spec itself."""
+    target: str = "c"          # c | cuda
+    fuse: bool = True          # run the fusion passes
+
+
+def program_for(spec, options: Options = Options()) -> Program:
+    g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse)
+    return lower(g, plan, options.target, __version__)
+
+
+def render(spec, options: Options = Options()) -> str:
+    prog = program_for(spec, options)
+    runtime = (templates_dir() / "common" / "runtime.h").read_text()
+    tpl = {"c": "c/program.c.j2", "cuda": "cuda/program.cu.j2"}[options.target]
+    return environment().get_template(tpl).render(p=prog, runtime=runtime)

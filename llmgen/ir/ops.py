@@ -317,11 +317,11 @@ defop("xent_bwd", "xent",
       shape=lambda s, a: [f32(s[1])],
       ref=lambda x, a: [xent_bwd_ref(x[0], x[1], x[2], a["vocab"])])
 
-# fused: cross-entropy forward + dlogits for loss = mean(losses) * dloss; dlogits overwrite logits
+# fused: cross-entropy forward + dlogits of mean(losses) * dloss; dlogits overwrite the logits
 defop("softmax_xent", "xent",
       shape=lambda s, a: [f32(s[1]), f32(s[0])],
       ref=lambda x, a: [xent_ref(x[0], x[1], a["vocab"]),
-                        xent_bwd_ref(np.full(x[1].shape, F32(x[2]) * F32(a["scale"]), F32), x[0], x[1], a["vocab"])],
+                        xent_bwd_ref(np.full(x[1].shape, F32(x[2]) / F32(x[1].size), F32), x[0], x[1], a["vocab"])],
       outs=lambda n: ["losses", "dlogits"], inplace=((1, 0),))
 
 defop("mean", "elementwise",

@@ -45,9 +45,8 @@ def fuse_softmax_xent(g: Graph) -> Graph:
         xe = next((u for u in users[logits.id] if u.op == "xent"), None)
         if mb is None or mb.op != "mean_bwd" or xe is None or len(users[dlosses.id]) != 1:
             continue
-        B, T = targets.shape
         fused = Node("softmax_xent", [logits, targets, mb.inputs[0]], [xe.outputs[0], n.outputs[0]],
-                     dict(vocab=xe.attrs["vocab"], scale=1.0 / (B * T)), "fwd")
+                     dict(vocab=xe.attrs["vocab"]), "fwd")
         replace[xe.id] = [fused]
         replace[mb.id] = []
         replace[n.id] = []

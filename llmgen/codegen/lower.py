@@ -1,0 +1,277 @@
+"""Lowering: the scheduled, planned graph -> typed template contexts (target-independent).
+
+Python decides everything here (kernel instances, their compile-time dimensions and
+flags, argument lists, buffer names and offsets); the templates only substitute and loop.
+The batch shape (B, T) stays a runtime value of the emitted program: the graph is built
+at B = T = 1, so every activation size in the plan is "per token" and the program carves
+the arena at `BT * offset`. Every other size is a literal constant in the kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+from llmgen.ir.graph import Graph, Node, Value
+from llmgen.ir.ops import OPS
+from llmgen.passes.memory import MemoryPlan
+
+SCALARS = {"loss": "s_loss", "dloss": "s_dloss", "grad_norm": "s_grad_norm"}
+RUNTIME = {"tokens": "inputs", "targets": "targets", "lr": "lr", "t": "step", "weight_decay": "weight_decay"}
+
+
+@dataclass
+class Kernel:
+    """One emitted function: an op specialised to its constant dimensions and flags."""
+    op: str
+    family: str
+    name: str
+    comment: str
+    dims: dict[str, int | str]
+    flags: dict[str, bool]
+    eps: float = 0.0
+    scale: float = 0.0
+    beta1: float = 0.0
+    beta2: float = 0.0
+    eps_adam: float = 0.0
+    max_norm: float = 0.0
+    decay: bool = False
+    segments: list["ParamRow"] = field(default_factory=list)
+
+
+@dataclass
+class Launch:
+    fn: str
+    args: list[str]
+    comment: str
+    needs_targets: bool = False
+
+
+@dataclass
+class ParamRow:
+    name: str          # graph name, e.g. h0.attn.c_attn.w
+    cname: str         # C field name
+    hf: str            # Hugging Face tensor name
+    offset: int        # elements into the params / grads / moments arenas
+    numel: int
+    shape: tuple[int, ...]
+    hf_shape: tuple[int, ...]
+    transpose: bool    # HF Conv1D stores (in, out): transpose on load/save
+    hf_rows: int       # rows present in the checkpoint (wte: the real vocabulary)
+    decay: bool        # AdamW weight decay applies (2-D weights)
+    init: str          # normal | ones | zeros
+    std: float
+
+
+@dataclass
+class ActField:
+    cname: str
+    per_token: int     # offset in elements per token: the arena offset is BT * per_token
+    shape: str         # e.g. (B,T,768)
+    node: str          # the producing node, for the comment
+
+
+@dataclass
+class Program:
+    """Everything a program template needs; one per emitted file."""
+    target: str
+    version: str
+    spec_hash: str
+    arch: str
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int
+    padded_vocab_size: int
+    max_seq_len: int
+    params: list[ParamRow]
+    param_elems: int
+    acts: list[ActField]
+    act_per_token: int
+    kernels: list[Kernel]
+    forward: list[Launch]
+    backward: list[Launch]
+    update: list[Launch]
+    config_json: str           # the HF config.json the checkpoints carry, as a C string literal
+    flops_per_token: int
+
+
+def cname(name: str) -> str:
+    s = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_")
+    return s if not s[0].isdigit() else "_" + s
+
+
+def c_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def shape_str(v: Value) -> str:
+    s = list(v.shape)
+    if v.name.endswith(".lse"):
+        return f"(B,{s[1]},T)"
+    if len(s) >= 2:
+        return "(" + ",".join(["B", "T"] + [str(d) for d in s[2:]]) + ")"
+    return str(tuple(s))
+
+
+def _dims(node: Node, param_elems: int) -> dict[str, int | str]:
+    op, ins, outs = node.op, node.inputs, node.outputs
+    if op == "embed":
+        return {"BT": "BT", "T": "T", "C": outs[0].shape[-1]}
+    if op == "embed_bwd":
+        return {"BT": "BT", "T": "T", "C": outs[0].shape[-1], "V": outs[0].shape[0], "P": outs[1].shape[0]}
+    if op in ("layernorm", "residual_layernorm", "layernorm_bwd"):
+        return {"N": "BT", "C": ins[0].shape[-1] if op != "layernorm_bwd" else ins[1].shape[-1]}
+    if op == "linear":
+        return {"M": "BT", "K": ins[1].shape[1], "N": ins[1].shape[0]}
+    if op == "linear_dx":
+        return {"M": "BT", "K": ins[1].shape[1], "N": ins[1].shape[0]}
+    if op == "linear_dw":
+        return {"M": "BT", "K": outs[0].shape[1], "N": outs[0].shape[0]}
+    if op in ("attention", "attention_bwd"):
+        qkv = ins[0] if op == "attention" else ins[1]
+        nh = node.attrs["n_head"]
+        C = qkv.shape[-1] // 3
+        return {"NH": nh, "HD": C // nh, "C": C}
+    if op in ("softmax_xent", "xent", "xent_bwd"):
+        logits = ins[0] if op != "xent_bwd" else ins[1]
+        return {"V": node.attrs["vocab"], "Vp": logits.shape[-1]}
+    if op in ("bias_add", "bias_grad"):
+        return {"R": "BT", "C": ins[0].shape[-1]}
+    if op in ("add", "gelu", "gelu_bwd", "mean", "mean_bwd"):
+        v = outs[0] if op != "mean" else ins[0]
+        per_token = v.numel
+        return {"N": "BT" if per_token == 1 else f"BT * {per_token}"}
+    if op == "grad_norm":
+        return {"N": param_elems}
+    if op == "adamw":
+        return {"N": ins[0].numel}
+    if op == "adamw_all":
+        return {}
+    raise NotImplementedError(f"no C lowering for op {op}")
+
+
+def _flags(node: Node) -> dict[str, bool]:
+    flags = {f"acc{i}": v.role == "grad" for i, v in enumerate(node.outputs)}
+    for k in ("bias", "gelu", "dgelu"):
+        flags[k] = bool(node.attrs.get(k))
+    flags["residual"] = bool(node.attrs.get("accumulate"))
+    return flags
+
+
+def _kernel_name(op: str, dims: dict, flags: dict) -> str:
+    parts = [op] + [k for k in ("bias", "gelu", "dgelu", "residual") if flags.get(k)]
+    if any(v for k, v in flags.items() if k.startswith("acc")):
+        parts.append("acc" + "".join(k[3:] for k, v in sorted(flags.items()) if k.startswith("acc") and v))
+    consts = [str(v) for v in dims.values() if isinstance(v, int)]
+    return "_".join(parts + (["x".join(consts)] if consts else []))
+
+
+def flops_per_token(g: Graph) -> int:
+    """Matmul FLOPs of one training token (forward + backward; 2 per multiply-add),
+    plus attention's q.k and p.v at full sequence length counted by the caller's T."""
+    total = 0
+    for n in g.nodes:
+        if n.op == "linear":
+            total += 2 * n.inputs[1].numel
+        elif n.op in ("linear_dx", "linear_dw"):
+            total += 2 * (n.inputs[1].numel if n.op == "linear_dx" else n.outputs[0].numel)
+    return total
+
+
+def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
+    spec = g.spec
+    pnames: dict[int, str] = {}
+    params = []
+    for p in g.params:
+        cn = cname(p.name)
+        pnames[p.id] = cn
+        hf_rows = p.meta.get("hf_rows", p.shape[0])
+        hf_shape = (hf_rows,) + tuple(p.shape[1:])
+        if p.meta["hf_transpose"]:
+            hf_shape = hf_shape[::-1]
+        params.append(ParamRow(p.name, cn, p.meta["hf"], plan.param_offset[p.id], p.numel, p.shape, hf_shape,
+                               p.meta["hf_transpose"], hf_rows, p.meta["decay"], p.meta["init"],
+                               p.meta.get("std", 0.0)))
+
+    acts: list[ActField] = []
+    anames: dict[int, str] = {}
+    producer = {v.id: n for n in g.nodes for v in n.outputs}
+    used: set[str] = set()
+    for v in sorted(plan.act_values, key=lambda v: plan.act_offset[v.id]):
+        cn = cname(v.name)
+        while cn in used:
+            cn += "_"
+        used.add(cn)
+        anames[v.id] = cn
+        acts.append(ActField(cn, plan.act_offset[v.id], shape_str(v), producer[v.id].op))
+    for vid, off in plan.act_offset.items():     # in-place outputs name the buffer they share
+        if vid not in anames:
+            root = next(v for v in plan.act_values if plan.act_offset[v.id] == off and v.id in anames)
+            anames[vid] = anames[root.id]
+
+    def ref(v: Value) -> str:
+        if v.role == "param":
+            return f"P.{pnames[v.id]}"
+        if v.role == "grad":
+            return f"G.{pnames[v.grad_of.id]}"
+        if v.role == "state":
+            return f"{v.meta['moment']}.{pnames[v.meta['of'].id]}"
+        if v.role == "input" and v.name in RUNTIME:
+            return RUNTIME[v.name]
+        if v.name in SCALARS:
+            return f"&{SCALARS[v.name]}"
+        if "updates" in v.meta:
+            return ref(v.meta["updates"])
+        return f"A.{anames[v.id]}"
+
+    kernels: dict[tuple, Kernel] = {}
+    launches: dict[str, list[Launch]] = {"fwd": [], "bwd": [], "opt": []}
+    needs_targets: set[int] = {g.inputs["targets"].id}
+    for n in g.nodes:
+        dims, flags = _dims(n, plan.param_elems), _flags(n)
+        extra = {}
+        if n.op in ("layernorm", "residual_layernorm"):
+            extra["eps"] = float(n.attrs["eps"])
+        if n.op in ("attention", "attention_bwd"):
+            extra["scale"] = 1.0 / math.sqrt(dims["HD"])
+        if n.op in ("adamw", "adamw_all"):
+            extra.update(beta1=n.attrs["beta1"], beta2=n.attrs["beta2"], eps_adam=n.attrs["eps"],
+                         max_norm=n.attrs["max_norm"])
+        if n.op == "adamw":
+            extra["decay"] = bool(n.attrs["decay"])
+        key = (n.op, tuple(dims.items()), tuple(sorted(flags.items())), tuple(sorted(extra.items())))
+        if key not in kernels:
+            name = _kernel_name(n.op, dims, flags)
+            if n.op == "adamw":
+                name += "_decay" if extra["decay"] else "_nodecay"
+            k = Kernel(n.op, OPS[n.op].family, name, "", dims, flags, **extra)
+            if n.op == "adamw_all":
+                k.segments = params
+            k.comment = f"{n.op} " + ", ".join(f"{a}={b}" for a, b in dims.items())
+            kernels[key] = k
+        k = kernels[key]
+        if n.op == "grad_norm":
+            args = ["&s_grad_norm", "grads_mem"]
+        elif n.op == "adamw_all":
+            args = ["params_mem", "grads_mem", "m_mem", "v_mem", "&s_grad_norm", "lr", "step", "weight_decay"]
+        else:
+            args = [ref(v) for v in n.outputs] + [ref(v) for v in n.inputs]
+        outs = ", ".join(f"{v.name} {shape_str(v)}" for v in n.outputs[:4])
+        if len(n.outputs) > 4:
+            outs += f", ... ({len(n.outputs)} outputs)"
+        nt = any(v.id in needs_targets for v in n.inputs)
+        if nt:
+            needs_targets.update(v.id for v in n.outputs)
+        launches[n.phase].append(Launch(k.name, args, f"{n.op}: {outs}", nt and n.phase == "fwd"))
+
+    return Program(
+        target=target, version=version, spec_hash=spec.digest(), arch=spec.arch,
+        n_layer=spec.n_layer, n_head=spec.n_head, n_embd=spec.n_embd, vocab_size=spec.vocab_size,
+        padded_vocab_size=spec.padded_vocab_size, max_seq_len=spec.max_seq_len,
+        params=params, param_elems=plan.param_elems, acts=acts, act_per_token=plan.act_elems,
+        kernels=list(kernels.values()), forward=launches["fwd"], backward=launches["bwd"],
+        update=launches["opt"], config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
+        flops_per_token=flops_per_token(g))
