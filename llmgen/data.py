@@ -304,7 +304,9 @@ def _encode_pieces(
     """(characters, uint32 tokens) for each piece of ``text``, in order."""
 
     def one(piece: str) -> tuple[int, np.ndarray]:
-        return len(piece), enc.encode_to_numpy(piece, disallowed_special=())
+        if hasattr(enc, "encode_to_numpy"):  # tiktoken >= 0.8: no Python list in between
+            return len(piece), enc.encode_to_numpy(piece, disallowed_special=())
+        return len(piece), np.asarray(enc.encode_ordinary(piece), dtype=np.uint32)
 
     pieces = _text_pieces(text, chunk_chars)
     return pool.map(one, pieces) if pool is not None else map(one, pieces)

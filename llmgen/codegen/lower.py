@@ -201,6 +201,9 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
     producer = {v.id: n for n in g.nodes for v in n.outputs}
     used: set[str] = set()
     for v in sorted(plan.act_values, key=lambda v: plan.act_offset[v.id]):
+        if not (len(v.shape) >= 2 and v.shape[0] == 1 and (v.shape[1] == 1 or v.name.endswith(".lse"))):
+            raise AssertionError(f"activation {v.name}{list(v.shape)} does not scale with the tokens: "
+                                 "the per-token memory plan cannot hold it")
         cn = cname(v.name)
         while cn in used:
             cn += "_"

@@ -17,7 +17,9 @@ PIPELINE = [
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, True),      # bias / GELU / dGELU / bias-grad epilogues
     ("fuse_residual_layernorm", fuse_residual_layernorm, True),  # residual add inside the layernorm
     ("fuse_layernorm_bwd_residual", fuse_layernorm_bwd_residual, True),  # dx += residual grad
-    ("accumulate_param_grads", accumulate_param_grads, True),  # tied wte: both grads += one buffer
+    # tied wte: both contributions += one grad buffer. Not optional: the activation arena is
+    # planned per token, so a parameter-sized temporary must never land in it.
+    ("accumulate_param_grads", accumulate_param_grads, False),
     ("fuse_adamw", fuse_adamw, True),                          # one AdamW over all parameters
 ]
 

@@ -13,14 +13,19 @@ class BuildError(RuntimeError):
     pass
 
 
-def write_if_changed(path: Path, text: str) -> bool:
+def write_if_changed_bytes(path: Path, data: bytes) -> bool:
+    """Write through a temp file + rename, and only when the bytes differ (keeps mtimes and caches)."""
     path = Path(path)
-    if path.is_file() and path.read_text() == text:
+    if path.is_file() and path.read_bytes() == data:
         return False
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
     return True
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    return write_if_changed_bytes(path, text.encode())
 
 
 def c_compiler() -> str:
