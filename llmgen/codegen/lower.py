@@ -261,7 +261,8 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
         elif n.op == "adamw_all":
             args = ["params_mem", "grads_mem", "m_mem", "v_mem", "&s_grad_norm", "lr", "step", "weight_decay"]
         else:
-            args = [ref(v) for v in n.outputs] + [ref(v) for v in n.inputs]
+            # outputs that update an input in place (AdamW) are that input's buffer: pass it once
+            args = [ref(v) for v in n.outputs if "updates" not in v.meta] + [ref(v) for v in n.inputs]
         outs = ", ".join(f"{v.name} {shape_str(v)}" for v in n.outputs[:4])
         if len(n.outputs) > 4:
             outs += f", ... ({len(n.outputs)} outputs)"
