@@ -180,13 +180,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     from llmgen.data import add_data_subparser
+    from llmgen.train import add_train_subparsers
     add_data_subparser(sub)
-    try:
-        from llmgen.train import add_train_subparsers
-    except ImportError:
-        pass
-    else:
-        add_train_subparsers(sub)
+    add_train_subparsers(sub)
     return ap
 
 
