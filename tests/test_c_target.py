@@ -22,7 +22,7 @@ from llmgen.checkpoint import read_safetensors
 
 CONFIGS = {
     # name: (n_layer, n_head, n_embd, vocab, n_positions, B, T)
-    "tiny": (2, 2, 32, 100, 64, 4, 16),
+    "tiny": (2, 2, 32, 100, 64, 4, 64),     # the flags: -b 4 -t 64
     "odd": (1, 1, 48, 129, 32, 3, 7),       # one head, odd vocab/T: padding and tails of every loop
     "wide": (3, 4, 64, 300, 128, 2, 32),
 }

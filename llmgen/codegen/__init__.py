@@ -18,11 +18,19 @@ from llmgen.compiler import compile_graph
 
 
 def templates_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "templates", here / "templates"):
-        if (cand / "common" / "runtime.h").is_file():
-            return cand
-    raise FileNotFoundError("llmgen templates not found (expected templates/ beside the llmgen package)")
+    """templates/ of the checkout this package lives in, else the wheel's llmgen/templates."""
+    pkg = Path(__file__).resolve().parent.parent
+    checkout = pkg.parent / "templates"
+    if (pkg.parent / "pyproject.toml").is_file() and (checkout / "common" / "runtime.h").is_file():
+        return checkout
+    try:
+        from importlib.resources import files
+        installed = Path(str(files("llmgen.templates")))
+    except ModuleNotFoundError:
+        installed = pkg / "templates"
+    if (installed / "common" / "runtime.h").is_file():
+        return installed
+    raise FileNotFoundError(f"llmgen templates not found (looked in {checkout} and {installed})")
 
 
 @lru_cache(maxsize=1)
