@@ -74,6 +74,14 @@ class ActField:
 
 
 @dataclass
+class NamedBuffer:
+    """A buffer the in-process runner can read by its graph name (params, grads, moments, activations)."""
+    name: str          # graph name: "h0.qkv", "grad.wte", "m.wte"
+    expr: str          # C expression of its pointer, e.g. A.h0_qkv
+    numel: str         # C expression of its element count
+
+
+@dataclass
 class Program:
     """Everything a program template needs; one per emitted file."""
     target: str
@@ -96,6 +104,7 @@ class Program:
     update: list[Launch]
     config_json: str           # the HF config.json the checkpoints carry, as a C string literal
     flops_per_token: int
+    buffers: list[NamedBuffer] = field(default_factory=list)
 
 
 def cname(name: str) -> str:
@@ -271,6 +280,14 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
             needs_targets.update(v.id for v in n.outputs)
         launches[n.phase].append(Launch(k.name, args, f"{n.op}: {outs}", nt and n.phase == "fwd"))
 
+    buffers = [NamedBuffer(f"{pre}{r.name}", f"{arena}.{r.cname}", f"{r.numel}L")
+               for pre, arena in (("", "P"), ("grad.", "G"), ("m.", "M"), ("v.", "V")) for r in params]
+    act_values = {v.id: v for v in plan.act_values}
+    for v in g.values():
+        if v.id in plan.act_offset and v.id in anames:
+            size = (act_values.get(v.id) or v).numel
+            buffers.append(NamedBuffer(v.name, f"A.{anames[v.id]}", f"(long)BT * {size}"))
+
     return Program(
         target=target, version=version, spec_hash=spec.digest(), arch=spec.arch,
         n_layer=spec.n_layer, n_head=spec.n_head, n_embd=spec.n_embd, vocab_size=spec.vocab_size,
@@ -278,4 +295,4 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
         params=params, param_elems=plan.param_elems, acts=acts, act_per_token=plan.act_elems,
         kernels=list(kernels.values()), forward=launches["fwd"], backward=launches["bwd"],
         update=launches["opt"], config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
-        flops_per_token=flops_per_token(g))
+        flops_per_token=flops_per_token(g), buffers=buffers)

@@ -44,6 +44,11 @@ def build_c(src: Path, out: Path, extra_flags: list[str] | None = None) -> Path:
     return _build(cmd, src, out)
 
 
+def build_c_library(src: Path, out: Path) -> Path:
+    """The same source as a shared library with the in-process API (-DLLMGEN_LIBRARY) instead of main()."""
+    return build_c(src, out, ["-shared", "-fPIC", "-DLLMGEN_LIBRARY"])
+
+
 def _build(cmd: list[str], src: Path, out: Path) -> Path:
     stamp = out.with_name(out.name + ".buildhash")
     h = hashlib.sha256(Path(src).read_bytes() + " ".join(cmd).encode()).hexdigest()

@@ -1,0 +1,96 @@
+"""Run a generated trainer inside the Python process and read its buffers by graph name.
+
+The program is built as a shared library (-DLLMGEN_LIBRARY: the same source, with an extern
+API in place of main) and loaded with ctypes. On the C target its buffers are host memory and
+read directly; llmgen.runtime.gpu subclasses this for the CUDA target and copies device
+memory with pycuda.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+from llmgen.codegen import Options, render
+from llmgen.compiler import compile_graph
+from llmgen.runtime.build import build_c_library, write_if_changed
+
+
+class InProcessTrainer:
+    """One compiled trainer for `spec` at batch shape (B, T), driven step by step from Python."""
+
+    def __init__(self, spec, B: int, T: int, build_dir, init_from=None, seed: int = 1337,
+                 options: Options = Options()):
+        self.spec, self.B, self.T = spec, B, T
+        self.lib = ctypes.CDLL(str(self._build(spec, Path(build_dir), options)))
+        self._declare()
+        init = str(init_from).encode() if init_from is not None else None
+        if not self.lib.llmgen_setup(B, T, init, seed):
+            raise ValueError(f"llmgen_setup refused B={B} T={T} (max_seq_len {spec.max_seq_len})")
+        g, _ = compile_graph(spec, B=B, T=T, fuse=options.fuse)
+        self.shapes = {v.name: v.shape for v in g.values()}
+        for p in g.params:
+            for pre in ("grad.", "m.", "v."):
+                self.shapes[pre + p.name] = p.shape
+
+    def _build(self, spec, build_dir: Path, options: Options) -> Path:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        src = build_dir / "train.c"
+        write_if_changed(src, render(spec, options))
+        return build_c_library(src, build_dir / "libtrain.so")
+
+    def _declare(self) -> None:
+        L = self.lib
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        L.llmgen_setup.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_ulonglong]
+        L.llmgen_forward.argtypes = [i32p, i32p]
+        L.llmgen_forward.restype = ctypes.c_float
+        L.llmgen_backward.argtypes = [i32p, i32p]
+        L.llmgen_set_dloss.argtypes = [ctypes.c_float]
+        L.llmgen_update.argtypes = [ctypes.c_double, ctypes.c_int, ctypes.c_double]
+        L.llmgen_update.restype = ctypes.c_float
+        L.llmgen_buffer.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_long)]
+        L.llmgen_target.restype = ctypes.c_char_p
+
+    def _tokens(self, a):
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a, np.int32)
+        if a.shape != (self.B, self.T):
+            raise ValueError(f"tokens of shape {a.shape}, this trainer runs ({self.B}, {self.T})")
+        if a.min() < 0 or a.max() >= self.spec.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.spec.vocab_size})")
+        return a
+
+    def forward(self, inputs, targets=None) -> float:
+        x, y = self._tokens(inputs), self._tokens(targets)
+        self._keep = (x, y)
+        ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)) if a is not None else None  # noqa: E731
+        return float(self.lib.llmgen_forward(ptr(x), ptr(y)))
+
+    def backward(self) -> None:
+        x, y = self._keep
+        p = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))  # noqa: E731
+        self.lib.llmgen_backward(p(x), p(y))
+
+    def step(self, inputs, targets, lr: float, step: int, weight_decay: float = 0.0) -> tuple[float, float]:
+        """One optimizer step on one micro-batch: returns (loss, grad norm before clipping)."""
+        self.lib.llmgen_zero_grads()
+        self.lib.llmgen_set_dloss(1.0)
+        loss = self.forward(inputs, targets)
+        self.backward()
+        return loss, float(self.lib.llmgen_update(lr, step, weight_decay))
+
+    def pointer(self, name: str) -> tuple[int, int]:
+        ptr, n = ctypes.c_void_p(), ctypes.c_long()
+        if not self.lib.llmgen_buffer(name.encode(), ctypes.byref(ptr), ctypes.byref(n)):
+            raise KeyError(f"no buffer named {name!r} (parameters, grad.<param>, m.<param>, v.<param>, activations)")
+        return ptr.value, n.value
+
+    def read(self, name: str) -> np.ndarray:
+        """A copy of the buffer `name` as float32, shaped as in the graph."""
+        ptr, n = self.pointer(name)
+        flat = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n,)).copy()
+        return flat.reshape(self.shapes[name]) if name in self.shapes else flat
