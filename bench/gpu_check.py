@@ -1,0 +1,289 @@
+"""Every GPU check in one run: correctness of the CUDA target against PyTorch, then GPT-2 124M
+bf16 at T=1024 against PyTorch eager and torch.compile on the same GPU.
+
+    bash bench/gpu_check.sh OUTDIR          (the wrapper installs carried wheels, then runs this)
+    python bench/gpu_check.py OUTDIR [--quick] [--device cpu --emulate]   (a CPU smoke run)
+
+Writes OUTDIR/summary.json and OUTDIR/logs.txt (every build and run log, concatenated: the
+device tool brings back only a few files), prints a side-by-side table. Each stage records
+its own failure and the next stage still runs. Budget: under 8 minutes on an H100/H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
+
+# dense peak FLOP/s by device name (vendor datasheets): bf16 tensor cores, fp32 non-tensor
+PEAKS = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12), "L4": (121e12, 30e12)}
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def sh(cmd, out_file=None, timeout=600, env=None):
+    t0 = time.time()
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=env)
+    if out_file:
+        Path(out_file).write_text(f"$ {' '.join(map(str, cmd))}\n{r.stdout}\n{r.stderr}")
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} ... failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r.stdout, time.time() - t0
+
+
+def environment(out):
+    info = {"python": platform.python_version()}
+    for cmd in (["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                ["nvcc", "--version"]):
+        try:
+            info[cmd[0]] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            info[cmd[0]] = f"unavailable: {e}"
+    import torch
+    info["torch"] = torch.__version__
+    info["cuda_available"] = torch.cuda.is_available()
+    heads = []
+    roots = [Path(p) for p in sys.path if "site-packages" in p or "dist-packages" in p] + \
+            [Path("/usr/local"), Path("/usr/include"), Path("/opt")]
+    for root in roots:
+        if root.is_dir():
+            try:
+                heads += [str(p) for p in root.glob("**/cublasLt.h")][:5]
+            except OSError:
+                pass
+    info["cublasLt_headers"] = sorted(set(heads))
+    log("environment: " + json.dumps(info, indent=1))
+    return info
+
+
+def random_model_dir(path, spec, seed):
+    """A GPT-2 checkpoint in the HF layout, written without transformers (it may be absent)."""
+    from llmgen.checkpoint import params_to_hf, write_safetensors
+    from llmgen.models.gpt2 import build_forward
+    g = build_forward(spec, 1, 1)
+    rng = np.random.default_rng(seed)
+    params = {}
+    for p in g.params:
+        init = p.meta["init"]
+        a = (rng.standard_normal(p.shape).astype(np.float32) * p.meta.get("std", 0.02) if init == "normal"
+             else np.full(p.shape, 1.0 if init == "ones" else 0.0, np.float32))
+        if init != "normal":
+            a += rng.standard_normal(p.shape).astype(np.float32) * 0.02   # so a swapped LN/bias shows
+        params[p.name] = a
+    path.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path / "model.safetensors", params_to_hf(g, params))
+    (path / "config.json").write_text(json.dumps(spec.hf_config(), indent=2))
+    return path
+
+
+def correctness(out, args):
+    """Small configs, fp32 and bf16: 10 AdamW losses against the PyTorch reference (CPU, fp32)."""
+    import oracle
+    import torch
+    from llmgen.checkpoint import read_safetensors
+    from llmgen.spec import GPT2Spec
+    results = []
+    # bf16 bound: bf16 keeps 8 bits of mantissa (rel. rounding 2^-9 ~ 2e-3 per value); losses
+    # average thousands of such errors, measured agreement is ~1e-3 relative on 10 steps.
+    tol = {"fp32": 1e-4, "bf16": 2e-2}
+    for dtype in ("fp32", "bf16"):
+        for L, H, C, V, P in ((2, 2, 64, 1000, 128), (3, 4, 128, 5000, 128)):
+            name = f"gpt2-{L}l-{C}c-{dtype}"
+            t0 = time.time()
+            try:
+                spec = GPT2Spec(n_layer=L, n_head=H, n_embd=C, vocab_size=V, max_seq_len=P, dtype=dtype)
+                d = out / "work" / name
+                mdir = random_model_dir(d / "model", spec, seed=L)
+                pat = oracle.random_shards(d / "data", V, 20000, seed=1)
+                (d / "spec.py").write_text(
+                    f"from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer={L}, n_head={H}, n_embd={C}, "
+                    f"vocab_size={V}, max_seq_len={P}, dtype='{dtype}')\n")
+                build = ["build", d / "spec.py", "--target", "cuda", "-o", d / "build"]
+                if args.emulate:
+                    build.append("--emulate")
+                sh([sys.executable, "-m", "llmgen", *build], out / f"{name}.build.log")
+                flags = ["-e", mdir, "-i", pat, "-b", 4, "-t", 64, "-x", 10, "-l", "1e-3", "-k", "constant", "-c", 0,
+                         "-v", 0]
+                losses = []
+                for run in ("a", "b"):              # twice: the CUDA target is deterministic
+                    sh([d / "build" / "train", *flags, "-o", d / run], out / f"{name}.{run}.log")
+                    losses.append([json.loads(x)["train_loss"] for x in open(d / run / "log.jsonl")])
+                state = {k: torch.from_numpy(v) for k, v in read_safetensors(mdir / "model.safetensors").items()}
+                ref = oracle.train_model(oracle.RefGPT2(state, L, H), pat, 4, 64, 10, 1e-3, schedule="constant",
+                                         threads=min(8, os.cpu_count() or 2))["losses"]
+                rel = float(np.max(np.abs(np.array(losses[0]) - ref) / np.abs(ref)))
+                results.append(dict(name=name, max_rel_loss_err=rel, tolerance=tol[dtype], ok=rel <= tol[dtype],
+                                    deterministic=losses[0] == losses[1], losses=losses[0], torch_losses=ref,
+                                    seconds=round(time.time() - t0, 1)))
+                log(f"  {name}: max rel loss err {rel:.2e} (tol {tol[dtype]}) deterministic={losses[0] == losses[1]}")
+            except Exception as e:   # noqa: BLE001 - record and go on to the next config
+                results.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"[-3000:]))
+                log(f"  {name}: FAILED {e}")
+            if args.quick:
+                break
+    return results
+
+
+def bench_llmgen(out, args):
+    from llmgen.spec import PRESETS
+    spec = PRESETS["gpt2"].replace(dtype=args.dtype)
+    d = out / "work" / "bench"
+    mdir = random_model_dir(d / "model", spec, seed=0)
+    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, args.batch * args.seq * (args.steps + 2) + 1)
+    import oracle
+    oracle.write_shard(d / "tokens.bin", tokens)
+    t0 = time.time()
+    build = ["build", "gpt2", "--dtype", args.dtype, "--target", "cuda", "-o", d / "build"]
+    if args.emulate:
+        build.append("--emulate")
+    sh([sys.executable, "-m", "llmgen", *build], out / "bench_build.log", timeout=900)
+    build_s = time.time() - t0
+    sh([d / "build" / "train", "-e", mdir, "-i", d / "tokens.bin", "-b", args.batch, "-t", args.seq, "-x", args.steps,
+        "-l", "3e-4", "-k", "constant", "-v", 0, "-o", d / "run"], out / "bench_llmgen.log", timeout=900)
+    rows = [json.loads(x) for x in open(d / "run" / "log.jsonl") if "train_loss" in x]
+    steady = rows[min(5, len(rows) - 1):]
+    ms = statistics.median(r["ms"] for r in steady)
+    res = dict(name="llmgen CUDA", ms=ms, tokens_per_s=args.batch * args.seq / (ms / 1e3), build_s=round(build_s, 1),
+               mfu=statistics.median(r.get("mfu", float("nan")) for r in steady),
+               peak_mem_bytes=max(r.get("peak_mem_bytes", 0) for r in steady),
+               first_loss=rows[0]["train_loss"], last_loss=rows[-1]["train_loss"])
+    return res, mdir
+
+
+def bench_torch(out, args, mdir, compiled):
+    import torch
+    from torch_gpt2 import GPT2, flops_per_token, matmul_params, optimizer
+    from llmgen.checkpoint import read_safetensors
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    model = GPT2.from_hf_dir(mdir, read_safetensors).to(dev)
+    opt = optimizer(model, 3e-4, 0.0, fused=dev.type == "cuda")
+    step_fn = torch.compile(model) if compiled else model
+    V = model.wte.weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, V, (args.batch, args.seq), generator=g).to(dev)
+    y = torch.randint(0, V, (args.batch, args.seq), generator=g).to(dev)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.dtype == "bf16" else torch.autocast(dev.type, enabled=False)
+    times = []
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            loss = step_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    steady = times[min(5, len(times) - 1):]
+    ms = statistics.median(steady)
+    cfg = json.loads((mdir / "config.json").read_text())
+    fpt = flops_per_token(cfg["n_layer"], cfg["n_embd"], matmul_params(cfg["n_layer"], cfg["n_embd"], V), args.seq)
+    peak = peak_flops(args.dtype)
+    return dict(name="PyTorch " + ("torch.compile" if compiled else "eager"), ms=ms,
+                tokens_per_s=args.batch * args.seq / (ms / 1e3),
+                mfu=(fpt * args.batch * args.seq / (ms / 1e3)) / peak if peak else float("nan"),
+                peak_mem_bytes=torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0,
+                compile_s=round(times[0] / 1e3, 1), last_loss=float(loss))
+
+
+def peak_flops(dtype):
+    try:
+        import torch
+        name = torch.cuda.get_device_name(0)
+    except Exception:   # noqa: BLE001
+        return 0.0
+    for k, (bf16, fp32) in PEAKS.items():
+        if k in name:
+            return bf16 if dtype == "bf16" else fp32
+    return 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--quick", action="store_true", help="one small config, few steps (a smoke run)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--emulate", action="store_true", help="build the CUDA target for the CPU (smoke runs)")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--skip-bench", action="store_true")
+    args = ap.parse_args()
+    final = Path(args.out)
+    final.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="llmgen-gpu-check-"))     # logs and work files; see logs.txt
+    summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)}
+    t0 = time.time()
+    summary["environment"] = environment(out)
+    log("== correctness (CUDA target vs PyTorch reference)")
+    summary["correctness"] = correctness(out, args)
+    rows = []
+    if not args.skip_bench:
+        log(f"== benchmark: GPT-2 124M {args.dtype} B={args.batch} T={args.seq}, {args.steps} steps")
+        mdir = None
+        for name, fn in (("llmgen", None), ("eager", False), ("compile", True)):
+            try:
+                if fn is None:
+                    res, mdir = bench_llmgen(out, args)
+                else:
+                    if mdir is None:
+                        from llmgen.spec import PRESETS
+                        mdir = random_model_dir(out / "work" / "bench" / "model", PRESETS["gpt2"], 0)
+                    res = bench_torch(out, args, mdir, fn)
+                rows.append(res)
+                log(f"  {res['name']}: {res['ms']:.1f} ms/step")
+            except Exception as e:   # noqa: BLE001
+                rows.append(dict(name=name, error=f"{type(e).__name__}: {e}"[-3000:]))
+                traceback.print_exc()
+        base = next((r for r in rows if r.get("name") == "PyTorch torch.compile" and "ms" in r), None)
+        for r in rows:
+            if base and "ms" in r:
+                r["speed_vs_compile"] = base["ms"] / r["ms"]
+                if base.get("peak_mem_bytes"):
+                    r["memory_vs_compile"] = r.get("peak_mem_bytes", 0) / base["peak_mem_bytes"]
+    summary["benchmark"] = rows
+    summary["seconds"] = round(time.time() - t0, 1)
+    (final / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    with open(final / "logs.txt", "w") as f:
+        for lf in sorted(out.glob("*.log")):
+            f.write(f"===== {lf.name}\n{lf.read_text()[-200000:]}\n")
+    log("\n| run | ms/step | tokens/s | MFU | peak memory | vs torch.compile (speed, memory) |")
+    log("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if "ms" not in r:
+            log(f"| {r['name']} | failed: {r['error'][:80]} | | | | |")
+            continue
+        log(f"| {r['name']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r.get('mfu', float('nan')):.1%} | "
+            f"{r.get('peak_mem_bytes', 0) / 2**30:.2f} GiB | {r.get('speed_vs_compile', float('nan')):.2f}x, "
+            f"{r.get('memory_vs_compile', float('nan')):.2f}x |")
+    ok = all(c.get("ok") for c in summary["correctness"])
+    log(f"\ncorrectness: {'all passed' if ok else 'FAILURES'}; total {summary['seconds']} s; {final / 'summary.json'}")
+    shutil.rmtree(out, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
