@@ -123,6 +123,8 @@ def cmd_inspect(args) -> int:
     from llmgen.spec import load_spec
     spec = load_spec(args.spec, args.dtype)
     B, T = args.b, args.t or min(1024, spec.max_seq_len)
+    if B < 1 or T < 1:
+        raise CliError(f"-b and -t must be >= 1 (got -b {B} -t {T})")
     if T > spec.max_seq_len:
         raise CliError(f"-t {T} exceeds the spec's max_seq_len={spec.max_seq_len}")
     rep = inspect_report(spec, B, T, fuse=not args.no_fuse)

@@ -91,3 +91,9 @@ def test_inspect_reports_fusion_savings():
     k_fused, k_unfused = map(int, re.search(r"(\d+) kernels instead of (\d+)", line).groups())
     assert k_fused < k_unfused
     assert "124,4" in out   # 124M parameters (124,439,808 + the padded vocab rows)
+
+
+def test_inspect_refuses_bad_sizes():
+    for flags in (["-b", "0"], ["-t", "-3"], ["-t", "5000"]):
+        r = run_llmgen("inspect", "gpt2", *flags, check=False)
+        assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
