@@ -28,7 +28,8 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
 
 def _options(args):
     from llmgen.codegen import Options
-    return Options(target=getattr(args, "target", "c"), fuse=not args.no_fuse)
+    return Options(target=getattr(args, "target", "c"), fuse=not args.no_fuse,
+                   recompute=getattr(args, "recompute", 0))
 
 
 def build(spec, out_dir: Path, options, emulate: bool = False, quiet: bool = False) -> Path:
@@ -77,6 +78,7 @@ def cmd_build(args) -> int:
 FUSED_DESCRIPTIONS = {
     "softmax_xent": "softmax + cross-entropy + dlogits (in place over the logits)",
     "residual_layernorm": "residual add + layernorm",
+    "residual_rmsnorm": "residual add + RMSNorm",
     "adamw_all": "grad-norm clip + AdamW over every parameter",
 }
 
@@ -89,8 +91,8 @@ def describe_kernel(node) -> str:
         return "matmul + dGELU"
     if node.op == "linear_dw" and a.get("bias"):
         return "matmul + bias grad"
-    if node.op == "layernorm_bwd" and a.get("accumulate"):
-        return "layernorm backward + residual grad"
+    if node.op in ("layernorm_bwd", "rmsnorm_bwd") and a.get("accumulate"):
+        return node.op.replace("_bwd", "") + " backward + residual grad"
     return FUSED_DESCRIPTIONS.get(node.op, "")
 
 
@@ -171,6 +173,8 @@ def make_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--target", choices=("c", "cuda"), default="c")
     p.add_argument("--emulate", action="store_true", help="cuda: build the .cu for the CPU through the emulation header")
+    p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0,
+                   help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]")
     p.add_argument("-o", required=True, metavar="DIR", help="output folder (train.c or train.cu, train)")
     p.set_defaults(func=cmd_build)
 

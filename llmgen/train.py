@@ -189,7 +189,7 @@ def sample_tokens(ckpt: Path, prompt: list[int], n: int, temperature: float, top
     """Yield n sampled token ids continuing `prompt` (forward graphs run in the interpreter)."""
     from llmgen.checkpoint import hf_to_params, read_safetensors
     from llmgen.ir import interp
-    from llmgen.models.gpt2 import build_forward
+    from llmgen.models import build_forward          # GPT-2 or Llama 3, by spec.arch
     from llmgen.spec import spec_from_hf_config
     spec = spec_from_hf_config(json.loads((ckpt / "config.json").read_text()), str(ckpt / "config.json"))
     hf = read_safetensors(ckpt / "model.safetensors")

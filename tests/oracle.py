@@ -28,7 +28,10 @@ Everything here runs in fp32 on the CPU, deterministically, and follows llm.c:
 
 Public API: make_gpt2_model_dir, load_gpt2, write_shard, read_shard,
 random_shards, batches, lr_at, param_groups, train_model, train_gpt2, step0_dump,
-eval_loss, RefGPT2.
+eval_loss, RefGPT2; for Llama 3: make_llama_model_dir, load_llama,
+llama_step0_dump, train_llama (transformers' LlamaForCausalLM, attention_dropout 0,
+eager attention; the same data, step, lr and AdamW rules as above; decay for every
+2-D weight, none for the RMSNorm gains).
 """
 from __future__ import annotations
 
@@ -397,3 +400,65 @@ class RefGPT2(nn.Module):
             x = x + _conv1d(hdn, blk.mlp.c_proj)
         x = _layernorm(x, tr.ln_f, self.eps)
         return x @ tr.wte.weight.t()                                   # (B,T,V)
+
+
+# ----------------------------------------------------------------------------
+# Llama 3: transformers' LlamaForCausalLM as the oracle (same training rules as GPT-2)
+
+def make_llama_model_dir(path, dim, n_layers, n_heads, n_kv_heads, vocab_size, intermediate_size,
+                         max_position_embeddings, rope_theta=500000.0, rope_scaling=None,
+                         tie_word_embeddings=False, rms_norm_eps=1e-5, seed=0, perturb=True):
+    """Write a random LlamaForCausalLM (attention_dropout 0) to `path` with save_pretrained
+    (safetensors) and return `path`. rope_scaling: None or a dict such as
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192}.
+
+    Weights are transformers' own init under torch.manual_seed(seed); with perturb=True the
+    RMSNorm gains (exactly 1 after init) get seeded noise, so a swapped or dropped norm
+    changes the logits. The global torch RNG is left as it was."""
+    _quiet_transformers()
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(hidden_size=dim, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                         num_key_value_heads=n_kv_heads, vocab_size=vocab_size, intermediate_size=intermediate_size,
+                         max_position_embeddings=max_position_embeddings, rope_theta=float(rope_theta),
+                         rope_scaling=rope_scaling, tie_word_embeddings=tie_word_embeddings,
+                         rms_norm_eps=rms_norm_eps, attention_dropout=0.0, hidden_act="silu",
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).float()
+        if perturb:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if p.dim() == 1:                  # RMSNorm gains
+                        p.copy_(1.0 + 0.1 * torch.randn_like(p))
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def load_llama(model_dir):
+    """LlamaForCausalLM from a model directory: fp32, attention_dropout 0, eager attention, train mode."""
+    _quiet_transformers()
+    from transformers import LlamaForCausalLM
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager",
+                                             attention_dropout=0.0)
+    model.train()
+    return model
+
+
+def llama_step0_dump(model_dir, pattern, B, T, threads=2):
+    """step0_dump() of the LlamaForCausalLM in model_dir: logits, loss and {HF name: grad}
+    (a tied model yields model.embed_tokens.weight only, holding both contributions)."""
+    with torch_settings(threads):
+        model = load_llama(model_dir)
+    return step0_dump(model_dir, pattern, B, T, threads, model=model)
+
+
+def train_llama(model_dir, pattern, B, T, steps, lr, total_batch=None, warmup=0, final_frac=0.0,
+                schedule="cosine", weight_decay=0.0, max_grad_norm=1.0, threads=2):
+    """train_model() on the LlamaForCausalLM loaded from model_dir."""
+    with torch_settings(threads):
+        model = load_llama(model_dir)
+    return train_model(model, pattern, B, T, steps, lr, total_batch, warmup, final_frac,
+                       schedule, weight_decay, max_grad_norm, threads)

@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from llmgen.ir.graph import Graph, Node, Value
 from llmgen.ir.ops import OPS
 from llmgen.passes.memory import MemoryPlan
+from llmgen.passes.precision import storage_dtypes
 
 SCALARS = {"loss": "s_loss", "dloss": "s_dloss", "grad_norm": "s_grad_norm"}
+# the C target keeps the graph's scalars in host variables (&s_loss); the CUDA target keeps
+# them in device memory, where s_loss already is a pointer
+SCALAR_REF = {"c": "&{}", "cuda": "{}"}
 RUNTIME = {"tokens": "inputs", "targets": "targets", "lr": "lr", "t": "step", "weight_decay": "weight_decay"}
 
 
@@ -39,6 +43,8 @@ class Kernel:
     max_norm: float = 0.0
     decay: bool = False
     segments: list["ParamRow"] = field(default_factory=list)
+    cfg: dict[str, int] = field(default_factory=dict)   # target launch constants (tile sizes, ...)
+    table: tuple = ()          # a constant table the kernel embeds (RoPE: the head_dim/2 inverse frequencies)
 
 
 @dataclass
@@ -71,6 +77,7 @@ class ActField:
     per_token: int     # offset in elements per token: the arena offset is BT * per_token
     shape: str         # e.g. (B,T,768)
     node: str          # the producing node, for the comment
+    dtype: str = "f32"  # storage: f32, or bf16 under the CUDA target's mixed precision
 
 
 @dataclass
@@ -105,6 +112,9 @@ class Program:
     config_json: str           # the HF config.json the checkpoints carry, as a C string literal
     flops_per_token: int
     buffers: list[NamedBuffer] = field(default_factory=list)
+    dtype: str = "fp32"        # fp32 | bf16 (params and activations; the CUDA target only)
+    recompute: int = 0         # activation recompute level the schedule was made with (0, 1, 2)
+    scratch_bytes: int = 0     # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
 
 
 def cname(name: str) -> str:
@@ -118,6 +128,8 @@ def c_string(text: str) -> str:
 
 def shape_str(v: Value) -> str:
     s = list(v.shape)
+    if v.role not in ("act", "input") or "updates" in v.meta:     # parameter-shaped
+        return "(" + ",".join(map(str, s)) + ("," if len(s) == 1 else "") + ")"
     if v.name.endswith(".lse"):
         return f"(B,{s[1]},T)"
     if len(s) >= 2:
@@ -144,6 +156,22 @@ def _dims(node: Node, param_elems: int) -> dict[str, int | str]:
         nh = node.attrs["n_head"]
         C = qkv.shape[-1] // 3
         return {"NH": nh, "HD": C // nh, "C": C}
+    # Llama 3 ops
+    if op == "token_embed":
+        return {"BT": "BT", "C": outs[0].shape[-1]}
+    if op == "token_embed_bwd":
+        return {"BT": "BT", "C": outs[0].shape[-1], "V": outs[0].shape[0]}
+    if op in ("rmsnorm", "residual_rmsnorm", "rmsnorm_bwd"):
+        return {"N": "BT", "C": ins[0].shape[-1] if op != "rmsnorm_bwd" else ins[1].shape[-1]}
+    if op in ("rope", "rope_bwd"):
+        nh = node.attrs["n_head"]
+        return {"NH": nh, "HD": ins[0].shape[-1] // nh}
+    if op in ("gqa_attention", "gqa_attention_bwd"):
+        q = ins[0] if op == "gqa_attention" else ins[1]
+        nh, kv = node.attrs["n_head"], node.attrs["n_kv_head"]
+        return {"NH": nh, "KV": kv, "HD": q.shape[-1] // nh}
+    if op in ("swiglu", "swiglu_bwd"):
+        return {"F": outs[0].shape[-1]}
     if op in ("softmax_xent", "xent", "xent_bwd"):
         logits = ins[0] if op != "xent_bwd" else ins[1]
         return {"V": node.attrs["vocab"], "Vp": logits.shape[-1]}
@@ -178,6 +206,27 @@ def _kernel_name(op: str, dims: dict, flags: dict) -> str:
     return "_".join(parts + (["x".join(consts)] if consts else []))
 
 
+def gemm_blocks(op: str, dims: dict) -> dict[str, int]:
+    """Cache blocks of the C target's GEMM engine (templates/c/gemm.c.j2) for one linear kernel.
+
+    kc: the reduction slice. A kc x NR panel of B (NR = 32 floats with AVX-512) should stay in L1
+        and an MC x kc block of A in L2, so kc <= 384; the reduction is cut into equal slices
+        (768 -> 2 x 384, 3072 -> 8 x 384), rounded up to 16 (the packing's transpose width).
+        linear_dw reduces over the runtime B*T rows: 384 there.
+    mc: rows of A per block, MC x kc x 4 bytes ~ 512 KiB (half of a 1-2 MiB L2).
+    nc: columns of B per block, kc x NC x 4 bytes ~ 1.5 MiB: the packed panels a thread reuses
+        across its MC row blocks (only when it has more than MC rows) sit in L2/L3.
+    Measured on 2 Zen 5 cores at the GPT-2 124M shapes (bench/cpu.py): kc 256-384 within noise,
+    kc 768 (whole K) 10-20% slower for K = 3072."""
+    reduction = {"linear": dims["K"], "linear_dx": dims["N"], "linear_dw": dims["M"]}[op]
+    if isinstance(reduction, int):
+        per_slice = -(-reduction // -(-reduction // 384))          # ceil(R / ceil(R / 384))
+        kc = -(-per_slice // 16) * 16
+    else:
+        kc = 384
+    return {"kc": kc, "mc": max(16, (512 * 1024 // 4) // kc), "nc": max(32, (1536 * 1024 // 4) // kc)}
+
+
 def flops_per_token(g: Graph) -> int:
     """Matmul FLOPs of one training token (forward + backward; 2 per multiply-add),
     plus attention's q.k and p.v at full sequence length counted by the caller's T."""
@@ -190,8 +239,9 @@ def flops_per_token(g: Graph) -> int:
     return total
 
 
-def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
+def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int = 0) -> Program:
     spec = g.spec
+    stored = storage_dtypes(g, plan.dtype)
     pnames: dict[int, str] = {}
     params = []
     for p in g.params:
@@ -218,11 +268,9 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
             cn += "_"
         used.add(cn)
         anames[v.id] = cn
-        acts.append(ActField(cn, plan.act_offset[v.id], shape_str(v), producer[v.id].op))
-    for vid, off in plan.act_offset.items():     # in-place outputs name the buffer they share
-        if vid not in anames:
-            root = next(v for v in plan.act_values if plan.act_offset[v.id] == off and v.id in anames)
-            anames[vid] = anames[root.id]
+        acts.append(ActField(cn, plan.act_offset[v.id], shape_str(v), producer[v.id].op, stored[v.id]))
+    for vid, root in plan.alias.items():         # in-place outputs name the buffer they overwrite
+        anames[vid] = anames[root]
 
     def ref(v: Value) -> str:
         if v.role == "param":
@@ -234,10 +282,13 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
         if v.role == "input" and v.name in RUNTIME:
             return RUNTIME[v.name]
         if v.name in SCALARS:
-            return f"&{SCALARS[v.name]}"
+            return scalar(v.name)
         if "updates" in v.meta:
             return ref(v.meta["updates"])
         return f"A.{anames[v.id]}"
+
+    def scalar(name: str) -> str:
+        return SCALAR_REF[target].format(SCALARS[name])
 
     kernels: dict[tuple, Kernel] = {}
     launches: dict[str, list[Launch]] = {"fwd": [], "bwd": [], "opt": []}
@@ -247,8 +298,12 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
         extra = {}
         if n.op in ("layernorm", "residual_layernorm"):
             extra["eps"] = float(n.attrs["eps"])
-        if n.op in ("attention", "attention_bwd"):
+        if n.op in ("attention", "attention_bwd", "gqa_attention", "gqa_attention_bwd"):
             extra["scale"] = 1.0 / math.sqrt(dims["HD"])
+        if n.op in ("rmsnorm", "residual_rmsnorm"):
+            extra["eps"] = float(n.attrs["eps"])
+        if n.op in ("rope", "rope_bwd"):
+            extra["table"] = tuple(n.attrs["inv_freq"])
         if n.op in ("adamw", "adamw_all"):
             extra.update(beta1=n.attrs["beta1"], beta2=n.attrs["beta2"], eps_adam=n.attrs["eps"],
                          max_norm=n.attrs["max_norm"])
@@ -263,12 +318,14 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
             if n.op == "adamw_all":
                 k.segments = params
             k.comment = f"{n.op} " + ", ".join(f"{a}={b}" for a, b in dims.items())
+            if target == "c" and n.op in ("linear", "linear_dx", "linear_dw"):
+                k.cfg = gemm_blocks(n.op, dims)
             kernels[key] = k
         k = kernels[key]
         if n.op == "grad_norm":
-            args = ["&s_grad_norm", "grads_mem"]
+            args = [scalar("grad_norm"), "grads_mem"]
         elif n.op == "adamw_all":
-            args = ["params_mem", "grads_mem", "m_mem", "v_mem", "&s_grad_norm", "lr", "step", "weight_decay"]
+            args = ["params_mem", "grads_mem", "m_mem", "v_mem", scalar("grad_norm"), "lr", "step", "weight_decay"]
         else:
             # outputs that update an input in place (AdamW) are that input's buffer: pass it once
             args = [ref(v) for v in n.outputs if "updates" not in v.meta] + [ref(v) for v in n.inputs]
@@ -295,4 +352,4 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str) -> Program:
         params=params, param_elems=plan.param_elems, acts=acts, act_per_token=plan.act_elems,
         kernels=list(kernels.values()), forward=launches["fwd"], backward=launches["bwd"],
         update=launches["opt"], config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
-        flops_per_token=flops_per_token(g), buffers=buffers)
+        flops_per_token=flops_per_token(g), buffers=buffers, dtype=plan.dtype, recompute=recompute)

@@ -335,6 +335,202 @@ defop("mean_bwd", "elementwise",
 
 
 # --------------------------------------------------------------------------------------------
+# Llama 3: token embedding, RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
+# Numerics follow Hugging Face's LlamaForCausalLM (rotate-half RoPE layout, fp32).
+
+def _token_embed_vjp(g, n, d):
+    dwte = g.op("token_embed_bwd", [d[0], n.inputs[0]], name=f"d{n.outputs[0].name}", vocab=n.inputs[1].shape[0])
+    return [None, dwte]
+
+
+# x[b,t] = wte[tokens[b,t]]: no position table (RoPE puts positions into q and k)
+defop("token_embed", "embed",
+      shape=lambda s, a: [f32(s[0] + (s[1][1],))],
+      ref=lambda x, a: [x[1][x[0]].astype(F32)],
+      vjp=_token_embed_vjp)
+
+defop("token_embed_bwd", "embed",
+      shape=lambda s, a: [f32((a["vocab"], s[0][-1]))],
+      ref=lambda x, a: [_embed_bwd_ref(x[0], x[1], a["vocab"], x[0].shape[1])[0]])
+
+
+def rmsnorm_ref(x, w, eps):
+    ms = (x * x).mean(-1, dtype=F32)
+    rstd = (F32(1) / np.sqrt(ms + F32(eps))).astype(F32)
+    return [(w * (x * rstd[..., None])).astype(F32), rstd]
+
+
+def rmsnorm_bwd_ref(dy, x, w, rstd):
+    """y = w * x * r, r = (mean(x^2) + eps)^-1/2  =>  dx = r * (dy*w - xhat * mean(dy*w*xhat)), xhat = x*r."""
+    xhat = x * rstd[..., None]
+    dxhat = dy * w
+    m = (dxhat * xhat).mean(-1, keepdims=True, dtype=F32)
+    dx = (dxhat - xhat * m) * rstd[..., None]
+    dw = (rows(dy) * rows(xhat)).sum(0)
+    return [dx.astype(F32), dw.astype(F32)]
+
+
+def _rmsnorm_vjp(g, n, d):
+    x, w = n.inputs
+    rstd = n.outputs[1]
+    dx, dw = g.op("rmsnorm_bwd", [d[0], x, w, rstd], name=f"d{n.outputs[0].name.rsplit('.', 1)[0]}")
+    return [dx, dw]
+
+
+defop("rmsnorm", "rmsnorm",
+      shape=lambda s, a: [f32(s[0]), f32(s[0][:-1])],
+      ref=lambda x, a: rmsnorm_ref(x[0], x[1], a["eps"]),
+      vjp=_rmsnorm_vjp, outs=lambda n: ["y", "rstd"])
+
+# fused: residual add + RMSNorm (the sum is the next residual stream)
+defop("residual_rmsnorm", "rmsnorm",
+      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1])],
+      ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + rmsnorm_ref((x[0] + x[1]).astype(F32), x[2], a["eps"]),
+      outs=lambda n: ["sum", "y", "rstd"])
+
+
+def _rmsnorm_bwd_acc(x):
+    dx, dw = rmsnorm_bwd_ref(*x[:4])
+    if len(x) == 5:
+        dx = (dx + x[4]).astype(F32)
+    return [dx, dw]
+
+
+# RMSNorm backward; with accumulate=True a 5th input (the residual stream's grad) is added to dx
+defop("rmsnorm_bwd", "rmsnorm",
+      shape=lambda s, a: [f32(s[1]), f32(s[2])],
+      ref=lambda x, a: _rmsnorm_bwd_acc(x),
+      outs=lambda n: ["x", "w"])
+
+
+def rope_cos_sin(T, inv_freq):
+    """(T, head_dim/2) cos and sin of position * inv_freq, each product rounded to float32 first
+    (HF multiplies float32 positions by float32 inv_freq, then takes cos/sin in float32)."""
+    ang = np.arange(T, dtype=F32)[:, None] * np.asarray(inv_freq, F32)[None, :]
+    return np.cos(ang).astype(F32), np.sin(ang).astype(F32)
+
+
+def rope_ref(x, n_head, inv_freq, inverse=False):
+    """Rotate-half RoPE (HF's layout): channel i pairs with i + hd/2 inside each head.
+    y1 = x1 cos - x2 sin, y2 = x2 cos + x1 sin. The inverse rotation (sin -> -sin) is the vjp."""
+    B, T, C = x.shape
+    hd = C // n_head
+    h = x.reshape(B, T, n_head, hd)
+    c, s = rope_cos_sin(T, inv_freq)
+    c, s = c[None, :, None, :], s[None, :, None, :]
+    if inverse:
+        s = -s
+    x1, x2 = h[..., : hd // 2], h[..., hd // 2:]
+    y = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
+    return y.reshape(B, T, C).astype(F32)
+
+
+defop("rope", "rope",
+      shape=lambda s, a: [f32(s[0])],
+      ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"])],
+      vjp=lambda g, n, d: [g.op("rope_bwd", [d[0]], name=f"d{n.inputs[0].name}", **n.attrs)],
+      inplace=((0, 0),))
+
+defop("rope_bwd", "rope",
+      shape=lambda s, a: [f32(s[0])],
+      ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"], inverse=True)],
+      inplace=((0, 0),))
+
+
+def _gqa_heads(q, k, v, n_head, n_kv_head):
+    """q -> (B, KV, R, T, hd), k/v -> (B, KV, 1, T, hd): query head h uses K/V head h // R
+    (HF's repeat_kv order), shared by broadcasting instead of copying."""
+    B, T, C = q.shape
+    hd = C // n_head
+    R = n_head // n_kv_head
+    qh = q.reshape(B, T, n_kv_head, R, hd).transpose(0, 2, 3, 1, 4)
+    kh = k.reshape(B, T, n_kv_head, 1, hd).transpose(0, 2, 3, 1, 4)
+    vh = v.reshape(B, T, n_kv_head, 1, hd).transpose(0, 2, 3, 1, 4)
+    return qh, kh, vh
+
+
+def gqa_attention_ref(q, k, v, n_head, n_kv_head):
+    qh, kh, vh = _gqa_heads(q.astype(F32), k.astype(F32), v.astype(F32), n_head, n_kv_head)
+    B, KV, R, T, hd = qh.shape
+    s = (qh @ kh.swapaxes(-1, -2)) * F32(1.0 / np.sqrt(hd))
+    s = np.where(np.triu(np.ones((T, T), bool), 1), -np.inf, s)
+    mx = s.max(-1, keepdims=True)
+    lse = mx + np.log(np.exp(s - mx).sum(-1, keepdims=True))
+    y = np.exp(s - lse) @ vh                                          # (B,KV,R,T,hd)
+    y = y.transpose(0, 3, 1, 2, 4).reshape(B, T, n_head * hd)
+    return [y.astype(F32), lse[..., 0].reshape(B, n_head, T).astype(F32)]
+
+
+def gqa_attention_bwd_ref(dy, q, k, v, y, lse, n_head, n_kv_head):
+    qh, kh, vh = _gqa_heads(q.astype(F32), k.astype(F32), v.astype(F32), n_head, n_kv_head)
+    B, KV, R, T, hd = qh.shape
+    scale = F32(1.0 / np.sqrt(hd))
+    mask = np.triu(np.ones((T, T), bool), 1)
+    s = (qh @ kh.swapaxes(-1, -2)) * scale
+    p = np.where(mask, 0, np.exp(np.where(mask, 0, s) - lse.reshape(B, KV, R, T)[..., None]))
+    dyh, yh = (t.reshape(B, T, KV, R, hd).transpose(0, 2, 3, 1, 4) for t in (dy, y))
+    dv = (p.swapaxes(-1, -2) @ dyh).sum(2)                            # summed over the group's heads
+    dp = dyh @ vh.swapaxes(-1, -2)
+    ds = p * (dp - (dyh * yh).sum(-1, keepdims=True))
+    dq = (ds @ kh) * scale
+    dk = (ds.swapaxes(-1, -2) @ qh).sum(2) * scale
+    dq = dq.transpose(0, 3, 1, 2, 4).reshape(B, T, n_head * hd)
+    kv = lambda t: t.transpose(0, 2, 1, 3).reshape(B, T, n_kv_head * hd)
+    return [dq.astype(F32), kv(dk).astype(F32), kv(dv).astype(F32)]
+
+
+def _gqa_attention_vjp(g, n, d):
+    y, lse = n.outputs
+    dq, dk, dv = g.op("gqa_attention_bwd", [d[0], *n.inputs, y, lse], name=f"d{n.outputs[0].name.rsplit('.', 1)[0]}",
+                      **n.attrs)
+    return [dq, dk, dv]
+
+
+# causal attention of n_head query heads over n_kv_head shared K/V heads (grouped-query attention);
+# inputs q (B,T,NH*hd), k, v (B,T,KV*hd); outputs y (B,T,NH*hd) and the softmax log-sum-exp (B,NH,T)
+defop("gqa_attention", "gqa_attention",
+      shape=lambda s, a: [f32(s[0]), f32((s[0][0], a["n_head"], s[0][1]))],
+      ref=lambda x, a: gqa_attention_ref(x[0], x[1], x[2], a["n_head"], a["n_kv_head"]),
+      vjp=_gqa_attention_vjp, outs=lambda n: ["y", "lse"])
+
+defop("gqa_attention_bwd", "gqa_attention",
+      shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[3])],
+      ref=lambda x, a: gqa_attention_bwd_ref(*x, a["n_head"], a["n_kv_head"]),
+      outs=lambda n: ["q", "k", "v"])
+
+
+def sigmoid(x):
+    e = np.exp(-np.abs(x)).astype(F32)
+    return np.where(x >= 0, F32(1) / (F32(1) + e), e / (F32(1) + e)).astype(F32)
+
+
+def swiglu_bwd_ref(dh, gate, up):
+    """h = silu(g) * u, silu(g) = g * sigmoid(g), silu'(g) = sig * (1 + g * (1 - sig))."""
+    sig = sigmoid(gate)
+    dgate = dh * up * (sig * (F32(1) + gate * (F32(1) - sig)))
+    dup = dh * (gate * sig)
+    return [dgate.astype(F32), dup.astype(F32)]
+
+
+def _swiglu_vjp(g, n, d):
+    dgate, dup = g.op("swiglu_bwd", [d[0], *n.inputs], name=f"d{n.outputs[0].name}")
+    return [dgate, dup]
+
+
+# the SwiGLU gate: h = silu(gate) * up (Llama's MLP is down(silu(gate(x)) * up(x)))
+defop("swiglu", "swiglu",
+      shape=lambda s, a: [f32(s[0])],
+      ref=lambda x, a: [(x[0] * sigmoid(x[0]) * x[1]).astype(F32)],
+      vjp=_swiglu_vjp)
+
+# dgate and dup may take the bytes of gate and up: nothing reads those after the backward
+defop("swiglu_bwd", "swiglu",
+      shape=lambda s, a: [f32(s[1]), f32(s[2])],
+      ref=lambda x, a: swiglu_bwd_ref(*x),
+      outs=lambda n: ["gate", "up"], inplace=((0, 1), (1, 2)))
+
+
+# --------------------------------------------------------------------------------------------
 # optimizer ops (phase "opt"); outputs update their first inputs in place
 
 defop("grad_norm", "adamw",

@@ -10,13 +10,14 @@ from llmgen.ir.graph import Graph
 from llmgen.passes.fusion import (accumulate_param_grads, fuse_adamw, fuse_layernorm_bwd_residual,
                                   fuse_matmul_epilogue, fuse_residual_layernorm, fuse_softmax_xent)
 from llmgen.passes.memory import MemoryPlan, plan_memory
+from llmgen.passes.recompute import recompute_activations
 
 PIPELINE = [
     # (name, pass, is a fusion: skipped when fusion is off)
     ("fuse_softmax_xent", fuse_softmax_xent, True),            # losses + dlogits in one pass, in place
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, True),      # bias / GELU / dGELU / bias-grad epilogues
-    ("fuse_residual_layernorm", fuse_residual_layernorm, True),  # residual add inside the layernorm
-    ("fuse_layernorm_bwd_residual", fuse_layernorm_bwd_residual, True),  # dx += residual grad
+    ("fuse_residual_layernorm", fuse_residual_layernorm, True),  # residual add inside the layernorm / RMSNorm
+    ("fuse_layernorm_bwd_residual", fuse_layernorm_bwd_residual, True),  # dx += residual grad (layernorm, RMSNorm)
     # tied wte: both contributions += one grad buffer. Not optional: the activation arena is
     # planned per token, so a parameter-sized temporary must never land in it.
     ("accumulate_param_grads", accumulate_param_grads, False),
@@ -24,11 +25,12 @@ PIPELINE = [
 ]
 
 
-def optimize(g: Graph, fuse: bool = True) -> Graph:
+def optimize(g: Graph, fuse: bool = True, recompute: int = 0) -> Graph:
     for _, fn, is_fusion in PIPELINE:
         if fuse or not is_fusion:
             g = fn(g)
-    return g
+    # last: recompute (llm.c's -r) rewires backward readers of GELU / layernorm outputs
+    return recompute_activations(g, recompute)
 
 
-__all__ = ["PIPELINE", "optimize", "plan_memory", "MemoryPlan"]
+__all__ = ["PIPELINE", "optimize", "plan_memory", "MemoryPlan", "recompute_activations"]

@@ -96,27 +96,34 @@ def fuse_matmul_epilogue(g: Graph) -> Graph:
     return _rebuild(g, replace, {})
 
 
+RESIDUAL_NORMS = {"layernorm": "residual_layernorm", "rmsnorm": "residual_rmsnorm"}   # norm -> fused op
+
+
 def fuse_residual_layernorm(g: Graph) -> Graph:
-    """add(x, y) feeding a layernorm -> residual_layernorm writing the sum and the normed output
-    in one pass over the row (the sum stays: it is the next residual stream)."""
+    """add(x, y) feeding a layernorm (or RMSNorm) -> residual_layernorm (residual_rmsnorm) writing
+    the sum and the normed output in one pass over the row (the sum stays: it is the next residual
+    stream)."""
     users = g.consumers()
     replace: dict[int, list[Node]] = {}
     for n in g.nodes:
         if n.op != "add" or n.phase != "fwd":
             continue
         s = n.outputs[0]
-        ln = next((u for u in users.get(s.id, []) if u.op == "layernorm" and u.inputs[0] is s), None)
+        ln = next((u for u in users.get(s.id, []) if u.op in RESIDUAL_NORMS and u.inputs[0] is s), None)
         if ln is None:
             continue
-        fused = Node("residual_layernorm", [*n.inputs, *ln.inputs[1:]], [s, *ln.outputs], dict(ln.attrs), "fwd")
+        fused = Node(RESIDUAL_NORMS[ln.op], [*n.inputs, *ln.inputs[1:]], [s, *ln.outputs], dict(ln.attrs), "fwd")
         replace[n.id] = []
         replace[ln.id] = [fused]
     return _rebuild(g, replace, {})
 
 
+NORM_BWD_INPUTS = {"layernorm_bwd": 5, "rmsnorm_bwd": 4}    # inputs before the residual grad is added
+
+
 def fuse_layernorm_bwd_residual(g: Graph) -> Graph:
-    """layernorm_bwd's dx + the residual stream's gradient -> one layernorm_bwd that adds the
-    residual gradient while writing dx (saves a read and a write of (B,T,C))."""
+    """layernorm_bwd's (or rmsnorm_bwd's) dx + the residual stream's gradient -> one norm backward
+    that adds the residual gradient while writing dx (saves a read and a write of (B,T,C))."""
     users, prod = g.consumers(), _producers(g)
     replace: dict[int, list[Node]] = {}
     for n in g.nodes:
@@ -124,12 +131,12 @@ def fuse_layernorm_bwd_residual(g: Graph) -> Graph:
             continue
         for i in (0, 1):
             ln = prod.get(n.inputs[i].id)
-            if ln is None or ln.op != "layernorm_bwd" or len(ln.inputs) != 5 or ln.outputs[0] is not n.inputs[i]:
+            if ln is None or len(ln.inputs) != NORM_BWD_INPUTS.get(ln.op) or ln.outputs[0] is not n.inputs[i]:
                 continue
             if len(users[n.inputs[i].id]) != 1:
                 continue
             dres = n.inputs[1 - i]
-            fused = Node("layernorm_bwd", [*ln.inputs, dres], [n.outputs[0], *ln.outputs[1:]],
+            fused = Node(ln.op, [*ln.inputs, dres], [n.outputs[0], *ln.outputs[1:]],
                          dict(ln.attrs, accumulate=True), "bwd")
             replace[ln.id] = []
             replace[n.id] = [fused]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from llmgen.ir.graph import Graph, Value
 from llmgen.ir.ops import OPS
+from llmgen.passes.precision import storage_dtypes
 
 ALIGN = 16
 
@@ -31,6 +32,8 @@ class MemoryPlan:
     act_elems: int = 0                                            # the activation arena's peak
     act_values: list[Value] = field(default_factory=list)         # planned activations, in order
     unplanned_elems: int = 0                                      # sum of sizes without sharing
+    alias: dict[int, int] = field(default_factory=dict)           # in-place value id -> the value it overwrites
+    dtype: str = "fp32"                                           # activation element: fp32 or bf16
 
     def bytes(self, bytes_per_elem: int = 4) -> dict[str, int]:
         p = self.param_elems * bytes_per_elem
@@ -39,8 +42,10 @@ class MemoryPlan:
                 "activations_unshared": self.unplanned_elems * bytes_per_elem}
 
 
-def plan_memory(g: Graph) -> MemoryPlan:
-    plan = MemoryPlan()
+def plan_memory(g: Graph, dtype: str = "fp32") -> MemoryPlan:
+    plan = MemoryPlan(dtype=dtype)
+    stored = storage_dtypes(g, dtype)
+    units = {vid: 2 if dtype == "bf16" and dt == "f32" else 1 for vid, dt in stored.items()}
     off = 0
     for p in g.params:
         plan.param_offset[p.id] = off
@@ -52,6 +57,11 @@ def plan_memory(g: Graph) -> MemoryPlan:
     end: dict[int, int] = {}
     vals: dict[int, Value] = {}
     alias: dict[int, int] = {}          # value id -> the value whose bytes it takes
+    last_read: dict[int, int] = {}      # value id -> index of the last node reading it
+    for i, n in enumerate(g.nodes):
+        for v in n.inputs:
+            last_read[v.id] = i
+    root_last: dict[int, int] = {}      # root id -> last read of the root or any value sharing its bytes
     for i, n in enumerate(g.nodes):
         for v in n.inputs:
             root = alias.get(v.id, v.id)
@@ -62,19 +72,23 @@ def plan_memory(g: Graph) -> MemoryPlan:
                 continue
             hint = dict(OPS[n.op].inplace).get(j)
             src = n.inputs[hint] if hint is not None else None
+            # in place only where the input dies here: no node after this one reads it (or its bytes)
             if src is not None and alias.get(src.id, src.id) in start and end[alias.get(src.id, src.id)] == i \
-                    and src.numel == v.numel:
+                    and root_last.get(alias.get(src.id, src.id), -1) <= i and src.numel == v.numel:
                 root = alias.get(src.id, src.id)
                 alias[v.id] = root
+                root_last[root] = max(root_last[root], last_read.get(v.id, i))
                 continue
             start[v.id] = end[v.id] = i
             vals[v.id] = v
+            root_last[v.id] = last_read.get(v.id, i)
     plan.act_values = list(vals.values())
-    plan.unplanned_elems = sum(_align(v.numel) for v in vals.values())
+    size_of = {vid: _align(v.numel * units.get(vid, 1)) for vid, v in vals.items()}
+    plan.unplanned_elems = sum(size_of.values())
 
     placed: list[tuple[int, int, int, int]] = []          # (offset, size, start, end)
-    for v in sorted(vals.values(), key=lambda v: (-v.numel, start[v.id])):
-        size, s, e = _align(v.numel), start[v.id], end[v.id]
+    for v in sorted(vals.values(), key=lambda v: (-v.numel * units.get(v.id, 1), start[v.id])):
+        size, s, e = size_of[v.id], start[v.id], end[v.id]
         clashes = sorted((o, o + sz) for o, sz, s2, e2 in placed if not (e2 < s or e < s2))
         offset = 0
         for lo, hi in clashes:
@@ -86,4 +100,5 @@ def plan_memory(g: Graph) -> MemoryPlan:
         plan.act_elems = max(plan.act_elems, offset + size)
     for vid, root in alias.items():
         plan.act_offset[vid] = plan.act_offset[root]
+    plan.alias = dict(alias)
     return plan
