@@ -3,24 +3,45 @@
  * CONTRACT
  *   One .cu file builds two ways:
  *     GPU:  nvcc -O3 -arch=sm_90 train.cu -lcublasLt -lcublas -o train
- *     CPU:  g++ -std=c++17 -O2 -x c++ -DLLMGEN_EMULATE -fno-strict-aliasing -fopenmp \
- *               -I/usr/local/cuda/include train.cu -o train
+ *     CPU:  g++ -std=c++17 -O2 -x c++ -DLLMGEN_EMULATE -fno-strict-aliasing -fcf-protection=none \
+ *               -fopenmp -I/usr/local/cuda/include train.cu -o train
  *   The CPU build needs only the CUDA *headers* (cuda_runtime.h, cuda_bf16.h, library_types.h);
- *   libcudart, libcublasLt and a GPU are never used. -fopenmp spreads blocks over cores (without
- *   it everything runs on one core). -fno-strict-aliasing keeps the usual float* -> float4* / bf16
- *   "packed" reinterpret casts of CUDA code well-defined under g++ (required).
- *   Nothing else is required: -U_FORTIFY_SOURCE is not needed (no longjmp is used).
+ *   libcudart, libcublasLt and a GPU are never used.
+ *     -fno-strict-aliasing  required: CUDA code reads float and bf16 arrays through float4 / int4
+ *                           pointers (llm.c's Packed128), which g++ may otherwise miscompile.
+ *     -fopenmp              spreads blocks over cores (without it everything runs on one core).
+ *     -fcf-protection=none  only matters where the toolchain enables CET by default (Ubuntu): with
+ *                           shadow-stack marking the slower ucontext switch is used (see below).
+ *   Nothing else: -U_FORTIFY_SOURCE is not needed (no longjmp). -O0 ... -O3 -march=native all work.
  *
  *   The .cu starts with this header (the generator inlines it; both branches are in here):
  *       #include "emulate.h"      // real CUDA under nvcc, the CPU emulation with -DLLMGEN_EMULATE
  *       #ifndef LLMGEN_EMULATE
  *       #include <cublasLt.h>     // only when the program calls cuBLASLt; emulated below otherwise
  *       #endif
- *   and then uses, for every kernel launch and every dynamic shared-memory array:
+ *   (or, equivalently, `#ifdef LLMGEN_EMULATE #include "emulate.h" #else <the CUDA includes> and
+ *   the two #defines of the nvcc branch below #endif`), and then uses, for every kernel launch and
+ *   every dynamic shared-memory array:
  *       LLMGEN_LAUNCH(kernel, grid, block, shmem_bytes, stream, args...);
  *       LLMGEN_DYNAMIC_SMEM(type, name);   // in a kernel body: `type* name` -> dynamic shared memory
- *   A templated kernel goes in parentheses: LLMGEN_LAUNCH((k<float, 4>), ...). LLMGEN_EMULATED is
- *   1 under emulation and 0 under nvcc, for `#if` twins of code the emulator cannot run.
+ *   A templated kernel goes in parentheses: LLMGEN_LAUNCH((k<float, 4>), ...). The kernel may
+ *   also be a function-pointer variable. LLMGEN_EMULATED is 1 under emulation and 0 under nvcc,
+ *   for `#if` twins of code the emulator cannot run. Kernel launches from device code, and
+ *   `extern __shared__` written out by hand, are not supported.
+ *
+ * CONFIGURATION MACROS (emulation only)
+ *   LLMGEN_EMU_STACK_KB=N   stack reserved per CUDA thread, default 128 (KiB)
+ *   LLMGEN_EMU_UCONTEXT     use ucontext instead of the hand-written x86-64 switch
+ *   LLMGEN_EMU_NO_CUBLASLT  leave the cuBLASLt emulation out
+ *
+ * COSTS (measured on the 2-core x86-64 dev VM, one OpenMP thread)
+ *   - barrier-free kernel: ~2 ns per CUDA thread (a function call; no fiber switch).
+ *   - one __syncthreads: ~50 ns per thread in a 256-thread block (fiber creation, two switches);
+ *     later barriers of the same block ~10-15 ns per thread. A 5-step __shfl_xor_sync reduction:
+ *     ~50 ns per thread. llm.c-style layernorm 256x768 (block 256, ~20 barriers): ~15 ms.
+ *   - cuBLASLt GEMM: ~20 GFLOP/s per core with baseline SSE2 (fp32 or bf16 inputs).
+ *   On VMs whose vCPUs are oversubscribed, libgomp's spin-waiting can make 2 threads slower than
+ *   one; OMP_WAIT_POLICY=passive fixes that.
  *
  * HOW IT RUNS (emulation)
  *   - Host side: cuda_runtime.h stays (its declarations are kept); the runtime functions are
@@ -49,7 +70,12 @@
  *   - A barrier that can never complete (divergent __syncthreads, or lanes of one warp waiting at
  *     different kinds of barrier) aborts with a message naming the block, instead of hanging.
  *   - Fibers switch with a hand-written x86-64 routine (callee-saved registers, rsp, MXCSR and the
- *     x87 control word); elsewhere, or with -DLLMGEN_EMU_UCONTEXT, with ucontext (about 15x slower).
+ *     x87 control word; the two control registers are reloaded only when they differ); elsewhere,
+ *     with -DLLMGEN_EMU_UCONTEXT, or when -fcf-protection marks the program for CET shadow stacks
+ *     (Ubuntu's default: add -fcf-protection=none), with ucontext (a syscall per switch).
+ *   - __activemask() cannot see convergence: it waits for the warp's live lanes like __syncwarp()
+ *     and returns them. Lanes of one mask that meet at *different* warp operations are reported
+ *     as divergent warp code (abort with a message), like a deadlock.
  *   - cuBLASLt: the types, enums and functions the generator uses are declared here with NVIDIA's
  *     names and values (cublasLt.h / cublas_api.h; cudaDataType_t comes from library_types.h) and
  *     run a blocked, OpenMP-parallel CPU GEMM accumulating in fp32, with the epilogues DEFAULT,
@@ -65,18 +91,31 @@
  *     within its documented ulp bounds. Fast intrinsics (__expf, __logf, __fdividef, rsqrtf,
  *     __tanhf) are computed accurately here, not with the GPU's approximations.
  *   - GEMM: fp32 accumulation in k order per output element; cuBLAS uses its own order and tensor
- *     cores. COMPUTE_32F_FAST_TF32 rounds inputs to tf32 (round-to-nearest-away) as the GPU does;
- *     other FAST modes compute in plain fp32.
+ *     cores. COMPUTE_32F_FAST_TF32 rounds inputs to tf32 (to nearest, ties away from zero); other
+ *     FAST modes compute in plain fp32. Epilogue order: D = act(alpha*op(A)op(B) + beta*C + bias),
+ *     C is not read when beta == 0; GELU is the tanh approximation; GELU_AUX stores the
+ *     pre-activation (bias included); DGELU multiplies the result by gelu'(aux); the bias gradient
+ *     of DGELU_BGRAD is the row sum of the final fp32 values (before rounding to D's type);
+ *     BGRADA / BGRADB are the sums of op(A) over k / of op(B) over k, without alpha. All bias
+ *     gradients overwrite the bias buffer, in BIAS_DATA_TYPE (default: D's type). These follow
+ *     cuBLASLt's documentation; they could not be compared with a GPU here.
  *   - Atomics are exact, but when blocks run on several OS threads their order (so float sums)
  *     varies from run to run, as on a GPU. Within a block the schedule is deterministic.
  *   - Not emulated: inline PTX, cooperative groups / grid sync, cp.async / TMA / mbarrier, wmma /
  *     mma / wgmma, `extern __shared__` (use LLMGEN_DYNAMIC_SMEM), warp code relying on lockstep
  *     without *_sync, spin-waits on other threads or blocks (deadlock: nothing is pre-empted),
  *     __CUDA_ARCH__ (stays undefined), stream concurrency, kernel-side cudaMalloc, sanitizers
- *     (ASan does not follow the fiber stacks).
+ *     (ASan does not follow the fiber stacks), kernels with default arguments or overloaded kernel
+ *     names in LLMGEN_LAUNCH (pass every argument; give kernels distinct names).
+ *   - Every kernel's static __shared__ arrays live in the TLS of every OS thread (an OpenMP thread
+ *     holds them all at once): keep their total to a few MiB.
  *   - Static shared memory is not counted against the 48 KiB limit; dynamic shared memory is
  *     (48 KiB unless raised with cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize),
- *     227 KiB at most, as on sm_90).
+ *     227 KiB at most, as on sm_90). Shared and dynamic shared memory keep the previous block's
+ *     contents (a GPU leaves them undefined); cudaMalloc memory is not zeroed.
+ *   - The fake device reports sm_90 limits, name "llmgen CPU emulation", and one multiprocessor
+ *     per OpenMP thread. Launch-configuration errors are reported through cudaGetLastError() as
+ *     on the GPU (cudaErrorInvalidConfiguration, cudaErrorInvalidValue for too much dynamic smem).
  *
  * Written against the CUDA 13.0 headers. All emulation internals live in namespace llmgen_emu.
  */
@@ -139,7 +178,10 @@
 #include <omp.h>
 #endif
 
-#if defined(__x86_64__) && !defined(LLMGEN_EMU_UCONTEXT)
+/* The hand-written switch returns on another stack than it was called on, which a CET shadow
+ * stack forbids: when the toolchain marks the program shadow-stack compatible (-fcf-protection,
+ * the default on Ubuntu) ucontext is used instead; add -fcf-protection=none to get the fast switch. */
+#if defined(__x86_64__) && !defined(LLMGEN_EMU_UCONTEXT) && !(defined(__CET__) && (__CET__ & 2))
 #define LLMGEN_EMU_ASM_SWITCH 1
 #else
 #define LLMGEN_EMU_ASM_SWITCH 0
@@ -206,10 +248,16 @@ __asm__(
     "    stmxcsr 8(%rsp)\n"
     "    fnstcw 12(%rsp)\n"
     "    movq %rsp, (%rdi)\n"
+    "    movl 8(%rsp), %eax\n"   /* eax: MXCSR, ecx: x87 control word of the fiber we leave */
+    "    movzwl 12(%rsp), %ecx\n"
     "    movq %rsi, %rsp\n"
+    "    cmpl 8(%rsp), %eax\n"   /* reload only what differs: the loads are slow */
+    "    je 1f\n"
     "    ldmxcsr 8(%rsp)\n"
+    "1:  cmpw 12(%rsp), %cx\n"
+    "    je 2f\n"
     "    fldcw 12(%rsp)\n"
-    "    addq $16, %rsp\n"
+    "2:  addq $16, %rsp\n"
     "    popq %r15\n"
     "    popq %r14\n"
     "    popq %r13\n"
@@ -238,6 +286,8 @@ struct Fiber {
 #endif
     char* stack_lo = nullptr; /* lowest usable byte, just above the guard page */
     size_t stack_bytes = 0;
+    size_t stagger = 0; /* the stack starts this far below its top: spreads the hot top frames of
+                           many fibers over cache sets (equal page offsets would collide) */
     unsigned tid = 0; /* linear CUDA thread index running on this fiber */
     uint3 idx = {0, 0, 0};
 };
@@ -298,7 +348,7 @@ inline size_t page_bytes() {
     return p;
 }
 
-inline Fiber* new_fiber() {
+inline Fiber* new_fiber(size_t index) {
     const size_t page = page_bytes();
     const size_t bytes = ((size_t)LLMGEN_EMU_STACK_KB * 1024 + page - 1) / page * page;
     void* base = mmap(nullptr, bytes + page, PROT_READ | PROT_WRITE,
@@ -317,6 +367,7 @@ inline Fiber* new_fiber() {
     Fiber* f = new Fiber();
     f->stack_lo = (char*)base + page;
     f->stack_bytes = bytes;
+    f->stagger = ((index * 37) % 256) * 64; /* < 16 KiB */
     return f;
 }
 
@@ -324,9 +375,16 @@ inline Fiber* new_fiber() {
 /* The per-OS-thread worker: runs the blocks of a launch one at a time                          */
 /* ============================================================================================ */
 enum WarpOp : uint8_t {
-    WOP_SYNC, WOP_SHFL, WOP_VOTE, WOP_ADD, WOP_MIN_S, WOP_MAX_S, WOP_MIN_U, WOP_MAX_U,
-    WOP_AND, WOP_OR, WOP_XOR
+    WOP_SYNC, WOP_SHFL, WOP_VOTE, WOP_ACTIVE, WOP_ADD, WOP_MIN_S, WOP_MAX_S, WOP_MIN_U, WOP_MAX_U,
+    WOP_AND, WOP_OR, WOP_XOR, WOP_COUNT
 };
+inline const char* warp_op_name(uint8_t op) {
+    static const char* names[WOP_COUNT] = {"__syncwarp", "__shfl*_sync", "__ballot/__any/__all_sync",
+                                           "__activemask", "__reduce_add_sync", "__reduce_min_sync",
+                                           "__reduce_max_sync", "__reduce_min_sync", "__reduce_max_sync",
+                                           "__reduce_and_sync", "__reduce_or_sync", "__reduce_xor_sync"};
+    return op < WOP_COUNT ? names[op] : "?";
+}
 
 struct Warp {
     uint32_t exited;    /* lanes that returned, or do not exist (partial last warp) */
@@ -366,6 +424,9 @@ struct Worker {
     size_t dyn_cap = 0;
     /* an alternate signal stack so the overflow message can be written */
     void* altstack = nullptr;
+    /* MXCSR and x87 control word new fibers start with: the OS thread's, read once per block */
+    uint32_t fp_mxcsr = 0x1f80;
+    uint16_t fp_cw = 0x037f;
 
     void prepare(dim3 grid, dim3 block, size_t shmem, void (*e)(Worker*), const void* b);
     void run_block(uint3 bidx);
@@ -450,17 +511,13 @@ inline Worker& cur() {
 #if LLMGEN_EMU_ASM_SWITCH
 inline void fiber_prepare(Fiber* f, Worker* w) {
     /* frame popped by llmgen_emu_switch: [pad][mxcsr][fpucw] r15 r14 r13 r12 rbx rbp ret */
-    uintptr_t top = ((uintptr_t)(f->stack_lo + f->stack_bytes)) & ~(uintptr_t)15;
+    uintptr_t top = ((uintptr_t)(f->stack_lo + f->stack_bytes - f->stagger)) & ~(uintptr_t)15;
     uintptr_t x = top - 16; /* rsp at the call in llmgen_emu_fiber_start: 16-byte aligned */
     uint64_t* sp = (uint64_t*)(x - 72);
-    uint32_t mxcsr;
-    uint16_t fpucw;
-    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
-    __asm__ volatile("fnstcw %0" : "=m"(fpucw));
     sp[0] = 0;
     sp[1] = 0;
-    memcpy((char*)sp + 8, &mxcsr, 4);
-    memcpy((char*)sp + 12, &fpucw, 2);
+    memcpy((char*)sp + 8, &w->fp_mxcsr, 4);
+    memcpy((char*)sp + 12, &w->fp_cw, 2);
     sp[2] = 0;                                    /* r15 */
     sp[3] = 0;                                    /* r14 */
     sp[4] = (uint64_t)(uintptr_t)w->entry;        /* r13: function to call */
@@ -491,7 +548,7 @@ inline void ctx_leave(Fiber* from, MainCtx* m) { swapcontext(&from->uc, &m->uc);
 #endif
 
 inline Fiber* Worker::fresh_fiber() {
-    if (fibers_used == pool.size()) pool.push_back(new_fiber());
+    if (fibers_used == pool.size()) pool.push_back(new_fiber(pool.size()));
     Fiber* f = pool[fibers_used++];
     fiber_prepare(f, this);
     return f;
@@ -549,15 +606,28 @@ inline unsigned Worker::barrier(int pred) {
 inline void Worker::complete(Warp& w, Fiber* keep) {
     const uint32_t arr = w.arrived;
     uint32_t pred = 0;
+    uint32_t by_op[WOP_COUNT] = {0};
     for (uint32_t m = arr; m; m &= m - 1) {
         const int l = __builtin_ctz(m);
         if (w.in[l] != 0) pred |= 1u << l;
+        by_op[w.op[l]] |= 1u << l;
     }
     for (uint32_t m = arr; m; m &= m - 1) {
         const int l = __builtin_ctz(m);
         const uint32_t group = arr & w.mask[l];
+        if (group & ~by_op[w.op[l]]) { /* lanes of one mask meet at different warp operations */
+            const int other = __builtin_ctz(group & ~by_op[w.op[l]]);
+            char buf[400];
+            snprintf(buf, sizeof(buf),
+                     "divergent warp code in block (%u,%u,%u), warp %u: lane %d is in %s while lane %d of "
+                     "its mask is in %s",
+                     blockIdx.x, blockIdx.y, blockIdx.z, (unsigned)(&w - warps.data()), l, warp_op_name(w.op[l]),
+                     other, warp_op_name(w.op[other]));
+            fatal(buf);
+        }
         switch (w.op[l]) {
         case WOP_SYNC: break;
+        case WOP_ACTIVE: w.out[l] = group; break;
         case WOP_SHFL: {
             const int s = w.src[l];
             w.out[l] = (s >= 0 && ((arr >> s) & 1u)) ? w.in[s] : w.in[l];
@@ -670,6 +740,10 @@ inline void Worker::run_block(uint3 bidx) {
     bar_count = 0;
     rhead = rtail = 0;
     fibers_used = 0;
+#if LLMGEN_EMU_ASM_SWITCH
+    __asm__ volatile("stmxcsr %0" : "=m"(fp_mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(fp_cw));
+#endif
     for (unsigned i = 0; i < nwarps; ++i) {
         warps[i].exited = warp_absent[i];
         warps[i].arrived = 0;
@@ -728,6 +802,7 @@ inline int omp_workers() {
 }
 
 inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*entry)(Worker*), const void* body) {
+    if (tl_worker && tl_worker->current) fatal("a kernel launch from device code (dynamic parallelism) is not emulated");
     const uint64_t nb = (uint64_t)grid.x * grid.y * grid.z;
     int nt = 1;
 #ifdef _OPENMP
@@ -821,9 +896,15 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
     LLMGEN_EMU_COMPILER_FENCE();
 }
 
+/* Lanes of the warp that have not exited. The emulator cannot see which lanes are converged, so
+ * this waits for the warp's other live lanes like __syncwarp(); it is exact for converged code
+ * and early exits. Calling it in a branch that only part of a warp takes, while the rest goes on
+ * to another warp operation, is reported as divergent warp code. */
 inline unsigned __activemask() {
-    llmgen_emu::Worker& w = llmgen_emu::cur();
-    return ~w.warps[w.current->tid >> 5].exited;
+    LLMGEN_EMU_COMPILER_FENCE();
+    const unsigned r = (unsigned)llmgen_emu::cur().warp_op(0xffffffffu, llmgen_emu::WOP_ACTIVE, 0, -1);
+    LLMGEN_EMU_COMPILER_FENCE();
+    return r;
 }
 
 namespace llmgen_emu {
@@ -1107,14 +1188,17 @@ inline float __tanhf(float x) noexcept { return tanhf(x); }
 inline void __sincosf(float x, float* s, float* c) noexcept { *s = sinf(x); *c = cosf(x); }
 }
 
-inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-inline double rsqrt(double x) { return 1.0 / sqrt(x); }
-inline float rcbrtf(float x) { return 1.0f / cbrtf(x); }
-inline float normcdff(float x) { return 0.5f * erfcf(-x * 0.70710678118654752f); }
-inline double normcdf(double x) { return 0.5 * erfc(-x * 0.70710678118654752440); }
-inline float sinpif(float x) { return sinf(3.14159265358979323846f * x); }
-inline float cospif(float x) { return cosf(3.14159265358979323846f * x); }
-inline float fdividef(float a, float b) { return a / b; }
+/* CUDA-only math names. extern "C" + noexcept: newer C libraries (C23) declare some of them. */
+extern "C" {
+inline float rsqrtf(float x) noexcept { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) noexcept { return 1.0 / sqrt(x); }
+inline float rcbrtf(float x) noexcept { return 1.0f / cbrtf(x); }
+inline float normcdff(float x) noexcept { return 0.5f * erfcf(-x * 0.70710678118654752f); }
+inline double normcdf(double x) noexcept { return 0.5 * erfc(-x * 0.70710678118654752440); }
+inline float sinpif(float x) noexcept { return (float)sin(3.14159265358979323846 * (double)x); }
+inline float cospif(float x) noexcept { return (float)cos(3.14159265358979323846 * (double)x); }
+inline float fdividef(float a, float b) noexcept { return a / b; }
+}
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x >= 1.0f ? 1.0f : (x > 0.0f ? x : 0.0f); /* NaN -> 0 */ }
 inline float __frcp_rn(float x) { return 1.0f / x; }
@@ -1296,7 +1380,7 @@ inline long long __bfloat162ll_rn(__nv_bfloat16 a) { return llmgen_emu::to_int_r
 /* CUDA runtime API (host): definitions of NVIDIA's declarations                                */
 /* ============================================================================================ */
 namespace llmgen_emu {
-enum MemKind { MEM_DEVICE, MEM_HOST_PINNED };
+enum MemKind { MEM_DEVICE, MEM_HOST_PINNED, MEM_SYMBOL /* a __device__/__constant__ variable */ };
 struct Alloc { size_t bytes; MemKind kind; };
 inline std::mutex g_mem_mutex;
 inline std::map<uintptr_t, Alloc> g_allocs;
@@ -1314,6 +1398,10 @@ inline cudaError_t alloc(void** p, size_t bytes, MemKind kind) {
     if (kind == MEM_DEVICE) g_device_bytes += bytes;
     *p = q;
     return cudaSuccess;
+}
+inline void register_symbol(const void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(g_mem_mutex);
+    g_allocs.emplace((uintptr_t)p, Alloc{bytes, MEM_SYMBOL});
 }
 inline cudaError_t release(void* p, MemKind kind) {
     if (!p) return cudaSuccess;
@@ -1694,6 +1782,7 @@ inline cudaError_t cudaMemcpyFromSymbolAsync(void* dst, const T& symbol, size_t 
 template <class T>
 inline cudaError_t cudaGetSymbolAddress(void** devPtr, const T& symbol) {
     if (!devPtr) return cudaErrorInvalidValue;
+    llmgen_emu::register_symbol(&symbol, sizeof(T)); /* so cudaMemcpy accepts it as device memory */
     *devPtr = (void*)&symbol;
     return cudaSuccess;
 }
@@ -1745,7 +1834,6 @@ typedef enum {
     CUBLAS_COMPUTE_32F_EMULATED_16BFX9 = 78,
     CUBLAS_COMPUTE_64F = 70,
     CUBLAS_COMPUTE_64F_PEDANTIC = 71,
-    CUBLAS_COMPUTE_64F_EMULATED_FIXEDPOINT = 79,
     CUBLAS_COMPUTE_32I = 72,
     CUBLAS_COMPUTE_32I_PEDANTIC = 73
 } cublasComputeType_t;
@@ -1852,12 +1940,12 @@ typedef enum {
 
 struct cublasLtContext { int unused; };
 typedef struct cublasLtContext* cublasLtHandle_t;
-typedef struct { uint64_t data[14]; } cublasLtMatrixLayoutOpaque_t;
+typedef struct { uint64_t data[8]; } cublasLtMatrixLayoutOpaque_t;
 typedef cublasLtMatrixLayoutOpaque_t* cublasLtMatrixLayout_t;
 typedef struct { uint64_t data[8]; } cublasLtMatmulAlgo_t;
 typedef struct { uint64_t data[32]; } cublasLtMatmulDescOpaque_t;
 typedef cublasLtMatmulDescOpaque_t* cublasLtMatmulDesc_t;
-typedef struct { uint64_t data[12]; } cublasLtMatmulPreferenceOpaque_t;
+typedef struct { uint64_t data[8]; } cublasLtMatmulPreferenceOpaque_t;
 typedef cublasLtMatmulPreferenceOpaque_t* cublasLtMatmulPreference_t;
 typedef struct {
     cublasLtMatmulAlgo_t algo;

@@ -1,4 +1,4 @@
-/* testio.h -- host-side file I/O for the emulation tests (tests/emu/*.py drive these programs).
+/* testio.h -- host-side file I/O for the emulation tests (the tests in tests/emu drive these programs).
  * A program is run as `prog CASE DIR`: it reads inputs DIR/<name>.bin written by the test and
  * writes outputs DIR/<name>.bin that the test compares with numpy/torch references. */
 #pragma once
@@ -19,7 +19,7 @@
 
 static std::string g_dir = ".";
 
-static std::vector<char> read_bytes(const char* name) {
+static inline std::vector<char> read_bytes(const char* name) {
     std::string path = g_dir + "/" + name + ".bin";
     FILE* f = fopen(path.c_str(), "rb");
     if (!f) { fprintf(stderr, "cannot open %s\n", path.c_str()); exit(2); }
@@ -33,14 +33,14 @@ static std::vector<char> read_bytes(const char* name) {
 }
 
 template <class T>
-static std::vector<T> read_input(const char* name) {
+static inline std::vector<T> read_input(const char* name) {
     std::vector<char> b = read_bytes(name);
     std::vector<T> v(b.size() / sizeof(T));
     if (!v.empty()) memcpy((void*)v.data(), b.data(), v.size() * sizeof(T));
     return v;
 }
 
-static void write_output(const char* name, const void* data, size_t bytes) {
+static inline void write_output(const char* name, const void* data, size_t bytes) {
     std::string path = g_dir + "/" + name + ".bin";
     FILE* f = fopen(path.c_str(), "wb");
     if (!f) { fprintf(stderr, "cannot write %s\n", path.c_str()); exit(2); }
@@ -49,21 +49,21 @@ static void write_output(const char* name, const void* data, size_t bytes) {
 }
 
 template <class T>
-static void write_output(const char* name, const std::vector<T>& v) { write_output(name, v.data(), v.size() * sizeof(T)); }
+static inline void write_output(const char* name, const std::vector<T>& v) { write_output(name, v.data(), v.size() * sizeof(T)); }
 
 /* device buffer <- host vector */
 template <class T>
-static T* to_device(const std::vector<T>& h) {
+static inline T* to_device(const std::vector<T>& h) {
     T* d = nullptr;
     CHECK_CUDA(cudaMalloc((void**)&d, h.size() * sizeof(T) + 16));
     if (!h.empty()) CHECK_CUDA(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
     return d;
 }
 template <class T>
-static std::vector<T> to_host(const T* d, size_t n) {
+static inline std::vector<T> to_host(const T* d, size_t n) {
     std::vector<T> h(n);
     if (n) CHECK_CUDA(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
 }
 template <class T>
-static void save_device(const char* name, const T* d, size_t n) { write_output(name, to_host(d, n)); }
+static inline void save_device(const char* name, const T* d, size_t n) { write_output(name, to_host(d, n)); }
