@@ -45,11 +45,18 @@ class Options:
     """What a build is specialised for beyond the spec itself."""
     target: str = "c"          # c | cuda
     fuse: bool = True          # run the fusion passes
+    recompute: int = 0         # llm.c's -r: 0 keep activations, 1 recompute GELU, 2 GELU + layernorm
 
 
 def program_for(spec, options: Options = Options()) -> Program:
-    g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse)
-    return lower(g, plan, options.target, __version__)
+    # bf16 (spec.dtype) is the CUDA target's mixed precision; the C twin computes in fp32
+    dtype = spec.dtype if options.target == "cuda" else "fp32"
+    g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse, recompute=options.recompute, dtype=dtype)
+    prog = lower(g, plan, options.target, __version__, recompute=options.recompute)
+    if options.target == "cuda":
+        from llmgen.codegen.cuda import configure
+        configure(prog)
+    return prog
 
 
 def render(spec, options: Options = Options()) -> str:
