@@ -86,6 +86,7 @@ class NamedBuffer:
     name: str          # graph name: "h0.qkv", "grad.wte", "m.wte"
     expr: str          # C expression of its pointer, e.g. A.h0_qkv
     numel: str         # C expression of its element count
+    dtype: str = "f32"  # element type in memory: f32 | bf16
 
 
 @dataclass
@@ -337,13 +338,17 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             needs_targets.update(v.id for v in n.outputs)
         launches[n.phase].append(Launch(k.name, args, f"{n.op}: {outs}", nt and n.phase == "fwd"))
 
-    buffers = [NamedBuffer(f"{pre}{r.name}", f"{arena}.{r.cname}", f"{r.numel}L")
+    # params are stored in the program's dtype; grads and moments stay fp32
+    buffers = [NamedBuffer(f"{pre}{r.name}", f"{arena}.{r.cname}", f"{r.numel}L",
+                           "bf16" if arena == "P" and plan.dtype == "bf16" else "f32")
                for pre, arena in (("", "P"), ("grad.", "G"), ("m.", "M"), ("v.", "V")) for r in params]
     act_values = {v.id: v for v in plan.act_values}
+    act_dtype = {a.cname: a.dtype for a in acts}
     for v in g.values():
         if v.id in plan.act_offset and v.id in anames:
             size = (act_values.get(v.id) or v).numel
-            buffers.append(NamedBuffer(v.name, f"A.{anames[v.id]}", f"(long)BT * {size}"))
+            buffers.append(NamedBuffer(v.name, f"A.{anames[v.id]}", f"(long)BT * {size}",
+                                       "bf16" if act_dtype[anames[v.id]] == "bf16" else "f32"))
 
     return Program(
         target=target, version=version, spec_hash=spec.digest(), arch=spec.arch,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmgen.codegen import Options, render
+from llmgen.codegen import Options, program_for, render
 from llmgen.compiler import compile_graph
 from llmgen.runtime.build import build_c_library, write_if_changed
 
@@ -31,6 +31,7 @@ class InProcessTrainer:
             raise ValueError(f"llmgen_setup refused B={B} T={T} (max_seq_len {spec.max_seq_len})")
         g, _ = compile_graph(spec, B=B, T=T, fuse=options.fuse)
         self.shapes = {v.name: v.shape for v in g.values()}
+        self.dtypes = {b.name: b.dtype for b in program_for(spec, options).buffers}
         for p in g.params:
             for pre in ("grad.", "m.", "v."):
                 self.shapes[pre + p.name] = p.shape
@@ -89,8 +90,16 @@ class InProcessTrainer:
             raise KeyError(f"no buffer named {name!r} (parameters, grad.<param>, m.<param>, v.<param>, activations)")
         return ptr.value, n.value
 
+    def _copy_out(self, ptr: int, n: int, dtype) -> np.ndarray:
+        """n elements at ptr (host memory here; llmgen.runtime.gpu copies from the device)."""
+        ctype = ctypes.c_uint16 if dtype == np.uint16 else ctypes.c_float
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctype)), (n,)).copy()
+
     def read(self, name: str) -> np.ndarray:
-        """A copy of the buffer `name` as float32, shaped as in the graph."""
+        """A copy of the buffer `name` as float32 (bf16 buffers widened), shaped as in the graph."""
         ptr, n = self.pointer(name)
-        flat = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), (n,)).copy()
+        if self.dtypes.get(name, "f32") == "bf16":
+            flat = (self._copy_out(ptr, n, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            flat = self._copy_out(ptr, n, np.float32)
         return flat.reshape(self.shapes[name]) if name in self.shapes else flat
