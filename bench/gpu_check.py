@@ -142,14 +142,14 @@ def correctness(out, args):
 
 def bench_llmgen(out, args):
     from llmgen.spec import PRESETS
-    spec = PRESETS["gpt2"].replace(dtype=args.dtype)
+    spec = PRESETS[args.bench_spec].replace(dtype=args.dtype)
     d = out / "work" / "bench"
     mdir = random_model_dir(d / "model", spec, seed=0)
     tokens = np.random.default_rng(0).integers(0, spec.vocab_size, args.batch * args.seq * (args.steps + 2) + 1)
     import oracle
     oracle.write_shard(d / "tokens.bin", tokens)
     t0 = time.time()
-    build = ["build", "gpt2", "--dtype", args.dtype, "--target", "cuda", "-o", d / "build"]
+    build = ["build", args.bench_spec, "--dtype", args.dtype, "--target", "cuda", "-o", d / "build"]
     if args.emulate:
         build.append("--emulate")
     sh([sys.executable, "-m", "llmgen", *build], out / "bench_build.log", timeout=900)
@@ -160,8 +160,8 @@ def bench_llmgen(out, args):
     steady = rows[min(5, len(rows) - 1):]
     ms = statistics.median(r["ms"] for r in steady)
     res = dict(name="llmgen CUDA", ms=ms, tokens_per_s=args.batch * args.seq / (ms / 1e3), build_s=round(build_s, 1),
-               mfu=statistics.median(r.get("mfu", float("nan")) for r in steady),
-               peak_mem_bytes=max(r.get("peak_mem_bytes", 0) for r in steady),
+               mfu=statistics.median([r["mfu"] for r in steady if r.get("mfu") is not None] or [float("nan")]),
+               peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady),
                first_loss=rows[0]["train_loss"], last_loss=rows[-1]["train_loss"])
     return res, mdir
 
@@ -205,7 +205,7 @@ def bench_torch(out, args, mdir, compiled):
                 tokens_per_s=args.batch * args.seq / (ms / 1e3),
                 mfu=(fpt * args.batch * args.seq / (ms / 1e3)) / peak if peak else float("nan"),
                 peak_mem_bytes=torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0,
-                compile_s=round(times[0] / 1e3, 1), last_loss=float(loss))
+                compile_s=round(times[0] / 1e3, 1), last_loss=float(loss.detach()))
 
 
 def peak_flops(dtype):
@@ -231,6 +231,7 @@ def main():
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--bench-spec", default="gpt2", help="preset to benchmark [gpt2, the 124M]")
     args = ap.parse_args()
     final = Path(args.out)
     final.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ def main():
     summary["correctness"] = correctness(out, args)
     rows = []
     if not args.skip_bench:
-        log(f"== benchmark: GPT-2 124M {args.dtype} B={args.batch} T={args.seq}, {args.steps} steps")
+        log(f"== benchmark: {args.bench_spec} {args.dtype} B={args.batch} T={args.seq}, {args.steps} steps")
         mdir = None
         for name, fn in (("llmgen", None), ("eager", False), ("compile", True)):
             try:
@@ -251,7 +252,7 @@ def main():
                 else:
                     if mdir is None:
                         from llmgen.spec import PRESETS
-                        mdir = random_model_dir(out / "work" / "bench" / "model", PRESETS["gpt2"], 0)
+                        mdir = random_model_dir(out / "work" / "bench" / "model", PRESETS[args.bench_spec], 0)
                     res = bench_torch(out, args, mdir, fn)
                 rows.append(res)
                 log(f"  {res['name']}: {res['ms']:.1f} ms/step")

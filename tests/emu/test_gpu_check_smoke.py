@@ -1,0 +1,18 @@
+"""bench/gpu_check.py runs end to end without a GPU (emulated build, CPU torch): the script a GPU
+session will run is exercised here, so it cannot rot between GPU sessions."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_gpu_check_quick_on_the_cpu(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), str(tmp_path), "--quick", "--device",
+                        "cpu", "--emulate", "--skip-bench"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (c,) = summary["correctness"]
+    assert c["ok"] and c["deterministic"] and c["max_rel_loss_err"] < 1e-4
+    assert (tmp_path / "logs.txt").is_file()
