@@ -1,6 +1,6 @@
 """A small GPT-2 learns Shakespeare on the CPU twin in a few minutes (the README's first command).
 
-    python examples/gpt2_shakespeare.py [--steps 300] [--out runs/shakespeare]
+    python examples/gpt2_shakespeare.py [--steps 500] [--out runs/shakespeare]
 
 Data -> build -> train -> sample -> plot, each step an `llmgen` command you can run yourself.
 As a spec file (`llmgen train examples/gpt2_shakespeare.py ...`) it defines `spec` below.
@@ -28,7 +28,7 @@ def llmgen(*args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--data", default="data/shakespeare")
     ap.add_argument("--out", default="runs/shakespeare")
     args = ap.parse_args()
