@@ -322,7 +322,9 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             if target == "c" and n.op in ("linear", "linear_dx", "linear_dw"):
                 k.cfg = gemm_blocks(n.op, dims)
             if target == "c" and n.op in ("attention", "attention_bwd"):
-                k.cfg = {"kc": 384, "mc": 256, "nc": 1024}     # per-head GEMMs of T x T x HD (gemm_blocks)
+                # per-head GEMMs of at most T x T x HD (gemm_blocks); rb: query rows per causal block
+                # (keys past the block's last row are skipped: ~half the work at T = 1024)
+                k.cfg = {"kc": 384, "mc": 256, "nc": 1024, "rb": 64}
             kernels[key] = k
         k = kernels[key]
         if n.op == "grad_norm":
