@@ -35,8 +35,24 @@ def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
+class SpecMethods:
+    """What every spec dataclass shares: a copy with changes, and a stable digest."""
+
+    def replace(self, **changes):
+        fields = dataclasses.asdict(self)
+        if "vocab_size" in changes and "padded_vocab_size" not in changes:
+            fields["padded_vocab_size"] = 0          # derive the padding again from the new vocabulary
+        fields.update(changes)
+        return type(self)(**fields)
+
+    def digest(self) -> str:
+        """Stable short hash of every field: names the spec in banners and caches."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
-class GPT2Spec:
+class GPT2Spec(SpecMethods):
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
@@ -68,18 +84,6 @@ class GPT2Spec:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    def replace(self, **changes) -> "GPT2Spec":
-        fields = dataclasses.asdict(self)
-        if "vocab_size" in changes and "padded_vocab_size" not in changes:
-            fields["padded_vocab_size"] = 0
-        fields.update(changes)
-        return GPT2Spec(**fields)
-
-    def digest(self) -> str:
-        """Stable short hash of every field: names the spec in banners and caches."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
 
     def hf_config(self) -> dict:
         """The config.json a Hugging Face GPT2LMHeadModel needs to load our checkpoints."""
@@ -138,7 +142,7 @@ def llama_ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float |
 
 
 @dataclass(frozen=True)
-class LlamaSpec:
+class LlamaSpec(SpecMethods):
     dim: int = 4096
     n_layers: int = 32
     n_heads: int = 32
@@ -247,18 +251,6 @@ class LlamaSpec:
             blended = (1 - smooth) * freq / factor + smooth * freq
             freq = np.where(wavelen < old / hi, freq, np.where(wavelen > old / lo, freq / factor, blended))
         return tuple(float(f) for f in freq.astype(np.float32))
-
-    def replace(self, **changes) -> "LlamaSpec":
-        fields = dataclasses.asdict(self)
-        if "vocab_size" in changes and "padded_vocab_size" not in changes:
-            fields["padded_vocab_size"] = 0
-        fields.update(changes)
-        return LlamaSpec(**fields)
-
-    def digest(self) -> str:
-        """Stable short hash of every field: names the spec in banners and caches."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
 
     def hf_config(self) -> dict:
         """The config.json a Hugging Face LlamaForCausalLM needs to load our checkpoints (rope_theta and
