@@ -78,9 +78,14 @@ def _quiet_transformers():
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
 
 
-def make_gpt2_model_dir(path, n_layer, n_head, n_embd, vocab_size, n_positions, seed=0, perturb=True):
+def make_gpt2_model_dir(path, n_layer, n_head, n_embd, vocab_size, n_positions, seed=0, perturb=True,
+                        qk_scale=1.0):
     """Write a random GPT2LMHeadModel (dropout 0) to `path` with save_pretrained
     (safetensors) and return `path`.
+
+    qk_scale multiplies the query and key projections (weights and biases), so the attention
+    scores grow by qk_scale**2: with the default init they are ~0.05 and softmax is nearly
+    uniform, which would hide a flash-attention kernel that forgets its running-max rescale.
 
     The weights are transformers' own GPT-2 init under torch.manual_seed(seed). With
     perturb=True (default) the biases and LayerNorm params, which that init sets to
@@ -104,6 +109,11 @@ def make_gpt2_model_dir(path, n_layer, n_head, n_embd, vocab_size, n_positions, 
                         p.copy_(1.0 + 0.1 * torch.randn_like(p))
                     else:                             # LayerNorm and Conv1D biases
                         p.copy_(0.02 * torch.randn_like(p))
+        if qk_scale != 1.0:
+            with torch.no_grad():
+                for block in model.transformer.h:     # Conv1D: weight (C, 3C), columns q | k | v
+                    block.attn.c_attn.weight[:, :2 * n_embd] *= qk_scale
+                    block.attn.c_attn.bias[:2 * n_embd] *= qk_scale
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     return path

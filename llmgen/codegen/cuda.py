@@ -68,6 +68,18 @@ def gqa_config(HD: int, NH: int, KV: int) -> dict[str, int]:
             "BK": max(1, GQA_THREADS // tpr)}
 
 
+def tc_attention_config(HD: int) -> dict[str, int]:
+    """Shared memory (bytes) of the tensor-core attention kernels (templates/cuda/attention_tc.cu.j2):
+    64-row bf16 tiles of two operands, then per warp (4 warps) fp32 tiles of SW = max(64, HD)
+    columns (scores; the staging of the results) and 64 columns, and bf16 tiles of 64 columns."""
+    SW = max(64, HD)
+    tiles = 2 * 64 * HD * 2
+    return {"TC": 1, "SW": SW,
+            "SMEM_FWD": tiles + 4 * (16 * SW + 16 * HD) * 4 + 4 * 16 * 64 * 2,
+            "SMEM_DQ": tiles + 4 * (16 * SW + 16 * 64) * 4 + 4 * 16 * 64 * 2,
+            "SMEM_DKV": tiles + 2 * 64 * 4 + 4 * (16 * SW + 16 * 64) * 4 + 4 * 2 * 16 * 64 * 2}
+
+
 def configure(prog: Program) -> Program:
     missing = sorted({k.op for k in prog.kernels if k.op not in SUPPORTED})
     if missing:
@@ -84,7 +96,10 @@ def configure(prog: Program) -> Program:
         elif k.op in ("attention", "attention_bwd"):
             HD = k.dims["HD"]
             bc = 32 if HD <= 128 else 16        # key (query) tile: scores stay in registers
-            k.cfg = {"BR": ATTN_ROWS, "BC": bc}
+            k.cfg = {"BR": ATTN_ROWS, "BC": bc, "TC": 0}
+            C = k.dims["C"]
+            if prog.dtype == "bf16" and HD % 16 == 0 and HD <= 128 and C % 16 == 0:
+                k.cfg.update(tc_attention_config(HD))
         elif k.op in ("softmax_xent", "xent", "xent_bwd"):
             k.cfg = {"NT": min(1024, max(WARP, _pow2_at_least(k.dims["V"] // 16)))}
         elif k.op in ("linear_dw", "bias_grad"):
