@@ -140,26 +140,38 @@ def correctness(out, args):
     return results
 
 
-def bench_llmgen(out, args):
+def bench_llmgen(out, args, variant=""):
+    """The CUDA target on the benchmark shape. variant "cuda-core-attention": the same train.cu
+    rebuilt with -DLLMGEN_NO_TC_ATTENTION (attention on CUDA cores instead of tensor cores)."""
     from llmgen.spec import PRESETS
+    from llmgen.runtime.build import build_cuda
     spec = PRESETS[args.bench_spec].replace(dtype=args.dtype)
     d = out / "work" / "bench"
-    mdir = random_model_dir(d / "model", spec, seed=0)
-    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, args.batch * args.seq * (args.steps + 2) + 1)
-    import oracle
-    oracle.write_shard(d / "tokens.bin", tokens)
+    mdir = d / "model"
+    if not variant:
+        random_model_dir(mdir, spec, seed=0)
+        tokens = np.random.default_rng(0).integers(0, spec.vocab_size, args.batch * args.seq * (args.steps + 2) + 1)
+        import oracle
+        oracle.write_shard(d / "tokens.bin", tokens)
     t0 = time.time()
-    build = ["build", args.bench_spec, "--dtype", args.dtype, "--target", "cuda", "-o", d / "build"]
-    if args.emulate:
-        build.append("--emulate")
-    sh([sys.executable, "-m", "llmgen", *build], out / "bench_build.log", timeout=900)
+    if not variant:
+        build = ["build", args.bench_spec, "--dtype", args.dtype, "--target", "cuda", "-o", d / "build"]
+        if args.emulate:
+            build.append("--emulate")
+        sh([sys.executable, "-m", "llmgen", *build], out / "bench_build.log", timeout=900)
+        binary = d / "build" / "train"
+    else:
+        binary = build_cuda(d / "build" / "train.cu", d / "build" / f"train-{variant}", emulate=args.emulate,
+                            extra_flags=["-DLLMGEN_NO_TC_ATTENTION"])
     build_s = time.time() - t0
-    sh([d / "build" / "train", "-e", mdir, "-i", d / "tokens.bin", "-b", args.batch, "-t", args.seq, "-x", args.steps,
-        "-l", "3e-4", "-k", "constant", "-v", 0, "-o", d / "run"], out / "bench_llmgen.log", timeout=900)
-    rows = [json.loads(x) for x in open(d / "run" / "log.jsonl") if "train_loss" in x]
+    run = d / f"run{'-' + variant if variant else ''}"
+    sh([binary, "-e", mdir, "-i", d / "tokens.bin", "-b", args.batch, "-t", args.seq, "-x", args.steps,
+        "-l", "3e-4", "-k", "constant", "-v", 0, "-o", run], out / f"bench_llmgen{'_' + variant if variant else ''}.log",
+       timeout=900)
+    rows = [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
     steady = rows[min(5, len(rows) - 1):]
     ms = statistics.median(r["ms"] for r in steady)
-    res = dict(name="llmgen CUDA", ms=ms, tokens_per_s=args.batch * args.seq / (ms / 1e3), build_s=round(build_s, 1),
+    res = dict(name="llmgen CUDA" + (f" ({variant})" if variant else ""), ms=ms, tokens_per_s=args.batch * args.seq / (ms / 1e3), build_s=round(build_s, 1),
                mfu=statistics.median([r["mfu"] for r in steady if r.get("mfu") is not None] or [float("nan")]),
                peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady),
                first_loss=rows[0]["train_loss"], last_loss=rows[-1]["train_loss"])
@@ -245,10 +257,14 @@ def main():
     if not args.skip_bench:
         log(f"== benchmark: {args.bench_spec} {args.dtype} B={args.batch} T={args.seq}, {args.steps} steps")
         mdir = None
-        for name, fn in (("llmgen", None), ("eager", False), ("compile", True)):
+        # last: the attention ablation (only meaningful for bf16, where tensor cores are used)
+        stages = [("llmgen", None), ("eager", False), ("compile", True)]
+        if args.dtype == "bf16" and not args.quick:
+            stages.append(("cuda-core-attention", None))
+        for name, fn in stages:
             try:
                 if fn is None:
-                    res, mdir = bench_llmgen(out, args)
+                    res, mdir = bench_llmgen(out, args, "" if name == "llmgen" else name)
                 else:
                     if mdir is None:
                         from llmgen.spec import PRESETS

@@ -417,7 +417,8 @@ class RefGPT2(nn.Module):
 
 def make_llama_model_dir(path, dim, n_layers, n_heads, n_kv_heads, vocab_size, intermediate_size,
                          max_position_embeddings, rope_theta=500000.0, rope_scaling=None,
-                         tie_word_embeddings=False, rms_norm_eps=1e-5, seed=0, perturb=True):
+                         tie_word_embeddings=False, rms_norm_eps=1e-5, seed=0, perturb=True,
+                         max_shard_size=None):
     """Write a random LlamaForCausalLM (attention_dropout 0) to `path` with save_pretrained
     (safetensors) and return `path`. rope_scaling: None or a dict such as
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -443,7 +444,9 @@ def make_llama_model_dir(path, dim, n_layers, n_heads, n_kv_heads, vocab_size, i
                     if p.dim() == 1:                  # RMSNorm gains
                         p.copy_(1.0 + 0.1 * torch.randn_like(p))
     os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    # max_shard_size (e.g. "40KB"): transformers' own sharded layout, model-KKKKK-of-NNNNN.safetensors
+    model.save_pretrained(path, safe_serialization=True,
+                          **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     return path
 
 

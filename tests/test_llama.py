@@ -12,6 +12,7 @@ relative for everything; the measured errors are far below it:
 
 import copy
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -318,6 +319,29 @@ def test_c_uint32_shards_and_big_vocab(tmp_path, build_cache):
     assert rel_err(got["logits"], ref["logits"]) < TOL
     for name, want in ref["grads"].items():
         assert rel_err(got["grad." + name], want) < TOL, name
+
+
+def test_c_reads_sharded_hf_checkpoint(tmp_path, build_cache):
+    """-e on a folder transformers saved in shards (as it does for 3B / 8B models): the step-0 loss,
+    logits and grads equal PyTorch's on the same folder; a missing shard is an error naming it."""
+    cfg = CONFIGS["gqa4-untied-scaled"]
+    mdir = oracle.make_llama_model_dir(tmp_path / "m", seed=9, max_shard_size="40KB", **cfg)
+    shards = sorted(mdir.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 3 and not (mdir / "model.safetensors").exists()
+    pat = oracle.random_shards(tmp_path / "data", vocab_size=cfg["vocab_size"], n_tokens=1000, seed=3)
+    binary = build_cache(mdir / "config.json")
+    run_binary(binary, "-e", mdir, "-i", pat, "-b", 2, "-t", 16, "-z", tmp_path / "dump")
+    got = read_safetensors(tmp_path / "dump")
+    ref = oracle.llama_step0_dump(mdir, pat, 2, 16)
+    assert abs(got["loss"][0] - ref["loss"]) <= TOL * ref["loss"]
+    assert rel_err(got["logits"], ref["logits"]) < TOL
+    for name, want in ref["grads"].items():
+        assert rel_err(got["grad." + name], want) < TOL, name
+    shards[1].unlink()
+    r = subprocess.run([str(binary), "-e", str(mdir), "-i", pat, "-b", "2", "-t", "16", "-x", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert f"{len(shards) - 1} of the {len(shards)} weight shards" in r.stderr
 
 
 # ------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ PROGRAMS = {
     "cublaslt": ("cublaslt.cu", ["-fopenmp"]),
     "runtime": ("runtime.cu", ["-fopenmp"]),
     "bench": ("bench.cu", ["-fopenmp"]),
+    "wmma": ("wmma.cu", ["-fopenmp"]),
 }
 
 # Blocks run on this many OS threads, so cross-thread atomics and per-thread shared memory are
