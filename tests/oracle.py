@@ -418,9 +418,9 @@ class RefGPT2(nn.Module):
 def make_llama_model_dir(path, dim, n_layers, n_heads, n_kv_heads, vocab_size, intermediate_size,
                          max_position_embeddings, rope_theta=500000.0, rope_scaling=None,
                          tie_word_embeddings=False, rms_norm_eps=1e-5, seed=0, perturb=True,
-                         max_shard_size=None):
+                         max_shard_size=None, qk_scale=1.0):
     """Write a random LlamaForCausalLM (attention_dropout 0) to `path` with save_pretrained
-    (safetensors) and return `path`. rope_scaling: None or a dict such as
+    (safetensors) and return `path`. qk_scale multiplies q_proj and k_proj (scores grow by its square). rope_scaling: None or a dict such as
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192}.
 
@@ -443,6 +443,11 @@ def make_llama_model_dir(path, dim, n_layers, n_heads, n_kv_heads, vocab_size, i
                 for name, p in model.named_parameters():
                     if p.dim() == 1:                  # RMSNorm gains
                         p.copy_(1.0 + 0.1 * torch.randn_like(p))
+        if qk_scale != 1.0:                           # sharper attention, as make_gpt2_model_dir
+            with torch.no_grad():
+                for layer in model.model.layers:
+                    layer.self_attn.q_proj.weight *= qk_scale
+                    layer.self_attn.k_proj.weight *= qk_scale
     os.makedirs(path, exist_ok=True)
     # max_shard_size (e.g. "40KB"): transformers' own sharded layout, model-KKKKK-of-NNNNN.safetensors
     model.save_pretrained(path, safe_serialization=True,

@@ -97,8 +97,7 @@ def configure(prog: Program) -> Program:
             HD = k.dims["HD"]
             bc = 32 if HD <= 128 else 16        # key (query) tile: scores stay in registers
             k.cfg = {"BR": ATTN_ROWS, "BC": bc, "TC": 0}
-            C = k.dims["C"]
-            if prog.dtype == "bf16" and HD % 16 == 0 and HD <= 128 and C % 16 == 0:
+            if prog.dtype == "bf16" and HD % 16 == 0 and HD <= 128:     # then C = NH * HD is too
                 k.cfg.update(tc_attention_config(HD))
         elif k.op in ("softmax_xent", "xent", "xent_bwd"):
             k.cfg = {"NT": min(1024, max(WARP, _pow2_at_least(k.dims["V"] // 16)))}
@@ -118,6 +117,9 @@ def configure(prog: Program) -> Program:
             if k.op == "rmsnorm_bwd":
                 scratch = max(scratch, 4 * C * RMS_BWD_MAX_BLOCKS)
         elif k.op in ("gqa_attention", "gqa_attention_bwd"):
-            k.cfg = gqa_config(k.dims["HD"], k.dims["NH"], k.dims["KV"])
+            HD = k.dims["HD"]
+            k.cfg = {**gqa_config(HD, k.dims["NH"], k.dims["KV"]), "TC": 0}
+            if prog.dtype == "bf16" and HD % 16 == 0 and HD <= 128:
+                k.cfg.update(tc_attention_config(HD))
     prog.scratch_bytes = scratch
     return prog

@@ -73,9 +73,15 @@ CONFIGS = {
                           B, T, ("--recompute", "2")),
     "odd": (dict(dim=198, n_layers=1, n_heads=3, n_kv_heads=1, vocab_size=129, intermediate_size=100,
                  max_position_embeddings=64, rope_scaling=None, tie_word_embeddings=False), 3, 37, ()),
+    # bf16 only: the tensor-core attention with head_dim 64, GQA 2:1, three 64-row tiles, sharp scores
+    "tc-gqa2": (dict(dim=256, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=300, intermediate_size=128,
+                     max_position_embeddings=256, rope_scaling=None, tie_word_embeddings=False), 2, 192, ()),
 }
+QK_SCALE = {"tc-gqa2": 4.0}   # scores 16x the init's: sharp enough that a missed online-softmax rescale shows
 TRAINED = ("gqa4-untied-scaled", "mha-tied", "gqa2-tied-llama31")       # "odd": step 0 only
-BF16_TRAINED = TRAINED
+# gqa4 (head_dim 16), mha-tied (48) and tc-gqa2 (64) run the tensor-core attention, gqa2-tied-llama31
+# (head_dim 8) the CUDA-core one
+BF16_TRAINED = TRAINED + ("tc-gqa2",)
 
 TOL = {
     "fp32": dict(logits=3e-6, loss=2e-6, grads=2e-5, losses=1e-4, norms=1e-4, ckpt=1e-4),
@@ -105,7 +111,7 @@ def models(tmp_path_factory):
     out = {}
     for name, (cfg, b, t, flags) in CONFIGS.items():
         d = tmp_path_factory.mktemp(name)
-        oracle.make_llama_model_dir(d / "model", rope_theta=500000.0, seed=5, **cfg)
+        oracle.make_llama_model_dir(d / "model", rope_theta=500000.0, seed=5, qk_scale=QK_SCALE.get(name, 1.0), **cfg)
         pat = oracle.random_shards(d / "data", vocab_size=cfg["vocab_size"], n_tokens=4000, n_shards=2, seed=3)
         out[name] = dict(name=name, dir=d, model=d / "model", cfg=d / "model" / "config.json", pattern=pat, B=b, T=t,
                          flags=flags, hf=cfg)
