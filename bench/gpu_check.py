@@ -4,8 +4,8 @@ bf16 at T=1024 against PyTorch eager and torch.compile on the same GPU.
     bash bench/gpu_check.sh OUTDIR          (the wrapper installs carried wheels, then runs this)
     python bench/gpu_check.py OUTDIR [--quick] [--device cpu --emulate]   (a CPU smoke run)
 
-Writes OUTDIR/summary.json and OUTDIR/logs.txt (every build and run log, concatenated: the
-device tool brings back only a few files), prints a side-by-side table. Each stage records
+Writes OUTDIR/summary.json and OUTDIR/logs.txt after every stage (every build and run log,
+concatenated: the device tool brings back only a few files), prints a side-by-side table. Each stage records
 its own failure and the next stage still runs. Budget: under 8 minutes on an H100/H200.
 """
 
@@ -253,6 +253,14 @@ def main():
     summary["environment"] = environment(out)
     log("== correctness (CUDA target vs PyTorch reference)")
     summary["correctness"] = correctness(out, args)
+
+    def save():      # after every stage: a run stopped by its time limit still leaves what it measured
+        summary["seconds"] = round(time.time() - t0, 1)
+        (final / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        with open(final / "logs.txt", "w") as f:
+            for lf in sorted(out.glob("*.log")):
+                f.write(f"===== {lf.name}\n{lf.read_text()[-200000:]}\n")
+    save()
     rows = []
     if not args.skip_bench:
         log(f"== benchmark: {args.bench_spec} {args.dtype} B={args.batch} T={args.seq}, {args.steps} steps")
@@ -275,6 +283,8 @@ def main():
             except Exception as e:   # noqa: BLE001
                 rows.append(dict(name=name, error=f"{type(e).__name__}: {e}"[-3000:]))
                 traceback.print_exc()
+            summary["benchmark"] = rows
+            save()
         base = next((r for r in rows if r.get("name") == "PyTorch torch.compile" and "ms" in r), None)
         for r in rows:
             if base and "ms" in r:
@@ -282,11 +292,7 @@ def main():
                 if base.get("peak_mem_bytes"):
                     r["memory_vs_compile"] = r.get("peak_mem_bytes", 0) / base["peak_mem_bytes"]
     summary["benchmark"] = rows
-    summary["seconds"] = round(time.time() - t0, 1)
-    (final / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    with open(final / "logs.txt", "w") as f:
-        for lf in sorted(out.glob("*.log")):
-            f.write(f"===== {lf.name}\n{lf.read_text()[-200000:]}\n")
+    save()
     log("\n| run | ms/step | tokens/s | MFU | peak memory | vs torch.compile (speed, memory) |")
     log("| --- | --- | --- | --- | --- | --- |")
     for r in rows:

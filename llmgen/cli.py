@@ -162,6 +162,12 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from llmgen.llmc import convert
+    print(convert(args.src, args.o, args.dtype))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 
 def make_parser() -> argparse.ArgumentParser:
@@ -184,6 +190,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", type=int, default=0, help="sequence length [min(1024, max_seq_len)]")
     p.add_argument("-v", "--verbose", action="store_true", help="also print the whole schedule")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("convert", help="llm.c GPT-2 model file (.bin) <-> Hugging Face folder",
+                       description="SRC.bin -o DIR: an llm.c model file (magic 20240326, fp32 or bf16) to "
+                                   "model.safetensors + config.json (for -e, from_pretrained). SRC_DIR -o "
+                                   "FILE.bin: a Hugging Face GPT-2 folder or an llmgen checkpoint to llm.c's file.")
+    p.add_argument("src", help="an llm.c .bin, or a folder with model.safetensors + config.json")
+    p.add_argument("-o", required=True, metavar="DST", help="output folder (from .bin) or .bin file")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="parameters of a written .bin: fp32 (version 3) or bf16 (version 5) [fp32]")
+    p.set_defaults(func=cmd_convert)
 
     from llmgen.data import add_data_subparser
     from llmgen.train import add_train_subparsers

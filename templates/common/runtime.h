@@ -1155,9 +1155,13 @@ static LLMGEN_UNUSED void st_json_put_string(LlmgenBuf *b, const char *s) {
     llmgen_buf_append(b, "\"", 1);
 }
 
+// Fills dst (entry i's numel floats) for an entry written without data
+typedef void (*StFill)(int i, float *dst, void *ctx);
+
 // Write F32 tensors, in the given order, as a safetensors file that transformers
-// loads ("__metadata__": {"format": "pt"}), atomically.
-static LLMGEN_UNUSED void st_write_f32(const char *path, const StEntry *entries, int n) {
+// loads ("__metadata__": {"format": "pt"}), atomically. Entries with data == NULL are
+// produced one at a time by fill(i, buffer, ctx), so the whole file is never in memory.
+static LLMGEN_UNUSED void st_write_f32_fill(const char *path, const StEntry *entries, int n, StFill fill, void *ctx) {
     LlmgenBuf h;
     memset(&h, 0, sizeof(h));
     llmgen_buf_printf(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
@@ -1184,7 +1188,7 @@ static LLMGEN_UNUSED void st_write_f32(const char *path, const StEntry *entries,
             }
             numel *= e->shape[d];
         }
-        if (numel > 0 && e->data == NULL) {
+        if (numel > 0 && e->data == NULL && fill == NULL) {
             llmgen_fail("st_write_f32 %s: tensor \"%s\" has no data", path, e->name);
         }
         llmgen_buf_append(&h, ",", 1);
@@ -1205,10 +1209,21 @@ static LLMGEN_UNUSED void st_write_f32(const char *path, const StEntry *entries,
     for (int i = 0; i < n; i++) {
         int64_t numel = 1;
         for (int d = 0; d < entries[i].ndim; d++) { numel *= entries[i].shape[d]; }
-        atomic_file_write(&a, entries[i].data, (size_t)numel * 4);
+        if (entries[i].data || numel == 0) {
+            atomic_file_write(&a, entries[i].data, (size_t)numel * 4);
+        } else {
+            float *buf = (float *)xmalloc((size_t)numel * 4);
+            fill(i, buf, ctx);
+            atomic_file_write(&a, buf, (size_t)numel * 4);
+            free(buf);
+        }
     }
     atomic_file_commit(&a);
     free(h.data);
+}
+
+static LLMGEN_UNUSED void st_write_f32(const char *path, const StEntry *entries, int n) {
+    st_write_f32_fill(path, entries, n, NULL, NULL);
 }
 
 #endif // LLMGEN_RUNTIME_H
