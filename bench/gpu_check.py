@@ -293,15 +293,17 @@ def main():
                     r["memory_vs_compile"] = r.get("peak_mem_bytes", 0) / base["peak_mem_bytes"]
     summary["benchmark"] = rows
     save()
-    log("\n| run | ms/step | tokens/s | MFU | peak memory | vs torch.compile (speed, memory) |")
-    log("| --- | --- | --- | --- | --- | --- |")
+    # the last loss: every side trains the same model on the same tokens, so these should be close
+    # (the llmgen rows read different batches than PyTorch's, but the same as each other)
+    log("\n| run | ms/step | tokens/s | MFU | peak memory | vs torch.compile (speed, memory) | last loss |")
+    log("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "ms" not in r:
-            log(f"| {r['name']} | failed: {r['error'][:80]} | | | | |")
+            log(f"| {r['name']} | failed: {r['error'][:80]} | | | | | |")
             continue
         log(f"| {r['name']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r.get('mfu', float('nan')):.1%} | "
             f"{r.get('peak_mem_bytes', 0) / 2**30:.2f} GiB | {r.get('speed_vs_compile', float('nan')):.2f}x, "
-            f"{r.get('memory_vs_compile', float('nan')):.2f}x |")
+            f"{r.get('memory_vs_compile', float('nan')):.2f}x | {r.get('last_loss', float('nan')):.4f} |")
     ok = all(c.get("ok") for c in summary["correctness"])
     log(f"\ncorrectness: {'all passed' if ok else 'FAILURES'}; total {summary['seconds']} s; {final / 'summary.json'}")
     shutil.rmtree(out, ignore_errors=True)

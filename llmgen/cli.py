@@ -107,7 +107,7 @@ def _human(n: float) -> str:
 def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
     from llmgen.compiler import compile_graph
     from llmgen.codegen.lower import flops_per_token
-    g, plan = compile_graph(spec, B=1, T=1, fuse=fuse)
+    g, plan = compile_graph(spec, B=1, T=1, fuse=fuse, dtype=spec.dtype)
     mem = plan.bytes()
     acts = mem["activations"] * B * T
     n_params = sum(p.numel for p in g.params)

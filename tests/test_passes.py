@@ -97,3 +97,18 @@ def test_inspect_refuses_bad_sizes():
     for flags in (["-b", "0"], ["-t", "-3"], ["-t", "5000"]):
         r = run_llmgen("inspect", "gpt2", *flags, check=False)
         assert r.returncode == 1 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_inspect_bf16_counts_bf16_activations_and_master_weights():
+    """--dtype bf16 (the CUDA target's mixed precision): activations are stored in 2 bytes (a few
+    fp32 statistics aside), parameters as bf16 + an fp32 master copy, grads and moments fp32."""
+    import re
+
+    def arenas(*flags):
+        out = run_llmgen("inspect", "gpt2-tiny", "-b", "4", "-t", "64", *flags).stdout
+        units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+        return {k: float(v) * units[u] for k, v, u in re.findall(r"^  (\w+)\s+([\d.]+) (B|KiB|MiB|GiB)$", out, re.M)}
+    fp32, bf16 = arenas(), arenas("--dtype", "bf16")
+    assert 0.5 <= bf16["activations"] / fp32["activations"] < 0.6
+    assert bf16["params"] / fp32["params"] == pytest.approx(1.5, rel=5e-3)   # printed to 3-4 digits
+    assert bf16["grads"] == fp32["grads"] and bf16["optimizer_state"] == fp32["optimizer_state"]

@@ -35,11 +35,14 @@ class MemoryPlan:
     alias: dict[int, int] = field(default_factory=dict)           # in-place value id -> the value it overwrites
     dtype: str = "fp32"                                           # activation element: fp32 or bf16
 
-    def bytes(self, bytes_per_elem: int = 4) -> dict[str, int]:
-        p = self.param_elems * bytes_per_elem
-        return {"params": p, "grads": p, "optimizer_state": 2 * p,
-                "activations": self.act_elems * bytes_per_elem,
-                "activations_unshared": self.unplanned_elems * bytes_per_elem}
+    def bytes(self) -> dict[str, int]:
+        """Bytes per arena. fp32: 4 per element everywhere. bf16 (the CUDA target's mixed precision):
+        params are bf16 weights plus fp32 master weights (2 + 4), grads and AdamW moments fp32, and
+        the activation arena counts bf16 elements (fp32 values take two)."""
+        n = self.param_elems
+        act = 2 if self.dtype == "bf16" else 4
+        return {"params": n * (6 if self.dtype == "bf16" else 4), "grads": 4 * n, "optimizer_state": 8 * n,
+                "activations": self.act_elems * act, "activations_unshared": self.unplanned_elems * act}
 
 
 def plan_memory(g: Graph, dtype: str = "fp32") -> MemoryPlan:

@@ -43,17 +43,15 @@ About 4x the measured error, the same bounds as GPT-2's bf16 table where they fi
 Recompute levels 1 and 2 give bit-identical losses and grad norms in both precisions (asserted).
 """
 
-import json
 import re
 import shutil
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import oracle
-from llmgen.checkpoint import read_safetensors
+from trainer_checks import Checks
 
 EMU = ("--target", "cuda", "--emulate")
 B, T = 4, 64                       # the issue's -b 4 -t 64
@@ -87,23 +85,14 @@ TOL = {
     "fp32": dict(logits=3e-6, loss=2e-6, grads=2e-5, losses=1e-4, norms=1e-4, ckpt=1e-4),
     "bf16": dict(logits=3e-2, loss=1e-3, grads=6e-2, losses=5e-4, norms=1e-2, ckpt=5e-4),
 }
-MEASURED: dict[str, float] = {}           # worst error per (dtype, quantity), printed at the end
+CHECKS = Checks(TOL)
+note, train, check_dump, check_losses = CHECKS.note, CHECKS.train, CHECKS.check_dump, CHECKS.check_losses
 
 
-def run_binary(binary, *args, timeout=900):
-    r = subprocess.run([str(binary), *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if r.returncode != 0:
-        raise AssertionError(f"{binary} {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return r
 
 
-def note(key, value):
-    MEASURED[key] = max(MEASURED.get(key, 0.0), float(value))
-    print(f"{key}: {value:.3e}")
 
 
-def rel_err(got, want):
-    return float(np.abs(np.asarray(got) - want).max() / (np.abs(want).max() + 1e-30))
 
 
 @pytest.fixture(scope="module")
@@ -134,45 +123,12 @@ def oracle_runs(models):
     return get
 
 
-def read_log(run):
-    return [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
 
 
-def train(binary, m, run, *extra, steps=10, B_=None, T_=None):
-    run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", B_ or m["B"], "-t", T_ or m["T"], "-x", steps,
-               "-l", "1e-3", "-k", "constant", "-c", 0, "-v", 0, *extra, "-o", run)
-    return read_log(run)
 
 
-def check_dump(binary, m, ref, dtype, tmp):
-    run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", m["B"], "-t", m["T"], "-z", tmp / "dump")
-    got = read_safetensors(tmp / "dump")
-    tol = TOL[dtype]
-    err = np.abs(got["logits"] - ref["logits"]).max()
-    note(f"{dtype} logits abs", err)
-    assert err <= tol["logits"]
-    err = abs(got["loss"][0] - ref["loss"]) / ref["loss"]
-    note(f"{dtype} loss rel", err)
-    assert err <= tol["loss"]
-    assert set(k[5:] for k in got if k.startswith("grad.")) == set(ref["grads"])
-    worst = 0.0
-    for name, want in ref["grads"].items():
-        e = rel_err(got["grad." + name], want)
-        worst = max(worst, e)
-        assert e <= tol["grads"], f"{name}: {e:.2e}"
-    note(f"{dtype} grads rel", worst)
 
 
-def check_losses(log, ref, dtype):
-    got = np.array([r["train_loss"] for r in log])
-    assert [r["step"] for r in log] == list(range(1, 11))
-    err = np.max(np.abs(got - ref["losses"]) / np.abs(ref["losses"]))
-    note(f"{dtype} 10 AdamW losses rel", err)
-    assert err <= TOL[dtype]["losses"]
-    norms = np.array([r["grad_norm"] for r in log])
-    err = np.max(np.abs(norms - ref["grad_norms"]) / np.abs(ref["grad_norms"]))
-    note(f"{dtype} grad norms rel", err)
-    assert err <= TOL[dtype]["norms"]
 
 
 def check_checkpoint(m, run, ref, dtype):
@@ -311,5 +267,4 @@ def test_nvcc_builds_llama_presets_sm90(tmp_path):
 
 def test_zz_report_measured_errors():
     """Prints the worst measured error per quantity (run with -s to see it)."""
-    for k, v in sorted(MEASURED.items()):
-        print(f"  {k:32s} {v:.3e}")
+    CHECKS.report()
