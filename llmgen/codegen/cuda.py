@@ -122,4 +122,5 @@ def configure(prog: Program) -> Program:
             if prog.dtype == "bf16" and HD % 16 == 0 and HD <= 128:
                 k.cfg.update(tc_attention_config(HD))
     prog.scratch_bytes = scratch
+    prog.tensor_core_attention = any(k.cfg.get("TC") for k in prog.kernels)
     return prog

@@ -116,6 +116,7 @@ class Program:
     dtype: str = "fp32"        # fp32 | bf16 (params and activations; the CUDA target only)
     recompute: int = 0         # activation recompute level the schedule was made with (0, 1, 2)
     scratch_bytes: int = 0     # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
+    tensor_core_attention: bool = False   # CUDA: some attention kernel has a wmma version (codegen/cuda.py)
 
 
 def cname(name: str) -> str:
