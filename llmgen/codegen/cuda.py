@@ -69,15 +69,18 @@ def gqa_config(HD: int, NH: int, KV: int) -> dict[str, int]:
 
 
 def tc_attention_config(HD: int) -> dict[str, int]:
-    """Shared memory (bytes) of the tensor-core attention kernels (templates/cuda/attention_tc.cu.j2):
-    64-row bf16 tiles of two operands, then per warp (4 warps) fp32 tiles of SW = max(64, HD)
-    columns (scores; the staging of the results) and 64 columns, and bf16 tiles of 64 columns."""
-    SW = max(64, HD)
+    """Row strides and shared memory (bytes) of the tensor-core attention kernels
+    (templates/cuda/attention_tc.cu.j2): 64-row bf16 tiles of two operands, then per warp (4 warps)
+    fp32 tiles of 16 rows (SW: scores, and the staging of results, max(64, HD) columns; OS: the
+    forward's output, HD; DS: dp, 64) and bf16 tiles (PS: p and ds, 64). Each stride is padded by 16
+    bytes, so the rows a warp's lanes walk start in different banks (a 64-float row would put all
+    16 in one), and stays a multiple of 16 bytes as wmma's ldm must; every tile starts 32-byte aligned."""
+    SW, OS, DS, PS = max(64, HD) + 4, HD + 4, 64 + 4, 64 + 8
     tiles = 2 * 64 * HD * 2
-    return {"TC": 1, "SW": SW,
-            "SMEM_FWD": tiles + 4 * (16 * SW + 16 * HD) * 4 + 4 * 16 * 64 * 2,
-            "SMEM_DQ": tiles + 4 * (16 * SW + 16 * 64) * 4 + 4 * 16 * 64 * 2,
-            "SMEM_DKV": tiles + 2 * 64 * 4 + 4 * (16 * SW + 16 * 64) * 4 + 4 * 2 * 16 * 64 * 2}
+    return {"TC": 1, "SW": SW, "OS": OS, "DS": DS, "PS": PS,
+            "SMEM_FWD": tiles + 4 * (16 * SW + 16 * OS) * 4 + 4 * 16 * PS * 2,
+            "SMEM_DQ": tiles + 4 * (16 * SW + 16 * DS) * 4 + 4 * 16 * PS * 2,
+            "SMEM_DKV": tiles + 2 * 64 * 4 + 4 * (16 * SW + 16 * DS) * 4 + 4 * 2 * 16 * PS * 2}
 
 
 def configure(prog: Program) -> Program:
