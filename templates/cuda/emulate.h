@@ -33,6 +33,9 @@
  *   LLMGEN_EMU_STACK_KB=N   stack reserved per CUDA thread, default 128 (KiB)
  *   LLMGEN_EMU_UCONTEXT     use ucontext instead of the hand-written x86-64 switch
  *   LLMGEN_EMU_NO_CUBLASLT  leave the cuBLASLt emulation out
+ *   LLMGEN_EMU_NO_POISON    do not fill new device memory and each block's dynamic shared memory
+ *                           with 0xFF bytes (NaN as float or bf16, -1 as int; on by default, so
+ *                           code that reads memory it never wrote fails here as it may on a GPU)
  *
  * COSTS (measured on the 2-core x86-64 dev VM, one OpenMP thread)
  *   - barrier-free kernel: ~2 ns per CUDA thread (a function call; no fiber switch).
@@ -46,7 +49,8 @@
  * HOW IT RUNS (emulation)
  *   - Host side: cuda_runtime.h stays (its declarations are kept); the runtime functions are
  *     defined here as inline functions matching NVIDIA's declarations. Device memory is host memory
- *     (aligned_alloc, 256-byte aligned); cudaMemcpy/cudaMemset are memmove/memset; every call is
+ *     (256-byte aligned, its own mapping ending at a PROT_NONE guard page, so a kernel running past
+ *     the end of an allocation faults); cudaMemcpy/cudaMemset are memmove/memset; every call is
  *     synchronous, so streams and events are trivially ordered (events read a steady clock).
  *     cudaMemcpy/cudaMemset check that the device side lies inside memory from cudaMalloc /
  *     cudaMallocHost (a GPU would fault): they return cudaErrorInvalidValue and say why on stderr.
@@ -114,7 +118,8 @@
  *   - Static shared memory is not counted against the 48 KiB limit; dynamic shared memory is
  *     (48 KiB unless raised with cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize),
  *     227 KiB at most, as on sm_90). Shared and dynamic shared memory keep the previous block's
- *     contents (a GPU leaves them undefined); cudaMalloc memory is not zeroed.
+ *     contents (a GPU leaves them undefined; dynamic shared memory is refilled with 0xFF bytes per
+ *     block and ends at a guard page); cudaMalloc memory starts as 0xFF bytes (NaN), never zeroed.
  *   - The fake device reports sm_90 limits, name "llmgen CPU emulation", and one multiprocessor
  *     per OpenMP thread. Launch-configuration errors are reported through cudaGetLastError() as
  *     on the GPU (cudaErrorInvalidConfiguration, cudaErrorInvalidValue for too much dynamic smem).
@@ -220,6 +225,20 @@ struct CUevent_st {
 
 namespace llmgen_emu {
 
+/* bytes (rounded up to pages) of read-write memory followed by one PROT_NONE guard page; *span gets
+ * the size of the whole mapping (for munmap). nullptr when out of memory. */
+inline unsigned char* guarded_map(size_t bytes, size_t* span) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    *span = (bytes + page - 1) / page * page + page;
+    void* m = mmap(nullptr, *span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    if (mprotect((char*)m + *span - page, page, PROT_NONE) != 0) {
+        munmap(m, *span);
+        return nullptr;
+    }
+    return (unsigned char*)m;
+}
+
 [[noreturn]] inline void fatal(const char* what) {
     fprintf(stderr, "llmgen emulate: %s\n", what);
     fflush(stderr);
@@ -324,6 +343,13 @@ inline void segv_handler(int sig, siginfo_t* info, void* uctx) {
             abort();
         }
     }
+    {
+        static const char msg[] =
+            "llmgen emulate: segmentation fault: an access outside mapped memory (device allocations "
+            "and dynamic shared memory end at a guard page, so running past their end lands here)\n";
+        ssize_t r = write(2, msg, sizeof(msg) - 1);
+        (void)r;
+    }
     /* not ours: hand over to whoever was there before */
     if (g_prev_segv.sa_flags & SA_SIGINFO) {
         if (g_prev_segv.sa_sigaction) { g_prev_segv.sa_sigaction(sig, info, uctx); return; }
@@ -423,8 +449,11 @@ struct Worker {
     std::vector<Warp> warps;
     std::vector<uint32_t> warp_absent; /* lanes that do not exist, per warp */
     /* dynamic shared memory */
-    unsigned char* dyn_smem = nullptr;
+    unsigned char* dyn_smem = nullptr; /* this launch's dynamic shared memory: it ends at a guard page */
+    unsigned char* dyn_map = nullptr;  /* the mapping holding it, dyn_span bytes, the last page PROT_NONE */
+    size_t dyn_span = 0;
     size_t dyn_cap = 0;
+    size_t dyn_bytes = 0; /* this launch's dynamic shared memory */
     /* an alternate signal stack so the overflow message can be written */
     void* altstack = nullptr;
     /* MXCSR and x87 control word new fibers start with: the OS thread's, read once per block */
@@ -724,18 +753,25 @@ inline void Worker::prepare(dim3 grid, dim3 block, size_t shmem, void (*e)(Worke
     if (warps.size() < nwarps) warps.resize(nwarps);
     warp_absent.assign(nwarps, 0u);
     if (n % 32) warp_absent[nwarps - 1] = ~0u << (n % 32);
-    if (dyn_cap < shmem || !dyn_smem) {
-        free(dyn_smem);
-        dyn_cap = std::max<size_t>(shmem, 256);
-        dyn_smem = (unsigned char*)aligned_alloc(128, (dyn_cap + 127) / 128 * 128);
-        if (!dyn_smem) fatal("out of memory for dynamic shared memory");
+    if (dyn_cap < shmem || !dyn_map) {
+        if (dyn_map) munmap(dyn_map, dyn_span);
+        dyn_cap = std::max<size_t>((shmem + 127) / 128 * 128, 256);
+        dyn_map = guarded_map(dyn_cap, &dyn_span);
+        if (!dyn_map) fatal("out of memory for dynamic shared memory");
     }
+    /* placed so that it ends at the guard page (128-byte aligned): reading or writing past the
+     * launch's dynamic shared memory faults, as on a GPU */
+    dyn_bytes = shmem;
+    dyn_smem = dyn_map + dyn_span - (size_t)sysconf(_SC_PAGESIZE) - std::max<size_t>((shmem + 127) / 128 * 128, 128);
     blockDim = block;
     gridDim = grid;
 }
 
 inline void Worker::run_block(uint3 bidx) {
     blockIdx = bidx;
+#ifndef LLMGEN_EMU_NO_POISON
+    memset(dyn_smem, 0xFF, dyn_bytes); /* undefined on a GPU: NaN here, so a read before a write shows */
+#endif
     next = 0;
     live = n;
     arrived = 0;
@@ -1480,7 +1516,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matri
 /* ============================================================================================ */
 namespace llmgen_emu {
 enum MemKind { MEM_DEVICE, MEM_HOST_PINNED, MEM_SYMBOL /* a __device__/__constant__ variable */ };
-struct Alloc { size_t bytes; MemKind kind; };
+struct Alloc { size_t bytes; MemKind kind; void* map; size_t span; }; /* map: device memory's mapping */
 inline std::mutex g_mem_mutex;
 inline std::map<uintptr_t, Alloc> g_allocs;
 inline size_t g_device_bytes = 0;
@@ -1490,17 +1526,30 @@ inline cudaError_t alloc(void** p, size_t bytes, MemKind kind) {
     *p = nullptr;
     if (bytes == 0) return cudaSuccess;
     const size_t rounded = (bytes + 255) / 256 * 256;
-    void* q = aligned_alloc(256, rounded);
+    void* q = nullptr;
+    unsigned char* map = nullptr;
+    size_t span = 0;
+    if (kind == MEM_DEVICE) {
+        /* 256-byte aligned and ending at a guard page: a kernel running past the end faults (SIGSEGV)
+         * instead of silently corrupting the host heap */
+        map = guarded_map(rounded, &span);
+        if (map) q = map + span - (size_t)sysconf(_SC_PAGESIZE) - rounded;
+    } else {
+        q = aligned_alloc(256, rounded);
+    }
     if (!q) return cudaErrorMemoryAllocation;
+#ifndef LLMGEN_EMU_NO_POISON
+    if (kind == MEM_DEVICE) memset(q, 0xFF, rounded); /* NaN floats, -1 ints: nothing may assume zeroed memory */
+#endif
     std::lock_guard<std::mutex> lock(g_mem_mutex);
-    g_allocs[(uintptr_t)q] = Alloc{bytes, kind};
+    g_allocs[(uintptr_t)q] = Alloc{bytes, kind, map, span};
     if (kind == MEM_DEVICE) g_device_bytes += bytes;
     *p = q;
     return cudaSuccess;
 }
 inline void register_symbol(const void* p, size_t bytes) {
     std::lock_guard<std::mutex> lock(g_mem_mutex);
-    g_allocs.emplace((uintptr_t)p, Alloc{bytes, MEM_SYMBOL});
+    g_allocs.emplace((uintptr_t)p, Alloc{bytes, MEM_SYMBOL, nullptr, 0});
 }
 inline cudaError_t release(void* p, MemKind kind) {
     if (!p) return cudaSuccess;
@@ -1508,8 +1557,9 @@ inline cudaError_t release(void* p, MemKind kind) {
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end() || it->second.kind != kind) return cudaErrorInvalidValue;
     if (kind == MEM_DEVICE) g_device_bytes -= it->second.bytes;
+    if (it->second.map) munmap(it->second.map, it->second.span);
+    else free(p);
     g_allocs.erase(it);
-    free(p);
     return cudaSuccess;
 }
 /* [p, p+bytes) inside one allocation of cudaMalloc / cudaMallocHost? */

@@ -1,6 +1,9 @@
 """Runtime API under emulation (memory, errors, launch checks, streams, events, device properties,
 symbols, function attributes), and the cost of emulation per CUDA thread."""
 import re
+import signal
+
+import pytest
 
 from emu_helpers import run_program, programs  # noqa: F401 (fixture)
 
@@ -12,6 +15,17 @@ def test_runtime_api(programs, tmp_path):
     oks = [line for line in r.stdout.splitlines() if line.startswith("OK")]
     assert len(oks) >= 55 and "DONE 0 failures" in r.stdout and r.returncode == 0, r.stdout + r.stderr
     assert "INFO sm_count 2" in r.stdout  # multiProcessorCount = OpenMP threads (OMP_NUM_THREADS=2)
+
+
+@pytest.mark.parametrize("case", ["overrun", "smem_overrun"])
+def test_access_past_the_end_faults(programs, tmp_path, case):
+    """Device allocations and dynamic shared memory end at a guard page: a kernel writing one float
+    past a cudaMalloc buffer, or reading past its dynamic shared memory, dies with SIGSEGV and a
+    message, instead of corrupting the host heap (where a test can still pass by luck)."""
+    r = run_program(programs["runtime"], case, tmp_path, expect_ok=False)
+    assert "in bounds ok" in r.stdout and "no fault" not in r.stdout
+    assert r.returncode == -signal.SIGSEGV
+    assert "segmentation fault" in r.stderr and "guard page" in r.stderr
 
 
 def test_emulation_cost(programs, tmp_path):

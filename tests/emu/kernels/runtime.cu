@@ -6,6 +6,8 @@
 #include "emulate.h"
 #include "testio.h"
 
+#include <algorithm>
+
 static int g_fail = 0;
 #define EXPECT(name, cond)                                                  \
     do {                                                                    \
@@ -24,6 +26,12 @@ __global__ void convert_args_kernel(double* out, double a, long long b, const fl
     out[2] = p ? p[0] : -1.0;
 }
 __global__ void fill_kernel(int* out, int v) { out[blockIdx.x * blockDim.x + threadIdx.x] = v; }
+/* reads dynamic shared memory before writing it: every block must see the poison, not the last block's 7 */
+__global__ void smem_first_read_kernel(unsigned* out) {
+    LLMGEN_DYNAMIC_SMEM(unsigned, sm);
+    out[blockIdx.x] = sm[5];
+    sm[5] = 7u;
+}
 __global__ void fill3d_kernel(int* out, int v) {
     const int block = blockIdx.y * gridDim.x + blockIdx.x;
     const int thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
@@ -65,12 +73,43 @@ __global__ void intrinsics_kernel(float* f, int* i, unsigned* u) {
     u[4] = __float2uint_rn(-5.0f);      /* saturates at 0 */
 }
 
+__global__ void write_at_kernel(float* p, int i) { p[i] = 1.0f; }
+__global__ void smem_read_at_kernel(float* out, int i) {
+    LLMGEN_DYNAMIC_SMEM(float, sm);
+    out[0] = sm[i];
+}
+
 int main(int argc, char** argv) {
     if (argc >= 3) g_dir = argv[2];
+    if (argc >= 2 && (strcmp(argv[1], "overrun") == 0 || strcmp(argv[1], "smem_overrun") == 0)) {
+        /* one element past the end of 1024 floats (4096 bytes: no 256-byte rounding slack), or of 64
+         * bytes of dynamic shared memory (rounded to 128): the emulation must fault */
+        float* p;
+        CHECK_CUDA(cudaMalloc((void**)&p, 1024 * sizeof(float)));
+        if (strcmp(argv[1], "overrun") == 0) LLMGEN_LAUNCH(write_at_kernel, 1, 1, 0, 0, p, 1023);
+        else LLMGEN_LAUNCH(smem_read_at_kernel, 1, 1, 64, 0, p, 31);
+        printf("in bounds ok\n");
+        fflush(stdout);
+        if (strcmp(argv[1], "overrun") == 0) LLMGEN_LAUNCH(write_at_kernel, 1, 1, 0, 0, p, 1024);
+        else LLMGEN_LAUNCH(smem_read_at_kernel, 1, 1, 64, 0, p, 32);
+        printf("past the end: no fault\n");
+        return 0;
+    }
     /* memory */
     float* d = nullptr;
     EXPECT("malloc", cudaMalloc(&d, 1000 * sizeof(float)) == cudaSuccess && d != nullptr);
     EXPECT("malloc_aligned", ((uintptr_t)d % 256) == 0);
+    {   /* new device memory and each block's dynamic shared memory hold 0xFF bytes (NaN), not zeros */
+        std::vector<unsigned> u(8, 0u);
+        EXPECT("malloc_poisoned", cudaMemcpy(u.data(), d, 32, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                                      u[0] == 0xFFFFFFFFu && u[7] == 0xFFFFFFFFu && std::isnan(((float*)u.data())[3]));
+        unsigned* seen;
+        cudaMalloc(&seen, 8 * sizeof(unsigned));
+        LLMGEN_LAUNCH(smem_first_read_kernel, dim3(8), dim3(1), 64, 0, seen);
+        EXPECT("smem_poisoned", cudaMemcpy(u.data(), seen, 32, cudaMemcpyDeviceToHost) == cudaSuccess &&
+                                    std::count(u.begin(), u.end(), 0xFFFFFFFFu) == 8);
+        cudaFree(seen);
+    }
     std::vector<float> h(1000), g(1000, -1.0f);
     for (int i = 0; i < 1000; ++i) h[i] = (float)i;
     EXPECT("memcpy_h2d", cudaMemcpy(d, h.data(), 4000, cudaMemcpyHostToDevice) == cudaSuccess);
@@ -108,7 +147,7 @@ int main(int argc, char** argv) {
     /* errors */
     EXPECT("last_error_clean", cudaGetLastError() == cudaSuccess);
     int* di;
-    cudaMalloc(&di, 4096 * sizeof(int));
+    cudaMalloc(&di, 64 * 256 * sizeof(int));   /* the largest launch below: 64 blocks of 256 */
     LLMGEN_LAUNCH(fill_kernel, 1, 2048, 0, 0, di, 1); /* > 1024 threads */
     EXPECT("too_many_threads_peek", cudaPeekAtLastError() == cudaErrorInvalidConfiguration);
     EXPECT("too_many_threads", cudaGetLastError() == cudaErrorInvalidConfiguration);
