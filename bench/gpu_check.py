@@ -72,8 +72,9 @@ def environment(out):
     return info
 
 
-def random_model_dir(path, spec, seed):
-    """A GPT-2 checkpoint in the HF layout, written without transformers (it may be absent)."""
+def random_model_dir(path, spec, seed, qk_scale=1.0):
+    """A GPT-2 checkpoint in the HF layout, written without transformers (it may be absent).
+    qk_scale multiplies the query and key columns of c_attn: sharper attention scores."""
     from llmgen.checkpoint import params_to_hf, write_safetensors
     from llmgen.models.gpt2 import build_forward
     g = build_forward(spec, 1, 1)
@@ -86,8 +87,13 @@ def random_model_dir(path, spec, seed):
         if init != "normal":
             a += rng.standard_normal(p.shape).astype(np.float32) * 0.02   # so a swapped LN/bias shows
         params[p.name] = a
+    hf = params_to_hf(g, params)
+    C = spec.n_embd
+    for i in range(spec.n_layer):
+        hf[f"transformer.h.{i}.attn.c_attn.weight"][:, :2 * C] *= qk_scale     # Conv1D (C, 3C): q | k | v
+        hf[f"transformer.h.{i}.attn.c_attn.bias"][:2 * C] *= qk_scale
     path.mkdir(parents=True, exist_ok=True)
-    write_safetensors(path / "model.safetensors", params_to_hf(g, params))
+    write_safetensors(path / "model.safetensors", hf)
     (path / "config.json").write_text(json.dumps(spec.hf_config(), indent=2))
     return path
 
@@ -102,41 +108,45 @@ def correctness(out, args):
     # bf16 bound: bf16 keeps 8 bits of mantissa (rel. rounding 2^-9 ~ 2e-3 per value); losses
     # average thousands of such errors, measured agreement is ~1e-3 relative on 10 steps.
     tol = {"fp32": 1e-4, "bf16": 2e-2}
-    for dtype in ("fp32", "bf16"):
-        for L, H, C, V, P in ((2, 2, 64, 1000, 128), (3, 4, 128, 5000, 128)):
-            name = f"gpt2-{L}l-{C}c-{dtype}"
-            t0 = time.time()
-            try:
-                spec = GPT2Spec(n_layer=L, n_head=H, n_embd=C, vocab_size=V, max_seq_len=P, dtype=dtype)
-                d = out / "work" / name
-                mdir = random_model_dir(d / "model", spec, seed=L)
-                pat = oracle.random_shards(d / "data", V, 20000, seed=1)
-                (d / "spec.py").write_text(
-                    f"from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer={L}, n_head={H}, n_embd={C}, "
-                    f"vocab_size={V}, max_seq_len={P}, dtype='{dtype}')\n")
-                build = ["build", d / "spec.py", "--target", "cuda", "-o", d / "build"]
-                if args.emulate:
-                    build.append("--emulate")
-                sh([sys.executable, "-m", "llmgen", *build], out / f"{name}.build.log")
-                flags = ["-e", mdir, "-i", pat, "-b", 4, "-t", 64, "-x", 10, "-l", "1e-3", "-k", "constant", "-c", 0,
-                         "-v", 0]
-                losses = []
-                for run in ("a", "b"):              # twice: the CUDA target is deterministic
-                    sh([d / "build" / "train", *flags, "-o", d / run], out / f"{name}.{run}.log")
-                    losses.append([json.loads(x)["train_loss"] for x in open(d / run / "log.jsonl")])
-                state = {k: torch.from_numpy(v) for k, v in read_safetensors(mdir / "model.safetensors").items()}
-                ref = oracle.train_model(oracle.RefGPT2(state, L, H), pat, 4, 64, 10, 1e-3, schedule="constant",
-                                         threads=min(8, os.cpu_count() or 2))["losses"]
-                rel = float(np.max(np.abs(np.array(losses[0]) - ref) / np.abs(ref)))
-                results.append(dict(name=name, max_rel_loss_err=rel, tolerance=tol[dtype], ok=rel <= tol[dtype],
-                                    deterministic=losses[0] == losses[1], losses=losses[0], torch_losses=ref,
-                                    seconds=round(time.time() - t0, 1)))
-                log(f"  {name}: max rel loss err {rel:.2e} (tol {tol[dtype]}) deterministic={losses[0] == losses[1]}")
-            except Exception as e:   # noqa: BLE001 - record and go on to the next config
-                results.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"[-3000:]))
-                log(f"  {name}: FAILED {e}")
-            if args.quick:
-                break
+    configs = [(dtype, L, H, C, V, P, 4, 64, 1.0) for dtype in ("fp32", "bf16")
+               for L, H, C, V, P in ((2, 2, 64, 1000, 128), (3, 4, 128, 5000, 128))]
+    # the tensor-core attention over several 64-row tiles (head size 64), with sharp scores so a
+    # wrong online-softmax rescale or causal mask shows
+    configs.append(("bf16", 2, 2, 128, 1000, 256, 2, 192, 8.0))
+    for dtype, L, H, C, V, P, B, T, qk in configs:
+        name = f"gpt2-{L}l-{C}c-{dtype}" + (f"-t{T}-qk{qk:g}" if qk != 1.0 else "")
+        t0 = time.time()
+        try:
+            spec = GPT2Spec(n_layer=L, n_head=H, n_embd=C, vocab_size=V, max_seq_len=P, dtype=dtype)
+            d = out / "work" / name
+            mdir = random_model_dir(d / "model", spec, seed=L, qk_scale=qk)
+            pat = oracle.random_shards(d / "data", V, 20000, seed=1)
+            (d / "spec.py").write_text(
+                f"from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer={L}, n_head={H}, n_embd={C}, "
+                f"vocab_size={V}, max_seq_len={P}, dtype='{dtype}')\n")
+            build = ["build", d / "spec.py", "--target", "cuda", "-o", d / "build"]
+            if args.emulate:
+                build.append("--emulate")
+            sh([sys.executable, "-m", "llmgen", *build], out / f"{name}.build.log")
+            flags = ["-e", mdir, "-i", pat, "-b", B, "-t", T, "-x", 10, "-l", "1e-3", "-k", "constant", "-c", 0,
+                     "-v", 0]
+            losses = []
+            for run in ("a", "b"):              # twice: the CUDA target is deterministic
+                sh([d / "build" / "train", *flags, "-o", d / run], out / f"{name}.{run}.log")
+                losses.append([json.loads(x)["train_loss"] for x in open(d / run / "log.jsonl")])
+            state = {k: torch.from_numpy(v) for k, v in read_safetensors(mdir / "model.safetensors").items()}
+            ref = oracle.train_model(oracle.RefGPT2(state, L, H), pat, B, T, 10, 1e-3, schedule="constant",
+                                     threads=min(8, os.cpu_count() or 2))["losses"]
+            rel = float(np.max(np.abs(np.array(losses[0]) - ref) / np.abs(ref)))
+            results.append(dict(name=name, max_rel_loss_err=rel, tolerance=tol[dtype], ok=rel <= tol[dtype],
+                                deterministic=losses[0] == losses[1], losses=losses[0], torch_losses=ref,
+                                seconds=round(time.time() - t0, 1)))
+            log(f"  {name}: max rel loss err {rel:.2e} (tol {tol[dtype]}) deterministic={losses[0] == losses[1]}")
+        except Exception as e:   # noqa: BLE001 - record and go on to the next config
+            results.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"[-3000:]))
+            log(f"  {name}: FAILED {e}")
+        if args.quick:
+            break
     return results
 
 
