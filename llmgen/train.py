@@ -127,12 +127,23 @@ def run_trainer(binary: Path, flags: list[str], progress: Progress) -> int:
     return rc
 
 
+def train_precision(spec, target: str, requested: str | None):
+    """The spec to train and a line saying its precision. On a GPU, bf16 mixed precision (fp32 master
+    weights, as llm.c trains) unless --dtype asked for fp32; the CPU twin always computes in fp32."""
+    if target == "cuda":
+        if requested is None and spec.dtype == "fp32":
+            return spec.replace(dtype="bf16"), "bf16 mixed precision with fp32 master weights (--dtype fp32: all fp32)"
+        return spec, f"{spec.dtype}{' mixed precision with fp32 master weights' if spec.dtype == 'bf16' else ''}"
+    return spec.replace(dtype="fp32"), "fp32 (the CPU twin computes in fp32)"
+
+
 def cmd_train(args) -> int:
     from llmgen.codegen import Options
     from llmgen.spec import load_spec
     spec = load_spec(args.spec, args.dtype)
     target, why = pick_target(args.target)
-    print(f"llmgen train: {why}", file=sys.stderr)
+    spec, precision = train_precision(spec, target, args.dtype)
+    print(f"llmgen train: {why}; {precision}", file=sys.stderr)
     binary = cached_build(spec, Options(target=target, fuse=not args.no_fuse), Path(args.cache_dir))
     print(f"llmgen train: trainer {binary.parent / ('train.c' if target == 'c' else 'train.cu')}", file=sys.stderr)
     flags = []

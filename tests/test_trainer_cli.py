@@ -74,3 +74,16 @@ def test_sample_command_on_a_run_folder(tmp_path):
     assert r.stdout.startswith("Hello")
     r = run_llmgen("sample", tmp_path / "nothing", check=False)
     assert r.returncode == 1 and "checkpoint" in r.stderr
+
+
+def test_train_precision_bf16_on_gpu_fp32_on_cpu():
+    """`llmgen train` on a GPU trains bf16 mixed precision unless --dtype fp32 is given (as llm.c
+    does); the CPU twin computes in fp32 whatever was asked."""
+    from llmgen.spec import PRESETS
+    from llmgen.train import train_precision
+    gpt2 = PRESETS["gpt2-tiny"]
+    assert train_precision(gpt2, "cuda", None)[0].dtype == "bf16"
+    assert train_precision(gpt2, "cuda", "fp32")[0].dtype == "fp32"
+    assert train_precision(gpt2.replace(dtype="bf16"), "cuda", "bf16")[0].dtype == "bf16"
+    spec, line = train_precision(gpt2.replace(dtype="bf16"), "c", "bf16")
+    assert spec.dtype == "fp32" and "CPU twin" in line
