@@ -5,8 +5,9 @@ bf16 at T=1024 against PyTorch eager and torch.compile on the same GPU.
     python bench/gpu_check.py OUTDIR [--quick] [--device cpu --emulate]   (a CPU smoke run)
 
 Writes OUTDIR/summary.json and OUTDIR/logs.txt after every stage (every build and run log,
-concatenated: the device tool brings back only a few files), prints a side-by-side table. Each stage records
-its own failure and the next stage still runs. Budget: under 8 minutes on an H100/H200.
+concatenated: the device tool brings back only a few files), prints a side-by-side table. Each
+stage records its own failure and the next stage still runs. Budget: under 8 minutes on an
+H100/H200.
 """
 
 from __future__ import annotations
