@@ -68,13 +68,16 @@ def gqa_config(HD: int, NH: int, KV: int) -> dict[str, int]:
             "BK": max(1, GQA_THREADS // tpr)}
 
 
-def tc_attention_config(HD: int) -> dict[str, int]:
-    """Row strides and shared memory (bytes) of the tensor-core attention kernels
-    (templates/cuda/attention_tc.cu.j2): 64-row bf16 tiles of two operands, then per warp (4 warps)
+def tc_attention_config(HD: int, dtype: str) -> dict[str, int]:
+    """Whether the tensor-core attention kernels (templates/cuda/attention_tc.cu.j2) apply: bf16
+    builds with a head size that is a multiple of 16 up to 128 (so every row width NH*HD is too);
+    else {"TC": 0}. Where they do, TC = 1 and their row strides and shared memory (bytes): 64-row bf16 tiles of two operands, then per warp (4 warps)
     fp32 tiles of 16 rows (SW: scores, and the staging of results, max(64, HD) columns; OS: the
     forward's output, HD; DS: dp, 64) and bf16 tiles (PS: p and ds, 64). Each stride is padded by 16
     bytes, so the rows a warp's lanes walk start in different banks (a 64-float row would put all
     16 in one), and stays a multiple of 16 bytes as wmma's ldm must; every tile starts 32-byte aligned."""
+    if dtype != "bf16" or HD % 16 != 0 or HD > 128:
+        return {"TC": 0}
     SW, OS, DS, PS = max(64, HD) + 4, HD + 4, 64 + 4, 64 + 8
     tiles = 2 * 64 * HD * 2
     return {"TC": 1, "SW": SW, "OS": OS, "DS": DS, "PS": PS,
@@ -99,9 +102,7 @@ def configure(prog: Program) -> Program:
         elif k.op in ("attention", "attention_bwd"):
             HD = k.dims["HD"]
             bc = 32 if HD <= 128 else 16        # key (query) tile: scores stay in registers
-            k.cfg = {"BR": ATTN_ROWS, "BC": bc, "TC": 0}
-            if prog.dtype == "bf16" and HD % 16 == 0 and HD <= 128:     # then C = NH * HD is too
-                k.cfg.update(tc_attention_config(HD))
+            k.cfg = {"BR": ATTN_ROWS, "BC": bc, **tc_attention_config(HD, prog.dtype)}
         elif k.op in ("softmax_xent", "xent", "xent_bwd"):
             k.cfg = {"NT": min(1024, max(WARP, _pow2_at_least(k.dims["V"] // 16)))}
         elif k.op in ("linear_dw", "bias_grad"):
@@ -121,9 +122,7 @@ def configure(prog: Program) -> Program:
                 scratch = max(scratch, 4 * C * RMS_BWD_MAX_BLOCKS)
         elif k.op in ("gqa_attention", "gqa_attention_bwd"):
             HD = k.dims["HD"]
-            k.cfg = {**gqa_config(HD, k.dims["NH"], k.dims["KV"]), "TC": 0}
-            if prog.dtype == "bf16" and HD % 16 == 0 and HD <= 128:
-                k.cfg.update(tc_attention_config(HD))
+            k.cfg = {**gqa_config(HD, k.dims["NH"], k.dims["KV"]), **tc_attention_config(HD, prog.dtype)}
     prog.scratch_bytes = scratch
     prog.tensor_core_attention = any(k.cfg.get("TC") for k in prog.kernels)
     return prog
