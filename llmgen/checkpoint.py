@@ -18,6 +18,18 @@ import numpy as np
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64}
 
 
+def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bf16 values given as their uint16 bits, widened exactly to float32."""
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), rounded to nearest even; NaN stays NaN."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), ((u >> 16) | 0x40).astype(np.uint16), r)
+
+
 def read_safetensors(path) -> dict[str, np.ndarray]:
     data = Path(path).read_bytes()
     if len(data) < 8:
@@ -34,8 +46,7 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
         b, e = info["data_offsets"]
         raw = data[base + b: base + e]
         if info["dtype"] == "BF16":
-            u = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
-            arr = u.view(np.float32)
+            arr = bf16_to_f32(np.frombuffer(raw, np.uint16))
         else:
             arr = np.frombuffer(raw, _DTYPES[info["dtype"]])
         out[name] = arr.reshape(info["shape"]).astype(np.float32, copy=True)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmgen.checkpoint import bf16_to_f32, f32_to_bf16
+
 MAGIC = 20240326
 VERSIONS = {3: "fp32", 5: "bf16"}
 
@@ -43,17 +45,6 @@ _PER_LAYER = {"ln1w": ("ln_1.weight", False), "ln1b": ("ln_1.bias", False),
               "fcprojw": ("mlp.c_proj.weight", True), "fcprojb": ("mlp.c_proj.bias", False)}
 
 
-def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
-
-
-def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round to nearest even (NaN stays NaN)."""
-    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), ((u >> 16) | 0x40).astype(np.uint16), r)
-
-
 def read_llmc(path) -> tuple:
     """(GPT2Spec, {HF GPT-2 name: fp32 array}) from an llm.c model file."""
     from llmgen.spec import GPT2Spec
@@ -75,7 +66,7 @@ def read_llmc(path) -> tuple:
         raise LlmcError(f"{path}: {len(raw)} bytes, but the header's shape (n_layer={L}, n_embd={C}, vocab "
                         f"{V}/{Vp}, max_seq_len={T}, {VERSIONS[int(h[1])]}) needs {want} (truncated or damaged)")
     data = (np.frombuffer(raw, np.float32, offset=1024) if width == 4
-            else _bf16_to_f32(np.frombuffer(raw, np.uint16, offset=1024)))
+            else bf16_to_f32(np.frombuffer(raw, np.uint16, offset=1024)))
     out, at = {}, 0
     for name, shape in layout:
         n = int(np.prod(shape))
@@ -127,7 +118,7 @@ def write_llmc(path, spec, hf: dict[str, np.ndarray], dtype: str = "fp32") -> No
     flat = np.concatenate(parts)
     header = np.zeros(256, np.int32)
     header[:8] = [MAGIC, 3 if dtype == "fp32" else 5, T, V, L, spec.n_head, C, Vp]
-    body = flat if dtype == "fp32" else _f32_to_bf16(flat)
+    body = flat if dtype == "fp32" else f32_to_bf16(flat)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:

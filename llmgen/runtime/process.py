@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmgen.checkpoint import bf16_to_f32
 from llmgen.codegen import Options, program_for, render
 from llmgen.compiler import compile_graph
 from llmgen.runtime.build import build_c_library, write_if_changed
@@ -99,7 +100,7 @@ class InProcessTrainer:
         """A copy of the buffer `name` as float32 (bf16 buffers widened), shaped as in the graph."""
         ptr, n = self.pointer(name)
         if self.dtypes.get(name, "f32") == "bf16":
-            flat = (self._copy_out(ptr, n, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            flat = bf16_to_f32(self._copy_out(ptr, n, np.uint16))
         else:
             flat = self._copy_out(ptr, n, np.float32)
         return flat.reshape(self.shapes[name]) if name in self.shapes else flat
