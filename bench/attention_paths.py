@@ -3,7 +3,7 @@
     python bench/attention_paths.py [--out DIR]
 
 One train.cu is built twice through the emulation header: as generated (tensor-core attention,
-wmma) and with -DLLMGEN_NO_TC_ATTENTION (the CUDA-core kernels). Each writes its step-0 dump (-z)
+wmma) and with -DLLMGEN_NO_TC_ATTENTION (the CUDA-core kernels). Each writes its step-0 dump (--dump)
 for a GPT-2 and a Llama (GQA 2:1) model with head size 64, T = 192 (three 64-row tiles) and
 sharpened attention scores; the table is the max error of each against PyTorch in fp32 (logits:
 abs; grads: relative to each tensor's largest value). Both paths store bf16 activations, so
@@ -57,7 +57,7 @@ def main() -> int:
             tag = "tc" if flags == [] else "cc"
             exe = build_cuda(d / "build" / "train.cu", d / f"train-{tag}", emulate=True, extra_flags=flags)
             subprocess.run([str(exe), "-e", str(d / "model"), "-i", pat, "-b", str(B), "-t", str(T),
-                            "-z", str(d / f"dump-{tag}")], check=True, capture_output=True)
+                            "--dump", str(d / f"dump-{tag}")], check=True, capture_output=True)
             got = read_safetensors(d / f"dump-{tag}")
             logits = float(np.abs(got["logits"] - ref["logits"]).max())
             grads = max(float(np.abs(got["grad." + k] - w).max() / np.abs(w).max()) for k, w in ref["grads"].items())

@@ -45,6 +45,37 @@ _PER_LAYER = {"ln1w": ("ln_1.weight", False), "ln1b": ("ln_1.bias", False),
               "fcprojw": ("mlp.c_proj.weight", True), "fcprojb": ("mlp.c_proj.bias", False)}
 
 
+def tensor_places(spec) -> dict[str, tuple[int, tuple[int, ...], bool]]:
+    """Where each Hugging Face GPT-2 tensor of `spec` lies in an llm.c model file:
+    {HF name: (element offset into the parameter section, the llm.c tensor's shape (one layer's
+    slice of a stacked tensor), transposed: llm.c stores it as the transpose of HF's Conv1D)}.
+    wte's llm.c shape has the padded vocabulary's rows; HF's has only vocab_size of them.
+    The trainers' own reader of llm.c files (-e model.bin) is driven by this table."""
+    L, C, V, Vp, T = spec.n_layer, spec.n_embd, spec.vocab_size, spec.padded_vocab_size, spec.max_seq_len
+    places, at = {}, 0
+    for name, shape in _layout(L, C, V, Vp, T):
+        n = int(np.prod(shape))
+        if name == "wte":
+            places["transformer.wte.weight"] = (at, shape, False)
+        elif name == "wpe":
+            places["transformer.wpe.weight"] = (at, shape, False)
+        elif name in ("lnfw", "lnfb"):
+            places["transformer.ln_f." + ("weight" if name == "lnfw" else "bias")] = (at, shape, False)
+        else:
+            hf, transposed = _PER_LAYER[name]
+            per = n // L
+            for i in range(L):
+                places[f"transformer.h.{i}.{hf}"] = (at + i * per, shape[1:], transposed)
+        at += n
+    return places
+
+
+def file_elems(spec) -> int:
+    """Parameters in an llm.c model file of `spec` (after the 256-int32 header)."""
+    return sum(int(np.prod(s)) for _, s in _layout(spec.n_layer, spec.n_embd, spec.vocab_size,
+                                                    spec.padded_vocab_size, spec.max_seq_len))
+
+
 def read_llmc(path) -> tuple:
     """(GPT2Spec, {HF GPT-2 name: fp32 array}) from an llm.c model file."""
     from llmgen.spec import GPT2Spec

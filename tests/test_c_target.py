@@ -44,7 +44,7 @@ def read_log(path):
 
 def test_step0_logits_loss_grads(setup):
     s = setup
-    run_binary(s["binary"], "-e", s["model"], "-i", s["pattern"], "-b", s["B"], "-t", s["T"], "-z", s["dir"] / "dump")
+    run_binary(s["binary"], "-e", s["model"], "-i", s["pattern"], "-b", s["B"], "-t", s["T"], "--dump", s["dir"] / "dump")
     got = read_safetensors(s["dir"] / "dump")
     ref = oracle.step0_dump(s["model"], s["pattern"], s["B"], s["T"])
     np.testing.assert_allclose(got["logits"], ref["logits"], atol=3e-6, rtol=0)
@@ -189,7 +189,7 @@ def test_weights_of_another_spec(setup, tmp_path):
     (["-t", "100000"], "max_seq_len"),
     (["-b", "0"], "-b"),
     (["-d", "7"], "multiple of B*T"),
-    (["-k", "exponential"], "schedule"),
+    (["-k", "exponential"], "-k must be one of cosine"),
     (["-l", "abc"], "expects a number"),
     (["-Q", "1"], "unknown flag"),
 ])

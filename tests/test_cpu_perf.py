@@ -72,7 +72,7 @@ def test_attention_causal_blocks_match_torch(tmp_path, build_cache):
                                        n_positions=160, seed=4)
     pat = oracle.random_shards(tmp_path / "data", 100, 2000, seed=6)
     binary = build_cache(model / "config.json")
-    run_binary(binary, "-e", model, "-i", pat, "-b", 2, "-t", 150, "-z", tmp_path / "dump")
+    run_binary(binary, "-e", model, "-i", pat, "-b", 2, "-t", 150, "--dump", tmp_path / "dump")
     got = read_safetensors(tmp_path / "dump")
     ref = oracle.step0_dump(model, pat, 2, 150)
     np.testing.assert_allclose(got["logits"], ref["logits"], atol=3e-6, rtol=0)

@@ -266,7 +266,7 @@ def read_log(path):
 def test_c_step0_logits_loss_grads(setup):
     s = setup
     dump = s["dir"] / "dump.safetensors"
-    run_binary(s["binary"](), "-e", s["model"], "-i", s["pattern"], "-b", B, "-t", T, "-z", dump)
+    run_binary(s["binary"](), "-e", s["model"], "-i", s["pattern"], "-b", B, "-t", T, "--dump", dump)
     got = read_safetensors(dump)
     ref = oracle.llama_step0_dump(s["model"], s["pattern"], B, T)
     print(f"{s['name']}: logits max rel err {rel_err(got['logits'], ref['logits']):.2e}, "
@@ -312,7 +312,7 @@ def test_c_uint32_shards_and_big_vocab(tmp_path, build_cache):
     pat = oracle.random_shards(tmp_path / "data", vocab_size=V, n_tokens=200, seed=4)
     assert oracle.read_shard(next((tmp_path / "data").glob("*.bin"))).max() > 65535
     binary = build_cache(tmp_path / "m" / "config.json")
-    run_binary(binary, "-e", tmp_path / "m", "-i", pat, "-b", 2, "-t", 8, "-z", tmp_path / "dump")
+    run_binary(binary, "-e", tmp_path / "m", "-i", pat, "-b", 2, "-t", 8, "--dump", tmp_path / "dump")
     got = read_safetensors(tmp_path / "dump")
     ref = oracle.llama_step0_dump(tmp_path / "m", pat, 2, 8)
     assert abs(got["loss"][0] - ref["loss"]) <= TOL * ref["loss"]
@@ -330,7 +330,7 @@ def test_c_reads_sharded_hf_checkpoint(tmp_path, build_cache):
     assert len(shards) >= 3 and not (mdir / "model.safetensors").exists()
     pat = oracle.random_shards(tmp_path / "data", vocab_size=cfg["vocab_size"], n_tokens=1000, seed=3)
     binary = build_cache(mdir / "config.json")
-    run_binary(binary, "-e", mdir, "-i", pat, "-b", 2, "-t", 16, "-z", tmp_path / "dump")
+    run_binary(binary, "-e", mdir, "-i", pat, "-b", 2, "-t", 16, "--dump", tmp_path / "dump")
     got = read_safetensors(tmp_path / "dump")
     ref = oracle.llama_step0_dump(mdir, pat, 2, 16)
     assert abs(got["loss"][0] - ref["loss"]) <= TOL * ref["loss"]

@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from llmgen.flags import TRAINER_FLAGS, Flag, usage_lines
 from llmgen.ir.graph import Graph, Node, Value
 from llmgen.ir.ops import OPS
 from llmgen.passes.memory import MemoryPlan
@@ -69,6 +70,12 @@ class ParamRow:
     decay: bool        # AdamW weight decay applies (2-D weights)
     init: str          # normal | ones | zeros
     std: float
+    # llm.c's GPT-2 model file (-e model.bin), GPT-2 only (llmgen.llmc.tensor_places): where the tensor
+    # starts in the file's parameters, how many of its rows are read (wte: the real vocabulary), and
+    # whether llm.c stores it as the transpose of our layout (never for GPT-2: both keep (out, in))
+    llmc_offset: int = -1
+    llmc_rows: int = 0
+    llmc_transpose: bool = False
 
 
 @dataclass
@@ -117,6 +124,34 @@ class Program:
     recompute: int = 0         # activation recompute level the schedule was made with (0, 1, 2)
     scratch_bytes: int = 0     # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
     tensor_core_attention: bool = False   # CUDA: some attention kernel has a wmma version (codegen/cuda.py)
+    flags: tuple[Flag, ...] = TRAINER_FLAGS   # the trainer's flags (llmgen/flags.py): its usage and parser
+    usage: list[str] = field(default_factory=list)   # the usage text, one C string literal per line
+    llmc_elems: int = 0        # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
+    generation_config_json: str = '"{}"'   # the HF generation_config.json checkpoints carry, a C string literal
+
+
+def generation_config(spec) -> dict:
+    """The generation_config.json transformers reads beside config.json: the special token ids of the
+    spec's Hugging Face config (GPT-2's vocabulary: <|endoftext|> 50256), those that are set."""
+    hf = spec.hf_config()
+    return {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf.get(k) is not None}
+
+
+def llmc_places(spec, params: list[ParamRow]) -> int:
+    """Give each GPT-2 ParamRow its place in an llm.c model file; returns the file's parameter count."""
+    from llmgen import llmc
+    places = llmc.tensor_places(spec)
+    for r in params:
+        offset, shape, _ = places[r.hf]
+        if tuple(shape) == tuple(r.shape):
+            transpose = False
+        elif len(shape) == 2 and tuple(shape[::-1]) == tuple(r.shape):
+            transpose = True
+        else:
+            raise AssertionError(f"{r.name}: llm.c shape {shape} vs ours {r.shape}")
+        r.llmc_offset, r.llmc_transpose = offset, transpose
+        r.llmc_rows = shape[0] if transpose else r.hf_rows
+    return llmc.file_elems(spec)
 
 
 def cname(name: str) -> str:
@@ -362,4 +397,7 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         params=params, param_elems=plan.param_elems, acts=acts, act_per_token=plan.act_elems,
         kernels=list(kernels.values()), forward=launches["fwd"], backward=launches["bwd"],
         update=launches["opt"], config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
-        flops_per_token=flops_per_token(g), buffers=buffers, dtype=plan.dtype, recompute=recompute)
+        flops_per_token=flops_per_token(g), buffers=buffers, dtype=plan.dtype, recompute=recompute,
+        usage=[c_string(line + "\n") for line in usage_lines()],
+        llmc_elems=llmc_places(spec, params) if spec.arch == "gpt2" else 0,
+        generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"))

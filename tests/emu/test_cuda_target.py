@@ -192,7 +192,7 @@ def test_emulated_and_cpu_twin_agree(models, build_cache, tmp_path):
     np.testing.assert_allclose([r["train_loss"] for r in a], [r["train_loss"] for r in b], rtol=1e-5)
     np.testing.assert_allclose([r["grad_norm"] for r in a], [r["grad_norm"] for r in b], rtol=1e-4)
     for binary, d in ((cuda, "zc"), (c, "zt")):
-        run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", m["B"], "-t", m["T"], "-z", tmp_path / d)
+        run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", m["B"], "-t", m["T"], "--dump", tmp_path / d)
     x, y = read_safetensors(tmp_path / "zc"), read_safetensors(tmp_path / "zt")
     for k in y:
         assert np.abs(x[k] - y[k]).max() <= 2e-5 * (np.abs(y[k]).max() + 1e-30), k

@@ -39,8 +39,8 @@ class Checks:
         return read_log(run)
 
     def check_dump(self, binary, m, ref, dtype, tmp):
-        """step 0 (-z): logits, loss and every parameter gradient against the reference dump"""
-        run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", m["B"], "-t", m["T"], "-z", tmp / "dump")
+        """step 0 (--dump): logits, loss and every parameter gradient against the reference dump"""
+        run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", m["B"], "-t", m["T"], "--dump", tmp / "dump")
         got = read_safetensors(tmp / "dump")
         tol = self.tol[dtype]
         err = np.abs(got["logits"] - ref["logits"]).max()
