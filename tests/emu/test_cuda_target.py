@@ -37,6 +37,7 @@ is up to 2^-9 = 2e-3 relative; PyTorch is the fp32 oracle; bounds 4-20x the meas
 """
 
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -213,6 +214,18 @@ def test_deterministic_and_resume_is_bit_exact(dtype, models, build_cache, tmp_p
                "-k", "constant", "-c", 0, "-v", 0, "-n", 3, "-y", 1, "-o", tmp_path / "b")
     resumed = {r["step"]: (r["train_loss"], r["grad_norm"]) for r in read_log(tmp_path / "b")}
     assert resumed == {r["step"]: (r["train_loss"], r["grad_norm"]) for r in a}
+
+
+def test_llmc_flags_on_the_bf16_build(models, build_cache, tmp_path):
+    """llm.c's -w 0 (no fp32 master weights) is refused by name on a bf16 build, which always keeps them;
+    -w 1 and -z 1 (ZeRO stage, one process) train."""
+    m = models["tiny"]
+    binary = build_cache(m["cfg"], "--dtype", "bf16", *EMU)
+    common = ["-e", m["model"], "-i", m["pattern"], "-b", m["B"], "-t", m["T"], "-x", 1, "-v", 0]
+    r = subprocess.run([str(binary), *map(str, common), "-w", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "bf16 build always keeps fp32 master weights" in r.stderr, r.stderr
+    r = run_binary(binary, *common, "-w", 1, "-z", 1)
+    assert "step 1/1" in r.stdout
 
 
 # ------------------------------------------------------------------------------------------
