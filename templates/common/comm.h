@@ -402,7 +402,6 @@ static COMM_UNUSED void comm_mpi_exchange(Comm *c, const char *what, CommPeerIO 
     if (nreq == 0) return;
     MPI_Request *req = (MPI_Request *)comm_xcalloc(c, nreq, sizeof(MPI_Request));
     int *req_rank = (int *)comm_xcalloc(c, nreq, sizeof(int));
-    int *req_recv = (int *)comm_xcalloc(c, nreq, sizeof(int));
     size_t r = 0;
     for (int q = 0; q < N; q++) {
         if (q == c->rank) continue;
@@ -410,7 +409,6 @@ static COMM_UNUSED void comm_mpi_exchange(Comm *c, const char *what, CommPeerIO 
             size_t len = io[q].nrecv - off < piece ? io[q].nrecv - off : piece;
             MPI_Irecv(io[q].recv + off, (int)len, MPI_BYTE, q, 0, c->mpi, &req[r]);
             req_rank[r] = q;
-            req_recv[r] = 1;
         }
         for (size_t off = 0; off < io[q].nsend; off += piece, r++) {
             size_t len = io[q].nsend - off < piece ? io[q].nsend - off : piece;
@@ -425,13 +423,15 @@ static COMM_UNUSED void comm_mpi_exchange(Comm *c, const char *what, CommPeerIO 
         if (done) break;
         if ((spins & 1023) == 1023) {
             if (comm_now() >= deadline) {
-                int waiting[64], nwait = 0;
-                for (size_t i = 0; i < nreq && nwait < 64; i++) {
+                // the ranks with a message still in flight either way (a large send waits for its receiver)
+                int *pending = (int *)comm_xcalloc(c, (size_t)N, sizeof(int));
+                for (size_t i = 0; i < nreq; i++) {
                     int flag = 0;
                     MPI_Test(&req[i], &flag, MPI_STATUS_IGNORE);
-                    if (!flag && req_recv[i] && (nwait == 0 || waiting[nwait - 1] != req_rank[i]))
-                        waiting[nwait++] = req_rank[i];
+                    if (!flag) pending[req_rank[i]] = 1;
                 }
+                int waiting[64], nwait = 0;
+                for (int q = 0; q < N && nwait < 64; q++) if (pending[q]) waiting[nwait++] = q;
                 char list[256];
                 comm_list_ranks(list, sizeof(list), waiting, nwait);
                 comm_fail(c, "%s did not complete within %.0f s: still waiting for rank(s) %s (stuck, stopped "
@@ -443,7 +443,6 @@ static COMM_UNUSED void comm_mpi_exchange(Comm *c, const char *what, CommPeerIO 
     }
     free(req);
     free(req_rank);
-    free(req_recv);
 }
 
 static void comm_mpi_errhandler(MPI_Comm *comm, int *code, ...) {
