@@ -101,13 +101,16 @@ def compile_commands(outdir: pathlib.Path) -> dict[str, list[str]]:
         if shutil.which("g++"):
             cmds["cxx_mpi"] = ["g++", "-std=c++17", "-x", "c++", "-O2", *warn, "-DLLMGEN_MPI", *comp, f"-I{COMMON}",
                                drv, "-o", str(outdir / "drv_cxx_mpi"), *link]
-        inc = cuda_include()
-        if inc is not None and shutil.which("g++"):
-            # the build line of the emulated train.cu (emulate.h's contract), plus MPI
-            cmds["nccl_emu"] = ["g++", "-std=c++17", "-O2", "-x", "c++", "-DLLMGEN_EMULATE", "-fno-strict-aliasing",
-                                "-fopenmp", "-DLLMGEN_MPI", *comp, "-Wall", "-Wextra", f"-I{emulate_dir()}",
-                                f"-I{CUDA_TEMPLATES}", f"-I{COMMON}", f"-I{inc}", str(HERE / "nccl_emu.cu"), "-o",
-                                str(outdir / "nccl_emu"), *link]
+    inc = cuda_include()
+    if inc is not None and shutil.which("g++"):
+        # the build line of the emulated train.cu (emulate.h's contract), with MPI and without
+        emu = ["g++", "-std=c++17", "-O2", "-x", "c++", "-DLLMGEN_EMULATE", "-fno-strict-aliasing", "-fopenmp",
+               "-Wall", "-Wextra", f"-I{emulate_dir()}", f"-I{CUDA_TEMPLATES}", f"-I{COMMON}", f"-I{inc}",
+               str(HERE / "nccl_emu.cu"), "-o"]
+        cmds["nccl_emu_tcp"] = [*emu, str(outdir / "nccl_emu_tcp")]
+        if have_mpi():
+            comp, link = mpi_flags()
+            cmds["nccl_emu"] = [*emu, str(outdir / "nccl_emu"), "-DLLMGEN_MPI", *comp, *link]
     return cmds
 
 
@@ -128,8 +131,8 @@ class Programs:
         cmds = compile_commands(self.outdir)
 
         def build(name: str) -> tuple[str, Built]:
-            proc = subprocess.run(cmds[name], capture_output=True, text=True)
             out = pathlib.Path(cmds[name][cmds[name].index("-o") + 1])
+            proc = subprocess.run(cmds[name], capture_output=True, text=True)
             return name, Built(out if proc.returncode == 0 else None, " ".join(cmds[name]) + "\n" + proc.stdout +
                                proc.stderr)
 
@@ -141,7 +144,7 @@ class Programs:
             self._build_all()
         if name not in self.built:
             pytest.skip(MPI_MISSING if name in ("mpi", "cxx_mpi", "nccl_emu") and not have_mpi()
-                        else "CUDA headers (cuda_runtime.h) not found" if name == "nccl_emu"
+                        else "CUDA headers (cuda_runtime.h) not found" if name.startswith("nccl_emu")
                         else f"no compiler for the {name} variant")
         b = self.built[name]
         if b.path is None:
