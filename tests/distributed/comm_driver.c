@@ -101,8 +101,11 @@ static void run_collectives(Comm *c, const char *dir, size_t n) {
     snprintf(path, sizeof(path), "%s/info_r%d.txt", dir, r);
     FILE *f = fopen(path, "w");
     if (!f) die("cannot write", path);
-    fprintf(f, "rank %d\nworld_size %d\nlocal_rank %d\nlocal_world_size %d\nbackend %d\nhow %s\n", c->rank,
-            c->world_size, c->local_rank, c->local_world_size, (int)c->backend, c->how);
+    char netns[256] = "?";  // which network namespace ran this rank (the two-host tests)
+    ssize_t len = readlink("/proc/self/ns/net", netns, sizeof(netns) - 1);
+    if (len > 0) netns[len] = '\0';
+    fprintf(f, "rank %d\nworld_size %d\nlocal_rank %d\nlocal_world_size %d\nbackend %d\nhow %s\nhost %s\nnetns %s\n",
+            c->rank, c->world_size, c->local_rank, c->local_world_size, (int)c->backend, c->how, c->host, netns);
     fclose(f);
 }
 
