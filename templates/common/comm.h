@@ -52,8 +52,9 @@ Contract
       its data stops at once, naming it ("lost the connection to rank 1"). Under mpirun, mpirun
       itself ends the job and names the rank; MPI errors go to an error handler that prints the
       rank and aborts.
-    * a collective that does not complete within op_timeout_s (default 600 s) stops naming the
-      ranks it still waits for; the rendezvous has its own timeout (default 300 s) and names the
+    * a collective that waits longer than op_timeout_s (default 600 s) for its peers (measured per
+      exchange step: one segment of a reduction, or a whole gather) stops, naming the ranks it
+      still waits for; the rendezvous has its own timeout (default 300 s) and names the
       address it could not reach or the ranks that never came.
   There is no sleep used as synchronisation: connections and data are waited for with poll() and
   a deadline. Connecting to a rank that is not listening yet is retried (10 ms, doubling up to
@@ -69,7 +70,10 @@ Contract
 
 API (sections below)
   options    CommOptions, comm_options_default, comm_options_from_env
-  setup      Comm, comm_init, comm_free, comm_current, comm_fail, comm_shard_count
+  setup      Comm, comm_init, comm_free, comm_current, comm_fail, comm_exit_job, comm_shard_count,
+             comm_dtype_size
+  design     templates/common/COMM.md: how the trainer calls all this (data slices, ZeRO-1 shards,
+             grad norm, rank-0 logging, NCCL bootstrap)
   ops        comm_allreduce, comm_reduce_scatter, comm_allgather, comm_broadcast, comm_barrier,
              comm_agree, comm_allreduce_f32, comm_allreduce_f64
   internals  transport (tcp / mpi exchange), rendezvous, reduction
@@ -157,7 +161,7 @@ typedef struct {
     int rank, world_size;              // this process among all
     int local_rank, local_world_size;  // among the processes on this host: local_rank picks the device
     CommBackend backend;
-    char how[200];                     // e.g. "tcp via 10.0.0.1:29500", for the trainer's first log line
+    char how[512];                     // e.g. "tcp via 10.0.0.1:29500", for the trainer's first log line
     char host[64];                     // gethostname()
     double op_timeout_s;
     size_t segment_bytes;
@@ -350,6 +354,7 @@ static COMM_UNUSED void comm_tcp_exchange(Comm *c, const char *what, CommPeerIO 
             int q = c->pfd_rank[i];
             short re = c->pfd[i].revents;
             if (!re) continue;
+            if (re & POLLNVAL) comm_fail(c, "%s: the socket to rank %d is not open (was comm_free called?)", what, q);
             if (io[q].nrecv && (re & (POLLIN | POLLHUP | POLLERR))) {
                 size_t want = io[q].nrecv < ((size_t)1 << 30) ? io[q].nrecv : ((size_t)1 << 30);
                 ssize_t k = recv(c->fd[q], io[q].recv, want, 0);
@@ -668,7 +673,8 @@ static COMM_UNUSED int comm_connect_peer(char (*addrs)[64], const int *ports, in
         if (rc == 0 && memcmp(theirs.magic, COMM_MAGIC, 8) == 0 && theirs.key == mine->key &&
             (int)theirs.rank == expect)
             return fd;
-        if (rc == 0) snprintf(err, errcap, "%s:%d answered, but not as rank %d of this run", addrs[i], ports[i], expect);
+        if (rc == 0)
+            snprintf(err, errcap, "%s:%d answered, but not as rank %d of this run", addrs[i], ports[i], expect);
         else if (rc == -2) snprintf(err, errcap, "no handshake from %s:%d", addrs[i], ports[i]);
         else snprintf(err, errcap, "%s:%d closed the connection during the handshake (another run, or a "
                       "different world size? see rank %d's messages)", addrs[i], ports[i], expect);
@@ -783,7 +789,7 @@ static COMM_UNUSED void comm_tcp_bootstrap(Comm *c, const CommOptions *o, const 
             comm_fail(c, "rendezvous folder %s does not exist (it must be on a filesystem every rank sees)",
                       o->rendezvous_dir);
         comm_rendezvous_path(c, o->rendezvous_dir, run_id, rvpath, sizeof(rvpath));
-        snprintf(c->how, sizeof(c->how), "tcp, rendezvous file %.150s", rvpath);
+        snprintf(c->how, sizeof(c->how), "tcp, rendezvous file %.400s", rvpath);
     } else {
         if (!master || !*master || !master_port || !*master_port)
             comm_fail(c, "WORLD_SIZE is %d but MASTER_ADDR/MASTER_PORT are not set: set them to rank 0's "
@@ -883,7 +889,8 @@ static COMM_UNUSED void comm_tcp_bootstrap(Comm *c, const CommOptions *o, const 
         for (int q = 1; q < c->rank; q++) {
             int qport = (int)table[q].port;
             backoff = 10;
-            while ((c->fd[q] = comm_connect_peer(&table[q].addr, &qport, 1, q, &mine, deadline, err, sizeof(err))) < 0) {
+            while ((c->fd[q] = comm_connect_peer(&table[q].addr, &qport, 1, q, &mine, deadline, err,
+                                                 sizeof(err))) < 0) {
                 if (comm_now() >= deadline)
                     comm_fail(c, "no connection from rank %d at %s:%d within %.0f s (last error: %s)", q,
                               table[q].addr, qport, rv_timeout, err);
@@ -994,11 +1001,15 @@ static COMM_UNUSED void comm_init(Comm *c, const CommOptions *opt) {
         MPI_Comm_free(&local);
         c->backend = COMM_MPI;
         snprintf(c->how, sizeof(c->how), "mpi");
-        if (env_world > 0 && env_world != c->world_size)
+        // the launcher's count: mpirun's or PMI's when they say, else srun's / torchrun's (mpirun inside
+        // a Slurm allocation may start fewer processes than SLURM_NTASKS, and that is fine)
+        long launcher_world = ompi_size >= 0 ? ompi_size : pmi_size >= 0 ? pmi_size : env_world;
+        const char *launcher_var = ompi_size >= 0 ? "OMPI_COMM_WORLD_SIZE" : pmi_size >= 0 ? "PMI_SIZE" : world_var;
+        if (launcher_world > 0 && launcher_world != c->world_size)
             comm_fail(c, "MPI reports %d process(es) but %s=%ld: the launcher started each process as its own "
                       "MPI job (srun without PMIx/PMI2?). Use srun --mpi=pmix, or the TCP rendezvous "
                       "(MASTER_ADDR/MASTER_PORT or LLMGEN_RENDEZVOUS_DIR) with a build without MPI",
-                      c->world_size, world_var, env_world);
+                      c->world_size, launcher_var, launcher_world);
         c->pfd = NULL;
         *comm_current_slot() = c;
         return;
@@ -1125,7 +1136,7 @@ static COMM_UNUSED void comm_reduce_chunks(Comm *c, const char *what, CommDtype 
         comm_exchange(c, what, io);
         if (!mine) continue;
         for (int q = 0; q < N; q++) {
-            const void *x = q == me ? (const void *)(src + (off[me] + s) * esz) : (const void *)(pieces + (size_t)q * seg * esz);
+            const char *x = q == me ? src + (off[me] + s) * esz : pieces + (size_t)q * seg * esz;
             comm_accumulate(dt, acc, x, mine, q == 0);
         }
         comm_finish(dt, op, N, (char *)own_out + s * esz, acc, mine);

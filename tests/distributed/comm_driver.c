@@ -7,6 +7,8 @@ comm_driver: exercises every collective of templates/common/comm.h on data the t
                                        DIR/pid_r<rank> and prints "ready" after the first
     comm_driver agree DIR VALUE        comm_agree("flags", VALUE), then writes DIR/agreed_r<rank>
     comm_driver init DIR               comm_init + comm_free only (rendezvous tests)
+    comm_driver bench DIR COUNT ITERS  times ITERS f32 all-reduces (avg) of COUNT elements; rank 0 prints
+                                       seconds per call and the bytes each rank sent (2(N-1)/N of the buffer)
 
 Built three ways by tests/distributed: gcc (tcp/file/single), mpicc -DLLMGEN_MPI (all backends), and as
 C++ (g++ -x c++) to prove the header is valid C++. Options come from LLMGEN_* variables.
@@ -130,9 +132,25 @@ static void run_loop(Comm *c, const char *dir, long iters) {
     free(buf);
 }
 
+static void run_bench(Comm *c, size_t n, long iters) {
+    float *buf = (float *)malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(i % 13) * 0.25f;
+    comm_allreduce_f32(c, buf, n, COMM_AVG);  // warm-up: scratch allocated, pages touched
+    comm_barrier(c);
+    double t0 = comm_now();
+    for (long it = 0; it < iters; it++) comm_allreduce_f32(c, buf, n, COMM_AVG);
+    comm_barrier(c);
+    double per = (comm_now() - t0) / (double)iters;
+    double sent = 2.0 * (double)(c->world_size - 1) / (double)c->world_size * (double)n * sizeof(float);
+    if (c->rank == 0)
+        printf("allreduce f32 x %zu on %d ranks (%s): %.4f s per call, %.1f MB sent per rank, %.2f GB/s\n", n,
+               c->world_size, c->how, per, sent / 1e6, sent / per / 1e9);
+    free(buf);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: comm_driver collectives|loop|agree|init DIR [ARG]\n");
+        fprintf(stderr, "usage: comm_driver collectives|loop|agree|init|bench DIR [ARG...]\n");
         return 2;
     }
     CommOptions o;
@@ -155,6 +173,8 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof(path), "%s/agreed_r%d", dir, c.rank);
         FILE *f = fopen(path, "w");
         if (f) fclose(f);
+    } else if (strcmp(cmd, "bench") == 0 && argc == 5) {
+        run_bench(&c, (size_t)atoll(argv[3]), atol(argv[4]));
     } else if (strcmp(cmd, "init") == 0) {
         printf("rank %d of %d: %s\n", c.rank, c.world_size, c.how);
     } else {

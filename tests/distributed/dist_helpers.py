@@ -93,7 +93,8 @@ def compile_commands(outdir: pathlib.Path) -> dict[str, list[str]]:
     if shutil.which("gcc"):
         cmds["c"] = ["gcc", "-std=gnu11", "-O2", *warn, f"-I{COMMON}", drv, "-o", str(outdir / "drv_c")]
     if shutil.which("g++"):
-        cmds["cxx"] = ["g++", "-std=c++17", "-x", "c++", "-O2", *warn, f"-I{COMMON}", drv, "-o", str(outdir / "drv_cxx")]
+        cmds["cxx"] = ["g++", "-std=c++17", "-x", "c++", "-O2", *warn, f"-I{COMMON}", drv, "-o",
+                       str(outdir / "drv_cxx")]
     if have_mpi():
         comp, link = mpi_flags()
         cmds["mpi"] = ["mpicc", "-std=gnu11", "-O2", *warn, "-DLLMGEN_MPI", f"-I{COMMON}", drv, "-o",

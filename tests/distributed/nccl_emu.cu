@@ -36,7 +36,10 @@ static void write_output(const char* name, const void* dev, size_t bytes) {
     void* host = malloc(bytes + 1);
     CUDA_CHECK(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
     FILE* f = fopen(path, "wb");
-    if (!f || fwrite(host, 1, bytes, f) != bytes || fclose(f) != 0) { fprintf(stderr, "cannot write %s\n", path); exit(2); }
+    if (!f || fwrite(host, 1, bytes, f) != bytes || fclose(f) != 0) {
+        fprintf(stderr, "cannot write %s\n", path);
+        exit(2);
+    }
     free(host);
 }
 

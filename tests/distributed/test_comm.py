@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from dist_helpers import (MPI_MISSING, Ranks, assert_order_matters, check_outputs, have_mpi, launcher_env,  # noqa: F401
-                          make_inputs, mpirun, programs, ranks, read_info, reference, same_bits, wait_for, free_port)
+from dist_helpers import (MPI_MISSING, assert_order_matters, check_outputs, clean_env, free_port, have_mpi,  # noqa: F401
+                          launcher_env, make_inputs, mpirun, programs, ranks, read_info, reference, same_bits,
+                          wait_for)
 
 needs_mpi = pytest.mark.skipif(not have_mpi(), reason=MPI_MISSING)
 
@@ -32,9 +35,6 @@ def test_single_process_needs_no_launcher(programs, tmp_path):
     """No launcher variables: world size 1, no network; sum = the input, avg = the input."""
     ins = make_inputs(tmp_path, 1, N_ELEMS)
     drv = programs.get("c")
-    import subprocess
-
-    from dist_helpers import clean_env
     p = subprocess.run([str(drv), "collectives", str(tmp_path), str(N_ELEMS)], capture_output=True, text=True,
                        env=clean_env(), timeout=60)
     assert p.returncode == 0, p.stderr
@@ -112,8 +112,6 @@ def test_file_rendezvous_ignores_stale_files(programs, tmp_path, ranks):
     """Rank 0 publishes its address in <dir>/llmgen-rendezvous-<run id>. A file of an earlier run (another id)
     pointing at a live listener is never read (the listener sees no connection); a same-id file left with a
     dead address is replaced by rank 0 and the others get through; rank 0 removes its file once everyone came."""
-    import socket
-
     world = 3
     rv = tmp_path / "rendezvous"
     rv.mkdir()
@@ -181,14 +179,11 @@ def test_killed_rank_tcp(programs, tmp_path, ranks, world):
 @needs_mpi
 def test_killed_rank_mpi(programs, tmp_path):
     """The same under mpirun: mpirun ends the job and names the rank."""
-    import subprocess
-
-    from dist_helpers import clean_env
     world, victim = 3, 1
     log = open(tmp_path / "mpirun.log", "w")
     p = subprocess.Popen(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(world),
-                          str(programs.get("mpi")), "loop", str(tmp_path), "1000000"], stdout=log, stderr=subprocess.STDOUT,
-                         env=clean_env(), start_new_session=True)
+                          str(programs.get("mpi")), "loop", str(tmp_path), "1000000"], stdout=log,
+                         stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
     try:
         wait_for(lambda: (tmp_path / "mpirun.log").read_text().count("ready") == world, 60, "the first all-reduce")
         os.kill(_pid(tmp_path, victim), signal.SIGKILL)
@@ -232,9 +227,6 @@ def test_stuck_rank_times_out_tcp(programs, tmp_path, ranks):
 
 @needs_mpi
 def test_stuck_rank_times_out_mpi(programs, tmp_path):
-    import subprocess
-
-    from dist_helpers import clean_env
     world, victim = 2, 1
     log = open(tmp_path / "mpirun.log", "w")
     env = clean_env({"LLMGEN_COMM_TIMEOUT": 3})
@@ -287,7 +279,8 @@ def test_rendezvous_timeouts_are_clear(programs, tmp_path, ranks):
     ({"RANK": 2, "WORLD_SIZE": 2}, "RANK=2 is not below WORLD_SIZE=2"),
     ({"RANK": "x", "WORLD_SIZE": 2}, "RANK='x' is not a non-negative integer"),
     ({"RANK": 1, "WORLD_SIZE": 2}, "MASTER_ADDR/MASTER_PORT are not set"),
-    ({"RANK": 1, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"}, "MASTER_PORT=99999 is not a port"),
+    ({"RANK": 1, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
+     "MASTER_PORT=99999 is not a port"),
 ])
 def test_launcher_variable_errors(programs, tmp_path, ranks, env, message):
     rk = ranks()
@@ -334,18 +327,30 @@ def test_build_without_mpi_refuses_mpirun(programs, tmp_path):
 
 
 @needs_mpi
-def test_mpi_world_size_must_match_the_launcher(programs, tmp_path):
-    """srun without PMI starts every process as an MPI singleton: MPI's size 1 against SLURM_NTASKS=2 is an error."""
-    res = mpirun(1, [programs.get("mpi"), "init", tmp_path], extra=["-x", "SLURM_NTASKS=2", "-x", "SLURM_PROCID=0"])
+def test_mpi_singleton_under_srun_is_an_error(programs, tmp_path, ranks):
+    """srun with a PMI that this MPI cannot use starts every process as an MPI singleton (llm.c #426): MPI's
+    size 1 against SLURM_NTASKS=2 is an error, not two independent jobs."""
+    rk = ranks()
+    rk.start([programs.get("mpi"), "init", tmp_path], {"PMI_RANK": 0, "SLURM_PROCID": 0, "SLURM_NTASKS": 2})
+    (res,) = rk.wait(60)
     assert res.returncode != 0
-    assert "MPI reports 1 process(es) but SLURM_NTASKS=2" in res.text, res.text
+    assert "error: rank 0: MPI reports 1 process(es) but SLURM_NTASKS=2" in res.stderr, res.stderr
+
+
+@needs_mpi
+def test_mpirun_inside_a_larger_allocation_is_fine(programs, tmp_path):
+    """mpirun -np 2 inside a Slurm allocation of 4 tasks: mpirun's count is the one that matters."""
+    res = mpirun(2, [programs.get("mpi"), "init", tmp_path], extra=["-x", "SLURM_NTASKS=4", "-x", "SLURM_PROCID=0"])
+    assert res.returncode == 0, res.text
+    assert "rank 0 of 2: mpi" in res.stdout and "rank 1 of 2: mpi" in res.stdout
 
 
 def test_reference_itself(tmp_path):
     """The numpy reference rounds bf16 ties to even and sums in rank order (checked on hand-made values)."""
     ins = make_inputs(tmp_path, 2, 16)
     out = reference(ins["bf16"], "bf16", "sum")[:4]
-    # 1 + 2^-8 -> 1.0 (tie, even); 1.0078125 + 2^-8 -> 1.015625 (tie, even); -1 - 2^-8 -> -1.0; 3 + 3*2^-7 -> 3.03125 (tie, even)
+    # 1 + 2^-8 -> 1.0 (tie, even); 1.0078125 + 2^-8 -> 1.015625 (tie, even); -1 - 2^-8 -> -1.0 (tie);
+    # 3 + 3*2^-7 -> 3.03125 (tie, even)
     assert list(out) == [0x3F80, 0x3F82, 0xBF80, 0x4042]
     x = [np.array([1e8], np.float32), np.array([-1e8], np.float32), np.array([1.0], np.float32)]
     assert reference(x, "f32", "sum")[0] == 1.0 and reference(x[::-1], "f32", "sum")[0] == 0.0

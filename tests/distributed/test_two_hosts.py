@@ -39,8 +39,9 @@ class Host:
                 f'hostname {self.hostname} && exec "$@"', "sh"]
 
     def rx_bytes(self) -> int:
-        out = subprocess.run(["ip", "netns", "exec", self.netns, "cat", f"/sys/class/net/{self.veth}/statistics/rx_bytes"],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["ip", "netns", "exec", self.netns, "cat",
+                              f"/sys/class/net/{self.veth}/statistics/rx_bytes"], capture_output=True, text=True,
+                             check=True).stdout
         return int(out)
 
     def netns_id(self) -> str:
