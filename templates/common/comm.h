@@ -11,10 +11,10 @@ Contract
     mpi      built with -DLLMGEN_MPI and started by an    MPI_COMM_WORLD; the local rank from
              MPI launcher (mpirun, mpiexec, srun with     MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)
              PMIx/PMI2: OMPI_, PMI_, PMIX_ variables)
-    tcp      RANK/WORLD_SIZE (torchrun style) or          RANK, WORLD_SIZE, LOCAL_RANK,
-             SLURM_PROCID/SLURM_NTASKS (srun), and         LOCAL_WORLD_SIZE (or SLURM_PROCID,
-             MASTER_ADDR + MASTER_PORT                    SLURM_NTASKS, SLURM_LOCALID); local
-                                                          rank from host names when not given
+    tcp      RANK/WORLD_SIZE (torchrun style) or srun's   RANK, WORLD_SIZE, LOCAL_RANK,
+             SLURM_PROCID/SLURM_STEP_NUM_TASKS, and        LOCAL_WORLD_SIZE (or SLURM_PROCID,
+             MASTER_ADDR + MASTER_PORT                    SLURM_STEP_NUM_TASKS, SLURM_LOCALID);
+                                                          local rank from host names if not given
     file     as tcp, but rank 0's address is found in     as tcp
              a shared folder (CommOptions.rendezvous_dir)
              instead of MASTER_ADDR/MASTER_PORT
@@ -22,7 +22,9 @@ Contract
   A build WITHOUT -DLLMGEN_MPI started by mpirun with N > 1 stops with an error (rather than run
   N independent single-process jobs). An MPI build started by srun without PMI (each process an
   MPI singleton: llm.c #426) falls back to tcp/file from SLURM_* when MASTER_ADDR or a rendezvous
-  folder is given, and otherwise stops with an error naming the cause.
+  folder is given, and otherwise stops with an error naming the cause. Slurm's variables count
+  only inside an srun step (SLURM_STEP_NUM_TASKS): a batch script also has SLURM_PROCID=0 and
+  SLURM_NTASKS=N, and a program started there directly is one process, not rank 0 of N.
 - Collectives (all blocking; every rank calls the same ones in the same order with the same counts):
     comm_allreduce       recv[i] = op over ranks of send[i]; count elements (any count)
     comm_reduce_scatter  rank r gets shard r: recv[i] = op over ranks of send[r*recvcount + i]
@@ -972,12 +974,12 @@ static COMM_UNUSED void comm_init(Comm *c, const CommOptions *opt) {
     long env_rank = comm_env_int(c, "RANK"), env_world = comm_env_int(c, "WORLD_SIZE");
     const char *rank_var = "RANK", *world_var = "WORLD_SIZE";
     if (env_rank < 0 && env_world < 0) {
-        env_rank = comm_env_int(c, "SLURM_PROCID");
-        env_world = comm_env_int(c, "SLURM_NTASKS");
+        // srun's step, not the allocation: the batch script itself has SLURM_PROCID=0, SLURM_NTASKS=N
+        env_world = comm_env_int(c, "SLURM_STEP_NUM_TASKS");
+        env_rank = env_world >= 0 ? comm_env_int(c, "SLURM_PROCID") : -1;
         rank_var = "SLURM_PROCID";
-        world_var = "SLURM_NTASKS";
+        world_var = "SLURM_STEP_NUM_TASKS";
     }
-    int rendezvous_given = (o.rendezvous_dir && *o.rendezvous_dir) || comm_env_set("MASTER_ADDR");
 
 #ifdef LLMGEN_MPI
     if (mpi_launcher) {
@@ -1002,7 +1004,7 @@ static COMM_UNUSED void comm_init(Comm *c, const CommOptions *opt) {
         c->backend = COMM_MPI;
         snprintf(c->how, sizeof(c->how), "mpi");
         // the launcher's count: mpirun's or PMI's when they say, else srun's / torchrun's (mpirun inside
-        // a Slurm allocation may start fewer processes than SLURM_NTASKS, and that is fine)
+        // a Slurm allocation may start fewer processes than the allocation has tasks, and that is fine)
         long launcher_world = ompi_size >= 0 ? ompi_size : pmi_size >= 0 ? pmi_size : env_world;
         const char *launcher_var = ompi_size >= 0 ? "OMPI_COMM_WORLD_SIZE" : pmi_size >= 0 ? "PMI_SIZE" : world_var;
         if (launcher_world > 0 && launcher_world != c->world_size)
@@ -1044,10 +1046,6 @@ static COMM_UNUSED void comm_init(Comm *c, const CommOptions *opt) {
         *comm_current_slot() = c;
         return;
     }
-    if (!rendezvous_given && !comm_env_set("MASTER_PORT") && mpi_launcher)
-        comm_fail(c, "%s=%d came from Slurm, but MPI did not start the processes as one job and no TCP "
-                  "rendezvous is given: use srun --mpi=pmix, or set MASTER_ADDR/MASTER_PORT or "
-                  "LLMGEN_RENDEZVOUS_DIR", world_var, c->world_size);
     c->backend = (o.rendezvous_dir && *o.rendezvous_dir) ? COMM_FILE : COMM_TCP;
     c->fd = (int *)comm_xcalloc(c, (size_t)c->world_size, sizeof(int));
     for (int q = 0; q < c->world_size; q++) c->fd[q] = -1;

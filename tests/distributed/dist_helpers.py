@@ -309,8 +309,8 @@ def launcher_env(launcher: str, rank: int, world: int, port: int | None = None, 
         return {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": world,
                 "MASTER_ADDR": master, "MASTER_PORT": port}
     if launcher == "slurm":
-        return {"SLURM_PROCID": rank, "SLURM_NTASKS": world, "SLURM_LOCALID": rank, "SLURM_JOB_ID": "4242",
-                "SLURM_STEP_ID": "0", "MASTER_ADDR": master, "MASTER_PORT": port}
+        return {"SLURM_PROCID": rank, "SLURM_NTASKS": world, "SLURM_STEP_NUM_TASKS": world, "SLURM_LOCALID": rank,
+                "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "MASTER_ADDR": master, "MASTER_PORT": port}
     if launcher == "file":
         return {"RANK": rank, "WORLD_SIZE": world, "LLMGEN_RENDEZVOUS_DIR": rendezvous, "LLMGEN_RUN_ID": run_id}
     raise ValueError(launcher)

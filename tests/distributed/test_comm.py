@@ -326,21 +326,36 @@ def test_build_without_mpi_refuses_mpirun(programs, tmp_path):
     assert "rank 0 of 1" not in res.text  # it did not run as two single-process jobs
 
 
+@pytest.mark.parametrize("variant", ["c", "mpi"])
+def test_sbatch_script_itself_is_one_process(programs, tmp_path, ranks, variant):
+    """A program started directly in a batch script (SLURM_PROCID=0, SLURM_NTASKS=4, no srun step) trains alone
+    instead of waiting for three ranks that will never come."""
+    if variant == "mpi" and not have_mpi():
+        pytest.skip(MPI_MISSING)
+    rk = ranks()
+    rk.start([programs.get(variant), "init", tmp_path],
+             {"SLURM_JOB_ID": 99, "SLURM_PROCID": 0, "SLURM_NTASKS": 4, "SLURM_LOCALID": 0, "SLURM_NNODES": 1})
+    (res,) = rk.wait(30)
+    assert res.returncode == 0 and "rank 0 of 1: single process" in res.stdout, res.stderr
+
+
 @needs_mpi
 def test_mpi_singleton_under_srun_is_an_error(programs, tmp_path, ranks):
     """srun with a PMI that this MPI cannot use starts every process as an MPI singleton (llm.c #426): MPI's
-    size 1 against SLURM_NTASKS=2 is an error, not two independent jobs."""
+    size 1 against srun's SLURM_STEP_NUM_TASKS=2 is an error, not two independent jobs."""
     rk = ranks()
-    rk.start([programs.get("mpi"), "init", tmp_path], {"PMI_RANK": 0, "SLURM_PROCID": 0, "SLURM_NTASKS": 2})
+    rk.start([programs.get("mpi"), "init", tmp_path],
+             {"PMI_RANK": 0, "SLURM_PROCID": 0, "SLURM_NTASKS": 2, "SLURM_STEP_NUM_TASKS": 2})
     (res,) = rk.wait(60)
     assert res.returncode != 0
-    assert "error: rank 0: MPI reports 1 process(es) but SLURM_NTASKS=2" in res.stderr, res.stderr
+    assert "error: rank 0: MPI reports 1 process(es) but SLURM_STEP_NUM_TASKS=2" in res.stderr, res.stderr
 
 
 @needs_mpi
 def test_mpirun_inside_a_larger_allocation_is_fine(programs, tmp_path):
     """mpirun -np 2 inside a Slurm allocation of 4 tasks: mpirun's count is the one that matters."""
-    res = mpirun(2, [programs.get("mpi"), "init", tmp_path], extra=["-x", "SLURM_NTASKS=4", "-x", "SLURM_PROCID=0"])
+    res = mpirun(2, [programs.get("mpi"), "init", tmp_path],
+                 extra=["-x", "SLURM_NTASKS=4", "-x", "SLURM_STEP_NUM_TASKS=4", "-x", "SLURM_PROCID=0"])
     assert res.returncode == 0, res.text
     assert "rank 0 of 2: mpi" in res.stdout and "rank 1 of 2: mpi" in res.stdout
 
