@@ -317,6 +317,34 @@ static COMM_UNUSED void comm_list_ranks(char *out, size_t cap, const int *ranks,
         len += (size_t)snprintf(out + len, cap - len, "%s%d", i ? ", " : "", ranks[i]);
 }
 
+// Has the peer closed its end? (Linux: POLLRDHUP sees it even behind unread data; elsewhere a peek.)
+static COMM_UNUSED int comm_peer_closed(int fd) {
+    struct pollfd pf;
+    pf.fd = fd;
+    pf.revents = 0;
+#ifdef POLLRDHUP
+    pf.events = POLLIN | POLLRDHUP;
+#else
+    pf.events = POLLIN;
+#endif
+    if (poll(&pf, 1, 0) <= 0) return 0;
+#ifdef POLLRDHUP
+    if (pf.revents & (POLLRDHUP | POLLHUP | POLLERR)) return 1;
+#endif
+    char b;
+    ssize_t k = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static COMM_UNUSED void comm_sort_ints(int *a, int n) {
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && a[j - 1] > a[j]; j--) {
+            int t = a[j];
+            a[j] = a[j - 1];
+            a[j - 1] = t;
+        }
+}
+
 static COMM_UNUSED void comm_tcp_exchange(Comm *c, const char *what, CommPeerIO *io) {
     const int N = c->world_size;
     const double deadline = comm_now() + c->op_timeout_s;
@@ -386,6 +414,14 @@ static COMM_UNUSED void comm_tcp_exchange(Comm *c, const char *what, CommPeerIO 
             }
         }
         if (ndead) {
+            // name every peer that is gone, not just the first noticed: a rank whose data already
+            // arrived may have died first, and a later one only stopped because of it
+            for (int q = 0; q < N; q++) {
+                int known = q == c->rank;
+                for (int i = 0; i < ndead && !known; i++) known = dead[i] == q;
+                if (!known && comm_peer_closed(c->fd[q])) dead[ndead++] = q;
+            }
+            comm_sort_ints(dead, ndead);
             char list[256];
             comm_list_ranks(list, sizeof(list), dead, ndead);
             comm_fail(c, "%s: lost the connection to rank %s (%s): that rank exited or was killed, see its "

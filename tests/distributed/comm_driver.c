@@ -7,6 +7,8 @@ comm_driver: exercises every collective of templates/common/comm.h on data the t
                                        DIR/pid_r<rank> and prints "ready" after the first
     comm_driver agree DIR VALUE        comm_agree("flags", VALUE), then writes DIR/agreed_r<rank>
     comm_driver init DIR               comm_init + comm_free only (rendezvous tests)
+    comm_driver orphan DIR             rank 1 exits at once (status 3); the others broadcast 64 MiB from the
+                                       last rank: the fault message of a rank that never waits on rank 1
     comm_driver bench DIR COUNT ITERS  times ITERS f32 all-reduces (avg) of COUNT elements; rank 0 prints
                                        seconds per call and the bytes each rank sent (2(N-1)/N of the buffer)
 
@@ -173,6 +175,12 @@ int main(int argc, char **argv) {
         snprintf(path, sizeof(path), "%s/agreed_r%d", dir, c.rank);
         FILE *f = fopen(path, "w");
         if (f) fclose(f);
+    } else if (strcmp(cmd, "orphan") == 0) {
+        if (c.rank == 1) exit(3);
+        const size_t n = (size_t)16 << 20;
+        float *buf = (float *)calloc(n, sizeof(float));
+        comm_broadcast(&c, buf, n, COMM_F32, c.world_size - 1);
+        free(buf);
     } else if (strcmp(cmd, "bench") == 0 && argc == 5) {
         run_bench(&c, (size_t)atoll(argv[3]), atol(argv[4]));
     } else if (strcmp(cmd, "init") == 0) {

@@ -173,7 +173,22 @@ def test_killed_rank_tcp(programs, tmp_path, ranks, world):
         if r == victim:
             continue
         assert results[r].returncode == 1, rk.logs()
+        # the victim is named even when this rank noticed another one leave first ("rank 1, 2")
         assert f"error: rank {r}: allreduce: lost the connection to rank {victim}" in results[r].stderr, rk.logs()
+
+
+def test_fault_names_every_lost_rank(programs, tmp_path, ranks):
+    """Rank 1 exits; ranks 0 and 2 then broadcast from rank 2. Rank 2 fails sending to rank 1; rank 0, which never
+    needed rank 1 here, sees rank 2 go, and still names rank 1 too: the rank that left first is not hidden."""
+    world = 3
+    port = free_port()
+    rk = ranks()
+    for r in range(world):
+        rk.start([programs.get("c"), "orphan", tmp_path], launcher_env("torchrun", r, world, port=port))
+    res = rk.wait(60)
+    assert [x.returncode for x in res] == [1, 3, 1], rk.logs()
+    assert "error: rank 2: broadcast: lost the connection to rank 1 " in res[2].stderr, rk.logs()
+    assert "error: rank 0: broadcast: lost the connection to rank 1, 2 " in res[0].stderr, rk.logs()
 
 
 @needs_mpi
