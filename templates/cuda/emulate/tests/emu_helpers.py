@@ -1,10 +1,10 @@
-"""Build-and-run helpers for the CUDA-on-CPU emulation tests (imported by tests/emu/test_emu_*.py;
-deliberately not a conftest.py, so that `from conftest import ...` keeps meaning tests/conftest.py).
+"""Build-and-run helpers for the emulator's self-tests (imported by the test_emu_*.py beside it;
+deliberately not a conftest.py, so that `from conftest import ...` elsewhere keeps meaning tests/conftest.py).
 
-The programs in kernels/*.cu are ordinary CUDA sources. Each test builds them with g++ and
-templates/cuda/emulate.h (no GPU, no libcudart), runs `prog CASE DIR` with inputs written by the
-test into DIR, and compares the outputs with numpy/torch references computed here. All programs
-are compiled once per session, two at a time.
+The programs in kernels/*.cu are ordinary CUDA sources. Each test builds them with g++ and the
+emulation headers (../emulate.h and its parts: no GPU, no libcudart), runs `prog CASE DIR` with
+inputs written by the test into DIR, and compares the outputs with numpy/torch references computed
+here. All programs are compiled once per session, two at a time.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import subprocess
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-HEADER_DIR = REPO / "templates" / "cuda"
-KERNELS = pathlib.Path(__file__).resolve().parent / "kernels"
+HERE = pathlib.Path(__file__).resolve().parent
+HEADER_DIR = HERE.parent             # templates/cuda/emulate: emulate.h and its parts
+KERNELS = HERE / "kernels"
 
-# The build line the generated train.cu uses under emulation (see the top of emulate.h).
+# The build line the generated train.cu uses under emulation (see the top of emulate.h; -I names HEADER_DIR).
 GXX_FLAGS = ["-std=c++17", "-O2", "-x", "c++", "-DLLMGEN_EMULATE", "-fno-strict-aliasing"]
 
 # program name -> (source in kernels/, extra g++ flags)
