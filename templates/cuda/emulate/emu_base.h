@@ -46,13 +46,16 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <limits>
 #include <map>
 #include <new>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 #ifdef _OPENMP

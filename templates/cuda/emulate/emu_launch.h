@@ -13,8 +13,12 @@
  *   - Worker::barrier (__syncthreads): waits for all live (not exited) threads; waiters resume in
  *     thread order. Worker::warp_op: the warp exchange behind every warp operation (emu_warp.h):
  *     the lanes of `mask` that have not exited meet; the last to arrive computes every lane's
- *     result (shuffle, vote, reduce). Lanes of one mask at different warp operations, or a
- *     barrier that can never complete, abort naming the block instead of hanging.
+ *     result (shuffle, vote, reduce, or a warp-collective callback, WOP_COLL, that performs one
+ *     PTX instruction of emu_ptx.h for the whole warp). Lanes of one mask at different warp
+ *     operations, or a barrier that can never complete, abort naming the block instead of hanging.
+ *   - Per OS thread, the worker also keeps the running block's cp.async bookkeeping (CpState: a
+ *     __syncthreads publishes what was waited for to the block, a __syncwarp to the warp) and the
+ *     launch's shared-memory counts, merged per kernel name when the launch ends (emu_banks.h).
  *   - The arguments are converted to the kernel's parameter types once, as a real launch does;
  *     every CUDA thread gets its own copy. A templated kernel goes in parentheses:
  *     LLMGEN_LAUNCH((k<float, 4>), ...). Launches from device code abort.
@@ -31,15 +35,83 @@ namespace llmgen_emu {
 
 enum WarpOp : uint8_t {
     WOP_SYNC, WOP_SHFL, WOP_VOTE, WOP_ACTIVE, WOP_ADD, WOP_MIN_S, WOP_MAX_S, WOP_MIN_U, WOP_MAX_U,
-    WOP_AND, WOP_OR, WOP_XOR, WOP_COUNT
+    WOP_AND, WOP_OR, WOP_XOR, WOP_COLL, WOP_COUNT
 };
 inline const char* warp_op_name(uint8_t op) {
     static const char* names[WOP_COUNT] = {"__syncwarp", "__shfl*_sync", "__ballot/__any/__all_sync",
                                            "__activemask", "__reduce_add_sync", "__reduce_min_sync",
                                            "__reduce_max_sync", "__reduce_min_sync", "__reduce_max_sync",
-                                           "__reduce_and_sync", "__reduce_or_sync", "__reduce_xor_sync"};
+                                           "__reduce_and_sync", "__reduce_or_sync", "__reduce_xor_sync",
+                                           "a warp-collective PTX operation (ptx.cuh)"};
     return op < WOP_COUNT ? names[op] : "?";
 }
+
+struct Worker;
+
+/* A warp-collective operation (WOP_COLL; the PTX models of emu_ptx.h): every lane passes one of
+ * these (on its own stack, which stays valid while it waits); the last lane to arrive calls
+ * run(worker, warp index, lanes[32] (nullptr for lanes not taking part), lanes taking part) once,
+ * which reads every lane's inputs and writes every lane's outputs: one instruction for the warp. */
+struct Collective {
+    void (*run)(Worker& w, unsigned warp, Collective** lanes, uint32_t present);
+    const char* what; /* the instruction with its qualifiers, for messages */
+};
+
+/* cp.async bookkeeping of the running block (emu_ptx.h): the 16-byte shared-memory chunks that
+ * copies wrote, until every thread may read them. A copy completes at issue here, but the GPU
+ * makes its bytes visible to the issuing thread only after a wait_group covering its group, and
+ * to other threads only after a barrier that follows that wait; reads through ldmatrix, the
+ * counted loads and wmma check this. */
+enum CpStage : uint8_t {
+    CP_IN_FLIGHT, /* no wait_group of its issuer has covered its group yet */
+    CP_WAITED,    /* its issuer waited: visible to the issuer only */
+    CP_WARP       /* waited, then a __syncwarp with the issuer: visible to that warp */
+};
+struct CpChunk {
+    uint32_t issuer; /* linear thread index in the block */
+    uint32_t group;  /* the issuer's group index: commits before the copy */
+    CpStage stage;
+};
+struct CpThread {
+    uint32_t committed = 0;                      /* groups committed so far */
+    uint32_t complete = 0;                       /* groups 0 .. complete-1 are waited for */
+    std::vector<std::pair<uintptr_t, uint32_t>> copies; /* (chunk, group) of copies not waited for */
+    std::string trace;                           /* with trace on: "c" copy, "C" commit, "W<n>" wait */
+};
+struct CpState {
+    bool used = false;                              /* any cp.async in this block */
+    std::unordered_map<uintptr_t, CpChunk> chunks;  /* chunk address (16-byte aligned) -> state */
+    std::vector<uintptr_t> waited;                  /* chunks in CP_WAITED or CP_WARP: published at a barrier */
+    std::vector<CpThread> threads;
+    void reset(unsigned n) {
+        chunks.clear();
+        waited.clear();
+        if (threads.size() < n) threads.resize(n);
+        for (unsigned i = 0; i < n; ++i) {
+            threads[i].committed = threads[i].complete = 0;
+            threads[i].copies.clear();
+            threads[i].trace.clear();
+        }
+        used = false;
+    }
+    /* __syncthreads: what was waited for is visible to the whole block (forgotten here) */
+    void publish_block() {
+        for (uintptr_t c : waited) {
+            auto it = chunks.find(c);
+            if (it != chunks.end() && it->second.stage != CP_IN_FLIGHT) chunks.erase(it);
+        }
+        waited.clear();
+    }
+    /* __syncwarp over `lanes` of warp `warp`: what their own threads waited for is visible to the warp */
+    void publish_warp(unsigned warp, uint32_t lanes) {
+        for (uintptr_t c : waited) {
+            auto it = chunks.find(c);
+            if (it == chunks.end() || it->second.stage != CP_WAITED) continue;
+            const uint32_t t = it->second.issuer;
+            if (t / 32 == warp && ((lanes >> (t % 32)) & 1u)) it->second.stage = CP_WARP;
+        }
+    }
+};
 
 struct Warp {
     uint32_t exited;    /* lanes that returned, or do not exist (partial last warp) */
@@ -55,6 +127,7 @@ struct Warp {
 
 struct Worker {
     /* launch constants */
+    const char* kernel = "";     /* the kernel's name as LLMGEN_LAUNCH spelled it */
     unsigned n = 0;              /* threads per block */
     unsigned bx = 1, by = 1;
     bool one_d = true;
@@ -85,6 +158,10 @@ struct Worker {
     /* MXCSR and x87 control word new fibers start with: the OS thread's, read once per block */
     uint32_t fp_mxcsr = 0x1f80;
     uint16_t fp_cw = 0x037f;
+    /* shared-memory and cp.async counts of this launch on this OS thread (emu_banks.h), merged
+     * into the program's per-kernel totals when the launch ends */
+    KernelStats stats;
+    CpState cp;
 
     void prepare(dim3 grid, dim3 block, size_t shmem, void (*e)(Worker*), const void* b);
     void run_block(uint3 bidx);
@@ -133,8 +210,10 @@ struct Worker {
         return true;
     }
     void complete(Warp& w, Fiber* keep);
+    void run_collective(Warp& w, uint32_t lanes);
     uint64_t warp_op(uint32_t mask, uint8_t op, uint64_t v, int src);
     [[noreturn]] void deadlock();
+    void finish_launch();
 };
 
 inline thread_local Worker* tl_worker = nullptr; /* the worker of this OS thread */
@@ -243,6 +322,7 @@ inline void Worker::retire(Fiber* self) {
 }
 
 inline void Worker::release_barrier(Fiber* keep) {
+    if (!cp.waited.empty()) cp.publish_block();
     res_count = bar_count;
     res_n = arrived;
     bar_count = 0;
@@ -285,6 +365,7 @@ inline void Worker::complete(Warp& w, Fiber* keep) {
         }
         switch (w.op[l]) {
         case WOP_SYNC: break;
+        case WOP_COLL: break; /* run once for the warp below */
         case WOP_ACTIVE: w.out[l] = group; break;
         case WOP_SHFL: {
             const int s = w.src[l];
@@ -313,12 +394,33 @@ inline void Worker::complete(Warp& w, Fiber* keep) {
         }
         }
     }
+    if (by_op[WOP_COLL]) run_collective(w, by_op[WOP_COLL]);
+    if (by_op[WOP_SYNC] && !cp.waited.empty()) cp.publish_warp((unsigned)(&w - warps.data()), by_op[WOP_SYNC]);
     w.arrived = 0;
     w.maskunion = 0;
     for (uint32_t m = arr; m; m &= m - 1) {
         Fiber* f = w.waiter[__builtin_ctz(m)];
         if (f != keep) ready_push(f);
     }
+}
+
+inline void Worker::run_collective(Warp& w, uint32_t lanes) {
+    Collective* args[32] = {nullptr};
+    int first = -1;
+    for (uint32_t m = lanes; m; m &= m - 1) {
+        const int l = __builtin_ctz(m);
+        args[l] = reinterpret_cast<Collective*>((uintptr_t)w.in[l]);
+        if (first < 0) {
+            first = l;
+        } else if (args[l]->run != args[first]->run || strcmp(args[l]->what, args[first]->what) != 0) {
+            char buf[400];
+            snprintf(buf, sizeof(buf), "divergent warp code in block (%u,%u,%u), warp %u: lane %d is in %s while "
+                     "lane %d is in %s", blockIdx.x, blockIdx.y, blockIdx.z, (unsigned)(&w - warps.data()), first,
+                     args[first]->what, l, args[l]->what);
+            fatal(buf);
+        }
+    }
+    args[first]->run(*this, (unsigned)(&w - warps.data()), args, lanes);
 }
 
 inline uint64_t Worker::warp_op(uint32_t mask, uint8_t op, uint64_t v, int src) {
@@ -414,6 +516,7 @@ inline void Worker::run_block(uint3 bidx) {
         warps[i].arrived = 0;
         warps[i].maskunion = 0;
     }
+    if (cp.used) cp.reset(n); /* copies still in flight when a block ends are simply dropped */
     Fiber* f = fresh_fiber();
     current = f;
     ctx_enter(&main, f);
@@ -466,8 +569,19 @@ inline int omp_workers() {
 #endif
 }
 
-inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*entry)(Worker*), const void* body) {
-    if (tl_worker && tl_worker->current) fatal("a kernel launch from device code (dynamic parallelism) is not emulated");
+/* The end of a launch on one OS thread: its counts join the program's per-kernel totals. */
+inline void Worker::finish_launch() {
+    if (!stats.empty()) {
+        smem_merge(kernel_display_name(kernel), stats);
+        stats = KernelStats();
+    }
+}
+
+inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*entry)(Worker*), const void* body,
+                     const char* name) {
+    if (tl_worker && tl_worker->current)
+        fatal("a kernel launch from device code (dynamic parallelism) is not emulated");
+    smem_register_report();
     const uint64_t nb = (uint64_t)grid.x * grid.y * grid.z;
     int nt = 1;
 #ifdef _OPENMP
@@ -476,8 +590,10 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*entry)(Worker*)
 #endif
     if (nt <= 1) {
         Worker& w = worker();
+        w.kernel = name;
         w.prepare(grid, block, shmem, entry, body);
         for (uint64_t b = 0; b < nb; ++b) w.run_block(block_index(grid, b));
+        w.finish_launch();
         return;
     }
 #ifdef _OPENMP
@@ -485,18 +601,21 @@ inline void run_grid(dim3 grid, dim3 block, size_t shmem, void (*entry)(Worker*)
 #pragma omp parallel num_threads(nt)
     {
         Worker& w = worker();
+        w.kernel = name;
         w.prepare(grid, block, shmem, entry, body);
 #pragma omp for schedule(dynamic, chunk)
         for (int64_t b = 0; b < (int64_t)nb; ++b) w.run_block(block_index(grid, (uint64_t)b));
+        w.finish_launch();
     }
 #endif
 }
 
 /* LLMGEN_LAUNCH lands here. `call` is a lambda that calls the kernel by name (so it inlines);
- * the arguments are converted to the kernel's parameter types once, as a real launch does, and
- * every CUDA thread gets its own copy of them. */
+ * `name` is the kernel as the launch spells it (the key of the per-kernel counts); the arguments
+ * are converted to the kernel's parameter types once, as a real launch does, and every CUDA
+ * thread gets its own copy of them. */
 template <class... P, class F, class... A>
-inline void launch(void (*kernel)(P...), F call, dim3 grid, dim3 block, size_t shmem,
+inline void launch(void (*kernel)(P...), F call, const char* name, dim3 grid, dim3 block, size_t shmem,
                    cudaStream_t stream, A&&... a) {
     static_assert(sizeof...(P) == sizeof...(A), "LLMGEN_LAUNCH: wrong number of kernel arguments");
     (void)stream;
@@ -507,17 +626,16 @@ inline void launch(void (*kernel)(P...), F call, dim3 grid, dim3 block, size_t s
     }
     std::tuple<typename std::decay<P>::type...> args(std::forward<A>(a)...);
     auto body = [&call, &args]() { std::apply(call, args); };
-    run_grid(grid, block, shmem, &fiber_entry<decltype(body)>, &body);
+    run_grid(grid, block, shmem, &fiber_entry<decltype(body)>, &body, name);
 }
 
 inline void* dynamic_smem() { return tl_worker->dyn_smem; }
 
 } /* namespace llmgen_emu */
 
-#define LLMGEN_LAUNCH(kernel, grid, block, shmem_bytes, stream, ...)                             \
-    ::llmgen_emu::launch(kernel, [&](auto&... llmgen_arg_) { kernel(llmgen_arg_...); },          \
-                         dim3(grid), dim3(block), (size_t)(shmem_bytes), (cudaStream_t)(stream), \
-                         ##__VA_ARGS__)
+#define LLMGEN_LAUNCH(kernel, grid, block, shmem_bytes, stream, ...)                                     \
+    ::llmgen_emu::launch(kernel, [&](auto&... llmgen_arg_) { kernel(llmgen_arg_...); }, #kernel, dim3(grid), \
+                         dim3(block), (size_t)(shmem_bytes), (cudaStream_t)(stream), ##__VA_ARGS__)
 #define LLMGEN_DYNAMIC_SMEM(type, name) type* name = reinterpret_cast<type*>(::llmgen_emu::dynamic_smem())
 
 #endif /* LLMGEN_EMU_LAUNCH_H */

@@ -43,10 +43,13 @@
  * and what it cannot show)
  *   emu_base.h      __shared__ as thread_local, the CUDA headers, built-in variables, fatal()
  *   emu_fibers.h    one fiber (own stack, guard page) per CUDA thread; the context switch
+ *   emu_banks.h     shared-memory bank conflicts and cp.async counts per kernel, and their report
  *   emu_launch.h    LLMGEN_LAUNCH: blocks on OpenMP threads, barriers, the warp exchange
  *   emu_warp.h      __syncthreads, __syncwarp, shuffles, votes, reduces, fences
  *   emu_atomics.h   atomics, correct across OS threads
  *   emu_math.h      math and bit intrinsics, device-only bf16/fp16 functions
+ *   emu_ptx.h       the PTX instructions of ../ptx.cuh (mma.sync, ldmatrix, cp.async, ...) per the
+ *                   PTX ISA's per-lane layouts, warp-collective; cp.async visibility checks
  *   emu_wmma.h      nvcuda::wmma 16x16x16 fragments
  *   emu_runtime.h   the CUDA runtime API on host memory (guard pages, NaN-filled allocations)
  *   emu_cublaslt.h  the cuBLASLt subset as a CPU GEMM with the epilogues
@@ -86,10 +89,12 @@
 /* ============================================================================================ */
 #include "emu_base.h"
 #include "emu_fibers.h"
+#include "emu_banks.h"
 #include "emu_launch.h"
 #include "emu_warp.h"
 #include "emu_atomics.h"
 #include "emu_math.h"
+#include "emu_ptx.h"
 #include "emu_wmma.h"
 #include "emu_runtime.h"
 #include "emu_cublaslt.h"

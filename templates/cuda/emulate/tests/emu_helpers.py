@@ -21,6 +21,7 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 HEADER_DIR = HERE.parent             # templates/cuda/emulate: emulate.h and its parts
+CUDA_TEMPLATES = HEADER_DIR.parent   # templates/cuda: ptx.cuh, the device functions both builds use
 KERNELS = HERE / "kernels"
 
 # The build line the generated train.cu uses under emulation (see the top of emulate.h; -I names HEADER_DIR).
@@ -43,6 +44,7 @@ PROGRAMS = {
     "runtime": ("runtime.cu", ["-fopenmp"]),
     "bench": ("bench.cu", ["-fopenmp"]),
     "wmma": ("wmma.cu", ["-fopenmp"]),
+    "ptx": ("ptx.cu", ["-fopenmp"]),
 }
 
 # Blocks run on this many OS threads, so cross-thread atomics and per-thread shared memory are
@@ -96,7 +98,7 @@ def cublas_include() -> pathlib.Path | None:
 
 
 def gxx_command(source: pathlib.Path, out: pathlib.Path, extra: list[str]) -> list[str]:
-    return ["g++", *GXX_FLAGS, *extra, f"-I{HEADER_DIR}", f"-I{cuda_include()}", f"-I{KERNELS}",
+    return ["g++", *GXX_FLAGS, *extra, f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{cuda_include()}", f"-I{KERNELS}",
             str(source), "-o", str(out)]
 
 
