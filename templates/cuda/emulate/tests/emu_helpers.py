@@ -150,6 +150,36 @@ def programs(tmp_path_factory) -> Programs:
     return _PROGRAMS
 
 
+def gpu_arch() -> str | None:
+    """sm_XY of the first visible GPU (nvidia-smi), or None without one."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    r = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+    cap = r.stdout.strip().splitlines()[0].replace(".", "") if r.returncode == 0 and r.stdout.strip() else ""
+    return f"sm_{cap}" if cap.isdigit() else None
+
+
+_NVCC_BUILT: dict[str, pathlib.Path] = {}
+
+
+def nvcc_program(source: str, outdir: pathlib.Path) -> pathlib.Path:
+    """kernels/<source> built by nvcc for the visible GPU (skips without nvcc or a GPU): the same
+    test program on the hardware, to hold the emulation's models against it."""
+    arch, nvcc = gpu_arch(), nvcc_path()
+    if arch is None or nvcc is None:
+        pytest.skip("needs nvcc and an NVIDIA GPU: the emulated run above checks the same cases on the CPU")
+    if source not in _NVCC_BUILT:
+        out = outdir / (source + ".gpu")
+        cmd = [nvcc, "-O2", f"-arch={arch}", f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}",
+               str(KERNELS / source), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"nvcc failed to build {source}:\n{proc.stdout}{proc.stderr}")
+        _NVCC_BUILT[source] = out
+    return _NVCC_BUILT[source]
+
+
 @dataclasses.dataclass
 class Run:
     dir: pathlib.Path
