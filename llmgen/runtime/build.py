@@ -66,7 +66,7 @@ def _build(cmd: list[str], src: Path, out: Path, deps: tuple = ()) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# CUDA: nvcc + cuBLASLt on a GPU machine, or the same .cu through g++ and emulate.h on any CPU
+# CUDA: nvcc + cuBLASLt on a GPU machine, or the same .cu through g++ and emulate/emulate.h on any CPU
 
 CUDA_ARCH_DEFAULT = "sm_90"
 
@@ -135,27 +135,45 @@ def visible_gpu_arch() -> str | None:
     return "sm_" + first.replace(".", "") if first.replace(".", "").isdigit() else None
 
 
-def emulate_header() -> Path:
+def emulate_dir() -> Path:
+    """templates/cuda/emulate: emulate.h (the one header a program includes) and its parts emu_*.h."""
     from llmgen.codegen import templates_dir
-    return templates_dir() / "cuda" / "emulate.h"
+    return templates_dir() / "cuda" / "emulate"
+
+
+def emulate_header() -> Path:
+    return emulate_dir() / "emulate.h"
+
+
+def copy_emulation_headers(dest: Path) -> list[Path]:
+    """Copy emulate.h and its parts into `dest` (write-if-changed); the copies, for build caching."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for h in sorted(emulate_dir().glob("*.h")):
+        write_if_changed_bytes(dest / h.name, h.read_bytes())
+        copies.append(dest / h.name)
+    return copies
 
 
 def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | None = None,
                extra_flags: list[str] | None = None) -> Path:
     """Build train.cu. GPU: nvcc -O3 for `archs` (default: the visible GPU's, else sm_90), linked to
     cuBLASLt from the CUDA install or the nvidia-cublas wheel. emulate=True: the same source through
-    g++ with emulate.h (copied next to it), as that header's contract says; no GPU, no cuBLAS."""
+    g++ with the emulation headers (copied into emulate/ next to it and named by -I), as emulate.h's
+    contract says; no GPU, no cuBLAS."""
     src, out = Path(src), Path(out)
     if emulate:
-        header = src.parent / "emulate.h"
-        write_if_changed_bytes(header, emulate_header().read_bytes())
+        headers = copy_emulation_headers(src.parent / "emulate")
+        stale = src.parent / "emulate.h"            # the single-file header older versions copied here
+        if stale.is_file() and stale.read_bytes().startswith(b"/* emulate.h -- run llmgen's"):
+            stale.unlink()                          # it would shadow emulate/emulate.h (same folder as train.cu)
         cxx = os.environ.get("CXX") or shutil.which("g++")
         if not cxx:
             raise BuildError("--emulate needs g++")
-        inc = [f"-I{d}" for d in cuda_include_dirs()]
+        inc = [f"-I{src.parent / 'emulate'}", *(f"-I{d}" for d in cuda_include_dirs())]
         cmd = [cxx, "-std=c++17", "-O2", "-fno-strict-aliasing", "-fopenmp", "-DLLMGEN_EMULATE", *inc,
                *(extra_flags or []), "-x", "c++", str(src), "-x", "none", "-o", str(out), "-lm"]
-        return _build(cmd, src, out, deps=(header,))
+        return _build(cmd, src, out, deps=tuple(headers))
     nvcc = shutil.which("nvcc") or (str(cuda_home() / "bin" / "nvcc") if cuda_home() else None)
     if not nvcc or not Path(nvcc).exists():
         raise BuildError("nvcc not found: install the CUDA toolkit, or build with --emulate to run on the CPU")

@@ -1,14 +1,16 @@
-"""The CUDA target, run on the CPU: `llmgen build --target cuda --emulate` compiles the SAME train.cu
-that nvcc builds through templates/cuda/emulate.h (kernels as fibers, cuBLASLt as a CPU GEMM), and
-the binary is checked against the PyTorch oracle (tests/oracle.py) as a user drives it.
+"""GPT-2 on the CUDA target, run on the CPU: `llmgen build --target cuda --emulate` compiles the SAME
+train.cu that nvcc builds through the emulation headers (templates/cuda/emulate/: kernels as fibers,
+cuBLASLt as a CPU GEMM), and the binary is checked against the PyTorch oracle (tests/oracle.py) as a
+user drives it.
 
 Emulation is ~40x slower than plain C, so the models are tiny and runs short.
 
 Kernel paths the tests cover: every kernel of the fused and the unfused schedule, recompute levels
 0/1/2, the cuBLASLt fused epilogues (GELU_AUX_BIAS, BIAS, DGELU, BGRADB) and, built with
--DLLMGEN_NO_FUSED_EPILOGUES, the fallback kernels that run when cuBLASLt lacks one. Attention is
-the plain CUDA-core flash kernel (the program has no tensor-core intrinsics, so there is no
-second path to cover; test_emitted_source checks that).
+-DLLMGEN_NO_FUSED_EPILOGUES, the fallback kernels that run when cuBLASLt lacks one. Attention has
+two paths: fp32 programs run the CUDA-core flash kernel only (test_emitted_source checks that an
+fp32 program has no tensor-core intrinsics); bf16 programs run the tensor-core (wmma) attention
+when T is a multiple of 64 (configs tiny and tc) and the CUDA-core kernel otherwise (wide).
 
 Tolerances, fp32 (the emulated kernels and PyTorch sum in different orders; measured values in
 brackets, worst over the configs):
@@ -244,7 +246,7 @@ def test_emitted_source(models, build_cache):
     assert body.count("LLMGEN_LAUNCH(") > 20 and "LLMGEN_DYNAMIC_SMEM(float, smem)" in body
     assert "atomicAdd" not in src                    # deterministic: no atomics at all
     assert not re.search(r"\b(wmma|mma_sync|asm\s*\(|asm volatile)", body)
-    print("attention path covered: plain CUDA-core flash kernels (no tensor-core intrinsics in the program)")
+    print("fp32 attention path: plain CUDA-core flash kernels (no tensor-core intrinsics in the program)")
     for epi in ("EPILOGUE_GELU_AUX_BIAS", "EPILOGUE_BIAS", "EPILOGUE_DGELU", "EPILOGUE_BGRADB"):
         assert "CUBLASLT_" + epi in body, epi
     assert "_v2" not in src and "kernel3" not in src

@@ -1,5 +1,7 @@
 """The emulation header as a build artifact: every test .cu also compiles with nvcc for sm_90
-(without LLMGEN_EMULATE); emulate.h alone is warning-free under -Wall -Wextra; the cuBLASLt enum
+(without LLMGEN_EMULATE; ptx.cu, the inline PTX of templates/cuda/ptx.cuh, for sm_80 too, through
+ptxas); emulate.h with ptx.cuh is warning-free under -Wall -Wextra; ptx.cuh passes through the
+generator's Jinja environment unchanged (it may be pasted into train.cu); the cuBLASLt enum
 values and by-value struct sizes it declares equal NVIDIA's (when a cublasLt.h is found: the CUDA
 toolkit's, $LLMGEN_CUBLAS_INCLUDE, or the one of the pip package nvidia-cublas==13.0.2.14, which is
 the cuBLAS of CUDA 13.0)."""
@@ -9,9 +11,11 @@ import subprocess
 
 import pytest
 
-from emu_helpers import GXX_FLAGS, HEADER_DIR, KERNELS, cublas_include, cuda_include, nvcc_path
+from emu_helpers import CUDA_TEMPLATES, GXX_FLAGS, HEADER_DIR, KERNELS, cublas_include, cuda_include, nvcc_path
 
 SOURCES = sorted(p.name for p in KERNELS.glob("*.cu"))
+ARCHS = {"ptx.cu": ["sm_80", "sm_90"]}       # the others: sm_90
+BUILDS = [(source, arch) for source in SOURCES for arch in ARCHS.get(source, ["sm_90"])]
 NEEDS_CUBLAS = {"cublaslt.cu"}
 NO_CUBLAS = ("cublasLt.h not found: the CUDA toolkit here has no cuBLAS headers "
              "(pip install nvidia-cublas==13.0.2.14, or set LLMGEN_CUBLAS_INCLUDE)")
@@ -19,28 +23,29 @@ NO_CUBLAS = ("cublasLt.h not found: the CUDA toolkit here has no cuBLAS headers 
 
 @pytest.fixture(scope="module")
 def nvcc_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess | None]:
-    """nvcc -arch=sm_90 -c for every kernel source, two at a time; None where cuBLAS is missing."""
+    """nvcc -arch=... -c for every kernel source and arch, two at a time; None where cuBLAS is missing."""
     nvcc = nvcc_path()
     if nvcc is None:
         pytest.skip("nvcc not found")
     out = tmp_path_factory.mktemp("nvcc")
     inc = cublas_include()
 
-    def build(source: str):
+    def build(source_arch: tuple[str, str]):
+        source, arch = source_arch
         if source in NEEDS_CUBLAS and inc is None:
-            return source, None
+            return source_arch, None
         extra = [f"-I{inc}"] if source in NEEDS_CUBLAS else []
-        cmd = [nvcc, "-arch=sm_90", "-c", f"-I{HEADER_DIR}", f"-I{KERNELS}", *extra, str(KERNELS / source),
-               "-o", str(out / (source + ".o"))]
-        return source, subprocess.run(cmd, capture_output=True, text=True)
+        cmd = [nvcc, f"-arch={arch}", "-c", f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}", *extra,
+               str(KERNELS / source), "-o", str(out / f"{source}.{arch}.o")]
+        return source_arch, subprocess.run(cmd, capture_output=True, text=True)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
-        return dict(ex.map(build, SOURCES))
+        return dict(ex.map(build, BUILDS))
 
 
-@pytest.mark.parametrize("source", SOURCES)
-def test_compiles_with_nvcc(nvcc_results, source):
-    proc = nvcc_results[source]
+@pytest.mark.parametrize("source,arch", BUILDS)
+def test_compiles_with_nvcc(nvcc_results, source, arch):
+    proc = nvcc_results[(source, arch)]
     if proc is None:
         pytest.skip(NO_CUBLAS)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -51,13 +56,25 @@ def test_header_is_warning_free(tmp_path, std):
     if cuda_include() is None:
         pytest.skip("CUDA headers not found")
     src = tmp_path / "only_header.cu"
-    src.write_text('#include "emulate.h"\n__global__ void k(float* p) { p[threadIdx.x] = 1.0f; __syncthreads(); }\n'
+    src.write_text('#include "emulate.h"\n#include "ptx.cuh"\n'
+                   "__global__ void k(float* p) {\n"
+                   "    uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0}; float c[4] = {0, 0, 0, 0};\n"
+                   "    ptx_mma_m16n8k16_bf16(c, a, b, c);\n"
+                   "    p[threadIdx.x] = ptx_ex2_approx(c[0]) + ptx_ld_shared(p); __syncthreads(); }\n"
                    "int main() { float* p; cudaMalloc(&p, 128); LLMGEN_LAUNCH(k, 1, 32, 0, 0, p); return 0; }\n")
     flags = [f if f != "-std=c++17" else f"-std={std}" for f in GXX_FLAGS]
-    cmd = ["g++", *flags, "-fopenmp", "-Wall", "-Wextra", "-Werror", f"-I{HEADER_DIR}", f"-I{cuda_include()}",
-           str(src), "-o", str(tmp_path / "a.out")]
+    cmd = ["g++", *flags, "-fopenmp", "-Wall", "-Wextra", "-Werror", f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}",
+           f"-I{cuda_include()}", str(src), "-o", str(tmp_path / "a.out")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ptx_header_passes_through_jinja_unchanged():
+    """the generator's environment (llmgen.codegen.environment) leaves ptx.cuh's text as it is"""
+    from llmgen.codegen import environment
+
+    text = (CUDA_TEMPLATES / "ptx.cuh").read_text()
+    assert environment().from_string(text).render() == text
 
 
 CUBLAS_NAMES = """

@@ -1,10 +1,10 @@
-"""Build-and-run helpers for the CUDA-on-CPU emulation tests (imported by tests/emu/test_emu_*.py;
-deliberately not a conftest.py, so that `from conftest import ...` keeps meaning tests/conftest.py).
+"""Build-and-run helpers for the emulator's self-tests (imported by the test_emu_*.py beside it;
+deliberately not a conftest.py, so that `from conftest import ...` elsewhere keeps meaning tests/conftest.py).
 
-The programs in kernels/*.cu are ordinary CUDA sources. Each test builds them with g++ and
-templates/cuda/emulate.h (no GPU, no libcudart), runs `prog CASE DIR` with inputs written by the
-test into DIR, and compares the outputs with numpy/torch references computed here. All programs
-are compiled once per session, two at a time.
+The programs in kernels/*.cu are ordinary CUDA sources. Each test builds them with g++ and the
+emulation headers (../emulate.h and its parts: no GPU, no libcudart), runs `prog CASE DIR` with
+inputs written by the test into DIR, and compares the outputs with numpy/torch references computed
+here. All programs are compiled once per session, two at a time.
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import subprocess
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-HEADER_DIR = REPO / "templates" / "cuda"
-KERNELS = pathlib.Path(__file__).resolve().parent / "kernels"
+HERE = pathlib.Path(__file__).resolve().parent
+HEADER_DIR = HERE.parent             # templates/cuda/emulate: emulate.h and its parts
+CUDA_TEMPLATES = HEADER_DIR.parent   # templates/cuda: ptx.cuh, the device functions both builds use
+KERNELS = HERE / "kernels"
 
-# The build line the generated train.cu uses under emulation (see the top of emulate.h).
+# The build line the generated train.cu uses under emulation (see the top of emulate.h; -I names HEADER_DIR).
 GXX_FLAGS = ["-std=c++17", "-O2", "-x", "c++", "-DLLMGEN_EMULATE", "-fno-strict-aliasing"]
 
 # program name -> (source in kernels/, extra g++ flags)
@@ -43,6 +44,7 @@ PROGRAMS = {
     "runtime": ("runtime.cu", ["-fopenmp"]),
     "bench": ("bench.cu", ["-fopenmp"]),
     "wmma": ("wmma.cu", ["-fopenmp"]),
+    "ptx": ("ptx.cu", ["-fopenmp"]),
 }
 
 # Blocks run on this many OS threads, so cross-thread atomics and per-thread shared memory are
@@ -96,7 +98,7 @@ def cublas_include() -> pathlib.Path | None:
 
 
 def gxx_command(source: pathlib.Path, out: pathlib.Path, extra: list[str]) -> list[str]:
-    return ["g++", *GXX_FLAGS, *extra, f"-I{HEADER_DIR}", f"-I{cuda_include()}", f"-I{KERNELS}",
+    return ["g++", *GXX_FLAGS, *extra, f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{cuda_include()}", f"-I{KERNELS}",
             str(source), "-o", str(out)]
 
 
@@ -146,6 +148,36 @@ def programs(tmp_path_factory) -> Programs:
     if _PROGRAMS is None:
         _PROGRAMS = Programs(tmp_path_factory.mktemp("emu_build"))
     return _PROGRAMS
+
+
+def gpu_arch() -> str | None:
+    """sm_XY of the first visible GPU (nvidia-smi), or None without one."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    r = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+    cap = r.stdout.strip().splitlines()[0].replace(".", "") if r.returncode == 0 and r.stdout.strip() else ""
+    return f"sm_{cap}" if cap.isdigit() else None
+
+
+_NVCC_BUILT: dict[str, pathlib.Path] = {}
+
+
+def nvcc_program(source: str, outdir: pathlib.Path) -> pathlib.Path:
+    """kernels/<source> built by nvcc for the visible GPU (skips without nvcc or a GPU): the same
+    test program on the hardware, to hold the emulation's models against it."""
+    arch, nvcc = gpu_arch(), nvcc_path()
+    if arch is None or nvcc is None:
+        pytest.skip("needs nvcc and an NVIDIA GPU: the emulated run above checks the same cases on the CPU")
+    if source not in _NVCC_BUILT:
+        out = outdir / (source + ".gpu")
+        cmd = [nvcc, "-O2", f"-arch={arch}", f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}",
+               str(KERNELS / source), "-o", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"nvcc failed to build {source}:\n{proc.stdout}{proc.stderr}")
+        _NVCC_BUILT[source] = out
+    return _NVCC_BUILT[source]
 
 
 @dataclasses.dataclass

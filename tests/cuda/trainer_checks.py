@@ -1,4 +1,4 @@
-"""What tests/emu/test_cuda_target.py (GPT-2) and test_llama_cuda.py (Llama) do alike: run a built
+"""What tests/cuda/test_cuda_target.py (GPT-2) and test_llama_cuda.py (Llama) do alike: run a built
 trainer on a test model folder `m` (model, pattern, B, T) and compare it with the PyTorch reference
 under a tolerance table {dtype: {quantity: bound}}, keeping the worst error per quantity for the
 report printed at the end of each module."""

@@ -1,4 +1,4 @@
-/* testio.h -- host-side file I/O for the emulation tests (the tests in tests/emu drive these programs).
+/* testio.h -- host-side file I/O for the emulation tests (driven by ../test_emu_*.py).
  * A program is run as `prog CASE DIR`: it reads inputs DIR/<name>.bin written by the test and
  * writes outputs DIR/<name>.bin that the test compares with numpy/torch references. */
 #pragma once

@@ -1,7 +1,7 @@
 """Llama 3 on the CUDA target, run on the CPU: `llmgen build <config.json> --target cuda --emulate` compiles
-the SAME train.cu that nvcc builds through templates/cuda/emulate.h, and the binary is checked against
-transformers' LlamaForCausalLM (tests/oracle.py) as a user drives it: step-0 logits, loss and every
-gradient (--dump), 10 AdamW steps with the issue's `-b 4 -t 64 -x 10 -l 1e-3 -k constant -c 0`, and the
+the SAME train.cu that nvcc builds through the emulation headers (templates/cuda/emulate/), and the
+binary is checked against transformers' LlamaForCausalLM (tests/oracle.py) as a user drives it:
+step-0 logits, loss and every gradient (--dump), 10 AdamW steps with the issue's `-b 4 -t 64 -x 10 -l 1e-3 -k constant -c 0`, and the
 final checkpoint scored in LlamaForCausalLM. Tiny models: emulation is ~40x slower than plain C.
 
 Kernel paths the configs cover (templates/cuda/{token_embed,rmsnorm,rope,gqa_attention,swiglu}.cu.j2;

@@ -1,5 +1,5 @@
 /* wmma under emulation: 16x16x16 bf16 tiles with fp32 accumulators, every layout the attention
- * kernels use, against numpy (tests/emu/test_emu_wmma.py); the alignment rule; and that a lane
+ * kernels use, against numpy (tests/test_emu_wmma.py); the alignment rule; and that a lane
  * reading what other lanes stored sees it only after __syncwarp(). */
 #include "emulate.h"
 #include "testio.h"
