@@ -1,5 +1,12 @@
 """Every GPU check in one run: correctness of the CUDA target against PyTorch, then GPT-2 124M
-bf16 at T=1024 against PyTorch eager and torch.compile on the same GPU.
+bf16 at T=1024 against PyTorch eager and torch.compile on the same GPU, beside the roofline.
+
+Rows of the benchmark table: llmgen's CUDA trainer; PyTorch eager and torch.compile
+(bench/torch_gpt2.py, the fair peer: padded vocabulary, flash SDPA, fused AdamW, --compile-mode);
+the roofline prediction for the GPU found (llmgen/roofline.py; peak memory there is the memory
+plan's); llmgen with attention on CUDA cores (the ablation); and, on a machine with more than one
+GPU, llmgen data-parallel on all of them (mpirun -np N of a `--distributed` build) against N times
+the one-GPU tokens/s. The roofline row is made even with --skip-bench (it needs no GPU).
 
     bash bench/gpu_check.sh OUTDIR          (the wrapper installs carried wheels, then runs this)
     python bench/gpu_check.py OUTDIR [--quick] [--device cpu --emulate]   (a CPU smoke run)
@@ -191,17 +198,17 @@ def bench_llmgen(out, args, variant=""):
 
 def bench_torch(out, args, mdir, compiled):
     import torch
-    from torch_gpt2 import GPT2, flops_per_token, matmul_params, optimizer
+    from torch_gpt2 import GPT2, compile_model, flops_per_token, matmul_params, optimizer
     from llmgen.checkpoint import read_safetensors
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = GPT2.from_hf_dir(mdir, read_safetensors).to(dev)
     opt = optimizer(model, 3e-4, 0.0, fused=dev.type == "cuda")
-    step_fn = torch.compile(model) if compiled else model
-    V = model.wte.weight.shape[0]
+    step_fn = compile_model(model, args.compile_mode) if compiled else model
+    V = model.wte.weight.shape[0]               # padded: the classifier's rows
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, V, (args.batch, args.seq), generator=g).to(dev)
-    y = torch.randint(0, V, (args.batch, args.seq), generator=g).to(dev)
+    x = torch.randint(0, model.vocab_size, (args.batch, args.seq), generator=g).to(dev)
+    y = torch.randint(0, model.vocab_size, (args.batch, args.seq), generator=g).to(dev)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.dtype == "bf16" else torch.autocast(dev.type, enabled=False)
     times = []
     if dev.type == "cuda":
@@ -224,11 +231,95 @@ def bench_torch(out, args, mdir, compiled):
     cfg = json.loads((mdir / "config.json").read_text())
     fpt = flops_per_token(cfg["n_layer"], cfg["n_embd"], matmul_params(cfg["n_layer"], cfg["n_embd"], V), args.seq)
     peak = peak_flops(args.dtype)
-    return dict(name="PyTorch " + ("torch.compile" if compiled else "eager"), ms=ms,
+    return dict(name="PyTorch " + (f"torch.compile ({args.compile_mode})" if compiled else "eager"), ms=ms,
                 tokens_per_s=args.batch * args.seq / (ms / 1e3),
                 mfu=(fpt * args.batch * args.seq / (ms / 1e3)) / peak if peak else float("nan"),
                 peak_mem_bytes=torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0,
                 compile_s=round(times[0] / 1e3, 1), last_loss=float(loss.detach()))
+
+
+def gpu_name(args) -> str | None:
+    """The first visible GPU's name (torch), or None on the CPU."""
+    if args.device != "cuda":
+        return None
+    try:
+        import torch
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:   # noqa: BLE001
+        return None
+
+
+def roofline_row(args):
+    """The roofline's prediction for the benchmark shape on the GPU found (else --gpu), as a table row."""
+    from llmgen.roofline import get_gpu, predict
+    from llmgen.spec import PRESETS
+    name = gpu_name(args)
+    try:
+        gpu = get_gpu(args.gpu if args.gpu != "auto" else (name or "h200"))
+    except ValueError:
+        gpu = get_gpu("h200")                       # a GPU the table does not hold: say which one was used
+    p = predict(PRESETS[args.bench_spec], args.batch, args.seq, gpu, args.dtype)
+    m = p.memory_bytes
+    attn = sum(c["share"] for k, c in p.classes().items() if k.startswith("attention"))
+    return dict(name=f"roofline prediction ({gpu.name.removeprefix('NVIDIA ')})", ms=p.step_s * 1e3,
+                tokens_per_s=p.tokens_per_s, mfu=p.mfu, attention_share=attn, gpu_found=name,
+                peak_mem_bytes=m["params"] + m["grads"] + m["optimizer_state"] + m["activations"],
+                datasheet_ms=p.datasheet_step_s * 1e3,
+                classes={k: {"ms": c["seconds"] * 1e3, "share": c["share"]} for k, c in p.classes().items()})
+
+
+def _last_line(e: Exception) -> str:
+    lines = [x for x in str(e).strip().splitlines() if x.strip()]
+    return (lines[-1] if lines else type(e).__name__)[-300:]
+
+
+def gpu_count(args) -> int:
+    if args.device != "cuda":
+        return 0
+    try:
+        import torch
+        return torch.cuda.device_count()
+    except Exception:   # noqa: BLE001
+        return 0
+
+
+def multi_gpu_row(out, args, one):
+    """llmgen data-parallel over every GPU (mpirun -np N of a `llmgen build --distributed` trainer, the
+    same micro-batch per GPU, total batch N*B*T) against N x the one-GPU row `one`. Returns a row whose
+    "note" says why it was not measured where it was not: one GPU, no mpirun, or a build that fails
+    (the --distributed flag may not exist yet)."""
+    n = gpu_count(args)
+    name = f"llmgen CUDA, {n} GPUs data-parallel"
+    if n < 2:
+        return dict(name="llmgen CUDA, N GPUs data-parallel",
+                    note=f"skipped: {n} GPU{'s' if n != 1 else ''} on this machine (needs more than one)")
+    if shutil.which("mpirun") is None:
+        return dict(name=name, note="not available: mpirun not found (install OpenMPI)")
+    d = out / "work" / "bench"
+    try:
+        sh([sys.executable, "-m", "llmgen", "build", args.bench_spec, "--dtype", args.dtype, "--target", "cuda",
+            "--distributed", "-o", d / "build-dist"], out / "bench_dist_build.log", timeout=900)
+    except Exception as e:   # noqa: BLE001
+        return dict(name=name, note=f"not available: `llmgen build --distributed` failed: {_last_line(e)}")
+    try:
+        mpi = ["mpirun", "-np", n] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+        run = d / "run-dist"
+        sh([*mpi, d / "build-dist" / "train", "-e", d / "model", "-i", d / "tokens.bin", "-b", args.batch,
+            "-t", args.seq, "-d", n * args.batch * args.seq, "-x", args.steps, "-l", "3e-4", "-k", "constant",
+            "-v", 0, "-o", run], out / "bench_dist.log", timeout=900)
+        rows = [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
+        steady = rows[min(5, len(rows) - 1):]
+        ms = statistics.median(r["ms"] for r in steady)
+        tps = n * args.batch * args.seq / (ms / 1e3)
+        res = dict(name=name, ms=ms, tokens_per_s=tps, last_loss=rows[-1]["train_loss"], gpus=n,
+                   mfu=statistics.median([r["mfu"] for r in steady if r.get("mfu") is not None] or [float("nan")]),
+                   peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady))
+        if one and "tokens_per_s" in one:
+            res["scaling"] = tps / (n * one["tokens_per_s"])
+            res["note"] = f"{tps:,.0f} tokens/s = {res['scaling']:.1%} of {n} x one GPU's {one['tokens_per_s']:,.0f}"
+        return res
+    except Exception as e:   # noqa: BLE001
+        return dict(name=name, note=f"not available: the {n}-rank run failed: {_last_line(e)}")
 
 
 def peak_flops(dtype):
@@ -255,7 +346,14 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--bench-spec", default="gpt2", help="preset to benchmark [gpt2, the 124M]")
+    ap.add_argument("--compile-mode", default=None,
+                    help="torch.compile mode of the PyTorch peer [bench/torch_gpt2.py's COMPILE_MODE]")
+    ap.add_argument("--gpu", default="auto",
+                    help="GPU of the roofline row: h200, h100, a100 [auto: the one found, else h200]")
     args = ap.parse_args()
+    if args.compile_mode is None:
+        from torch_gpt2 import COMPILE_MODE
+        args.compile_mode = COMPILE_MODE
     final = Path(args.out)
     final.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="llmgen-gpu-check-"))     # logs and work files; see logs.txt
@@ -273,35 +371,44 @@ def main():
                 f.write(f"===== {lf.name}\n{lf.read_text()[-200000:]}\n")
     save()
     rows = []
+    # the stages, in table order; the attention ablation (only meaningful for bf16, where tensor cores are
+    # used) and the multi-GPU row come last; the roofline needs no GPU and runs with --skip-bench too
+    stages = [("roofline", "roofline")]
     if not args.skip_bench:
         log(f"== benchmark: {args.bench_spec} {args.dtype} B={args.batch} T={args.seq}, {args.steps} steps")
-        mdir = None
-        # last: the attention ablation (only meaningful for bf16, where tensor cores are used)
-        stages = [("llmgen", None), ("eager", False), ("compile", True)]
+        stages = [("llmgen", None), ("eager", False), ("compile", True), ("roofline", "roofline")]
         if args.dtype == "bf16" and not args.quick:
             stages.append(("cuda-core-attention", None))
-        for name, fn in stages:
-            try:
-                if fn is None:
-                    res, mdir = bench_llmgen(out, args, "" if name == "llmgen" else name)
-                else:
-                    if mdir is None:
-                        from llmgen.spec import PRESETS
-                        mdir = random_model_dir(out / "work" / "bench" / "model", PRESETS[args.bench_spec], 0)
-                    res = bench_torch(out, args, mdir, fn)
-                rows.append(res)
-                log(f"  {res['name']}: {res['ms']:.1f} ms/step")
-            except Exception as e:   # noqa: BLE001
-                rows.append(dict(name=name, error=f"{type(e).__name__}: {e}"[-3000:]))
-                traceback.print_exc()
-            summary["benchmark"] = rows
-            save()
-        base = next((r for r in rows if r.get("name") == "PyTorch torch.compile" and "ms" in r), None)
-        for r in rows:
-            if base and "ms" in r:
-                r["speed_vs_compile"] = base["ms"] / r["ms"]
-                if base.get("peak_mem_bytes"):
-                    r["memory_vs_compile"] = r.get("peak_mem_bytes", 0) / base["peak_mem_bytes"]
+        stages.append(("multi-gpu", "multi"))
+    mdir = None
+    for name, fn in stages:
+        try:
+            if fn == "roofline":
+                res = roofline_row(args)
+                summary["roofline"] = res
+            elif fn == "multi":
+                one = next((r for r in rows if r.get("name") == "llmgen CUDA" and "ms" in r), None)
+                res = multi_gpu_row(out, args, one)
+            elif fn is None:
+                res, mdir = bench_llmgen(out, args, "" if name == "llmgen" else name)
+            else:
+                if mdir is None:
+                    from llmgen.spec import PRESETS
+                    mdir = random_model_dir(out / "work" / "bench" / "model", PRESETS[args.bench_spec], 0)
+                res = bench_torch(out, args, mdir, fn)
+            rows.append(res)
+            log(f"  {res['name']}: " + (f"{res['ms']:.1f} ms/step" if "ms" in res else res.get("note", "")))
+        except Exception as e:   # noqa: BLE001
+            rows.append(dict(name=name, error=f"{type(e).__name__}: {e}"[-3000:]))
+            traceback.print_exc()
+        summary["benchmark"] = rows
+        save()
+    base = next((r for r in rows if r.get("name", "").startswith("PyTorch torch.compile") and "ms" in r), None)
+    for r in rows:
+        if base and "ms" in r:
+            r["speed_vs_compile"] = base["ms"] / r["ms"]
+            if base.get("peak_mem_bytes"):
+                r["memory_vs_compile"] = r.get("peak_mem_bytes", 0) / base["peak_mem_bytes"]
     summary["benchmark"] = rows
     save()
     # the last loss: every side trains the same model on the same tokens, so these should be close
@@ -310,11 +417,20 @@ def main():
     log("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         if "ms" not in r:
-            log(f"| {r['name']} | failed: {r['error'][:80]} | | | | | |")
+            why = r.get("note") or f"failed: {r.get('error', '')[:80]}"
+            log(f"| {r['name']} | {why} | | | | | |")
             continue
+        mem = f"{r.get('peak_mem_bytes', 0) / 2**30:.2f} GiB" + (" (plan)" if r["name"].startswith("roofline") else "")
         log(f"| {r['name']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r.get('mfu', float('nan')):.1%} | "
-            f"{r.get('peak_mem_bytes', 0) / 2**30:.2f} GiB | {r.get('speed_vs_compile', float('nan')):.2f}x, "
+            f"{mem} | {r.get('speed_vs_compile', float('nan')):.2f}x, "
             f"{r.get('memory_vs_compile', float('nan')):.2f}x | {r.get('last_loss', float('nan')):.4f} |")
+    for r in rows:
+        if r["name"].startswith("roofline"):
+            log(f"roofline: attention {r['attention_share']:.1%} of the step; at the datasheet ceilings "
+                f"{r['datasheet_ms']:.1f} ms/step (python -m llmgen.roofline {args.bench_spec} -b {args.batch} "
+                f"-t {args.seq} --dtype {args.dtype} for the per-class table)")
+        elif "ms" in r and r.get("note"):
+            log(f"{r['name']}: {r['note']}")
     ok = all(c.get("ok") for c in summary["correctness"])
     log(f"\ncorrectness: {'all passed' if ok else 'FAILURES'}; total {summary['seconds']} s; {final / 'summary.json'}")
     shutil.rmtree(out, ignore_errors=True)

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -18,3 +20,8 @@ def test_gpu_check_quick_on_the_cpu(tmp_path):
     assert all(c["ok"] and c["deterministic"] for c in runs.values())
     assert runs["gpt2-2l-64c-fp32"]["max_rel_loss_err"] < 1e-4
     assert (tmp_path / "logs.txt").is_file()
+    # the roofline row needs no GPU: --skip-bench still makes it (the benchmark shape on an H200 here)
+    roof = summary["roofline"]
+    assert roof["name"].startswith("roofline prediction (H200")
+    assert 1 < roof["ms"] < 1000 and roof["tokens_per_s"] == pytest.approx(16 * 1024 / (roof["ms"] / 1e3))
+    assert "roofline prediction" in r.stdout

@@ -1,0 +1,298 @@
+"""ptxas resource use of the emitted CUDA, per kernel: registers, shared memory, spills, stack frame.
+
+    python bench/ptxas.py [--out bench/ptxas.md] [--work DIR] [--check]
+
+Renders the GPT-2 124M bf16 and the Llama-3.1-8B bf16 train.cu (llmgen.codegen.render with
+Options(target="cuda")) and compiles each to an object file for Hopper with `-Xptxas -v`:
+
+    nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I<cuBLASLt include> -Xptxas -v -c train.cu
+
+(the flags llmgen/runtime/build.py's build_cuda uses, with sm_90a and -c: nothing is linked, so no
+GPU and no libcuda are needed; cuBLASLt's headers come from the CUDA install or the nvidia-cublas
+wheel, found as build.py finds them). ptxas' report of each entry function is parsed into a table
+written to --out. Static shared memory is what ptxas reports; dynamic shared memory is the launch's
+(the fourth argument of LLMGEN_LAUNCH in the source, resolved where it is a constant). Spills are
+what emulation cannot show (DESIGN.md): every kernel should have none. tests/test_ptxas.py runs the
+same builds and asserts that. With --check the exit status is 1 when some kernel spills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+ARCH = "sm_90a"
+# build name -> (preset, dtype)
+BUILDS = {"gpt2-124m-bf16": ("gpt2", "bf16"), "llama3.1-8b-bf16": ("llama3.1-8b", "bf16")}
+MAX_SMEM_PER_BLOCK = 227 * 1024        # Hopper: the most shared memory one block may opt in to
+
+
+@dataclass
+class KernelUsage:
+    name: str                  # demangled base name (e.g. attention_bwd_12x64x768_dkv_kernel)
+    registers: int = 0
+    barriers: int = 0
+    smem_static: int = 0
+    smem_dynamic: int | str = 0   # bytes at launch; the source expression where it is not a constant
+    stack: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    entry: bool = True         # a __global__ function (else a device function ptxas kept separate)
+
+    @property
+    def spills(self) -> int:
+        return self.spill_stores + self.spill_loads
+
+
+# --------------------------------------------------------------------------------------------
+# the toolchain
+
+def toolchain() -> tuple[str, Path] | str:
+    """(nvcc, cuBLASLt include dir), or the reason they are not usable here."""
+    from llmgen.runtime.build import cublas_dirs, cuda_home
+    nvcc = shutil.which("nvcc") or (str(cuda_home() / "bin" / "nvcc") if cuda_home() else None)
+    if not nvcc or not Path(nvcc).exists():
+        return "nvcc not found: the ptxas check needs the CUDA toolkit"
+    blas = cublas_dirs()
+    if blas is None:
+        return "cuBLASLt headers not found (CUDA install or `pip install nvidia-cublas`)"
+    return nvcc, blas[0]
+
+
+def nvcc_version(nvcc: str) -> str:
+    r = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+    m = re.search(r"release [\d.]+, V[\d.]+", r.stdout)
+    return m.group(0) if m else r.stdout.strip().splitlines()[-1]
+
+
+def nvcc_command(nvcc: str, include: Path, src: Path, obj: Path) -> list[str]:
+    """build_cuda's compile flags (llmgen/runtime/build.py) for sm_90a, compile only, ptxas verbose."""
+    n = ARCH.removeprefix("sm_")
+    return [nvcc, "-O3", "-std=c++17", "-gencode", f"arch=compute_{n},code=sm_{n}", f"-I{include}",
+            "-Xptxas", "-v", "-c", str(src), "-o", str(obj)]
+
+
+# --------------------------------------------------------------------------------------------
+# parsing
+
+def demangle(sym: str) -> str:
+    """The function name of an Itanium-mangled symbol (_Z<len><name>...); others as they are."""
+    m = re.match(r"_Z(\d+)", sym)
+    return sym[m.end():m.end() + int(m.group(1))] if m else sym
+
+
+def parse_ptxas(text: str) -> list[KernelUsage]:
+    """ptxas -v's report: per function 'Compiling entry function', 'Function properties for' with
+    its stack / spill line, and 'Used N registers, used N barriers, N bytes smem, ...'."""
+    rows: dict[str, KernelUsage] = {}
+    current: KernelUsage | None = None
+    props: KernelUsage | None = None
+
+    def row(sym: str, entry: bool) -> KernelUsage:
+        name = demangle(sym)
+        if name not in rows:
+            rows[name] = KernelUsage(name, entry=entry)
+        rows[name].entry |= entry
+        return rows[name]
+
+    for line in text.splitlines():
+        if m := re.search(r"Compiling entry function '([^']+)'", line):
+            current = row(m.group(1), True)
+        elif m := re.search(r"Function properties for (\S+)", line):
+            props = row(m.group(1), False)
+        elif m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            if props is not None:
+                props.stack, props.spill_stores, props.spill_loads = map(int, m.groups())
+                props = None
+        elif "Used" in line and "registers" in line and current is not None:
+            current.registers = int(re.search(r"Used (\d+) registers", line).group(1))
+            if b := re.search(r"used (\d+) barriers", line):
+                current.barriers = int(b.group(1))
+            if s := re.search(r"(\d+) bytes smem", line):
+                current.smem_static = int(s.group(1))
+    return list(rows.values())
+
+
+def _launch_args(src: str, start: int) -> list[str]:
+    """The comma-separated arguments of a call whose '(' ends at `start`, nesting respected."""
+    args, cur, depth, i = [], "", 0, start
+    while i < len(src):
+        c = src[i]
+        i += 1
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                args.append(cur.strip())
+                return args
+            depth -= 1
+        elif c == "," and depth == 0:
+            args.append(cur.strip())
+            cur = ""
+            continue
+        cur += c
+    return args
+
+
+SIZEOF = {"float": 4, "double": 8, "int": 4, "floatX": 2, "__nv_bfloat16": 2}   # bf16 builds
+
+
+def _eval_bytes(expr: str, src: str, before: int) -> int | str:
+    """A launch's shared-memory argument as bytes: a constant, sizeof(T) * N, or a local set so above."""
+    e = expr
+    if re.fullmatch(r"[A-Za-z_]\w*", e):
+        defs = list(re.finditer(rf"\b{e}\s*=\s*([^,;]+)[,;]", src[:before]))
+        if not defs:
+            return expr
+        e = defs[-1].group(1)
+    e = re.sub(r"sizeof\((\w+)\)", lambda m: str(SIZEOF.get(m.group(1), f"?{m.group(1)}")), e)
+    if re.fullmatch(r"[\d\s*+()]+", e):
+        return int(eval(e))          # digits and * + ( ) only
+    return expr
+
+
+def dynamic_smem(src: str) -> dict[str, int | str]:
+    """kernel name -> the largest dynamic shared memory it is launched with (LLMGEN_LAUNCH's 4th argument)."""
+    out: dict[str, int | str] = {}
+    for m in re.finditer(r"(?<!define )LLMGEN_LAUNCH\(", src):
+        args = _launch_args(src, m.end())
+        if len(args) < 4 or args[3] == "0":
+            continue
+        v = _eval_bytes(args[3], src, m.start())
+        old = out.get(args[0], 0)
+        out[args[0]] = max(old, v) if isinstance(v, int) and isinstance(old, int) else v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# building
+
+def render(preset: str, dtype: str) -> str:
+    from llmgen.codegen import Options, render as render_program
+    from llmgen.spec import PRESETS
+    return render_program(PRESETS[preset].replace(dtype=dtype), Options(target="cuda"))
+
+
+def compile_build(name: str, work: Path, nvcc: str, include: Path) -> list[KernelUsage]:
+    """Render build `name`, compile it with ptxas -v, return one row per function (entries first)."""
+    preset, dtype = BUILDS[name]
+    d = work / name
+    d.mkdir(parents=True, exist_ok=True)
+    src = render(preset, dtype)
+    (d / "train.cu").write_text(src)
+    cmd = nvcc_command(nvcc, include, d / "train.cu", d / "train.o")
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    (d / "ptxas.txt").write_text(r.stdout + r.stderr)
+    if r.returncode != 0:
+        raise RuntimeError(f"{name}: {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-4000:]}")
+    rows = parse_ptxas(r.stdout + r.stderr)
+    if not rows:
+        raise RuntimeError(f"{name}: no ptxas report in nvcc's output (was -Xptxas -v dropped?)")
+    dyn = dynamic_smem(src)
+    for k in rows:
+        k.smem_dynamic = dyn.get(k.name, 0)
+    return sorted(rows, key=lambda k: (not k.entry, k.name))
+
+
+def compile_all(work: Path, jobs: int = 2) -> dict[str, list[KernelUsage]]:
+    tc = toolchain()
+    if isinstance(tc, str):
+        raise RuntimeError(tc)
+    nvcc, include = tc
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {name: pool.submit(compile_build, name, work, nvcc, include) for name in BUILDS}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def markdown(results: dict[str, list[KernelUsage]], version: str) -> str:
+    lines = ["# ptxas resource use of the emitted CUDA",
+             "",
+             f"Made by `python bench/ptxas.py` with nvcc {version} for {ARCH} "
+             "(`-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -c`, build_cuda's flags). "
+             "Register counts depend on the nvcc version; regenerate this file when kernels change. "
+             "tests/test_ptxas.py checks the spills of the current kernels, not these numbers.",
+             ""]
+    for name, rows in results.items():
+        spilling = [k for k in rows if k.spills]
+        lines += [f"## {name}", "",
+                  f"{sum(k.entry for k in rows)} kernels; "
+                  + (f"**{len(spilling)} spill**: " + ", ".join(f"{k.name} ({k.spill_stores} B stores, "
+                                                               f"{k.spill_loads} B loads)" for k in spilling)
+                     if spilling else "no spills"),
+                  "",
+                  "| kernel | registers | barriers | smem static (B) | smem dynamic (B) | stack frame (B) "
+                  "| spill stores (B) | spill loads (B) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for k in rows:
+            label = k.name if k.entry else f"{k.name} (device function)"
+            lines.append(f"| {label} | {k.registers} | {k.barriers} | {k.smem_static} | {k.smem_dynamic} | "
+                         f"{k.stack} | {k.spill_stores} | {k.spill_loads} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_markdown(text: str) -> dict[str, list[dict]]:
+    """The tables of a file markdown() wrote: build -> rows (column -> cell)."""
+    out: dict[str, list[dict]] = {}
+    build, header = None, None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            build, header = line[3:].strip(), None
+            out[build] = []
+        elif build and line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if header is None:
+                header = cells
+            else:
+                out[build].append(dict(zip(header, cells)))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(REPO / "bench" / "ptxas.md"), help="table file [bench/ptxas.md]")
+    ap.add_argument("--work", default=None, help="folder for train.cu, train.o, ptxas.txt [a temporary one]")
+    ap.add_argument("--jobs", type=int, default=2, help="builds compiled at once [2]")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a kernel spills")
+    args = ap.parse_args()
+    tc = toolchain()
+    if isinstance(tc, str):
+        print(f"error: {tc}", file=sys.stderr)
+        return 1
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="llmgen-ptxas-"))
+    try:
+        results = compile_all(work, args.jobs)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    text = markdown(results, nvcc_version(tc[0]))
+    Path(args.out).write_text(text)
+    spills = [(b, k) for b, rows in results.items() for k in rows if k.spills]
+    for b, rows in results.items():
+        over = [k.name for k in rows if isinstance(k.smem_dynamic, int) and k.smem_static + k.smem_dynamic
+                > MAX_SMEM_PER_BLOCK]
+        print(f"{b}: {sum(k.entry for k in rows)} kernels, {sum(1 for k in rows if k.spills)} spill, "
+              f"max {max(k.registers for k in rows)} registers"
+              + (f"; over {MAX_SMEM_PER_BLOCK} B of shared memory: {', '.join(over)}" if over else ""))
+    for b, k in spills:
+        print(f"  spill: {b} {k.name}: {k.spill_stores} B stores, {k.spill_loads} B loads, {k.stack} B stack, "
+              f"{k.registers} registers")
+    print(f"wrote {args.out}")
+    return 1 if args.check and spills else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
