@@ -116,15 +116,24 @@ __device__ __forceinline__ int swz(int row, int chunk) {
  * (src-size 0: nothing is read). One commit group is the caller's. */
 template <int HD, int ROWS, int NT>
 __device__ __forceinline__ void cp_tile(bf16* s, const bf16* g, long stride, int valid) {
-    constexpr int CPR = HD / 8, N = ROWS * CPR;
+    constexpr int CPR = HD / 8, N = ROWS * CPR, STEPS = (N + NT - 1) / NT;
     static_assert(N % 32 == 0 && NT % 32 == 0, "whole warps issue the copies");
     LLMGEN_FA2_UNROLL
-    for (int c = threadIdx.x; c < N; c += NT) {
+    for (int e = 0; e < STEPS; e++) {
+        const int c = threadIdx.x + e * NT;
+        if (N % NT != 0 && c >= N) break; /* warp-uniform: N is a multiple of 32 */
         const int r = c / CPR, ch = c % CPR;
         const bool ok = r < valid;
         ptx_cp_async_cg16(s + swz<HD>(r, ch), ok ? g + r * stride + ch * 8 : g, ok ? 16 : 0);
     }
 }
+
+/* A compile-time flag for the generic lambdas that hold a tile's work: Flag<true>() instantiates the
+ * masked body (the diagonal tiles), Flag<false>() the one without a single test (all the others). */
+template <bool B>
+struct Flag {
+    static constexpr bool value = B;
+};
 
 /* mma's A fragment: rows r0 .. r0+15, columns 16kk .. 16kk+15 of a swizzled tile (ldmatrix.x4 of its
  * four 8x8 quarters: lanes 0-15 rows 0-15 of the left half, lanes 16-31 of the right half). */
@@ -243,6 +252,97 @@ attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* 
         l[mt][0] = l[mt][1] = 0.0f;
     }
 
+    /* One key tile: S = Q K^T, the online softmax, O += P V. MASK (the diagonal tiles, where some key
+     * is after some row of the block): skip the 16-key groups after all rows of an m-tile and set the
+     * scores of keys after their row to -inf; without MASK nothing is tested. */
+    auto tile = [&](auto mask, int j0, const bf16* sKb, const bf16* sVb) {
+        constexpr bool MASK = decltype(mask)::value;
+        if (MASK && j0 > wlast) return; /* every key of the tile is after this warp's rows */
+
+        /* S = Q K^T: 16 keys (two n-tiles) at a time, one ldmatrix of K for the MT m-tiles */
+        float s[MT][NS][4];
+        LLMGEN_FA2_UNROLL
+        for (int mt = 0; mt < MT; mt++) {
+            LLMGEN_FA2_UNROLL
+            for (int n = 0; n < NS; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+        }
+        LLMGEN_FA2_UNROLL
+        for (int np = 0; np < NS / 2; np++) {
+            if (MASK && j0 + 16 * np > wlast) continue;
+            LLMGEN_FA2_UNROLL
+            for (int kk = 0; kk < KT; kk++) {
+                uint32_t bk[4];
+                ldsm_b_rows_n<HD>(bk, sKb, 16 * np, kk);
+                LLMGEN_FA2_UNROLL
+                for (int mt = 0; mt < MT; mt++) {
+                    if (MASK && j0 + 16 * np > wr0 + 16 * mt + 15) continue; /* after every row of the m-tile */
+                    mma(s[mt][2 * np], qf[mt][kk], bk[0], bk[1]);
+                    mma(s[mt][2 * np + 1], qf[mt][kk], bk[2], bk[3]);
+                }
+            }
+        }
+
+        /* online softmax in base 2 on raw scores s: the row max m in score units, then
+         * p = 2^(s c - m c) with c = scale * log2(e): one FFMA and one ex2 per score */
+        LLMGEN_FA2_UNROLL
+        for (int mt = 0; mt < MT; mt++) {
+            const int r0 = wr0 + 16 * mt; /* this m-tile's first row; the lane holds rows r0+g, r0+g+8 */
+            if (MASK && j0 > r0 + 15) continue;
+            float mx[2] = {m[mt][0], m[mt][1]};
+            LLMGEN_FA2_UNROLL
+            for (int n = 0; n < NS; n++) {
+                LLMGEN_FA2_UNROLL
+                for (int i = 0; i < 4; i++) {
+                    if (MASK && j0 + 8 * n + 2 * t + (i & 1) > r0 + g + 8 * (i >> 1)) s[mt][n][i] = -INFINITY;
+                    mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][n][i]);
+                }
+            }
+            float mc[2];
+            LLMGEN_FA2_UNROLL
+            for (int r = 0; r < 2; r++) {
+                mx[r] = quad_max(mx[r]);
+                mc[r] = mx[r] == -INFINITY ? 0.0f : mx[r] * scale_log2; /* no key yet: keep exp2 finite */
+                const float corr = ptx_ex2_approx(m[mt][r] * scale_log2 - mc[r]); /* 0 on the first tile */
+                m[mt][r] = mx[r];
+                l[mt][r] *= corr;
+                LLMGEN_FA2_UNROLL
+                for (int n = 0; n < NO; n++) {
+                    acc[mt][n][2 * r] *= corr;
+                    acc[mt][n][2 * r + 1] *= corr;
+                }
+            }
+            LLMGEN_FA2_UNROLL
+            for (int n = 0; n < NS; n++) {
+                LLMGEN_FA2_UNROLL
+                for (int i = 0; i < 4; i++) {
+                    const float p = ptx_ex2_approx(fmaf(s[mt][n][i], scale_log2, -mc[i >> 1]));
+                    l[mt][i >> 1] += p; /* this lane's share of the row sum; the quad adds up at the end */
+                    s[mt][n][i] = p;
+                }
+            }
+        }
+
+        /* O += P V: P's accumulators repacked as A fragments, V through ldmatrix .trans */
+        LLMGEN_FA2_UNROLL
+        for (int kk = 0; kk < BN / 16; kk++) {
+            if (MASK && j0 + 16 * kk > wlast) continue;
+            uint32_t pa[MT][4];
+            LLMGEN_FA2_UNROLL
+            for (int mt = 0; mt < MT; mt++) acc_to_a(pa[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
+            LLMGEN_FA2_UNROLL
+            for (int c = 0; c < NO; c += 2) {
+                uint32_t bv[4];
+                ldsm_b_rows_k<HD>(bv, sVb, 16 * kk, c);
+                LLMGEN_FA2_UNROLL
+                for (int mt = 0; mt < MT; mt++) {
+                    if (MASK && j0 + 16 * kk > wr0 + 16 * mt + 15) continue;
+                    mma(acc[mt][c], pa[mt], bv[0], bv[1]);
+                    mma(acc[mt][c + 1], pa[mt], bv[2], bv[3]);
+                }
+            }
+        }
+    };
+
     for (int jt = 0; jt < nkt; jt++) {
         const int j0 = jt * BN, buf = jt & 1;
         ptx_cp_async_wait<0>(); /* this tile (and, first, Q) has landed for this thread's copies ... */
@@ -259,97 +359,13 @@ attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* 
             cp_tile<HD, BN, NT>(sV + (buf ^ 1) * BN * HD, vb + (long)(j0 + BN) * kv_stride, kv_stride, T - j0 - BN);
         }
         ptx_cp_async_commit();
-        if (j0 > wlast) continue; /* every key of the tile is after this warp's rows */
-        const bf16* sKb = sK + buf * BN * HD;
-        const bf16* sVb = sV + buf * BN * HD;
-
-        /* S = Q K^T: 16 keys (two n-tiles) at a time, skipping 16-key groups after all the warp's rows */
-        float s[MT][NS][4];
-        LLMGEN_FA2_UNROLL
-        for (int mt = 0; mt < MT; mt++) {
-            LLMGEN_FA2_UNROLL
-            for (int n = 0; n < NS; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
-        }
-        LLMGEN_FA2_UNROLL
-        for (int np = 0; np < NS / 2; np++) {
-            if (j0 + 16 * np > wlast) continue;
-            LLMGEN_FA2_UNROLL
-            for (int kk = 0; kk < KT; kk++) {
-                uint32_t bk[4];
-                ldsm_b_rows_n<HD>(bk, sKb, 16 * np, kk);
-                LLMGEN_FA2_UNROLL
-                for (int mt = 0; mt < MT; mt++) {
-                    if (j0 + 16 * np > wr0 + 16 * mt + 15) continue; /* after every row of this m-tile */
-                    mma(s[mt][2 * np], qf[mt][kk], bk[0], bk[1]);
-                    mma(s[mt][2 * np + 1], qf[mt][kk], bk[2], bk[3]);
-                }
-            }
-        }
-
-        /* online softmax in base 2: x = s * scale * log2(e); row max over the quad, rescale l and O */
-        LLMGEN_FA2_UNROLL
-        for (int mt = 0; mt < MT; mt++) {
-            const int r0 = wr0 + 16 * mt; /* this m-tile's first row; the lane holds rows r0+g, r0+g+8 */
-            if (j0 > r0 + 15) continue;
-            const bool diag = j0 + BN - 1 > r0; /* some key of the tile is after some row */
-            float mx[2] = {m[mt][0], m[mt][1]};
-            LLMGEN_FA2_UNROLL
-            for (int n = 0; n < NS; n++) {
-                LLMGEN_FA2_UNROLL
-                for (int i = 0; i < 4; i++) {
-                    float x = s[mt][n][i] * scale_log2;
-                    if (diag && j0 + 8 * n + 2 * t + (i & 1) > r0 + g + 8 * (i >> 1)) x = -INFINITY;
-                    s[mt][n][i] = x;
-                    mx[i >> 1] = fmaxf(mx[i >> 1], x);
-                }
-            }
-            float mref[2];
-            LLMGEN_FA2_UNROLL
-            for (int r = 0; r < 2; r++) {
-                mx[r] = quad_max(mx[r]);
-                mref[r] = mx[r] == -INFINITY ? 0.0f : mx[r]; /* a row with no key yet: keep exp2 finite */
-                const float corr = ptx_ex2_approx(m[mt][r] - mref[r]); /* 0 on the first tile */
-                m[mt][r] = mx[r];
-                l[mt][r] *= corr;
-                LLMGEN_FA2_UNROLL
-                for (int n = 0; n < NO; n++) {
-                    acc[mt][n][2 * r] *= corr;
-                    acc[mt][n][2 * r + 1] *= corr;
-                }
-            }
-            LLMGEN_FA2_UNROLL
-            for (int n = 0; n < NS; n++) {
-                LLMGEN_FA2_UNROLL
-                for (int i = 0; i < 4; i++) {
-                    const float p = ptx_ex2_approx(s[mt][n][i] - mref[i >> 1]);
-                    l[mt][i >> 1] += p; /* this lane's share of the row sum; the quad adds up at the end */
-                    s[mt][n][i] = p;
-                }
-            }
-        }
-
-        /* O += P V: P's accumulators repacked as A fragments, V through ldmatrix .trans */
-        LLMGEN_FA2_UNROLL
-        for (int kk = 0; kk < BN / 16; kk++) {
-            if (j0 + 16 * kk > wlast) continue;
-            uint32_t pa[MT][4];
-            LLMGEN_FA2_UNROLL
-            for (int mt = 0; mt < MT; mt++) acc_to_a(pa[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
-            LLMGEN_FA2_UNROLL
-            for (int c = 0; c < NO; c += 2) {
-                uint32_t bv[4];
-                ldsm_b_rows_k<HD>(bv, sVb, 16 * kk, c);
-                LLMGEN_FA2_UNROLL
-                for (int mt = 0; mt < MT; mt++) {
-                    if (j0 + 16 * kk > wr0 + 16 * mt + 15) continue;
-                    mma(acc[mt][c], pa[mt], bv[0], bv[1]);
-                    mma(acc[mt][c + 1], pa[mt], bv[2], bv[3]);
-                }
-            }
-        }
+        if (j0 + BN - 1 > i0) /* block-uniform: the diagonal tiles */
+            tile(Flag<true>(), j0, sK + buf * BN * HD, sV + buf * BN * HD);
+        else
+            tile(Flag<false>(), j0, sK + buf * BN * HD, sV + buf * BN * HD);
     }
 
-    /* O / l and lse = (m + log2 l) ln 2 per row; O through this warp's rows of sQ (read only by it) */
+    /* O / l and lse = (m c + log2 l) ln 2 per row; O through this warp's rows of sQ (read only by it) */
     LLMGEN_FA2_UNROLL
     for (int mt = 0; mt < MT; mt++) {
         const int r0 = wr0 + 16 * mt;
@@ -359,7 +375,7 @@ attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* 
             const float sum = quad_sum(l[mt][r]);
             inv[r] = 1.0f / sum;
             const int row = r0 + g + 8 * r;
-            if (t == 0 && row < T) lse[(long)bh * T + row] = (m[mt][r] + log2f(sum)) * kLn2;
+            if (t == 0 && row < T) lse[(long)bh * T + row] = (m[mt][r] * scale_log2 + log2f(sum)) * kLn2;
         }
         LLMGEN_FA2_UNROLL
         for (int n = 0; n < NO; n++) {
@@ -476,6 +492,78 @@ attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf1
         dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.0f;
     }
 
+    /* One query tile: S^T = K Q^T, dP^T = V dO^T, P^T = exp2(S^T scale log2e - lse log2e), dS^T = P^T
+     * (dP^T - D), dV += P^T dO, dK += dS^T Q. MASK (the diagonal, where some key of the block is after
+     * some query of the tile): skip the 16-query groups all before this warp's keys and zero P where
+     * the key is after the query. Queries past T need no test: their lse is +inf (P = 0). */
+    auto tile = [&](auto mask, int q0, int buf) {
+        constexpr bool MASK = decltype(mask)::value;
+        if (MASK && (kw0 > q0 + BQ - 1 || kw0 >= T)) return; /* no query of the tile sees these keys */
+        const bf16* sQb = sQ + buf * BQ * HD;
+        const bf16* sOb = sO + buf * BQ * HD;
+        float st[NQ][4], dpt[NQ][4]; /* S^T, dP^T: rows = this warp's 16 keys, columns = BQ queries */
+        LLMGEN_FA2_UNROLL
+        for (int n = 0; n < NQ; n++) {
+            st[n][0] = st[n][1] = st[n][2] = st[n][3] = 0.0f;
+            dpt[n][0] = dpt[n][1] = dpt[n][2] = dpt[n][3] = 0.0f;
+        }
+        LLMGEN_FA2_UNROLL
+        for (int np = 0; np < NQ / 2; np++) {
+            if (MASK && q0 + 16 * np + 15 < kw0) continue; /* 16 queries all before this warp's keys */
+            LLMGEN_FA2_UNROLL
+            for (int kk = 0; kk < KT; kk++) {
+                uint32_t ka[4], va[4], bq[4], bo[4];
+                if (KV_REGS) {
+                    LLMGEN_FA2_UNROLL
+                    for (int e = 0; e < 4; e++) {
+                        ka[e] = kf[KV_REGS ? kk : 0][e];
+                        va[e] = vf[KV_REGS ? kk : 0][e];
+                    }
+                } else {
+                    ldsm_a<HD>(ka, sK, 16 * warp, kk);
+                    ldsm_a<HD>(va, sV, 16 * warp, kk);
+                }
+                ldsm_b_rows_n<HD>(bq, sQb, 16 * np, kk);
+                mma(st[2 * np], ka, bq[0], bq[1]);
+                mma(st[2 * np + 1], ka, bq[2], bq[3]);
+                ldsm_b_rows_n<HD>(bo, sOb, 16 * np, kk);
+                mma(dpt[2 * np], va, bo[0], bo[1]);
+                mma(dpt[2 * np + 1], va, bo[2], bo[3]);
+            }
+        }
+        LLMGEN_FA2_UNROLL
+        for (int n = 0; n < NQ; n++) {
+            const float2 L2 = ptx_ld_shared(reinterpret_cast<const float2*>(&sL[buf * BQ + 8 * n + 2 * t]));
+            const float2 Dv = ptx_ld_shared(reinterpret_cast<const float2*>(&sD[buf * BQ + 8 * n + 2 * t]));
+            LLMGEN_FA2_UNROLL
+            for (int i = 0; i < 4; i++) {
+                const float Li = (i & 1) ? L2.y : L2.x, Di = (i & 1) ? Dv.y : Dv.x;
+                float p = ptx_ex2_approx(st[n][i] * scale_log2 - Li);
+                if (MASK && kw0 + g + 8 * (i >> 1) > q0 + 8 * n + 2 * t + (i & 1)) p = 0.0f;
+                st[n][i] = p;
+                dpt[n][i] = p * (dpt[n][i] - Di);
+            }
+        }
+        /* dV += P^T dO, dK += dS^T Q: the accumulators as A fragments, dO and Q through .trans */
+        LLMGEN_FA2_UNROLL
+        for (int kk = 0; kk < BQ / 16; kk++) {
+            if (MASK && q0 + 16 * kk + 15 < kw0) continue;
+            uint32_t pa[4], da[4];
+            acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
+            acc_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
+            LLMGEN_FA2_UNROLL
+            for (int c = 0; c < NO; c += 2) {
+                uint32_t bo[4], bq[4];
+                ldsm_b_rows_k<HD>(bo, sOb, 16 * kk, c);
+                mma(dva[c], pa, bo[0], bo[1]);
+                mma(dva[c + 1], pa, bo[2], bo[3]);
+                ldsm_b_rows_k<HD>(bq, sQb, 16 * kk, c);
+                mma(dka[c], da, bq[0], bq[1]);
+                mma(dka[c + 1], da, bq[2], bq[3]);
+            }
+        }
+    };
+
     for (int s = 0; s < steps; s++) {
         const int buf = s & 1, q0 = (qt0 + s % per_head) * BQ;
         ptx_cp_async_wait<0>();
@@ -492,75 +580,10 @@ attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf1
             fetch(s + 1, pre);
         }
         ptx_cp_async_commit();
-        const bool work = kw0 <= q0 + BQ - 1 && kw0 < T; /* some query of the tile at or after a key */
-        if (work) {
-            const bf16* sQb = sQ + buf * BQ * HD;
-            const bf16* sOb = sO + buf * BQ * HD;
-            float st[NQ][4], dpt[NQ][4]; /* S^T, dP^T: rows = this warp's 16 keys, columns = BQ queries */
-            LLMGEN_FA2_UNROLL
-            for (int n = 0; n < NQ; n++) {
-                st[n][0] = st[n][1] = st[n][2] = st[n][3] = 0.0f;
-                dpt[n][0] = dpt[n][1] = dpt[n][2] = dpt[n][3] = 0.0f;
-            }
-            LLMGEN_FA2_UNROLL
-            for (int np = 0; np < NQ / 2; np++) {
-                if (q0 + 16 * np + 15 < kw0) continue; /* 16 queries all before this warp's keys */
-                LLMGEN_FA2_UNROLL
-                for (int kk = 0; kk < KT; kk++) {
-                    uint32_t ka[4], va[4], bq[4], bo[4];
-                    if (KV_REGS) {
-                        LLMGEN_FA2_UNROLL
-                        for (int e = 0; e < 4; e++) {
-                            ka[e] = kf[KV_REGS ? kk : 0][e];
-                            va[e] = vf[KV_REGS ? kk : 0][e];
-                        }
-                    } else {
-                        ldsm_a<HD>(ka, sK, 16 * warp, kk);
-                        ldsm_a<HD>(va, sV, 16 * warp, kk);
-                    }
-                    ldsm_b_rows_n<HD>(bq, sQb, 16 * np, kk);
-                    mma(st[2 * np], ka, bq[0], bq[1]);
-                    mma(st[2 * np + 1], ka, bq[2], bq[3]);
-                    ldsm_b_rows_n<HD>(bo, sOb, 16 * np, kk);
-                    mma(dpt[2 * np], va, bo[0], bo[1]);
-                    mma(dpt[2 * np + 1], va, bo[2], bo[3]);
-                }
-            }
-            /* P^T = exp2(S^T scale log2e - lse log2e) (0 where the key is after the query, and past T via
-             * lse = +inf), dS^T = P^T (dP^T - D) */
-            const bool diag = kw0 + 15 > q0;
-            LLMGEN_FA2_UNROLL
-            for (int n = 0; n < NQ; n++) {
-                const float2 L2 = ptx_ld_shared(reinterpret_cast<const float2*>(&sL[buf * BQ + 8 * n + 2 * t]));
-                const float2 Dv = ptx_ld_shared(reinterpret_cast<const float2*>(&sD[buf * BQ + 8 * n + 2 * t]));
-                LLMGEN_FA2_UNROLL
-                for (int i = 0; i < 4; i++) {
-                    const float Li = (i & 1) ? L2.y : L2.x, Di = (i & 1) ? Dv.y : Dv.x;
-                    float p = ptx_ex2_approx(st[n][i] * scale_log2 - Li);
-                    if (diag && kw0 + g + 8 * (i >> 1) > q0 + 8 * n + 2 * t + (i & 1)) p = 0.0f;
-                    st[n][i] = p;
-                    dpt[n][i] = p * (dpt[n][i] - Di);
-                }
-            }
-            /* dV += P^T dO, dK += dS^T Q: the accumulators as A fragments, dO and Q through .trans */
-            LLMGEN_FA2_UNROLL
-            for (int kk = 0; kk < BQ / 16; kk++) {
-                if (q0 + 16 * kk + 15 < kw0) continue;
-                uint32_t pa[4], da[4];
-                acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-                acc_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
-                LLMGEN_FA2_UNROLL
-                for (int c = 0; c < NO; c += 2) {
-                    uint32_t bo[4], bq[4];
-                    ldsm_b_rows_k<HD>(bo, sOb, 16 * kk, c);
-                    mma(dva[c], pa, bo[0], bo[1]);
-                    mma(dva[c + 1], pa, bo[2], bo[3]);
-                    ldsm_b_rows_k<HD>(bq, sQb, 16 * kk, c);
-                    mma(dka[c], da, bq[0], bq[1]);
-                    mma(dka[c + 1], da, bq[2], bq[3]);
-                }
-            }
-        }
+        if (j0 + BN - 1 > q0) /* block-uniform: the diagonal tiles */
+            tile(Flag<true>(), q0, buf);
+        else
+            tile(Flag<false>(), q0, buf);
         if (s + 1 < steps) stage(pre, buf ^ 1); /* visible after the next step's barrier */
     }
 
@@ -615,6 +638,54 @@ attention_bwd_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, co
     LLMGEN_FA2_UNROLL
     for (int n = 0; n < NO; n++) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.0f;
 
+    /* One key tile: S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K. MASK: the diagonal tiles */
+    auto tile = [&](auto mask, int j0, const bf16* sKb, const bf16* sVb) {
+        constexpr bool MASK = decltype(mask)::value;
+        if (MASK && j0 > wlast) return;
+        float s[NS][4], dp[NS][4];
+        LLMGEN_FA2_UNROLL
+        for (int n = 0; n < NS; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+            dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
+        }
+        LLMGEN_FA2_UNROLL
+        for (int np = 0; np < NS / 2; np++) {
+            if (MASK && j0 + 16 * np > wlast) continue;
+            LLMGEN_FA2_UNROLL
+            for (int kk = 0; kk < KT; kk++) {
+                uint32_t bk[4], bv[4];
+                ldsm_b_rows_n<HD>(bk, sKb, 16 * np, kk);
+                mma(s[2 * np], qf[kk], bk[0], bk[1]);
+                mma(s[2 * np + 1], qf[kk], bk[2], bk[3]);
+                ldsm_b_rows_n<HD>(bv, sVb, 16 * np, kk);
+                mma(dp[2 * np], of[kk], bv[0], bv[1]);
+                mma(dp[2 * np + 1], of[kk], bv[2], bv[3]);
+            }
+        }
+        LLMGEN_FA2_UNROLL
+        for (int n = 0; n < NS; n++) {
+            LLMGEN_FA2_UNROLL
+            for (int i = 0; i < 4; i++) {
+                float p = ptx_ex2_approx(s[n][i] * scale_log2 - Lr[i >> 1]);
+                if (MASK && j0 + 8 * n + 2 * t + (i & 1) > wr0 + g + 8 * (i >> 1)) p = 0.0f;
+                s[n][i] = p * (dp[n][i] - Dr[i >> 1]); /* dS */
+            }
+        }
+        LLMGEN_FA2_UNROLL
+        for (int kk = 0; kk < BN / 16; kk++) {
+            if (MASK && j0 + 16 * kk > wlast) continue;
+            uint32_t da[4];
+            acc_to_a(da, s[2 * kk], s[2 * kk + 1]);
+            LLMGEN_FA2_UNROLL
+            for (int c = 0; c < NO; c += 2) {
+                uint32_t bk[4];
+                ldsm_b_rows_k<HD>(bk, sKb, 16 * kk, c);
+                mma(dqa[c], da, bk[0], bk[1]);
+                mma(dqa[c + 1], da, bk[2], bk[3]);
+            }
+        }
+    };
+
     for (int jt = 0; jt < nkt; jt++) {
         const int j0 = jt * BN, buf = jt & 1;
         ptx_cp_async_wait<0>();
@@ -631,52 +702,10 @@ attention_bwd_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, co
             cp_tile<HD, BN, NT>(sV + (buf ^ 1) * BN * HD, vb + (long)(j0 + BN) * kv_stride, kv_stride, T - j0 - BN);
         }
         ptx_cp_async_commit();
-        if (j0 > wlast) continue;
-        const bf16* sKb = sK + buf * BN * HD;
-        const bf16* sVb = sV + buf * BN * HD;
-        float s[NS][4], dp[NS][4];
-        LLMGEN_FA2_UNROLL
-        for (int n = 0; n < NS; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
-        }
-        LLMGEN_FA2_UNROLL
-        for (int np = 0; np < NS / 2; np++) {
-            if (j0 + 16 * np > wlast) continue;
-            LLMGEN_FA2_UNROLL
-            for (int kk = 0; kk < KT; kk++) {
-                uint32_t bk[4], bv[4];
-                ldsm_b_rows_n<HD>(bk, sKb, 16 * np, kk);
-                mma(s[2 * np], qf[kk], bk[0], bk[1]);
-                mma(s[2 * np + 1], qf[kk], bk[2], bk[3]);
-                ldsm_b_rows_n<HD>(bv, sVb, 16 * np, kk);
-                mma(dp[2 * np], of[kk], bv[0], bv[1]);
-                mma(dp[2 * np + 1], of[kk], bv[2], bv[3]);
-            }
-        }
-        const bool diag = j0 + BN - 1 > wr0;
-        LLMGEN_FA2_UNROLL
-        for (int n = 0; n < NS; n++) {
-            LLMGEN_FA2_UNROLL
-            for (int i = 0; i < 4; i++) {
-                float p = ptx_ex2_approx(s[n][i] * scale_log2 - Lr[i >> 1]);
-                if (diag && j0 + 8 * n + 2 * t + (i & 1) > wr0 + g + 8 * (i >> 1)) p = 0.0f;
-                s[n][i] = p * (dp[n][i] - Dr[i >> 1]); /* dS */
-            }
-        }
-        LLMGEN_FA2_UNROLL
-        for (int kk = 0; kk < BN / 16; kk++) {
-            if (j0 + 16 * kk > wlast) continue;
-            uint32_t da[4];
-            acc_to_a(da, s[2 * kk], s[2 * kk + 1]);
-            LLMGEN_FA2_UNROLL
-            for (int c = 0; c < NO; c += 2) {
-                uint32_t bk[4];
-                ldsm_b_rows_k<HD>(bk, sKb, 16 * kk, c);
-                mma(dqa[c], da, bk[0], bk[1]);
-                mma(dqa[c + 1], da, bk[2], bk[3]);
-            }
-        }
+        if (j0 + BN - 1 > i0) /* block-uniform: the diagonal tiles */
+            tile(Flag<true>(), j0, sK + buf * BN * HD, sV + buf * BN * HD);
+        else
+            tile(Flag<false>(), j0, sK + buf * BN * HD, sV + buf * BN * HD);
     }
     store_rows<HD>(sQ, 16 * warp, dqa, scale, dq + ((long)b * T + wr0) * dq_stride + (long)h * HD, dq_stride, wr0, T);
 }
