@@ -6,6 +6,10 @@
  *     packed layout, else dq, dk, dv), plus smem.json: the emulation's shared-memory bank-conflict and
  *     cp.async counts per kernel (emulated builds only).
  *     variant 0: the launchers' tiles (Fa2Tiles<HD>); variant 1: other tile shapes of the same templates.
+ *   CASE "bench": params as above, DIR/iters.bin an int32 count: random inputs, the forward and the whole
+ *     backward timed with CUDA events over that many launches each (after two warm-up runs); prints and
+ *     writes bench.bin {ms forward, ms backward, TFLOP/s forward, backward, both} with the causal FLOPs
+ *     4 B NH HD T(T+1)/2 forward and 2.5 times that backward (5 matmuls: the usual count, not the 7 run).
  *   CASE "bad": params as above; calls the launchers with one bad argument each (named by DIR/which.bin:
  *     0 NH % KV != 0, 1 a stride not a multiple of 8, 2 a misaligned pointer) and exits with their
  *     return code, so the test sees the one-line message and the error.
@@ -124,6 +128,51 @@ static int run(const Params& p) {
     return 0;
 }
 
+template <int HD, class C>
+static int bench(const Params& p, int iters) {
+    const size_t rows = (size_t)p.B * p.T, C_ = (size_t)p.NH * HD, CK = (size_t)p.KV * HD, W = C_ + 2 * CK;
+    std::vector<uint16_t> h(rows * W + rows * C_);
+    uint32_t x = 12345u;
+    for (auto& e : h) { /* bf16 in [-2, 2): sign, exponent 126..127, random mantissa */
+        x = x * 1664525u + 1013904223u;
+        e = (uint16_t)((x >> 31) << 15 | (126u + ((x >> 30) & 1u)) << 7 | ((x >> 16) & 127u));
+    }
+    bf16* all = reinterpret_cast<bf16*>(to_device(h));
+    bf16 *q = all, *k = all + C_, *v = all + C_ + CK, *dout = all + rows * W;
+    const int qs = (int)W, kvs = (int)W; /* the packed layout (GPT-2's) */
+    bf16 *o = bf16_buffer(rows * C_), *dq = bf16_buffer(rows * W);
+    float *lse = f32_buffer((size_t)p.B * p.NH * p.T), *D = f32_buffer((size_t)p.B * p.NH * p.T);
+    cudaEvent_t e0, e1, e2;
+    CHECK_CUDA(cudaEventCreate(&e0));
+    CHECK_CUDA(cudaEventCreate(&e1));
+    CHECK_CUDA(cudaEventCreate(&e2));
+    for (int i = 0; i < 2; i++) {
+        if (fwd<HD, C>(o, lse, q, k, v, p, qs, kvs, (int)C_) != cudaSuccess) return 1;
+        if (bwd<HD, C>(dq, dq + C_, dq + C_ + CK, D, dout, q, k, v, o, lse, p, qs, kvs, (int)C_, qs, kvs) !=
+            cudaSuccess)
+            return 1;
+    }
+    CHECK_CUDA(cudaEventRecord(e0, 0));
+    for (int i = 0; i < iters; i++) fwd<HD, C>(o, lse, q, k, v, p, qs, kvs, (int)C_);
+    CHECK_CUDA(cudaEventRecord(e1, 0));
+    for (int i = 0; i < iters; i++)
+        bwd<HD, C>(dq, dq + C_, dq + C_ + CK, D, dout, q, k, v, o, lse, p, qs, kvs, (int)C_, qs, kvs);
+    CHECK_CUDA(cudaEventRecord(e2, 0));
+    CHECK_CUDA(cudaEventSynchronize(e2));
+    CHECK_CUDA(cudaGetLastError());
+    float f_ms = 0, b_ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&f_ms, e0, e1));
+    CHECK_CUDA(cudaEventElapsedTime(&b_ms, e1, e2));
+    f_ms /= (float)iters;
+    b_ms /= (float)iters;
+    const double flop = 4.0 * p.B * p.NH * HD * ((double)p.T * (p.T + 1) / 2);
+    const double r[5] = {f_ms, b_ms, flop / (f_ms * 1e9), 2.5 * flop / (b_ms * 1e9), 3.5 * flop / ((f_ms + b_ms) * 1e9)};
+    printf("attention HD %d B %d T %d NH %d KV %d: forward %.3f ms %.1f TFLOP/s, backward %.3f ms %.1f TFLOP/s, "
+           "both %.1f TFLOP/s\n", HD, p.B, p.T, p.NH, p.KV, r[0], r[2], r[1], r[3], r[4]);
+    write_output("bench", r, sizeof r);
+    return 0;
+}
+
 /* each launcher refuses one bad argument with a one-line message */
 template <int HD>
 static int bad(const Params& p, int which) {
@@ -143,7 +192,7 @@ static int bad(const Params& p, int which) {
 
 int main(int argc, char** argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s run|bad DIR\n", argv[0]);
+        fprintf(stderr, "usage: %s run|bench|bad DIR\n", argv[0]);
         return 2;
     }
     g_dir = argv[2];
@@ -157,6 +206,11 @@ int main(int argc, char** argv) {
     if (c == "bad") {
         const int which = read_input<int>("which").at(0);
         return p.HD == 64 ? bad<64>(p, which) : bad<128>(p, which);
+    }
+    if (c == "bench") {
+        const int iters = read_input<int>("iters").at(0);
+        if (p.HD == 64) return bench<64, llmgen_fa2::Fa2Tiles<64>>(p, iters);
+        if (p.HD == 128) return bench<128, llmgen_fa2::Fa2Tiles<128>>(p, iters);
     }
     if (c != "run") return 2;
     if (p.HD == 64) return p.variant ? run<64, Alt<64>>(p) : run<64, llmgen_fa2::Fa2Tiles<64>>(p);
