@@ -80,23 +80,29 @@ typedef __nv_bfloat16 bf16;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-/* The tile configurations of the plain launchers, per head size (ptxas numbers and the reasoning:
- * README.md). FWD: NW warps of MT m16 tiles, BN keys per tile; DQ: NW warps, BN keys per tile; DKV:
- * NW warps (16 keys each), BQ queries per tile, K and V as A fragments in registers or not. */
+/* The tile configurations of the plain launchers, per head size (the reasoning and ptxas's numbers:
+ * README.md). FWD: NW warps of MT m16 tiles (16*MT query rows each), BN keys per tile, Q's fragments in
+ * registers or read from shared memory per tile; DQ: the same for dq (Q and dO); DKV: NW warps of MT m16
+ * tiles of keys, BQ queries per tile, K's and V's fragments in registers or not. A class with these
+ * members is what the *_launch<HD, C> variants take. */
 template <int HD>
 struct Fa2Tiles;
 template <>
 struct Fa2Tiles<64> {
     static constexpr int FWD_NW = 4, FWD_MT = 2, FWD_BN = 64;
-    static constexpr int DQ_NW = 4, DQ_BN = 64;
-    static constexpr int DKV_NW = 4, DKV_BQ = 64;
+    static constexpr bool FWD_Q_REGS = true;
+    static constexpr int DQ_NW = 4, DQ_MT = 2, DQ_BN = 32;
+    static constexpr bool DQ_QO_REGS = false;
+    static constexpr int DKV_NW = 4, DKV_MT = 1, DKV_BQ = 64;
     static constexpr bool DKV_KV_REGS = true;
 };
 template <>
 struct Fa2Tiles<128> {
-    static constexpr int FWD_NW = 4, FWD_MT = 1, FWD_BN = 64;
-    static constexpr int DQ_NW = 4, DQ_BN = 32;
-    static constexpr int DKV_NW = 4, DKV_BQ = 32;
+    static constexpr int FWD_NW = 4, FWD_MT = 2, FWD_BN = 32;
+    static constexpr bool FWD_Q_REGS = false;
+    static constexpr int DQ_NW = 4, DQ_MT = 1, DQ_BN = 32;
+    static constexpr bool DQ_QO_REGS = true;
+    static constexpr int DKV_NW = 4, DKV_MT = 1, DKV_BQ = 32;
     static constexpr bool DKV_KV_REGS = false;
 };
 
@@ -135,28 +141,47 @@ struct Flag {
     static constexpr bool value = B;
 };
 
+/* The ldmatrix addresses. Row r0 + i and 16-byte chunk 2kk + h of a swizzled tile (r0 a multiple of 8,
+ * h = 0 or 1) lie at element r0*HD + (i*HD + ((h ^ (i & 7)) << 3)) ^ (kk << 4): the lane's part is one
+ * per-thread constant and each k-step is an XOR with an immediate (the chunk field lies below HD). */
+template <int HD>
+__device__ __forceinline__ int lane_off_a() { /* lanes 0-15: rows 0-15, chunk 0; lanes 16-31: the same, chunk 1 */
+    const int lane = threadIdx.x & 31;
+    return (lane & 15) * HD + (((lane >> 4) ^ (lane & 7)) << 3);
+}
+template <int HD>
+__device__ __forceinline__ int lane_off_bn() { /* lanes 0-7 rows 0-7 chunk 0, 8-15 chunk 1; 16-31 rows 8-15 */
+    const int lane = threadIdx.x & 31;
+    return ((lane & 7) + ((lane >> 4) << 3)) * HD + ((((lane >> 3) & 1) ^ (lane & 7)) << 3);
+}
+
 /* mma's A fragment: rows r0 .. r0+15, columns 16kk .. 16kk+15 of a swizzled tile (ldmatrix.x4 of its
  * four 8x8 quarters: lanes 0-15 rows 0-15 of the left half, lanes 16-31 of the right half). */
 template <int HD>
 __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* s, int r0, int kk) {
-    const int lane = threadIdx.x & 31;
-    ptx_ldmatrix_x4(a, s + swz<HD>(r0 + (lane & 15), 2 * kk + (lane >> 4)));
+    ptx_ldmatrix_x4(a, s + r0 * HD + (lane_off_a<HD>() ^ (kk << 4)));
 }
 
 /* B fragments of two n-tiles when the tile's rows are the n index (K in Q K^T): rows n0 .. n0+15,
  * columns (the k index) 16kk .. 16kk+15. b[0..1]: n-tile n0 .. n0+7, b[2..3]: n0+8 .. n0+15. */
 template <int HD>
 __device__ __forceinline__ void ldsm_b_rows_n(uint32_t (&b)[4], const bf16* s, int n0, int kk) {
-    const int lane = threadIdx.x & 31;
-    ptx_ldmatrix_x4(b, s + swz<HD>(n0 + (lane & 7) + ((lane >> 4) << 3), 2 * kk + ((lane >> 3) & 1)));
+    ptx_ldmatrix_x4(b, s + n0 * HD + (lane_off_bn<HD>() ^ (kk << 4)));
 }
 
 /* B fragments of two n-tiles when the tile's rows are the k index (V in P V): rows k0 .. k0+15,
- * columns (the n index) 8c .. 8c+15, through ldmatrix .trans. b[0..1]: columns 8c .., b[2..3]: 8c+8 .. */
+ * columns (the n index) 8c .. 8c+15 (c even), through ldmatrix .trans. b[0..1]: columns 8c .., b[2..3]:
+ * 8c+8 .. */
 template <int HD>
 __device__ __forceinline__ void ldsm_b_rows_k(uint32_t (&b)[4], const bf16* s, int k0, int c) {
-    const int lane = threadIdx.x & 31;
-    ptx_ldmatrix_x4_trans(b, s + swz<HD>(k0 + (lane & 15), c + (lane >> 4)));
+    ptx_ldmatrix_x4_trans(b, s + k0 * HD + (lane_off_a<HD>() ^ (c << 3)));
+}
+
+__device__ __forceinline__ void copy_frag(uint32_t (&d)[4], const uint32_t (&a)[4]) {
+    d[0] = a[0];
+    d[1] = a[1];
+    d[2] = a[2];
+    d[3] = a[3];
 }
 
 /* d += a * (b0, b1) */
@@ -213,11 +238,12 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 /* ---- forward ------------------------------------------------------------------------------------ */
 /* Shared memory: Q (BM x HD) | K (2 x BN x HD) | V (2 x BN x HD), bf16, swizzled. Grid: one block per
- * (query tile, b, h), blockIdx.x = (last tile - tile) * B*NH + b*NH + h; NW*32 threads. */
+ * (query tile, b, h), blockIdx.x = (last tile - tile) * B*NH + b*NH + h; NW*32 threads. Q_REGS: Q's A
+ * fragments stay in registers for the whole block (else they are read from sQ at every tile). */
 template <int HD, int NW, int MT, int BN>
 constexpr int fwd_smem_bytes() { return (16 * MT * NW + 4 * BN) * HD * 2; }
 
-template <int HD, int NW, int MT, int BN>
+template <int HD, int NW, int MT, int BN, bool Q_REGS>
 __global__ void __launch_bounds__(NW * 32)
 attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* __restrict__ q,
                      const bf16* __restrict__ k, const bf16* __restrict__ v, int B, int T, int NH, int KV,
@@ -241,7 +267,7 @@ attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* 
     cp_tile<HD, BN, NT>(sV, vb, kv_stride, T);
     ptx_cp_async_commit();
 
-    uint32_t qf[MT][KT][4];
+    uint32_t qf[Q_REGS ? MT : 1][Q_REGS ? KT : 1][4];
     float acc[MT][NO][4];
     float m[MT][2], l[MT][2];
     LLMGEN_FA2_UNROLL
@@ -259,7 +285,8 @@ attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* 
         constexpr bool MASK = decltype(mask)::value;
         if (MASK && j0 > wlast) return; /* every key of the tile is after this warp's rows */
 
-        /* S = Q K^T: 16 keys (two n-tiles) at a time, one ldmatrix of K for the MT m-tiles */
+        /* S = Q K^T, one k-step at a time: Q's A fragments of the MT m-tiles, then 16 keys (two n-tiles)
+         * per ldmatrix of K, used by every m-tile */
         float s[MT][NS][4];
         LLMGEN_FA2_UNROLL
         for (int mt = 0; mt < MT; mt++) {
@@ -267,17 +294,26 @@ attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* 
             for (int n = 0; n < NS; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
         }
         LLMGEN_FA2_UNROLL
-        for (int np = 0; np < NS / 2; np++) {
-            if (MASK && j0 + 16 * np > wlast) continue;
+        for (int kk = 0; kk < KT; kk++) {
+            uint32_t qa[MT][4];
             LLMGEN_FA2_UNROLL
-            for (int kk = 0; kk < KT; kk++) {
+            for (int mt = 0; mt < MT; mt++) {
+                if (MASK && j0 > wr0 + 16 * mt + 15) continue; /* the tile is after every row of the m-tile */
+                if (Q_REGS)
+                    copy_frag(qa[mt], qf[Q_REGS ? mt : 0][Q_REGS ? kk : 0]);
+                else
+                    ldsm_a<HD>(qa[mt], sQ, warp * 16 * MT + 16 * mt, kk);
+            }
+            LLMGEN_FA2_UNROLL
+            for (int np = 0; np < NS / 2; np++) {
+                if (MASK && j0 + 16 * np > wlast) continue;
                 uint32_t bk[4];
                 ldsm_b_rows_n<HD>(bk, sKb, 16 * np, kk);
                 LLMGEN_FA2_UNROLL
                 for (int mt = 0; mt < MT; mt++) {
                     if (MASK && j0 + 16 * np > wr0 + 16 * mt + 15) continue; /* after every row of the m-tile */
-                    mma(s[mt][2 * np], qf[mt][kk], bk[0], bk[1]);
-                    mma(s[mt][2 * np + 1], qf[mt][kk], bk[2], bk[3]);
+                    mma(s[mt][2 * np], qa[mt], bk[0], bk[1]);
+                    mma(s[mt][2 * np + 1], qa[mt], bk[2], bk[3]);
                 }
             }
         }
@@ -347,11 +383,11 @@ attention_fwd_kernel(bf16* __restrict__ o, float* __restrict__ lse, const bf16* 
         const int j0 = jt * BN, buf = jt & 1;
         ptx_cp_async_wait<0>(); /* this tile (and, first, Q) has landed for this thread's copies ... */
         __syncthreads();        /* ... and everyone's; everyone is done with the other buffer */
-        if (jt == 0) {
+        if (Q_REGS && jt == 0) {
             LLMGEN_FA2_UNROLL
-            for (int mt = 0; mt < MT; mt++) {
+            for (int mt = 0; mt < (Q_REGS ? MT : 1); mt++) {
                 LLMGEN_FA2_UNROLL
-                for (int kk = 0; kk < KT; kk++) ldsm_a<HD>(qf[mt][kk], sQ, warp * 16 * MT + 16 * mt, kk);
+                for (int kk = 0; kk < (Q_REGS ? KT : 1); kk++) ldsm_a<HD>(qf[mt][kk], sQ, warp * 16 * MT + 16 * mt, kk);
             }
         }
         if (jt + 1 < nkt) { /* the next tile streams in while this one is used */
@@ -425,17 +461,18 @@ attention_bwd_d_kernel(float* __restrict__ D, const bf16* __restrict__ dout, con
 /* ---- backward: dk, dv ----------------------------------------------------------------------------- */
 /* Shared memory: K, V (BN x HD each) | Q, dO (2 x BQ x HD each), bf16 swizzled | lse*log2(e), D (2 x BQ
  * fp32 each). Grid: one block per (key tile, b, g), blockIdx.x = tile * B*KV + b*KV + g (tile 0, the
- * one with the most queries, first); NW*32 threads, warp w owns keys j0+16w .. j0+16w+15. */
-template <int HD, int NW, int BQ>
-constexpr int dkv_smem_bytes() { return (2 * 16 * NW + 4 * BQ) * HD * 2 + 4 * BQ * 4; }
+ * one with the most queries, first); NW*32 threads, warp w owns the 16*MT keys j0+16*MT*w .. as MT m16
+ * tiles. KV_REGS: K's and V's A fragments stay in registers (else they are read from sK, sV per step). */
+template <int HD, int NW, int MT, int BQ>
+constexpr int dkv_smem_bytes() { return (2 * 16 * MT * NW + 4 * BQ) * HD * 2 + 4 * BQ * 4; }
 
-template <int HD, int NW, int BQ, bool KV_REGS>
+template <int HD, int NW, int MT, int BQ, bool KV_REGS>
 __global__ void __launch_bounds__(NW * 32)
 attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
                          const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                          const float* __restrict__ lse, const float* __restrict__ D, int B, int T, int NH, int KV,
                          int q_stride, int kv_stride, int o_stride, int dkv_stride, float scale_log2, float scale) {
-    constexpr int NT = NW * 32, BN = 16 * NW, KT = HD / 16, NQ = BQ / 8, NO = HD / 8;
+    constexpr int NT = NW * 32, BN = 16 * MT * NW, KT = HD / 16, NQ = BQ / 8, NO = HD / 8;
     constexpr int LD = (2 * BQ + NT - 1) / NT; /* lse and D values each thread stages per tile */
     static_assert(BQ % 16 == 0 && (2 * BQ) % 32 == 0, "query tiles of whole mma steps");
     LLMGEN_DYNAMIC_SMEM(bf16, sK);
@@ -448,7 +485,7 @@ attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf1
     const int BG = B * KV, R = NH / KV;
     const int kt = (int)(blockIdx.x / BG), bg = (int)(blockIdx.x % BG);
     const int b = bg / KV, gh = bg % KV;
-    const int j0 = kt * BN, kw0 = j0 + 16 * warp; /* the block's and this warp's first key */
+    const int j0 = kt * BN, kw0 = j0 + 16 * MT * warp; /* the block's and this warp's first key */
     const int nqt = (T + BQ - 1) / BQ, qt0 = j0 / BQ, per_head = nqt - qt0, steps = R * per_head;
 
     /* step s: query head gh*R + s / per_head, query tile qt0 + s % per_head */
@@ -465,7 +502,8 @@ attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf1
         for (int e = 0; e < LD; e++) {
             const int c = threadIdx.x + e * NT, col = c % BQ;
             const long at = ((long)b * NH + h) * T + q0 + col;
-            if (c < 2 * BQ) st[e] = c < BQ ? (q0 + col < T ? lse[at] * kLog2e : INFINITY) : (q0 + col < T ? D[at] : 0.0f);
+            if (c < 2 * BQ)
+                st[e] = c < BQ ? (q0 + col < T ? lse[at] * kLog2e : INFINITY) : (q0 + col < T ? D[at] : 0.0f);
         }
     };
     auto stage = [&](const float (&st)[LD], int buf) {
@@ -484,84 +522,101 @@ attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf1
     fetch(0, pre);
     stage(pre, 0);
 
-    uint32_t kf[KV_REGS ? KT : 1][4], vf[KV_REGS ? KT : 1][4];
-    float dka[NO][4], dva[NO][4];
+    uint32_t kf[KV_REGS ? MT : 1][KV_REGS ? KT : 1][4], vf[KV_REGS ? MT : 1][KV_REGS ? KT : 1][4];
+    float dka[MT][NO][4], dva[MT][NO][4];
     LLMGEN_FA2_UNROLL
-    for (int n = 0; n < NO; n++) {
-        dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = 0.0f;
-        dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+        LLMGEN_FA2_UNROLL
+        for (int n = 0; n < NO; n++) {
+            dka[mt][n][0] = dka[mt][n][1] = dka[mt][n][2] = dka[mt][n][3] = 0.0f;
+            dva[mt][n][0] = dva[mt][n][1] = dva[mt][n][2] = dva[mt][n][3] = 0.0f;
+        }
     }
 
     /* One query tile: S^T = K Q^T, dP^T = V dO^T, P^T = exp2(S^T scale log2e - lse log2e), dS^T = P^T
      * (dP^T - D), dV += P^T dO, dK += dS^T Q. MASK (the diagonal, where some key of the block is after
-     * some query of the tile): skip the 16-query groups all before this warp's keys and zero P where
-     * the key is after the query. Queries past T need no test: their lse is +inf (P = 0). */
+     * some query of the tile): skip the 16-query groups all before an m-tile's keys and zero P where the
+     * key is after the query. Queries past T need no test: their lse is +inf (P = 0). */
     auto tile = [&](auto mask, int q0, int buf) {
         constexpr bool MASK = decltype(mask)::value;
         if (MASK && (kw0 > q0 + BQ - 1 || kw0 >= T)) return; /* no query of the tile sees these keys */
         const bf16* sQb = sQ + buf * BQ * HD;
         const bf16* sOb = sO + buf * BQ * HD;
-        float st[NQ][4], dpt[NQ][4]; /* S^T, dP^T: rows = this warp's 16 keys, columns = BQ queries */
-        LLMGEN_FA2_UNROLL
-        for (int n = 0; n < NQ; n++) {
-            st[n][0] = st[n][1] = st[n][2] = st[n][3] = 0.0f;
-            dpt[n][0] = dpt[n][1] = dpt[n][2] = dpt[n][3] = 0.0f;
-        }
-        LLMGEN_FA2_UNROLL
-        for (int np = 0; np < NQ / 2; np++) {
-            if (MASK && q0 + 16 * np + 15 < kw0) continue; /* 16 queries all before this warp's keys */
+        /* acc (rows = keys, columns = the BQ queries) = K Q^T or V dO^T */
+        auto product = [&](const bf16* sA, const uint32_t (&af)[KV_REGS ? MT : 1][KV_REGS ? KT : 1][4],
+                           const bf16* sB, float (&acc)[MT][NQ][4]) {
+            LLMGEN_FA2_UNROLL
+            for (int mt = 0; mt < MT; mt++) {
+                LLMGEN_FA2_UNROLL
+                for (int n = 0; n < NQ; n++) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
+            }
             LLMGEN_FA2_UNROLL
             for (int kk = 0; kk < KT; kk++) {
-                uint32_t ka[4], va[4], bq[4], bo[4];
-                if (KV_REGS) {
-                    LLMGEN_FA2_UNROLL
-                    for (int e = 0; e < 4; e++) {
-                        ka[e] = kf[KV_REGS ? kk : 0][e];
-                        va[e] = vf[KV_REGS ? kk : 0][e];
-                    }
-                } else {
-                    ldsm_a<HD>(ka, sK, 16 * warp, kk);
-                    ldsm_a<HD>(va, sV, 16 * warp, kk);
+                uint32_t a[MT][4];
+                LLMGEN_FA2_UNROLL
+                for (int mt = 0; mt < MT; mt++) {
+                    if (MASK && kw0 + 16 * mt > q0 + BQ - 1) continue; /* these keys are after every query */
+                    if (KV_REGS)
+                        copy_frag(a[mt], af[KV_REGS ? mt : 0][KV_REGS ? kk : 0]);
+                    else
+                        ldsm_a<HD>(a[mt], sA, 16 * MT * warp + 16 * mt, kk);
                 }
-                ldsm_b_rows_n<HD>(bq, sQb, 16 * np, kk);
-                mma(st[2 * np], ka, bq[0], bq[1]);
-                mma(st[2 * np + 1], ka, bq[2], bq[3]);
-                ldsm_b_rows_n<HD>(bo, sOb, 16 * np, kk);
-                mma(dpt[2 * np], va, bo[0], bo[1]);
-                mma(dpt[2 * np + 1], va, bo[2], bo[3]);
+                LLMGEN_FA2_UNROLL
+                for (int np = 0; np < NQ / 2; np++) {
+                    if (MASK && q0 + 16 * np + 15 < kw0) continue; /* 16 queries all before this warp's keys */
+                    uint32_t bq[4];
+                    ldsm_b_rows_n<HD>(bq, sB, 16 * np, kk);
+                    LLMGEN_FA2_UNROLL
+                    for (int mt = 0; mt < MT; mt++) {
+                        if (MASK && q0 + 16 * np + 15 < kw0 + 16 * mt) continue;
+                        mma(acc[mt][2 * np], a[mt], bq[0], bq[1]);
+                        mma(acc[mt][2 * np + 1], a[mt], bq[2], bq[3]);
+                    }
+                }
             }
-        }
+        };
+        /* acc += A B with A the accumulators pt (keys x queries) as bf16 fragments, B = dO or Q (.trans) */
+        auto update = [&](const float (&pt)[MT][NQ][4], const bf16* sB, float (&acc)[MT][NO][4]) {
+            LLMGEN_FA2_UNROLL
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                if (MASK && q0 + 16 * kk + 15 < kw0) continue;
+                uint32_t a[MT][4];
+                LLMGEN_FA2_UNROLL
+                for (int mt = 0; mt < MT; mt++) acc_to_a(a[mt], pt[mt][2 * kk], pt[mt][2 * kk + 1]);
+                LLMGEN_FA2_UNROLL
+                for (int c = 0; c < NO; c += 2) {
+                    uint32_t bb[4];
+                    ldsm_b_rows_k<HD>(bb, sB, 16 * kk, c);
+                    LLMGEN_FA2_UNROLL
+                    for (int mt = 0; mt < MT; mt++) {
+                        if (MASK && q0 + 16 * kk + 15 < kw0 + 16 * mt) continue;
+                        mma(acc[mt][c], a[mt], bb[0], bb[1]);
+                        mma(acc[mt][c + 1], a[mt], bb[2], bb[3]);
+                    }
+                }
+            }
+        };
+
+        float st[MT][NQ][4], dpt[MT][NQ][4]; /* S^T, dP^T: rows = this warp's keys, columns = the queries */
+        product(sK, kf, sQb, st);
+        product(sV, vf, sOb, dpt);
         LLMGEN_FA2_UNROLL
         for (int n = 0; n < NQ; n++) {
             const float2 L2 = ptx_ld_shared(reinterpret_cast<const float2*>(&sL[buf * BQ + 8 * n + 2 * t]));
             const float2 Dv = ptx_ld_shared(reinterpret_cast<const float2*>(&sD[buf * BQ + 8 * n + 2 * t]));
             LLMGEN_FA2_UNROLL
-            for (int i = 0; i < 4; i++) {
-                const float Li = (i & 1) ? L2.y : L2.x, Di = (i & 1) ? Dv.y : Dv.x;
-                float p = ptx_ex2_approx(st[n][i] * scale_log2 - Li);
-                if (MASK && kw0 + g + 8 * (i >> 1) > q0 + 8 * n + 2 * t + (i & 1)) p = 0.0f;
-                st[n][i] = p;
-                dpt[n][i] = p * (dpt[n][i] - Di);
+            for (int mt = 0; mt < MT; mt++) {
+                LLMGEN_FA2_UNROLL
+                for (int i = 0; i < 4; i++) {
+                    float p = ptx_ex2_approx(st[mt][n][i] * scale_log2 - ((i & 1) ? L2.y : L2.x));
+                    if (MASK && kw0 + 16 * mt + g + 8 * (i >> 1) > q0 + 8 * n + 2 * t + (i & 1)) p = 0.0f;
+                    st[mt][n][i] = p;                                                 /* P^T */
+                    dpt[mt][n][i] = p * (dpt[mt][n][i] - ((i & 1) ? Dv.y : Dv.x));   /* dS^T */
+                }
             }
         }
-        /* dV += P^T dO, dK += dS^T Q: the accumulators as A fragments, dO and Q through .trans */
-        LLMGEN_FA2_UNROLL
-        for (int kk = 0; kk < BQ / 16; kk++) {
-            if (MASK && q0 + 16 * kk + 15 < kw0) continue;
-            uint32_t pa[4], da[4];
-            acc_to_a(pa, st[2 * kk], st[2 * kk + 1]);
-            acc_to_a(da, dpt[2 * kk], dpt[2 * kk + 1]);
-            LLMGEN_FA2_UNROLL
-            for (int c = 0; c < NO; c += 2) {
-                uint32_t bo[4], bq[4];
-                ldsm_b_rows_k<HD>(bo, sOb, 16 * kk, c);
-                mma(dva[c], pa, bo[0], bo[1]);
-                mma(dva[c + 1], pa, bo[2], bo[3]);
-                ldsm_b_rows_k<HD>(bq, sQb, 16 * kk, c);
-                mma(dka[c], da, bq[0], bq[1]);
-                mma(dka[c + 1], da, bq[2], bq[3]);
-            }
-        }
+        update(st, sOb, dva);  /* dV += P^T dO */
+        update(dpt, sQb, dka); /* dK += dS^T Q */
     };
 
     for (int s = 0; s < steps; s++) {
@@ -570,9 +625,12 @@ attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf1
         __syncthreads(); /* step s's tiles (and first K, V) visible; everyone is done with buffer buf^1 */
         if (KV_REGS && s == 0) {
             LLMGEN_FA2_UNROLL
-            for (int kk = 0; kk < (KV_REGS ? KT : 1); kk++) {
-                ldsm_a<HD>(kf[kk], sK, 16 * warp, kk);
-                ldsm_a<HD>(vf[kk], sV, 16 * warp, kk);
+            for (int mt = 0; mt < (KV_REGS ? MT : 1); mt++) {
+                LLMGEN_FA2_UNROLL
+                for (int kk = 0; kk < (KV_REGS ? KT : 1); kk++) {
+                    ldsm_a<HD>(kf[mt][kk], sK, 16 * MT * warp + 16 * mt, kk);
+                    ldsm_a<HD>(vf[mt][kk], sV, 16 * MT * warp + 16 * mt, kk);
+                }
             }
         }
         if (s + 1 < steps) {
@@ -588,24 +646,29 @@ attention_bwd_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf1
     }
 
     /* dK * scale and dV out, through this warp's own rows of sK and sV */
-    const long row = (long)b * T + kw0;
-    store_rows<HD>(sK, 16 * warp, dka, scale, dk + row * dkv_stride + (long)gh * HD, dkv_stride, kw0, T);
-    store_rows<HD>(sV, 16 * warp, dva, 1.0f, dv + row * dkv_stride + (long)gh * HD, dkv_stride, kw0, T);
+    LLMGEN_FA2_UNROLL
+    for (int mt = 0; mt < MT; mt++) {
+        const int r0 = kw0 + 16 * mt;
+        const long row = (long)b * T + r0;
+        store_rows<HD>(sK, r0 - j0, dka[mt], scale, dk + row * dkv_stride + (long)gh * HD, dkv_stride, r0, T);
+        store_rows<HD>(sV, r0 - j0, dva[mt], 1.0f, dv + row * dkv_stride + (long)gh * HD, dkv_stride, r0, T);
+    }
 }
 
 /* ---- backward: dq ----------------------------------------------------------------------------------- */
 /* Shared memory: Q, dO (BM x HD each) | K, V (2 x BN x HD each), bf16 swizzled. Grid as the forward's
- * (last query tile first); NW*32 threads, warp w owns rows i0+16w .. i0+16w+15. */
-template <int HD, int NW, int BN>
-constexpr int dq_smem_bytes() { return (2 * 16 * NW + 4 * BN) * HD * 2; }
+ * (last query tile first); NW*32 threads, warp w owns the 16*MT rows i0+16*MT*w .. as MT m16 tiles.
+ * QO_REGS: Q's and dO's A fragments stay in registers (else they are read from sQ, sO at every tile). */
+template <int HD, int NW, int MT, int BN>
+constexpr int dq_smem_bytes() { return (2 * 16 * MT * NW + 4 * BN) * HD * 2; }
 
-template <int HD, int NW, int BN>
+template <int HD, int NW, int MT, int BN, bool QO_REGS>
 __global__ void __launch_bounds__(NW * 32)
 attention_bwd_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, const bf16* __restrict__ q,
                         const bf16* __restrict__ k, const bf16* __restrict__ v, const float* __restrict__ lse,
                         const float* __restrict__ D, int B, int T, int NH, int KV, int q_stride, int kv_stride,
                         int o_stride, int dq_stride, float scale_log2, float scale) {
-    constexpr int NT = NW * 32, BM = 16 * NW, KT = HD / 16, NS = BN / 8, NO = HD / 8;
+    constexpr int NT = NW * 32, BM = 16 * MT * NW, KT = HD / 16, NS = BN / 8, NO = HD / 8;
     static_assert(BN % 16 == 0, "key tiles of whole mma steps");
     LLMGEN_DYNAMIC_SMEM(bf16, sQ);
     bf16* sO = sQ + BM * HD;
@@ -615,7 +678,7 @@ attention_bwd_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, co
     const int BH = B * NH, nqt = (T + BM - 1) / BM;
     const int qt = nqt - 1 - (int)(blockIdx.x / BH), bh = (int)(blockIdx.x % BH);
     const int b = bh / NH, h = bh % NH, kvh = h / (NH / KV);
-    const int i0 = qt * BM, wr0 = i0 + 16 * warp, wlast = wr0 + 15;
+    const int i0 = qt * BM, wr0 = i0 + 16 * MT * warp, wlast = wr0 + 16 * MT - 1;
     const bf16* kb = k + (long)b * T * kv_stride + (long)kvh * HD;
     const bf16* vb = v + (long)b * T * kv_stride + (long)kvh * HD;
     const int nkt = (imin(i0 + BM, T) + BN - 1) / BN;
@@ -626,62 +689,100 @@ attention_bwd_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, co
     cp_tile<HD, BN, NT>(sV, vb, kv_stride, T);
     ptx_cp_async_commit();
 
-    float Lr[2], Dr[2]; /* lse * log2(e) and D of rows wr0+g, wr0+g+8 (rows past T: never stored) */
+    float Lr[MT][2], Dr[MT][2]; /* lse * log2(e) and D of rows r0+g, r0+g+8 (rows past T: never stored) */
     LLMGEN_FA2_UNROLL
-    for (int r = 0; r < 2; r++) {
-        const int row = wr0 + g + 8 * r;
-        Lr[r] = row < T ? lse[(long)bh * T + row] * kLog2e : 0.0f;
-        Dr[r] = row < T ? D[(long)bh * T + row] : 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+        LLMGEN_FA2_UNROLL
+        for (int r = 0; r < 2; r++) {
+            const int row = wr0 + 16 * mt + g + 8 * r;
+            Lr[mt][r] = row < T ? lse[(long)bh * T + row] * kLog2e : 0.0f;
+            Dr[mt][r] = row < T ? D[(long)bh * T + row] : 0.0f;
+        }
     }
-    uint32_t qf[KT][4], of[KT][4];
-    float dqa[NO][4];
+    uint32_t qf[QO_REGS ? MT : 1][QO_REGS ? KT : 1][4], of[QO_REGS ? MT : 1][QO_REGS ? KT : 1][4];
+    float dqa[MT][NO][4];
     LLMGEN_FA2_UNROLL
-    for (int n = 0; n < NO; n++) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+        LLMGEN_FA2_UNROLL
+        for (int n = 0; n < NO; n++) dqa[mt][n][0] = dqa[mt][n][1] = dqa[mt][n][2] = dqa[mt][n][3] = 0.0f;
+    }
 
     /* One key tile: S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K. MASK: the diagonal tiles */
     auto tile = [&](auto mask, int j0, const bf16* sKb, const bf16* sVb) {
         constexpr bool MASK = decltype(mask)::value;
         if (MASK && j0 > wlast) return;
-        float s[NS][4], dp[NS][4];
+        float s[MT][NS][4], dp[MT][NS][4];
         LLMGEN_FA2_UNROLL
-        for (int n = 0; n < NS; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-            dp[n][0] = dp[n][1] = dp[n][2] = dp[n][3] = 0.0f;
-        }
-        LLMGEN_FA2_UNROLL
-        for (int np = 0; np < NS / 2; np++) {
-            if (MASK && j0 + 16 * np > wlast) continue;
+        for (int mt = 0; mt < MT; mt++) {
             LLMGEN_FA2_UNROLL
-            for (int kk = 0; kk < KT; kk++) {
-                uint32_t bk[4], bv[4];
-                ldsm_b_rows_n<HD>(bk, sKb, 16 * np, kk);
-                mma(s[2 * np], qf[kk], bk[0], bk[1]);
-                mma(s[2 * np + 1], qf[kk], bk[2], bk[3]);
-                ldsm_b_rows_n<HD>(bv, sVb, 16 * np, kk);
-                mma(dp[2 * np], of[kk], bv[0], bv[1]);
-                mma(dp[2 * np + 1], of[kk], bv[2], bv[3]);
+            for (int n = 0; n < NS; n++) {
+                s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+                dp[mt][n][0] = dp[mt][n][1] = dp[mt][n][2] = dp[mt][n][3] = 0.0f;
             }
         }
         LLMGEN_FA2_UNROLL
-        for (int n = 0; n < NS; n++) {
+        for (int kk = 0; kk < KT; kk++) {
+            uint32_t qa[MT][4], oa[MT][4];
             LLMGEN_FA2_UNROLL
-            for (int i = 0; i < 4; i++) {
-                float p = ptx_ex2_approx(s[n][i] * scale_log2 - Lr[i >> 1]);
-                if (MASK && j0 + 8 * n + 2 * t + (i & 1) > wr0 + g + 8 * (i >> 1)) p = 0.0f;
-                s[n][i] = p * (dp[n][i] - Dr[i >> 1]); /* dS */
+            for (int mt = 0; mt < MT; mt++) {
+                if (MASK && j0 > wr0 + 16 * mt + 15) continue;
+                if (QO_REGS) {
+                    copy_frag(qa[mt], qf[QO_REGS ? mt : 0][QO_REGS ? kk : 0]);
+                    copy_frag(oa[mt], of[QO_REGS ? mt : 0][QO_REGS ? kk : 0]);
+                } else {
+                    ldsm_a<HD>(qa[mt], sQ, 16 * MT * warp + 16 * mt, kk);
+                    ldsm_a<HD>(oa[mt], sO, 16 * MT * warp + 16 * mt, kk);
+                }
+            }
+            LLMGEN_FA2_UNROLL
+            for (int np = 0; np < NS / 2; np++) {
+                if (MASK && j0 + 16 * np > wlast) continue;
+                uint32_t bk[4], bv[4];
+                ldsm_b_rows_n<HD>(bk, sKb, 16 * np, kk);
+                LLMGEN_FA2_UNROLL
+                for (int mt = 0; mt < MT; mt++) {
+                    if (MASK && j0 + 16 * np > wr0 + 16 * mt + 15) continue;
+                    mma(s[mt][2 * np], qa[mt], bk[0], bk[1]);
+                    mma(s[mt][2 * np + 1], qa[mt], bk[2], bk[3]);
+                }
+                ldsm_b_rows_n<HD>(bv, sVb, 16 * np, kk);
+                LLMGEN_FA2_UNROLL
+                for (int mt = 0; mt < MT; mt++) {
+                    if (MASK && j0 + 16 * np > wr0 + 16 * mt + 15) continue;
+                    mma(dp[mt][2 * np], oa[mt], bv[0], bv[1]);
+                    mma(dp[mt][2 * np + 1], oa[mt], bv[2], bv[3]);
+                }
+            }
+        }
+        LLMGEN_FA2_UNROLL
+        for (int mt = 0; mt < MT; mt++) {
+            const int r0 = wr0 + 16 * mt;
+            LLMGEN_FA2_UNROLL
+            for (int n = 0; n < NS; n++) {
+                LLMGEN_FA2_UNROLL
+                for (int i = 0; i < 4; i++) {
+                    float p = ptx_ex2_approx(s[mt][n][i] * scale_log2 - Lr[mt][i >> 1]);
+                    if (MASK && j0 + 8 * n + 2 * t + (i & 1) > r0 + g + 8 * (i >> 1)) p = 0.0f;
+                    s[mt][n][i] = p * (dp[mt][n][i] - Dr[mt][i >> 1]); /* dS */
+                }
             }
         }
         LLMGEN_FA2_UNROLL
         for (int kk = 0; kk < BN / 16; kk++) {
             if (MASK && j0 + 16 * kk > wlast) continue;
-            uint32_t da[4];
-            acc_to_a(da, s[2 * kk], s[2 * kk + 1]);
+            uint32_t da[MT][4];
+            LLMGEN_FA2_UNROLL
+            for (int mt = 0; mt < MT; mt++) acc_to_a(da[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
             LLMGEN_FA2_UNROLL
             for (int c = 0; c < NO; c += 2) {
                 uint32_t bk[4];
                 ldsm_b_rows_k<HD>(bk, sKb, 16 * kk, c);
-                mma(dqa[c], da, bk[0], bk[1]);
-                mma(dqa[c + 1], da, bk[2], bk[3]);
+                LLMGEN_FA2_UNROLL
+                for (int mt = 0; mt < MT; mt++) {
+                    if (MASK && j0 + 16 * kk > wr0 + 16 * mt + 15) continue;
+                    mma(dqa[mt][c], da[mt], bk[0], bk[1]);
+                    mma(dqa[mt][c + 1], da[mt], bk[2], bk[3]);
+                }
             }
         }
     };
@@ -690,11 +791,14 @@ attention_bwd_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, co
         const int j0 = jt * BN, buf = jt & 1;
         ptx_cp_async_wait<0>();
         __syncthreads();
-        if (jt == 0) {
+        if (QO_REGS && jt == 0) {
             LLMGEN_FA2_UNROLL
-            for (int kk = 0; kk < KT; kk++) {
-                ldsm_a<HD>(qf[kk], sQ, 16 * warp, kk);
-                ldsm_a<HD>(of[kk], sO, 16 * warp, kk);
+            for (int mt = 0; mt < (QO_REGS ? MT : 1); mt++) {
+                LLMGEN_FA2_UNROLL
+                for (int kk = 0; kk < (QO_REGS ? KT : 1); kk++) {
+                    ldsm_a<HD>(qf[mt][kk], sQ, 16 * MT * warp + 16 * mt, kk);
+                    ldsm_a<HD>(of[mt][kk], sO, 16 * MT * warp + 16 * mt, kk);
+                }
             }
         }
         if (jt + 1 < nkt) {
@@ -707,7 +811,12 @@ attention_bwd_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout, co
         else
             tile(Flag<false>(), j0, sK + buf * BN * HD, sV + buf * BN * HD);
     }
-    store_rows<HD>(sQ, 16 * warp, dqa, scale, dq + ((long)b * T + wr0) * dq_stride + (long)h * HD, dq_stride, wr0, T);
+    LLMGEN_FA2_UNROLL
+    for (int mt = 0; mt < MT; mt++) {
+        const int r0 = wr0 + 16 * mt;
+        store_rows<HD>(sQ, r0 - i0, dqa[mt], scale, dq + ((long)b * T + r0) * dq_stride + (long)h * HD, dq_stride,
+                       r0, T);
+    }
 }
 
 /* ---- host launchers ------------------------------------------------------------------------------- */
@@ -738,7 +847,7 @@ inline cudaError_t fa2_smem_attr(K kernel, int bytes) {
                              : cudaSuccess;
 }
 
-template <int HD, int NW, int MT, int BN>
+template <int HD, class C>
 cudaError_t attention_fwd_launch(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
                                  int NH, int KV, int q_stride, int kv_stride, int o_stride, cudaStream_t stream) {
     const char* who = "attention_fwd";
@@ -746,18 +855,19 @@ cudaError_t attention_fwd_launch(bf16* o, float* lse, const bf16* q, const bf16*
     if (!fa2_check(who, fa2_aligned(o) && fa2_aligned(q) && fa2_aligned(k) && fa2_aligned(v),
                    "o, q, k and v must be 16-byte aligned"))
         return cudaErrorInvalidValue;
-    constexpr int BM = 16 * MT * NW, SMEM = fwd_smem_bytes<HD, NW, MT, BN>();
+    constexpr int BM = 16 * C::FWD_MT * C::FWD_NW, SMEM = fwd_smem_bytes<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN>();
     const long blocks = (long)((T + BM - 1) / BM) * B * NH;
     if (!fa2_check(who, blocks < 2147483647L, "too many blocks for one grid")) return cudaErrorInvalidValue;
-    cudaError_t e = fa2_smem_attr(attention_fwd_kernel<HD, NW, MT, BN>, SMEM);
+    cudaError_t e = fa2_smem_attr(attention_fwd_kernel<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN, C::FWD_Q_REGS>, SMEM);
     if (e != cudaSuccess) return e;
     const float scale_log2 = kLog2e / sqrtf((float)HD);
-    LLMGEN_LAUNCH((attention_fwd_kernel<HD, NW, MT, BN>), (unsigned)blocks, NW * 32, SMEM, stream, o, lse, q, k, v, B,
-                  T, NH, KV, q_stride, kv_stride, o_stride, scale_log2);
+    LLMGEN_LAUNCH((attention_fwd_kernel<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN, C::FWD_Q_REGS>), (unsigned)blocks,
+                  C::FWD_NW * 32, SMEM, stream, o, lse, q, k, v, B, T, NH, KV, q_stride, kv_stride, o_stride,
+                  scale_log2);
     return cudaGetLastError();
 }
 
-template <int HD, int DQ_NW, int DQ_BN, int DKV_NW, int DKV_BQ, bool DKV_KV_REGS>
+template <int HD, class C>
 cudaError_t attention_bwd_launch(bf16* dq, bf16* dk, bf16* dv, float* D, const bf16* dout, const bf16* q,
                                  const bf16* k, const bf16* v, const bf16* o, const float* lse, int B, int T, int NH,
                                  int KV, int q_stride, int kv_stride, int o_stride, int dq_stride, int dkv_stride,
@@ -783,38 +893,36 @@ cudaError_t attention_bwd_launch(bf16* dq, bf16* dk, bf16* dv, float* D, const b
                   NH, o_stride);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
 
-    constexpr int BN = 16 * DKV_NW, SMEM_DKV = dkv_smem_bytes<HD, DKV_NW, DKV_BQ>();
-    if ((e = fa2_smem_attr(attention_bwd_dkv_kernel<HD, DKV_NW, DKV_BQ, DKV_KV_REGS>, SMEM_DKV)) != cudaSuccess)
-        return e;
-    LLMGEN_LAUNCH((attention_bwd_dkv_kernel<HD, DKV_NW, DKV_BQ, DKV_KV_REGS>), (unsigned)((T + BN - 1) / BN * B * KV),
-                  DKV_NW * 32, SMEM_DKV, stream, dk, dv, dout, q, k, v, lse, D, B, T, NH, KV, q_stride, kv_stride,
-                  o_stride, dkv_stride, scale_log2, scale);
+    constexpr int BN = 16 * C::DKV_MT * C::DKV_NW, SMEM_DKV = dkv_smem_bytes<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ>();
+    e = fa2_smem_attr(attention_bwd_dkv_kernel<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ, C::DKV_KV_REGS>, SMEM_DKV);
+    if (e != cudaSuccess) return e;
+    LLMGEN_LAUNCH((attention_bwd_dkv_kernel<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ, C::DKV_KV_REGS>),
+                  (unsigned)((T + BN - 1) / BN * B * KV), C::DKV_NW * 32, SMEM_DKV, stream, dk, dv, dout, q, k, v, lse,
+                  D, B, T, NH, KV, q_stride, kv_stride, o_stride, dkv_stride, scale_log2, scale);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
 
-    constexpr int BM = 16 * DQ_NW, SMEM_DQ = dq_smem_bytes<HD, DQ_NW, DQ_BN>();
-    if ((e = fa2_smem_attr(attention_bwd_dq_kernel<HD, DQ_NW, DQ_BN>, SMEM_DQ)) != cudaSuccess) return e;
-    LLMGEN_LAUNCH((attention_bwd_dq_kernel<HD, DQ_NW, DQ_BN>), (unsigned)((T + BM - 1) / BM * B * NH), DQ_NW * 32,
-                  SMEM_DQ, stream, dq, dout, q, k, v, lse, D, B, T, NH, KV, q_stride, kv_stride, o_stride, dq_stride,
-                  scale_log2, scale);
+    constexpr int BM = 16 * C::DQ_MT * C::DQ_NW, SMEM_DQ = dq_smem_bytes<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN>();
+    e = fa2_smem_attr(attention_bwd_dq_kernel<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN, C::DQ_QO_REGS>, SMEM_DQ);
+    if (e != cudaSuccess) return e;
+    LLMGEN_LAUNCH((attention_bwd_dq_kernel<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN, C::DQ_QO_REGS>),
+                  (unsigned)((T + BM - 1) / BM * B * NH), C::DQ_NW * 32, SMEM_DQ, stream, dq, dout, q, k, v, lse, D, B,
+                  T, NH, KV, q_stride, kv_stride, o_stride, dq_stride, scale_log2, scale);
     return cudaGetLastError();
 }
 
 template <int HD>
 cudaError_t attention_fwd(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int NH,
                           int KV, int q_stride, int kv_stride, int o_stride, cudaStream_t stream) {
-    typedef Fa2Tiles<HD> C;
-    return attention_fwd_launch<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN>(o, lse, q, k, v, B, T, NH, KV, q_stride,
-                                                                     kv_stride, o_stride, stream);
+    return attention_fwd_launch<HD, Fa2Tiles<HD>>(o, lse, q, k, v, B, T, NH, KV, q_stride, kv_stride, o_stride,
+                                                  stream);
 }
 
 template <int HD>
 cudaError_t attention_bwd(bf16* dq, bf16* dk, bf16* dv, float* D, const bf16* dout, const bf16* q, const bf16* k,
                           const bf16* v, const bf16* o, const float* lse, int B, int T, int NH, int KV, int q_stride,
                           int kv_stride, int o_stride, int dq_stride, int dkv_stride, cudaStream_t stream) {
-    typedef Fa2Tiles<HD> C;
-    return attention_bwd_launch<HD, C::DQ_NW, C::DQ_BN, C::DKV_NW, C::DKV_BQ, C::DKV_KV_REGS>(
-        dq, dk, dv, D, dout, q, k, v, o, lse, B, T, NH, KV, q_stride, kv_stride, o_stride, dq_stride, dkv_stride,
-        stream);
+    return attention_bwd_launch<HD, Fa2Tiles<HD>>(dq, dk, dv, D, dout, q, k, v, o, lse, B, T, NH, KV, q_stride,
+                                                  kv_stride, o_stride, dq_stride, dkv_stride, stream);
 }
 
 } /* namespace llmgen_fa2 */

@@ -25,33 +25,40 @@ struct Params {
     int HD, B, T, NH, KV, packed, variant;
 };
 
-/* variant 1: the other code paths of the templates (MT 1 vs 2, BN != BM, K/V from shared memory or
- * registers, query tiles wider or narrower than the key tile) */
+/* variant 1: the other code paths of the templates (MT 1 vs 2, fragments in registers or re-read from
+ * shared memory, BN != BM, query tiles wider or narrower than the key tile) */
 template <int HD>
 struct Alt;
 template <>
 struct Alt<64> {
-    static constexpr int FWD_NW = 8, FWD_MT = 1, FWD_BN = 32, DQ_NW = 8, DQ_BN = 32, DKV_NW = 8, DKV_BQ = 32;
-    static constexpr bool DKV_KV_REGS = false;
+    static constexpr int FWD_NW = 8, FWD_MT = 1, FWD_BN = 32;
+    static constexpr bool FWD_Q_REGS = false;
+    static constexpr int DQ_NW = 8, DQ_MT = 1, DQ_BN = 32;
+    static constexpr bool DQ_QO_REGS = true;
+    static constexpr int DKV_NW = 8, DKV_MT = 1, DKV_BQ = 64;
+    static constexpr bool DKV_KV_REGS = true;
 };
 template <>
 struct Alt<128> {
-    static constexpr int FWD_NW = 4, FWD_MT = 2, FWD_BN = 32, DQ_NW = 4, DQ_BN = 64, DKV_NW = 2, DKV_BQ = 64;
+    static constexpr int FWD_NW = 4, FWD_MT = 1, FWD_BN = 64;
+    static constexpr bool FWD_Q_REGS = true;
+    static constexpr int DQ_NW = 2, DQ_MT = 2, DQ_BN = 64;
+    static constexpr bool DQ_QO_REGS = false;
+    static constexpr int DKV_NW = 2, DKV_MT = 2, DKV_BQ = 64;
     static constexpr bool DKV_KV_REGS = true;
 };
 
 template <int HD, class C>
 static cudaError_t fwd(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, const Params& p, int qs,
                        int kvs, int os) {
-    return llmgen_fa2::attention_fwd_launch<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN>(o, lse, q, k, v, p.B, p.T, p.NH, p.KV,
-                                                                                qs, kvs, os, 0);
+    return llmgen_fa2::attention_fwd_launch<HD, C>(o, lse, q, k, v, p.B, p.T, p.NH, p.KV, qs, kvs, os, 0);
 }
 template <int HD, class C>
 static cudaError_t bwd(bf16* dq, bf16* dk, bf16* dv, float* D, const bf16* dout, const bf16* q, const bf16* k,
                        const bf16* v, const bf16* o, const float* lse, const Params& p, int qs, int kvs, int os,
                        int dqs, int dkvs) {
-    return llmgen_fa2::attention_bwd_launch<HD, C::DQ_NW, C::DQ_BN, C::DKV_NW, C::DKV_BQ, C::DKV_KV_REGS>(
-        dq, dk, dv, D, dout, q, k, v, o, lse, p.B, p.T, p.NH, p.KV, qs, kvs, os, dqs, dkvs, 0);
+    return llmgen_fa2::attention_bwd_launch<HD, C>(dq, dk, dv, D, dout, q, k, v, o, lse, p.B, p.T, p.NH, p.KV, qs, kvs,
+                                                   os, dqs, dkvs, 0);
 }
 
 static bf16* bf16_input(const char* name, size_t n) {

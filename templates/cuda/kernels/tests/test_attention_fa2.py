@@ -369,7 +369,7 @@ def test_every_shared_memory_access_is_conflict_free(fa2, tmp_path, HD):
             assert counts[kind]["instructions"] == 0
     assert seen == {"fwd", "dkv", "dq"}
     # every tile byte is copied once per block: Q, K, V of the forward; K, V, and (Q, dout) per query tile of dk/dv
-    tiles = {64: dict(fwd=(128, 64), dq=(64, 64), dkv=(64, 64)), 128: dict(fwd=(64, 64), dq=(64, 32), dkv=(64, 32))}
+    tiles = {64: dict(fwd=(128, 64), dq=(128, 32), dkv=(64, 64)), 128: dict(fwd=(128, 32), dq=(64, 32), dkv=(64, 32))}
     t = tiles[HD]
     chunks = HD // 8
     bm, bn = t["fwd"]
