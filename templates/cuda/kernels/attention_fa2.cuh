@@ -33,25 +33,31 @@
  *                       q_stride, kv_stride, o_stride, dq_stride, dkv_stride, stream)
  *   attention_bwd runs three kernels in order on `stream`: D = rowsum(dout * o) into the caller's
  *   scratch D (B*NH*T floats, overwritten), then dk/dv, then dq. lse is the forward's (B*NH*T
- *   floats). The *_launch<...> variants take the tile configuration as template parameters (the tests
- *   try others); Fa2Tiles<HD> holds the one the plain launchers use.
+ *   floats). attention_fwd_launch<HD, C> / attention_bwd_launch<HD, C> take the tile configuration as
+ *   a class C (the members of Fa2Tiles<HD>, which the plain launchers use; the tests try others).
+ *   Dynamic shared memory above 48 KiB is opted into with cudaFuncSetAttribute on every call.
  *
  * THE KERNELS (README.md beside this file: the schedule, the layouts, the determinism, the costs)
- *   attention_fwd_kernel<HD, NW, MT, BN>     one block per (b, h, BM = 16*MT*NW query rows); NW warps,
- *       warp w owns 16*MT consecutive rows as MT m16 tiles. Key/value tiles of BN rows are
- *       double-buffered with cp.async; S = Q K^T, the online softmax (exp2, log2(e) folded into the
- *       scale) and O += P V stay in registers: P's fp32 accumulators are repacked as bf16 A
- *       fragments (the m16n8 accumulator layout of two n-tiles is the m16k16 A layout).
+ *   NW warps per block; a warp owns MT m16 tiles (16*MT consecutive rows); fragments "in registers"
+ *   are loaded once per block, the others re-read from shared memory per tile (fewer registers).
+ *   attention_fwd_kernel<HD, NW, MT, BN, Q_REGS>   one block per (b, h, BM = 16*MT*NW query rows).
+ *       Key/value tiles of BN rows are double-buffered with cp.async; S = Q K^T, the online softmax
+ *       (exp2, log2(e) folded into the scale) and O += P V stay in registers: P's fp32 accumulators
+ *       are repacked as bf16 A fragments (the m16n8 accumulator layout of two n-tiles is the m16k16
+ *       A layout). Each ldmatrix of K or V serves the warp's MT m-tiles.
  *   attention_bwd_d_kernel<HD>                D = rowsum(dout * o), HD/8 lanes per row and head.
- *   attention_bwd_dkv_kernel<HD, NW, BQ, KV_REGS>   one block per (b, g, BN = 16*NW key rows); it walks
- *       the query heads of group g and, for each, the query tiles (BQ rows) from the diagonal on;
- *       Q, dout, lse and D tiles double-buffered. Transposed products keep everything in registers:
- *       S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dS^T = P^T (dP^T - D), dK += dS^T Q.
- *   attention_bwd_dq_kernel<HD, NW, BN>       one block per (b, h, 16*NW query rows), key tiles up to
- *       the diagonal: S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K.
+ *   attention_bwd_dkv_kernel<HD, NW, MT, BQ, KV_REGS>   one block per (b, g, BN = 16*MT*NW keys); it
+ *       walks the query heads of group g in order and, for each, the query tiles (BQ rows) from the
+ *       diagonal on; Q, dout (cp.async) and lse, D (plain loads one step ahead) double-buffered.
+ *       Transposed products keep everything in registers: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO,
+ *       dS^T = P^T (dP^T - D), dK += dS^T Q.
+ *   attention_bwd_dq_kernel<HD, NW, MT, BN, QO_REGS>   one block per (b, h, 16*MT*NW query rows), key
+ *       tiles up to the diagonal: S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K.
  *   Blocks are numbered heaviest first: the forward and dq take the last query tiles (the most keys)
  *   first, dk/dv the first key tiles (the most queries) first, every head of one tile before the next.
- *
+ *   Each kernel has two instances of its tile body: one with the causal tests (the diagonal tiles),
+ *   one without a single test (the rest), chosen per tile by a block-uniform branch.
+
  * SHARED MEMORY LAYOUT
  *   A tile of rows of HD bf16 (128 or 256 bytes) is stored with its 16-byte chunks XOR-swizzled:
  *   chunk c of row r lies at chunk c ^ (r & 7). Every ldmatrix phase (8 rows, one logical chunk)

@@ -173,7 +173,8 @@ static int bench(const Params& p, int iters) {
     f_ms /= (float)iters;
     b_ms /= (float)iters;
     const double flop = 4.0 * p.B * p.NH * HD * ((double)p.T * (p.T + 1) / 2);
-    const double r[5] = {f_ms, b_ms, flop / (f_ms * 1e9), 2.5 * flop / (b_ms * 1e9), 3.5 * flop / ((f_ms + b_ms) * 1e9)};
+    const double r[5] = {f_ms, b_ms, flop / (f_ms * 1e9), 2.5 * flop / (b_ms * 1e9),
+                         3.5 * flop / ((f_ms + b_ms) * 1e9)};
     printf("attention HD %d B %d T %d NH %d KV %d: forward %.3f ms %.1f TFLOP/s, backward %.3f ms %.1f TFLOP/s, "
            "both %.1f TFLOP/s\n", HD, p.B, p.T, p.NH, p.KV, r[0], r[2], r[1], r[3], r[4]);
     write_output("bench", r, sizeof r);

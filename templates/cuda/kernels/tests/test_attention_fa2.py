@@ -205,8 +205,10 @@ def error_bounds(ref: dict, x: dict, o_kernel: np.ndarray) -> dict[str, np.ndarr
     dS_abs = abs(ref["dS"])
     dS_err = Pe * abs(ref["dP"] - ref["D"][..., None]) + P * (ddP + dD[..., None]) + U * dS_abs
     grow = T * R * U32
-    b_dq = scale * (np.einsum("bhij,bjhd->bihd", dS_err, abs(kk)) + grow * np.einsum("bhij,bjhd->bihd", dS_abs, abs(kk)))
-    b_dk = scale * (np.einsum("bhij,bihd->bjhd", dS_err, abs(q)) + grow * np.einsum("bhij,bihd->bjhd", dS_abs, abs(q)))
+    b_dq = scale * (np.einsum("bhij,bjhd->bihd", dS_err, abs(kk))
+                    + grow * np.einsum("bhij,bjhd->bihd", dS_abs, abs(kk)))
+    b_dk = scale * (np.einsum("bhij,bihd->bjhd", dS_err, abs(q))
+                    + grow * np.einsum("bhij,bihd->bjhd", dS_abs, abs(q)))
     b_dv = np.einsum("bhij,bihd->bjhd", P * (eps_P + U + grow), abs(dout))
     return {"o": b_o, "lse": eps_lse, "D_own": dD_own,
             "dq": b_dq + U * abs(ref["dq"]),
@@ -379,7 +381,8 @@ def test_every_shared_memory_access_is_conflict_free(fa2, tmp_path, HD):
     bn, bq = t["dkv"]
     dkv = sum(2 * bn * chunks + (NH // KV) * 2 * bq * chunks * (-(-T // bq) - j0 // bq)
               for j0 in range(0, T, bn)) * B * KV
-    copies = {re.match(r"attention_(?:bwd_)?(\w+?)_kernel", k).group(1): v["cp_async"]["copies"] for k, v in stats.items()}
+    copies = {re.match(r"attention_(?:bwd_)?(\w+?)_kernel", k).group(1): v["cp_async"]["copies"]
+              for k, v in stats.items()}
     assert copies == {"fwd": fwd, "dq": dq, "dkv": dkv}
 
 
