@@ -35,7 +35,8 @@
  *   scratch D (B*NH*T floats, overwritten), then dk/dv, then dq. lse is the forward's (B*NH*T
  *   floats). attention_fwd_launch<HD, C> / attention_bwd_launch<HD, C> take the tile configuration as
  *   a class C (the members of Fa2Tiles<HD>, which the plain launchers use; the tests try others).
- *   Dynamic shared memory above 48 KiB is opted into with cudaFuncSetAttribute on every call.
+ *   Dynamic shared memory above 48 KiB is opted into with cudaFuncSetAttribute at a launcher's first
+ *   call (once per instantiation and process: one process drives one device).
  *
  * THE KERNELS (README.md beside this file: the schedule, the layouts, the determinism, the costs)
  *   NW warps per block; a warp owns MT m16 tiles (16*MT consecutive rows); fragments "in registers"
@@ -847,6 +848,9 @@ inline bool fa2_shape_ok(const char* who, int B, int T, int NH, int KV, int q_st
                      msg);
 }
 
+/* Opt a kernel into more than 48 KiB of dynamic shared memory. The launchers call it once per
+ * instantiation and process (a function-local static: the attribute belongs to the function, and one
+ * process drives one device). */
 template <class K>
 inline cudaError_t fa2_smem_attr(K kernel, int bytes) {
     return bytes > 48 * 1024 ? cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)
@@ -864,8 +868,9 @@ cudaError_t attention_fwd_launch(bf16* o, float* lse, const bf16* q, const bf16*
     constexpr int BM = 16 * C::FWD_MT * C::FWD_NW, SMEM = fwd_smem_bytes<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN>();
     const long blocks = (long)((T + BM - 1) / BM) * B * NH;
     if (!fa2_check(who, blocks < 2147483647L, "too many blocks for one grid")) return cudaErrorInvalidValue;
-    cudaError_t e = fa2_smem_attr(attention_fwd_kernel<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN, C::FWD_Q_REGS>, SMEM);
-    if (e != cudaSuccess) return e;
+    static const cudaError_t attr =
+        fa2_smem_attr(attention_fwd_kernel<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN, C::FWD_Q_REGS>, SMEM);
+    if (attr != cudaSuccess) return attr;
     const float scale_log2 = kLog2e / sqrtf((float)HD);
     LLMGEN_LAUNCH((attention_fwd_kernel<HD, C::FWD_NW, C::FWD_MT, C::FWD_BN, C::FWD_Q_REGS>), (unsigned)blocks,
                   C::FWD_NW * 32, SMEM, stream, o, lse, q, k, v, B, T, NH, KV, q_stride, kv_stride, o_stride,
@@ -890,6 +895,10 @@ cudaError_t attention_bwd_launch(bf16* dq, bf16* dk, bf16* dv, float* D, const b
                             fa2_aligned(q) && fa2_aligned(k) && fa2_aligned(v) && fa2_aligned(o),
                    "dq, dk, dv, dout, q, k, v and o must be 16-byte aligned"))
         return cudaErrorInvalidValue;
+    constexpr int BM = 16 * C::DQ_MT * C::DQ_NW, BN = 16 * C::DKV_MT * C::DKV_NW;
+    const long blocks_dq = (long)((T + BM - 1) / BM) * B * NH, blocks_dkv = (long)((T + BN - 1) / BN) * B * KV;
+    if (!fa2_check(who, blocks_dq < 2147483647L && blocks_dkv < 2147483647L, "too many blocks for one grid"))
+        return cudaErrorInvalidValue;
     const float scale = 1.0f / sqrtf((float)HD), scale_log2 = kLog2e * scale;
     cudaError_t e;
 
@@ -899,19 +908,21 @@ cudaError_t attention_bwd_launch(bf16* dq, bf16* dk, bf16* dv, float* D, const b
                   NH, o_stride);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
 
-    constexpr int BN = 16 * C::DKV_MT * C::DKV_NW, SMEM_DKV = dkv_smem_bytes<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ>();
-    e = fa2_smem_attr(attention_bwd_dkv_kernel<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ, C::DKV_KV_REGS>, SMEM_DKV);
-    if (e != cudaSuccess) return e;
+    constexpr int SMEM_DKV = dkv_smem_bytes<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ>();
+    static const cudaError_t attr_dkv =
+        fa2_smem_attr(attention_bwd_dkv_kernel<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ, C::DKV_KV_REGS>, SMEM_DKV);
+    if (attr_dkv != cudaSuccess) return attr_dkv;
     LLMGEN_LAUNCH((attention_bwd_dkv_kernel<HD, C::DKV_NW, C::DKV_MT, C::DKV_BQ, C::DKV_KV_REGS>),
-                  (unsigned)((T + BN - 1) / BN * B * KV), C::DKV_NW * 32, SMEM_DKV, stream, dk, dv, dout, q, k, v, lse,
+                  (unsigned)blocks_dkv, C::DKV_NW * 32, SMEM_DKV, stream, dk, dv, dout, q, k, v, lse,
                   D, B, T, NH, KV, q_stride, kv_stride, o_stride, dkv_stride, scale_log2, scale);
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
 
-    constexpr int BM = 16 * C::DQ_MT * C::DQ_NW, SMEM_DQ = dq_smem_bytes<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN>();
-    e = fa2_smem_attr(attention_bwd_dq_kernel<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN, C::DQ_QO_REGS>, SMEM_DQ);
-    if (e != cudaSuccess) return e;
+    constexpr int SMEM_DQ = dq_smem_bytes<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN>();
+    static const cudaError_t attr_dq =
+        fa2_smem_attr(attention_bwd_dq_kernel<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN, C::DQ_QO_REGS>, SMEM_DQ);
+    if (attr_dq != cudaSuccess) return attr_dq;
     LLMGEN_LAUNCH((attention_bwd_dq_kernel<HD, C::DQ_NW, C::DQ_MT, C::DQ_BN, C::DQ_QO_REGS>),
-                  (unsigned)((T + BM - 1) / BM * B * NH), C::DQ_NW * 32, SMEM_DQ, stream, dq, dout, q, k, v, lse, D, B,
+                  (unsigned)blocks_dq, C::DQ_NW * 32, SMEM_DQ, stream, dq, dout, q, k, v, lse, D, B,
                   T, NH, KV, q_stride, kv_stride, o_stride, dq_stride, scale_log2, scale);
     return cudaGetLastError();
 }
