@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from llmgen.checkpoint import bf16_to_f32, f32_to_bf16
+from llmgen.files import atomic_write
 
 MAGIC = 20240326
 VERSIONS = {3: "fp32", 5: "bf16"}
@@ -119,12 +120,9 @@ def write_llmc(path, spec, hf: dict[str, np.ndarray], dtype: str = "fp32") -> No
     header = np.zeros(256, np.int32)
     header[:8] = [MAGIC, 3 if dtype == "fp32" else 5, T, V, L, spec.n_head, C, Vp]
     body = flat if dtype == "fp32" else f32_to_bf16(flat)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(header.tobytes())
         f.write(body.tobytes())
-    tmp.replace(path)
 
 
 def convert(src, dst, dtype: str = "fp32") -> str:

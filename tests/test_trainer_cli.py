@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import oracle
 from conftest import run_binary, run_llmgen
-from llmgen.train import resolve_checkpoint, sample_tokens
+from llmgen.sample import generate, load_model, resolve_checkpoint
 
 
 def test_train_command_builds_runs_and_reports(tmp_path):
@@ -35,19 +36,22 @@ def test_train_command_builds_runs_and_reports(tmp_path):
     assert r.returncode == 1 and "no training data" in r.stderr
 
 
-def test_sampling_is_the_models_greedy_continuation(tmp_path):
-    """top-k 1 sampling through the IR interpreter = greedy decoding with transformers."""
+@pytest.mark.parametrize("backend", ["compiled", "transformers"])
+def test_sampling_is_the_models_greedy_continuation(tmp_path, backend):
+    """top-k 1 sampling, on both backends of `llmgen sample` (the compiled trainer library, and
+    transformers with its KV cache) = greedy decoding with transformers without a cache, the whole
+    sequence each step; 40 tokens from a context of 32, so the window slides too."""
     mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 2, 2, 32, 100, 32, seed=3)
     ckpt = resolve_checkpoint(mdir)
     prompt = [5, 17, 42]
-    ours = list(sample_tokens(ckpt, prompt, 8, temperature=1.0, top_k=1, seed=0))
-    model = oracle.load_gpt2(mdir)
-    ids = torch.tensor([prompt])
+    model = load_model(ckpt, backend, cache_dir=tmp_path / "cache", max_tokens=64)
+    ours = list(generate(model, prompt, 40, temperature=1.0, top_k=1))
+    ref = oracle.load_gpt2(mdir)
+    ids = list(prompt)
     with torch.no_grad():
-        for _ in range(8):
-            nxt = model(ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, nxt.view(1, 1)], 1)
-    assert ours == ids[0, 3:].tolist()
+        for _ in range(40):
+            ids.append(int(ref(torch.tensor([ids[-32:]])).logits[0, -1].argmax()))
+    assert ours == ids[3:]
 
 
 def test_binary_prints_samples_with_the_token_table(tmp_path):
@@ -80,7 +84,7 @@ def test_train_precision_bf16_on_gpu_fp32_on_cpu():
     """`llmgen train` on a GPU trains bf16 mixed precision unless --dtype fp32 is given (as llm.c
     does); the CPU twin computes in fp32 whatever was asked."""
     from llmgen.spec import PRESETS
-    from llmgen.train import train_precision
+    from llmgen.cli.train import train_precision
     gpt2 = PRESETS["gpt2-tiny"]
     assert train_precision(gpt2, "cuda", None)[0].dtype == "bf16"
     assert train_precision(gpt2, "cuda", "fp32")[0].dtype == "fp32"
