@@ -69,6 +69,7 @@ class TransformersModel:
         import transformers
         from transformers import AutoModelForCausalLM
         self.torch = torch
+        transformers.utils.logging.disable_progress_bar()       # stderr stays for our own lines
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         self.model = AutoModelForCausalLM.from_pretrained(str(ckpt), **{dtype_kw: torch.float32}).eval()
         self.max_len = spec.max_seq_len
