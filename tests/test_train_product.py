@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import oracle
-from conftest import REPO, run_in_pty, run_llmgen
+from conftest import REPO, run_binary, run_in_pty, run_llmgen
 from llmgen.checkpoint import read_safetensors
 
 STEPS = 14
@@ -124,6 +124,18 @@ def test_a_used_run_folder_is_refused_and_left_alone(setup, tmp_path):
     before = {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()}
     r = run_llmgen("train", setup["cfg"], *setup["flags"], "-o", ref, check=False)
     assert r.returncode == 1 and "already holds a run" in r.stderr and "-y 1" in r.stderr and "fresh -o" in r.stderr
+    assert {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()} == before
+
+
+def test_the_binary_itself_refuses_a_used_run_folder(setup):
+    """The trainer's own check (issue 10's binary side): run directly into a folder that holds a run,
+    without -y 1, it refuses naming -y 1, and changes nothing there."""
+    ref = setup["dir"] / "ref"
+    binary = next((setup["dir"] / "cache" / "builds").glob("*/train"))
+    before = {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()}
+    r = run_binary(binary, "-i", setup["data"] / "TinyStories_train.bin", "-b", 2, "-t", 32, "-x", 2, "-o", ref,
+                   check=False)
+    assert r.returncode != 0 and "-y 1" in r.stderr, r.stderr
     assert {p: p.read_bytes() for p in ref.rglob("*") if p.is_file()} == before
 
 
