@@ -197,6 +197,23 @@ def test_ctrl_c_in_a_terminal_then_resume_is_bit_exact(setup, tmp_path, when):
     assert final_losses(run) == setup["ref"]
 
 
+def test_examples_runner_waits_for_the_interrupted_run(setup, tmp_path):
+    """The examples run llmgen commands through llmgen.cli.run_llmgen: Ctrl-C in the terminal stops the
+    training at a checkpoint, the example waits for it and exits 130."""
+    script = tmp_path / "example.py"
+    flags = ", ".join(repr(f) for f in setup["flags"])
+    script.write_text("from llmgen.cli import run_llmgen\n"
+                      f"run_llmgen('train', {str(setup['cfg'])!r}, {flags}, '-o', {str(tmp_path / 'run')!r})\n"
+                      "print('not reached')\n")
+    on_output, sent = _interrupt_when(lambda text: re.search(r"step [3-9]/", text) is not None)
+    rc, out = run_in_pty([sys.executable, str(script)], on_output,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert sent and rc == 130, out[-2000:]
+    assert "stopped by SIGINT at step" in out and "not reached" not in out
+    latest = tmp_path / "run" / (tmp_path / "run" / "latest").read_text().strip()
+    assert read_safetensors(latest / "model.safetensors")
+
+
 # --------------------------------------------------------------------------------------------
 # signals outside a terminal: the wrapper alone, and a trainer killed by SIGKILL
 

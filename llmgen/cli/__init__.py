@@ -64,3 +64,34 @@ def main(argv=None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 1
+
+
+def run_llmgen(*args, echo: bool = True) -> None:
+    """Run `python -m llmgen ARGS` as a child (what the examples do), safe to interrupt: the child gets
+    its own process group, so a terminal's Ctrl-C reaches this process alone, which passes SIGINT
+    (or SIGTERM) on once and waits for the child (`llmgen train` then checkpoints and stops). Returns
+    when the child succeeded; otherwise exits: 130 after an interrupt, else the child's status."""
+    import signal
+    import subprocess
+    cmd = [sys.executable, "-m", "llmgen", *map(str, args)]
+    if echo:
+        print("$ llmgen " + " ".join(map(str, args)), flush=True)
+    proc = subprocess.Popen(cmd, process_group=0) if sys.version_info >= (3, 11) else \
+        subprocess.Popen(cmd, preexec_fn=lambda: __import__("os").setpgid(0, 0))
+    got: list[int] = []
+
+    def forward(sig, _frame):
+        got.append(sig)
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if got:
+        print(f"interrupted: `llmgen {args[0]}` stopped ({'exit ' + str(rc)})", file=sys.stderr)
+        raise SystemExit(128 + int(got[0]))
+    if rc != 0:
+        raise SystemExit(rc if rc > 0 else 128 - rc)
