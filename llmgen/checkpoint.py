@@ -46,7 +46,8 @@ def read_safetensors_header(path) -> tuple[dict, int, int]:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise SafetensorsError(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length)")
+                raise SafetensorsError(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte "
+                                       "header length)")
             (n,) = struct.unpack("<Q", head)
             if 8 + n > size:
                 raise SafetensorsError(f"{path}: header length {n} runs past the end of the file ({size} bytes): "

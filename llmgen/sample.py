@@ -4,14 +4,16 @@ Contract
 --------
 - ``resolve_checkpoint(path)``: a checkpoint folder (model.safetensors + config.json), or a run
   folder's latest checkpoint.
-- ``load_model(ckpt, backend, cache_dir)``: an object with ``last_logits(tokens) -> float32
-  (vocab_size,)`` and ``max_len``:
+- ``load_model(ckpt, backend, cache_dir, max_tokens, batch)``: an object with
+  ``last_logits(rows (b, t)) -> float32 (b, vocab_size)`` for up to ``batch`` rows, and ``max_len``:
     "transformers": GPT2LMHeadModel / LlamaForCausalLM (from_pretrained) with its KV cache: one
                     token of work per new token;
     "compiled":     the in-process library of the same trainer llmgen train builds (cached per
                     spec; llmgen.runtime.process.CompiledModel): one forward of the context per token;
     "auto":         transformers when it and torch are installed, else compiled.
-- ``generate(model, prompt, n, temperature, top_k, rng, stop)``: yields up to n token ids.
+- ``generate(model, prompt, n, temperature, top_k, rng, stop)``: yields up to n token ids;
+  ``generate_batch(..., num_samples)`` yields, per step, the next token of each of num_samples
+  sequences computed together (one forward for all of them; row i draws before row i+1).
   temperature <= 0 or top_k == 1 is greedy (argmax, first of equal maxima, as torch's argmax);
   otherwise softmax(logits / temperature) over the top_k largest (top_k <= 0: all), drawn with
   ``rng`` (numpy Generator: a seed gives the same text on both backends up to float rounding).
@@ -73,24 +75,27 @@ class TransformersModel:
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         self.model = AutoModelForCausalLM.from_pretrained(str(ckpt), **{dtype_kw: torch.float32}).eval()
         self.max_len = spec.max_seq_len
-        self.past, self.fed = None, []
+        self.past, self.fed = None, None
         import inspect
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"     # transformers 5.x renamed it
         self.extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the last position's logits only
 
-    def last_logits(self, tokens: list[int]) -> np.ndarray:
+    def last_logits(self, rows) -> np.ndarray:
         torch = self.torch
-        n = len(self.fed)
-        if self.past is not None and len(tokens) > n and tokens[:n] == self.fed:
-            new = tokens[n:]                  # the cache holds the prefix: feed only what is new
+        rows = np.asarray(rows, np.int64)
+        n = 0 if self.fed is None or self.past is None else self.fed.shape[1]
+        if (n and rows.shape[0] == self.fed.shape[0] and rows.shape[1] > n
+                and np.array_equal(rows[:, :n], self.fed)):
+            new = rows[:, n:]                  # the cache holds the prefix: feed only what is new
         else:
-            self.past, new = None, list(tokens)   # first call, or the window slid: start over
+            self.past, new = None, rows        # first call, or the window slid: start over
         with torch.inference_mode():
-            out = self.model(torch.tensor([new]), use_cache=True, **{self.cache_kw: self.past}, **self.extra)
+            out = self.model(torch.from_numpy(np.ascontiguousarray(new)), use_cache=True,
+                             **{self.cache_kw: self.past}, **self.extra)
         self.past = getattr(out, "cache", None) or out.past_key_values
-        self.fed = list(tokens)
-        return out.logits[0, -1].float().numpy()
+        self.fed = rows.copy()
+        return out.logits[:, -1].float().numpy()
 
 
 def _f32_copy_if_needed(ckpt: Path) -> tuple[Path, tempfile.TemporaryDirectory | None]:
@@ -109,22 +114,23 @@ def _f32_copy_if_needed(ckpt: Path) -> tuple[Path, tempfile.TemporaryDirectory |
 class CompiledSampler:
     """The compiled trainer's library, holding the checkpoint's weights (llmgen.runtime.process)."""
 
-    def __init__(self, ckpt: Path, spec, cache_dir: Path, capacity: int):
+    def __init__(self, ckpt: Path, spec, cache_dir: Path, capacity: int, batch: int = 1):
         from llmgen.codegen import Options
         from llmgen.runtime.build import cached_build
         from llmgen.runtime.process import CompiledModel
         library = cached_build(spec, Options(target="c"), cache_dir, library=True)
         weights, self._tmp = _f32_copy_if_needed(ckpt)
         self.max_len = capacity
-        self.model = CompiledModel(library, spec, capacity, weights)
+        self.model = CompiledModel(library, spec, capacity, weights, batch=batch)
 
-    def last_logits(self, tokens: list[int]) -> np.ndarray:
-        return self.model.last_logits(tokens)
+    def last_logits(self, rows) -> np.ndarray:
+        return self.model.last_logits(np.asarray(rows).reshape(-1, np.shape(rows)[-1]))
 
 
-def load_model(ckpt: Path, backend: str = "auto", cache_dir: Path | None = None, max_tokens: int | None = None):
+def load_model(ckpt: Path, backend: str = "auto", cache_dir: Path | None = None, max_tokens: int | None = None,
+               batch: int = 1):
     """The model of one checkpoint for sampling (see the module doc); max_tokens bounds the context the
-    compiled model allocates for (prompt + new tokens)."""
+    compiled model allocates for (prompt + new tokens), batch the rows it runs at once."""
     from llmgen.files import cache_dir as default_cache
     if backend not in BACKENDS:
         raise SampleError(f"--backend {backend}: one of {', '.join(BACKENDS)}")
@@ -136,7 +142,7 @@ def load_model(ckpt: Path, backend: str = "auto", cache_dir: Path | None = None,
             raise SampleError("--backend transformers needs transformers and torch (pip install transformers torch)")
         return TransformersModel(ckpt, spec)
     capacity = min(spec.max_seq_len, max_tokens or spec.max_seq_len)
-    return CompiledSampler(ckpt, spec, Path(cache_dir) if cache_dir else default_cache(), capacity)
+    return CompiledSampler(ckpt, spec, Path(cache_dir) if cache_dir else default_cache(), capacity, batch)
 
 
 def pick_next(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
@@ -152,19 +158,31 @@ def pick_next(logits: np.ndarray, temperature: float, top_k: int, rng: np.random
     return int(rng.choice(p.size, p=p))
 
 
-def generate(model, prompt: list[int], n: int, temperature: float = 1.0, top_k: int = 40,
-             rng: np.random.Generator | None = None, stop: int | None = None) -> Iterator[int]:
-    """Yield up to n sampled token ids continuing `prompt` (stops after yielding `stop`)."""
+def generate_batch(model, prompt: list[int], n: int, temperature: float = 1.0, top_k: int = 40,
+                   rng: np.random.Generator | None = None, stop: int | None = None,
+                   num_samples: int = 1) -> Iterator[list[int]]:
+    """Yield, n times, the next token of each of num_samples sequences continuing `prompt`, computed in
+    one batch; ends early once every sequence has produced `stop`."""
     if not prompt:
         raise SampleError("an empty prompt: start from at least one token")
     rng = rng if rng is not None else np.random.default_rng(0)
-    tokens = list(prompt)
+    rows = np.tile(np.asarray(prompt, np.int64), (num_samples, 1))
+    done = np.zeros(num_samples, bool)
     for _ in range(n):
-        nxt = pick_next(model.last_logits(tokens[-model.max_len:]), temperature, top_k, rng)
-        tokens.append(nxt)
+        logits = np.asarray(model.last_logits(rows[:, -model.max_len:])).reshape(num_samples, -1)
+        nxt = [pick_next(logits[i], temperature, top_k, rng) for i in range(num_samples)]
+        rows = np.concatenate([rows, np.asarray(nxt, np.int64)[:, None]], 1)
         yield nxt
-        if nxt == stop:
+        done |= np.asarray(nxt) == stop
+        if done.all():
             return
+
+
+def generate(model, prompt: list[int], n: int, temperature: float = 1.0, top_k: int = 40,
+             rng: np.random.Generator | None = None, stop: int | None = None) -> Iterator[int]:
+    """Yield up to n sampled token ids continuing `prompt` (stops after yielding `stop`)."""
+    for (tok,) in generate_batch(model, prompt, n, temperature, top_k, rng, stop, 1):
+        yield tok
 
 
 class TextCodec:

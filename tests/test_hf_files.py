@@ -48,7 +48,8 @@ def trained(tmp_path_factory):
     """A GPT-2-vocabulary spec built with `llmgen build` and trained 2 steps into a run folder."""
     d = tmp_path_factory.mktemp("hf")
     spec = d / "spec.py"
-    spec.write_text("from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer=1, n_head=2, n_embd=32, max_seq_len=64)\n")
+    spec.write_text("from llmgen.spec import GPT2Spec\n"
+                    "spec = GPT2Spec(n_layer=1, n_head=2, n_embd=32, max_seq_len=64)\n")
     run_llmgen("build", spec, "-o", d / "b")
     oracle.write_shard(d / "d.bin", np.arange(3000) % 50257)
     run_binary(d / "b" / "train", "-i", d / "d.bin", "-b", 1, "-t", 16, "-x", 2, "-v", 0, "-o", d / "run")

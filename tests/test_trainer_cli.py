@@ -76,6 +76,11 @@ def test_sample_command_on_a_run_folder(tmp_path):
                "-o", tmp_path / "run")
     r = run_llmgen("sample", tmp_path / "run", "--prompt", "Hello", "-n", 5)
     assert r.stdout.startswith("Hello")
+    args = ("sample", tmp_path / "run", "--prompt", "Hello", "-n", 5, "--num-samples", 3, "--seed", 7,
+            "--backend", "compiled", "--cache-dir", tmp_path / "c")
+    r, again = run_llmgen(*args), run_llmgen(*args)
+    parts = r.stdout.split("\n---\n")
+    assert len(parts) == 3 and all(p.startswith("Hello") for p in parts) and r.stdout == again.stdout
     r = run_llmgen("sample", tmp_path / "nothing", check=False)
     assert r.returncode == 1 and "checkpoint" in r.stderr
 
@@ -91,3 +96,24 @@ def test_train_precision_bf16_on_gpu_fp32_on_cpu():
     assert train_precision(gpt2.replace(dtype="bf16"), "cuda", "bf16")[0].dtype == "bf16"
     spec, line = train_precision(gpt2.replace(dtype="bf16"), "c", "bf16")
     assert spec.dtype == "fp32" and "CPU twin" in line
+
+
+@pytest.mark.parametrize("backend", ["compiled", "transformers"])
+def test_batched_sampling_rows_are_the_models_logits(tmp_path, backend):
+    """--num-samples runs the rows in one batch: each row's last logits equal transformers' (no cache)
+    on that row alone, as the rows grow by a token (the KV cache path) and when they restart."""
+    from llmgen.sample import generate_batch
+    mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 2, 2, 32, 100, 32, seed=4)
+    model = load_model(resolve_checkpoint(mdir), backend, cache_dir=tmp_path / "cache", max_tokens=32, batch=3)
+    ref = oracle.load_gpt2(mdir)
+    rows = np.array([[5, 17, 42, 7], [1, 2, 3, 4], [99, 0, 50, 50]])
+    for extra in ([], [[8], [9], [10]]):
+        if extra:
+            rows = np.concatenate([rows, np.array(extra)], 1)
+        ours = model.last_logits(rows)
+        with torch.no_grad():
+            want = np.stack([ref(torch.tensor(r[None])).logits[0, -1].numpy() for r in rows])
+        np.testing.assert_allclose(ours, want, atol=2e-5, rtol=1e-4)
+    greedy = np.array(list(generate_batch(model, [5, 17, 42], 10, top_k=1, num_samples=3)))
+    single = list(generate(model, [5, 17, 42], 10, top_k=1))
+    assert (greedy == np.array(single)[:, None]).all()

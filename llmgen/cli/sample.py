@@ -29,7 +29,8 @@ def run(args) -> int:
     import numpy as np
 
     from llmgen.cli import CliError
-    from llmgen.sample import TextCodec, checkpoint_spec, generate, load_model, resolve_checkpoint, write_stream
+    from llmgen.sample import (TextCodec, checkpoint_spec, generate, generate_batch, load_model, resolve_checkpoint,
+                               write_stream)
     if args.n < 1 or args.num_samples < 1:
         raise CliError("-n and --num-samples must be >= 1")
     if args.temperature < 0:
@@ -42,25 +43,33 @@ def run(args) -> int:
         prompt = prompt[-(spec.max_seq_len - 1):]
     t0 = time.perf_counter()
     model = load_model(ckpt, args.backend, Path(args.cache_dir) if args.cache_dir else None,
-                       max_tokens=len(prompt) + args.n)
+                       max_tokens=len(prompt) + args.n, batch=args.num_samples)
     t_load = time.perf_counter() - t0
     rng = np.random.default_rng(args.seed)
-    for i in range(args.num_samples):
-        if i:
-            sys.stdout.write("\n---\n")
+    t1 = time.perf_counter()
+    steps = 0
+    if args.num_samples == 1:                 # one sample: printed as it is generated
         sys.stdout.write(args.prompt)
-        t1 = time.perf_counter()
-        count = [0]
 
         def counted(it):
+            nonlocal steps
             for tok in it:
-                count[0] += 1
+                steps += 1
                 yield tok
         write_stream(counted(generate(model, prompt, args.n, args.temperature, args.top_k, rng, stop=codec.stop)),
                      codec)
-        if args.verbose:
-            dt = time.perf_counter() - t1
-            print(f"\n[{type(model).__name__}: loaded in {t_load:.2f} s; {count[0]} tokens in {dt:.2f} s, "
-                  f"{count[0] / max(dt, 1e-9):.1f} tok/s]", file=sys.stderr)
+    else:                                     # several: generated together (one forward for all), then printed
+        per_step = list(generate_batch(model, prompt, args.n, args.temperature, args.top_k, rng, stop=codec.stop,
+                                       num_samples=args.num_samples))
+        steps = len(per_step)
+        for i in range(args.num_samples):
+            if i:
+                sys.stdout.write("\n---\n")
+            sys.stdout.write(args.prompt)
+            write_stream(iter([step[i] for step in per_step]), codec)
+    if args.verbose:
+        dt = time.perf_counter() - t1
+        print(f"\n[{type(model).__name__}: loaded in {t_load:.2f} s; {steps} steps x {args.num_samples} "
+              f"sample(s) in {dt:.2f} s, {steps * args.num_samples / max(dt, 1e-9):.1f} tok/s]", file=sys.stderr)
     sys.stdout.write("\n")
     return 0

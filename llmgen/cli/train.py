@@ -49,7 +49,8 @@ def register(sub) -> None:
                                                  "`llmgen data`, or llm.c's); sets -i, -j and the token table")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where built trainers are kept [~/.cache/llmgen]")
     p.add_argument("-o", metavar="DIR", help="run folder [runs/<spec name>-<spec digest>]")
-    p.add_argument("--wandb", metavar="PROJECT", help="also log each step to Weights & Biases (needs `pip install wandb`)")
+    p.add_argument("--wandb", metavar="PROJECT",
+                   help="also log each step to Weights & Biases (needs `pip install wandb`)")
     for f in FORWARDED:
         extra = f" [{f.default}]" if f.default else ""
         note = f" ({f.llmc})" if f.llmc else ""

@@ -104,15 +104,17 @@ class InProcessTrainer:
 
 
 class CompiledModel:
-    """The forward pass of a built trainer library, for sampling: logits of the last position of a
-    growing token sequence. No gradients and no shapes from the graph are needed, so it loads fast.
+    """The forward pass of a built trainer library, for sampling: logits of the last position of
+    `batch` growing token sequences of equal length. No gradients and no shapes from the graph are
+    needed, so it loads fast.
 
-    The arenas are allocated once for (1, capacity) tokens; each call carves them for its own
-    length (llmgen_set_batch) and runs the compiled forward over the whole sequence (the trainer has
-    no KV cache: a token costs one forward of its context)."""
+    The arenas are allocated once for (batch, capacity) tokens; each call carves them for its own
+    shape (llmgen_set_batch) and runs the compiled forward over the whole sequences (the trainer
+    has no KV cache: a token costs one forward of its context; the rows of a batch share the
+    weights' trip through memory)."""
 
-    def __init__(self, library: Path, spec, capacity: int, init_from, seed: int = 1337):
-        self.spec, self.capacity = spec, capacity
+    def __init__(self, library: Path, spec, capacity: int, init_from, seed: int = 1337, batch: int = 1):
+        self.spec, self.capacity, self.batch = spec, capacity, batch
         self.lib = ctypes.CDLL(str(library))
         L = self.lib
         i32p = ctypes.POINTER(ctypes.c_int32)
@@ -121,15 +123,22 @@ class CompiledModel:
         L.llmgen_forward.restype = ctypes.c_float
         L.llmgen_set_batch.argtypes = [ctypes.c_int, ctypes.c_int]
         L.llmgen_read_logits.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_float)]
-        if not L.llmgen_setup(1, capacity, str(init_from).encode(), seed):
-            raise ValueError(f"llmgen_setup refused B=1 T={capacity} (max_seq_len {spec.max_seq_len})")
+        if not L.llmgen_setup(batch, capacity, str(init_from).encode(), seed):
+            raise ValueError(f"llmgen_setup refused B={batch} T={capacity} (max_seq_len {spec.max_seq_len})")
         self._row = np.empty(spec.padded_vocab_size, np.float32)
 
     def last_logits(self, tokens) -> np.ndarray:
-        """float32 logits (vocab_size) after the last of `tokens` (at most `capacity` of them)."""
+        """float32 logits (b, vocab_size) after the last token of each row of `tokens` (b, t), b <= batch,
+        t <= capacity (a 1-D sequence is one row, and gives (vocab_size,))."""
         x = np.ascontiguousarray(tokens, np.int32)
-        if not 1 <= x.size <= self.capacity or not self.lib.llmgen_set_batch(1, int(x.size)):
-            raise ValueError(f"{x.size} tokens: this model takes 1 to {self.capacity}")
-        self.lib.llmgen_forward(x.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), None)
-        self.lib.llmgen_read_logits(0, int(x.size) - 1, self._row.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
-        return self._row[: self.spec.vocab_size].copy()
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+        b, t = rows.shape
+        if not (1 <= b <= self.batch and 1 <= t <= self.capacity) or not self.lib.llmgen_set_batch(b, t):
+            raise ValueError(f"tokens of shape {x.shape}: this model takes up to {self.batch} rows of 1 to "
+                             f"{self.capacity} tokens")
+        self.lib.llmgen_forward(rows.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), None)
+        out = np.empty((b, self.spec.vocab_size), np.float32)
+        for i in range(b):
+            self.lib.llmgen_read_logits(i, t - 1, self._row.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+            out[i] = self._row[: self.spec.vocab_size]
+        return out[0] if x.ndim == 1 else out
