@@ -261,6 +261,37 @@ def test_sigint_to_the_wrapper_alone_is_passed_on(setup, tmp_path):
 
 # --------------------------------------------------------------------------------------------
 
+def test_wandb_hook_gets_the_step_lines(setup, tmp_path):
+    """--wandb PROJECT: each parsed step line goes to wandb.log (a stand-in module records the calls);
+    the values are the log's, to the 6 decimals the step line prints."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "wandb.py").write_text(
+        "import json, os\n"
+        "class _Run:\n"
+        "    def log(self, data, step):\n"
+        "        with open(os.environ['WANDB_RECORD'], 'a') as f: f.write(json.dumps([step, data]) + '\\n')\n"
+        "def init(project, name, config):\n"
+        "    with open(os.environ['WANDB_RECORD'], 'a') as f: f.write(json.dumps(['init', project]) + '\\n')\n"
+        "    return _Run()\n")
+    record = tmp_path / "record.jsonl"
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{fake}:{REPO}", "WANDB_RECORD": str(record)}
+    r = subprocess.run(llmgen_argv("train", setup["cfg"], *setup["flags"], "--wandb", "proj", "-o", run), cwd=REPO,
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    calls = [json.loads(x) for x in record.read_text().splitlines()]
+    assert calls[0] == ["init", "proj"]
+    logged = {step: data for step, data in calls[1:]}
+    losses = final_losses(run)
+    assert sorted(logged) == sorted(losses)
+    for step, data in logged.items():
+        assert data["train_loss"] == pytest.approx(losses[step][0], abs=1e-6)
+    vals = {json.loads(x)["step"]: json.loads(x)["val_loss"] for x in open(run / "log.jsonl") if "val_loss" in x}
+    assert {s: d["val_loss"] for s, d in logged.items() if "val_loss" in d} == pytest.approx(
+        {s: v for s, v in vals.items() if s > 0}, abs=1e-6)
+
+
 def test_inspect_needs_neither_tiktoken_nor_the_data_code():
     """tiktoken made unimportable (None in sys.modules): inspect still works, and never loaded the data code."""
     code = ("import sys; sys.modules['tiktoken'] = None\n"
