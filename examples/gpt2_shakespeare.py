@@ -34,7 +34,11 @@ def main():
     args = ap.parse_args()
     t0 = time.time()
     llmgen("data", "shakespeare", "-o", args.data)
-    llmgen("train", __file__, "--data", args.data, "-b", 8, "-t", 128, "-x", args.steps, "-l", "2e-3",
+    resume = []
+    if (Path(args.out) / "latest").is_file():      # run again: continue (or just reuse) that run, never overwrite it
+        print(f"{args.out} holds a run: continuing it with -y 1 (--out DIR for a fresh one)")
+        resume = ["-y", 1]
+    llmgen("train", __file__, "--data", args.data, *resume, "-b", 8, "-t", 128, "-x", args.steps, "-l", "2e-3",
            "-u", 20, "-q", 0.1, "-c", 0.0, "-v", 50, "-m", 8, "-s", args.steps, "-g", 48, "-o", args.out)
     llmgen("sample", args.out, "--prompt", "ROMEO:", "-n", 40, "--seed", 1)
     if importlib.util.find_spec("matplotlib"):

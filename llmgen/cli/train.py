@@ -306,7 +306,7 @@ def report_exit(res: TrainerExit, out: Path) -> int:
         name = signal.Signals(res.interrupted).name
         print(f"llmgen train: stopped by {name} at step {res.step}; {resume}", file=sys.stderr)
         return 128 + int(res.interrupted)
-    if res.rc > 128 and res.rc - 128 < signal.NSIG:
+    if res.rc > 128 and res.rc - 128 in {int(s) for s in signal.Signals}:
         name = signal.Signals(res.rc - 128).name
         print(f"llmgen train: the trainer stopped on {name} at step {res.step}; {resume}", file=sys.stderr)
         return res.rc
