@@ -269,7 +269,7 @@ def summarize(runs: list[dict], warmup: int, flops_per_step: float, tokens_per_s
 
 
 def bench_shape(name: str, args, work: Path) -> dict:
-    from llmgen.cli import inspect_report
+    from llmgen.cli.inspect import inspect_report
     from llmgen.spec import load_spec
     preset, B, T = SHAPES[name]
     if args.b:

@@ -7,9 +7,9 @@ the starting point (-e), and the checkpoints the trainer writes load back with f
 """
 
 import argparse
-import subprocess
-import sys
 from pathlib import Path
+
+from llmgen.cli import run_llmgen
 
 HERE = Path(__file__).resolve().parent
 
@@ -21,7 +21,7 @@ def main():
     ap.add_argument("--data", default="data/shakespeare")
     ap.add_argument("--out", default="runs/from_config")
     args = ap.parse_args()
-    llmgen = lambda *a: subprocess.run([sys.executable, "-m", "llmgen", *map(str, a)], check=True)  # noqa: E731
+    llmgen = run_llmgen       # one llmgen command: Ctrl-C is passed on once and waited for (then exit 130)
     llmgen("data", "shakespeare", "-o", args.data)
     flags = ["-e", Path(args.config).parent] if (Path(args.config).parent / "model.safetensors").is_file() else []
     llmgen("train", args.config, "--data", args.data, *flags, "-b", 4, "-t", 128, "-x", args.steps,

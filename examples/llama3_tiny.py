@@ -24,12 +24,12 @@ and FLOPs without building anything:
 """
 
 import argparse
+import importlib.util
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from llmgen.cli import run_llmgen
 from llmgen.spec import LlamaSpec
 
 # 4 layers, dim 128, 8 query heads over 2 K/V heads (head_dim 16), SwiGLU hidden size from Meta's
@@ -42,9 +42,9 @@ spec = LlamaSpec(dim=128, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=50257,
 
 
 def llmgen(*args):
-    cmd = [sys.executable, "-m", "llmgen", *map(str, args)]
-    print("$ llmgen " + " ".join(map(str, args)), flush=True)
-    subprocess.run(cmd, check=True)
+    """Run one llmgen command; Ctrl-C reaches it once, it is waited for, and then this exits 130 (a training
+    run stops at a checkpoint: `-y 1` on the same command resumes it)."""
+    run_llmgen(*args)
 
 
 def main():
@@ -56,14 +56,22 @@ def main():
     t0 = time.time()
     llmgen("data", "shakespeare", "-o", args.data)
     llmgen("inspect", __file__, "-b", 8, "-t", 128)
-    llmgen("train", __file__, "--data", args.data, "-b", 8, "-t", 128, "-x", args.steps, "-l", "2e-3",
+    resume = []
+    if (Path(args.out) / "latest").is_file():      # run again: continue (or just reuse) that run, never overwrite it
+        print(f"{args.out} holds a run: continuing it with -y 1 (--out DIR for a fresh one)")
+        resume = ["-y", 1]
+    llmgen("train", __file__, "--data", args.data, *resume, "-b", 8, "-t", 128, "-x", args.steps, "-l", "2e-3",
            "-u", 20, "-q", 0.1, "-c", 0.0, "-v", 50, "-m", 8, "-s", args.steps, "-g", 48, "-o", args.out)
     llmgen("sample", args.out, "--prompt", "ROMEO:", "-n", 40, "--seed", 1)
-    llmgen("plot", args.out)
+    if importlib.util.find_spec("matplotlib"):
+        llmgen("plot", args.out)
+        plot = f"plot: {Path(args.out) / 'loss.png'}"
+    else:
+        plot = "no plot: `llmgen plot` needs matplotlib (pip install 'llmgen[plot]')"
     log = [json.loads(line) for line in open(Path(args.out) / "log.jsonl")]
     vals = [r["val_loss"] for r in log if "val_loss" in r]
     print(f"\nval loss {vals[0]:.3f} -> {vals[-1]:.3f} ({100 * (1 - vals[-1] / vals[0]):.0f}% lower) "
-          f"in {time.time() - t0:.0f} s; plot: {Path(args.out) / 'loss.png'}")
+          f"in {time.time() - t0:.0f} s; {plot}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,20 @@ header {name: {dtype, shape, data_offsets}}, raw little-endian data).
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
-_DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64}
+from llmgen.files import atomic_write
+
+# safetensors dtype -> numpy dtype of the stored values (little-endian); BF16 is widened by hand
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+           "I8": "i1", "U8": "u1"}
+
+
+class SafetensorsError(ValueError):
+    """A file that is not a readable safetensors file; the message names the file and the fault."""
 
 
 def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -30,31 +37,72 @@ def f32_to_bf16(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(x), ((u >> 16) | 0x40).astype(np.uint16), r)
 
 
-def read_safetensors(path) -> dict[str, np.ndarray]:
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise ValueError(f"{path}: header length {n} runs past the end of the file ({len(data)} bytes)")
-    header = json.loads(data[8:8 + n])
+def read_safetensors_header(path) -> tuple[dict, int, int]:
+    """(header without __metadata__, offset of the data, file size), checked: the header length and
+    JSON, each tensor's dtype, shape and byte range (inside the file, the size its shape needs)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise SafetensorsError(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte "
+                                       "header length)")
+            (n,) = struct.unpack("<Q", head)
+            if 8 + n > size:
+                raise SafetensorsError(f"{path}: header length {n} runs past the end of the file ({size} bytes): "
+                                       "truncated, or not a safetensors file")
+            raw = f.read(n)
+    except OSError as e:
+        raise SafetensorsError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SafetensorsError(f"{path}: the header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: the header is not a JSON object")
     base = 8 + n
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        try:
+            dtype, shape, (b, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise SafetensorsError(f"{path}: tensor {name}: header entry {info!r} lacks dtype, shape or "
+                                   "data_offsets") from None
+        if dtype not in _DTYPES:
+            raise SafetensorsError(f"{path}: tensor {name} has dtype {dtype}; readable: {', '.join(_DTYPES)}")
+        need = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+        if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e):
+            raise SafetensorsError(f"{path}: tensor {name}: bad data_offsets {[b, e]}")
+        if e - b != need:
+            raise SafetensorsError(f"{path}: tensor {name}: {e - b} bytes for shape {shape} {dtype} "
+                                   f"(needs {need})")
+        if base + e > size:
+            raise SafetensorsError(f"{path}: truncated: tensor {name} ends at byte {base + e}, the file has "
+                                   f"{size} bytes")
+        out[name] = {"dtype": dtype, "shape": shape, "data_offsets": [b, e]}
+    return out, base, size
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Every tensor as float32 (F64, F16, BF16 and integer tensors converted), named as in the file.
+    A damaged or foreign file raises SafetensorsError naming the file and the fault."""
+    header, base, _ = read_safetensors_header(path)
+    data = Path(path).read_bytes()
+    out = {}
+    for name, info in header.items():
         b, e = info["data_offsets"]
-        raw = data[base + b: base + e]
-        if info["dtype"] == "BF16":
-            arr = bf16_to_f32(np.frombuffer(raw, np.uint16))
-        else:
-            arr = np.frombuffer(raw, _DTYPES[info["dtype"]])
+        arr = np.frombuffer(data, _DTYPES[info["dtype"]], count=(e - b) // np.dtype(_DTYPES[info["dtype"]]).itemsize,
+                            offset=base + b)
+        arr = bf16_to_f32(arr) if info["dtype"] == "BF16" else arr
         out[name] = arr.reshape(info["shape"]).astype(np.float32, copy=True)
     return out
 
 
 def write_safetensors(path, tensors: dict[str, np.ndarray]) -> None:
-    """F32 tensors, metadata {"format": "pt"}, written to a temp file then renamed."""
+    """F32 tensors, metadata {"format": "pt"}, written atomically (llmgen.files)."""
     header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
     for name, a in tensors.items():
         a = np.ascontiguousarray(a, np.float32)
@@ -63,14 +111,10 @@ def write_safetensors(path, tensors: dict[str, np.ndarray]) -> None:
         off += a.nbytes
     h = json.dumps(header).encode()
     h += b" " * (-len(h) % 8)
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(h)) + h)
         for b in blobs:
             f.write(b)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def hf_to_params(graph, hf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

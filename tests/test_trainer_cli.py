@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import oracle
 from conftest import run_binary, run_llmgen
-from llmgen.train import resolve_checkpoint, sample_tokens
+from llmgen.sample import generate, load_model, resolve_checkpoint
 
 
 def test_train_command_builds_runs_and_reports(tmp_path):
@@ -35,19 +36,22 @@ def test_train_command_builds_runs_and_reports(tmp_path):
     assert r.returncode == 1 and "no training data" in r.stderr
 
 
-def test_sampling_is_the_models_greedy_continuation(tmp_path):
-    """top-k 1 sampling through the IR interpreter = greedy decoding with transformers."""
+@pytest.mark.parametrize("backend", ["compiled", "transformers"])
+def test_sampling_is_the_models_greedy_continuation(tmp_path, backend):
+    """top-k 1 sampling, on both backends of `llmgen sample` (the compiled trainer library, and
+    transformers with its KV cache) = greedy decoding with transformers without a cache, the whole
+    sequence each step; 40 tokens from a context of 32, so the window slides too."""
     mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 2, 2, 32, 100, 32, seed=3)
     ckpt = resolve_checkpoint(mdir)
     prompt = [5, 17, 42]
-    ours = list(sample_tokens(ckpt, prompt, 8, temperature=1.0, top_k=1, seed=0))
-    model = oracle.load_gpt2(mdir)
-    ids = torch.tensor([prompt])
+    model = load_model(ckpt, backend, cache_dir=tmp_path / "cache", max_tokens=64)
+    ours = list(generate(model, prompt, 40, temperature=1.0, top_k=1))
+    ref = oracle.load_gpt2(mdir)
+    ids = list(prompt)
     with torch.no_grad():
-        for _ in range(8):
-            nxt = model(ids).logits[0, -1].argmax()
-            ids = torch.cat([ids, nxt.view(1, 1)], 1)
-    assert ours == ids[0, 3:].tolist()
+        for _ in range(40):
+            ids.append(int(ref(torch.tensor([ids[-32:]])).logits[0, -1].argmax()))
+    assert ours == ids[3:]
 
 
 def test_binary_prints_samples_with_the_token_table(tmp_path):
@@ -72,6 +76,11 @@ def test_sample_command_on_a_run_folder(tmp_path):
                "-o", tmp_path / "run")
     r = run_llmgen("sample", tmp_path / "run", "--prompt", "Hello", "-n", 5)
     assert r.stdout.startswith("Hello")
+    args = ("sample", tmp_path / "run", "--prompt", "Hello", "-n", 5, "--num-samples", 3, "--seed", 7,
+            "--backend", "compiled", "--cache-dir", tmp_path / "c")
+    r, again = run_llmgen(*args), run_llmgen(*args)
+    parts = r.stdout.split("\n---\n")
+    assert len(parts) == 3 and all(p.startswith("Hello") for p in parts) and r.stdout == again.stdout
     r = run_llmgen("sample", tmp_path / "nothing", check=False)
     assert r.returncode == 1 and "checkpoint" in r.stderr
 
@@ -80,10 +89,31 @@ def test_train_precision_bf16_on_gpu_fp32_on_cpu():
     """`llmgen train` on a GPU trains bf16 mixed precision unless --dtype fp32 is given (as llm.c
     does); the CPU twin computes in fp32 whatever was asked."""
     from llmgen.spec import PRESETS
-    from llmgen.train import train_precision
+    from llmgen.cli.train import train_precision
     gpt2 = PRESETS["gpt2-tiny"]
     assert train_precision(gpt2, "cuda", None)[0].dtype == "bf16"
     assert train_precision(gpt2, "cuda", "fp32")[0].dtype == "fp32"
     assert train_precision(gpt2.replace(dtype="bf16"), "cuda", "bf16")[0].dtype == "bf16"
     spec, line = train_precision(gpt2.replace(dtype="bf16"), "c", "bf16")
     assert spec.dtype == "fp32" and "CPU twin" in line
+
+
+@pytest.mark.parametrize("backend", ["compiled", "transformers"])
+def test_batched_sampling_rows_are_the_models_logits(tmp_path, backend):
+    """--num-samples runs the rows in one batch: each row's last logits equal transformers' (no cache)
+    on that row alone, as the rows grow by a token (the KV cache path) and when they restart."""
+    from llmgen.sample import generate_batch
+    mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 2, 2, 32, 100, 32, seed=4)
+    model = load_model(resolve_checkpoint(mdir), backend, cache_dir=tmp_path / "cache", max_tokens=32, batch=3)
+    ref = oracle.load_gpt2(mdir)
+    rows = np.array([[5, 17, 42, 7], [1, 2, 3, 4], [99, 0, 50, 50]])
+    for extra in ([], [[8], [9], [10]]):
+        if extra:
+            rows = np.concatenate([rows, np.array(extra)], 1)
+        ours = model.last_logits(rows)
+        with torch.no_grad():
+            want = np.stack([ref(torch.tensor(r[None])).logits[0, -1].numpy() for r in rows])
+        np.testing.assert_allclose(ours, want, atol=2e-5, rtol=1e-4)
+    greedy = np.array(list(generate_batch(model, [5, 17, 42], 10, top_k=1, num_samples=3)))
+    single = list(generate(model, [5, 17, 42], 10, top_k=1))
+    assert (greedy == np.array(single)[:, None]).all()

@@ -1,4 +1,7 @@
-"""Write the emitted source and build it; both steps are cached (write-if-changed, source hash)."""
+"""Render, write and build a trainer: ``build_trainer`` is the one function every caller uses
+(`llmgen build`, `llmgen train`'s cached build, InProcessTrainer, CudaTrainer). Both steps are
+cached: the source is written only when it changed, the compiler runs only when the source or the
+command changed (a .buildhash stamp beside the output)."""
 
 from __future__ import annotations
 
@@ -7,25 +10,76 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
+
+from llmgen.files import write_atomic, write_if_changed
 
 
 class BuildError(RuntimeError):
     pass
 
 
-def write_if_changed_bytes(path: Path, data: bytes) -> bool:
-    """Write through a temp file + rename, and only when the bytes differ (keeps mtimes and caches)."""
-    path = Path(path)
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return True
+def build_trainer(spec, options, out_dir, *, library: bool = False, emulate: bool = False,
+                  on_compile: Callable[[], None] | None = None) -> Path:
+    """Render the program of (spec, options), write out_dir/train.c (or train.cu) when it changed,
+    compile it when needed into out_dir/train, or with library=True into out_dir/libtrain.so (the
+    in-process API, -DLLMGEN_LIBRARY), and for GPT-2's vocabulary write the token table
+    tokenizer.bin and the Hugging Face tokenizer files beside it (the trainer prints samples with
+    the first and copies the others into its checkpoints). emulate: the CUDA source through g++
+    and emulate.h. on_compile() is called just before a compiler actually runs. Returns the path
+    of the binary or library."""
+    from llmgen.codegen import render
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = out_dir / ("train.c" if options.target == "c" else "train.cu")
+    write_if_changed(src, render(spec, options))
+    out = out_dir / ("libtrain.so" if library else "train")
+    lib_flags = []
+    if library:
+        lib_flags = ["-shared", "-fPIC", "-DLLMGEN_LIBRARY"]
+        if options.target == "cuda" and not emulate:
+            lib_flags = ["-shared", "-Xcompiler", "-fPIC", "-DLLMGEN_LIBRARY"]
+    if options.target == "c":
+        if emulate:
+            raise BuildError("--emulate applies to the cuda target only")
+        binary = build_c(src, out, lib_flags, on_compile=on_compile)
+    else:
+        binary = build_cuda(src, out, emulate=emulate, extra_flags=lib_flags, on_compile=on_compile)
+    write_token_files(spec, out_dir)
+    return binary
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    return write_if_changed_bytes(path, text.encode())
+def cached_build_dir(spec, options, cache_root: Path) -> Path:
+    """The cache folder of one (spec, options, llmgen version): its train binary and libtrain.so."""
+    import json
+
+    from llmgen import __version__
+    key = json.dumps([spec.digest(), options.target, options.fuse, options.recompute, __version__])
+    return Path(cache_root) / "builds" / f"{spec.arch}-{options.target}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def cached_build(spec, options, cache_root: Path, library: bool = False) -> Path:
+    """build_trainer into the cache folder of (spec, options): once per spec, later calls reuse the
+    binary (or library). A build that compiles says so on stderr first, since a new spec takes a while:
+    `llmgen: building trainer for spec <digest> (first run; ...)`."""
+    import sys
+    out = cached_build_dir(spec, options, cache_root)
+    what = "sampling library" if library else "trainer"
+
+    def announce() -> None:
+        print(f"llmgen: building {what} for spec {spec.digest()} (first run; cached in {out})", file=sys.stderr,
+              flush=True)
+    return build_trainer(spec, options, out, library=library, on_compile=announce)
+
+
+def write_token_files(spec, out_dir: Path) -> None:
+    """GPT-2's vocabulary: tokenizer.bin (llm.c's token table) and the HF tokenizer files, if changed."""
+    if spec.vocab_size != 50257:
+        return
+    from llmgen.tokenizer import (get_gpt2_encoding, gpt2_hf_tokenizer_files, token_table_bytes,
+                                  write_hf_tokenizer_files)
+    write_if_changed(Path(out_dir) / "tokenizer.bin", token_table_bytes(get_gpt2_encoding()))
+    write_hf_tokenizer_files(out_dir, gpt2_hf_tokenizer_files(spec.max_seq_len))
 
 
 def c_compiler() -> str:
@@ -41,27 +95,33 @@ def c_compiler() -> str:
 C_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=gnu11", "-Wall", "-Wno-unused-function"]
 
 
-def build_c(src: Path, out: Path, extra_flags: list[str] | None = None) -> Path:
+def build_c(src: Path, out: Path, extra_flags: list[str] | None = None, on_compile=None) -> Path:
     """gcc -O3 -march=native -fopenmp; skipped when the binary was built from this exact source."""
     cmd = [c_compiler(), *C_FLAGS, *(extra_flags or []), str(src), "-lm", "-o", str(out)]
-    return _build(cmd, src, out)
+    return _build(cmd, src, out, on_compile=on_compile)
 
 
-def build_c_library(src: Path, out: Path) -> Path:
-    """The same source as a shared library with the in-process API (-DLLMGEN_LIBRARY) instead of main()."""
-    return build_c(src, out, ["-shared", "-fPIC", "-DLLMGEN_LIBRARY"])
-
-
-def _build(cmd: list[str], src: Path, out: Path, deps: tuple = ()) -> Path:
+def _build(cmd: list[str], src: Path, out: Path, deps: tuple = (), on_compile=None) -> Path:
     stamp = out.with_name(out.name + ".buildhash")
     blob = Path(src).read_bytes() + " ".join(cmd).encode() + b"".join(Path(d).read_bytes() for d in deps)
     h = hashlib.sha256(blob).hexdigest()
     if out.is_file() and stamp.is_file() and stamp.read_text() == h:
         return out
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise BuildError(f"build failed: {' '.join(cmd)}\n{r.stderr[-8000:]}")
-    stamp.write_text(h)
+    if on_compile is not None:
+        on_compile()
+    # the compiler writes beside the output and the result is renamed over it: a build that is
+    # interrupted or fails never leaves a half-written binary under the cached name
+    tmp_out = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    cmd = [str(tmp_out) if c == str(out) else c for c in cmd]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BuildError(f"build failed: {' '.join(cmd)}\n{r.stderr[-8000:]}")
+        os.replace(tmp_out, out)
+    finally:
+        if tmp_out.exists():
+            tmp_out.unlink()
+    write_atomic(stamp, h)
     return out
 
 
@@ -150,13 +210,13 @@ def copy_emulation_headers(dest: Path) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     copies = []
     for h in sorted(emulate_dir().glob("*.h")):
-        write_if_changed_bytes(dest / h.name, h.read_bytes())
+        write_if_changed(dest / h.name, h.read_bytes())
         copies.append(dest / h.name)
     return copies
 
 
 def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | None = None,
-               extra_flags: list[str] | None = None) -> Path:
+               extra_flags: list[str] | None = None, on_compile=None) -> Path:
     """Build train.cu. GPU: nvcc -O3 for `archs` (default: the visible GPU's, else sm_90), linked to
     cuBLASLt from the CUDA install or the nvidia-cublas wheel. emulate=True: the same source through
     g++ with the emulation headers (copied into emulate/ next to it and named by -I), as emulate.h's
@@ -173,7 +233,7 @@ def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | N
         inc = [f"-I{src.parent / 'emulate'}", *(f"-I{d}" for d in cuda_include_dirs())]
         cmd = [cxx, "-std=c++17", "-O2", "-fno-strict-aliasing", "-fopenmp", "-DLLMGEN_EMULATE", *inc,
                *(extra_flags or []), "-x", "c++", str(src), "-x", "none", "-o", str(out), "-lm"]
-        return _build(cmd, src, out, deps=tuple(headers))
+        return _build(cmd, src, out, deps=tuple(headers), on_compile=on_compile)
     nvcc = shutil.which("nvcc") or (str(cuda_home() / "bin" / "nvcc") if cuda_home() else None)
     if not nvcc or not Path(nvcc).exists():
         raise BuildError("nvcc not found: install the CUDA toolkit, or build with --emulate to run on the CPU")
@@ -189,4 +249,4 @@ def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | N
         gencode += ["-gencode", f"arch=compute_{n},code=sm_{n}"]
     cmd = [nvcc, "-O3", "-std=c++17", *gencode, f"-I{inc}", *(extra_flags or []), str(src), "-o", str(out),
            f"-L{lib}", f"-Xlinker=-rpath,{lib}", _cublas_lib_flag(lib)]
-    return _build(cmd, src, out)
+    return _build(cmd, src, out, on_compile=on_compile)

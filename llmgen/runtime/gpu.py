@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmgen.codegen import Options, render
-from llmgen.runtime.build import build_cuda, write_if_changed
+from llmgen.codegen import Options
+from llmgen.runtime.build import build_trainer
 from llmgen.runtime.process import InProcessTrainer
 
 
@@ -40,12 +40,7 @@ class CudaTrainer(InProcessTrainer):
         super().__init__(spec, B, T, build_dir, init_from, seed, options)
 
     def _build(self, spec, build_dir: Path, options: Options) -> Path:
-        build_dir.mkdir(parents=True, exist_ok=True)
-        src = build_dir / "train.cu"
-        write_if_changed(src, render(spec, options))
-        flags = ["-shared", "-fPIC"] if self.emulate else ["-shared", "-Xcompiler", "-fPIC"]
-        return build_cuda(src, build_dir / "libtrain.so", emulate=self.emulate,
-                          extra_flags=[*flags, "-DLLMGEN_LIBRARY"])
+        return build_trainer(spec, options, build_dir, library=True, emulate=self.emulate)
 
     def _copy_out(self, ptr: int, n: int, dtype) -> np.ndarray:
         if self.emulate:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from llmgen.checkpoint import bf16_to_f32
-from llmgen.codegen import Options, program_for, render
+from llmgen.codegen import Options, program_for
 from llmgen.compiler import compile_graph
-from llmgen.runtime.build import build_c_library, write_if_changed
+from llmgen.runtime.build import build_trainer
 
 
 class InProcessTrainer:
@@ -38,10 +38,7 @@ class InProcessTrainer:
                 self.shapes[pre + p.name] = p.shape
 
     def _build(self, spec, build_dir: Path, options: Options) -> Path:
-        build_dir.mkdir(parents=True, exist_ok=True)
-        src = build_dir / "train.c"
-        write_if_changed(src, render(spec, options))
-        return build_c_library(src, build_dir / "libtrain.so")
+        return build_trainer(spec, options, build_dir, library=True)
 
     def _declare(self) -> None:
         L = self.lib
@@ -104,3 +101,44 @@ class InProcessTrainer:
         else:
             flat = self._copy_out(ptr, n, np.float32)
         return flat.reshape(self.shapes[name]) if name in self.shapes else flat
+
+
+class CompiledModel:
+    """The forward pass of a built trainer library, for sampling: logits of the last position of
+    `batch` growing token sequences of equal length. No gradients and no shapes from the graph are
+    needed, so it loads fast.
+
+    The arenas are allocated once for (batch, capacity) tokens; each call carves them for its own
+    shape (llmgen_set_batch) and runs the compiled forward over the whole sequences (the trainer
+    has no KV cache: a token costs one forward of its context; the rows of a batch share the
+    weights' trip through memory)."""
+
+    def __init__(self, library: Path, spec, capacity: int, init_from, seed: int = 1337, batch: int = 1):
+        self.spec, self.capacity, self.batch = spec, capacity, batch
+        self.lib = ctypes.CDLL(str(library))
+        L = self.lib
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        L.llmgen_setup.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_ulonglong]
+        L.llmgen_forward.argtypes = [i32p, i32p]
+        L.llmgen_forward.restype = ctypes.c_float
+        L.llmgen_set_batch.argtypes = [ctypes.c_int, ctypes.c_int]
+        L.llmgen_read_logits.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_float)]
+        if not L.llmgen_setup(batch, capacity, str(init_from).encode(), seed):
+            raise ValueError(f"llmgen_setup refused B={batch} T={capacity} (max_seq_len {spec.max_seq_len})")
+        self._row = np.empty(spec.padded_vocab_size, np.float32)
+
+    def last_logits(self, tokens) -> np.ndarray:
+        """float32 logits (b, vocab_size) after the last token of each row of `tokens` (b, t), b <= batch,
+        t <= capacity (a 1-D sequence is one row, and gives (vocab_size,))."""
+        x = np.ascontiguousarray(tokens, np.int32)
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+        b, t = rows.shape
+        if not (1 <= b <= self.batch and 1 <= t <= self.capacity) or not self.lib.llmgen_set_batch(b, t):
+            raise ValueError(f"tokens of shape {x.shape}: this model takes up to {self.batch} rows of 1 to "
+                             f"{self.capacity} tokens")
+        self.lib.llmgen_forward(rows.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), None)
+        out = np.empty((b, self.spec.vocab_size), np.float32)
+        for i in range(b):
+            self.lib.llmgen_read_logits(i, t - 1, self._row.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+            out[i] = self._row[: self.spec.vocab_size]
+        return out[0] if x.ndim == 1 else out

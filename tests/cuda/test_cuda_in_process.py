@@ -52,3 +52,21 @@ def test_gpu_in_process_matches_the_c_target(tmp_path):
     g.forward(x, x)
     np.testing.assert_allclose(g.read("h0.qkv"), c.read("h0.qkv"), atol=1e-4)
     g.close()
+
+
+def test_emulated_cuda_library_samples_at_smaller_shapes(tmp_path):
+    """llmgen_set_batch on the CUDA target (emulated): allocated for 3 x 16, run at 2 x 5 and 1 x 9,
+    the last logits of each row equal transformers' on that row alone."""
+    import torch
+
+    from llmgen.runtime.build import build_trainer
+    from llmgen.runtime.process import CompiledModel
+    mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 1, 2, 32, 100, 32, seed=4)
+    lib = build_trainer(SPEC, Options(target="cuda"), tmp_path / "cu", library=True, emulate=True)
+    model = CompiledModel(lib, SPEC, 16, mdir, batch=3)
+    ref = oracle.load_gpt2(mdir)
+    rng = np.random.default_rng(1)
+    for rows in (rng.integers(0, 100, (2, 5)), rng.integers(0, 100, (1, 9))):
+        with torch.no_grad():
+            want = np.stack([ref(torch.tensor(r[None])).logits[0, -1].numpy() for r in rows])
+        np.testing.assert_allclose(model.last_logits(rows), want, atol=2e-5, rtol=1e-4)

@@ -1,0 +1,105 @@
+"""`llmgen inspect SPEC`: kernels, fused groups, memory plan and FLOPs, without building anything.
+
+Needs only the compiler's front half (no tokenizer, no data code: a test checks that).
+"""
+
+from __future__ import annotations
+
+from llmgen import __version__
+from llmgen.cli import CliError, add_spec_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="kernels, fused groups, memory plan and FLOPs of a spec")
+    add_spec_args(p)
+    p.add_argument("-b", type=int, default=4, help="micro-batch for the activation sizes [4]")
+    p.add_argument("-t", type=int, default=0, help="sequence length [min(1024, max_seq_len)]")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print the whole schedule")
+    p.set_defaults(func=run)
+
+
+FUSED_DESCRIPTIONS = {
+    "softmax_xent": "softmax + cross-entropy + dlogits (in place over the logits)",
+    "residual_layernorm": "residual add + layernorm",
+    "residual_rmsnorm": "residual add + RMSNorm",
+    "adamw_all": "grad-norm clip + AdamW over every parameter",
+}
+
+
+def describe_kernel(node) -> str:
+    a = node.attrs
+    if node.op == "linear" and a.get("bias"):
+        return "matmul + bias" + (" + GELU" if a.get("gelu") else "")
+    if node.op == "linear_dx" and a.get("dgelu"):
+        return "matmul + dGELU"
+    if node.op == "linear_dw" and a.get("bias"):
+        return "matmul + bias grad"
+    if node.op in ("layernorm_bwd", "rmsnorm_bwd") and a.get("accumulate"):
+        return node.op.replace("_bwd", "") + " backward + residual grad"
+    return FUSED_DESCRIPTIONS.get(node.op, "")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
+    from llmgen.compiler import compile_graph
+    from llmgen.codegen.lower import flops_per_token
+    g, plan = compile_graph(spec, B=1, T=1, fuse=fuse, dtype=spec.dtype)
+    mem = plan.bytes()
+    acts = mem["activations"] * B * T
+    n_params = sum(p.numel for p in g.params)
+    attn = 12 * spec.n_layer * spec.n_embd * T     # q.k and p.v, forward + backward, per token
+    return {
+        "graph": g, "plan": plan, "kernels": len(g.nodes), "params": n_params,
+        "bytes": {"params": mem["params"], "grads": mem["grads"], "optimizer_state": mem["optimizer_state"],
+                  "activations": acts, "activations_unshared": mem["activations_unshared"] * B * T},
+        "peak": mem["params"] + mem["grads"] + mem["optimizer_state"] + acts,
+        "flops_per_token": flops_per_token(g) + attn,
+    }
+
+
+def run(args) -> int:
+    from llmgen.spec import load_spec
+    spec = load_spec(args.spec, args.dtype)
+    B, T = args.b, args.t or min(1024, spec.max_seq_len)
+    if B < 1 or T < 1:
+        raise CliError(f"-b and -t must be >= 1 (got -b {B} -t {T})")
+    if T > spec.max_seq_len:
+        raise CliError(f"-t {T} exceeds the spec's max_seq_len={spec.max_seq_len}")
+    rep = inspect_report(spec, B, T, fuse=not args.no_fuse)
+    g = rep["graph"]
+    print(f"llmgen {__version__} | spec {spec.digest()} | {spec.arch} n_layer={spec.n_layer} n_head={spec.n_head} "
+          f"n_embd={spec.n_embd} vocab={spec.vocab_size} (padded {spec.padded_vocab_size}) | B={B} T={T}")
+    print(f"\nparameters: {rep['params']:,}")
+    print(f"\nkernels per micro-batch step ({rep['kernels']} launches):")
+    counts: dict[tuple, int] = {}
+    for n in g.nodes:
+        key = (n.phase, n.op, describe_kernel(n))
+        counts[key] = counts.get(key, 0) + 1
+    for (phase, op, desc), c in counts.items():
+        print(f"  [{phase}] {op:<20} x{c:<4} {('fused: ' + desc) if desc else ''}")
+    print("\nmemory plan:")
+    for k in ("params", "grads", "optimizer_state", "activations"):
+        print(f"  {k:<18} {_human(rep['bytes'][k]):>12}")
+    print(f"  {'activations if nothing shared':<18} {_human(rep['bytes']['activations_unshared']):>12}")
+    print(f"  {'peak':<18} {_human(rep['peak']):>12}")
+    fpt = rep["flops_per_token"]
+    print(f"\nFLOPs per token (forward + backward): {fpt / 1e9:.3f} GFLOP  "
+          f"(x {B * T} tokens = {fpt * B * T / 1e12:.3f} TFLOP per micro-batch)")
+    if not args.no_fuse:
+        un = inspect_report(spec, B, T, fuse=False)
+        dk = un["kernels"] - rep["kernels"]
+        da = un["bytes"]["activations"] - rep["bytes"]["activations"]
+        print(f"\nfusion: {rep['kernels']} kernels instead of {un['kernels']} (-{dk}, "
+              f"{100 * dk / un['kernels']:.0f}% fewer); activations {_human(rep['bytes']['activations'])} instead of "
+              f"{_human(un['bytes']['activations'])} (-{_human(da)}, {100 * da / un['bytes']['activations']:.0f}% less)")
+    if args.verbose:
+        print("\nschedule:")
+        print(g.dump())
+    return 0
