@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from llmgen.ir.graph import Graph, Value
 from llmgen.ir.ops import OPS
@@ -174,9 +175,9 @@ def flops_per_token(g: Graph, T: int) -> int:
 @dataclass
 class LowerContext:
     """The lowering's view of the program that the op table's dims / consts / args functions get."""
-    param_elems: int
-    ref: object                 # Value -> the C expression of its pointer (or runtime value)
-    rows: dict[int, "ParamRow"]  # param id -> its row
+    param_elems: int                       # elements of each parameter-layout arena (the grad norm's N)
+    ref: Callable[[Value], str]            # Value -> the C expression of its pointer (or runtime value)
+    rows: dict[int, "ParamRow"]            # param id -> its row in the parameter table
 
     def param_rows(self, values) -> list["ParamRow"]:
         return [self.rows[v.id] for v in values]
