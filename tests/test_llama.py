@@ -350,7 +350,7 @@ def test_c_reads_sharded_hf_checkpoint(tmp_path, build_cache):
 def test_inspect_llama_preset():
     out = run_llmgen("inspect", "llama3.2-1b").stdout
     assert "llama3" in out and "1,235,814,400" in out
-    for word in ("gqa_attention", "rope", "swiglu", "fused: residual add + RMSNorm",
+    for word in ("attention", "rope", "swiglu", "fused: residual add + RMSNorm",
                  "fused: rmsnorm backward + residual grad", "memory plan:", "peak", "fusion:"):
         assert word in out, word
 

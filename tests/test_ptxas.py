@@ -27,8 +27,8 @@ spec.loader.exec_module(ptxas)
 # the CUDA-core attention backward, which a bf16 build runs only when the tensor-core kernels cannot
 # (T not a multiple of 64, or -DLLMGEN_NO_TC_ATTENTION); fp32 builds always run it.
 KNOWN_SPILLS = {
-    ("gpt2-124m-bf16", "attention_bwd_12x64x768_dkv_kernel"): "255 registers, 376 B spill stores, 400 B spill loads",
-    ("gpt2-124m-bf16", "attention_bwd_12x64x768_dq_kernel"): "255 registers, 100 B spill stores, 108 B spill loads",
+    ("gpt2-124m-bf16", "attention_bwd_12x12x64_dkv_kernel"): "255 registers, 376 B spill stores, 400 B spill loads",
+    ("gpt2-124m-bf16", "attention_bwd_12x12x64_dq_kernel"): "255 registers, 100 B spill stores, 108 B spill loads",
 }
 
 

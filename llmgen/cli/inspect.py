@@ -18,25 +18,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-FUSED_DESCRIPTIONS = {
-    "softmax_xent": "softmax + cross-entropy + dlogits (in place over the logits)",
-    "residual_layernorm": "residual add + layernorm",
-    "residual_rmsnorm": "residual add + RMSNorm",
-    "adamw_all": "grad-norm clip + AdamW over every parameter",
-}
-
-
 def describe_kernel(node) -> str:
-    a = node.attrs
-    if node.op == "linear" and a.get("bias"):
-        return "matmul + bias" + (" + GELU" if a.get("gelu") else "")
-    if node.op == "linear_dx" and a.get("dgelu"):
-        return "matmul + dGELU"
-    if node.op == "linear_dw" and a.get("bias"):
-        return "matmul + bias grad"
-    if node.op in ("layernorm_bwd", "rmsnorm_bwd") and a.get("accumulate"):
-        return node.op.replace("_bwd", "") + " backward + residual grad"
-    return FUSED_DESCRIPTIONS.get(node.op, "")
+    """What `inspect` says of a (fused) kernel: the op table's description of the node."""
+    from llmgen.ir.ops import describe
+    return describe(node)
 
 
 def _human(n: float) -> str:
@@ -54,13 +39,12 @@ def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
     mem = plan.bytes()
     acts = mem["activations"] * B * T
     n_params = sum(p.numel for p in g.params)
-    attn = 12 * spec.n_layer * spec.n_embd * T     # q.k and p.v, forward + backward, per token
     return {
         "graph": g, "plan": plan, "kernels": len(g.nodes), "params": n_params,
         "bytes": {"params": mem["params"], "grads": mem["grads"], "optimizer_state": mem["optimizer_state"],
                   "activations": acts, "activations_unshared": mem["activations_unshared"] * B * T},
         "peak": mem["params"] + mem["grads"] + mem["optimizer_state"] + acts,
-        "flops_per_token": flops_per_token(g) + attn,
+        "flops_per_token": flops_per_token(g, T),
     }
 
 

@@ -1,7 +1,10 @@
 """Rendering: typed template contexts -> Jinja -> one source file per target.
 
 One Jinja Environment (StrictUndefined) finds the templates in a checkout (top-level
-templates/) or in an installed wheel (the package llmgen.templates).
+templates/) or in an installed wheel (the package llmgen.templates), after any extra
+folders a build names (Options.template_dirs: kernels of ops defined outside llmgen).
+A target is a module (codegen/c.py, codegen/cuda.py) with its program template, the path of
+a kernel family's template, and its launch choices (`configure`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 import jinja2
 
 from llmgen import __version__
+from llmgen.codegen import c as c_target
+from llmgen.codegen import cuda as cuda_target
 from llmgen.codegen.lower import Program, lower
 from llmgen.compiler import compile_graph
 
@@ -33,11 +38,15 @@ def templates_dir() -> Path:
     raise FileNotFoundError(f"llmgen templates not found (looked in {checkout} and {installed})")
 
 
-@lru_cache(maxsize=1)
-def environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+@lru_cache(maxsize=8)
+def environment(extra_dirs: tuple[str, ...] = ()) -> jinja2.Environment:
+    """The Jinja environment; `extra_dirs` are searched first (templates of ops added from outside)."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader([*map(str, extra_dirs), str(templates_dir())]),
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                               keep_trailing_newline=True)
+
+
+TARGETS = {"c": c_target, "cuda": cuda_target}
 
 
 @dataclass(frozen=True)
@@ -46,21 +55,36 @@ class Options:
     target: str = "c"          # c | cuda
     fuse: bool = True          # run the fusion passes
     recompute: int = 0         # llm.c's -r: 0 keep activations, 1 recompute GELU, 2 GELU + layernorm
+    template_dirs: tuple[str, ...] = ()   # extra template folders, searched before llmgen's own
 
 
 def program_for(spec, options: Options = Options()) -> Program:
+    target = TARGETS[options.target]
     # bf16 (spec.dtype) is the CUDA target's mixed precision; the C twin computes in fp32
     dtype = spec.dtype if options.target == "cuda" else "fp32"
     g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse, recompute=options.recompute, dtype=dtype)
-    prog = lower(g, plan, options.target, __version__, recompute=options.recompute)
-    if options.target == "cuda":
-        from llmgen.codegen.cuda import configure
-        configure(prog)
-    return prog
+    prog = lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)
+    return target.configure(prog)
+
+
+def check_kernels(prog: Program, env: jinja2.Environment) -> None:
+    """Every kernel's family template defines a macro named after its op, else a one-line error."""
+    missing = []
+    for k in prog.kernels:
+        try:
+            module = env.get_template(k.template).module
+        except jinja2.TemplateNotFound:
+            module = None
+        if not hasattr(module, k.op):
+            missing.append(f"{k.op} ({k.template})")
+    if missing:
+        raise ValueError(f"the {prog.target} target has no kernel for {', '.join(sorted(set(missing)))} "
+                         f"(arch {prog.arch}); try another --target")
 
 
 def render(spec, options: Options = Options()) -> str:
     prog = program_for(spec, options)
+    env = environment(tuple(map(str, options.template_dirs)))
+    check_kernels(prog, env)
     runtime = (templates_dir() / "common" / "runtime.h").read_text()
-    tpl = {"c": "c/program.c.j2", "cuda": "cuda/program.cu.j2"}[options.target]
-    return environment().get_template(tpl).render(p=prog, runtime=runtime)
+    return env.get_template(TARGETS[options.target].PROGRAM).render(p=prog, runtime=runtime)

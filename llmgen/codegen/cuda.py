@@ -1,42 +1,29 @@
 """CUDA launch decisions: block sizes, attention tiles and scratch sizes, per kernel instance.
 
 lower.py makes the target-independent Program; for the CUDA target this module then fills
-each Kernel's `cfg` (constants the templates substitute) and the program's scratch size.
-Every number here is a choice for a GPU that the emulation runs just as well.
+each Kernel's `cfg` (constants the templates substitute), names the template of its family
+and sizes the program's scratch buffer. Every number here is a choice for a GPU that the
+emulation runs just as well.
 """
 
 from __future__ import annotations
 
-from llmgen.codegen.lower import Program
+from llmgen.codegen.lower import Kernel, Program
 
-# op -> kernel family the CUDA templates implement (templates/cuda/<family>.cu.j2)
-SUPPORTED = {
-    "embed": "embed", "embed_bwd": "embed",
-    "layernorm": "layernorm", "residual_layernorm": "layernorm", "layernorm_bwd": "layernorm",
-    "linear": "linear", "linear_dx": "linear", "linear_dw": "linear",
-    "attention": "attention", "attention_bwd": "attention",
-    "softmax_xent": "xent", "xent": "xent", "xent_bwd": "xent",
-    "add": "elementwise", "bias_add": "elementwise", "bias_grad": "elementwise", "gelu": "elementwise",
-    "gelu_bwd": "elementwise", "mean": "elementwise", "mean_bwd": "elementwise",
-    "grad_norm": "adamw", "adamw": "adamw", "adamw_all": "adamw",
-    # Llama 3 (the token embedding has its own file: templates/cuda/token_embed.cu.j2)
-    "token_embed": "token_embed", "token_embed_bwd": "token_embed",
-    "rmsnorm": "rmsnorm", "residual_rmsnorm": "rmsnorm", "rmsnorm_bwd": "rmsnorm",
-    "rope": "rope", "rope_bwd": "rope",
-    "gqa_attention": "gqa_attention", "gqa_attention_bwd": "gqa_attention",
-    "swiglu": "swiglu", "swiglu_bwd": "swiglu",
-}
+NAME = "cuda"
+PROGRAM = "cuda/program.cu.j2"      # the program skeleton
+FAMILY = "cuda/{family}.cu.j2"      # a kernel family: one macro per op
+SCALAR_REF = "{}"                   # the graph's scalars live in device memory: already pointers
 
 WARP = 32
 LN_WARPS = 8               # layernorm: one warp per row, 8 rows per block
 LN_BWD_MAX_BLOCKS = 256    # layernorm backward: column partial sums of at most this many blocks
 COLSUM_MAX_BLOCKS = 256    # bias gradients: row chunks summed in a fixed order
 NORM_BLOCKS = 512          # grad norm: partial sums of squares (doubles)
-ATTN_ROWS = 64             # attention: query (or key) rows per block, one per thread
 RMS_PER = 8                # RMSNorm: channels per thread (a block per row: C / 8 threads, 32 ... 1024)
 RMS_BWD_MAX_BLOCKS = 256   # RMSNorm backward: dw partial sums of at most this many blocks
-GQA_DPT = 32               # GQA attention: at most this many channels of a head per thread
-GQA_THREADS = 128          # GQA attention: threads per block (about)
+ATTN_DPT = 32              # grouped-query attention: at most this many channels of a head per thread
+ATTN_THREADS = 128         # attention: threads per block (about)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -46,26 +33,28 @@ def _pow2_at_least(n: int) -> int:
     return p
 
 
-def gqa_config(HD: int, NH: int, KV: int) -> dict[str, int]:
-    """Work split of the GQA attention kernels (templates/cuda/gqa_attention.cu.j2).
+def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
+    """Work split of the CUDA-core attention kernels (templates/cuda/attention.cu.j2).
 
-    TPR threads share a (query row, head), each holding DPT <= GQA_DPT channels of q and of the
-    accumulator in registers (head_dim 64: 2 threads, 128: 4), reducing dot products with TPR-lane
-    shuffles. A forward / dq block takes BQ query rows of RB heads of one K/V group (RB divides the
-    group size R, RB * TPR <= 8), so a K/V tile staged in shared memory serves RB heads; BQ * TPR is a
-    multiple of 32 (whole warps for the shuffles). A dk/dv block takes BK key rows (BK * TPR = 128).
-    BC: rows of a K/V (or Q/dY) tile, the scores of a tile stay in registers."""
+    TPR threads share a (query row, head), each holding DPT channels of q and of the accumulator in
+    registers, reducing dot products with TPR-lane shuffles. Multi-head attention (R = NH/KV = 1)
+    keeps a whole head in one thread (TPR = 1, GPT-2's kernels always did); with grouped heads
+    TPR keeps DPT <= ATTN_DPT (head_dim 64: 2 threads, 128: 4). A forward / dq block takes BQ query
+    rows of RB heads of one K/V group (RB divides the group size R, RB * TPR <= 8), so a K/V tile
+    staged in shared memory serves RB heads; BQ * TPR is a multiple of 32 (whole warps for the
+    shuffles). A dk/dv block takes BK key rows (BK * TPR = 128). BC: rows of a K/V (or Q/dY) tile,
+    the scores of a tile stay in registers."""
     R = NH // KV
     tpr = 1
-    while -(-HD // tpr) > GQA_DPT and tpr < WARP:
+    while R > 1 and -(-HD // tpr) > ATTN_DPT and tpr < WARP:
         tpr *= 2
     rb = max(d for d in range(1, R + 1) if R % d == 0 and d * tpr <= max(tpr, 8))
     bq = 1
-    while bq * 2 * rb * tpr <= GQA_THREADS:
+    while bq * 2 * rb * tpr <= ATTN_THREADS:
         bq *= 2
     bq = max(bq, WARP // tpr)
     return {"TPR": tpr, "DPT": -(-HD // tpr), "RB": rb, "BQ": bq, "BC": 32 if HD <= 128 else 16,
-            "BK": max(1, GQA_THREADS // tpr)}
+            "BK": max(1, ATTN_THREADS // tpr)}
 
 
 def tc_attention_config(HD: int, dtype: str) -> dict[str, int]:
@@ -86,43 +75,57 @@ def tc_attention_config(HD: int, dtype: str) -> dict[str, int]:
             "SMEM_DKV": tiles + 2 * 64 * 4 + 4 * (16 * SW + 16 * DS) * 4 + 4 * 2 * 16 * PS * 2}
 
 
+# family -> (kernel, dtype) -> (its launch choices, the scratch bytes it needs)
+
+def _layernorm(k: Kernel, dtype: str) -> tuple[dict, int]:
+    C = k.dims["C"]
+    cfg = {"WARPS": LN_WARPS, "PER": (C + WARP - 1) // WARP, "MAXB": LN_BWD_MAX_BLOCKS}
+    return cfg, 4 * 2 * C * LN_BWD_MAX_BLOCKS if k.op == "layernorm_bwd" else 0
+
+
+def _attention(k: Kernel, dtype: str) -> tuple[dict, int]:
+    HD = k.dims["HD"]
+    return {**attention_config(HD, k.dims["NH"], k.dims["KV"]), **tc_attention_config(HD, dtype)}, 0
+
+
+def _xent(k: Kernel, dtype: str) -> tuple[dict, int]:
+    return {"NT": min(1024, max(WARP, _pow2_at_least(k.dims["V"] // 16)))}, 0
+
+
+def _linear(k: Kernel, dtype: str) -> tuple[dict, int]:
+    if k.op != "linear_dw":
+        return {}, 0
+    return {"MAXB": COLSUM_MAX_BLOCKS}, 4 * k.dims["N"] * (COLSUM_MAX_BLOCKS + 1)
+
+
+def _elementwise(k: Kernel, dtype: str) -> tuple[dict, int]:
+    if k.op == "bias_grad":
+        return {"MAXB": COLSUM_MAX_BLOCKS}, 4 * k.dims["C"] * (COLSUM_MAX_BLOCKS + 1)
+    return ({"NT": 256} if k.op == "mean" else {}), 0
+
+
+def _adamw(k: Kernel, dtype: str) -> tuple[dict, int]:
+    return ({"NB": NORM_BLOCKS}, 8 * NORM_BLOCKS) if k.op == "grad_norm" else ({}, 0)
+
+
+def _rmsnorm(k: Kernel, dtype: str) -> tuple[dict, int]:
+    C = k.dims["C"]
+    nt = min(1024, max(WARP, _pow2_at_least(-(-C // RMS_PER))))
+    cfg = {"NT": nt, "PER": -(-C // nt), "MAXB": RMS_BWD_MAX_BLOCKS}
+    return cfg, 4 * C * RMS_BWD_MAX_BLOCKS if k.op == "rmsnorm_bwd" else 0
+
+
+LAUNCH = {"layernorm": _layernorm, "attention": _attention, "xent": _xent, "linear": _linear,
+          "elementwise": _elementwise, "adamw": _adamw, "rmsnorm": _rmsnorm}
+
+
 def configure(prog: Program) -> Program:
-    missing = sorted({k.op for k in prog.kernels if k.op not in SUPPORTED})
-    if missing:
-        raise ValueError(f"the CUDA target has no kernels for {', '.join(missing)} yet (arch {prog.arch}); "
-                         "build it with --target c")
     scratch = 0                                 # bytes of the shared scratch buffer
     for k in prog.kernels:
-        k.family = SUPPORTED[k.op]              # the CUDA template file that renders it
-        if k.op in ("layernorm", "residual_layernorm", "layernorm_bwd"):
-            C = k.dims["C"]
-            k.cfg = {"WARPS": LN_WARPS, "PER": (C + WARP - 1) // WARP, "MAXB": LN_BWD_MAX_BLOCKS}
-            if k.op == "layernorm_bwd":
-                scratch = max(scratch, 4 * 2 * C * LN_BWD_MAX_BLOCKS)
-        elif k.op in ("attention", "attention_bwd"):
-            HD = k.dims["HD"]
-            bc = 32 if HD <= 128 else 16        # key (query) tile: scores stay in registers
-            k.cfg = {"BR": ATTN_ROWS, "BC": bc, **tc_attention_config(HD, prog.dtype)}
-        elif k.op in ("softmax_xent", "xent", "xent_bwd"):
-            k.cfg = {"NT": min(1024, max(WARP, _pow2_at_least(k.dims["V"] // 16)))}
-        elif k.op in ("linear_dw", "bias_grad"):
-            N = k.dims["N"] if k.op == "linear_dw" else k.dims["C"]
-            k.cfg = {"MAXB": COLSUM_MAX_BLOCKS}
-            scratch = max(scratch, 4 * N * (COLSUM_MAX_BLOCKS + 1))
-        elif k.op == "grad_norm":
-            k.cfg = {"NB": NORM_BLOCKS}
-            scratch = max(scratch, 8 * NORM_BLOCKS)
-        elif k.op == "mean":
-            k.cfg = {"NT": 256}
-        elif k.op in ("rmsnorm", "residual_rmsnorm", "rmsnorm_bwd"):
-            C = k.dims["C"]
-            nt = min(1024, max(WARP, _pow2_at_least(-(-C // RMS_PER))))
-            k.cfg = {"NT": nt, "PER": -(-C // nt), "MAXB": RMS_BWD_MAX_BLOCKS}
-            if k.op == "rmsnorm_bwd":
-                scratch = max(scratch, 4 * C * RMS_BWD_MAX_BLOCKS)
-        elif k.op in ("gqa_attention", "gqa_attention_bwd"):
-            HD = k.dims["HD"]
-            k.cfg = {**gqa_config(HD, k.dims["NH"], k.dims["KV"]), **tc_attention_config(HD, prog.dtype)}
+        k.template = FAMILY.format(family=k.family)
+        if k.family in LAUNCH:
+            k.cfg, need = LAUNCH[k.family](k, prog.dtype)
+            scratch = max(scratch, need)
     prog.scratch_bytes = scratch
     prog.tensor_core_attention = any(k.cfg.get("TC") for k in prog.kernels)
     return prog

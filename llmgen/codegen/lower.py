@@ -1,7 +1,10 @@
 """Lowering: the scheduled, planned graph -> typed template contexts (target-independent).
 
-Python decides everything here (kernel instances, their compile-time dimensions and
-flags, argument lists, buffer names and offsets); the templates only substitute and loop.
+Python decides everything here (kernel instances, their compile-time dimensions, flags and
+constants, argument lists, buffer names and offsets); the templates only substitute and loop.
+What each op contributes (dims, consts, flags, launch args, FLOPs) is its row in the op table
+(llmgen/ir/ops.py); the target modules (codegen/c.py, codegen/cuda.py) then add their launch
+choices (tiles, block sizes) to each kernel's `cfg`.
 The batch shape (B, T) stays a runtime value of the emitted program: the graph is built
 at B = T = 1, so every activation size in the plan is "per token" and the program carves
 the arena at `BT * offset`. Every other size is a literal constant in the kernels.
@@ -10,9 +13,9 @@ the arena at `BT * offset`. Every other size is a literal constant in the kernel
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from llmgen.flags import TRAINER_FLAGS, Flag, usage_lines
 from llmgen.ir.graph import Graph, Node, Value
@@ -20,32 +23,24 @@ from llmgen.ir.ops import OPS
 from llmgen.passes.memory import MemoryPlan
 from llmgen.passes.precision import storage_dtypes
 
-SCALARS = {"loss": "s_loss", "dloss": "s_dloss", "grad_norm": "s_grad_norm"}
-# the C target keeps the graph's scalars in host variables (&s_loss); the CUDA target keeps
-# them in device memory, where s_loss already is a pointer
-SCALAR_REF = {"c": "&{}", "cuda": "{}"}
+# the graph's interface values -> the program's variables: scalars, and what the trainer passes in
+SCALARS = {("outputs", "loss"): "s_loss", ("inputs", "dloss"): "s_dloss", ("outputs", "grad_norm"): "s_grad_norm"}
 RUNTIME = {"tokens": "inputs", "targets": "targets", "lr": "lr", "t": "step", "weight_decay": "weight_decay"}
+ARENAS = {"params": "params_mem", "grads": "grads_mem", "m": "m_mem", "v": "v_mem"}
 
 
 @dataclass
 class Kernel:
-    """One emitted function: an op specialised to its constant dimensions and flags."""
+    """One emitted function: an op specialised to its constant dimensions, flags and constants."""
     op: str
-    family: str
+    family: str                # the op table's kernel family
     name: str
     comment: str
     dims: dict[str, int | str]
     flags: dict[str, bool]
-    eps: float = 0.0
-    scale: float = 0.0
-    beta1: float = 0.0
-    beta2: float = 0.0
-    eps_adam: float = 0.0
-    max_norm: float = 0.0
-    decay: bool = False
-    segments: list["ParamRow"] = field(default_factory=list)
-    cfg: dict[str, int] = field(default_factory=dict)   # target launch constants (tile sizes, ...)
-    table: tuple = ()          # a constant table the kernel embeds (RoPE: the head_dim/2 inverse frequencies)
+    consts: dict[str, object] = field(default_factory=dict)  # from the op table: eps, scale, table, segments, ...
+    cfg: dict[str, int] = field(default_factory=dict)        # the target's launch choices (tile sizes, ...)
+    template: str = ""         # the target's family template that defines the macro `op` (set by the target)
 
 
 @dataclass
@@ -118,7 +113,8 @@ class Program:
     backward: list[Launch]
     update: list[Launch]
     config_json: str           # the HF config.json the checkpoints carry, as a C string literal
-    flops_per_token: int
+    flops_per_token: int       # matmul FLOPs of one token, forward + backward
+    flops_per_token_t: int     # attention FLOPs of one token per unit of sequence length T
     buffers: list[NamedBuffer] = field(default_factory=list)
     dtype: str = "fp32"        # fp32 | bf16 (params and activations; the CUDA target only)
     recompute: int = 0         # activation recompute level the schedule was made with (0, 1, 2)
@@ -167,116 +163,77 @@ def shape_str(v: Value) -> str:
     s = list(v.shape)
     if v.role not in ("act", "input") or "updates" in v.meta:     # parameter-shaped
         return "(" + ",".join(map(str, s)) + ("," if len(s) == 1 else "") + ")"
-    if v.name.endswith(".lse"):
-        return f"(B,{s[1]},T)"
     if len(s) >= 2:
-        return "(" + ",".join(["B", "T"] + [str(d) for d in s[2:]]) + ")"
+        b, t = v.token_axes
+        return "(" + ",".join("B" if i == b else "T" if i == t else str(d) for i, d in enumerate(s)) + ")"
     return str(tuple(s))
 
 
-def _dims(node: Node, param_elems: int) -> dict[str, int | str]:
-    op, ins, outs = node.op, node.inputs, node.outputs
-    if op == "embed":
-        return {"BT": "BT", "T": "T", "C": outs[0].shape[-1]}
-    if op == "embed_bwd":
-        return {"BT": "BT", "T": "T", "C": outs[0].shape[-1], "V": outs[0].shape[0], "P": outs[1].shape[0]}
-    if op in ("layernorm", "residual_layernorm", "layernorm_bwd"):
-        return {"N": "BT", "C": ins[0].shape[-1] if op != "layernorm_bwd" else ins[1].shape[-1]}
-    if op == "linear":
-        return {"M": "BT", "K": ins[1].shape[1], "N": ins[1].shape[0]}
-    if op == "linear_dx":
-        return {"M": "BT", "K": ins[1].shape[1], "N": ins[1].shape[0]}
-    if op == "linear_dw":
-        return {"M": "BT", "K": outs[0].shape[1], "N": outs[0].shape[0]}
-    if op in ("attention", "attention_bwd"):
-        qkv = ins[0] if op == "attention" else ins[1]
-        nh = node.attrs["n_head"]
-        C = qkv.shape[-1] // 3
-        return {"NH": nh, "HD": C // nh, "C": C}
-    # Llama 3 ops
-    if op == "token_embed":
-        return {"BT": "BT", "C": outs[0].shape[-1]}
-    if op == "token_embed_bwd":
-        return {"BT": "BT", "C": outs[0].shape[-1], "V": outs[0].shape[0]}
-    if op in ("rmsnorm", "residual_rmsnorm", "rmsnorm_bwd"):
-        return {"N": "BT", "C": ins[0].shape[-1] if op != "rmsnorm_bwd" else ins[1].shape[-1]}
-    if op in ("rope", "rope_bwd"):
-        nh = node.attrs["n_head"]
-        return {"NH": nh, "HD": ins[0].shape[-1] // nh}
-    if op in ("gqa_attention", "gqa_attention_bwd"):
-        q = ins[0] if op == "gqa_attention" else ins[1]
-        nh, kv = node.attrs["n_head"], node.attrs["n_kv_head"]
-        return {"NH": nh, "KV": kv, "HD": q.shape[-1] // nh}
-    if op in ("swiglu", "swiglu_bwd"):
-        return {"F": outs[0].shape[-1]}
-    if op in ("softmax_xent", "xent", "xent_bwd"):
-        logits = ins[0] if op != "xent_bwd" else ins[1]
-        return {"V": node.attrs["vocab"], "Vp": logits.shape[-1]}
-    if op in ("bias_add", "bias_grad"):
-        return {"R": "BT", "C": ins[0].shape[-1]}
-    if op in ("add", "gelu", "gelu_bwd", "mean", "mean_bwd"):
-        v = outs[0] if op != "mean" else ins[0]
-        per_token = v.numel
-        return {"N": "BT" if per_token == 1 else f"BT * {per_token}"}
-    if op == "grad_norm":
-        return {"N": param_elems}
-    if op == "adamw":
-        return {"N": ins[0].numel}
-    if op == "adamw_all":
-        return {}
-    raise NotImplementedError(f"no C lowering for op {op}")
-
-
-def _flags(node: Node) -> dict[str, bool]:
+def _flags(node) -> dict[str, bool]:
+    """acc<i>: output i is a parameter gradient (the kernel accumulates into it); bias, gelu, dgelu,
+    residual from the attrs; then the op's own flags (its row in the op table)."""
     flags = {f"acc{i}": v.role == "grad" for i, v in enumerate(node.outputs)}
     for k in ("bias", "gelu", "dgelu"):
         flags[k] = bool(node.attrs.get(k))
     flags["residual"] = bool(node.attrs.get("accumulate"))
-    return flags
+    opdef = OPS[node.op]
+    return flags | (opdef.flags(node) if opdef.flags else {})
 
 
 def _kernel_name(op: str, dims: dict, flags: dict) -> str:
-    parts = [op] + [k for k in ("bias", "gelu", "dgelu", "residual") if flags.get(k)]
+    parts = [op] + [k for k, v in flags.items() if v and not k.startswith("acc")]
     if any(v for k, v in flags.items() if k.startswith("acc")):
         parts.append("acc" + "".join(k[3:] for k, v in sorted(flags.items()) if k.startswith("acc") and v))
     consts = [str(v) for v in dims.values() if isinstance(v, int)]
     return "_".join(parts + (["x".join(consts)] if consts else []))
 
 
-def gemm_blocks(op: str, dims: dict) -> dict[str, int]:
-    """Cache blocks of the C target's GEMM engine (templates/c/gemm.c.j2) for one linear kernel.
-
-    kc: the reduction slice. A kc x NR panel of B (NR = 32 floats with AVX-512) should stay in L1
-        and an MC x kc block of A in L2, so kc <= 384; the reduction is cut into equal slices
-        (768 -> 2 x 384, 3072 -> 8 x 384), rounded up to 16 (the packing's transpose width).
-        linear_dw reduces over the runtime B*T rows: 384 there.
-    mc: rows of A per block, MC x kc x 4 bytes ~ 512 KiB (half of a 1-2 MiB L2).
-    nc: columns of B per block, kc x NC x 4 bytes ~ 1.5 MiB: the packed panels a thread reuses
-        across its MC row blocks (only when it has more than MC rows) sit in L2/L3.
-    Measured on one Zen 5 core at the GPT-2 124M shapes (B*T = 256): kc from 128 to 384 all within
-    +-4% (85-90% of the core's fp32 peak on the layer GEMMs); 384 makes the fewest passes over C."""
-    reduction = {"linear": dims["K"], "linear_dx": dims["N"], "linear_dw": dims["M"]}[op]
-    if isinstance(reduction, int):
-        per_slice = -(-reduction // -(-reduction // 384))          # ceil(R / ceil(R / 384))
-        kc = -(-per_slice // 16) * 16
-    else:
-        kc = 384
-    return {"kc": kc, "mc": max(16, (512 * 1024 // 4) // kc), "nc": max(32, (1536 * 1024 // 4) // kc)}
-
-
-def flops_per_token(g: Graph) -> int:
-    """Matmul FLOPs of one training token (forward + backward; 2 per multiply-add),
-    plus attention's q.k and p.v at full sequence length counted by the caller's T."""
-    total = 0
+def graph_flops(g: Graph) -> tuple[int, int]:
+    """FLOPs of one training token, forward + backward (2 per multiply-add), from each op's row:
+    (the part that does not depend on T: the matmuls, the part per unit of T: attention's q.k and
+    p.v, counted over the full sequence as llm.c does)."""
+    fixed = per_t = 0
     for n in g.nodes:
-        if n.op == "linear":
-            total += 2 * n.inputs[1].numel
-        elif n.op in ("linear_dx", "linear_dw"):
-            total += 2 * (n.inputs[1].numel if n.op == "linear_dx" else n.outputs[0].numel)
-    return total
+        f = OPS[n.op].flops
+        if f:
+            a, b = f(n)
+            fixed, per_t = fixed + a, per_t + b
+    return fixed, per_t
 
 
-def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int = 0) -> Program:
+def flops_per_token(g: Graph, T: int) -> int:
+    """FLOPs of one training token at sequence length T (what MFU and `llmgen inspect` count)."""
+    fixed, per_t = graph_flops(g)
+    return fixed + per_t * T
+
+
+@dataclass
+class LowerContext:
+    """The lowering's view of the program that the op table's dims / consts / args functions get."""
+    param_elems: int                       # elements of each parameter-layout arena (the grad norm's N)
+    ref: Callable[[Value], str]            # Value -> the C expression of its pointer (or runtime value)
+    rows: dict[int, "ParamRow"]            # param id -> its row in the parameter table
+
+    def param_rows(self, values) -> list["ParamRow"]:
+        return [self.rows[v.id] for v in values]
+
+    def arena(self, kind: str) -> str:
+        return ARENAS[kind]
+
+
+def _freeze(x):
+    """A hashable key for a kernel's constants (so equal instances share one kernel)."""
+    if isinstance(x, dict):
+        return tuple((k, _freeze(v)) for k, v in sorted(x.items()))
+    if isinstance(x, (list, tuple)):
+        return tuple(_freeze(v) for v in x)
+    return x if isinstance(x, (int, float, str, bool, type(None))) else repr(x)
+
+
+def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int = 0,
+          scalar_ref: str = "{}") -> Program:
+    """scalar_ref: how a kernel argument names one of the graph's scalars ("&{}": a host variable
+    whose address is passed, the C target; "{}": already a device pointer, the CUDA target)."""
     spec = g.spec
     stored = storage_dtypes(g, plan.dtype)
     pnames: dict[int, str] = {}
@@ -297,7 +254,8 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
     producer = {v.id: n for n in g.nodes for v in n.outputs}
     used: set[str] = set()
     for v in sorted(plan.act_values, key=lambda v: plan.act_offset[v.id]):
-        if not (len(v.shape) >= 2 and v.shape[0] == 1 and (v.shape[1] == 1 or v.name.endswith(".lse"))):
+        b, t = v.token_axes
+        if not (len(v.shape) >= 2 and v.shape[b] == 1 and v.shape[t] == 1):
             raise AssertionError(f"activation {v.name}{list(v.shape)} does not scale with the tokens: "
                                  "the per-token memory plan cannot hold it")
         cn = cname(v.name)
@@ -309,6 +267,10 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
     for vid, root in plan.alias.items():         # in-place outputs name the buffer they overwrite
         anames[vid] = anames[root]
 
+    scalars = {getattr(g, kind)[name].id: scalar_ref.format(c) for (kind, name), c in SCALARS.items()
+               if name in getattr(g, kind)}
+    runtime = {g.inputs[name].id: c for name, c in RUNTIME.items() if name in g.inputs}
+
     def ref(v: Value) -> str:
         if v.role == "param":
             return f"P.{pnames[v.id]}"
@@ -316,57 +278,35 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             return f"G.{pnames[v.grad_of.id]}"
         if v.role == "state":
             return f"{v.meta['moment']}.{pnames[v.meta['of'].id]}"
-        if v.role == "input" and v.name in RUNTIME:
-            return RUNTIME[v.name]
-        if v.name in SCALARS:
-            return scalar(v.name)
+        if v.id in runtime:
+            return runtime[v.id]
+        if v.id in scalars:
+            return scalars[v.id]
         if "updates" in v.meta:
             return ref(v.meta["updates"])
         return f"A.{anames[v.id]}"
 
-    def scalar(name: str) -> str:
-        return SCALAR_REF[target].format(SCALARS[name])
+    ctx = LowerContext(plan.param_elems, ref, {p.id: r for p, r in zip(g.params, params)})
 
     kernels: dict[tuple, Kernel] = {}
     launches: dict[str, list[Launch]] = {"fwd": [], "bwd": [], "opt": []}
     needs_targets: set[int] = {g.inputs["targets"].id}
+    names: set[str] = set()
     for n in g.nodes:
-        dims, flags = _dims(n, plan.param_elems), _flags(n)
-        extra = {}
-        if n.op in ("layernorm", "residual_layernorm"):
-            extra["eps"] = float(n.attrs["eps"])
-        if n.op in ("attention", "attention_bwd", "gqa_attention", "gqa_attention_bwd"):
-            extra["scale"] = 1.0 / math.sqrt(dims["HD"])
-        if n.op in ("rmsnorm", "residual_rmsnorm"):
-            extra["eps"] = float(n.attrs["eps"])
-        if n.op in ("rope", "rope_bwd"):
-            extra["table"] = tuple(n.attrs["inv_freq"])
-        if n.op in ("adamw", "adamw_all"):
-            extra.update(beta1=n.attrs["beta1"], beta2=n.attrs["beta2"], eps_adam=n.attrs["eps"],
-                         max_norm=n.attrs["max_norm"])
-        if n.op == "adamw":
-            extra["decay"] = bool(n.attrs["decay"])
-        key = (n.op, tuple(dims.items()), tuple(sorted(flags.items())), tuple(sorted(extra.items())))
+        opdef = OPS[n.op]
+        dims, flags = opdef.dims(n, ctx), _flags(n)
+        consts = opdef.consts(n, ctx) if opdef.consts else {}
+        key = (n.op, tuple(dims.items()), tuple(sorted(flags.items())), _freeze(consts))
         if key not in kernels:
             name = _kernel_name(n.op, dims, flags)
-            if n.op == "adamw":
-                name += "_decay" if extra["decay"] else "_nodecay"
-            k = Kernel(n.op, OPS[n.op].family, name, "", dims, flags, **extra)
-            if n.op == "adamw_all":
-                k.segments = params
-            k.comment = f"{n.op} " + ", ".join(f"{a}={b}" for a, b in dims.items())
-            if target == "c" and n.op in ("linear", "linear_dx", "linear_dw"):
-                k.cfg = gemm_blocks(n.op, dims)
-            if target == "c" and n.op in ("attention", "attention_bwd"):
-                # per-head GEMMs of at most T x T x HD (gemm_blocks); rb: query rows per causal block
-                # (keys past the block's last row are skipped: ~half the work at T = 1024)
-                k.cfg = {"kc": 384, "mc": 256, "nc": 1024, "rb": 64}
-            kernels[key] = k
+            while name in names:          # another instance with the same sizes (other constants)
+                name += "_"
+            names.add(name)
+            comment = f"{n.op} " + ", ".join(f"{a}={b}" for a, b in dims.items())
+            kernels[key] = Kernel(n.op, opdef.family, name, comment, dims, flags, consts)
         k = kernels[key]
-        if n.op == "grad_norm":
-            args = [scalar("grad_norm"), "grads_mem"]
-        elif n.op == "adamw_all":
-            args = ["params_mem", "grads_mem", "m_mem", "v_mem", scalar("grad_norm"), "lr", "step", "weight_decay"]
+        if opdef.args:
+            args = opdef.args(n, ctx)
         else:
             # outputs that update an input in place (AdamW) are that input's buffer: pass it once
             args = [ref(v) for v in n.outputs if "updates" not in v.meta] + [ref(v) for v in n.inputs]
@@ -397,7 +337,7 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         params=params, param_elems=plan.param_elems, acts=acts, act_per_token=plan.act_elems,
         kernels=list(kernels.values()), forward=launches["fwd"], backward=launches["bwd"],
         update=launches["opt"], config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
-        flops_per_token=flops_per_token(g), buffers=buffers, dtype=plan.dtype, recompute=recompute,
-        usage=[c_string(line + "\n") for line in usage_lines()],
+        flops_per_token=graph_flops(g)[0], flops_per_token_t=graph_flops(g)[1], buffers=buffers, dtype=plan.dtype,
+        recompute=recompute, usage=[c_string(line + "\n") for line in usage_lines()],
         llmc_elems=llmc_places(spec, params) if spec.arch == "gpt2" else 0,
         generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"))

@@ -29,6 +29,7 @@ class Value:
     index: int = 0                   # which output of the producer
     grad_of: "Value | None" = None   # for role=grad: the parameter; writes accumulate (+=)
     meta: dict = field(default_factory=dict)  # param facts: hf name, layout, weight decay
+    token_axes: tuple[int, int] = (0, 1)      # the axes that scale with the batch B and the sequence T
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -84,12 +85,8 @@ class Graph:
     def op(self, op: str, inputs: list[Value], name: str, **attrs):
         """Append a node; returns its single output Value, or a tuple when it has several."""
         from llmgen.ir.ops import OPS
-        opdef = OPS[op]
-        out_types = opdef.shape([v.shape for v in inputs], attrs)
-        names = opdef.out_names(name, len(out_types))
         node = Node(op, list(inputs), [], dict(attrs), self.phase)
-        node.outputs = [Value(tuple(s), dt, n, node=node, index=i)
-                        for i, ((s, dt), n) in enumerate(zip(out_types, names))]
+        node.outputs = OPS[op].new_outputs(node, name)
         self.nodes.append(node)
         return node.outputs[0] if len(node.outputs) == 1 else tuple(node.outputs)
 

@@ -1,48 +1,101 @@
-"""The op table: for each op, its shape rule, numpy reference, derivative rule and kernel family.
+"""The op table: one row per op says everything the compiler knows about it.
 
-Each derivative rule sits next to its forward (micrograd style). The numpy references are
-the living definition of every op: the interpreter runs them, every pass must leave their
-results unchanged, and the C/CUDA kernels are tested against the same numbers.
+A row (`defop`) holds the op's
+  shape rule      (input shapes, attrs) -> [(shape, dtype), ...]
+  numpy reference (numpy inputs, attrs) -> [numpy outputs]: the living definition of the op; the
+                  interpreter runs it, every pass must leave its results unchanged, and the C/CUDA
+                  kernels are tested against the same numbers
+  derivative rule (graph, node, output grads) -> one grad per input (micrograd style: next to the forward)
+  kernel family   templates/c/<family>.c.j2 and templates/cuda/<family>.cu.j2 each define a macro
+                  named after the op (tests/test_op_table.py fails when one is missing)
+  dims            the kernel's sizes: ints are compile-time constants, strings C expressions of the
+                  runtime batch shape ("BT"); they name the kernel instance
+  consts          other constants the kernel embeds (eps, the attention scale, RoPE's table, ...)
+  flags           variants beyond the generic ones (acc<i>: output i accumulates into a gradient;
+                  bias, gelu, dgelu, residual from the attrs)
+  args            the launch arguments, when they are not the outputs then the inputs
+  outs / f32      output labels, and which of them stay fp32 when a program trains in bf16
+  token_axes      outputs whose (batch, token) axes are not the first two (attention's lse)
+  inplace         (out, in) pairs whose bytes may be shared
+  recompute       how llm.c's -r recomputes one of its outputs in the backward
+  describe        what `llmgen inspect` says of a fused node
+  flops           (per token, per token and unit of T): the FLOP count MFU and inspect report
 
 Conventions: linear weights are stored (out, in) like llm.c; `linear` computes x @ w.T.
 Leading dimensions of activations are flattened to rows (B*T) by the kernels.
 A vjp rule gets the graph (to emit backward nodes), the forward node, and the output
 gradients (None where an output has no gradient); it returns one gradient per input.
+The `ctx` that dims, consts and args receive is the lowering's view of the program
+(llmgen/codegen/lower.py: param_elems, param_rows(values), ref(value), arena(kind)).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+from llmgen.ir.graph import Node, Value
 
 F32 = np.float32
 GELU_C = np.float32(np.sqrt(2.0 / np.pi))
 
 
 @dataclass(frozen=True)
+class Recompute:
+    """How the recompute pass (llm.c's -r) recomputes one output of a forward node in the backward."""
+    level: int                   # the lowest recompute level that drops the output
+    recipe: Callable             # node -> (output index, op, inputs, attrs) or None; the op's first output replaces it
+
+
+@dataclass(frozen=True)
 class OpDef:
     name: str
-    family: str                         # which kernel template renders it
-    shape: Callable                     # (input shapes, attrs) -> [(shape, dtype), ...]
-    ref: Callable                       # (numpy inputs, attrs) -> [numpy outputs]
-    vjp: Callable | None = None         # (graph, node, douts) -> [dinput or None]
-    outs: Callable | None = None        # attrs-free output suffixes given count
-    inplace: tuple = ()                 # (out index, in index): may share the input's bytes
+    family: str                                   # kernel template family (same name on every target)
+    shape: Callable                               # (input shapes, attrs) -> [(shape, dtype), ...]
+    ref: Callable                                 # (numpy inputs, attrs) -> [numpy outputs]
+    dims: Callable                                # (node, ctx) -> {name: int | C expression}
+    vjp: Callable | None = None                   # (graph, node, douts) -> [dinput or None]
+    consts: Callable | None = None                # (node, ctx) -> {name: constant}
+    flags: Callable | None = None                 # node -> {name: bool}
+    args: Callable | None = None                  # (node, ctx) -> [C expression]
+    outs: tuple[str, ...] = ("out",)              # output labels; names are "<name>.<label>" when several
+    f32: tuple[str, ...] = ()                     # labels of outputs stored as fp32 under bf16 training
+    token_axes: dict = field(default_factory=dict)  # label -> (batch axis, token axis) when not (0, 1)
+    inplace: tuple = ()                           # (out index, in index): may share the input's bytes
+    recompute: Recompute | None = None
+    describe: Callable | None = None              # node -> what inspect says of the (fused) node, or ""
+    flops: Callable | None = None                 # node -> (FLOPs per token, FLOPs per token per unit of T)
+
+    def label(self, i: int) -> str:
+        return self.outs[i] if i < len(self.outs) else str(i)
 
     def out_names(self, name: str, n: int) -> list[str]:
-        if n == 1:
-            return [name]
-        sfx = self.outs(n) if self.outs else [str(i) for i in range(n)]
-        return [f"{name}.{s}" for s in sfx]
+        return [name] if n == 1 else [f"{name}.{self.label(i)}" for i in range(n)]
+
+    def new_outputs(self, node: Node, name: str) -> list[Value]:
+        """The output Values of `node` (this op applied to its inputs), named after `name`."""
+        types = self.shape([v.shape for v in node.inputs], node.attrs)
+        return [Value(tuple(s), dt, nm, node=node, index=i, token_axes=self.token_axes.get(self.label(i), (0, 1)))
+                for i, ((s, dt), nm) in enumerate(zip(types, self.out_names(name, len(types))))]
+
+    def f32_outputs(self, n: int) -> set[int]:
+        return {i for i in range(n) if self.label(i) in self.f32}
 
 
 OPS: dict[str, OpDef] = {}
 
 
-def defop(name, family, shape, ref, vjp=None, outs=None, inplace=()):
-    OPS[name] = OpDef(name, family, shape, ref, vjp, outs, inplace)
+def defop(name: str, family: str, **fields) -> None:
+    OPS[name] = OpDef(name, family, **fields)
+
+
+def describe(node: Node) -> str:
+    """What `llmgen inspect` says of a node: the fusion it stands for, or ""."""
+    d = OPS[node.op].describe
+    return d(node) if d else ""
 
 
 def f32(shape):
@@ -51,6 +104,11 @@ def f32(shape):
 
 def rows(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
+
+
+def per_token(n: int) -> str:
+    """Elements of a (B,T,...) buffer of n elements per token, as a C expression."""
+    return "BT" if n == 1 else f"BT * {n}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +126,54 @@ def gelu_grad(x):
     sech2 = F32(1) - t * t
     return F32(0.5) * (F32(1) + t) + F32(0.5) * x * sech2 * GELU_C * (F32(1) + F32(3 * 0.044715) * x * x)
 
+
+def sigmoid(x):
+    e = np.exp(-np.abs(x)).astype(F32)
+    return np.where(x >= 0, F32(1) / (F32(1) + e), e / (F32(1) + e)).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# embedding: the token rows, plus the position rows when a position table is given (GPT-2;
+# Llama has none: RoPE puts positions into q and k)
+
+def _embed_bwd_ref(dx, tokens, vocab, positions):
+    C = dx.shape[-1]
+    dwte = np.zeros((vocab, C), F32)
+    np.add.at(dwte, tokens.reshape(-1), rows(dx))
+    if positions is None:
+        return [dwte]
+    dwpe = np.zeros((positions, C), F32)
+    dwpe[: dx.shape[1]] = dx.sum(0)
+    return [dwte, dwpe]
+
+
+def _embed_vjp(g, n, d):
+    pos = n.inputs[2:]
+    attrs = dict(vocab=n.inputs[1].shape[0]) | (dict(positions=pos[0].shape[0]) if pos else {})
+    grads = g.op("embed_bwd", [d[0], n.inputs[0]], name=f"d{n.outputs[0].name}", **attrs)
+    return [None, *(grads if pos else [grads])]
+
+
+# inputs: tokens (B,T), wte (V,C) [, wpe (P,C)]
+defop("embed", "embed",
+      shape=lambda s, a: [f32(s[0] + (s[1][1],))],
+      ref=lambda x, a: [(x[1][x[0]] + x[2][: x[0].shape[1]][None] if len(x) == 3 else x[1][x[0]]).astype(F32)],
+      vjp=_embed_vjp,
+      dims=lambda n, ctx: {"BT": "BT", "T": "T", "C": n.outputs[0].shape[-1]},
+      flags=lambda n: {"pos": len(n.inputs) == 3})
+
+# dwte (and dwpe with attr positions): scatter-adds of the dx rows
+defop("embed_bwd", "embed",
+      shape=lambda s, a: [f32((a[k], s[0][-1])) for k in ("vocab", "positions") if k in a],
+      ref=lambda x, a: _embed_bwd_ref(x[0], x[1], a["vocab"], a.get("positions")),
+      dims=lambda n, ctx: {"BT": "BT", "T": "T", "C": n.outputs[0].shape[-1], "V": n.outputs[0].shape[0]}
+      | ({"P": n.outputs[1].shape[0]} if len(n.outputs) == 2 else {}),
+      flags=lambda n: {"pos": len(n.outputs) == 2},
+      outs=("wte", "wpe"))
+
+
+# --------------------------------------------------------------------------------------------
+# LayerNorm (GPT-2)
 
 def layernorm_ref(x, w, b, eps):
     mean = x.mean(-1, dtype=F32)
@@ -88,134 +194,11 @@ def layernorm_bwd_ref(dy, x, w, mean, rstd):
     return [dx.astype(F32), dw.astype(F32), db.astype(F32)]
 
 
-def split_heads(qkv, n_head):
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hd = C // n_head
-    q, k, v = (qkv[..., i * C:(i + 1) * C].reshape(B, T, n_head, hd).transpose(0, 2, 1, 3) for i in range(3))
-    return q, k, v
-
-
-def attention_ref(qkv, n_head):
-    q, k, v = split_heads(qkv.astype(F32), n_head)
-    B, NH, T, hd = q.shape
-    s = (q @ k.transpose(0, 1, 3, 2)) * F32(1.0 / np.sqrt(hd))
-    mask = np.triu(np.ones((T, T), bool), 1)
-    s = np.where(mask, -np.inf, s)
-    mx = s.max(-1, keepdims=True)
-    e = np.exp(s - mx)
-    lse = (mx + np.log(e.sum(-1, keepdims=True)))[..., 0]
-    p = np.exp(s - lse[..., None])
-    y = (p @ v).transpose(0, 2, 1, 3).reshape(B, T, NH * hd)
-    return [y.astype(F32), lse.astype(F32)]
-
-
-def attention_bwd_ref(dy, qkv, y, lse, n_head):
-    q, k, v = split_heads(qkv.astype(F32), n_head)
-    B, NH, T, hd = q.shape
-    scale = F32(1.0 / np.sqrt(hd))
-    s = (q @ k.transpose(0, 1, 3, 2)) * scale
-    mask = np.triu(np.ones((T, T), bool), 1)
-    p = np.where(mask, 0, np.exp(np.where(mask, 0, s) - lse[..., None]))
-    dyh = dy.reshape(B, T, NH, hd).transpose(0, 2, 1, 3)
-    yh = y.reshape(B, T, NH, hd).transpose(0, 2, 1, 3)
-    dv = p.transpose(0, 1, 3, 2) @ dyh
-    dp = dyh @ v.transpose(0, 1, 3, 2)
-    D = (dyh * yh).sum(-1, keepdims=True)
-    ds = p * (dp - D)
-    dq = (ds @ k) * scale
-    dk = (ds.transpose(0, 1, 3, 2) @ q) * scale
-    merge = lambda t: t.transpose(0, 2, 1, 3).reshape(B, T, NH * hd)
-    return [np.concatenate([merge(dq), merge(dk), merge(dv)], -1).astype(F32)]
-
-
-def xent_ref(logits, targets, vocab):
-    z = logits[..., :vocab].astype(F32)
-    mx = z.max(-1, keepdims=True)
-    lse = (mx + np.log(np.exp(z - mx).sum(-1, keepdims=True)))[..., 0]
-    picked = np.take_along_axis(z, targets[..., None].astype(np.int64), -1)[..., 0]
-    return (lse - picked).astype(F32)
-
-
-def xent_bwd_ref(dlosses, logits, targets, vocab):
-    z = logits[..., :vocab].astype(F32)
-    p = np.exp(z - z.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    onehot = np.zeros_like(p)
-    np.put_along_axis(onehot, targets[..., None].astype(np.int64), 1, -1)
-    d = np.zeros_like(logits, dtype=F32)
-    d[..., :vocab] = (p - onehot) * dlosses[..., None]
-    return d.astype(F32)
-
-
-def adamw_ref(p, g, m, v, norm, lr, t, wd, beta1, beta2, eps, max_norm):
-    """torch.optim.AdamW (single-tensor path) after clip_grad_norm_'s rescale."""
-    clip = np.float32(min(1.0, max_norm / (float(norm) + 1e-6)))
-    g = (g * clip).astype(F32)
-    lr = float(lr)
-    t = float(t)
-    p = (p * F32(1 - lr * wd)).astype(F32)
-    m = (m + F32(1 - beta1) * (g - m)).astype(F32)
-    v = (v * F32(beta2) + F32(1 - beta2) * g * g).astype(F32)
-    bc1 = 1 - beta1 ** t
-    bc2_sqrt = np.sqrt(1 - beta2 ** t)
-    denom = (np.sqrt(v) / F32(bc2_sqrt) + F32(eps)).astype(F32)
-    p = (p - F32(lr / bc1) * (m / denom)).astype(F32)
-    return [p, m, v]
-
-
-# --------------------------------------------------------------------------------------------
-# forward ops and their derivative rules
-
-def _embed_vjp(g, n, d):
-    dwte, dwpe = g.op("embed_bwd", [d[0], n.inputs[0]], name=f"d{n.outputs[0].name}",
-                      vocab=n.inputs[1].shape[0], positions=n.inputs[2].shape[0])
-    return [None, dwte, dwpe]
-
-
-defop("embed", "embed",
-      shape=lambda s, a: [f32(s[0] + (s[1][1],))],
-      ref=lambda x, a: [(x[1][x[0]] + x[2][: x[0].shape[1]][None]).astype(F32)],
-      vjp=_embed_vjp)
-
-defop("embed_bwd", "embed",
-      shape=lambda s, a: [f32((a["vocab"], s[0][-1])), f32((a["positions"], s[0][-1]))],
-      ref=lambda x, a: _embed_bwd_ref(x[0], x[1], a["vocab"], a["positions"]),
-      outs=lambda n: ["wte", "wpe"])
-
-
-def _embed_bwd_ref(dx, tokens, vocab, positions):
-    C = dx.shape[-1]
-    dwte = np.zeros((vocab, C), F32)
-    np.add.at(dwte, tokens.reshape(-1), rows(dx))
-    dwpe = np.zeros((positions, C), F32)
-    dwpe[: dx.shape[1]] = dx.sum(0)
-    return [dwte, dwpe]
-
-
 def _layernorm_vjp(g, n, d):
     x, w, _ = n.inputs
     _, mean, rstd = n.outputs
     dx, dw, db = g.op("layernorm_bwd", [d[0], x, w, mean, rstd], name=f"d{n.outputs[0].name.rsplit('.', 1)[0]}")
     return [dx, dw, db]
-
-
-defop("layernorm", "layernorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
-      ref=lambda x, a: layernorm_ref(x[0], x[1], x[2], a["eps"]),
-      vjp=_layernorm_vjp, outs=lambda n: ["y", "mean", "rstd"])
-
-# fused: residual add + layernorm (the sum is the next residual stream, the rest as layernorm)
-defop("residual_layernorm", "layernorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
-      ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + layernorm_ref((x[0] + x[1]).astype(F32), x[2], x[3], a["eps"]),
-      outs=lambda n: ["sum", "y", "mean", "rstd"])
-
-# layernorm backward; with accumulate=True a 6th input (the residual stream's grad) is added to dx
-defop("layernorm_bwd", "layernorm",
-      shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[2])],
-      ref=lambda x, a: _ln_bwd_acc(x),
-      outs=lambda n: ["x", "w", "b"])
 
 
 def _ln_bwd_acc(x):
@@ -224,6 +207,44 @@ def _ln_bwd_acc(x):
         dx = (dx + x[5]).astype(F32)
     return [dx, dw, db]
 
+
+def _rows_dims(n, ctx):
+    return {"N": "BT", "C": n.outputs[0].shape[-1]}
+
+
+def _eps(n, ctx):
+    return {"eps": float(n.attrs["eps"])}
+
+
+def _norm_bwd_describe(n):
+    return n.op.replace("_bwd", "") + " backward + residual grad" if n.attrs.get("accumulate") else ""
+
+
+defop("layernorm", "layernorm",
+      shape=lambda s, a: [f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
+      ref=lambda x, a: layernorm_ref(x[0], x[1], x[2], a["eps"]),
+      vjp=_layernorm_vjp, dims=_rows_dims, consts=_eps,
+      outs=("y", "mean", "rstd"), f32=("mean", "rstd"),
+      recompute=Recompute(2, lambda n: (0, "layernorm", list(n.inputs), dict(eps=n.attrs["eps"]))))
+
+# fused: residual add + layernorm (the sum is the next residual stream, the rest as layernorm)
+defop("residual_layernorm", "layernorm",
+      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
+      ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + layernorm_ref((x[0] + x[1]).astype(F32), x[2], x[3], a["eps"]),
+      dims=_rows_dims, consts=_eps,
+      outs=("sum", "y", "mean", "rstd"), f32=("mean", "rstd"),
+      recompute=Recompute(2, lambda n: (1, "layernorm", [n.outputs[0], *n.inputs[2:4]], dict(eps=n.attrs["eps"]))),
+      describe=lambda n: "residual add + layernorm")
+
+# layernorm backward; with accumulate=True a 6th input (the residual stream's grad) is added to dx
+defop("layernorm_bwd", "layernorm",
+      shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[2])],
+      ref=lambda x, a: _ln_bwd_acc(x),
+      dims=_rows_dims, outs=("x", "w", "b"), describe=_norm_bwd_describe)
+
+
+# --------------------------------------------------------------------------------------------
+# matmuls and their epilogues
 
 def _linear_shape(s, a):
     out = f32(s[0][:-1] + (s[1][0],))
@@ -244,62 +265,255 @@ def _linear_vjp(g, n, d):
     return [dx, dw]
 
 
-defop("linear", "linear", shape=_linear_shape, ref=_linear_ref, vjp=_linear_vjp,
-      outs=lambda n: ["pre", "y"])
+def _linear_dims(n, ctx):
+    w = n.inputs[1]
+    return {"M": "BT", "K": w.shape[1], "N": w.shape[0]}
+
+
+def _matmul_flops(n):
+    return (2 * (n.outputs[0].numel if n.op == "linear_dw" else n.inputs[1].numel), 0)
+
+
+# y = x @ w.T; with bias=True a third input is added, with gelu=True a second output gelu(y)
+defop("linear", "linear", shape=_linear_shape, ref=_linear_ref, vjp=_linear_vjp, dims=_linear_dims,
+      outs=("pre", "y"), flops=_matmul_flops,
+      recompute=Recompute(1, lambda n: (1, "gelu", [n.outputs[0]], {}) if n.attrs.get("gelu") else None),
+      describe=lambda n: ("matmul + bias" + (" + GELU" if n.attrs.get("gelu") else "")) if n.attrs.get("bias") else "")
 
 # dx = dy @ w; with dgelu=True a third input `pre` multiplies the result by gelu'(pre)
 defop("linear_dx", "linear",
       shape=lambda s, a: [f32(s[0][:-1] + (s[1][1],))],
       ref=lambda x, a: [((rows(x[0]) @ x[1]).reshape(x[0].shape[:-1] + (x[1].shape[1],))
-                         * (gelu_grad(x[2]) if a.get("dgelu") else F32(1))).astype(F32)])
+                         * (gelu_grad(x[2]) if a.get("dgelu") else F32(1))).astype(F32)],
+      dims=_linear_dims, flops=_matmul_flops,
+      describe=lambda n: "matmul + dGELU" if n.attrs.get("dgelu") else "")
 
 # dw = dy^T x summed over rows; with bias=True also db = column sums of dy
 defop("linear_dw", "linear",
       shape=lambda s, a: [f32((s[0][-1], s[1][-1]))] + ([f32((s[0][-1],))] if a.get("bias") else []),
       ref=lambda x, a: [(rows(x[0]).T @ rows(x[1])).astype(F32)]
       + ([rows(x[0]).sum(0).astype(F32)] if a.get("bias") else []),
-      outs=lambda n: ["w", "b"])
+      dims=lambda n, ctx: {"M": "BT", "K": n.outputs[0].shape[1], "N": n.outputs[0].shape[0]},
+      outs=("w", "b"), flops=_matmul_flops,
+      describe=lambda n: "matmul + bias grad" if n.attrs.get("bias") else "")
+
+
+# --------------------------------------------------------------------------------------------
+# elementwise ops and small reductions
+
+def _elems_dims(n, ctx):
+    return {"N": per_token(n.outputs[0].numel)}
+
+
+def _bias_dims(n, ctx):
+    return {"R": "BT", "C": n.inputs[0].shape[-1]}
+
 
 defop("bias_add", "elementwise",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [(x[0] + x[1]).astype(F32)],
-      vjp=lambda g, n, d: [d[0], g.op("bias_grad", [d[0]], name=f"d{n.inputs[1].name}")])
+      vjp=lambda g, n, d: [d[0], g.op("bias_grad", [d[0]], name=f"d{n.inputs[1].name}")],
+      dims=_bias_dims)
 
 defop("bias_grad", "elementwise",
       shape=lambda s, a: [f32(s[0][-1:])],
-      ref=lambda x, a: [rows(x[0]).sum(0).astype(F32)])
+      ref=lambda x, a: [rows(x[0]).sum(0).astype(F32)],
+      dims=_bias_dims)
 
 defop("gelu", "elementwise",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [gelu(x[0])],
-      vjp=lambda g, n, d: [g.op("gelu_bwd", [d[0], n.inputs[0]], name=f"d{n.inputs[0].name}")])
+      vjp=lambda g, n, d: [g.op("gelu_bwd", [d[0], n.inputs[0]], name=f"d{n.inputs[0].name}")],
+      dims=_elems_dims,
+      recompute=Recompute(1, lambda n: (0, "gelu", [n.inputs[0]], {})))
 
 defop("gelu_bwd", "elementwise",
       shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [(x[0] * gelu_grad(x[1])).astype(F32)])
+      ref=lambda x, a: [(x[0] * gelu_grad(x[1])).astype(F32)],
+      dims=_elems_dims)
 
 defop("add", "elementwise",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [(x[0] + x[1]).astype(F32)],
-      vjp=lambda g, n, d: [d[0], d[0]])
+      vjp=lambda g, n, d: [d[0], d[0]],
+      dims=_elems_dims)
+
+defop("mean", "elementwise",
+      shape=lambda s, a: [f32(())],
+      ref=lambda x, a: [np.asarray(x[0].mean(dtype=F32), F32)],
+      vjp=lambda g, n, d: [g.op("mean_bwd", [d[0]], name=f"d{n.inputs[0].name}", shape=n.inputs[0].shape)],
+      dims=lambda n, ctx: {"N": per_token(n.inputs[0].numel)})
+
+# the gradient of a mean over per-token values (the losses): kept fp32 under bf16, as they are
+defop("mean_bwd", "elementwise",
+      shape=lambda s, a: [f32(a["shape"])],
+      ref=lambda x, a: [np.full(a["shape"], F32(x[0]) / F32(np.prod(a["shape"])), F32)],
+      dims=_elems_dims, f32=("out",))
+
+
+# --------------------------------------------------------------------------------------------
+# attention: causal, NH query heads over KV key/value heads (grouped-query attention; multi-head
+# attention is the case KV == NH). Query head h reads K/V head h // (NH/KV), HF's repeat_kv
+# order, by indexing: the K/V of a group are never repeated in memory.
+# Inputs: q (B,T,NH*HD), k, v (B,T,KV*HD); or one packed qkv (B,T,(NH+2KV)*HD) = q | k | v
+# (GPT-2's c_attn output), which the kernels address through row strides.
+# Outputs: y (B,T,NH*HD) and the softmax log-sum-exp lse (B,NH,T) the backward recomputes from.
+
+def _heads(q, k, v, n_head, n_kv_head):
+    """q -> (B, KV, R, T, hd), k/v -> (B, KV, 1, T, hd): query head h uses K/V head h // R,
+    shared by broadcasting instead of copying."""
+    B, T, C = q.shape
+    hd = C // n_head
+    R = n_head // n_kv_head
+    qh = q.reshape(B, T, n_kv_head, R, hd).transpose(0, 2, 3, 1, 4)
+    kh = k.reshape(B, T, n_kv_head, 1, hd).transpose(0, 2, 3, 1, 4)
+    vh = v.reshape(B, T, n_kv_head, 1, hd).transpose(0, 2, 3, 1, 4)
+    return qh, kh, vh
+
+
+def attention_ref(q, k, v, n_head, n_kv_head):
+    qh, kh, vh = _heads(q.astype(F32), k.astype(F32), v.astype(F32), n_head, n_kv_head)
+    B, KV, R, T, hd = qh.shape
+    s = (qh @ kh.swapaxes(-1, -2)) * F32(1.0 / np.sqrt(hd))
+    s = np.where(np.triu(np.ones((T, T), bool), 1), -np.inf, s)
+    mx = s.max(-1, keepdims=True)
+    lse = mx + np.log(np.exp(s - mx).sum(-1, keepdims=True))
+    y = np.exp(s - lse) @ vh                                          # (B,KV,R,T,hd)
+    y = y.transpose(0, 3, 1, 2, 4).reshape(B, T, n_head * hd)
+    return [y.astype(F32), lse[..., 0].reshape(B, n_head, T).astype(F32)]
+
+
+def attention_bwd_ref(dy, q, k, v, y, lse, n_head, n_kv_head):
+    qh, kh, vh = _heads(q.astype(F32), k.astype(F32), v.astype(F32), n_head, n_kv_head)
+    B, KV, R, T, hd = qh.shape
+    scale = F32(1.0 / np.sqrt(hd))
+    mask = np.triu(np.ones((T, T), bool), 1)
+    s = (qh @ kh.swapaxes(-1, -2)) * scale
+    p = np.where(mask, 0, np.exp(np.where(mask, 0, s) - lse.reshape(B, KV, R, T)[..., None]))
+    dyh, yh = (t.reshape(B, T, KV, R, hd).transpose(0, 2, 3, 1, 4) for t in (dy, y))
+    dv = (p.swapaxes(-1, -2) @ dyh).sum(2)                            # summed over the group's heads
+    dp = dyh @ vh.swapaxes(-1, -2)
+    ds = p * (dp - (dyh * yh).sum(-1, keepdims=True))
+    dq = (ds @ kh) * scale
+    dk = (ds.swapaxes(-1, -2) @ qh).sum(2) * scale
+    dq = dq.transpose(0, 3, 1, 2, 4).reshape(B, T, n_head * hd)
+    kv = lambda t: t.transpose(0, 2, 1, 3).reshape(B, T, n_kv_head * hd)  # noqa: E731
+    return [dq.astype(F32), kv(dk).astype(F32), kv(dv).astype(F32)]
+
+
+def _head_dim(qkv_shapes, a) -> int:
+    """The head size, from q's width or the packed qkv's."""
+    if len(qkv_shapes) == 1:
+        return qkv_shapes[0][-1] // (a["n_head"] + 2 * a["n_kv_head"])
+    return qkv_shapes[0][-1] // a["n_head"]
+
+
+def _unpack(x, a):
+    """q, k, v: the three inputs, or the three column ranges of a packed qkv."""
+    if len(x) == 3:
+        return x
+    C = a["n_head"] * _head_dim([x[0].shape], a)
+    KVC = a["n_kv_head"] * _head_dim([x[0].shape], a)
+    return x[0][..., :C], x[0][..., C:C + KVC], x[0][..., C + KVC:]
+
+
+def _attention_shape(s, a):
+    C = a["n_head"] * _head_dim(s, a)
+    return [f32(s[0][:-1] + (C,)), f32((s[0][0], a["n_head"], s[0][1]))]
+
+
+def _attention_bwd_ref(x, a):
+    dy, qkv, (y, lse) = x[0], x[1:-2], x[-2:]
+    dq, dk, dv = attention_bwd_ref(dy, *_unpack(qkv, a), y, lse, a["n_head"], a["n_kv_head"])
+    return [dq, dk, dv] if len(qkv) == 3 else [np.concatenate([dq, dk, dv], -1)]
 
 
 def _attention_vjp(g, n, d):
-    qkv = n.inputs[0]
     y, lse = n.outputs
-    dqkv = g.op("attention_bwd", [d[0], qkv, y, lse], name=f"d{qkv.name}", n_head=n.attrs["n_head"])
-    return [dqkv]
+    packed = len(n.inputs) == 1
+    name = f"d{n.inputs[0].name}" if packed else f"d{y.name.rsplit('.', 1)[0]}"
+    grads = g.op("attention_bwd", [d[0], *n.inputs, y, lse], name=name, **n.attrs)
+    return [grads] if packed else list(grads)
+
+
+def _qkv_values(n: Node) -> list[Value]:
+    """The q, k, v inputs of an attention node (one packed qkv, or three)."""
+    return n.inputs if n.op == "attention" else n.inputs[1:-2]
+
+
+def _attention_dims(n, ctx):
+    NH, KV = n.attrs["n_head"], n.attrs["n_kv_head"]
+    return {"NH": NH, "KV": KV, "HD": _head_dim([v.shape for v in _qkv_values(n)], n.attrs)}
+
+
+def _attention_consts(n, ctx):
+    """The scale 1/sqrt(HD) and the row strides (elements between tokens) of q (QS), of k and v
+    (KS), and of y and dy (YS): a packed qkv has one row of q | k | v per token."""
+    d = _attention_dims(n, ctx)
+    C, KVC = d["NH"] * d["HD"], d["KV"] * d["HD"]
+    packed = len(_qkv_values(n)) == 1
+    return {"scale": 1.0 / math.sqrt(d["HD"]), "QS": C + 2 * KVC if packed else C,
+            "KS": C + 2 * KVC if packed else KVC, "YS": C}
+
+
+def _qkv_args(values, n, ctx) -> list[str]:
+    """q, k, v pointers: three buffers, or offsets C and C + KV*HD into one packed buffer."""
+    if len(values) == 3:
+        return [ctx.ref(v) for v in values]
+    d = _attention_dims(n, ctx)
+    base, C, KVC = ctx.ref(values[0]), d["NH"] * d["HD"], d["KV"] * d["HD"]
+    return [base, f"{base} + {C}", f"{base} + {C + KVC}"]
+
+
+def _attention_args(n, ctx):
+    y, lse = n.outputs
+    return [ctx.ref(y), ctx.ref(lse), *_qkv_args(n.inputs, n, ctx)]
+
+
+def _attention_bwd_args(n, ctx):
+    dy, y, lse = n.inputs[0], n.inputs[-2], n.inputs[-1]
+    return [*_qkv_args(n.outputs, n, ctx), ctx.ref(dy), *_qkv_args(_qkv_values(n), n, ctx), ctx.ref(y), ctx.ref(lse)]
+
+
+def _attention_flops(factor):
+    # q.k and p.v over the full sequence (2 FLOPs per multiply-add): the forward 2 products, the backward 4
+    return lambda n: (0, factor * n.attrs["n_head"] * _attention_dims(n, None)["HD"])
 
 
 defop("attention", "attention",
-      shape=lambda s, a: [f32(s[0][:-1] + (s[0][-1] // 3,)),
-                          f32((s[0][0], a["n_head"], s[0][1]))],
-      ref=lambda x, a: attention_ref(x[0], a["n_head"]),
-      vjp=_attention_vjp, outs=lambda n: ["y", "lse"])
+      shape=_attention_shape,
+      ref=lambda x, a: attention_ref(*_unpack(x, a), a["n_head"], a["n_kv_head"]),
+      vjp=_attention_vjp, dims=_attention_dims, consts=_attention_consts, args=_attention_args,
+      outs=("y", "lse"), f32=("lse",), token_axes={"lse": (0, 2)}, flops=_attention_flops(4))
 
+# inputs: dy, q, k, v (or qkv), y, lse; outputs dq, dk, dv (or the packed dqkv)
 defop("attention_bwd", "attention",
-      shape=lambda s, a: [f32(s[1])],
-      ref=lambda x, a: attention_bwd_ref(x[0], x[1], x[2], x[3], a["n_head"]))
+      shape=lambda s, a: [f32(x) for x in s[1:-2]],
+      ref=_attention_bwd_ref,
+      dims=_attention_dims, consts=_attention_consts, args=_attention_bwd_args,
+      outs=("q", "k", "v"), flops=_attention_flops(8))
+
+
+# --------------------------------------------------------------------------------------------
+# the loss
+
+def xent_ref(logits, targets, vocab):
+    z = logits[..., :vocab].astype(F32)
+    mx = z.max(-1, keepdims=True)
+    lse = (mx + np.log(np.exp(z - mx).sum(-1, keepdims=True)))[..., 0]
+    picked = np.take_along_axis(z, targets[..., None].astype(np.int64), -1)[..., 0]
+    return (lse - picked).astype(F32)
+
+
+def xent_bwd_ref(dlosses, logits, targets, vocab):
+    z = logits[..., :vocab].astype(F32)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    onehot = np.zeros_like(p)
+    np.put_along_axis(onehot, targets[..., None].astype(np.int64), 1, -1)
+    d = np.zeros_like(logits, dtype=F32)
+    d[..., :vocab] = (p - onehot) * dlosses[..., None]
+    return d.astype(F32)
 
 
 def _xent_vjp(g, n, d):
@@ -308,51 +522,33 @@ def _xent_vjp(g, n, d):
     return [dl, None]
 
 
+def _xent_dims(n, ctx):
+    logits = n.inputs[1] if n.op == "xent_bwd" else n.inputs[0]
+    return {"V": n.attrs["vocab"], "Vp": logits.shape[-1]}
+
+
 defop("xent", "xent",
       shape=lambda s, a: [f32(s[1])],
       ref=lambda x, a: [xent_ref(x[0], x[1], a["vocab"])],
-      vjp=_xent_vjp)
+      vjp=_xent_vjp, dims=_xent_dims, outs=("losses",), f32=("losses",))
 
 defop("xent_bwd", "xent",
       shape=lambda s, a: [f32(s[1])],
-      ref=lambda x, a: [xent_bwd_ref(x[0], x[1], x[2], a["vocab"])])
+      ref=lambda x, a: [xent_bwd_ref(x[0], x[1], x[2], a["vocab"])],
+      dims=_xent_dims)
 
 # fused: cross-entropy forward + dlogits of mean(losses) * dloss; dlogits overwrite the logits
 defop("softmax_xent", "xent",
       shape=lambda s, a: [f32(s[1]), f32(s[0])],
       ref=lambda x, a: [xent_ref(x[0], x[1], a["vocab"]),
                         xent_bwd_ref(np.full(x[1].shape, F32(x[2]) / F32(x[1].size), F32), x[0], x[1], a["vocab"])],
-      outs=lambda n: ["losses", "dlogits"], inplace=((1, 0),))
-
-defop("mean", "elementwise",
-      shape=lambda s, a: [f32(())],
-      ref=lambda x, a: [np.asarray(x[0].mean(dtype=F32), F32)],
-      vjp=lambda g, n, d: [g.op("mean_bwd", [d[0]], name=f"d{n.inputs[0].name}", shape=n.inputs[0].shape)])
-
-defop("mean_bwd", "elementwise",
-      shape=lambda s, a: [f32(a["shape"])],
-      ref=lambda x, a: [np.full(a["shape"], F32(x[0]) / F32(np.prod(a["shape"])), F32)])
+      dims=_xent_dims, outs=("losses", "dlogits"), f32=("losses",), inplace=((1, 0),),
+      describe=lambda n: "softmax + cross-entropy + dlogits (in place over the logits)")
 
 
 # --------------------------------------------------------------------------------------------
-# Llama 3: token embedding, RMSNorm, rotary embeddings, grouped-query attention, SwiGLU.
-# Numerics follow Hugging Face's LlamaForCausalLM (rotate-half RoPE layout, fp32).
-
-def _token_embed_vjp(g, n, d):
-    dwte = g.op("token_embed_bwd", [d[0], n.inputs[0]], name=f"d{n.outputs[0].name}", vocab=n.inputs[1].shape[0])
-    return [None, dwte]
-
-
-# x[b,t] = wte[tokens[b,t]]: no position table (RoPE puts positions into q and k)
-defop("token_embed", "embed",
-      shape=lambda s, a: [f32(s[0] + (s[1][1],))],
-      ref=lambda x, a: [x[1][x[0]].astype(F32)],
-      vjp=_token_embed_vjp)
-
-defop("token_embed_bwd", "embed",
-      shape=lambda s, a: [f32((a["vocab"], s[0][-1]))],
-      ref=lambda x, a: [_embed_bwd_ref(x[0], x[1], a["vocab"], x[0].shape[1])[0]])
-
+# Llama 3: RMSNorm, rotary embeddings, SwiGLU. Numerics follow Hugging Face's LlamaForCausalLM
+# (rotate-half RoPE layout, fp32).
 
 def rmsnorm_ref(x, w, eps):
     ms = (x * x).mean(-1, dtype=F32)
@@ -377,18 +573,6 @@ def _rmsnorm_vjp(g, n, d):
     return [dx, dw]
 
 
-defop("rmsnorm", "rmsnorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0][:-1])],
-      ref=lambda x, a: rmsnorm_ref(x[0], x[1], a["eps"]),
-      vjp=_rmsnorm_vjp, outs=lambda n: ["y", "rstd"])
-
-# fused: residual add + RMSNorm (the sum is the next residual stream)
-defop("residual_rmsnorm", "rmsnorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1])],
-      ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + rmsnorm_ref((x[0] + x[1]).astype(F32), x[2], a["eps"]),
-      outs=lambda n: ["sum", "y", "rstd"])
-
-
 def _rmsnorm_bwd_acc(x):
     dx, dw = rmsnorm_bwd_ref(*x[:4])
     if len(x) == 5:
@@ -396,11 +580,25 @@ def _rmsnorm_bwd_acc(x):
     return [dx, dw]
 
 
+defop("rmsnorm", "rmsnorm",
+      shape=lambda s, a: [f32(s[0]), f32(s[0][:-1])],
+      ref=lambda x, a: rmsnorm_ref(x[0], x[1], a["eps"]),
+      vjp=_rmsnorm_vjp, dims=_rows_dims, consts=_eps, outs=("y", "rstd"), f32=("rstd",),
+      recompute=Recompute(2, lambda n: (0, "rmsnorm", list(n.inputs), dict(eps=n.attrs["eps"]))))
+
+# fused: residual add + RMSNorm (the sum is the next residual stream)
+defop("residual_rmsnorm", "rmsnorm",
+      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1])],
+      ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + rmsnorm_ref((x[0] + x[1]).astype(F32), x[2], a["eps"]),
+      dims=_rows_dims, consts=_eps, outs=("sum", "y", "rstd"), f32=("rstd",),
+      recompute=Recompute(2, lambda n: (1, "rmsnorm", [n.outputs[0], n.inputs[2]], dict(eps=n.attrs["eps"]))),
+      describe=lambda n: "residual add + RMSNorm")
+
 # RMSNorm backward; with accumulate=True a 5th input (the residual stream's grad) is added to dx
 defop("rmsnorm_bwd", "rmsnorm",
       shape=lambda s, a: [f32(s[1]), f32(s[2])],
       ref=lambda x, a: _rmsnorm_bwd_acc(x),
-      outs=lambda n: ["x", "w"])
+      dims=_rows_dims, outs=("x", "w"), describe=_norm_bwd_describe)
 
 
 def rope_cos_sin(T, inv_freq):
@@ -425,83 +623,25 @@ def rope_ref(x, n_head, inv_freq, inverse=False):
     return y.reshape(B, T, C).astype(F32)
 
 
+def _rope_dims(n, ctx):
+    nh = n.attrs["n_head"]
+    return {"NH": nh, "HD": n.inputs[0].shape[-1] // nh}
+
+
+def _rope_consts(n, ctx):
+    return {"table": tuple(n.attrs["inv_freq"])}     # the head_dim/2 inverse frequencies
+
+
 defop("rope", "rope",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"])],
       vjp=lambda g, n, d: [g.op("rope_bwd", [d[0]], name=f"d{n.inputs[0].name}", **n.attrs)],
-      inplace=((0, 0),))
+      dims=_rope_dims, consts=_rope_consts, inplace=((0, 0),))
 
 defop("rope_bwd", "rope",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"], inverse=True)],
-      inplace=((0, 0),))
-
-
-def _gqa_heads(q, k, v, n_head, n_kv_head):
-    """q -> (B, KV, R, T, hd), k/v -> (B, KV, 1, T, hd): query head h uses K/V head h // R
-    (HF's repeat_kv order), shared by broadcasting instead of copying."""
-    B, T, C = q.shape
-    hd = C // n_head
-    R = n_head // n_kv_head
-    qh = q.reshape(B, T, n_kv_head, R, hd).transpose(0, 2, 3, 1, 4)
-    kh = k.reshape(B, T, n_kv_head, 1, hd).transpose(0, 2, 3, 1, 4)
-    vh = v.reshape(B, T, n_kv_head, 1, hd).transpose(0, 2, 3, 1, 4)
-    return qh, kh, vh
-
-
-def gqa_attention_ref(q, k, v, n_head, n_kv_head):
-    qh, kh, vh = _gqa_heads(q.astype(F32), k.astype(F32), v.astype(F32), n_head, n_kv_head)
-    B, KV, R, T, hd = qh.shape
-    s = (qh @ kh.swapaxes(-1, -2)) * F32(1.0 / np.sqrt(hd))
-    s = np.where(np.triu(np.ones((T, T), bool), 1), -np.inf, s)
-    mx = s.max(-1, keepdims=True)
-    lse = mx + np.log(np.exp(s - mx).sum(-1, keepdims=True))
-    y = np.exp(s - lse) @ vh                                          # (B,KV,R,T,hd)
-    y = y.transpose(0, 3, 1, 2, 4).reshape(B, T, n_head * hd)
-    return [y.astype(F32), lse[..., 0].reshape(B, n_head, T).astype(F32)]
-
-
-def gqa_attention_bwd_ref(dy, q, k, v, y, lse, n_head, n_kv_head):
-    qh, kh, vh = _gqa_heads(q.astype(F32), k.astype(F32), v.astype(F32), n_head, n_kv_head)
-    B, KV, R, T, hd = qh.shape
-    scale = F32(1.0 / np.sqrt(hd))
-    mask = np.triu(np.ones((T, T), bool), 1)
-    s = (qh @ kh.swapaxes(-1, -2)) * scale
-    p = np.where(mask, 0, np.exp(np.where(mask, 0, s) - lse.reshape(B, KV, R, T)[..., None]))
-    dyh, yh = (t.reshape(B, T, KV, R, hd).transpose(0, 2, 3, 1, 4) for t in (dy, y))
-    dv = (p.swapaxes(-1, -2) @ dyh).sum(2)                            # summed over the group's heads
-    dp = dyh @ vh.swapaxes(-1, -2)
-    ds = p * (dp - (dyh * yh).sum(-1, keepdims=True))
-    dq = (ds @ kh) * scale
-    dk = (ds.swapaxes(-1, -2) @ qh).sum(2) * scale
-    dq = dq.transpose(0, 3, 1, 2, 4).reshape(B, T, n_head * hd)
-    kv = lambda t: t.transpose(0, 2, 1, 3).reshape(B, T, n_kv_head * hd)
-    return [dq.astype(F32), kv(dk).astype(F32), kv(dv).astype(F32)]
-
-
-def _gqa_attention_vjp(g, n, d):
-    y, lse = n.outputs
-    dq, dk, dv = g.op("gqa_attention_bwd", [d[0], *n.inputs, y, lse], name=f"d{n.outputs[0].name.rsplit('.', 1)[0]}",
-                      **n.attrs)
-    return [dq, dk, dv]
-
-
-# causal attention of n_head query heads over n_kv_head shared K/V heads (grouped-query attention);
-# inputs q (B,T,NH*hd), k, v (B,T,KV*hd); outputs y (B,T,NH*hd) and the softmax log-sum-exp (B,NH,T)
-defop("gqa_attention", "gqa_attention",
-      shape=lambda s, a: [f32(s[0]), f32((s[0][0], a["n_head"], s[0][1]))],
-      ref=lambda x, a: gqa_attention_ref(x[0], x[1], x[2], a["n_head"], a["n_kv_head"]),
-      vjp=_gqa_attention_vjp, outs=lambda n: ["y", "lse"])
-
-defop("gqa_attention_bwd", "gqa_attention",
-      shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[3])],
-      ref=lambda x, a: gqa_attention_bwd_ref(*x, a["n_head"], a["n_kv_head"]),
-      outs=lambda n: ["q", "k", "v"])
-
-
-def sigmoid(x):
-    e = np.exp(-np.abs(x)).astype(F32)
-    return np.where(x >= 0, F32(1) / (F32(1) + e), e / (F32(1) + e)).astype(F32)
+      dims=_rope_dims, consts=_rope_consts, inplace=((0, 0),))
 
 
 def swiglu_bwd_ref(dh, gate, up):
@@ -517,33 +657,48 @@ def _swiglu_vjp(g, n, d):
     return [dgate, dup]
 
 
+def _swiglu_dims(n, ctx):
+    return {"F": n.outputs[0].shape[-1]}
+
+
 # the SwiGLU gate: h = silu(gate) * up (Llama's MLP is down(silu(gate(x)) * up(x)))
 defop("swiglu", "swiglu",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [(x[0] * sigmoid(x[0]) * x[1]).astype(F32)],
-      vjp=_swiglu_vjp)
+      vjp=_swiglu_vjp, dims=_swiglu_dims,
+      recompute=Recompute(1, lambda n: (0, "swiglu", list(n.inputs), {})))
 
 # dgate and dup may take the bytes of gate and up: nothing reads those after the backward
 defop("swiglu_bwd", "swiglu",
       shape=lambda s, a: [f32(s[1]), f32(s[2])],
       ref=lambda x, a: swiglu_bwd_ref(*x),
-      outs=lambda n: ["gate", "up"], inplace=((0, 1), (1, 2)))
+      dims=_swiglu_dims, outs=("gate", "up"), inplace=((0, 1), (1, 2)))
 
 
 # --------------------------------------------------------------------------------------------
 # optimizer ops (phase "opt"); outputs update their first inputs in place
 
-defop("grad_norm", "adamw",
-      shape=lambda s, a: [f32(())],
-      ref=lambda x, a: [np.asarray(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in x)), F32)])
+def adamw_ref(p, g, m, v, norm, lr, t, wd, beta1, beta2, eps, max_norm):
+    """torch.optim.AdamW (single-tensor path) after clip_grad_norm_'s rescale."""
+    clip = np.float32(min(1.0, max_norm / (float(norm) + 1e-6)))
+    g = (g * clip).astype(F32)
+    lr = float(lr)
+    t = float(t)
+    p = (p * F32(1 - lr * wd)).astype(F32)
+    m = (m + F32(1 - beta1) * (g - m)).astype(F32)
+    v = (v * F32(beta2) + F32(1 - beta2) * g * g).astype(F32)
+    bc1 = 1 - beta1 ** t
+    bc2_sqrt = np.sqrt(1 - beta2 ** t)
+    denom = (np.sqrt(v) / F32(bc2_sqrt) + F32(eps)).astype(F32)
+    p = (p - F32(lr / bc1) * (m / denom)).astype(F32)
+    return [p, m, v]
+
 
 ADAMW_HYPER = ("beta1", "beta2", "eps", "max_norm")
 
-# inputs: p, g, m, v, norm, lr, t, weight_decay (runtime); attr decay says whether it applies
-defop("adamw", "adamw",
-      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0])],
-      ref=lambda x, a: adamw_ref(*x[:7], float(x[7]) * a["decay"], *(a[k] for k in ADAMW_HYPER)),
-      outs=lambda n: ["p", "m", "v"], inplace=((0, 0), (1, 2), (2, 3)))
+
+def _adamw_consts(n, ctx):
+    return {k: n.attrs[k] for k in ADAMW_HYPER}
 
 
 def _adamw_all_ref(x, a):
@@ -557,7 +712,27 @@ def _adamw_all_ref(x, a):
     return out_p + out_m + out_v
 
 
-# fused: every parameter's AdamW in one node (inputs: params, grads, m, v, norm, lr, t, wd)
+# sqrt of the sum of every gradient squared: one pass over the whole grads arena
+defop("grad_norm", "adamw",
+      shape=lambda s, a: [f32(())],
+      ref=lambda x, a: [np.asarray(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in x)), F32)],
+      dims=lambda n, ctx: {"N": ctx.param_elems},
+      args=lambda n, ctx: [ctx.ref(n.outputs[0]), ctx.arena("grads")])
+
+# inputs: p, g, m, v, norm, lr, t, weight_decay (runtime); attr decay says whether it applies
+defop("adamw", "adamw",
+      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0])],
+      ref=lambda x, a: adamw_ref(*x[:7], float(x[7]) * a["decay"], *(a[k] for k in ADAMW_HYPER)),
+      dims=lambda n, ctx: {"N": n.inputs[0].numel}, consts=_adamw_consts,
+      flags=lambda n: {"decay": bool(n.attrs["decay"])},
+      outs=("p", "m", "v"), inplace=((0, 0), (1, 2), (2, 3)))
+
+# fused: every parameter's AdamW in one node (inputs: params, grads, m, v, norm, lr, t, wd); the
+# kernel walks the four arenas, one segment per parameter
 defop("adamw_all", "adamw",
       shape=lambda s, a: [f32(x) for x in s[:len(a["decay"])]] * 3,
-      ref=_adamw_all_ref)
+      ref=_adamw_all_ref,
+      dims=lambda n, ctx: {},
+      consts=lambda n, ctx: _adamw_consts(n, ctx) | {"segments": ctx.param_rows(n.inputs[:len(n.attrs["decay"])])},
+      args=lambda n, ctx: [ctx.arena(a) for a in ("params", "grads", "m", "v")] + [ctx.ref(v) for v in n.inputs[-4:]],
+      describe=lambda n: "grad-norm clip + AdamW over every parameter")

@@ -33,7 +33,7 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
     targets = g.input("targets", (B, T), "i32")
     wte = weight("wte", (Vp, C), "transformer.wte.weight", hf_rows=spec.vocab_size)
     wpe = weight("wpe", (spec.max_seq_len, C), "transformer.wpe.weight")
-    x = g.op("embed", [tokens, wte, wpe], name="embed")
+    x = g.op("embed", [tokens, wte, wpe], name="embed")             # token rows + position rows
     for l in range(L):
         hf = f"transformer.h.{l}"
         p = {
@@ -53,7 +53,8 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
         eps = spec.layer_norm_eps
         h = g.op("layernorm", [x, p["ln1w"], p["ln1b"]], name=f"h{l}.ln_1", eps=eps)[0]
         qkv = g.op("bias_add", [g.op("linear", [h, p["qkvw"]], name=f"h{l}.qkv.mm"), p["qkvb"]], name=f"h{l}.qkv")
-        att = g.op("attention", [qkv], name=f"h{l}.attn", n_head=spec.n_head)[0]
+        # multi-head attention: as many K/V heads as query heads, read from the packed qkv by row strides
+        att = g.op("attention", [qkv], name=f"h{l}.attn", n_head=spec.n_head, n_kv_head=spec.n_head)[0]
         proj = g.op("bias_add", [g.op("linear", [att, p["attprojw"]], name=f"h{l}.attproj.mm"), p["attprojb"]],
                     name=f"h{l}.attproj")
         x = g.op("add", [x, proj], name=f"h{l}.res1")

@@ -41,7 +41,7 @@ def build_forward(spec: LlamaSpec, B: int, T: int) -> Graph:
     tokens = g.input("tokens", (B, T), "i32")
     targets = g.input("targets", (B, T), "i32")
     wte = weight("embed_tokens", (Vp, C), "model.embed_tokens.weight", hf_rows=spec.vocab_size)
-    x = g.op("token_embed", [tokens, wte], name="embed")
+    x = g.op("embed", [tokens, wte], name="embed")                   # no position table: RoPE
     for l in range(L):
         hf = f"model.layers.{l}"
         p = {
@@ -59,7 +59,7 @@ def build_forward(spec: LlamaSpec, B: int, T: int) -> Graph:
         q = g.op("rope", [linear(h, p["q"], f"l{l}.q")], name=f"l{l}.q_rope", n_head=NH, inv_freq=inv_freq)
         k = g.op("rope", [linear(h, p["k"], f"l{l}.k")], name=f"l{l}.k_rope", n_head=KV, inv_freq=inv_freq)
         v = linear(h, p["v"], f"l{l}.v")
-        att = g.op("gqa_attention", [q, k, v], name=f"l{l}.attn", n_head=NH, n_kv_head=KV)[0]
+        att = g.op("attention", [q, k, v], name=f"l{l}.attn", n_head=NH, n_kv_head=KV)[0]
         x = g.op("add", [x, linear(att, p["o"], f"l{l}.o")], name=f"l{l}.res1")
         h = g.op("rmsnorm", [x, p["mlp_norm"]], name=f"l{l}.mlp_norm", eps=eps)[0]
         act = g.op("swiglu", [linear(h, p["gate"], f"l{l}.gate"), linear(h, p["up"], f"l{l}.up")], name=f"l{l}.swiglu")
