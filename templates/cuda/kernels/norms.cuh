@@ -128,15 +128,15 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
     }
     __syncthreads();
     const int g = threadIdx.x / S::RT, t = threadIdx.x % S::RT;
-    for (long long r0 = (long long)blockIdx.x * S::G; r0 < N; r0 += (long long)gridDim.x * S::G) {
-        const long long row = r0 + g;
+    for (int r0 = blockIdx.x * S::G; r0 < N; r0 += gridDim.x * S::G) {
+        const int row = r0 + g;
         if (S::WARPS == 1 && row >= N) break;   /* a lone warp: no block barrier in this loop */
         const bool live = row < N;
         float x[S::VPT][S::VEC];
         LLMK_UNROLL
         for (int s = 0; s < S::VPT; s++) {
             const int v = t + s * S::RT;
-            const long long off = row * C + (long long)v * S::VEC;
+            const long long off = (long long)row * C + (long long)v * S::VEC;
             if (live && v < S::NVEC) {
                 if (ADD) {
                     const V va = load_vec<S::VEC>(a + off), vb = load_vec<S::VEC>(b + off);
@@ -181,8 +181,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
         row_sum<S>(q, red);
         const float r = 1.0f / sqrtf(q[0] / C + eps);
         LLMK_UNROLL
-        for (int s = 0; s < S::VPT; s++) {
-            if (!live) break;                   /* the whole row group (whole warps) */
+        for (int s = 0; s < S::VPT && live; s++) {   /* a dead row: the whole row group (whole warps) */
             const int v = t + s * S::RT, k = v < S::NVEC ? v : S::NVEC;
             const V wv = sld(&s_w[k]);
             V o;
@@ -194,7 +193,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
                 LLMK_UNROLL
                 for (int i = 0; i < S::VEC; i++) o.v[i] = from_f32<T>((x[s][i] - m) * r * wv.f(i) + bv.f(i));
             }
-            if (v < S::NVEC) store_vec<S::VEC>(out + row * C + (long long)v * S::VEC, o);
+            if (v < S::NVEC) store_vec<S::VEC>(out + (long long)row * C + (long long)v * S::VEC, o);
         }
         if (live && t == 0) {
             if (!RMS && mean) mean[row] = m;
@@ -287,8 +286,8 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
     for (int i = threadIdx.x; i < S::G * nacc * S::NCH * S::NSLOT; i += S::NT) s_acc[i] = fvec_zero<S::ACCW>();
     __syncthreads();
 
-    for (long long r0 = (long long)blockIdx.x * S::G; r0 < N; r0 += (long long)gridDim.x * S::G) {
-        const long long row = r0 + g;
+    for (int r0 = blockIdx.x * S::G; r0 < N; r0 += gridDim.x * S::G) {
+        const int row = r0 + g;
         if (S::WARPS == 1 && row >= N) break;
         const bool live = row < N;
         const float m = (!RMS && live) ? mean[row] : 0.0f, r = live ? rstd[row] : 0.0f;
@@ -297,7 +296,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
         LLMK_UNROLL
         for (int s = 0; s < S::VPT; s++) {
             const int v = t + s * S::RT, k = v < S::NVEC ? v : S::NVEC;
-            const long long off = row * C + (long long)v * S::VEC;
+            const long long off = (long long)row * C + (long long)v * S::VEC;
             const V wv = sld(&s_w[k]);
             const bool ok = live && v < S::NVEC;
             const V dyv = ok ? load_vec_cs<S::VEC>(dy + off) : vec_zero<T, S::VEC>();
@@ -330,7 +329,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
         for (int s = 0; s < S::VPT; s++) {
             if (!live) break;                   /* the whole row group */
             const int v = t + s * S::RT, k = v < S::NVEC ? v : S::NVEC;
-            const long long off = row * C + (long long)v * S::VEC;
+            const long long off = (long long)row * C + (long long)v * S::VEC;
             const bool ok = v < S::NVEC;
             const V wv = sld(&s_w[k]);
             V rv = vec_zero<T, S::VEC>();

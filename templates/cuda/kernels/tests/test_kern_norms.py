@@ -208,3 +208,16 @@ def test_shared_memory_is_conflict_free(tmp_path, C, dtype):
                 seen += 1
                 assert s["wavefronts"] == s["phases"], f"{kernel} {kind}: {s}"
     assert seen >= 2, stats
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_misaligned_rows_are_refused_in_one_line(tmp_path, dtype):
+    """C = 768 rows moved in 16-byte vectors: a base pointer one element off is refused on the host
+    with one line naming the launcher and the cause, exit status 1 (no launch, no garbage)"""
+    rng = np.random.default_rng(0)
+    (x, _), (w, _), (b, _) = inputs(rng, 4, 768, dtype)
+    r = run_program(program("norms_test", tmp_path), f"misaligned:{dtype}:768", tmp_path,
+                    {**params(4), "x": x, "w": w, "b": b}, expect_ok=False)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "llmgen kernels: layernorm_forward: a T array is not aligned to the vector width (VEC * sizeof(T) bytes)"]

@@ -1,5 +1,5 @@
 /* LayerNorm / RMSNorm kernels of ../../norms.cuh (test_kern_norms.py).
- * CASE = op:dtype:C, op one of ln_fwd, ln_fwd_res, rms_fwd, rms_fwd_res, ln_bwd, rms_bwd.
+ * CASE = op:dtype:C, op one of ln_fwd, ln_fwd_res, rms_fwd, rms_fwd_res, ln_bwd, rms_bwd, misaligned.
  * params.bin (int32): N, acc_flags, max_blocks, has_dres, has_dbias, in_place; eps.bin (float).
  * The backward runs twice in the process from the same inputs (counters must come back zero and
  * the second run give the same bits): outputs <name> and <name>_2. */
@@ -68,6 +68,12 @@ static int run(const std::string& op) {
         write_output("counters", cnt);
         const int grid[1] = {(int)(sbytes / 4)};
         write_output("scratch_floats", grid, sizeof grid);
+    } else if (op == "misaligned") {    /* a launcher given a row base off the vector width: one line, exit 1 */
+        T* x = dev_in<T>("x");
+        T* out = dev_out<T>(NC + 8);
+        check_launch(llmk::layernorm_forward<T, C>(out, nullptr, nullptr, x + 1, w, dev_in<T>("b"), N - 1, eps), "misaligned");
+        fprintf(stderr, "the misaligned launch was accepted\n");
+        return 3;
     } else {
         fprintf(stderr, "unknown op %s\n", op.c_str());
         return 2;
