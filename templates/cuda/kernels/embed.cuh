@@ -13,8 +13,9 @@
  *                columns, several blocks per bucket when C / VEC > 256), so repeated tokens never
  *                race and no atomics are needed; the same bits as the trainer's kernel of today.
  *                The buckets are ordered LARGEST FIRST (ties by token id), so the block of the most
- *                frequent token (the longest serial sum) starts first instead of last. Each thread
- *                keeps EMBED_UNROLL rows' loads in flight.
+ *                frequent token (the longest serial sum) starts first instead of last. A bucket's
+ *                positions are staged in shared memory, so each thread keeps EMBED_UNROLL (16) row
+ *                loads in flight without waiting on index loads.
  *   Backward     dwpe[t] (+)= sum over b of dx[b, t], in b order, fp32: a column sum per position,
  *   (positions)  one thread per vector of columns. Deterministic.
  *   accumulate = 0 overwrites: the token launcher first clears the whole dwte (rows of tokens
@@ -34,7 +35,9 @@
 
 namespace llmk {
 
-enum { EMBED_NT = 256, EMBED_UNROLL = 8 };
+/* threads per block; rows in flight per thread (tokens: a bucket can be hundreds of rows long;
+ * positions: B rows); positions staged per shared-memory load */
+enum { EMBED_NT = 256, EMBED_UNROLL = 16, EMBED_POS_UNROLL = 8, EMBED_STAGE = 256 };
 
 template <class T, int C>
 struct EmbedShape {
@@ -103,28 +106,40 @@ static inline int embed_buckets_build(int* order, int* token, int* start, int* c
 }
 
 /* ---- backward, tokens ---- */
+/* grid: nbuckets * PARTS blocks (bucket-major: the largest bucket's blocks first), NT threads, one
+ * vector of columns each. The bucket's positions are staged in shared memory EMBED_STAGE at a time
+ * (one cooperative load), so the row loads do not wait on index loads; EMBED_UNROLL rows in flight. */
 template <class T, int C>
 __global__ void __launch_bounds__(EmbedShape<T, C>::NT)
     embedding_backward_tokens_kernel(float* dwte, const T* dx, const int* order, const int* token, const int* start,
                                      int accumulate) {
     typedef EmbedShape<T, C> S;
+    __shared__ int s_pos[EMBED_STAGE];
     const int bucket = blockIdx.x / S::PARTS, v = (blockIdx.x % S::PARTS) * S::NT + threadIdx.x;
-    if (v >= S::NVEC) return;
+    const bool active = v < S::NVEC;          /* idle threads still help stage the positions */
     const int j0 = start[bucket], j1 = start[bucket + 1];
     float s[S::VEC];
     LLMK_UNROLL
     for (int k = 0; k < S::VEC; k++) s[k] = 0.0f;
-    for (int j = j0; j < j1; j += EMBED_UNROLL) {
-        Vec<T, S::VEC> x[EMBED_UNROLL];
-        LLMK_UNROLL
-        for (int u = 0; u < EMBED_UNROLL; u++)
-            if (j + u < j1) x[u] = load_vec<S::VEC>(dx + (long long)order[j + u] * C + (long long)v * S::VEC);
-        LLMK_UNROLL
-        for (int u = 0; u < EMBED_UNROLL; u++)
-            if (j + u < j1)
-                LLMK_UNROLL
-                for (int k = 0; k < S::VEC; k++) s[k] += x[u].f(k);     /* position order */
+    for (int c0 = j0; c0 < j1; c0 += EMBED_STAGE) {
+        const int n = j1 - c0 < EMBED_STAGE ? j1 - c0 : EMBED_STAGE;
+        __syncthreads();                      /* the previous stage is consumed */
+        for (int i = threadIdx.x; i < n; i += S::NT) s_pos[i] = order[c0 + i];
+        __syncthreads();
+        if (!active) continue;
+        for (int j = 0; j < n; j += EMBED_UNROLL) {
+            Vec<T, S::VEC> x[EMBED_UNROLL];
+            LLMK_UNROLL
+            for (int u = 0; u < EMBED_UNROLL; u++)
+                if (j + u < n) x[u] = load_vec<S::VEC>(dx + (long long)s_pos[j + u] * C + (long long)v * S::VEC);
+            LLMK_UNROLL
+            for (int u = 0; u < EMBED_UNROLL; u++)
+                if (j + u < n)
+                    LLMK_UNROLL
+                    for (int k = 0; k < S::VEC; k++) s[k] += x[u].f(k);     /* position order */
+        }
     }
+    if (!active) return;
     float* d = dwte + (long long)token[bucket] * C + (long long)v * S::VEC;
     constexpr int W = S::VEC < 4 ? S::VEC : 4;
     LLMK_UNROLL
@@ -169,13 +184,13 @@ __global__ void __launch_bounds__(EMBED_NT)
     float s[S::VEC];
     LLMK_UNROLL
     for (int k = 0; k < S::VEC; k++) s[k] = 0.0f;
-    for (int b0 = 0; b0 < B; b0 += EMBED_UNROLL) {
-        Vec<T, S::VEC> x[EMBED_UNROLL];
+    for (int b0 = 0; b0 < B; b0 += EMBED_POS_UNROLL) {
+        Vec<T, S::VEC> x[EMBED_POS_UNROLL];
         LLMK_UNROLL
-        for (int u = 0; u < EMBED_UNROLL; u++)
+        for (int u = 0; u < EMBED_POS_UNROLL; u++)
             if (b0 + u < B) x[u] = load_vec<S::VEC>(dx + ((long long)(b0 + u) * seq_len + t) * C + (long long)v * S::VEC);
         LLMK_UNROLL
-        for (int u = 0; u < EMBED_UNROLL; u++)
+        for (int u = 0; u < EMBED_POS_UNROLL; u++)
             if (b0 + u < B)
                 LLMK_UNROLL
                 for (int k = 0; k < S::VEC; k++) s[k] += x[u].f(k);     /* b order */

@@ -292,6 +292,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
         const bool live = row < N;
         const float m = (!RMS && live) ? mean[row] : 0.0f, r = live ? rstd[row] : 0.0f;
         float gv[S::VPT][S::VEC], xv[S::VPT][S::VEC];    /* dy; xhat (LayerNorm) or x (RMSNorm) */
+        V rres[S::VPT];                                   /* dres, loaded with the others */
         float sums[2] = {0.0f, 0.0f};
         LLMK_UNROLL
         for (int s = 0; s < S::VPT; s++) {
@@ -301,6 +302,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
             const bool ok = live && v < S::NVEC;
             const V dyv = ok ? load_vec_cs<S::VEC>(dy + off) : vec_zero<T, S::VEC>();
             const V xx = ok ? load_vec<S::VEC>(x + off) : vec_zero<T, S::VEC>();
+            rres[s] = (ok && dres) ? load_vec_cs<S::VEC>(dres + off) : vec_zero<T, S::VEC>();
             LLMK_UNROLL
             for (int i = 0; i < S::VEC; i++) {
                 gv[s][i] = dyv.f(i);
@@ -332,8 +334,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
             const long long off = (long long)row * C + (long long)v * S::VEC;
             const bool ok = v < S::NVEC;
             const V wv = sld(&s_w[k]);
-            V rv = vec_zero<T, S::VEC>();
-            if (ok && dres) rv = load_vec<S::VEC>(dres + off);
+            const V rv = rres[s];
             V o;
             float c0[S::VEC], c1[S::VEC], c2[S::VEC];     /* dw, db, dbias contributions */
             LLMK_UNROLL

@@ -37,10 +37,10 @@ def test_forward(tmp_path, C, dtype, with_wpe):
     np.testing.assert_array_equal(read_storage(r, "out", dtype, (N, C)), ref)
 
 
-def skewed_tokens(rng, n, V):
-    """a Zipf-like batch: one very frequent token, ties among the rest"""
+def skewed_tokens(rng, n, V, top=0.3):
+    """a Zipf-like batch: one very frequent token (7), ties among the rest"""
     t = rng.integers(0, V, n)
-    t[rng.random(n) < 0.3] = 7
+    t[rng.random(n) < top] = 7
     t[rng.random(n) < 0.1] = V - 1
     return t.astype(np.int32)
 
@@ -49,10 +49,21 @@ def skewed_tokens(rng, n, V):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C", SIZES)
 def test_backward(tmp_path, C, dtype, accumulate):
-    rng = np.random.default_rng(C + accumulate)
-    B, seq_len, V = 4, 16, 41
+    backward_case(tmp_path, C, dtype, accumulate, 4, 16, 0.3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C", [100, 37])
+def test_backward_bucket_longer_than_a_stage(tmp_path, C, dtype):
+    """token 7 takes about 500 of 720 positions: its positions are staged in shared memory 256 at a time"""
+    backward_case(tmp_path, C, dtype, 1, 9, 80, 0.7)
+
+
+def backward_case(tmp_path, C, dtype, accumulate, B, seq_len, top):
+    rng = np.random.default_rng(C + accumulate + B)
+    V = 41
     n = B * seq_len
-    tokens = skewed_tokens(rng, n, V)
+    tokens = skewed_tokens(rng, n, V, top)
     dx, dxv = to_storage(rng.standard_normal((n, C)), dtype)
     dwte0 = rng.standard_normal((V, C)).astype(F)
     dwpe0 = rng.standard_normal((seq_len, C)).astype(F)
@@ -67,6 +78,8 @@ def test_backward(tmp_path, C, dtype, accumulate):
     expect = sorted(np.flatnonzero(counts), key=lambda v: (-counts[v], v))
     np.testing.assert_array_equal(tok, expect)
     assert tok[0] == 7 and start[0] == 0 and start[-1] == n
+    if top > 0.5:
+        assert start[1] - start[0] > 256
     for b, v in enumerate(tok):
         np.testing.assert_array_equal(order[start[b]:start[b + 1]], np.flatnonzero(tokens == v))
     # dwte: the same float32 additions in the same order
