@@ -49,7 +49,8 @@ enum { ADAMW_NT = 256, ADAMW_UNROLL = 2, ADAMW_EPB = ADAMW_NT * 4 * ADAMW_UNROLL
 /* ============================================================================================ */
 /* gradient norm                                                                                */
 /* ============================================================================================ */
-__global__ void __launch_bounds__(GRAD_NORM_NT) grad_norm_partial_kernel(double* partial, const float* grads, long long n) {
+__global__ void __launch_bounds__(GRAD_NORM_NT)
+    grad_norm_partial_kernel(double* partial, const float* grads, long long n) {
     __shared__ double red[GRAD_NORM_NT / 32];
     const long long n4 = n / 4, stride = (long long)gridDim.x * GRAD_NORM_NT;
     double s = 0.0;
@@ -76,8 +77,8 @@ __global__ void __launch_bounds__(GRAD_NORM_NT) grad_norm_partial_kernel(double*
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
-__global__ void __launch_bounds__(GRAD_NORM_NT) grad_norm_final_kernel(float* norm, double* sumsq, const double* partial,
-                                                                      int nparts) {
+__global__ void __launch_bounds__(GRAD_NORM_NT)
+    grad_norm_final_kernel(float* norm, double* sumsq, const double* partial, int nparts) {
     __shared__ double red[GRAD_NORM_NT / 32];
     double s = 0.0;
     for (int j = threadIdx.x; j < nparts; j += GRAD_NORM_NT) s += partial[j];
@@ -197,7 +198,8 @@ __device__ __forceinline__ void adamw_write_param<bf16>(bf16* params, float*, un
     params[i] = stochastic_round_bf16(p, i);
 }
 template <>
-__device__ __forceinline__ void adamw_write_param<float>(float* params, float* master_i, unsigned long long i, float p) {
+__device__ __forceinline__ void adamw_write_param<float>(float* params, float* master_i, unsigned long long i,
+                                                         float p) {
     if (params && params + i != master_i) params[i] = p;
 }
 
@@ -246,7 +248,7 @@ __global__ void __launch_bounds__(ADAMW_NT)
                 LLMK_UNROLL
                 for (int j = 0; j < 4; j++) {
                     w[u].v[j] = adamw_element(a[u].v[j], b[u].v[j], w[u].v[j], g[u].v[j], clip, decay, st);
-                    if constexpr (sizeof(T) == 2) pv.v[j] = stochastic_round_bf16(w[u].v[j], (unsigned long long)(e + j));
+                    if constexpr (sizeof(T) == 2) pv.v[j] = stochastic_round_bf16(w[u].v[j], (unsigned long long)e + j);
                     else pv.v[j] = w[u].v[j];
                 }
                 store_f<4>(po + e, w[u]);

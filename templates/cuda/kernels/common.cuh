@@ -219,9 +219,8 @@ static inline bool aligned_to(const void* p, size_t bytes) { return ((uintptr_t)
 /* multiprocessors of the current device (the emulation reports one per OpenMP thread) */
 static inline int sm_count() {
     int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess
-        || n < 1)
-        n = 1;
+    if (cudaGetDevice(&dev) != cudaSuccess) dev = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1) n = 1;
     return n;
 }
 

@@ -85,14 +85,16 @@ cudaError_t embedding_forward(T* out, const int* tokens, const T* wte, const T* 
 }
 
 /* ---- host: the buckets ---- */
-static inline int embed_buckets_build(int* order, int* token, int* start, int* counts, const int* tokens, int n, int V) {
+static inline int embed_buckets_build(int* order, int* token, int* start, int* counts, const int* tokens, int n,
+                                      int V) {
     memset(counts, 0, sizeof(int) * (size_t)V);
     int nb = 0;
     for (int i = 0; i < n; i++) {
         LLMK_REQUIRE(tokens[i] >= 0 && tokens[i] < V, "embed_buckets_build", "a token id is outside [0, vocabulary)");
         if (counts[tokens[i]]++ == 0) token[nb++] = tokens[i];
     }
-    std::sort(token, token + nb, [counts](int a, int b) { return counts[a] != counts[b] ? counts[a] > counts[b] : a < b; });
+    std::sort(token, token + nb,     /* largest first, ties by token id */
+              [counts](int a, int b) { return counts[a] != counts[b] ? counts[a] > counts[b] : a < b; });
     int pos = 0;
     for (int b = 0; b < nb; b++) {
         start[b] = pos;
@@ -167,8 +169,9 @@ cudaError_t embedding_backward_tokens(float* dwte, const T* dx, const int* order
         if (e != cudaSuccess) return e;
     }
     if (nbuckets == 0) return cudaSuccess;
-    LLMGEN_LAUNCH((embedding_backward_tokens_kernel<T, C>), dim3((unsigned)((long long)nbuckets * S::PARTS)), dim3(S::NT),
-                  0, stream, dwte, dx, order, token, start, accumulate);
+    const unsigned grid = (unsigned)((long long)nbuckets * S::PARTS);
+    LLMGEN_LAUNCH((embedding_backward_tokens_kernel<T, C>), dim3(grid), dim3(S::NT), 0, stream, dwte, dx, order, token,
+                  start, accumulate);
     return cudaGetLastError();
 }
 
@@ -188,7 +191,8 @@ __global__ void __launch_bounds__(EMBED_NT)
         Vec<T, S::VEC> x[EMBED_POS_UNROLL];
         LLMK_UNROLL
         for (int u = 0; u < EMBED_POS_UNROLL; u++)
-            if (b0 + u < B) x[u] = load_vec<S::VEC>(dx + ((long long)(b0 + u) * seq_len + t) * C + (long long)v * S::VEC);
+            if (b0 + u < B)
+                x[u] = load_vec<S::VEC>(dx + ((long long)(b0 + u) * seq_len + t) * C + (long long)v * S::VEC);
         LLMK_UNROLL
         for (int u = 0; u < EMBED_POS_UNROLL; u++)
             if (b0 + u < B)

@@ -219,8 +219,8 @@ static cudaError_t norm_forward(const char* who, T* out, float* mean, float* rst
     long long grid = ceil_div(N, S::G);
     const long long fit = (long long)sm_count() * blocks_per_sm(kernel, S::NT, smem);
     if (grid > fit) grid = fit;
-    LLMGEN_LAUNCH((norm_forward_kernel<T, C, RMS, ADD>), dim3((unsigned)grid), dim3(S::NT), smem, stream, out, mean, rstd,
-                  resid, a, b, w, bias, N, eps);
+    LLMGEN_LAUNCH((norm_forward_kernel<T, C, RMS, ADD>), dim3((unsigned)grid), dim3(S::NT), smem, stream, out, mean,
+                  rstd, resid, a, b, w, bias, N, eps);
     return cudaGetLastError();
 }
 
@@ -244,8 +244,8 @@ cudaError_t rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int N, 
                                            (const T*)nullptr, w, (const T*)nullptr, N, eps, stream);
 }
 template <class T, int C>
-cudaError_t residual_rmsnorm_forward(T* resid, T* out, float* rstd, const T* a, const T* b, const T* w, int N, float eps,
-                                     cudaStream_t stream = 0) {
+cudaError_t residual_rmsnorm_forward(T* resid, T* out, float* rstd, const T* a, const T* b, const T* w, int N,
+                                     float eps, cudaStream_t stream = 0) {
     return norm_forward<T, C, true, true>("residual_rmsnorm_forward", out, (float*)nullptr, rstd, resid, a, b, w,
                                           (const T*)nullptr, N, eps, stream);
 }
@@ -477,8 +477,8 @@ static cudaError_t norm_backward(const char* who, T* dx, float* dw, float* db, f
     typedef NormShape<T, C> S;
     const size_t va = sizeof(T) * S::VEC, fa = sizeof(float) * S::ACCW;
     LLMK_REQUIRE(N >= 0, who, "N (rows) is negative");
-    LLMK_REQUIRE(dx && dw && (RMS || db) && dy && x && (RMS || mean) && rstd && w && scratch.partial && scratch.counters,
-                 who, "a required pointer is NULL");
+    LLMK_REQUIRE(dx && dw && (RMS || db) && dy && x && (RMS || mean) && rstd && w, who, "a required pointer is NULL");
+    LLMK_REQUIRE(scratch.partial && scratch.counters, who, "scratch.partial or scratch.counters is NULL");
     LLMK_REQUIRE(aligned_to(dx, va) && aligned_to(dy, va) && aligned_to(x, va) && aligned_to(w, va)
                      && (!dres || aligned_to(dres, va)),
                  who, "a T array is not aligned to the vector width (VEC * sizeof(T) bytes)");
@@ -511,9 +511,13 @@ cudaError_t rmsnorm_backward(T* dx, float* dw, float* dbias_prev, const T* dy, c
                                      (const float*)nullptr, rstd, dres, w, scratch, N, acc_flags, stream);
 }
 template <class T, int C>
-size_t layernorm_backward_scratch_bytes(int N, int max_blocks = 0) { return norm_backward_scratch_bytes<T, C, false>(N, max_blocks); }
+size_t layernorm_backward_scratch_bytes(int N, int max_blocks = 0) {
+    return norm_backward_scratch_bytes<T, C, false>(N, max_blocks);
+}
 template <class T, int C>
-size_t rmsnorm_backward_scratch_bytes(int N, int max_blocks = 0) { return norm_backward_scratch_bytes<T, C, true>(N, max_blocks); }
+size_t rmsnorm_backward_scratch_bytes(int N, int max_blocks = 0) {
+    return norm_backward_scratch_bytes<T, C, true>(N, max_blocks);
+}
 
 }  // namespace llmk
 

@@ -125,7 +125,8 @@ def test_no_kernel_spills(ptxas_reports, arch):
     names = demangle(list(rows))
     table = [f"{'regs':>4} {'smem':>5} {'stack':>5} {'spill':>9}  kernel ({arch}, nvcc -O3 -Xptxas -v)"]
     for name, r in sorted(zip(names, rows.values())):
-        table.append(f"{r['regs']:4d} {r['smem']:5d} {r['stack']:5d} {r['spill_stores']:4d}/{r['spill_loads']:<4d}  {name}")
+        spill = f"{r['spill_stores']:4d}/{r['spill_loads']:<4d}"
+        table.append(f"{r['regs']:4d} {r['smem']:5d} {r['stack']:5d} {spill}  {name}")
     text = "\n".join(table)
     print(text)
     (out / f"ptxas-{arch}.txt").write_text(text + "\n")

@@ -20,7 +20,8 @@ static int adamw() {
     for (size_t i = 0; i + 2 < tens.size(); i += 3) tv.push_back({tens[i], tens[i + 1], (int)tens[i + 2]});
     std::vector<llmk::AdamwSegment> segs(tv.size());
     int nblocks = 0;
-    const int nseg = llmk::adamw_plan(segs.data(), (int)segs.size(), &nblocks, tv.data(), (int)tv.size(), shard[0], shard[1]);
+    const int nseg =
+        llmk::adamw_plan(segs.data(), (int)segs.size(), &nblocks, tv.data(), (int)tv.size(), shard[0], shard[1]);
     const int plan[2] = {nseg, nblocks};
     write_output("plan", plan, sizeof plan);
     std::vector<long long> sflat;
@@ -36,9 +37,10 @@ static int adamw() {
     float* norm = dev_in<float>("norm");
     T* params = params_is_master ? (T*)(void*)master : dev_in<T>("params");
     const llmk::AdamwHyper h = {hy[0], hy[1], hy[2], hy[3], hy[4]};
-    check_launch(llmk::adamw_update<T>(params, master, m, v, grads, dsegs, nseg, nblocks, opt_base, use_norm ? norm : nullptr,
-                                       hy[5], t, h),
-                 "adamw_update");
+    const float* norm_or_null = use_norm ? norm : nullptr;
+    const cudaError_t e =
+        llmk::adamw_update<T>(params, master, m, v, grads, dsegs, nseg, nblocks, opt_base, norm_or_null, hy[5], t, h);
+    check_launch(e, "adamw_update");
     save_device("params", params, params_is_master ? master_h.size() : grads_h.size());
     save_device("master", master, master_h.size());
     save_device("m", m, master_h.size());

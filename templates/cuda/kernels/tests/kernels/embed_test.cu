@@ -22,7 +22,8 @@ static int run(const std::string& op) {
         const int B = prm[0], seq_len = prm[1], V = prm[2], accumulate = prm[3], n = B * seq_len;
         const std::vector<int> tokens = read_input<int>("tokens");
         std::vector<int> order(n), token(n), start(n + 1), counts(V);
-        const int nb = llmk::embed_buckets_build(order.data(), token.data(), start.data(), counts.data(), tokens.data(), n, V);
+        const int nb =
+            llmk::embed_buckets_build(order.data(), token.data(), start.data(), counts.data(), tokens.data(), n, V);
         write_output("order", order.data(), sizeof(int) * n);
         write_output("bucket_token", token.data(), sizeof(int) * nb);
         write_output("bucket_start", start.data(), sizeof(int) * (nb + 1));

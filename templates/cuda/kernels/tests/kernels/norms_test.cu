@@ -18,7 +18,8 @@ static int run(const std::string& op) {
         T* x = dev_in<T>("x");
         T* out = dev_out<T>(NC);
         float *mean = dev_out<float>(N), *rstd = dev_out<float>(N);
-        if (op == "ln_fwd") check_launch(llmk::layernorm_forward<T, C>(out, mean, rstd, x, w, dev_in<T>("b"), N, eps), "ln_fwd");
+        if (op == "ln_fwd")
+            check_launch(llmk::layernorm_forward<T, C>(out, mean, rstd, x, w, dev_in<T>("b"), N, eps), "ln_fwd");
         else check_launch(llmk::rmsnorm_forward<T, C>(out, rstd, x, w, N, eps), "rms_fwd");
         save_device("out", out, NC);
         if (op == "ln_fwd") save_device("mean", mean, N);
@@ -29,7 +30,9 @@ static int run(const std::string& op) {
         T* out = dev_out<T>(NC);
         float *mean = dev_out<float>(N), *rstd = dev_out<float>(N);
         if (op == "ln_fwd_res")
-            check_launch(llmk::residual_layernorm_forward<T, C>(resid, out, mean, rstd, a, b2, w, dev_in<T>("b"), N, eps), op.c_str());
+            check_launch(
+                llmk::residual_layernorm_forward<T, C>(resid, out, mean, rstd, a, b2, w, dev_in<T>("b"), N, eps),
+                op.c_str());
         else check_launch(llmk::residual_rmsnorm_forward<T, C>(resid, out, rstd, a, b2, w, N, eps), op.c_str());
         save_device("resid", resid, NC);
         save_device("out", out, NC);
@@ -40,7 +43,8 @@ static int run(const std::string& op) {
         T *dy = dev_in<T>("dy"), *x = dev_in<T>("x");
         float *mean = ln ? dev_in<float>("mean") : nullptr, *rstd = dev_in<float>("rstd");
         const std::vector<char> dres_h = read_bytes("dres");
-        const std::vector<float> dw0 = read_input<float>("dw0"), db0 = read_input<float>("db0"), dp0 = read_input<float>("dp0");
+        const std::vector<float> dw0 = read_input<float>("dw0"), db0 = read_input<float>("db0");
+        const std::vector<float> dp0 = read_input<float>("dp0");
         const int max_blocks = prm[2];
         llmk::NormScratch sc;
         const size_t sbytes = ln ? llmk::layernorm_backward_scratch_bytes<T, C>(N, max_blocks)
@@ -56,7 +60,9 @@ static int run(const std::string& op) {
             }
             T* dx = (has_dres && in_place) ? dres : dev_out<T>(NC);
             float *dw = to_device(dw0), *db = to_device(db0), *dp = has_dbias ? to_device(dp0) : nullptr;
-            if (ln) check_launch(llmk::layernorm_backward<T, C>(dx, dw, db, dp, dy, x, mean, rstd, dres, w, sc, N, flags), "ln_bwd");
+            if (ln)
+                check_launch(llmk::layernorm_backward<T, C>(dx, dw, db, dp, dy, x, mean, rstd, dres, w, sc, N, flags),
+                             "ln_bwd");
             else check_launch(llmk::rmsnorm_backward<T, C>(dx, dw, dp, dy, x, rstd, dres, w, sc, N, flags), "rms_bwd");
             const std::string s = rep ? "_2" : "";
             save_device(("dx" + s).c_str(), dx, NC);
@@ -71,7 +77,8 @@ static int run(const std::string& op) {
     } else if (op == "misaligned") {    /* a launcher given a row base off the vector width: one line, exit 1 */
         T* x = dev_in<T>("x");
         T* out = dev_out<T>(NC + 8);
-        check_launch(llmk::layernorm_forward<T, C>(out, nullptr, nullptr, x + 1, w, dev_in<T>("b"), N - 1, eps), "misaligned");
+        check_launch(llmk::layernorm_forward<T, C>(out, nullptr, nullptr, x + 1, w, dev_in<T>("b"), N - 1, eps),
+                     "misaligned");
         fprintf(stderr, "the misaligned launch was accepted\n");
         return 3;
     } else {

@@ -20,8 +20,9 @@ static int run(const std::string& op) {
         const std::string s = rep ? "_2" : "";
         if (op == "xent_bwd") {
             T* d = in_place ? logits : dev_out<T>(NV);
-            check_launch(llmk::softmax_xent_backward<T, V, Vp>(losses, d, logits, targets, dloss, dlosses, N, loss_rows),
-                         "xent_bwd");
+            check_launch(
+                llmk::softmax_xent_backward<T, V, Vp>(losses, d, logits, targets, dloss, dlosses, N, loss_rows),
+                "xent_bwd");
             save_device(("dlogits" + s).c_str(), d, NV);
         } else if (op == "xent_fwd") {
             check_launch(llmk::xent_forward<T, V, Vp>(losses, logits, targets, N), "xent_fwd");
