@@ -213,11 +213,14 @@ static cudaError_t norm_forward(const char* who, T* out, float* mean, float* rst
                      && (!ADD || (aligned_to(b, va) && aligned_to(resid, va))),
                  who, "a T array is not aligned to the vector width (VEC * sizeof(T) bytes)");
     if (N == 0) return cudaSuccess;
-    auto kernel = norm_forward_kernel<T, C, RMS, ADD>;
     const size_t smem = (RMS ? 1 : 2) * S::NSLOT * sizeof(Vec<T, S::VEC>);
-    allow_smem(kernel, smem);
+    /* once per instantiation: the shared-memory limit, and how many blocks fit on the device at once */
+    static const long long fit = [smem]() {
+        auto kernel = norm_forward_kernel<T, C, RMS, ADD>;
+        allow_smem(kernel, smem);
+        return (long long)sm_count() * blocks_per_sm(kernel, S::NT, smem);
+    }();
     long long grid = ceil_div(N, S::G);
-    const long long fit = (long long)sm_count() * blocks_per_sm(kernel, S::NT, smem);
     if (grid > fit) grid = fit;
     LLMGEN_LAUNCH((norm_forward_kernel<T, C, RMS, ADD>), dim3((unsigned)grid), dim3(S::NT), smem, stream, out, mean,
                   rstd, resid, a, b, w, bias, N, eps);
@@ -488,7 +491,9 @@ static cudaError_t norm_backward(const char* who, T* dx, float* dw, float* db, f
     const int nacc = (RMS ? 1 : 2) + (dbias ? 1 : 0);
     const int grid = norm_backward_grid<T, C, RMS>(N, scratch.max_blocks);
     const size_t smem = norm_backward_smem<T, C>(nacc);
-    allow_smem(norm_backward_kernel<T, C, RMS>, smem);
+    static const bool smem_allowed =   /* once per instantiation, for the largest nacc */
+        (allow_smem(norm_backward_kernel<T, C, RMS>, norm_backward_smem<T, C>(RMS ? 2 : 3)), true);
+    (void)smem_allowed;
     LLMGEN_LAUNCH((norm_backward_kernel<T, C, RMS>), dim3(grid), dim3(S::NT), smem, stream, dx,
                   dw, db, dbias, scratch.partial, scratch.counters, dy, x, mean, rstd, dres, w, N, acc_flags);
     return cudaGetLastError();
