@@ -275,7 +275,7 @@ inline void check_access(Worker& w, unsigned warp, const AccessArgs& x, int lane
 }
 
 inline void ld_shared_run(Worker& w, unsigned warp, Collective** lanes, uint32_t present) {
-    uintptr_t addr[32];
+    uintptr_t addr[32] = {0};   /* zeroed: g++ -O2 cannot see that `present` is never empty */
     int n;
     gather_addresses(lanes, present, addr, &n);
     const unsigned bytes = static_cast<AccessArgs*>(lanes[__builtin_ctz(present)])->bytes;
@@ -291,7 +291,7 @@ inline void ld_shared_run(Worker& w, unsigned warp, Collective** lanes, uint32_t
 }
 
 inline void st_shared_run(Worker& w, unsigned warp, Collective** lanes, uint32_t present) {
-    uintptr_t addr[32];
+    uintptr_t addr[32] = {0};   /* zeroed: g++ -O2 cannot see that `present` is never empty */
     int n;
     gather_addresses(lanes, present, addr, &n);
     const unsigned bytes = static_cast<AccessArgs*>(lanes[__builtin_ctz(present)])->bytes;
@@ -350,7 +350,7 @@ struct CpArgs : Collective {
 };
 
 inline void cp_async_run(Worker& w, unsigned warp, Collective** lanes, uint32_t present) {
-    uintptr_t addr[32];
+    uintptr_t addr[32] = {0};   /* zeroed: g++ -O2 cannot see that `present` is never empty */
     int n = 0;
     const bool trace = g_cp_trace.load(std::memory_order_relaxed);
     for (uint32_t m = present; m; m &= m - 1) {
