@@ -147,3 +147,17 @@ def test_report_and_cli():
 def test_tiny_spec_reports():
     assert "ms/step" in roofline_report(GPT2Spec(n_layer=2, n_head=2, n_embd=64, vocab_size=100, max_seq_len=32),
                                         2, 32, "a100", "fp32")
+
+
+def test_llmgen_inspect_gpu_prints_the_roofline():
+    """`llmgen inspect SPEC --gpu NAME` adds the roofline to the report; an unknown GPU is a one-line error."""
+    spec = PRESETS["gpt2-tiny"]
+    r = subprocess.run([sys.executable, "-m", "llmgen", "inspect", "gpt2-tiny", "-b", "4", "-t", "64", "--gpu", "h100"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    want = predict(spec, 4, 64, "h100", spec.dtype)
+    assert f"predicted: {want.step_s * 1e3:.2f} ms/step" in r.stdout
+    assert "| kernel class |" in r.stdout and "a prediction from the graph, not a measurement" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "llmgen", "inspect", "gpt2-tiny", "--gpu", "h900"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.strip() == "error: unknown GPU 'h900' (known: a100, h100, h200)"

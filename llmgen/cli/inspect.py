@@ -15,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("-b", type=int, default=4, help="micro-batch for the activation sizes [4]")
     p.add_argument("-t", type=int, default=0, help="sequence length [min(1024, max_seq_len)]")
     p.add_argument("-v", "--verbose", action="store_true", help="also print the whole schedule")
+    p.add_argument("--gpu", metavar="NAME", help="also print the roofline of one step on this GPU (h200, h100, a100): "
+                   "FLOPs and bytes per kernel class and the time they allow")
+    p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0, help="activation recompute level [0]")
     p.set_defaults(func=run)
 
 
@@ -83,6 +86,13 @@ def run(args) -> int:
         print(f"\nfusion: {rep['kernels']} kernels instead of {un['kernels']} (-{dk}, "
               f"{100 * dk / un['kernels']:.0f}% fewer); activations {_human(rep['bytes']['activations'])} instead of "
               f"{_human(un['bytes']['activations'])} (-{_human(da)}, {100 * da / un['bytes']['activations']:.0f}% less)")
+    if args.gpu:
+        from llmgen.roofline import roofline_report
+        try:
+            text = roofline_report(spec, B, T, args.gpu, spec.dtype, recompute=args.recompute)
+        except ValueError as e:
+            raise CliError(str(e)) from None
+        print(f"\nroofline on {args.gpu} (a prediction from the graph, not a measurement):\n{text}")
     if args.verbose:
         print("\nschedule:")
         print(g.dump())
