@@ -5,7 +5,7 @@
  *     GPU:  nvcc -O3 -arch=sm_90 train.cu -lcublasLt -o train
  *     CPU:  g++ -std=c++17 -O2 -x c++ -DLLMGEN_EMULATE -fno-strict-aliasing -fcf-protection=none \
  *               -fopenmp -I<this folder> -I/usr/local/cuda/include train.cu -o train
- *   The CPU build needs only the CUDA *headers* (cuda_runtime.h, cuda_bf16.h, library_types.h);
+ *   The CPU build needs only the CUDA *headers* (cuda_runtime.h, cuda_bf16.h, cuda_fp8.h, library_types.h);
  *   libcudart, libcublasLt and a GPU are never used. This file is the only one a program includes;
  *   it includes the parts beside it (emu_*.h), so -I must name this folder (or the program must
  *   sit beside it).
@@ -74,6 +74,7 @@
 /* ============================================================================================ */
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <mma.h>
 
 #define LLMGEN_EMULATED 0

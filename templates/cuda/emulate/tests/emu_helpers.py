@@ -40,6 +40,7 @@ PROGRAMS = {
     "warp_ops_ucontext": ("warp_ops.cu", ["-DLLMGEN_EMU_UCONTEXT", "-fopenmp"]),
     "atomics": ("atomics.cu", ["-fopenmp"]),
     "bf16": ("bf16.cu", ["-fopenmp"]),
+    "fp8": ("fp8.cu", ["-fopenmp"]),
     "cublaslt": ("cublaslt.cu", ["-fopenmp"]),
     "runtime": ("runtime.cu", ["-fopenmp"]),
     "bench": ("bench.cu", ["-fopenmp"]),
