@@ -42,6 +42,7 @@ PROGRAMS = {
     "bf16": ("bf16.cu", ["-fopenmp"]),
     "fp8": ("fp8.cu", ["-fopenmp"]),
     "cublaslt": ("cublaslt.cu", ["-fopenmp"]),
+    "cublaslt_fp8": ("cublaslt_fp8.cu", ["-fopenmp"]),
     "runtime": ("runtime.cu", ["-fopenmp"]),
     "bench": ("bench.cu", ["-fopenmp"]),
     "wmma": ("wmma.cu", ["-fopenmp"]),
