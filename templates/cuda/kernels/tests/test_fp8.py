@@ -1,7 +1,8 @@
 """templates/cuda/kernels/fp8.cuh, run on the CPU through the emulation (fp8_kernels.cu beside this file, built
 with g++ -DLLMGEN_EMULATE), against numpy and torch's float8 dtypes; its shared-memory bank conflicts as the
 emulation counts them; its refusals; where nvcc is installed, ptxas's resource use for sm_89 and sm_90a; and,
-where a GPU is present, the same cases on the hardware (the "gpu" builds; skipped otherwise).
+where a GPU is present, the same cases on the hardware (the "gpu" builds; skipped otherwise). fp8_linear.cu
+runs one linear layer's three GEMMs the way a trainer will: the casts feeding cuBLASLt's TN-only FP8 GEMM.
 
 Everything here is exact, so everything is compared bit for bit:
   - a cast is one fp32 multiply of the (exactly widened) bf16 value by the scale and one round-to-nearest-even
@@ -34,7 +35,8 @@ TESTIO = EMULATE / "tests" / "kernels"      # testio.h
 DRIVER = HERE / "fp8_kernels.cu"
 
 sys.path.insert(0, str(EMULATE / "tests"))
-from emu_helpers import GXX_FLAGS, bf16_to_f32, cuda_include, f32_to_bf16, gpu_arch, nvcc_path  # noqa: E402
+from emu_helpers import (GXX_FLAGS, bf16_to_f32, cublas_include, cuda_include, f32_to_bf16, gpu_arch,  # noqa: E402
+                         nvcc_path)
 
 torch = pytest.importorskip("torch")
 
@@ -385,3 +387,108 @@ def test_ptxas_no_spills(tmp_path, arch):
     for r in rows:
         print(f"{arch.split('=')[-1]:7s} {r['name'][:70]:70s} {r['registers']:3d} registers, spill {r['spill']} B")
         assert r["spill"] == 0 and r["stack"] == 0, r
+
+
+# ---- one linear layer in FP8: the casts feeding cuBLASLt's FP8 GEMM (emulated) -------------------------
+LINEAR = HERE / "fp8_linear.cu"
+
+
+@pytest.fixture(scope="session")
+def linear_emu(tmp_path_factory) -> pathlib.Path:
+    if shutil.which("g++") is None or cuda_include() is None:
+        pytest.skip("g++ or the CUDA headers not found")
+    out = tmp_path_factory.mktemp("fp8_linear") / "fp8_linear"
+    cmd = ["g++", *GXX_FLAGS, "-fopenmp", "-Wall", "-Wextra", "-Werror", f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}",
+           f"-I{KERNELS}", f"-I{TESTIO}", f"-I{cuda_include()}", str(LINEAR), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def linear_gpu(tmp_path_factory) -> pathlib.Path:
+    """fp8_linear.cu built by nvcc against the real cuBLASLt for the visible GPU (sm_89 or newer)"""
+    arch, nvcc, inc = gpu_arch(), nvcc_path(), cublas_include()
+    if arch is None or nvcc is None or inc is None:
+        pytest.skip("needs nvcc, cuBLAS headers and an NVIDIA GPU: the emulated build runs the same program")
+    if int(arch[3:]) < 89:
+        pytest.skip(f"FP8 GEMMs need sm_89 or newer; the GPU is {arch}")
+    out = tmp_path_factory.mktemp("fp8_linear_gpu") / "fp8_linear"
+    lib = inc.parent / "lib"
+    cmd = [nvcc, "-O3", f"-arch={arch}", f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}", f"-I{TESTIO}",
+           f"-I{inc}", str(LINEAR), f"-L{lib}", f"-Xlinker=-rpath,{lib}", "-lcublasLt", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+@pytest.fixture
+def linear_prog(request) -> tuple[pathlib.Path, bool]:
+    """(program, exact): the emulated build is held to the contract bit for bit, a GPU's to a bound"""
+    return (request.getfixturevalue("linear_gpu"), False) if request.param == "gpu" else \
+        (request.getfixturevalue("linear_emu"), True)
+
+
+def tn_reference(a_codes: np.ndarray, a_fmt: str, sa: np.float32, b_codes: np.ndarray, b_fmt: str, sb: np.float32,
+                 bias: np.ndarray | None = None, c: np.ndarray | None = None) -> np.ndarray:
+    """the emulated FP8 GEMM's contract in float32: A (m, k), B (n, k) codes (the reduction dimension
+    contiguous, as TN needs); exact products summed in k order, times (1 sA) sB, plus bias / C; (n, m) out"""
+    a = torch.from_numpy(a_codes.copy()).view(FMT[a_fmt][1]).float().numpy()
+    b = torch.from_numpy(b_codes.copy()).view(FMT[b_fmt][1]).float().numpy()
+    acc = np.zeros((b.shape[0], a.shape[0]), np.float32)
+    for p in range(a.shape[1]):
+        acc = acc + b[:, p:p + 1] * a[None, :, p]
+    v = np.float32(np.float32(1.0) * sa) * sb * acc
+    if c is not None:
+        v = v + c
+    if bias is not None:
+        v = v + bias[None, :]
+    return v.astype(np.float32)
+
+
+@pytest.mark.parametrize("linear_prog", BUILDS, indirect=True)
+def test_linear_layer_in_fp8(linear_prog, tmp_path):
+    """y = x W^T + b, dX = dY W, dW += dY^T x through cast_transpose (row-major and transposed FP8 copies, the
+    current-amax scales) and cuBLASLt's TN FP8 GEMM with the scale inverses: the emulated build bit-exact
+    against the contract computed in numpy from torch's casts (a GPU's within its accumulation order), and
+    close to the float64 product of the bf16 inputs"""
+    N, K, M, margin = 96, 64, 80, 1
+    rng = np.random.default_rng(11)
+    x, w, dy = (random_bf16(rng, n, spread=3) for n in (N * K, M * K, N * M))
+    w = f32_to_bf16(bf16_to_f32(w) * np.float32(0.05))
+    dy = f32_to_bf16(bf16_to_f32(dy) * np.float32(1e-4))           # gradients: small, E5M2's range
+    b = random_bf16(rng, M)
+    dw0 = rng.standard_normal(M * K).astype(np.float32)
+    d = tmp_path / "lin"
+    prog, exact = linear_prog
+    run(prog, "run", d, [N, K, M, margin], {"x": x, "w": w, "dy": dy, "b": b, "dw": dw0})
+    metas = out(d, "metas", np.float32).reshape(3, 4)
+    q = {}
+    for i, (name, bits, fmt, shape) in enumerate((("x", x, "e4m3", (N, K)), ("w", w, "e4m3", (M, K)),
+                                                   ("dy", dy, "e5m2", (N, M)))):
+        s = scale_reference(np.abs(bf16_to_f32(bits)).max(), fmt, margin, False, 1.0)
+        assert metas[i, 0] == s and metas[i, 1] == np.float32(1) / s, name
+        q[name] = (cast_reference(bits, s, fmt).reshape(shape), fmt, metas[i, 1])
+    (xq, _, sx), (wq, _, sw), (dyq, _, sdy) = q["x"], q["w"], q["dy"]
+    y = bf16_to_f32(out(d, "y", np.uint16)).reshape(N, M)
+    dx = bf16_to_f32(out(d, "dx", np.uint16)).reshape(N, K)
+    dw = out(d, "dw", np.float32).reshape(M, K)
+    want_y = tn_reference(wq, "e4m3", sw, xq, "e4m3", sx, bias=bf16_to_f32(b))            # A = W, B = x
+    want_dx = tn_reference(np.ascontiguousarray(wq.T), "e4m3", sw, dyq, "e5m2", sdy)       # A = W^T, B = dY
+    want_dw = tn_reference(np.ascontiguousarray(xq.T), "e4m3", sx, np.ascontiguousarray(dyq.T), "e5m2", sdy,
+                           c=dw0.reshape(M, K))                                            # A = x^T, B = dY^T
+    for name, got, want, k, rnd in (("y", y, want_y, K, 2.0 ** -8), ("dx", dx, want_dx, M, 2.0 ** -8),
+                                    ("dw", dw, want_dw, N, 2.0 ** -23)):
+        if exact:
+            np.testing.assert_array_equal(got, bf16_to_f32(f32_to_bf16(want)) if rnd > 2.0 ** -23 else want, name)
+        else:   # the tensor cores sum in their own order: k fp32 roundings of the running sum, then D's rounding
+            bound = rnd * np.abs(want) + k * 2.0 ** -22 * (np.abs(want) + 1.0)
+            assert (np.abs(got - want) <= bound).all(), (name, np.abs(got - want).max())
+    # and FP8 is an approximation of the bf16 math: relative Frobenius errors of a few percent
+    xf, wf, dyf = (bf16_to_f32(v).astype(np.float64) for v in (x, w, dy))
+    xf, wf, dyf = xf.reshape(N, K), wf.reshape(M, K), dyf.reshape(N, M)
+    for name, got, true in (("y", y, xf @ wf.T + bf16_to_f32(b)), ("dx", dx, dyf @ wf),
+                            ("dw", dw - dw0.reshape(M, K), dyf.T @ xf)):
+        rel = np.linalg.norm(got - true) / np.linalg.norm(true)
+        print(f"{name}: relative error against the bf16 inputs' float64 product {rel:.3g}")
+        assert rel < (0.06 if name == "y" else 0.12), (name, rel)
