@@ -74,6 +74,29 @@
  *   scale_update_kernel<F>               one block of 256 threads (the partials and the history read in
  *       parallel, reduced in a fixed shape).
  *   meta_init_kernel                      one thread per meta / history float.
+ *
+ * USE IN A TRAINER (one block linear y = x W^T + b; x (N, K), W (M, K), y and dY (N, M); tests/fp8_linear.cu
+ * runs exactly this through cuBLASLt, and tests/fp8_oracle.py is the recipe's oracle)
+ *   Buffers: x8, x8t (N K bytes each) from one cast_transpose<E4M3> of x (an input shared by several linears,
+ *   Llama's q/k/v or gate/up, is cast once); x8 lives until the forward GEMM, x8t until the dW GEMM.
+ *   W8, W8t (M K each), cast once per optimizer step after the update (AdamW writes the bf16 weights: give it
+ *   block_amax_partial for the current recipe). dY8, dY8t (N M each), backward scratch. One Fp8Meta per cast
+ *   tensor (+ H floats of history each with the delayed recipe); amax partials are scratch (<= 1024 floats,
+ *   or cast_transpose_partials()).
+ *   Forward, current recipe: the producer of x (layernorm, attention, GELU / SwiGLU) writes x in bf16 and its
+ *   amax partials -> scale_update<E4M3>(meta_x) -> cast_transpose<E4M3>(x8, x8t, -, x, &meta_x.scale) ->
+ *   cublasLtMatmul TN: A = W8 (lda K), B = x8 (ldb K), m = M, n = N, k = K, A/B_SCALE_POINTER =
+ *   &meta_W.scale_inv / &meta_x.scale_inv, bf16 D, BIAS (bf16) or GELU_AUX_BIAS epilogue; with GELU the
+ *   GEMM's AMAX_D_POINTER gives the amax of the next linear's input directly.
+ *   Backward: the producer of dY writes its partials -> scale_update<E5M2>(meta_dy) -> cast_transpose<E5M2>
+ *   (dY8, dY8t) -> dX: A = W8t (lda M), B = dY8 (ldb M), m = K, n = N, k = M (E4M3 x E5M2, bf16 D; DGELU
+ *   epilogue allowed) -> dW: A = x8t (lda N), B = dY8t (ldb N), m = K, n = M, k = N, fp32 D with beta = 1
+ *   (the fp32 gradient). The bias gradient comes from the bf16 dY (a column sum): cuBLASLt's BGRAD epilogues
+ *   are not FP8 (the emulation refuses them).
+ *   Delayed recipe: the cast takes last step's scale and writes partials; scale_update follows it.
+ *   Several ranks: reduce each tensor's amax (max over ranks) before scale_update so all ranks share scales.
+ *   GEMMs the FP8 path cannot take (k, m, ldc not multiples of 16 bytes, see emulate/emu_cublaslt.h) stay bf16:
+ *   cuBLASLt (and the emulation) answer CUBLAS_STATUS_NOT_SUPPORTED, but the compiler should decide it.
  */
 #ifndef LLMGEN_FP8_CUH
 #define LLMGEN_FP8_CUH
