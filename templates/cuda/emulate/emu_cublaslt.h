@@ -254,6 +254,11 @@ inline cublasStatus_t unsupported(const char* why) {
     fprintf(stderr, "llmgen emulate: cublasLt: not emulated: %s\n", why);
     return CUBLAS_STATUS_NOT_SUPPORTED;
 }
+/* what cuBLASLt's documentation says it does not run (the library's own NOT_SUPPORTED) */
+inline cublasStatus_t refused(const char* why) {
+    fprintf(stderr, "llmgen emulate: cublasLt: not supported (as documented): %s\n", why);
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+}
 /* copy an attribute value of exactly `want` bytes, as cuBLASLt checks sizeInBytes */
 template <class T>
 inline bool take(T& dst, const void* buf, size_t size) {
@@ -465,23 +470,23 @@ inline cublasStatus_t check_fp8(const Desc& op, const Layout& la, const Layout& 
                                 const Layout& ld, int* bias_type) {
     const int ta = (int)la.type, tb = (int)lb.type, tc = (int)lc.type, td = (int)ld.type;
     if (!is_fp8(ta) || !is_fp8(tb))
-        return unsupported("an FP8 matrix times a non-FP8 one (cuBLASLt's FP8 table pairs two FP8 inputs)");
-    if (ta == CUDA_R_8F_E5M2 && tb == CUDA_R_8F_E5M2) return unsupported("E5M2 x E5M2 (not in cuBLASLt's FP8 table)");
-    if (op.compute != CUBLAS_COMPUTE_32F) return unsupported("FP8 with a compute type other than CUBLAS_COMPUTE_32F");
-    if (op.scale_type != CUDA_R_32F) return unsupported("FP8 with a scale type other than CUDA_R_32F");
+        return refused("an FP8 matrix times a non-FP8 one (cuBLASLt's FP8 table pairs two FP8 inputs)");
+    if (ta == CUDA_R_8F_E5M2 && tb == CUDA_R_8F_E5M2) return refused("E5M2 x E5M2 (not in cuBLASLt's FP8 table)");
+    if (op.compute != CUBLAS_COMPUTE_32F) return refused("FP8 with a compute type other than CUBLAS_COMPUTE_32F");
+    if (op.scale_type != CUDA_R_32F) return refused("FP8 with a scale type other than CUDA_R_32F");
     if (op.transa != CUBLAS_OP_T || op.transb != CUBLAS_OP_N)
-        return unsupported("FP8 takes only the TN layout on sm_89/sm_90: TRANSA = CUBLAS_OP_T, TRANSB = CUBLAS_OP_N");
+        return refused("FP8 takes only the TN layout on sm_89/sm_90: TRANSA = CUBLAS_OP_T, TRANSB = CUBLAS_OP_N");
     const Layout* lays[4] = {&la, &lb, &lc, &ld};
     for (const Layout* l : lays)
-        if (l->order != CUBLASLT_ORDER_COL) return unsupported("FP8 with a matrix order other than CUBLASLT_ORDER_COL");
+        if (l->order != CUBLASLT_ORDER_COL) return refused("FP8 with a matrix order other than CUBLASLT_ORDER_COL");
     const bool mixed = ta != tb;
     const bool cd_ok = (tc == CUDA_R_16BF && (td == CUDA_R_16BF || td == CUDA_R_8F_E4M3 || (mixed && td == CUDA_R_8F_E5M2))) ||
                        (tc == CUDA_R_16F && (td == CUDA_R_16F || td == CUDA_R_8F_E4M3 || (mixed && td == CUDA_R_8F_E5M2))) ||
                        (tc == CUDA_R_32F && td == CUDA_R_32F);
-    if (!cd_ok) return unsupported("this (C, D) type pair with FP8 inputs (not in cuBLASLt's FP8 table)");
+    if (!cd_ok) return refused("this (C, D) type pair with FP8 inputs (not in cuBLASLt's FP8 table)");
     *bias_type = tc == CUDA_R_16F ? CUDA_R_16F : CUDA_R_16BF;
     if (op.bias_type >= 0 && op.bias_type != *bias_type)
-        return unsupported("this BIAS_DATA_TYPE with FP8 (the table: fp16 with an fp16 C, else bf16)");
+        return refused("this BIAS_DATA_TYPE with FP8 (the table: fp16 with an fp16 C, else bf16)");
     switch (op.epilogue) {
     case CUBLASLT_EPILOGUE_DEFAULT: case CUBLASLT_EPILOGUE_BIAS: case CUBLASLT_EPILOGUE_GELU:
     case CUBLASLT_EPILOGUE_GELU_BIAS: break;
@@ -500,7 +505,7 @@ inline cublasStatus_t check_fp8(const Desc& op, const Layout& la, const Layout& 
     const int64_t sc = (int64_t)type_bytes(tc), sd = (int64_t)type_bytes(td);
     if (k % 16 || la.ld % 16 || lb.ld % 16 || (m * sc) % 16 || (lc.ld * sc) % 16 || (m * sd) % 16 || (ld.ld * sd) % 16 ||
         la.batch_stride % 16 || lb.batch_stride % 16 || (lc.batch_stride * sc) % 16 || (ld.batch_stride * sd) % 16)
-        return unsupported("FP8 shapes: k, lda, ldb and the rows, leading dimensions and batch strides of C and D "
+        return refused("FP8 shapes: k, lda, ldb and the rows, leading dimensions and batch strides of C and D "
                            "(in bytes) must be multiples of 16");
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -748,7 +753,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
         if (st != CUBLAS_STATUS_SUCCESS) return st;
         const void* ptrs[4] = {A, B, C ? C : D, D};
         for (const void* q : ptrs)
-            if ((uintptr_t)q % 16) return unsupported("FP8 with a matrix pointer not 16-byte aligned");
+            if ((uintptr_t)q % 16) return refused("FP8 with a matrix pointer not 16-byte aligned");
     } else if (op.a_scale || op.b_scale || op.c_scale || op.d_scale || op.amax_d) {
         return bad("scale / amax pointers without FP8 inputs (an unsupported combination)");
     }
