@@ -480,9 +480,9 @@ inline cublasStatus_t check_fp8(const Desc& op, const Layout& la, const Layout& 
     for (const Layout* l : lays)
         if (l->order != CUBLASLT_ORDER_COL) return refused("FP8 with a matrix order other than CUBLASLT_ORDER_COL");
     const bool mixed = ta != tb;
-    const bool cd_ok = (tc == CUDA_R_16BF && (td == CUDA_R_16BF || td == CUDA_R_8F_E4M3 || (mixed && td == CUDA_R_8F_E5M2))) ||
-                       (tc == CUDA_R_16F && (td == CUDA_R_16F || td == CUDA_R_8F_E4M3 || (mixed && td == CUDA_R_8F_E5M2))) ||
-                       (tc == CUDA_R_32F && td == CUDA_R_32F);
+    const bool fp8_d = td == CUDA_R_8F_E4M3 || (mixed && td == CUDA_R_8F_E5M2); /* E5M2 D: mixed inputs only */
+    const bool cd_ok = (tc == CUDA_R_16BF && (td == CUDA_R_16BF || fp8_d)) ||
+                       (tc == CUDA_R_16F && (td == CUDA_R_16F || fp8_d)) || (tc == CUDA_R_32F && td == CUDA_R_32F);
     if (!cd_ok) return refused("this (C, D) type pair with FP8 inputs (not in cuBLASLt's FP8 table)");
     *bias_type = tc == CUDA_R_16F ? CUDA_R_16F : CUDA_R_16BF;
     if (op.bias_type >= 0 && op.bias_type != *bias_type)
@@ -503,8 +503,9 @@ inline cublasStatus_t check_fp8(const Desc& op, const Layout& la, const Layout& 
      * likewise for B, m * size(C), ldc * size(C), and the same for D and every batch stride */
     const int64_t k = (int64_t)la.rows, m = (int64_t)ld.rows;
     const int64_t sc = (int64_t)type_bytes(tc), sd = (int64_t)type_bytes(td);
-    if (k % 16 || la.ld % 16 || lb.ld % 16 || (m * sc) % 16 || (lc.ld * sc) % 16 || (m * sd) % 16 || (ld.ld * sd) % 16 ||
-        la.batch_stride % 16 || lb.batch_stride % 16 || (lc.batch_stride * sc) % 16 || (ld.batch_stride * sd) % 16)
+    if (k % 16 || la.ld % 16 || lb.ld % 16 || (m * sc) % 16 || (lc.ld * sc) % 16 || (m * sd) % 16 ||
+        (ld.ld * sd) % 16 || la.batch_stride % 16 || lb.batch_stride % 16 || (lc.batch_stride * sc) % 16 ||
+        (ld.batch_stride * sd) % 16)
         return refused("FP8 shapes: k, lda, ldb and the rows, leading dimensions and batch strides of C and D "
                            "(in bytes) must be multiples of 16");
     return CUBLAS_STATUS_SUCCESS;

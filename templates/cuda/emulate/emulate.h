@@ -52,7 +52,7 @@
  *                   PTX ISA's per-lane layouts, warp-collective; cp.async visibility checks
  *   emu_wmma.h      nvcuda::wmma 16x16x16 fragments
  *   emu_runtime.h   the CUDA runtime API on host memory (guard pages, NaN-filled allocations)
- *   emu_cublaslt.h  the cuBLASLt subset as a CPU GEMM with the epilogues
+ *   emu_cublaslt.h  the cuBLASLt subset as a CPU GEMM with the epilogues, FP8 matmuls with scales and amax
  *
  * COSTS (measured on the 2-core x86-64 dev VM, one OpenMP thread)
  *   - barrier-free kernel: ~2 ns per CUDA thread (a function call; no fiber switch).

@@ -156,7 +156,10 @@ constexpr int MAX_FLAT_BLOCKS = 1024;
 constexpr int TILE_R = 64, TILE_C = 256; /* cast_transpose's tile */
 
 inline int cdiv_l(long a, long b) { return (int)((a + b - 1) / b); }
-inline int amax_partials(long n) { return n <= 0 ? 0 : (cdiv_l(n, (long)BLOCK * CHUNK) < MAX_FLAT_BLOCKS ? cdiv_l(n, (long)BLOCK * CHUNK) : MAX_FLAT_BLOCKS); }
+inline int amax_partials(long n) {
+    const int blocks = n <= 0 ? 0 : cdiv_l(n, (long)BLOCK * CHUNK);
+    return blocks < MAX_FLAT_BLOCKS ? blocks : MAX_FLAT_BLOCKS;
+}
 inline int cast_transpose_partials(int rows, int cols) { return cdiv_l(rows, TILE_R) * cdiv_l(cols, TILE_C); }
 
 /* ---- device helpers --------------------------------------------------------------------------------- */
@@ -167,8 +170,10 @@ __device__ __forceinline__ fp8 quantize(float v, float s) {
 /* four codes in one word, a in the low byte (memory order) */
 template <Format F>
 __device__ __forceinline__ uint32_t quantize4(float a, float b, float c, float d, float s) {
-    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(a, s), __fmul_rn(b, s)), __NV_SATFINITE, Fmt<F>::KIND);
-    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(c, s), __fmul_rn(d, s)), __NV_SATFINITE, Fmt<F>::KIND);
+    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(a, s), __fmul_rn(b, s)), __NV_SATFINITE,
+                                                 Fmt<F>::KIND);
+    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(c, s), __fmul_rn(d, s)), __NV_SATFINITE,
+                                                 Fmt<F>::KIND);
     return lo | (hi << 16);
 }
 
@@ -246,7 +251,8 @@ __global__ void __launch_bounds__(BLOCK) amax_kernel(float* partials, const bf16
 
 /* out[i] = sat(x[i] * *scale); with AMAX also partials[block] = max |x| */
 template <Format F, bool AMAX>
-__global__ void __launch_bounds__(BLOCK) cast_kernel(fp8* out, float* partials, const bf16* x, const float* scale, long n) {
+__global__ void __launch_bounds__(BLOCK) cast_kernel(fp8* out, float* partials, const bf16* x, const float* scale,
+                                                     long n) {
     const float s = *scale;
     float m = 0.0f;
     for (long i = ((long)blockIdx.x * BLOCK + threadIdx.x) * CHUNK; i < n; i += (long)gridDim.x * BLOCK * CHUNK) {
@@ -302,18 +308,20 @@ __global__ void __launch_bounds__(BLOCK) cast_transpose_kernel(fp8* out, fp8* ou
     if (gr < rows && gc < cols) {
         uint32_t o[4][4]; /* o[j][b]: column gc + j, rows gr + 4b .. 4b + 3 */
         LLMGEN_FP8_UNROLL
-        for (int b = 0; b < 4; ++b) transpose4x4(o[0][b], o[1][b], o[2][b], o[3][b], w[4 * b], w[4 * b + 1], w[4 * b + 2], w[4 * b + 3]);
+        for (int b = 0; b < 4; ++b)
+            transpose4x4(o[0][b], o[1][b], o[2][b], o[3][b], w[4 * b], w[4 * b + 1], w[4 * b + 2], w[4 * b + 3]);
         LLMGEN_FP8_UNROLL
         for (int j = 0; j < 4; ++j)
-            *reinterpret_cast<uint4*>(out_t + (size_t)(gc + j) * rows + gr) = make_uint4(o[j][0], o[j][1], o[j][2], o[j][3]);
+            *reinterpret_cast<uint4*>(out_t + (size_t)(gc + j) * rows + gr) =
+                make_uint4(o[j][0], o[j][1], o[j][2], o[j][3]);
     }
     if (AMAX) block_amax_partial<BLOCK>(m, partials);
 }
 
 /* One block: the amax from the partials, then the recipe's scale (see the CONTRACT) */
 template <Format F>
-__global__ void __launch_bounds__(BLOCK) scale_update_kernel(Fp8Meta* meta, float* history, int H, const float* partials,
-                                                             int n_partials, Recipe rc) {
+__global__ void __launch_bounds__(BLOCK) scale_update_kernel(Fp8Meta* meta, float* history, int H,
+                                                             const float* partials, int n_partials, Recipe rc) {
     float m = 0.0f;
     for (int i = threadIdx.x; i < n_partials; i += BLOCK) m = fmaxf(m, partials[i]);
     const float amax = block_max<BLOCK>(m);
@@ -389,9 +397,11 @@ cudaError_t cast_transpose(fp8* out, fp8* out_t, float* partials, const bf16* x,
         return refuse("fp8 cast_transpose: x, out and out_t must be 16-byte aligned, out_t and scale non-null");
     const dim3 grid(cdiv_l(cols, TILE_C), cdiv_l(rows, TILE_R));
     if (partials)
-        LLMGEN_LAUNCH((cast_transpose_kernel<F, true>), grid, BLOCK, 0, stream, out, out_t, partials, x, scale, rows, cols);
+        LLMGEN_LAUNCH((cast_transpose_kernel<F, true>), grid, BLOCK, 0, stream, out, out_t, partials, x, scale, rows,
+                      cols);
     else
-        LLMGEN_LAUNCH((cast_transpose_kernel<F, false>), grid, BLOCK, 0, stream, out, out_t, partials, x, scale, rows, cols);
+        LLMGEN_LAUNCH((cast_transpose_kernel<F, false>), grid, BLOCK, 0, stream, out, out_t, partials, x, scale, rows,
+                      cols);
     return cudaGetLastError();
 }
 

@@ -20,7 +20,6 @@ documentation against the library."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 
 import numpy as np

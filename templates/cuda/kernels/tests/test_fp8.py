@@ -170,7 +170,8 @@ def test_cast_matches_torch(prog, tmp_path, fmt):
     run(prog, "cast", d, [FMT[fmt][0], n, 1], {"x": bits, "scale": np.array([scale], np.float32)})
     got, want = out(d, "out", np.uint8), cast_reference(bits, scale, fmt)
     bad = got != want
-    assert not bad.any(), f"{bad.sum()} codes differ, e.g. x={bf16_to_f32(bits[bad][:4])} got={got[bad][:4]} want={want[bad][:4]}"
+    assert not bad.any(), (f"{bad.sum()} codes differ, e.g. x={bf16_to_f32(bits[bad][:4])} got={got[bad][:4]} "
+                           f"want={want[bad][:4]}")
     partials = out(d, "partials", np.float32)
     assert partials.size == min(-(-n // 4096), 1024)
     x = bf16_to_f32(bits)

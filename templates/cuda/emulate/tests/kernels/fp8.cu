@@ -116,7 +116,8 @@ int main(int argc, char** argv) {
         return 0;
     }
     if (c == "byte_perm") {
-        std::vector<unsigned> hx = read_input<unsigned>("x"), hy = read_input<unsigned>("y"), hs = read_input<unsigned>("s");
+        std::vector<unsigned> hx = read_input<unsigned>("x"), hy = read_input<unsigned>("y");
+        std::vector<unsigned> hs = read_input<unsigned>("s");
         const int n = (int)hx.size();
         unsigned* r;
         CHECK_CUDA(cudaMalloc((void**)&r, (size_t)n * 4 + 16));
