@@ -5,8 +5,12 @@
  *   - defines `__shared__` as `thread_local` BEFORE the CUDA headers (which would make it empty:
  *     one copy per CUDA thread). One copy per OS thread is one copy per running block, because an
  *     OS thread runs one block at a time (emu_launch.h);
- *   - includes cuda_runtime.h / cuda_bf16.h / library_types.h (NVIDIA's declarations stay: the
- *     other parts define the functions) and the C/C++ headers the parts use;
+ *   - includes cuda_runtime.h / cuda_bf16.h / cuda_fp8.h / library_types.h (NVIDIA's declarations
+ *     stay: the other parts define the functions) and the C/C++ headers the parts use. cuda_fp8.h's
+ *     host code is the emulation's FP8: __nv_fp8_e4m3 / __nv_fp8_e5m2 and __nv_cvt_float_to_fp8
+ *     round to nearest even, and with __NV_SATFINITE saturate to the finite maximum (448, 57344;
+ *     NaN stays NaN), exactly as the cvt.rn.satfinite.{e4m3,e5m2}x2.f32 that nvcc emits on sm_89+
+ *     (tests/test_emu_fp8.py checks every code and midpoint against torch's float8 dtypes);
  *   - chooses the fiber switch: the hand-written x86-64 one (LLMGEN_EMU_ASM_SWITCH 1), or ucontext
  *     elsewhere, with -DLLMGEN_EMU_UCONTEXT, or when -fcf-protection marks the program for CET
  *     shadow stacks;
@@ -33,6 +37,7 @@
 
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <library_types.h>
 
 #include <math.h>

@@ -14,6 +14,35 @@
  *     (default: D's type). COMPUTE_32F_FAST_TF32 rounds inputs to tf32 (to nearest, ties away from
  *     zero); other FAST modes compute in plain fp32.
  *   These follow cuBLASLt's documentation; they could not be compared with a GPU here.
+ *
+ *   FP8 (A and B of CUDA_R_8F_E4M3 / CUDA_R_8F_E5M2), as cublasLtMatmul()'s documentation states
+ *   its requirements ("To use ... FP8 kernels") and its table of types for sm_89 / sm_90:
+ *     D = scale_D * epilogue(alpha * scale_A * scale_B * (A^T B) + beta * scale_C * C + bias)
+ *   with the products of FP8 values exact and summed in fp32 in k order (the tensor cores' own
+ *   accumulation order and internal precision, and FAST_ACCUM, are not modelled: FAST_ACCUM is
+ *   accepted and changes nothing); alpha * scale_A * scale_B and beta * scale_C are formed first, in
+ *   fp32, left to right. scale_X is read from the float at CUBLASLT_MATMUL_DESC_X_SCALE_POINTER
+ *   (device memory; 1 when unset); scale_D only with an FP8 D (set with another D: INVALID_VALUE,
+ *   the documented answer to an unsupported combination). CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, when
+ *   set, receives max |value| over D before scale_D and the conversion (fmaxf: NaN is ignored), for
+ *   any D type. An FP8 D is rounded to nearest even and saturated to its finite maximum (NaN stays
+ *   NaN), as cvt.rn.satfinite does.
+ *   Accepted, else CUBLAS_STATUS_NOT_SUPPORTED (from cublasLtMatmulAlgoGetHeuristic with no
+ *   algorithm too, as the library refuses what it cannot run, so a program's fallback runs here):
+ *     - both A and B FP8, not both E5M2; CUBLAS_COMPUTE_32F; scale type CUDA_R_32F;
+ *     - TRANSA = CUBLAS_OP_T and TRANSB = CUBLAS_OP_N (the "TN" format of sm_89 / sm_90), every
+ *       matrix CUBLASLT_ORDER_COL;
+ *     - (C, D) types: (bf16, bf16), (bf16, E4M3), (fp16, fp16), (fp16, E4M3), (fp32, fp32), and for
+ *       E4M3 x E5M2 / E5M2 x E4M3 also (bf16, E5M2), (fp16, E5M2); the bias type is fp16 with an
+ *       fp16 C and bf16 otherwise (a different BIAS_DATA_TYPE is refused);
+ *     - epilogues DEFAULT, BIAS, GELU, GELU_BIAS, and with a 16/32-bit D also GELU_AUX(_BIAS),
+ *       DGELU, DGELU_BGRAD (aux in D's type); BGRADA / BGRADB, FP8 aux outputs and the aux scale /
+ *       amax pointers are not emulated;
+ *     - 16-byte alignment as documented for FP8 (Tensor Core Usage): k, lda, ldb multiples of 16;
+ *       rows and leading dimension of C and D times their element size multiples of 16; batch
+ *       strides likewise; the pointers A, B, C, D 16-byte aligned (checked by cublasLtMatmul).
+ *   Without FP8 A/B, a scale or amax pointer is refused with INVALID_VALUE and an FP8 C or D with
+ *   NOT_SUPPORTED; everything else behaves exactly as before these were added.
  *   -DLLMGEN_EMU_NO_CUBLASLT leaves all of it out (a program that includes NVIDIA's cublasLt.h).
  *
  * Part of the CUDA-on-CPU emulation (README.md beside it); include emulate.h, never a part alone.
@@ -194,6 +223,9 @@ struct Desc { /* lives inside cublasLtMatmulDescOpaque_t */
     int32_t aux_type, bias_type;
     int8_t fast_accum;
     int32_t sm_count_target;
+    const void *a_scale, *b_scale, *c_scale, *d_scale; /* FP8: device floats, nullptr = 1 */
+    void* amax_d;                                      /* FP8: max |D| before scale_D */
+    void *aux_scale, *aux_amax;                        /* FP8 aux outputs: not emulated */
 };
 struct Layout { /* lives inside cublasLtMatrixLayoutOpaque_t */
     uint32_t type;
@@ -222,6 +254,11 @@ inline cublasStatus_t unsupported(const char* why) {
     fprintf(stderr, "llmgen emulate: cublasLt: not emulated: %s\n", why);
     return CUBLAS_STATUS_NOT_SUPPORTED;
 }
+/* what cuBLASLt's documentation says it does not run (the library's own NOT_SUPPORTED) */
+inline cublasStatus_t refused(const char* why) {
+    fprintf(stderr, "llmgen emulate: cublasLt: not supported (as documented): %s\n", why);
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+}
 /* copy an attribute value of exactly `want` bytes, as cuBLASLt checks sizeInBytes */
 template <class T>
 inline bool take(T& dst, const void* buf, size_t size) {
@@ -238,18 +275,24 @@ inline cublasStatus_t give(const T& src, void* buf, size_t size, size_t* written
     return CUBLAS_STATUS_SUCCESS;
 }
 
+inline bool is_fp8(int t) { return t == CUDA_R_8F_E4M3 || t == CUDA_R_8F_E5M2; }
 inline size_t type_bytes(int t) {
     switch (t) {
     case CUDA_R_32F: return 4;
     case CUDA_R_16BF: return 2;
     case CUDA_R_16F: return 2;
+    case CUDA_R_8F_E4M3: return 1;
+    case CUDA_R_8F_E5M2: return 1;
     default: return 0;
     }
 }
+inline __nv_fp8_interpretation_t fp8_kind(int t) { return t == CUDA_R_8F_E4M3 ? __NV_E4M3 : __NV_E5M2; }
 inline float load(int type, const char* base, int64_t i) {
     switch (type) {
     case CUDA_R_32F: { float f; memcpy(&f, base + 4 * i, 4); return f; }
     case CUDA_R_16BF: { __nv_bfloat16 h; memcpy((void*)&h, base + 2 * i, 2); return __bfloat162float(h); }
+    case CUDA_R_8F_E4M3: case CUDA_R_8F_E5M2: /* exact: every FP8 value is a half */
+        return __half2float(__half(__nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)base[i], fp8_kind(type))));
     default: { __half h; memcpy((void*)&h, base + 2 * i, 2); return __half2float(h); }
     }
 }
@@ -257,6 +300,9 @@ inline void store(int type, char* base, int64_t i, float v) {
     switch (type) {
     case CUDA_R_32F: memcpy(base + 4 * i, &v, 4); break;
     case CUDA_R_16BF: { __nv_bfloat16 h = __float2bfloat16_rn(v); memcpy(base + 2 * i, (const void*)&h, 2); break; }
+    case CUDA_R_8F_E4M3: case CUDA_R_8F_E5M2: /* cvt.rn.satfinite */
+        base[i] = (char)__nv_cvt_float_to_fp8(v, __NV_SATFINITE, fp8_kind(type));
+        break;
     default: { __half h = __float2half_rn(v); memcpy(base + 2 * i, (const void*)&h, 2); break; }
     }
 }
@@ -340,12 +386,15 @@ struct Epi {
     char* bgrad;        /* *_BGRAD*: output */
     char* aux;          /* GELU_AUX: output, DGELU: input */
     int64_t aux_ld;
+    bool amax, d_scaled; /* FP8: track max |D| (before scale_D); multiply D by d_scale before storing */
+    float d_scale;
 };
 
-/* D = epilogue(alpha * op(A) op(B) + beta * C) for one batch entry */
-inline void gemm(int64_t m, int64_t n, int64_t k, const View& a, const View& b, float alpha, float beta,
-                 const View& c, const View& d, const Epi& e, bool tf32) {
-    static thread_local std::vector<float> abuf, bbuf, rowsum;
+/* D = epilogue(alpha * op(A) op(B) + beta * C) for one batch entry; returns max |D| before d_scale
+ * when e.amax (else 0) */
+inline float gemm(int64_t m, int64_t n, int64_t k, const View& a, const View& b, float alpha, float beta,
+                  const View& c, const View& d, const Epi& e, bool tf32) {
+    static thread_local std::vector<float> abuf, bbuf, rowsum, tile_amax;
     const int64_t mpan = (m + MR - 1) / MR, npan = (n + NR - 1) / NR;
     abuf.resize((size_t)(mpan * MR * k + 16));
     bbuf.resize((size_t)(npan * NR * k + 16));
@@ -372,11 +421,14 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const View& a, const View& b, 
     const int64_t tm = (m + MC - 1) / MC, tn = (n + NC - 1) / NC;
     if (e.bgrad_rows) rowsum.assign((size_t)(tn * m), 0.0f);
     float* rs = rowsum.data();
+    if (e.amax) tile_amax.assign((size_t)(tm * tn), 0.0f);
+    float* ta = tile_amax.data();
 #pragma omp parallel for schedule(dynamic, 1) if (m * n * k > 65536)
     for (int64_t t = 0; t < tm * tn; ++t) {
         const int64_t ic = t % tm, jc = t / tm;
         const int64_t i_end = std::min(m, (ic + 1) * MC), j_end = std::min(n, (jc + 1) * NC);
         float acc[MR * NR];
+        float amax = 0.0f;
         for (int64_t j0 = jc * NC; j0 < j_end; j0 += NR) {
             for (int64_t i0 = ic * MC; i0 < i_end; i0 += MR) {
                 micro_kernel(k, ap + (i0 / MR) * MR * k, bp + (j0 / NR) * NR * k, acc);
@@ -390,12 +442,15 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const View& a, const View& b, 
                         if (e.aux_out) store(e.aux_type, e.aux, i + j * e.aux_ld, v);
                         if (e.gelu) v = gelu(v);
                         if (e.dgelu) v *= dgelu(load(e.aux_type, e.aux, i + j * e.aux_ld));
-                        store(d.type, const_cast<char*>(d.base), i * d.rs + j * d.cs, v);
+                        if (e.amax) amax = fmaxf(amax, fabsf(v));
                         if (e.bgrad_rows) rs[jc * m + i] += v;
+                        if (e.d_scaled) v *= e.d_scale;
+                        store(d.type, const_cast<char*>(d.base), i * d.rs + j * d.cs, v);
                     }
                 }
             }
         }
+        if (e.amax) ta[t] = amax;
     }
     if (e.bgrad_rows) /* bias gradient of the result: sum over columns, in column-tile order */
         for (int64_t i = 0; i < m; ++i) {
@@ -403,6 +458,57 @@ inline void gemm(int64_t m, int64_t n, int64_t k, const View& a, const View& b, 
             for (int64_t jc = 0; jc < tn; ++jc) s += rs[jc * m + i];
             store(e.bias_type, e.bgrad, i, s);
         }
+    float amax = 0.0f;
+    if (e.amax)
+        for (int64_t t = 0; t < tm * tn; ++t) amax = fmaxf(amax, ta[t]);
+    return amax;
+}
+
+/* An FP8 matmul's shape and types against cuBLASLt's documented requirements (the CONTRACT above);
+ * SUCCESS, or the status cuBLASLt answers (after one line on stderr). *bias_type gets the bias type. */
+inline cublasStatus_t check_fp8(const Desc& op, const Layout& la, const Layout& lb, const Layout& lc,
+                                const Layout& ld, int* bias_type) {
+    const int ta = (int)la.type, tb = (int)lb.type, tc = (int)lc.type, td = (int)ld.type;
+    if (!is_fp8(ta) || !is_fp8(tb))
+        return refused("an FP8 matrix times a non-FP8 one (cuBLASLt's FP8 table pairs two FP8 inputs)");
+    if (ta == CUDA_R_8F_E5M2 && tb == CUDA_R_8F_E5M2) return refused("E5M2 x E5M2 (not in cuBLASLt's FP8 table)");
+    if (op.compute != CUBLAS_COMPUTE_32F) return refused("FP8 with a compute type other than CUBLAS_COMPUTE_32F");
+    if (op.scale_type != CUDA_R_32F) return refused("FP8 with a scale type other than CUDA_R_32F");
+    if (op.transa != CUBLAS_OP_T || op.transb != CUBLAS_OP_N)
+        return refused("FP8 takes only the TN layout on sm_89/sm_90: TRANSA = CUBLAS_OP_T, TRANSB = CUBLAS_OP_N");
+    const Layout* lays[4] = {&la, &lb, &lc, &ld};
+    for (const Layout* l : lays)
+        if (l->order != CUBLASLT_ORDER_COL) return refused("FP8 with a matrix order other than CUBLASLT_ORDER_COL");
+    const bool mixed = ta != tb;
+    const bool fp8_d = td == CUDA_R_8F_E4M3 || (mixed && td == CUDA_R_8F_E5M2); /* E5M2 D: mixed inputs only */
+    const bool cd_ok = (tc == CUDA_R_16BF && (td == CUDA_R_16BF || fp8_d)) ||
+                       (tc == CUDA_R_16F && (td == CUDA_R_16F || fp8_d)) || (tc == CUDA_R_32F && td == CUDA_R_32F);
+    if (!cd_ok) return refused("this (C, D) type pair with FP8 inputs (not in cuBLASLt's FP8 table)");
+    *bias_type = tc == CUDA_R_16F ? CUDA_R_16F : CUDA_R_16BF;
+    if (op.bias_type >= 0 && op.bias_type != *bias_type)
+        return refused("this BIAS_DATA_TYPE with FP8 (the table: fp16 with an fp16 C, else bf16)");
+    switch (op.epilogue) {
+    case CUBLASLT_EPILOGUE_DEFAULT: case CUBLASLT_EPILOGUE_BIAS: case CUBLASLT_EPILOGUE_GELU:
+    case CUBLASLT_EPILOGUE_GELU_BIAS: break;
+    case CUBLASLT_EPILOGUE_GELU_AUX: case CUBLASLT_EPILOGUE_GELU_AUX_BIAS: case CUBLASLT_EPILOGUE_DGELU:
+    case CUBLASLT_EPILOGUE_DGELU_BGRAD:
+        if (is_fp8(td) || (op.aux_type >= 0 && op.aux_type != td))
+            return unsupported("FP8 aux data (GELU_AUX / DGELU with an FP8 D or aux type)");
+        break;
+    default: return unsupported("this epilogue with FP8 inputs (BGRADA / BGRADB, RELU family)");
+    }
+    if (op.aux_scale || op.aux_amax) return unsupported("EPILOGUE_AUX_SCALE_POINTER / EPILOGUE_AUX_AMAX_POINTER");
+    if (op.d_scale && !is_fp8(td)) return bad("D_SCALE_POINTER with a non-FP8 D (an unsupported combination)");
+    /* Tensor Core Usage's 16-byte conditions, required for FP8: (op_A == N ? m : k) * size(A), lda * size(A),
+     * likewise for B, m * size(C), ldc * size(C), and the same for D and every batch stride */
+    const int64_t k = (int64_t)la.rows, m = (int64_t)ld.rows;
+    const int64_t sc = (int64_t)type_bytes(tc), sd = (int64_t)type_bytes(td);
+    if (k % 16 || la.ld % 16 || lb.ld % 16 || (m * sc) % 16 || (lc.ld * sc) % 16 || (m * sd) % 16 ||
+        (ld.ld * sd) % 16 || la.batch_stride % 16 || lb.batch_stride % 16 || (lc.batch_stride * sc) % 16 ||
+        (ld.batch_stride * sd) % 16)
+        return refused("FP8 shapes: k, lda, ldb and the rows, leading dimensions and batch strides of C and D "
+                           "(in bytes) must be multiples of 16");
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 } /* namespace lt */
@@ -475,6 +581,13 @@ inline cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t matmul
     case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: ok = take(d->bias_type, buf, sizeInBytes); break;
     case CUBLASLT_MATMUL_DESC_FAST_ACCUM: ok = take(d->fast_accum, buf, sizeInBytes); break;
     case CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET: ok = take(d->sm_count_target, buf, sizeInBytes); break;
+    case CUBLASLT_MATMUL_DESC_A_SCALE_POINTER: ok = take(d->a_scale, buf, sizeInBytes); break;
+    case CUBLASLT_MATMUL_DESC_B_SCALE_POINTER: ok = take(d->b_scale, buf, sizeInBytes); break;
+    case CUBLASLT_MATMUL_DESC_C_SCALE_POINTER: ok = take(d->c_scale, buf, sizeInBytes); break;
+    case CUBLASLT_MATMUL_DESC_D_SCALE_POINTER: ok = take(d->d_scale, buf, sizeInBytes); break;
+    case CUBLASLT_MATMUL_DESC_AMAX_D_POINTER: ok = take(d->amax_d, buf, sizeInBytes); break;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_SCALE_POINTER: ok = take(d->aux_scale, buf, sizeInBytes); break;
+    case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_AMAX_POINTER: ok = take(d->aux_amax, buf, sizeInBytes); break;
     default: return unsupported("this cublasLtMatmulDescAttributes_t value");
     }
     return ok ? CUBLAS_STATUS_SUCCESS : bad("cublasLtMatmulDescSetAttribute: null buffer or wrong sizeInBytes");
@@ -497,6 +610,12 @@ inline cublasStatus_t cublasLtMatmulDescGetAttribute(cublasLtMatmulDesc_t matmul
     case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD: return give(d->aux_ld, buf, sizeInBytes, sizeWritten);
     case CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE: return give(d->aux_type, buf, sizeInBytes, sizeWritten);
     case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return give(d->bias_type, buf, sizeInBytes, sizeWritten);
+    case CUBLASLT_MATMUL_DESC_FAST_ACCUM: return give(d->fast_accum, buf, sizeInBytes, sizeWritten);
+    case CUBLASLT_MATMUL_DESC_A_SCALE_POINTER: return give(d->a_scale, buf, sizeInBytes, sizeWritten);
+    case CUBLASLT_MATMUL_DESC_B_SCALE_POINTER: return give(d->b_scale, buf, sizeInBytes, sizeWritten);
+    case CUBLASLT_MATMUL_DESC_C_SCALE_POINTER: return give(d->c_scale, buf, sizeInBytes, sizeWritten);
+    case CUBLASLT_MATMUL_DESC_D_SCALE_POINTER: return give(d->d_scale, buf, sizeInBytes, sizeWritten);
+    case CUBLASLT_MATMUL_DESC_AMAX_D_POINTER: return give(d->amax_d, buf, sizeInBytes, sizeWritten);
     default: return unsupported("this cublasLtMatmulDescAttributes_t value");
     }
 }
@@ -579,6 +698,18 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandl
     if (!lightHandle || !operationDesc || !Adesc || !Bdesc || !Cdesc || !Ddesc || !preference)
         return CUBLAS_STATUS_NOT_INITIALIZED;
     if (requestedAlgoCount <= 0 || !heuristicResultsArray || !returnAlgoCount) return CUBLAS_STATUS_INVALID_VALUE;
+    {
+        using namespace llmgen_emu::lt;
+        if (is_fp8((int)layout(Adesc)->type) || is_fp8((int)layout(Bdesc)->type)) { /* no FP8 algorithm for it */
+            int bias_type;
+            const cublasStatus_t st = check_fp8(*desc(operationDesc), *layout(Adesc), *layout(Bdesc), *layout(Cdesc),
+                                                *layout(Ddesc), &bias_type);
+            if (st != CUBLAS_STATUS_SUCCESS) {
+                *returnAlgoCount = 0;
+                return st;
+            }
+        }
+    }
     memset(&heuristicResultsArray[0], 0, sizeof(heuristicResultsArray[0]));
     heuristicResultsArray[0].workspaceSize = 0;
     heuristicResultsArray[0].state = CUBLAS_STATUS_SUCCESS;
@@ -616,9 +747,21 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
     if ((op.transa != CUBLAS_OP_N && op.transa != CUBLAS_OP_T) || (op.transb != CUBLAS_OP_N && op.transb != CUBLAS_OP_T))
         return bad("TRANSA/TRANSB must be CUBLAS_OP_N or CUBLAS_OP_T");
     if (op.transc != CUBLAS_OP_N) return bad("TRANSC must be CUBLAS_OP_N");
+    const bool fp8 = is_fp8((int)la.type) || is_fp8((int)lb.type);
+    int fp8_bias_type = -1;
+    if (fp8) {
+        const cublasStatus_t st = check_fp8(op, la, lb, lc, ld, &fp8_bias_type);
+        if (st != CUBLAS_STATUS_SUCCESS) return st;
+        const void* ptrs[4] = {A, B, C ? C : D, D};
+        for (const void* q : ptrs)
+            if ((uintptr_t)q % 16) return refused("FP8 with a matrix pointer not 16-byte aligned");
+    } else if (op.a_scale || op.b_scale || op.c_scale || op.d_scale || op.amax_d) {
+        return bad("scale / amax pointers without FP8 inputs (an unsupported combination)");
+    }
     const Layout* lays[4] = {&la, &lb, &lc, &ld};
     for (const Layout* l : lays) {
-        if (!type_bytes((int)l->type)) return unsupported("matrix type other than CUDA_R_32F / CUDA_R_16BF / CUDA_R_16F");
+        if (!type_bytes((int)l->type) || (!fp8 && is_fp8((int)l->type)))
+            return unsupported("matrix type other than CUDA_R_32F / CUDA_R_16BF / CUDA_R_16F");
         if (l->order != CUBLASLT_ORDER_COL && l->order != CUBLASLT_ORDER_ROW) return unsupported("matrix order other than COL/ROW");
         const int64_t need = l->order == CUBLASLT_ORDER_COL ? (int64_t)l->rows : (int64_t)l->cols;
         if (l->ld < std::max<int64_t>(1, need)) return bad("leading dimension smaller than the matrix");
@@ -632,7 +775,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
     const int64_t bn = op.transb == CUBLAS_OP_N ? (int64_t)lb.cols : (int64_t)lb.rows;
     if (am != m || bn != n || bk != k) return bad("cublasLtMatmul: op(A), op(B), D shapes do not agree");
     if ((int64_t)lc.rows != m || (int64_t)lc.cols != n) return bad("cublasLtMatmul: C and D shapes differ");
-    if (lc.type != ld.type) return unsupported("C and D of different types");
+    if (lc.type != ld.type && !fp8) return unsupported("C and D of different types");
 
     /* epilogue */
     const uint32_t ep = op.epilogue;
@@ -651,7 +794,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
     case CUBLASLT_EPILOGUE_BGRADB: e.bgrad_b = true; break;
     default: return unsupported("this epilogue (RELU family)");
     }
-    e.bias_type = op.bias_type >= 0 ? op.bias_type : (int)ld.type;
+    e.bias_type = fp8 ? fp8_bias_type : op.bias_type >= 0 ? op.bias_type : (int)ld.type;
     e.aux_type = op.aux_type >= 0 ? op.aux_type : (int)ld.type;
     if (!type_bytes(e.bias_type) || !type_bytes(e.aux_type)) return unsupported("bias/aux data type");
     if ((e.bias_add || e.bgrad_rows || e.bgrad_a || e.bgrad_b) && !op.bias)
@@ -666,6 +809,14 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
     float al, be;
     memcpy(&al, alpha, 4);
     memcpy(&be, beta, 4);
+    if (fp8) { /* the scales: floats in device memory (host memory here), 1 when unset */
+        auto scale = [](const void* p) { float f = 1.0f; if (p) memcpy(&f, p, 4); return f; };
+        al = al * scale(op.a_scale) * scale(op.b_scale);
+        be = be * scale(op.c_scale);
+        e.amax = op.amax_d != nullptr;
+        e.d_scaled = op.d_scale != nullptr;
+        e.d_scale = scale(op.d_scale);
+    }
     const bool tf32 = op.compute == CUBLAS_COMPUTE_32F_FAST_TF32;
     const int batches = std::max(1, ld.batch);
     auto view = [](const Layout& l, const void* base, bool trans, int64_t b) {
@@ -678,6 +829,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
         v.cs = trans ? rs : cs;
         return v;
     };
+    float amax = 0.0f;
     for (int b = 0; b < batches; ++b) {
         const int64_t ba = la.batch > 1 ? b : 0, bb = lb.batch > 1 ? b : 0, bc = lc.batch > 1 ? b : 0;
         Epi eb = e;
@@ -688,8 +840,9 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
         const View vb = view(lb, B, op.transb == CUBLAS_OP_T, bb);
         const View vc = view(lc, C ? C : D, false, bc);
         const View vd = view(ld, D, false, b);
-        gemm(m, n, k, va, vb, al, C ? be : 0.0f, vc, vd, eb, tf32);
+        amax = fmaxf(amax, gemm(m, n, k, va, vb, al, C ? be : 0.0f, vc, vd, eb, tf32));
     }
+    if (e.amax) memcpy(op.amax_d, &amax, 4);
     return CUBLAS_STATUS_SUCCESS;
 }
 } /* extern "C" */

@@ -5,6 +5,7 @@
  *     glibc, not with the GPU's approximations. __fadd_rn / __fmul_rn are never contracted into an
  *     FMA (llmgen_emu::opaque); __fmaf_rn and fmaf are fused on both sides.
  *   - Conversions to integers saturate and map NaN to 0, as PTX cvt does.
+ *   - __byte_perm: prmt.b32's default mode, as CUDA documents it.
  *   - min/max: the overload set of CUDA's math_functions.h (mixed signedness compares unsigned).
  *   - __hfma and friends round once (the product of two 16-bit floats is exact in double; the sum
  *     is rounded to odd in float, then to nearest in bf16/fp16: no double rounding).
@@ -132,6 +133,14 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
 inline long long __mul64hi(long long a, long long b) { return (long long)(((__int128)a * b) >> 64); }
 inline int __mul24(int a, int b) { return (int)((long long)((a << 8) >> 8) * ((b << 8) >> 8)); }
 inline unsigned __umul24(unsigned a, unsigned b) { return (a & 0xffffffu) * (b & 0xffffffu); }
+/* prmt.b32 (default mode): byte n of the result is byte ((s >> 4n) & 7) of the 8 bytes {y, x}, x's low byte
+ * being byte 0, as CUDA documents __byte_perm (the fourth bit of each selector nibble is ignored) */
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const unsigned long long v = ((unsigned long long)y << 32) | x;
+    unsigned r = 0;
+    for (int n = 0; n < 4; ++n) r |= (unsigned)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xffu) << (8 * n);
+    return r;
+}
 inline unsigned __funnelshift_l(unsigned lo, unsigned hi, unsigned s) {
     return (unsigned)((((unsigned long long)hi << 32 | lo) << (s & 31)) >> 32);
 }

@@ -5,7 +5,7 @@
  *     GPU:  nvcc -O3 -arch=sm_90 train.cu -lcublasLt -o train
  *     CPU:  g++ -std=c++17 -O2 -x c++ -DLLMGEN_EMULATE -fno-strict-aliasing -fcf-protection=none \
  *               -fopenmp -I<this folder> -I/usr/local/cuda/include train.cu -o train
- *   The CPU build needs only the CUDA *headers* (cuda_runtime.h, cuda_bf16.h, library_types.h);
+ *   The CPU build needs only the CUDA *headers* (cuda_runtime.h, cuda_bf16.h, cuda_fp8.h, library_types.h);
  *   libcudart, libcublasLt and a GPU are never used. This file is the only one a program includes;
  *   it includes the parts beside it (emu_*.h), so -I must name this folder (or the program must
  *   sit beside it).
@@ -52,7 +52,7 @@
  *                   PTX ISA's per-lane layouts, warp-collective; cp.async visibility checks
  *   emu_wmma.h      nvcuda::wmma 16x16x16 fragments
  *   emu_runtime.h   the CUDA runtime API on host memory (guard pages, NaN-filled allocations)
- *   emu_cublaslt.h  the cuBLASLt subset as a CPU GEMM with the epilogues
+ *   emu_cublaslt.h  the cuBLASLt subset as a CPU GEMM with the epilogues, FP8 matmuls with scales and amax
  *
  * COSTS (measured on the 2-core x86-64 dev VM, one OpenMP thread)
  *   - barrier-free kernel: ~2 ns per CUDA thread (a function call; no fiber switch).
@@ -74,6 +74,7 @@
 /* ============================================================================================ */
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <mma.h>
 
 #define LLMGEN_EMULATED 0
