@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from llmgen.codegen.text import WIDTH, wrap, wrap_comment
 from llmgen.flags import TRAINER_FLAGS, Flag, usage_lines
-from llmgen.ir.graph import Graph, Node, Value, field_of
+from llmgen.ir.graph import Graph, Value, field_of
 from llmgen.ir.ops import OPS
 from llmgen.passes.memory import MemoryPlan, layer_key
 from llmgen.passes.precision import storage_dtypes
@@ -46,7 +47,6 @@ class Kernel:
 # A layer index inside a launch argument ("LA[@3@].qkv") or a comment ("h#3#.qkv"): the flat
 # schedule names layers by number, a loop over the layers renders them relative to its variable l.
 LAYER_MARK = re.compile(r"([@#])(-?\d+)\1")
-WIDTH = 120                    # no emitted line is longer
 
 
 def mark(layer: int, kind: str = "@") -> str:
@@ -69,34 +69,6 @@ def render_layers(text: str, base: int | None = None) -> str:
 
 def shift_layers(text: str, by: int) -> str:
     return LAYER_MARK.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + by}{m.group(1)}", text)
-
-
-def wrap_comment(text: str, indent: str) -> list[str]:
-    """/* text */ in lines of at most WIDTH columns, broken after commas."""
-    words, lines, cur = text.split(", "), [], indent + "/* "
-    for i, w in enumerate(words):
-        piece = w + (", " if i + 1 < len(words) else " */")
-        if len(cur) + len(piece.rstrip()) > WIDTH and cur.strip() not in ("/*", "*"):
-            lines.append(cur.rstrip())
-            cur = indent + " * "
-        cur += piece
-    return lines + [cur]
-
-
-def wrap_call(head: str, args: list[str], tail: str, indent: str) -> list[str]:
-    """`head(args)tail` in lines of at most WIDTH columns, continuation lines aligned after the parenthesis."""
-    one = f"{indent}{head}({', '.join(args)}){tail}"
-    if len(one) <= WIDTH:
-        return [one]
-    lines, cur = [], f"{indent}{head}("
-    pad = " " * len(cur)
-    for i, a in enumerate(args):
-        piece = a + (", " if i + 1 < len(args) else f"){tail}")
-        if len(cur) + len(piece.rstrip()) > WIDTH and cur.strip() and not cur.endswith("("):
-            lines.append(cur.rstrip())
-            cur = pad
-        cur += piece
-    return lines + [cur]
 
 
 @dataclass
@@ -125,8 +97,8 @@ class Launch:
         """The comment and the call, wrapped to WIDTH columns, at `indent` spaces; base: see render_layers."""
         pad = " " * indent
         guard = "if (targets) " if self.needs_targets else ""
-        return wrap_comment(render_layers(self.comment, base), pad) + \
-            wrap_call(guard + self.fn, [render_layers(a, base) for a in self.args], ";", pad)
+        call = f"{pad}{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
+        return wrap_comment(render_layers(self.comment, base), pad) + wrap(call)
 
 
 @dataclass
