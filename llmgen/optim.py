@@ -34,14 +34,16 @@ def add_optimizer(g: Graph, cfg: AdamWConfig = AdamWConfig()) -> Graph:
     norm = g.op("grad_norm", grads, name="grad_norm")
     g.outputs["grad_norm"] = norm
     for p, gr in zip(g.params, grads):
-        m = Value(p.shape, "f32", f"{p.name}.m", role="state", meta={"of": p, "moment": "M"})
-        v = Value(p.shape, "f32", f"{p.name}.v", role="state", meta={"of": p, "moment": "V"})
+        g.layer = p.layer
+        m = Value(p.shape, "f32", f"{p.name}.m", role="state", meta={"of": p, "moment": "M"}, layer=p.layer)
+        v = Value(p.shape, "f32", f"{p.name}.v", role="state", meta={"of": p, "moment": "V"}, layer=p.layer)
         g.state += [m, v]
         p2, m2, v2 = g.op("adamw", [p, gr, m, v, norm, lr, t, wd], name=f"adamw.{p.name}",
                           decay=1.0 if p.meta.get("decay") else 0.0,
                           beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps, max_norm=cfg.max_norm)
         for new, old in ((p2, p), (m2, m), (v2, v)):
             new.meta["updates"] = old
+    g.layer = None
     return g
 
 

@@ -80,7 +80,7 @@ def test_gemm_and_xent_bytes(gpt2_bf16):
     C, M, Vp = 768, B * T, 50304
     k = next(k for k in gpt2_bf16.kernels if k.op == "linear" and k.name == "h0.qkv")
     assert k.bytes == 2 * (M * C + 3 * C * C + 3 * C + M * 3 * C)          # x, w, bias in; qkv out, all bf16
-    k = next(k for k in gpt2_bf16.kernels if k.op == "linear_dw" and k.name.startswith("dh0.attn.c_attn.w"))
+    k = next(k for k in gpt2_bf16.kernels if k.op == "linear_dw" and k.name.startswith("h0.dattn.c_attn.w"))
     # dy (M, 3C) and x (M, C) bf16 in; dW (3C, C) and db (3C) fp32 accumulated: read + write
     assert k.bytes == 2 * (M * 3 * C + M * C) + 8 * (3 * C * C + 3 * C)
     (x,) = by_class(gpt2_bf16, "softmax-xent")

@@ -1,4 +1,4 @@
-"""The llmgen command line: build, inspect, convert, data, train, sample, plot.
+"""The llmgen command line: build, emit, inspect, convert, data, train, sample, plot.
 
 One module per command (llmgen/cli/<command>.py), each with ``register(subparsers)`` that adds
 its parser and ``run(args) -> exit code``. Building the parser imports nothing heavy: a command
@@ -17,7 +17,7 @@ import sys
 
 from llmgen import __version__
 
-COMMANDS = ("build", "inspect", "convert", "data", "train", "sample", "plot")
+COMMANDS = ("build", "emit", "inspect", "convert", "data", "train", "sample", "plot")
 
 
 class CliError(Exception):

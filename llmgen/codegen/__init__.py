@@ -19,6 +19,7 @@ from llmgen import __version__
 from llmgen.codegen import c as c_target
 from llmgen.codegen import cuda as cuda_target
 from llmgen.codegen.lower import Program, lower
+from llmgen.codegen.text import tidy
 from llmgen.compiler import compile_graph
 
 
@@ -41,9 +42,17 @@ def templates_dir() -> Path:
 @lru_cache(maxsize=8)
 def environment(extra_dirs: tuple[str, ...] = ()) -> jinja2.Environment:
     """The Jinja environment; `extra_dirs` are searched first (templates of ops added from outside)."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader([*map(str, extra_dirs), str(templates_dir())]),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader([*map(str, extra_dirs), str(templates_dir())]),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    env.globals["paste"] = paste
+    return env
+
+
+def paste(name: str) -> str:
+    """A file of templates/ pasted into the program as it is (C or CUDA source, no Jinja: the runtime,
+    the CUDA device helpers), without its last newline."""
+    return (templates_dir() / name).read_text().rstrip("\n")
 
 
 TARGETS = {"c": c_target, "cuda": cuda_target}
@@ -86,5 +95,4 @@ def render(spec, options: Options = Options()) -> str:
     prog = program_for(spec, options)
     env = environment(tuple(map(str, options.template_dirs)))
     check_kernels(prog, env)
-    runtime = (templates_dir() / "common" / "runtime.h").read_text()
-    return env.get_template(TARGETS[options.target].PROGRAM).render(p=prog, runtime=runtime)
+    return tidy(env.get_template(TARGETS[options.target].PROGRAM).render(p=prog))

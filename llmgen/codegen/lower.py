@@ -17,10 +17,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from llmgen.codegen.text import WIDTH, wrap, wrap_comment
 from llmgen.flags import TRAINER_FLAGS, Flag, usage_lines
-from llmgen.ir.graph import Graph, Node, Value
+from llmgen.ir.graph import Graph, Value, field_of
 from llmgen.ir.ops import OPS
-from llmgen.passes.memory import MemoryPlan
+from llmgen.passes.memory import MemoryPlan, layer_key
 from llmgen.passes.precision import storage_dtypes
 
 # the graph's interface values -> the program's variables: scalars, and what the trainer passes in
@@ -43,18 +44,136 @@ class Kernel:
     template: str = ""         # the target's family template that defines the macro `op` (set by the target)
 
 
+# A layer index inside a launch argument ("LA[@3@].qkv") or a comment ("h#3#.qkv"): the flat
+# schedule names layers by number, a loop over the layers renders them relative to its variable l.
+LAYER_MARK = re.compile(r"([@#])(-?\d+)\1")
+
+
+def mark(layer: int, kind: str = "@") -> str:
+    return f"{kind}{layer}{kind}"
+
+
+def render_layers(text: str, base: int | None = None) -> str:
+    """Layer marks -> C: the number itself (base None), or in a loop whose iteration at hand is layer `base`,
+    `l`, `l + 1`, `l - 1` (arguments) and `[l]`, `[l+1]` (comments: "h[l+1].ln1")."""
+    def sub(m):
+        k = int(m.group(2))
+        if base is None:
+            return str(k)
+        d = k - base
+        if m.group(1) == "#":
+            return "[l]" if d == 0 else f"[l{d:+d}]"
+        return "l" if d == 0 else f"l + {d}" if d > 0 else f"l - {-d}"
+    return LAYER_MARK.sub(sub, text)
+
+
+def shift_layers(text: str, by: int) -> str:
+    return LAYER_MARK.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + by}{m.group(1)}", text)
+
+
 @dataclass
 class Launch:
+    """One call of the schedule: a kernel instance (its launcher on CUDA) with its arguments. Arguments and
+    comment carry layer marks; `node_layer` is the layer of the graph node it computes."""
     fn: str
     args: list[str]
     comment: str
     needs_targets: bool = False
+    node_layer: int | None = None
+
+    def key(self) -> tuple:
+        return (self.fn, tuple(self.args), self.comment, self.needs_targets)
+
+    def shifted(self, by: int) -> "Launch":
+        return Launch(self.fn, [shift_layers(a, by) for a in self.args], shift_layers(self.comment, by),
+                      self.needs_targets, None if self.node_layer is None else self.node_layer + by)
+
+    def flat(self) -> str:
+        """The call with every layer as a number (what the unrolled schedule runs)."""
+        guard = "if (targets) " if self.needs_targets else ""
+        return f"{guard}{self.fn}({', '.join(render_layers(a) for a in self.args)});"
+
+    def lines(self, indent: int, base: int | None = None) -> list[str]:
+        """The comment and the call, wrapped to WIDTH columns, at `indent` spaces; base: see render_layers."""
+        pad = " " * indent
+        guard = "if (targets) " if self.needs_targets else ""
+        call = f"{pad}{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
+        return wrap_comment(render_layers(self.comment, base), pad) + wrap(call)
+
+
+@dataclass
+class Loop:
+    """Launches repeated once per layer: `for (int l = first; ...; l += step)` over `count` layers; `body` is
+    the first iteration's launches (layer `first`)."""
+    first: int
+    count: int
+    step: int                  # +1 (forward) or -1 (backward)
+    body: list[Launch]
+    n_layer: int
+
+    def _bound(self, x: int) -> str:
+        return "N_LAYER" if x == self.n_layer else f"N_LAYER - {self.n_layer - x}" if 0 < self.n_layer - x <= 2 \
+            else str(x)
+
+    @property
+    def header(self) -> str:
+        last = self.first + self.step * (self.count - 1)
+        if self.step > 0:
+            return f"for (int l = {self._bound(self.first)}; l < {self._bound(last + 1)}; l++)"
+        return f"for (int l = {self._bound(self.first)}; l >= {self._bound(last)}; l--)"
+
+    def expand(self) -> list[Launch]:
+        return [b.shifted(self.step * j) for j in range(self.count) for b in self.body]
+
+
+def find_loop(launches: list[Launch], step: int, min_count: int = 2) -> tuple[int, int, int] | None:
+    """The longest run of launches that repeats once per layer: (start, period, count) such that launch
+    i + period is launch i with every layer moved by `step`, for `count` periods from `start`. Of the runs
+    covering the most launches, one that starts where a layer's launches start (llm.c's loop body: a
+    whole block), else the earliest. None when nothing repeats `min_count` times."""
+    n, best, best_key = len(launches), None, None
+    keys = [x.key() for x in launches]
+    shifted = [x.shifted(step).key() for x in launches]
+    for period in range(1, n // min_count + 1):
+        run = [0] * (n + 1)          # run[k]: how many launches from k on repeat `period` launches later
+        for k in range(n - period - 1, -1, -1):
+            run[k] = run[k + 1] + 1 if shifted[k] == keys[k + period] else 0
+        for i in range(n - period):
+            count = run[i] // period + 1
+            if count < min_count:
+                continue
+            boundary = i == 0 or launches[i].node_layer != launches[i - 1].node_layer
+            key = (count * period, boundary, -i)
+            if best_key is None or key > best_key:
+                best, best_key = (i, period, count), key
+    return best
+
+
+def loop_schedule(launches: list[Launch], step: int, n_layer: int) -> list[Launch | Loop]:
+    """The phase's launches with its per-layer run as a Loop: prologue launches, the loop, epilogue."""
+    found = find_loop(launches, step)
+    if found is None:
+        return list(launches)
+    start, period, count = found
+    body = launches[start:start + period]
+    first = body[0].node_layer
+    if first is None:            # no node layer: the layers its arguments name, lowest first
+        marks = [int(m.group(2)) for b in body for a in b.args for m in LAYER_MARK.finditer(a)]
+        if not marks:
+            return list(launches)
+        first = min(marks) if step > 0 else max(marks)
+    return [*launches[:start], Loop(first, count, step, body, n_layer), *launches[start + period * count:]]
+
+
+def expand_schedule(blocks: list[Launch | Loop]) -> list[Launch]:
+    """The flat launch list a schedule with loops runs (the inverse of loop_schedule)."""
+    return [x for b in blocks for x in (b.expand() if isinstance(b, Loop) else [b])]
 
 
 @dataclass
 class ParamRow:
     name: str          # graph name, e.g. h0.attn.c_attn.w
-    cname: str         # C field name
+    cname: str         # C field name (of the global table P, or of the per-layer table LP[l])
     hf: str            # Hugging Face tensor name
     offset: int        # elements into the params / grads / moments arenas
     numel: int
@@ -65,30 +184,77 @@ class ParamRow:
     decay: bool        # AdamW weight decay applies (2-D weights)
     init: str          # normal | ones | zeros
     std: float
+    layer: int | None = None   # the block it belongs to (None: outside the blocks, or no periodic layout)
     # llm.c's GPT-2 model file (-e model.bin), GPT-2 only (llmgen.llmc.tensor_places): where the tensor
     # starts in the file's parameters, how many of its rows are read (wte: the real vocabulary), and
     # whether llm.c stores it as the transpose of our layout (never for GPT-2: both keep (out, in))
     llmc_offset: int = -1
     llmc_rows: int = 0
     llmc_transpose: bool = False
+    llmc_stride: int = 0       # a layer row: elements between layer l's and layer l+1's tensor in the file
+
+    @property
+    def table(self) -> str:
+        return "P" if self.layer is None else "LP"
+
+    def pattern(self, text: str) -> str:
+        """A layer row's name with its layer as %d ("h%d.ln_1.w"), for the table the program expands."""
+        return text if self.layer is None else _layer_pattern(text, self.layer)
+
+
+def _layer_pattern(text: str, layer: int) -> str:
+    """`text` with the layer number of its one layer component ("3" in "transformer.h.3.ln_1.weight", or the
+    first component "h3" of "h3.ln_1.w") as %d; ValueError where there is not exactly one."""
+    parts = text.split(".")
+    hits = [i for i, c in enumerate(parts) if c == str(layer) or (i == 0 and re.fullmatch(rf"[A-Za-z]+{layer}", c))]
+    if len(hits) != 1:
+        raise ValueError(f"{text}: layer {layer} is not named once")
+    parts[hits[0]] = parts[hits[0]][:-len(str(layer))] + "%d"
+    return ".".join(parts)
+
+
+@dataclass
+class ParamTable:
+    """The parameter table as the program expands it at startup: the rows before the layers, one layer's
+    rows (names with %d) repeated N_LAYER times `stride` elements apart, the rows after the layers."""
+    before: list[ParamRow]
+    layer: list[ParamRow]
+    after: list[ParamRow]
+    stride: int                # elements from one layer's parameters to the next's
+
+    @property
+    def rows(self) -> list[ParamRow]:
+        return self.before + self.layer + self.after
 
 
 @dataclass
 class ActField:
     cname: str
-    per_token: int     # offset in elements per token: the arena offset is BT * per_token
+    per_token: int     # offset in elements per token: the arena offset is BT * per_token (layer 0's, in a table)
     shape: str         # e.g. (B,T,768)
     node: str          # the producing node, for the comment
     dtype: str = "f32"  # storage: f32, or bf16 under the CUDA target's mixed precision
+    stride: int = 0    # per-layer table LA[l]: elements per token from one layer's buffer to the next's
+    shared: bool = False   # a block value every layer reuses (one buffer, in A)
 
 
 @dataclass
 class NamedBuffer:
     """A buffer the in-process runner can read by its graph name (params, grads, moments, activations)."""
     name: str          # graph name: "h0.qkv", "grad.wte", "m.wte"
-    expr: str          # C expression of its pointer, e.g. A.h0_qkv
+    expr: str          # C expression of its pointer, e.g. LA[0].qkv
     numel: str         # C expression of its element count
     dtype: str = "f32"  # element type in memory: f32 | bf16
+
+
+@dataclass
+class ActName:
+    """One row of the library build's lookup table of activations by graph name."""
+    name: str          # the graph name, %d for the layer ("h%d.qkv"), or the name itself
+    table: str         # "A" or "LA"
+    cname: str         # the struct member
+    per_token: int     # elements per token
+    layered: bool      # the name has a %d
 
 
 @dataclass
@@ -104,18 +270,22 @@ class Program:
     vocab_size: int
     padded_vocab_size: int
     max_seq_len: int
-    params: list[ParamRow]
+    params: list[ParamRow]     # every parameter, in the arenas' order
+    param_table: ParamTable
     param_elems: int
-    acts: list[ActField]
+    acts: list[ActField]       # the global activation table A (values outside the blocks, shared block values)
+    layer_acts: list[ActField]  # the per-layer table LA[l] (a block value every layer keeps)
     act_per_token: int
     kernels: list[Kernel]
-    forward: list[Launch]
-    backward: list[Launch]
-    update: list[Launch]
+    forward: list[Launch | Loop]
+    backward: list[Launch | Loop]
+    update: list[Launch | Loop]
+    flat: dict[str, list[Launch]]   # the unrolled schedule per phase (fwd, bwd, opt): what the loops expand to
     config_json: str           # the HF config.json the checkpoints carry, as a C string literal
     flops_per_token: int       # matmul FLOPs of one token, forward + backward
-    flops_per_token_t: int     # attention FLOPs of one token per unit of sequence length T
+    flops_per_token_t: int     # attention FLOPs of one token per unit of T
     buffers: list[NamedBuffer] = field(default_factory=list)
+    act_names: list[ActName] = field(default_factory=list)
     dtype: str = "fp32"        # fp32 | bf16 (params and activations; the CUDA target only)
     recompute: int = 0         # activation recompute level the schedule was made with (0, 1, 2)
     scratch_bytes: int = 0     # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
@@ -124,6 +294,7 @@ class Program:
     usage: list[str] = field(default_factory=list)   # the usage text, one C string literal per line
     llmc_elems: int = 0        # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
     generation_config_json: str = '"{}"'   # the HF generation_config.json checkpoints carry, a C string literal
+    layer_note: str = ""       # why the parameters are not in per-layer tables, where they are not
 
 
 def generation_config(spec) -> dict:
@@ -147,6 +318,9 @@ def llmc_places(spec, params: list[ParamRow]) -> int:
             raise AssertionError(f"{r.name}: llm.c shape {shape} vs ours {r.shape}")
         r.llmc_offset, r.llmc_transpose = offset, transpose
         r.llmc_rows = shape[0] if transpose else r.hf_rows
+        if r.layer is not None and spec.n_layer > 1:       # llm.c stacks the layers: one tensor's stride
+            other = r.layer + 1 if r.layer + 1 < spec.n_layer else r.layer - 1
+            r.llmc_stride = (places[r.hf.replace(f".{r.layer}.", f".{other}.")][0] - offset) // (other - r.layer)
     return llmc.file_elems(spec)
 
 
@@ -155,8 +329,19 @@ def cname(name: str) -> str:
     return s if not s[0].isdigit() else "_" + s
 
 
-def c_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def c_string(text: str, indent: int = 4, first: int = 40) -> str:
+    """`text` as a C string literal; a long one as adjacent literals broken after its newlines, each line
+    of the result within WIDTH columns (`first`: the column the literal starts at, `indent`: the next lines')."""
+    esc = lambda t: t.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")  # noqa: E731
+    pieces, cur, col = [], "", first
+    for line in text.splitlines(keepends=True):
+        part = esc(line)
+        if cur and col + len(cur) + len(part) + 2 > WIDTH:
+            pieces.append(f'"{cur}"')
+            cur, col = "", indent
+        cur += part
+    pieces.append(f'"{cur}"')
+    return ("\n" + " " * indent).join(pieces)
 
 
 def shape_str(v: Value) -> str:
@@ -230,63 +415,120 @@ def _freeze(x):
     return x if isinstance(x, (int, float, str, bool, type(None))) else repr(x)
 
 
+def param_table(rows: list[ParamRow], n_layer: int) -> tuple[ParamTable, str]:
+    """The rows as a table the program expands (ParamTable), and "" ; or, where the parameters are not laid
+    out block after block with one constant stride, every row outside the layers and a note saying why."""
+    def flat(why: str) -> tuple[ParamTable, str]:
+        for r in rows:
+            r.layer = None
+        return ParamTable(rows, [], [], 0), why
+
+    layered = [r for r in rows if r.layer is not None]
+    if not layered:
+        return ParamTable(rows, [], [], 0), ""
+    first = next(i for i, r in enumerate(rows) if r.layer is not None)
+    per = len(layered) // n_layer
+    block = rows[first:first + len(layered)]
+    if len(layered) != per * n_layer or block != layered or per == 0:
+        return flat("the parameters of the blocks are not listed block after block")
+    one = block[:per]
+    stride = block[per].offset - block[0].offset if n_layer > 1 else 0
+    for l in range(n_layer):
+        for r0, r in zip(one, block[l * per:(l + 1) * per]):
+            same = (r.layer == l and r.cname == r0.cname and r.offset == r0.offset + l * stride
+                    and (r.numel, r.shape, r.hf_shape, r.transpose, r.hf_rows, r.decay, r.init, r.std)
+                    == (r0.numel, r0.shape, r0.hf_shape, r0.transpose, r0.hf_rows, r0.decay, r0.init, r0.std)
+                    and r.llmc_offset - r0.llmc_offset == l * r0.llmc_stride)
+            try:
+                same = same and r.pattern(r.name) == r0.pattern(r0.name) and r.pattern(r.hf) == r0.pattern(r0.hf)
+            except ValueError:
+                same = False
+            if not same:
+                return flat(f"parameter {r.name} does not repeat {r0.name} of layer 0 at a constant stride")
+    return ParamTable(rows[:first], one, rows[first + len(layered):], stride), ""
+
+
 def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int = 0,
           scalar_ref: str = "{}") -> Program:
     """scalar_ref: how a kernel argument names one of the graph's scalars ("&{}": a host variable
     whose address is passed, the C target; "{}": already a device pointer, the CUDA target)."""
     spec = g.spec
     stored = storage_dtypes(g, plan.dtype)
-    pnames: dict[int, str] = {}
     params = []
     for p in g.params:
-        cn = cname(p.name)
-        pnames[p.id] = cn
         hf_rows = p.meta.get("hf_rows", p.shape[0])
         hf_shape = (hf_rows,) + tuple(p.shape[1:])
         if p.meta["hf_transpose"]:
             hf_shape = hf_shape[::-1]
-        params.append(ParamRow(p.name, cn, p.meta["hf"], plan.param_offset[p.id], p.numel, p.shape, hf_shape,
-                               p.meta["hf_transpose"], hf_rows, p.meta["decay"], p.meta["init"],
-                               p.meta.get("std", 0.0)))
+        params.append(ParamRow(p.name, cname(field_of(p)), p.meta["hf"], plan.param_offset[p.id], p.numel, p.shape,
+                               hf_shape, p.meta["hf_transpose"], hf_rows, p.meta["decay"], p.meta["init"],
+                               p.meta.get("std", 0.0), p.layer))
+    llmc_elems = llmc_places(spec, params) if spec.arch == "gpt2" else 0
+    table, layer_note = param_table(params, spec.n_layer)
+    if layer_note:
+        for r in params:
+            r.cname = cname(r.name)
+    prow = {p.id: r for p, r in zip(g.params, params)}
 
-    acts: list[ActField] = []
-    anames: dict[int, str] = {}
+    # activations: the global table A (values outside the blocks and block values every layer shares), and
+    # the per-layer table LA[l] (a block value each layer keeps until the backward), from the plan's fields
     producer = {v.id: n for n in g.nodes for v in n.outputs}
-    used: set[str] = set()
-    for v in sorted(plan.act_values, key=lambda v: plan.act_offset[v.id]):
+    acts: list[ActField] = []
+    layer_acts: list[ActField] = []
+    slot: dict[int, tuple[str, str]] = {}         # value id -> (table, member)
+    members: dict[str, str] = {}                   # field key -> member
+    used = {"A": set(), "LA": set()}
+    born = {v.id: i for i, n in reversed(list(enumerate(g.nodes))) for v in n.outputs}
+    for v in sorted(plan.act_values, key=lambda v: born[v.id]):           # in the order the schedule writes them
         b, t = v.token_axes
         if not (len(v.shape) >= 2 and v.shape[b] == 1 and v.shape[t] == 1):
             raise AssertionError(f"activation {v.name}{list(v.shape)} does not scale with the tokens: "
                                  "the per-token memory plan cannot hold it")
-        cn = cname(v.name)
-        while cn in used:
-            cn += "_"
-        used.add(cn)
-        anames[v.id] = cn
-        acts.append(ActField(cn, plan.act_offset[v.id], shape_str(v), producer[v.id].op, stored[v.id]))
+        key = layer_key(v) if layer_key(v) in plan.fields else v.name
+        place = plan.fields[key]
+        tab = "LA" if place.kind == "array" else "A"
+        if key not in members:
+            cn = cname(field_of(v) if key != v.name else v.name)
+            while cn in used[tab]:
+                cn += "_"
+            used[tab].add(cn)
+            members[key] = cn
+            fieldrow = ActField(cn, place.offset, shape_str(v), producer[v.id].op, stored[v.id], place.stride,
+                                place.kind == "shared")
+            (layer_acts if tab == "LA" else acts).append(fieldrow)
+        slot[v.id] = (tab, members[key])
     for vid, root in plan.alias.items():         # in-place outputs name the buffer they overwrite
-        anames[vid] = anames[root]
+        slot[vid] = slot[root]
+    act_values = {v.id: v for v in plan.act_values}
+    every_act = {v.id: v for v in g.values() if v.id in slot}
 
     scalars = {getattr(g, kind)[name].id: scalar_ref.format(c) for (kind, name), c in SCALARS.items()
                if name in getattr(g, kind)}
     runtime = {g.inputs[name].id: c for name, c in RUNTIME.items() if name in g.inputs}
 
     def ref(v: Value) -> str:
-        if v.role == "param":
-            return f"P.{pnames[v.id]}"
-        if v.role == "grad":
-            return f"G.{pnames[v.grad_of.id]}"
-        if v.role == "state":
-            return f"{v.meta['moment']}.{pnames[v.meta['of'].id]}"
+        if v.role in ("param", "grad", "state"):
+            p = v if v.role == "param" else v.grad_of if v.role == "grad" else v.meta["of"]
+            r = prow[p.id]
+            arena = {"param": "P", "grad": "G", "state": v.meta.get("moment")}[v.role]
+            return f"{arena}.{r.cname}" if r.layer is None else f"L{arena}[{mark(r.layer)}].{r.cname}"
         if v.id in runtime:
             return runtime[v.id]
         if v.id in scalars:
             return scalars[v.id]
         if "updates" in v.meta:
             return ref(v.meta["updates"])
-        return f"A.{anames[v.id]}"
+        tab, member = slot[v.id]
+        return f"A.{member}" if tab == "A" else f"LA[{mark(v.layer)}].{member}"
 
-    ctx = LowerContext(plan.param_elems, ref, {p.id: r for p, r in zip(g.params, params)})
+    def label(v: Value) -> str:                   # a value's name in a comment, its layer marked
+        if "updates" in v.meta:
+            return label(v.meta["updates"])
+        if v.layer is None or g.layer_prefix == "" or not v.name.startswith(f"{g.layer_prefix}{v.layer}."):
+            return v.name
+        return f"{g.layer_prefix}{mark(v.layer, '#')}.{field_of(v)}"
+
+    ctx = LowerContext(plan.param_elems, ref, prow)
 
     kernels: dict[tuple, Kernel] = {}
     launches: dict[str, list[Launch]] = {"fwd": [], "bwd": [], "opt": []}
@@ -310,34 +552,41 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         else:
             # outputs that update an input in place (AdamW) are that input's buffer: pass it once
             args = [ref(v) for v in n.outputs if "updates" not in v.meta] + [ref(v) for v in n.inputs]
-        outs = ", ".join(f"{v.name} {shape_str(v)}" for v in n.outputs[:4])
+        outs = ", ".join(f"{label(v)} {shape_str(v)}" for v in n.outputs[:4])
         if len(n.outputs) > 4:
             outs += f", ... ({len(n.outputs)} outputs)"
         nt = any(v.id in needs_targets for v in n.inputs)
         if nt:
             needs_targets.update(v.id for v in n.outputs)
-        launches[n.phase].append(Launch(k.name, args, f"{n.op}: {outs}", nt and n.phase == "fwd"))
+        launches[n.phase].append(Launch(k.name, args, f"{n.op}: {outs}", nt and n.phase == "fwd", n.layer))
 
     # params are stored in the program's dtype; grads and moments stay fp32
-    buffers = [NamedBuffer(f"{pre}{r.name}", f"{arena}.{r.cname}", f"{r.numel}L",
-                           "bf16" if arena == "P" and plan.dtype == "bf16" else "f32")
-               for pre, arena in (("", "P"), ("grad.", "G"), ("m.", "M"), ("v.", "V")) for r in params]
-    act_values = {v.id: v for v in plan.act_values}
-    act_dtype = {a.cname: a.dtype for a in acts}
-    for v in g.values():
-        if v.id in plan.act_offset and v.id in anames:
-            size = (act_values.get(v.id) or v).numel
-            buffers.append(NamedBuffer(v.name, f"A.{anames[v.id]}", f"(long)BT * {size}",
-                                       "bf16" if act_dtype[anames[v.id]] == "bf16" else "f32"))
+    buffers = [NamedBuffer(f"{pre}{r.name}", render_layers(f"{arena}.{r.cname}" if r.layer is None else
+                                                            f"L{arena}[{mark(r.layer)}].{r.cname}"),
+                           f"{r.numel}L", "bf16" if arena == "P" and plan.dtype == "bf16" else "f32")
+                 for pre, arena in (("", "P"), ("grad.", "G"), ("m.", "M"), ("v.", "V")) for r in params]
+    act_names: dict[tuple, ActName] = {}
+    for v in every_act.values():
+        size = (act_values.get(v.id) or v).numel
+        tab, member = slot[v.id]
+        buffers.append(NamedBuffer(v.name, render_layers(ref(v)), f"(long)BT * {size}",
+                                   "bf16" if stored.get(plan.alias.get(v.id, v.id)) == "bf16" else "f32"))
+        layered = label(v) != v.name
+        pattern = f"{g.layer_prefix}%d.{field_of(v)}" if layered else v.name
+        act_names.setdefault((pattern, tab, member), ActName(pattern, tab, member, size, layered))
 
     return Program(
         target=target, version=version, spec_hash=spec.digest(), arch=spec.arch,
         n_layer=spec.n_layer, n_head=spec.n_head, n_embd=spec.n_embd, vocab_size=spec.vocab_size,
         padded_vocab_size=spec.padded_vocab_size, max_seq_len=spec.max_seq_len,
-        params=params, param_elems=plan.param_elems, acts=acts, act_per_token=plan.act_elems,
-        kernels=list(kernels.values()), forward=launches["fwd"], backward=launches["bwd"],
-        update=launches["opt"], config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
-        flops_per_token=graph_flops(g)[0], flops_per_token_t=graph_flops(g)[1], buffers=buffers, dtype=plan.dtype,
+        params=params, param_table=table, param_elems=plan.param_elems, acts=acts, layer_acts=layer_acts,
+        act_per_token=plan.act_elems, kernels=list(kernels.values()),
+        forward=loop_schedule(launches["fwd"], +1, spec.n_layer),
+        backward=loop_schedule(launches["bwd"], -1, spec.n_layer),
+        update=loop_schedule(launches["opt"], +1, spec.n_layer), flat=launches,
+        config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
+        flops_per_token=graph_flops(g)[0], flops_per_token_t=graph_flops(g)[1], buffers=buffers,
+        act_names=sorted(act_names.values(), key=lambda a: a.name), dtype=plan.dtype,
         recompute=recompute, usage=[c_string(line + "\n") for line in usage_lines()],
-        llmc_elems=llmc_places(spec, params) if spec.arch == "gpt2" else 0,
+        llmc_elems=llmc_elems, layer_note=layer_note,
         generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"))

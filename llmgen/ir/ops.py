@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from llmgen.ir.graph import Node, Value
+from llmgen.ir.graph import Node, Value, grad_name
 
 F32 = np.float32
 GELU_C = np.float32(np.sqrt(2.0 / np.pi))
@@ -61,7 +61,7 @@ class OpDef:
     consts: Callable | None = None                # (node, ctx) -> {name: constant}
     flags: Callable | None = None                 # node -> {name: bool}
     args: Callable | None = None                  # (node, ctx) -> [C expression]
-    outs: tuple[str, ...] = ("out",)              # output labels; names are "<name>.<label>" when several
+    outs: tuple[str, ...] = ("out",)              # output labels; the first output is "<name>", others "<name>_<label>"
     f32: tuple[str, ...] = ()                     # labels of outputs stored as fp32 under bf16 training
     token_axes: dict = field(default_factory=dict)  # label -> (batch axis, token axis) when not (0, 1)
     inplace: tuple = ()                           # (out index, in index): may share the input's bytes
@@ -72,10 +72,15 @@ class OpDef:
     def label(self, i: int) -> str:
         return self.outs[i] if i < len(self.outs) else str(i)
 
-    def out_names(self, name: str, n: int) -> list[str]:
-        return [name] if n == 1 else [f"{name}.{self.label(i)}" for i in range(n)]
+    def out_names(self, name: str | tuple[str, ...], n: int) -> list[str]:
+        """`name` for the first output and `name_<label>` for the others, or the n names of a tuple."""
+        if isinstance(name, tuple):
+            if len(name) != n:
+                raise ValueError(f"{self.name} has {n} outputs, got {len(name)} names {name}")
+            return list(name)
+        return [name] + [f"{name}_{self.label(i)}" for i in range(1, n)]
 
-    def new_outputs(self, node: Node, name: str) -> list[Value]:
+    def new_outputs(self, node: Node, name: str | tuple[str, ...]) -> list[Value]:
         """The output Values of `node` (this op applied to its inputs), named after `name`."""
         types = self.shape([v.shape for v in node.inputs], node.attrs)
         return [Value(tuple(s), dt, nm, node=node, index=i, token_axes=self.token_axes.get(self.label(i), (0, 1)))
@@ -150,7 +155,7 @@ def _embed_bwd_ref(dx, tokens, vocab, positions):
 def _embed_vjp(g, n, d):
     pos = n.inputs[2:]
     attrs = dict(vocab=n.inputs[1].shape[0]) | (dict(positions=pos[0].shape[0]) if pos else {})
-    grads = g.op("embed_bwd", [d[0], n.inputs[0]], name=f"d{n.outputs[0].name}", **attrs)
+    grads = g.op("embed_bwd", [d[0], n.inputs[0]], name=tuple(grad_name(p) for p in n.inputs[1:]), **attrs)
     return [None, *(grads if pos else [grads])]
 
 
@@ -197,7 +202,7 @@ def layernorm_bwd_ref(dy, x, w, mean, rstd):
 def _layernorm_vjp(g, n, d):
     x, w, _ = n.inputs
     _, mean, rstd = n.outputs
-    dx, dw, db = g.op("layernorm_bwd", [d[0], x, w, mean, rstd], name=f"d{n.outputs[0].name.rsplit('.', 1)[0]}")
+    dx, dw, db = g.op("layernorm_bwd", [d[0], x, w, mean, rstd], name=tuple(map(grad_name, n.inputs)))
     return [dx, dw, db]
 
 
@@ -260,8 +265,8 @@ def _linear_ref(x, a):
 
 def _linear_vjp(g, n, d):
     x, w = n.inputs[:2]
-    dx = g.op("linear_dx", [d[0], w], name=f"d{x.name}@{n.outputs[0].name}")
-    dw = g.op("linear_dw", [d[0], x], name=f"d{w.name}")
+    dx = g.op("linear_dx", [d[0], w], name=grad_name(x))
+    dw = g.op("linear_dw", [d[0], x], name=grad_name(w))
     return [dx, dw]
 
 
@@ -312,7 +317,7 @@ def _bias_dims(n, ctx):
 defop("bias_add", "elementwise",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [(x[0] + x[1]).astype(F32)],
-      vjp=lambda g, n, d: [d[0], g.op("bias_grad", [d[0]], name=f"d{n.inputs[1].name}")],
+      vjp=lambda g, n, d: [d[0], g.op("bias_grad", [d[0]], name=grad_name(n.inputs[1]))],
       dims=_bias_dims)
 
 defop("bias_grad", "elementwise",
@@ -323,7 +328,7 @@ defop("bias_grad", "elementwise",
 defop("gelu", "elementwise",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [gelu(x[0])],
-      vjp=lambda g, n, d: [g.op("gelu_bwd", [d[0], n.inputs[0]], name=f"d{n.inputs[0].name}")],
+      vjp=lambda g, n, d: [g.op("gelu_bwd", [d[0], n.inputs[0]], name=grad_name(n.inputs[0]))],
       dims=_elems_dims,
       recompute=Recompute(1, lambda n: (0, "gelu", [n.inputs[0]], {})))
 
@@ -341,7 +346,7 @@ defop("add", "elementwise",
 defop("mean", "elementwise",
       shape=lambda s, a: [f32(())],
       ref=lambda x, a: [np.asarray(x[0].mean(dtype=F32), F32)],
-      vjp=lambda g, n, d: [g.op("mean_bwd", [d[0]], name=f"d{n.inputs[0].name}", shape=n.inputs[0].shape)],
+      vjp=lambda g, n, d: [g.op("mean_bwd", [d[0]], name=grad_name(n.inputs[0]), shape=n.inputs[0].shape)],
       dims=lambda n, ctx: {"N": per_token(n.inputs[0].numel)})
 
 # the gradient of a mean over per-token values (the losses): kept fp32 under bf16, as they are
@@ -431,8 +436,7 @@ def _attention_bwd_ref(x, a):
 def _attention_vjp(g, n, d):
     y, lse = n.outputs
     packed = len(n.inputs) == 1
-    name = f"d{n.inputs[0].name}" if packed else f"d{y.name.rsplit('.', 1)[0]}"
-    grads = g.op("attention_bwd", [d[0], *n.inputs, y, lse], name=name, **n.attrs)
+    grads = g.op("attention_bwd", [d[0], *n.inputs, y, lse], name=tuple(map(grad_name, n.inputs)), **n.attrs)
     return [grads] if packed else list(grads)
 
 
@@ -518,7 +522,7 @@ def xent_bwd_ref(dlosses, logits, targets, vocab):
 
 def _xent_vjp(g, n, d):
     logits, targets = n.inputs
-    dl = g.op("xent_bwd", [d[0], logits, targets], name=f"d{logits.name}", vocab=n.attrs["vocab"])
+    dl = g.op("xent_bwd", [d[0], logits, targets], name=grad_name(logits), vocab=n.attrs["vocab"])
     return [dl, None]
 
 
@@ -569,7 +573,7 @@ def rmsnorm_bwd_ref(dy, x, w, rstd):
 def _rmsnorm_vjp(g, n, d):
     x, w = n.inputs
     rstd = n.outputs[1]
-    dx, dw = g.op("rmsnorm_bwd", [d[0], x, w, rstd], name=f"d{n.outputs[0].name.rsplit('.', 1)[0]}")
+    dx, dw = g.op("rmsnorm_bwd", [d[0], x, w, rstd], name=(grad_name(x), grad_name(w)))
     return [dx, dw]
 
 
@@ -635,7 +639,7 @@ def _rope_consts(n, ctx):
 defop("rope", "rope",
       shape=lambda s, a: [f32(s[0])],
       ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"])],
-      vjp=lambda g, n, d: [g.op("rope_bwd", [d[0]], name=f"d{n.inputs[0].name}", **n.attrs)],
+      vjp=lambda g, n, d: [g.op("rope_bwd", [d[0]], name=grad_name(n.inputs[0]), **n.attrs)],
       dims=_rope_dims, consts=_rope_consts, inplace=((0, 0),))
 
 defop("rope_bwd", "rope",
@@ -653,7 +657,7 @@ def swiglu_bwd_ref(dh, gate, up):
 
 
 def _swiglu_vjp(g, n, d):
-    dgate, dup = g.op("swiglu_bwd", [d[0], *n.inputs], name=f"d{n.outputs[0].name}")
+    dgate, dup = g.op("swiglu_bwd", [d[0], *n.inputs], name=tuple(map(grad_name, n.inputs)))
     return [dgate, dup]
 
 

@@ -33,8 +33,11 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
     targets = g.input("targets", (B, T), "i32")
     wte = weight("wte", (Vp, C), "transformer.wte.weight", hf_rows=spec.vocab_size)
     wpe = weight("wpe", (spec.max_seq_len, C), "transformer.wpe.weight")
-    x = g.op("embed", [tokens, wte, wpe], name="embed")             # token rows + position rows
+    x = g.op("embed", [tokens, wte, wpe], name="encoded")          # token rows + position rows
+    g.layer_prefix = "h"                     # block l's values are h<l>.<name>, llm.c's activation names
+    eps = spec.layer_norm_eps
     for l in range(L):
+        g.layer = l
         hf = f"transformer.h.{l}"
         p = {
             "ln1w": vector(f"h{l}.ln_1.w", (C,), f"{hf}.ln_1.weight", "ones"),
@@ -50,25 +53,25 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
             "fcprojw": weight(f"h{l}.mlp.c_proj.w", (C, 4 * C), f"{hf}.mlp.c_proj.weight", proj_std, True),
             "fcprojb": vector(f"h{l}.mlp.c_proj.b", (C,), f"{hf}.mlp.c_proj.bias", "zeros"),
         }
-        eps = spec.layer_norm_eps
-        h = g.op("layernorm", [x, p["ln1w"], p["ln1b"]], name=f"h{l}.ln_1", eps=eps)[0]
-        qkv = g.op("bias_add", [g.op("linear", [h, p["qkvw"]], name=f"h{l}.qkv.mm"), p["qkvb"]], name=f"h{l}.qkv")
+
+        def linear(h, w, b, name):          # x @ w.T + b (the fusion pass makes it one kernel)
+            return g.op("bias_add", [g.op("linear", [h, p[w]], name=f"{name}_mm"), p[b]], name=name)
+
+        h = g.op("layernorm", [x, p["ln1w"], p["ln1b"]], name=f"h{l}.ln1", eps=eps)[0]    # ln1, ln1_mean, ln1_rstd
+        qkv = linear(h, "qkvw", "qkvb", f"h{l}.qkv")
         # multi-head attention: as many K/V heads as query heads, read from the packed qkv by row strides
-        att = g.op("attention", [qkv], name=f"h{l}.attn", n_head=spec.n_head, n_kv_head=spec.n_head)[0]
-        proj = g.op("bias_add", [g.op("linear", [att, p["attprojw"]], name=f"h{l}.attproj.mm"), p["attprojb"]],
-                    name=f"h{l}.attproj")
-        x = g.op("add", [x, proj], name=f"h{l}.res1")
-        h = g.op("layernorm", [x, p["ln2w"], p["ln2b"]], name=f"h{l}.ln_2", eps=eps)[0]
-        fc = g.op("bias_add", [g.op("linear", [h, p["fcw"]], name=f"h{l}.fc.mm"), p["fcb"]], name=f"h{l}.fc")
-        act = g.op("gelu", [fc], name=f"h{l}.gelu")
-        proj = g.op("bias_add", [g.op("linear", [act, p["fcprojw"]], name=f"h{l}.fcproj.mm"), p["fcprojb"]],
-                    name=f"h{l}.fcproj")
-        x = g.op("add", [x, proj], name=f"h{l}.res2")
+        att = g.op("attention", [qkv], name=(f"h{l}.atty", f"h{l}.att_lse"), n_head=spec.n_head,
+                   n_kv_head=spec.n_head)[0]
+        x = g.op("add", [x, linear(att, "attprojw", "attprojb", f"h{l}.attproj")], name=f"h{l}.residual2")
+        h = g.op("layernorm", [x, p["ln2w"], p["ln2b"]], name=f"h{l}.ln2", eps=eps)[0]
+        act = g.op("gelu", [linear(h, "fcw", "fcb", f"h{l}.fch")], name=f"h{l}.fch_gelu")
+        x = g.op("add", [x, linear(act, "fcprojw", "fcprojb", f"h{l}.fcproj")], name=f"h{l}.residual3")
+    g.layer = None
     lnfw = vector("ln_f.w", (C,), "transformer.ln_f.weight", "ones")
     lnfb = vector("ln_f.b", (C,), "transformer.ln_f.bias", "zeros")
-    h = g.op("layernorm", [x, lnfw, lnfb], name="ln_f", eps=spec.layer_norm_eps)[0]
+    h = g.op("layernorm", [x, lnfw, lnfb], name="lnf", eps=spec.layer_norm_eps)[0]
     logits = g.op("linear", [h, wte], name="logits")               # tied LM head: (B,T,Vp)
-    losses = g.op("xent", [logits, targets], name="xent", vocab=spec.vocab_size)
+    losses = g.op("xent", [logits, targets], name="losses", vocab=spec.vocab_size)
     loss = g.op("mean", [losses], name="loss")
     g.outputs.update(logits=logits, losses=losses, loss=loss)
     return g

@@ -41,8 +41,10 @@ def build_forward(spec: LlamaSpec, B: int, T: int) -> Graph:
     tokens = g.input("tokens", (B, T), "i32")
     targets = g.input("targets", (B, T), "i32")
     wte = weight("embed_tokens", (Vp, C), "model.embed_tokens.weight", hf_rows=spec.vocab_size)
-    x = g.op("embed", [tokens, wte], name="embed")                   # no position table: RoPE
+    x = g.op("embed", [tokens, wte], name="encoded")                 # no position table: RoPE
+    g.layer_prefix = "l"                     # block l's values are l<l>.<name>
     for l in range(L):
+        g.layer = l
         hf = f"model.layers.{l}"
         p = {
             "attn_norm": gain(f"l{l}.attn_norm.w", f"{hf}.input_layernorm.weight"),
@@ -55,20 +57,21 @@ def build_forward(spec: LlamaSpec, B: int, T: int) -> Graph:
             "up": weight(f"l{l}.up_proj.w", (F, C), f"{hf}.mlp.up_proj.weight"),
             "down": weight(f"l{l}.down_proj.w", (C, F), f"{hf}.mlp.down_proj.weight"),
         }
-        h = g.op("rmsnorm", [x, p["attn_norm"]], name=f"l{l}.attn_norm", eps=eps)[0]
+        h = g.op("rmsnorm", [x, p["attn_norm"]], name=f"l{l}.attn_norm", eps=eps)[0]   # and attn_norm_rstd
         q = g.op("rope", [linear(h, p["q"], f"l{l}.q")], name=f"l{l}.q_rope", n_head=NH, inv_freq=inv_freq)
         k = g.op("rope", [linear(h, p["k"], f"l{l}.k")], name=f"l{l}.k_rope", n_head=KV, inv_freq=inv_freq)
         v = linear(h, p["v"], f"l{l}.v")
-        att = g.op("attention", [q, k, v], name=f"l{l}.attn", n_head=NH, n_kv_head=KV)[0]
-        x = g.op("add", [x, linear(att, p["o"], f"l{l}.o")], name=f"l{l}.res1")
+        att = g.op("attention", [q, k, v], name=(f"l{l}.atty", f"l{l}.att_lse"), n_head=NH, n_kv_head=KV)[0]
+        x = g.op("add", [x, linear(att, p["o"], f"l{l}.attproj")], name=f"l{l}.residual2")
         h = g.op("rmsnorm", [x, p["mlp_norm"]], name=f"l{l}.mlp_norm", eps=eps)[0]
         act = g.op("swiglu", [linear(h, p["gate"], f"l{l}.gate"), linear(h, p["up"], f"l{l}.up")], name=f"l{l}.swiglu")
-        x = g.op("add", [x, linear(act, p["down"], f"l{l}.down")], name=f"l{l}.res2")
+        x = g.op("add", [x, linear(act, p["down"], f"l{l}.down")], name=f"l{l}.residual3")
+    g.layer = None
     norm = gain("norm.w", "model.norm.weight")
     h = g.op("rmsnorm", [x, norm], name="norm", eps=eps)[0]
     head = wte if spec.tie_embeddings else weight("lm_head", (Vp, C), "lm_head.weight", hf_rows=spec.vocab_size)
     logits = linear(h, head, "logits")                                  # (B,T,Vp)
-    losses = g.op("xent", [logits, targets], name="xent", vocab=spec.vocab_size)
+    losses = g.op("xent", [logits, targets], name="losses", vocab=spec.vocab_size)
     loss = g.op("mean", [losses], name="loss")
     g.outputs.update(logits=logits, losses=losses, loss=loss)
     return g

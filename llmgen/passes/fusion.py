@@ -19,7 +19,7 @@ def _rebuild(g: Graph, replace: dict[int, list[Node]], subst: dict[int, Value]) 
         for m in replace.get(n.id, [n]):
             ins = [subst.get(v.id, v) for v in m.inputs]
             if any(a is not b for a, b in zip(ins, m.inputs)):
-                m = Node(m.op, ins, m.outputs, m.attrs, m.phase)
+                m = Node(m.op, ins, m.outputs, m.attrs, m.phase, m.layer)
             nodes.append(m)
     out.nodes = nodes
     out.grads = {k: subst.get(v.id, v) for k, v in g.grads.items()}
@@ -46,7 +46,7 @@ def fuse_softmax_xent(g: Graph) -> Graph:
         if mb is None or mb.op != "mean_bwd" or xe is None or len(users[dlosses.id]) != 1:
             continue
         fused = Node("softmax_xent", [logits, targets, mb.inputs[0]], [xe.outputs[0], n.outputs[0]],
-                     dict(vocab=xe.attrs["vocab"]), "fwd")
+                     dict(vocab=xe.attrs["vocab"]), "fwd", xe.layer)
         replace[xe.id] = [fused]
         replace[mb.id] = []
         replace[n.id] = []
@@ -70,10 +70,10 @@ def fuse_matmul_epilogue(g: Graph) -> Graph:
             gl = [u for u in users.get(z.id, []) if u.op == "gelu"]
             if gl and all(u.op in ("gelu", "gelu_bwd") for u in users[z.id]):
                 fused = Node("linear", [*n.inputs, badd.inputs[1]], [z, gl[0].outputs[0]],
-                             dict(bias=True, gelu=True), n.phase)
+                             dict(bias=True, gelu=True), n.phase, n.layer)
                 replace[gl[0].id] = []
             else:
-                fused = Node("linear", [*n.inputs, badd.inputs[1]], [z], dict(bias=True), n.phase)
+                fused = Node("linear", [*n.inputs, badd.inputs[1]], [z], dict(bias=True), n.phase, n.layer)
             replace[n.id] = [fused]
             replace[badd.id] = []
         elif n.op == "gelu_bwd":
@@ -81,7 +81,7 @@ def fuse_matmul_epilogue(g: Graph) -> Graph:
             mm = prod.get(d.id)
             if mm is None or mm.op != "linear_dx" or mm.attrs.get("dgelu") or len(users[d.id]) != 1:
                 continue
-            replace[mm.id] = [Node("linear_dx", [*mm.inputs, pre], n.outputs, dict(dgelu=True), mm.phase)]
+            replace[mm.id] = [Node("linear_dx", [*mm.inputs, pre], n.outputs, dict(dgelu=True), mm.phase, mm.layer)]
             replace[n.id] = []
         elif n.op == "bias_grad":
             d = n.inputs[0]
@@ -92,7 +92,7 @@ def fuse_matmul_epilogue(g: Graph) -> Graph:
             first, second = sorted((dw, n), key=g.nodes.index)
             replace[first.id] = []
             replace[second.id] = [Node("linear_dw", dw.inputs, [dw.outputs[0], n.outputs[0]],
-                                       dict(bias=True), dw.phase)]
+                                       dict(bias=True), dw.phase, dw.layer)]
     return _rebuild(g, replace, {})
 
 
@@ -112,7 +112,8 @@ def fuse_residual_layernorm(g: Graph) -> Graph:
         ln = next((u for u in users.get(s.id, []) if u.op in RESIDUAL_NORMS and u.inputs[0] is s), None)
         if ln is None:
             continue
-        fused = Node(RESIDUAL_NORMS[ln.op], [*n.inputs, *ln.inputs[1:]], [s, *ln.outputs], dict(ln.attrs), "fwd")
+        fused = Node(RESIDUAL_NORMS[ln.op], [*n.inputs, *ln.inputs[1:]], [s, *ln.outputs], dict(ln.attrs), "fwd",
+                     ln.layer)
         replace[n.id] = []
         replace[ln.id] = [fused]
     return _rebuild(g, replace, {})
@@ -137,7 +138,7 @@ def fuse_layernorm_bwd_residual(g: Graph) -> Graph:
                 continue
             dres = n.inputs[1 - i]
             fused = Node(ln.op, [*ln.inputs, dres], [n.outputs[0], *ln.outputs[1:]],
-                         dict(ln.attrs, accumulate=True), "bwd")
+                         dict(ln.attrs, accumulate=True), "bwd", ln.layer)
             replace[ln.id] = []
             replace[n.id] = [fused]
             break
@@ -162,9 +163,9 @@ def accumulate_param_grads(g: Graph) -> Graph:
         new_grad = None
         for v in add.inputs:
             p = prod[v.id]
-            nv = Value(v.shape, v.dtype, gv.name, role="grad", grad_of=param)
+            nv = Value(v.shape, v.dtype, gv.name, role="grad", grad_of=param, layer=gv.layer)
             new_outs = [nv if o is v else o for o in p.outputs]
-            node = Node(p.op, p.inputs, new_outs, p.attrs, p.phase)
+            node = Node(p.op, p.inputs, new_outs, p.attrs, p.phase, p.layer)
             replace[p.id] = [node]
             prod.update({o.id: node for o in new_outs})
             new_grad = nv

@@ -44,8 +44,10 @@ def recompute_activations(g: Graph, level: int = 0) -> Graph:
         readers = [u for u in users.get(v.id, []) if u.phase == "bwd"]
         if not readers:
             continue
-        node = Node(op, ins, [], attrs, "bwd")
-        node.outputs = OPS[op].new_outputs(node, f"{v.name}.re")
+        node = Node(op, ins, [], attrs, "bwd", n.layer)
+        node.outputs = OPS[op].new_outputs(node, f"{v.name}_re")      # "h3.fch_gelu_re"
+        for o in node.outputs:
+            o.layer = v.layer
         first = min(readers, key=g.nodes.index)
         before.setdefault(first.id, []).append(node)
         subst[v.id] = node.outputs[0]
@@ -54,7 +56,7 @@ def recompute_activations(g: Graph, level: int = 0) -> Graph:
     for n in g.nodes:
         nodes.extend(before.get(n.id, []))
         if n.phase == "bwd" and any(x.id in subst for x in n.inputs):
-            n = Node(n.op, [subst.get(x.id, x) for x in n.inputs], n.outputs, n.attrs, n.phase)
+            n = Node(n.op, [subst.get(x.id, x) for x in n.inputs], n.outputs, n.attrs, n.phase, n.layer)
         nodes.append(n)
     out.nodes = nodes
     return out

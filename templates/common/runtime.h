@@ -1,23 +1,20 @@
-/*
-llmgen runtime: the plain host-side support every generated trainer needs.
-
-Contract
-- The code generator pastes this file verbatim into every emitted program: train.c
-  (gcc -std=gnu11) and train.cu (nvcc, or g++ -std=c++17 -x c++ for the CPU
-  emulation). It therefore compiles cleanly as C11 (gnu11) and as C++17, with
-  -Wall -Wextra, whether or not the program uses every function.
-- Everything here is `static` and depends on libc + POSIX only (link with -lm).
-  No globals, no threads, no GPU. Host byte order must be little-endian.
-- Every error goes through llmgen_fail(): it prints "error: <message>" to stderr
-  and exits with status 1. Messages name the cause: file path, field, expected
-  versus found. Nothing here returns an error code.
-- Sections:
-    utilities       llmgen_fail, xmalloc, xcalloc, xfopen, llmgen_now, llmgen_mkdirs
-    random numbers  Rng (splitmix64), rng_seed, rng_u32, rng_uniform, rng_normal
-    token shards    ShardLoader: llm.c's .bin shards, batches without shuffling
-    safetensors     StFile: st_open, st_find, st_read_f32, st_load_f32, st_close
-    atomic writes   AtomicFile, write_file_atomic, st_write_f32 (F32, "format":"pt")
-*/
+/* llmgen runtime: the plain host-side support every generated trainer needs.
+ *
+ * Contract
+ * - The code generator pastes this file verbatim into every emitted program, after the model:
+ *   train.c (gcc -std=gnu11) and train.cu (nvcc, or g++ -std=c++17 -x c++ for the CPU emulation).
+ *   It compiles cleanly as C11 (gnu11) and as C++17 with -Wall -Wextra, whatever the program uses.
+ * - Everything is `static` and depends on libc + POSIX only (link with -lm): no globals, no threads,
+ *   no GPU. Host byte order must be little-endian.
+ * - Every error goes through llmgen_fail(): "error: <message>" on stderr, exit status 1. Messages
+ *   name the cause (file path, field, expected versus found). Nothing here returns an error code.
+ * - Sections:
+ *     utilities       llmgen_fail, xmalloc, xcalloc, xfopen, llmgen_now, llmgen_mkdirs, LlmgenBuf
+ *     random numbers  Rng (splitmix64), rng_seed, rng_u32, rng_uniform, rng_normal
+ *     token shards    ShardLoader: llm.c's .bin shards, batches without shuffling
+ *     safetensors     StFile: st_open, st_find, st_read_f32, st_load_f32, st_close
+ *     atomic writes   AtomicFile, write_file_atomic, st_write_f32 (F32, "format":"pt")
+ */
 #ifndef LLMGEN_RUNTIME_H
 #define LLMGEN_RUNTIME_H
 
@@ -50,12 +47,13 @@ Contract
 #define LLMGEN_NORETURN
 #define LLMGEN_PRINTF(fmt_index, first_arg)
 #endif
+#define LLMGEN_API static LLMGEN_UNUSED
 
 // ----------------------------------------------------------------------------
 // utilities
 
 // Print "error: <message>" to stderr and exit(1). Never returns.
-static LLMGEN_UNUSED LLMGEN_NORETURN LLMGEN_PRINTF(1, 2) void llmgen_fail(const char *fmt, ...) {
+LLMGEN_API LLMGEN_NORETURN LLMGEN_PRINTF(1, 2) void llmgen_fail(const char *fmt, ...) {
     va_list ap;
     fflush(stdout);
     fputs("error: ", stderr);
@@ -67,66 +65,55 @@ static LLMGEN_UNUSED LLMGEN_NORETURN LLMGEN_PRINTF(1, 2) void llmgen_fail(const 
     exit(1);
 }
 
-static LLMGEN_UNUSED void *xmalloc(size_t n) {
+LLMGEN_API void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
-    if (p == NULL) { llmgen_fail("out of memory allocating %zu bytes", n); }
+    if (p == NULL) llmgen_fail("out of memory allocating %zu bytes", n);
     return p;
 }
 
-static LLMGEN_UNUSED void *xcalloc(size_t n, size_t size) {
-    if (size != 0 && n > SIZE_MAX / size) {
+LLMGEN_API void *xcalloc(size_t n, size_t size) {
+    if (size != 0 && n > SIZE_MAX / size)
         llmgen_fail("out of memory: calloc of %zu x %zu bytes overflows size_t", n, size);
-    }
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (p == NULL) { llmgen_fail("out of memory allocating %zu x %zu bytes", n, size); }
+    if (p == NULL) llmgen_fail("out of memory allocating %zu x %zu bytes", n, size);
     return p;
 }
 
-static LLMGEN_UNUSED void *xrealloc(void *p, size_t n) {
+LLMGEN_API void *xrealloc(void *p, size_t n) {
     void *q = realloc(p, n ? n : 1);
-    if (q == NULL) { llmgen_fail("out of memory reallocating to %zu bytes", n); }
+    if (q == NULL) llmgen_fail("out of memory reallocating to %zu bytes", n);
     return q;
 }
 
-static LLMGEN_UNUSED char *xstrdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = (char *)xmalloc(n);
-    memcpy(d, s, n);
-    return d;
-}
+LLMGEN_API char *xstrdup(const char *s) { return (char *)memcpy(xmalloc(strlen(s) + 1), s, strlen(s) + 1); }
 
-static LLMGEN_UNUSED FILE *xfopen(const char *path, const char *mode) {
+LLMGEN_API FILE *xfopen(const char *path, const char *mode) {
     FILE *fp = fopen(path, mode);
-    if (fp == NULL) { llmgen_fail("cannot open %s (mode \"%s\"): %s", path, mode, strerror(errno)); }
+    if (fp == NULL) llmgen_fail("cannot open %s (mode \"%s\"): %s", path, mode, strerror(errno));
     return fp;
 }
 
 // Seconds on CLOCK_MONOTONIC: only differences are meaningful.
-static LLMGEN_UNUSED double llmgen_now(void) {
+LLMGEN_API double llmgen_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 // mkdir -p: create `path` and missing parents; fine if it is already a directory.
-static LLMGEN_UNUSED void llmgen_mkdirs(const char *path) {
-    if (path == NULL || path[0] == '\0') { llmgen_fail("cannot create a directory with an empty path"); }
-    size_t n = strlen(path);
+LLMGEN_API void llmgen_mkdirs(const char *path) {
+    if (path == NULL || path[0] == '\0') llmgen_fail("cannot create a directory with an empty path");
     char *buf = xstrdup(path);
-    for (size_t i = 1; i <= n; i++) {
-        if (i < n && buf[i] != '/') { continue; }
-        if (buf[i - 1] == '/') { continue; } // repeated or trailing slash
+    for (size_t i = 1, n = strlen(path); i <= n; i++) {
+        if ((i < n && buf[i] != '/') || buf[i - 1] == '/') continue;   // not a component's end, or a repeated '/'
         char saved = buf[i];
         buf[i] = '\0';
+        struct stat st;
         if (mkdir(buf, 0777) != 0) {
             int err = errno;
-            struct stat st;
-            if (stat(buf, &st) != 0) {
-                llmgen_fail("cannot create directory %s: %s", buf, strerror(err));
-            }
-            if (!S_ISDIR(st.st_mode)) {
+            if (stat(buf, &st) != 0) llmgen_fail("cannot create directory %s: %s", buf, strerror(err));
+            if (!S_ISDIR(st.st_mode))
                 llmgen_fail("cannot create directory %s: %s exists and is not a directory", path, buf);
-            }
         }
         buf[i] = saved;
     }
@@ -139,10 +126,10 @@ typedef struct {
     size_t len, cap;
 } LlmgenBuf;
 
-static LLMGEN_UNUSED void llmgen_buf_append(LlmgenBuf *b, const char *s, size_t n) {
+LLMGEN_API void llmgen_buf_append(LlmgenBuf *b, const char *s, size_t n) {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) { cap *= 2; }
+        while (cap < b->len + n + 1) cap *= 2;
         b->data = (char *)xrealloc(b->data, cap);
         b->cap = cap;
     }
@@ -151,39 +138,33 @@ static LLMGEN_UNUSED void llmgen_buf_append(LlmgenBuf *b, const char *s, size_t 
     b->data[b->len] = '\0';
 }
 
-static LLMGEN_UNUSED LLMGEN_PRINTF(2, 3) void llmgen_buf_printf(LlmgenBuf *b, const char *fmt, ...) {
-    char small[256];
+LLMGEN_API LLMGEN_PRINTF(2, 3) void llmgen_buf_printf(LlmgenBuf *b, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof(small), fmt, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0) { llmgen_fail("vsnprintf failed for format \"%s\"", fmt); }
-    if ((size_t)n < sizeof(small)) {
-        llmgen_buf_append(b, small, (size_t)n);
-        return;
-    }
-    char *big = (char *)xmalloc((size_t)n + 1);
+    if (n < 0) llmgen_fail("vsnprintf failed for format \"%s\"", fmt);
+    char *s = (char *)xmalloc((size_t)n + 1);
     va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
     va_end(ap);
-    llmgen_buf_append(b, big, (size_t)n);
-    free(big);
+    llmgen_buf_append(b, s, (size_t)n);
+    free(s);
 }
 
 // ----------------------------------------------------------------------------
 // random numbers
-// splitmix64 (Steele, Lea & Flood 2014, constants as in Vigna's reference):
-// the state advances by the golden-ratio increment 0x9E3779B97F4A7C15 and each
-// output is a bijective mix of it. Any seed, 0 included, is fine. The whole
-// generator is the one uint64 in Rng, so saving/restoring it resumes exactly.
+// splitmix64 (Steele, Lea & Flood 2014, constants as in Vigna's reference): the state advances by
+// the golden-ratio increment 0x9E3779B97F4A7C15 and each output is a bijective mix of it. Any seed,
+// 0 included, is fine. The whole generator is the one uint64 in Rng, so saving it resumes exactly.
 
 typedef struct {
     uint64_t state;
 } Rng;
 
-static LLMGEN_UNUSED void rng_seed(Rng *r, uint64_t seed) { r->state = seed; }
+LLMGEN_API void rng_seed(Rng *r, uint64_t seed) { r->state = seed; }
 
-static LLMGEN_UNUSED uint64_t rng_u64(Rng *r) {
+LLMGEN_API uint64_t rng_u64(Rng *r) {
     uint64_t z = (r->state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -191,14 +172,14 @@ static LLMGEN_UNUSED uint64_t rng_u64(Rng *r) {
 }
 
 // The top 32 bits of one splitmix64 output.
-static LLMGEN_UNUSED uint32_t rng_u32(Rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
+LLMGEN_API uint32_t rng_u32(Rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
 
 // Uniform in [0, 1): the top 24 bits of rng_u32, so every value is exact in float.
-static LLMGEN_UNUSED float rng_uniform(Rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
+LLMGEN_API float rng_uniform(Rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
 
 // Standard normal by Box-Muller (cosine branch only, so no hidden cached state).
 // Uses two 64-bit draws as 53-bit uniforms: u1 in (0, 1], u2 in [0, 1).
-static LLMGEN_UNUSED float rng_normal(Rng *r) {
+LLMGEN_API float rng_normal(Rng *r) {
     const double two_pi = 6.283185307179586476925286766559;
     double u1 = (double)((rng_u64(r) >> 11) + 1) * (1.0 / 9007199254740992.0);
     double u2 = (double)(rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
@@ -207,25 +188,15 @@ static LLMGEN_UNUSED float rng_normal(Rng *r) {
 
 // ----------------------------------------------------------------------------
 // token shards
-// llm.c's layout: a header of 256 int32 (header[0] magic, header[1] version,
-// header[2] token count), then the tokens, little-endian:
+// llm.c's layout: a header of 256 int32 (magic, version, token count), then the tokens, little-endian:
 //   magic 20240520 version 1: uint16 tokens;  magic 20240801 version 7: uint32 tokens.
-// Batches are drawn in order, without shuffling, exactly as llm.c: position is a
-// token offset in the current shard; a batch reads B*T+1 tokens at position
-// (inputs = first B*T, targets = the same shifted by one) and advances position
-// by B*T; when a batch would not fit, the loader moves to the next shard
-// (wrapping to the first) at position 0. Every shard is validated once at init
-// (format, exact size, length >= B*T+1, every token id < vocab_size); only the
-// current shard's tokens are held in memory.
+// Batches are drawn in order, without shuffling, exactly as llm.c: position is a token offset in the
+// current shard; a batch reads B*T+1 tokens at position (inputs = the first B*T, targets = the same
+// shifted by one) and advances position by B*T; when a batch would not fit, the loader moves to the
+// next shard (wrapping to the first) at position 0. Every shard is validated once at init (format,
+// exact size, length >= B*T+1, every token id < vocab_size); only the current shard is in memory.
 
-enum {
-    SHARD_HEADER_INTS = 256,
-    SHARD_HEADER_BYTES = 256 * 4,
-    SHARD_MAGIC_U16 = 20240520,
-    SHARD_VERSION_U16 = 1,
-    SHARD_MAGIC_U32 = 20240801,
-    SHARD_VERSION_U32 = 7
-};
+enum { SHARD_HEADER_BYTES = 256 * 4, SHARD_MAGIC_U16 = 20240520, SHARD_MAGIC_U32 = 20240801 };
 
 typedef struct {
     int B, T, vocab_size;
@@ -237,208 +208,148 @@ typedef struct {
     int64_t position;      // token offset of the next batch in that shard
     int64_t loaded_shard;  // shard whose tokens are in `tokens`, -1 if none
     unsigned char *tokens; // raw little-endian tokens of loaded_shard
-    size_t tokens_cap;     // bytes allocated at `tokens`
 } ShardLoader;
 
-static LLMGEN_UNUSED uint32_t shard_token_at(const unsigned char *raw, int token_bytes, int64_t i) {
-    if (token_bytes == 2) {
-        uint16_t v;
-        memcpy(&v, raw + 2 * i, 2);
-        return v;
-    }
-    uint32_t v;
-    memcpy(&v, raw + 4 * i, 4);
-    return v;
+LLMGEN_API uint32_t shard_token_at(const unsigned char *raw, int token_bytes, int64_t i) {
+    uint16_t v16;
+    uint32_t v32;
+    if (token_bytes == 2) return memcpy(&v16, raw + 2 * i, 2), v16;
+    return memcpy(&v32, raw + 4 * i, 4), v32;
 }
 
-// Check token ids raw[0..n) (file token indices first_index..) against vocab_size.
-static LLMGEN_UNUSED void shard_check_tokens(const char *path, const unsigned char *raw, int64_t n,
-                                             int token_bytes, int64_t first_index, int vocab_size) {
-    uint32_t vocab = (uint32_t)vocab_size;
+// Read n tokens (file token indices first..) of shard `path` into raw and check their ids.
+LLMGEN_API void shard_read_tokens(FILE *fp, const char *path, unsigned char *raw, int64_t n, int token_bytes,
+                                  int64_t first, int vocab_size) {
+    if (fread(raw, (size_t)token_bytes, (size_t)n, fp) != (size_t)n)
+        llmgen_fail("cannot read tokens of shard %s at token %lld: %s", path, (long long)first,
+                    ferror(fp) ? strerror(errno) : "unexpected end of file");
     for (int64_t i = 0; i < n; i++) {
         uint32_t tok = shard_token_at(raw, token_bytes, i);
-        if (tok >= vocab) {
+        if (tok >= (uint32_t)vocab_size)
             llmgen_fail("shard %s: token %lld has id %u, but vocab_size is %d (ids must be < %d)", path,
-                        (long long)(first_index + i), tok, vocab_size, vocab_size);
-        }
+                        (long long)(first + i), tok, vocab_size, vocab_size);
     }
 }
 
-// Open a shard, read and check its header against the file size.
-// Returns the open file positioned at the first token.
-static LLMGEN_UNUSED FILE *shard_open(const char *path, int64_t *count_out, int *token_bytes_out) {
+// Open a shard, read and check its header against the file size; the file is left at the first token.
+LLMGEN_API FILE *shard_open(const char *path, int64_t *count_out, int *token_bytes_out) {
     FILE *fp = fopen(path, "rb");
-    if (fp == NULL) { llmgen_fail("cannot open shard %s: %s", path, strerror(errno)); }
+    if (fp == NULL) llmgen_fail("cannot open shard %s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(fp), &st) != 0) { llmgen_fail("cannot stat shard %s: %s", path, strerror(errno)); }
-    if (!S_ISREG(st.st_mode)) { llmgen_fail("shard %s is not a regular file", path); }
+    if (fstat(fileno(fp), &st) != 0) llmgen_fail("cannot stat shard %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) llmgen_fail("shard %s is not a regular file", path);
     long long size = (long long)st.st_size;
-    if (size < SHARD_HEADER_BYTES) {
+    if (size < SHARD_HEADER_BYTES)
         llmgen_fail("shard %s is %lld bytes, shorter than the %d-byte header", path, size, SHARD_HEADER_BYTES);
-    }
-    int32_t header[SHARD_HEADER_INTS];
-    if (fread(header, 4, SHARD_HEADER_INTS, fp) != (size_t)SHARD_HEADER_INTS) {
-        llmgen_fail("cannot read the header of shard %s: %s", path, ferror(fp) ? strerror(errno) : "unexpected end of file");
-    }
-    int token_bytes;
-    if (header[0] == SHARD_MAGIC_U16 && header[1] == SHARD_VERSION_U16) {
-        token_bytes = 2;
-    } else if (header[0] == SHARD_MAGIC_U32 && header[1] == SHARD_VERSION_U32) {
-        token_bytes = 4;
-    } else {
-        llmgen_fail("shard %s has magic %d version %d; expected magic %d version %d (uint16 tokens) "
-                    "or magic %d version %d (uint32 tokens)",
-                    path, (int)header[0], (int)header[1], SHARD_MAGIC_U16, SHARD_VERSION_U16, SHARD_MAGIC_U32,
-                    SHARD_VERSION_U32);
-    }
-    int64_t count = header[2];
-    if (count < 0) { llmgen_fail("shard %s: header token count is negative (%lld)", path, (long long)count); }
+    int32_t h[256];
+    if (fread(h, 4, 256, fp) != 256)
+        llmgen_fail("cannot read the header of shard %s: %s", path,
+                    ferror(fp) ? strerror(errno) : "unexpected end of file");
+    int token_bytes = h[0] == SHARD_MAGIC_U16 && h[1] == 1 ? 2 : h[0] == SHARD_MAGIC_U32 && h[1] == 7 ? 4 : 0;
+    if (!token_bytes)
+        llmgen_fail("shard %s has magic %d version %d; expected magic %d version 1 (uint16 tokens) "
+                    "or magic %d version 7 (uint32 tokens)",
+                    path, (int)h[0], (int)h[1], SHARD_MAGIC_U16, SHARD_MAGIC_U32);
+    int64_t count = h[2];
+    if (count < 0) llmgen_fail("shard %s: header token count is negative (%lld)", path, (long long)count);
     long long expected = (long long)SHARD_HEADER_BYTES + (long long)count * token_bytes;
-    if (size != expected) {
+    if (size != expected)
         llmgen_fail("shard %s is %s: its header says %lld tokens of %d bytes, so the file should be "
                     "%lld bytes, but it is %lld bytes",
                     path, size < expected ? "truncated" : "oversized", (long long)count, token_bytes, expected, size);
-    }
     *count_out = count;
     *token_bytes_out = token_bytes;
     return fp;
 }
 
-// Make shard s current: read all its tokens into L->tokens (re-checked on load).
-static LLMGEN_UNUSED void loader_load_shard(ShardLoader *L, int64_t s) {
-    const char *path = L->paths[s];
-    int64_t count;
-    int token_bytes;
-    FILE *fp = shard_open(path, &count, &token_bytes);
-    if (count != L->counts[s] || token_bytes != L->token_bytes[s]) {
-        llmgen_fail("shard %s changed since the loader was initialised (had %lld tokens of %d bytes, now %lld of %d)",
-                    path, (long long)L->counts[s], L->token_bytes[s], (long long)count, token_bytes);
-    }
-    size_t nbytes = (size_t)count * (size_t)token_bytes;
-    if (nbytes > L->tokens_cap) {
-        free(L->tokens);
-        L->tokens = (unsigned char *)xmalloc(nbytes);
-        L->tokens_cap = nbytes;
-    }
-    if (fread(L->tokens, 1, nbytes, fp) != nbytes) {
-        llmgen_fail("cannot read %zu token bytes from shard %s: %s", nbytes, path,
-                    ferror(fp) ? strerror(errno) : "unexpected end of file");
-    }
-    fclose(fp);
-    shard_check_tokens(path, L->tokens, count, token_bytes, 0, L->vocab_size);
-    L->loaded_shard = s;
-}
-
-static LLMGEN_UNUSED void loader_init(ShardLoader *L, const char *pattern, int B, int T, int vocab_size) {
+LLMGEN_API void loader_init(ShardLoader *L, const char *pattern, int B, int T, int vocab_size) {
     memset(L, 0, sizeof(*L));
-    if (B <= 0 || T <= 0) { llmgen_fail("loader: B and T must be positive, got B=%d T=%d", B, T); }
-    if (vocab_size <= 0) { llmgen_fail("loader: vocab_size must be positive, got %d", vocab_size); }
+    if (B <= 0 || T <= 0) llmgen_fail("loader: B and T must be positive, got B=%d T=%d", B, T);
+    if (vocab_size <= 0) llmgen_fail("loader: vocab_size must be positive, got %d", vocab_size);
     L->B = B;
     L->T = T;
     L->vocab_size = vocab_size;
-    int64_t need = (int64_t)B * (int64_t)T + 1;
-
     glob_t g;
     memset(&g, 0, sizeof(g));
     int rc = glob(pattern, 0, NULL, &g);
-    if (rc == GLOB_NOMATCH || (rc == 0 && g.gl_pathc == 0)) {
-        globfree(&g);
-        llmgen_fail("no file matches %s", pattern);
-    }
-    if (rc != 0) {
-        globfree(&g);
-        llmgen_fail("glob(%s) failed (%s)", pattern, rc == GLOB_NOSPACE ? "out of memory" : "read error");
-    }
-    if (g.gl_pathc > (size_t)INT32_MAX) { llmgen_fail("too many shards match %s", pattern); }
+    if (rc == GLOB_NOMATCH || (rc == 0 && g.gl_pathc == 0)) llmgen_fail("no file matches %s", pattern);
+    if (rc != 0) llmgen_fail("glob(%s) failed (%s)", pattern, rc == GLOB_NOSPACE ? "out of memory" : "read error");
+    if (g.gl_pathc > (size_t)INT32_MAX) llmgen_fail("too many shards match %s", pattern);
     L->num_shards = (int)g.gl_pathc;
     L->paths = (char **)xcalloc((size_t)L->num_shards, sizeof(char *));
     L->counts = (int64_t *)xcalloc((size_t)L->num_shards, sizeof(int64_t));
     L->token_bytes = (int *)xcalloc((size_t)L->num_shards, sizeof(int));
-    for (int s = 0; s < L->num_shards; s++) { L->paths[s] = xstrdup(g.gl_pathv[s]); }
-    globfree(&g);
-
     // validate every shard once, streaming through it in chunks
-    const int64_t chunk_tokens = (int64_t)1 << 20;
-    unsigned char *chunk = (unsigned char *)xmalloc((size_t)chunk_tokens * 4);
+    const int64_t chunk = (int64_t)1 << 20, need = (int64_t)B * T + 1;
+    unsigned char *buf = (unsigned char *)xmalloc((size_t)chunk * 4);
     size_t max_bytes = 0;
     for (int s = 0; s < L->num_shards; s++) {
-        const char *path = L->paths[s];
-        int64_t count;
-        int token_bytes;
-        FILE *fp = shard_open(path, &count, &token_bytes);
-        if (count < need) {
+        const char *path = L->paths[s] = xstrdup(g.gl_pathv[s]);
+        FILE *fp = shard_open(path, &L->counts[s], &L->token_bytes[s]);
+        if (L->counts[s] < need)
             llmgen_fail("shard %s has %lld tokens, fewer than the B*T+1 = %lld one batch needs (B=%d, T=%d)", path,
-                        (long long)count, (long long)need, B, T);
-        }
-        for (int64_t done = 0; done < count;) {
-            int64_t n = count - done < chunk_tokens ? count - done : chunk_tokens;
-            if (fread(chunk, (size_t)token_bytes, (size_t)n, fp) != (size_t)n) {
-                llmgen_fail("cannot read tokens of shard %s at token %lld: %s", path, (long long)done,
-                            ferror(fp) ? strerror(errno) : "unexpected end of file");
-            }
-            shard_check_tokens(path, chunk, n, token_bytes, done, vocab_size);
-            done += n;
-        }
+                        (long long)L->counts[s], (long long)need, B, T);
+        for (int64_t done = 0; done < L->counts[s]; done += chunk)
+            shard_read_tokens(fp, path, buf, L->counts[s] - done < chunk ? L->counts[s] - done : chunk,
+                              L->token_bytes[s], done, vocab_size);
         fclose(fp);
-        L->counts[s] = count;
-        L->token_bytes[s] = token_bytes;
-        size_t bytes = (size_t)count * (size_t)token_bytes;
-        if (bytes > max_bytes) { max_bytes = bytes; }
+        if ((size_t)L->counts[s] * L->token_bytes[s] > max_bytes) max_bytes = (size_t)L->counts[s] * L->token_bytes[s];
     }
-    free(chunk);
+    globfree(&g);
+    free(buf);
     L->tokens = (unsigned char *)xmalloc(max_bytes);
-    L->tokens_cap = max_bytes;
     L->loaded_shard = -1;
-    L->shard_index = 0;
-    L->position = 0;
 }
 
 // Fill inputs and targets, (B,T) each, with the next batch.
-static LLMGEN_UNUSED void loader_next(ShardLoader *L, int *inputs, int *targets) {
+LLMGEN_API void loader_next(ShardLoader *L, int *inputs, int *targets) {
     int64_t bt = (int64_t)L->B * (int64_t)L->T;
     if (L->position + bt + 1 > L->counts[L->shard_index]) {
         L->shard_index = (L->shard_index + 1) % L->num_shards;
         L->position = 0;
     }
-    if (L->loaded_shard != L->shard_index) { loader_load_shard(L, L->shard_index); }
+    if (L->loaded_shard != L->shard_index) {   // make the shard current (re-checked: it may have changed)
+        int64_t s = L->shard_index, count;
+        int token_bytes;
+        FILE *fp = shard_open(L->paths[s], &count, &token_bytes);
+        if (count != L->counts[s] || token_bytes != L->token_bytes[s])
+            llmgen_fail("shard %s changed since the loader was initialised "
+                        "(had %lld tokens of %d bytes, now %lld of %d)",
+                        L->paths[s], (long long)L->counts[s], L->token_bytes[s], (long long)count, token_bytes);
+        shard_read_tokens(fp, L->paths[s], L->tokens, count, token_bytes, 0, L->vocab_size);
+        fclose(fp);
+        L->loaded_shard = s;
+    }
     int tb = L->token_bytes[L->shard_index];
     const unsigned char *raw = L->tokens + (size_t)L->position * (size_t)tb;
-    int prev = (int)shard_token_at(raw, tb, 0);
     for (int64_t i = 0; i < bt; i++) {
-        int next = (int)shard_token_at(raw, tb, i + 1);
-        inputs[i] = prev;
-        targets[i] = next;
-        prev = next;
+        inputs[i] = (int)shard_token_at(raw, tb, i);
+        targets[i] = (int)shard_token_at(raw, tb, i + 1);
     }
     L->position += bt;
 }
 
-static LLMGEN_UNUSED void loader_reset(ShardLoader *L) {
-    L->shard_index = 0;
-    L->position = 0;
-}
+LLMGEN_API void loader_reset(ShardLoader *L) { L->shard_index = 0, L->position = 0; }
 
 // The state that determines the next batch; save it with a checkpoint.
-static LLMGEN_UNUSED void loader_get_state(const ShardLoader *L, int64_t *shard_index, int64_t *position) {
+LLMGEN_API void loader_get_state(const ShardLoader *L, int64_t *shard_index, int64_t *position) {
     *shard_index = L->shard_index;
     *position = L->position;
 }
 
-static LLMGEN_UNUSED void loader_set_state(ShardLoader *L, int64_t shard_index, int64_t position) {
-    if (shard_index < 0 || shard_index >= L->num_shards) {
+LLMGEN_API void loader_set_state(ShardLoader *L, int64_t shard_index, int64_t position) {
+    if (shard_index < 0 || shard_index >= L->num_shards)
         llmgen_fail("loader state: shard index %lld out of range, there are %d shards", (long long)shard_index,
                     L->num_shards);
-    }
-    if (position < 0 || position > L->counts[shard_index]) {
+    if (position < 0 || position > L->counts[shard_index])
         llmgen_fail("loader state: position %lld out of range for shard %s with %lld tokens", (long long)position,
                     L->paths[shard_index], (long long)L->counts[shard_index]);
-    }
     L->shard_index = shard_index;
     L->position = position;
 }
 
-static LLMGEN_UNUSED void loader_free(ShardLoader *L) {
-    for (int s = 0; s < L->num_shards; s++) { free(L->paths[s]); }
+LLMGEN_API void loader_free(ShardLoader *L) {
+    for (int s = 0; s < L->num_shards; s++) free(L->paths[s]);
     free(L->paths);
     free(L->counts);
     free(L->token_bytes);
@@ -448,48 +359,23 @@ static LLMGEN_UNUSED void loader_free(ShardLoader *L) {
 
 // ----------------------------------------------------------------------------
 // safetensors: reading
-// Layout: u64 little-endian header length N, N bytes of JSON, then the data.
-// The JSON maps tensor name -> {"dtype", "shape", "data_offsets": [begin, end]}
-// (offsets relative to the data section), plus an optional "__metadata__"
-// string -> string map. st_open validates every entry (known dtype, offsets in
-// range and equal to dtype size * numel); tensors of any standard dtype may be
+// Layout: u64 little-endian header length N, N bytes of JSON, then the data. The JSON is one flat
+// object: tensor name -> {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the data
+// section, other fields skipped), plus an optional "__metadata__" string -> string map (other
+// values skipped). A small scanner reads exactly that form: strings with every JSON escape (names
+// are UTF-8), non-negative integers, and skips any other JSON value. st_open validates every entry
+// (known dtype, offsets in range and equal to dtype size * numel); any standard dtype may be
 // present, but st_read_f32 converts only F32, BF16 and F16.
 
-enum {
-    ST_F32 = 0,
-    ST_BF16,
-    ST_F16,
-    ST_F64,
-    ST_I64,
-    ST_I32,
-    ST_I16,
-    ST_I8,
-    ST_U64,
-    ST_U32,
-    ST_U16,
-    ST_U8,
-    ST_BOOL,
-    ST_F8_E4M3,
-    ST_F8_E5M2,
-    ST_NUM_DTYPES
-};
-
-typedef struct {
-    int code;
-    const char *name;
-    int bytes;
-} StDtype;
-
-static const StDtype st_dtypes[ST_NUM_DTYPES] = {
-    {ST_F32, "F32", 4},  {ST_BF16, "BF16", 2}, {ST_F16, "F16", 2},         {ST_F64, "F64", 8},
-    {ST_I64, "I64", 8},  {ST_I32, "I32", 4},   {ST_I16, "I16", 2},         {ST_I8, "I8", 1},
-    {ST_U64, "U64", 8},  {ST_U32, "U32", 4},   {ST_U16, "U16", 2},         {ST_U8, "U8", 1},
-    {ST_BOOL, "BOOL", 1}, {ST_F8_E4M3, "F8_E4M3", 1}, {ST_F8_E5M2, "F8_E5M2", 1},
-};
+enum { ST_F32, ST_BF16, ST_F16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U64, ST_U32, ST_U16, ST_U8, ST_BOOL,
+       ST_F8_E4M3, ST_F8_E5M2, ST_NUM_DTYPES };
+static const struct { const char *name; int bytes; } st_dtypes[ST_NUM_DTYPES] = {
+    {"F32", 4}, {"BF16", 2}, {"F16", 2}, {"F64", 8}, {"I64", 8}, {"I32", 4}, {"I16", 2}, {"I8", 1},
+    {"U64", 8}, {"U32", 4}, {"U16", 2}, {"U8", 1}, {"BOOL", 1}, {"F8_E4M3", 1}, {"F8_E5M2", 1}};
 
 typedef struct {
     char name[256];
-    int dtype;        // ST_F32, ST_BF16, ST_F16 (or another ST_* code)
+    int dtype;          // ST_F32, ST_BF16, ST_F16 (or another ST_* code)
     int ndim;
     int64_t shape[8];
     int64_t begin, end; // byte offsets into the data section
@@ -509,550 +395,385 @@ typedef struct {
     int meta_count;
 } StFile;
 
-static LLMGEN_UNUSED const char *st_dtype_name(int dtype) {
-    return (dtype >= 0 && dtype < ST_NUM_DTYPES) ? st_dtypes[dtype].name : "?";
+LLMGEN_API const char *st_dtype_name(int dtype) {
+    return dtype >= 0 && dtype < ST_NUM_DTYPES ? st_dtypes[dtype].name : "?";
 }
 
-static LLMGEN_UNUSED int64_t st_numel(const StTensor *t) {
+LLMGEN_API int64_t st_numel(const StTensor *t) {
     int64_t n = 1;
-    for (int d = 0; d < t->ndim; d++) { n *= t->shape[d]; }
+    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
     return n;
 }
 
 // "[2, 3, 4]" into buf (truncated to cap)
-static LLMGEN_UNUSED const char *st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
-    size_t len = 0;
-    buf[0] = '\0';
-    len += (size_t)snprintf(buf, cap, "[");
-    for (int d = 0; d < ndim && len < cap; d++) {
+LLMGEN_API const char *st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t len = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < ndim && len < cap; d++)
         len += (size_t)snprintf(buf + len, cap - len, d ? ", %lld" : "%lld", (long long)shape[d]);
-    }
-    if (len < cap) { snprintf(buf + len, cap - len, "]"); }
+    if (len < cap) snprintf(buf + len, cap - len, "]");
     return buf;
 }
 
-// A cursor over the JSON header [begin, end).
+// The scanner: a cursor over the header [begin, end).
 typedef struct {
-    const char *p, *begin, *end;
-    const char *path;
+    const char *p, *begin, *end, *path;
     int depth;
 } StJson;
 
-static LLMGEN_UNUSED LLMGEN_NORETURN void st_json_fail(const StJson *j, const char *what) {
+LLMGEN_API LLMGEN_NORETURN void st_json_fail(const StJson *j, const char *what) {
     char found[32];
-    if (j->p >= j->end) {
-        snprintf(found, sizeof(found), "end of header");
-    } else if ((unsigned char)*j->p >= 0x20 && (unsigned char)*j->p < 0x7f) {
-        snprintf(found, sizeof(found), "'%c'", *j->p);
-    } else {
-        snprintf(found, sizeof(found), "byte 0x%02x", (unsigned)(unsigned char)*j->p);
-    }
+    unsigned char c = j->p < j->end ? (unsigned char)*j->p : 0;
+    if (j->p >= j->end) snprintf(found, sizeof(found), "end of header");
+    else if (c >= 0x20 && c < 0x7f) snprintf(found, sizeof(found), "'%c'", c);
+    else snprintf(found, sizeof(found), "byte 0x%02x", (unsigned)c);
     llmgen_fail("malformed safetensors header in %s: %s, found %s at header byte %lld", j->path, what, found,
                 (long long)(j->p - j->begin));
 }
 
-static LLMGEN_UNUSED int st_json_peek(StJson *j) {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) { j->p++; }
+// The next byte after whitespace (-1 at the end), not consumed.
+LLMGEN_API int st_json_peek(StJson *j) {
+    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
     return j->p < j->end ? (unsigned char)*j->p : -1;
 }
 
-static LLMGEN_UNUSED void st_json_expect(StJson *j, char c) {
-    if (st_json_peek(j) != (unsigned char)c) {
-        char what[32];
-        snprintf(what, sizeof(what), "expected '%c'", c);
-        st_json_fail(j, what);
-    }
+LLMGEN_API void st_json_expect(StJson *j, char c) {
+    char what[32];
+    snprintf(what, sizeof(what), "expected '%c'", c);
+    if (st_json_peek(j) != (unsigned char)c) st_json_fail(j, what);
     j->p++;
 }
 
-static LLMGEN_UNUSED unsigned st_json_hex4(StJson *j) {
+// After '{' or '[' (first = 1) or a member: 1 when a member follows (its ',' consumed), 0 at `close`.
+LLMGEN_API int st_json_more(StJson *j, int first, char close, const char *what) {
+    int c = st_json_peek(j);
+    if (c == (unsigned char)close) return j->p++, 0;
+    if (first) return 1;
+    if (c != ',') st_json_fail(j, what);
+    return j->p++, 1;
+}
+
+LLMGEN_API unsigned st_json_hex4(StJson *j) {
     unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        if (j->p >= j->end) { st_json_fail(j, "expected 4 hex digits after \\u"); }
-        char c = *j->p;
-        unsigned d;
-        if (c >= '0' && c <= '9') { d = (unsigned)(c - '0'); }
-        else if (c >= 'a' && c <= 'f') { d = (unsigned)(c - 'a' + 10); }
-        else if (c >= 'A' && c <= 'F') { d = (unsigned)(c - 'A' + 10); }
-        else { st_json_fail(j, "expected 4 hex digits after \\u"); }
-        v = v * 16 + d;
-        j->p++;
+    for (int i = 0; i < 4; i++, j->p++) {
+        char c = j->p < j->end ? *j->p : 0;
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) st_json_fail(j, "expected 4 hex digits after \\u");
+        v = v * 16 + (unsigned)d;
     }
     return v;
 }
 
-// Parse a JSON string; returns it decoded (UTF-8, NUL-terminated, malloc'd).
-static LLMGEN_UNUSED char *st_json_string(StJson *j, size_t *len_out) {
-    if (st_json_peek(j) != '"') { st_json_fail(j, "expected a string"); }
-    j->p++;
-    // the decoded string is never longer than its raw bytes
-    const char *q = j->p;
-    while (q < j->end && *q != '"') { q += (*q == '\\' && j->end - q > 1) ? 2 : 1; }
-    if (q >= j->end) {
-        j->p = j->end;
-        st_json_fail(j, "unterminated string");
-    }
+// A JSON string, decoded to UTF-8 (NUL-terminated, malloc'd; never longer than its raw bytes).
+LLMGEN_API char *st_json_string(StJson *j, size_t *len_out) {
+    if (st_json_peek(j) != '"') st_json_fail(j, "expected a string");
+    const char *q = ++j->p;
+    while (q < j->end && *q != '"') q += (*q == '\\' && j->end - q > 1) ? 2 : 1;
+    if (q >= j->end) j->p = j->end, st_json_fail(j, "unterminated string");
     char *out = (char *)xmalloc((size_t)(q - j->p) + 1);
     size_t n = 0;
     for (;;) {
-        if (j->p >= j->end) { st_json_fail(j, "unterminated string"); }
-        unsigned char c = (unsigned char)*j->p;
-        if (c == '"') { j->p++; break; }
-        if (c < 0x20) { st_json_fail(j, "control character inside a string"); }
-        j->p++;
-        if (c != '\\') {
-            out[n++] = (char)c;
-            continue;
+        unsigned char c = (unsigned char)*j->p++;
+        if (c == '"') break;
+        if (c < 0x20) j->p--, st_json_fail(j, "control character inside a string");
+        if (c != '\\') { out[n++] = (char)c; continue; }
+        const char *esc = strchr("\"\\/bfnrt", *j->p), *to = "\"\\/\b\f\n\r\t";
+        if (*j->p && esc) { out[n++] = to[esc - "\"\\/bfnrt"]; j->p++; continue; }
+        if (*j->p++ != 'u') j->p--, st_json_fail(j, "invalid escape in string");
+        unsigned cp = st_json_hex4(j);
+        if (cp >= 0xDC00 && cp <= 0xDFFF) st_json_fail(j, "lone low surrogate in \\u escape");
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
+                st_json_fail(j, "expected a low surrogate \\uDC00-\\uDFFF after a high surrogate");
+            j->p += 2;
+            unsigned lo = st_json_hex4(j);
+            if (lo < 0xDC00 || lo > 0xDFFF) st_json_fail(j, "expected a low surrogate \\uDC00-\\uDFFF");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
         }
-        if (j->p >= j->end) { st_json_fail(j, "unterminated escape"); }
-        c = (unsigned char)*j->p;
-        j->p++;
-        switch (c) {
-        case '"': out[n++] = '"'; break;
-        case '\\': out[n++] = '\\'; break;
-        case '/': out[n++] = '/'; break;
-        case 'b': out[n++] = '\b'; break;
-        case 'f': out[n++] = '\f'; break;
-        case 'n': out[n++] = '\n'; break;
-        case 'r': out[n++] = '\r'; break;
-        case 't': out[n++] = '\t'; break;
-        case 'u': {
-            unsigned cp = st_json_hex4(j);
-            if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u') {
-                    st_json_fail(j, "expected a low surrogate \\uDC00-\\uDFFF after a high surrogate");
-                }
-                j->p += 2;
-                unsigned lo = st_json_hex4(j);
-                if (lo < 0xDC00 || lo > 0xDFFF) { st_json_fail(j, "expected a low surrogate \\uDC00-\\uDFFF"); }
-                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-                st_json_fail(j, "lone low surrogate in \\u escape");
-            }
-            if (cp == 0) { st_json_fail(j, "\\u0000 inside a string is not supported"); }
-            if (cp < 0x80) {
-                out[n++] = (char)cp;
-            } else if (cp < 0x800) {
-                out[n++] = (char)(0xC0 | (cp >> 6));
-                out[n++] = (char)(0x80 | (cp & 0x3F));
-            } else if (cp < 0x10000) {
-                out[n++] = (char)(0xE0 | (cp >> 12));
-                out[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                out[n++] = (char)(0x80 | (cp & 0x3F));
-            } else {
-                out[n++] = (char)(0xF0 | (cp >> 18));
-                out[n++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-                out[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-                out[n++] = (char)(0x80 | (cp & 0x3F));
-            }
-            break;
-        }
-        default:
-            j->p--;
-            st_json_fail(j, "invalid escape in string");
-        }
+        if (cp == 0) st_json_fail(j, "\\u0000 inside a string is not supported");
+        int extra = cp < 0x80 ? 0 : cp < 0x800 ? 1 : cp < 0x10000 ? 2 : 3;   // UTF-8 continuation bytes
+        out[n++] = (char)(extra == 0 ? cp : ((0xFF00u >> (extra + 1)) & 0xFFu) | (cp >> (6 * extra)));
+        for (int k = extra - 1; k >= 0; k--) out[n++] = (char)(0x80 | ((cp >> (6 * k)) & 0x3F));
     }
     out[n] = '\0';
-    if (len_out) { *len_out = n; }
+    if (len_out) *len_out = n;
     return out;
 }
 
-// Skip a JSON number (full grammar: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?).
-static LLMGEN_UNUSED void st_json_skip_number(StJson *j) {
-    if (j->p < j->end && *j->p == '-') { j->p++; }
-    if (j->p >= j->end || *j->p < '0' || *j->p > '9') { st_json_fail(j, "expected a digit"); }
-    if (*j->p == '0') {
-        j->p++;
-    } else {
-        while (j->p < j->end && *j->p >= '0' && *j->p <= '9') { j->p++; }
-    }
-    if (j->p < j->end && *j->p == '.') {
-        j->p++;
-        if (j->p >= j->end || *j->p < '0' || *j->p > '9') { st_json_fail(j, "expected a digit after '.'"); }
-        while (j->p < j->end && *j->p >= '0' && *j->p <= '9') { j->p++; }
-    }
-    if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
-        j->p++;
-        if (j->p < j->end && (*j->p == '+' || *j->p == '-')) { j->p++; }
-        if (j->p >= j->end || *j->p < '0' || *j->p > '9') { st_json_fail(j, "expected a digit in exponent"); }
-        while (j->p < j->end && *j->p >= '0' && *j->p <= '9') { j->p++; }
-    }
-}
-
-// Parse a non-negative JSON integer that fits in int64.
-static LLMGEN_UNUSED int64_t st_json_int(StJson *j, const char *what) {
+// A non-negative integer that fits in int64 (shapes, offsets).
+LLMGEN_API int64_t st_json_int(StJson *j, const char *what) {
     char msg[160];
     snprintf(msg, sizeof(msg), "expected a non-negative integer for %s", what);
     int c = st_json_peek(j);
-    if (c < '0' || c > '9') { st_json_fail(j, msg); }
+    if (c < '0' || c > '9') st_json_fail(j, msg);
     const char *start = j->p;
     uint64_t v = 0;
-    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
+    for (; j->p < j->end && *j->p >= '0' && *j->p <= '9'; j->p++) {
         unsigned d = (unsigned)(*j->p - '0');
         if (v > ((uint64_t)INT64_MAX - d) / 10) {
-            j->p = start;
             snprintf(msg, sizeof(msg), "integer for %s does not fit in int64", what);
-            st_json_fail(j, msg);
+            j->p = start, st_json_fail(j, msg);
         }
         v = v * 10 + d;
-        j->p++;
     }
-    if (*start == '0' && j->p - start > 1) {
-        j->p = start;
-        st_json_fail(j, "leading zero in a number");
-    }
-    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E')) { st_json_fail(j, msg); }
+    if (*start == '0' && j->p - start > 1) j->p = start, st_json_fail(j, "leading zero in a number");
+    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E')) st_json_fail(j, msg);
     return (int64_t)v;
 }
 
-static LLMGEN_UNUSED void st_json_skip_value(StJson *j) {
+// One or more digits (int_part: a leading 0 stands alone).
+LLMGEN_API void st_json_digits(StJson *j, const char *what, int int_part) {
+    if (j->p >= j->end || *j->p < '0' || *j->p > '9') st_json_fail(j, what);
+    if (int_part && *j->p == '0') {
+        j->p++;
+        return;
+    }
+    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') j->p++;
+}
+
+// Skip any JSON value (nesting at most 64 deep), checking its grammar.
+LLMGEN_API void st_json_skip(StJson *j) {
     int c = st_json_peek(j);
     if (c == '"') {
         free(st_json_string(j, NULL));
     } else if (c == '{' || c == '[') {
-        char closer = (c == '{') ? '}' : ']';
-        if (++j->depth > 64) { st_json_fail(j, "nesting deeper than 64 levels"); }
+        const char close = c == '{' ? '}' : ']';
+        if (++j->depth > 64) st_json_fail(j, "nesting deeper than 64 levels");
         j->p++;
-        if (st_json_peek(j) == (unsigned char)closer) {
-            j->p++;
-        } else {
-            for (;;) {
-                if (c == '{') {
-                    free(st_json_string(j, NULL));
-                    st_json_expect(j, ':');
-                }
-                st_json_skip_value(j);
-                int d = st_json_peek(j);
-                if (d == ',') { j->p++; continue; }
-                if (d == (unsigned char)closer) { j->p++; break; }
-                st_json_fail(j, c == '{' ? "expected ',' or '}' in object" : "expected ',' or ']' in array");
-            }
+        for (int first = 1; st_json_more(j, first, close, c == '{' ? "expected ',' or '}' in object"
+                                                                   : "expected ',' or ']' in array"); first = 0) {
+            if (c == '{') free(st_json_string(j, NULL)), st_json_expect(j, ':');
+            st_json_skip(j);
         }
         j->depth--;
-    } else if (c == '-' || (c >= '0' && c <= '9')) {
-        st_json_skip_number(j);
+    } else if (c == '-' || (c >= '0' && c <= '9')) {   // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+        j->p += c == '-';
+        st_json_digits(j, "expected a digit", 1);
+        if (j->p < j->end && *j->p == '.') j->p++, st_json_digits(j, "expected a digit after '.'", 0);
+        if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
+            j->p += 1 + (j->end - j->p > 1 && (j->p[1] == '+' || j->p[1] == '-'));
+            st_json_digits(j, "expected a digit in exponent", 0);
+        }
     } else {
         static const char *const words[3] = {"true", "false", "null"};
-        for (int w = 0; w < 3; w++) {
-            size_t len = strlen(words[w]);
-            if ((size_t)(j->end - j->p) >= len && memcmp(j->p, words[w], len) == 0) {
-                j->p += len;
+        for (int w = 0; w < 3; w++)
+            if ((size_t)(j->end - j->p) >= strlen(words[w]) && memcmp(j->p, words[w], strlen(words[w])) == 0) {
+                j->p += strlen(words[w]);
                 return;
             }
-        }
         st_json_fail(j, "expected a JSON value");
     }
 }
 
-static LLMGEN_UNUSED void st_json_metadata(StJson *j, StFile *f) {
-    if (st_json_peek(j) == 'n') { // "__metadata__": null
-        st_json_skip_value(j);
-        return;
-    }
-    st_json_expect(j, '{');
-    if (st_json_peek(j) == '}') { j->p++; return; }
-    for (;;) {
-        char *key = st_json_string(j, NULL);
-        st_json_expect(j, ':');
-        if (st_json_peek(j) == '"') {
-            f->meta_keys = (char **)xrealloc(f->meta_keys, sizeof(char *) * (size_t)(f->meta_count + 1));
-            f->meta_values = (char **)xrealloc(f->meta_values, sizeof(char *) * (size_t)(f->meta_count + 1));
-            f->meta_keys[f->meta_count] = key;
-            f->meta_values[f->meta_count] = st_json_string(j, NULL);
-            f->meta_count++;
-        } else { // not a string: tolerated, not kept
-            free(key);
-            st_json_skip_value(j);
-        }
-        int c = st_json_peek(j);
-        if (c == ',') { j->p++; continue; }
-        if (c == '}') { j->p++; break; }
-        st_json_fail(j, "expected ',' or '}' in __metadata__");
-    }
-}
-
-static LLMGEN_UNUSED void st_json_tensor(StJson *j, StTensor *t) {
-    int have_dtype = 0, have_shape = 0, have_offsets = 0;
+// One tensor's entry {"dtype": ..., "shape": [...], "data_offsets": [begin, end], ...}.
+LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
+    int have[3] = {0, 0, 0};   // dtype, shape, data_offsets
     char what[320];
     snprintf(what, sizeof(what), "expected '{' to start the entry of tensor \"%s\"", t->name);
-    if (st_json_peek(j) != '{') { st_json_fail(j, what); }
+    if (st_json_peek(j) != '{') st_json_fail(j, what);
     j->p++;
-    if (st_json_peek(j) == '}') {
-        j->p++;
-    } else {
-        for (;;) {
-            char *key = st_json_string(j, NULL);
-            st_json_expect(j, ':');
-            if (strcmp(key, "dtype") == 0) {
-                char *name = st_json_string(j, NULL);
-                t->dtype = -1;
-                for (int d = 0; d < ST_NUM_DTYPES; d++) {
-                    if (strcmp(name, st_dtypes[d].name) == 0) { t->dtype = st_dtypes[d].code; }
-                }
-                if (t->dtype < 0) {
-                    llmgen_fail("safetensors file %s: tensor \"%s\" has unsupported dtype \"%s\" "
-                                "(F32, BF16 and F16 can be read)",
-                                j->path, t->name, name);
-                }
-                free(name);
-                have_dtype = 1;
-            } else if (strcmp(key, "shape") == 0) {
-                snprintf(what, sizeof(what), "a dimension of tensor \"%s\"", t->name);
-                st_json_expect(j, '[');
-                t->ndim = 0;
-                if (st_json_peek(j) == ']') {
-                    j->p++;
-                } else {
-                    for (;;) {
-                        if (t->ndim == 8) {
-                            llmgen_fail("safetensors file %s: tensor \"%s\" has more than 8 dimensions", j->path,
-                                        t->name);
-                        }
-                        t->shape[t->ndim++] = st_json_int(j, what);
-                        int c = st_json_peek(j);
-                        if (c == ',') { j->p++; continue; }
-                        if (c == ']') { j->p++; break; }
-                        st_json_fail(j, "expected ',' or ']' in shape");
-                    }
-                }
-                have_shape = 1;
-            } else if (strcmp(key, "data_offsets") == 0) {
-                snprintf(what, sizeof(what), "data_offsets of tensor \"%s\"", t->name);
-                st_json_expect(j, '[');
-                t->begin = st_json_int(j, what);
-                st_json_expect(j, ',');
-                t->end = st_json_int(j, what);
-                if (st_json_peek(j) != ']') { st_json_fail(j, "expected ']' after the two data_offsets"); }
-                j->p++;
-                have_offsets = 1;
-            } else {
-                st_json_skip_value(j);
+    for (int first = 1; st_json_more(j, first, '}', "expected ',' or '}' in a tensor entry"); first = 0) {
+        char *key = st_json_string(j, NULL);
+        st_json_expect(j, ':');
+        if (strcmp(key, "dtype") == 0) {
+            char *name = st_json_string(j, NULL);
+            t->dtype = ST_NUM_DTYPES - 1;
+            while (t->dtype >= 0 && strcmp(name, st_dtypes[t->dtype].name) != 0) t->dtype--;
+            if (t->dtype < 0)
+                llmgen_fail("safetensors file %s: tensor \"%s\" has unsupported dtype \"%s\" "
+                            "(F32, BF16 and F16 can be read)", j->path, t->name, name);
+            free(name);
+            have[0] = 1;
+        } else if (strcmp(key, "shape") == 0) {
+            snprintf(what, sizeof(what), "a dimension of tensor \"%s\"", t->name);
+            st_json_expect(j, '[');
+            for (t->ndim = 0; st_json_more(j, t->ndim == 0, ']', "expected ',' or ']' in shape");) {
+                if (t->ndim == 8)
+                    llmgen_fail("safetensors file %s: tensor \"%s\" has more than 8 dimensions", j->path, t->name);
+                t->shape[t->ndim++] = st_json_int(j, what);
             }
-            free(key);
-            int c = st_json_peek(j);
-            if (c == ',') { j->p++; continue; }
-            if (c == '}') { j->p++; break; }
-            st_json_fail(j, "expected ',' or '}' in a tensor entry");
+            have[1] = 1;
+        } else if (strcmp(key, "data_offsets") == 0) {
+            snprintf(what, sizeof(what), "data_offsets of tensor \"%s\"", t->name);
+            st_json_expect(j, '[');
+            t->begin = st_json_int(j, what);
+            st_json_expect(j, ',');
+            t->end = st_json_int(j, what);
+            if (st_json_peek(j) != ']') st_json_fail(j, "expected ']' after the two data_offsets");
+            j->p++;
+            have[2] = 1;
+        } else {
+            st_json_skip(j);
         }
+        free(key);
     }
-    const char *missing = !have_dtype ? "dtype" : !have_shape ? "shape" : !have_offsets ? "data_offsets" : NULL;
-    if (missing) {
-        llmgen_fail("safetensors file %s: tensor \"%s\" has no \"%s\" field", j->path, t->name, missing);
-    }
+    const char *missing = !have[0] ? "dtype" : !have[1] ? "shape" : !have[2] ? "data_offsets" : NULL;
+    if (missing) llmgen_fail("safetensors file %s: tensor \"%s\" has no \"%s\" field", j->path, t->name, missing);
 }
 
-// Parse the header JSON and validate every tensor entry against the data section.
-static LLMGEN_UNUSED void st_parse_header(StFile *f, const char *json, size_t n) {
-    StJson j;
-    j.p = json;
-    j.begin = json;
-    j.end = json + n;
-    j.path = f->path;
-    j.depth = 0;
+// The header: every entry, then each tensor's extent checked against the data section.
+LLMGEN_API void st_parse_header(StFile *f, const char *json, size_t n) {
+    StJson j = {json, json, json + n, f->path, 0};
     int cap = 0;
     st_json_expect(&j, '{');
-    if (st_json_peek(&j) == '}') {
-        j.p++;
-    } else {
-        for (;;) {
-            const char *key_at = j.p;
-            size_t key_len;
-            char *key = st_json_string(&j, &key_len);
-            st_json_expect(&j, ':');
-            if (strcmp(key, "__metadata__") == 0) {
-                st_json_metadata(&j, f);
-            } else {
-                if (key_len >= sizeof(((StTensor *)0)->name)) {
-                    j.p = key_at;
-                    llmgen_fail("safetensors file %s: tensor name of %zu bytes is too long (at most 255): %.60s...",
-                                f->path, key_len, key);
+    for (int first = 1; st_json_more(&j, first, '}', "expected ',' or '}' after a top-level entry"); first = 0) {
+        const char *key_at = j.p;
+        size_t len;
+        char *key = st_json_string(&j, &len);
+        st_json_expect(&j, ':');
+        if (strcmp(key, "__metadata__") == 0 && st_json_peek(&j) == 'n') {
+            st_json_skip(&j);                          // "__metadata__": null
+        } else if (strcmp(key, "__metadata__") == 0) {  // string values kept, others tolerated and skipped
+            st_json_expect(&j, '{');
+            for (int m = 1; st_json_more(&j, m, '}', "expected ',' or '}' in __metadata__"); m = 0) {
+                char *mkey = st_json_string(&j, NULL);
+                st_json_expect(&j, ':');
+                if (st_json_peek(&j) != '"') {
+                    free(mkey), st_json_skip(&j);
+                    continue;
                 }
-                for (int i = 0; i < f->count; i++) {
-                    if (strcmp(f->tensors[i].name, key) == 0) {
-                        llmgen_fail("safetensors file %s: tensor \"%s\" appears twice in the header", f->path, key);
-                    }
-                }
-                if (f->count == cap) {
-                    cap = cap ? 2 * cap : 64;
-                    f->tensors = (StTensor *)xrealloc(f->tensors, sizeof(StTensor) * (size_t)cap);
-                }
-                StTensor *t = &f->tensors[f->count];
-                memset(t, 0, sizeof(*t));
-                memcpy(t->name, key, key_len + 1);
-                st_json_tensor(&j, t);
-                f->count++;
+                f->meta_keys = (char **)xrealloc(f->meta_keys, sizeof(char *) * (size_t)(f->meta_count + 1));
+                f->meta_values = (char **)xrealloc(f->meta_values, sizeof(char *) * (size_t)(f->meta_count + 1));
+                f->meta_keys[f->meta_count] = mkey;
+                f->meta_values[f->meta_count++] = st_json_string(&j, NULL);
             }
-            free(key);
-            int c = st_json_peek(&j);
-            if (c == ',') { j.p++; continue; }
-            if (c == '}') { j.p++; break; }
-            st_json_fail(&j, "expected ',' or '}' after a top-level entry");
+        } else {
+            if (len >= sizeof(f->tensors[0].name))
+                j.p = key_at, llmgen_fail("safetensors file %s: tensor name of %zu bytes is too long "
+                                          "(at most 255): %.60s...", f->path, len, key);
+            for (int i = 0; i < f->count; i++)
+                if (strcmp(f->tensors[i].name, key) == 0)
+                    llmgen_fail("safetensors file %s: tensor \"%s\" appears twice in the header", f->path, key);
+            if (f->count == cap)
+                f->tensors = (StTensor *)xrealloc(f->tensors, sizeof(StTensor) * (size_t)(cap = cap ? 2 * cap : 64));
+            StTensor *t = &f->tensors[f->count++];
+            memset(t, 0, sizeof(*t));
+            memcpy(t->name, key, len + 1);
+            st_json_tensor(&j, t);
         }
+        free(key);
     }
-    while (j.p < j.end && (*j.p == ' ' || *j.p == '\t' || *j.p == '\n' || *j.p == '\r' || *j.p == '\0')) { j.p++; }
-    if (j.p != j.end) { st_json_fail(&j, "expected only padding after the header object"); }
-
+    while (j.p < j.end && (*j.p == ' ' || *j.p == '\t' || *j.p == '\n' || *j.p == '\r' || *j.p == '\0')) j.p++;
+    if (j.p != j.end) st_json_fail(&j, "expected only padding after the header object");
     for (int i = 0; i < f->count; i++) {
         const StTensor *t = &f->tensors[i];
         char shape[200];
         st_shape_str(shape, sizeof(shape), t->ndim, t->shape);
         int64_t numel = 1;
         for (int d = 0; d < t->ndim; d++) {
-            if (t->shape[d] != 0 && numel > INT64_MAX / 8 / t->shape[d]) {
+            if (t->shape[d] != 0 && numel > INT64_MAX / 8 / t->shape[d])
                 llmgen_fail("safetensors file %s: tensor \"%s\" shape %s is too large", f->path, t->name, shape);
-            }
             numel *= t->shape[d];
         }
-        int64_t need = numel * st_dtypes[t->dtype].bytes;
-        if (t->begin > t->end || (uint64_t)t->end > (uint64_t)f->data_size) {
+        if (t->begin > t->end || (uint64_t)t->end > (uint64_t)f->data_size)
             llmgen_fail("safetensors file %s: tensor \"%s\" data_offsets [%lld, %lld] are out of range of the "
                         "%zu-byte data section",
                         f->path, t->name, (long long)t->begin, (long long)t->end, f->data_size);
-        }
-        if (t->end - t->begin != need) {
+        if (t->end - t->begin != numel * st_dtypes[t->dtype].bytes)
             llmgen_fail("safetensors file %s: tensor \"%s\" data_offsets [%lld, %lld] span %lld bytes, but dtype %s "
-                        "shape %s needs %lld bytes",
-                        f->path, t->name, (long long)t->begin, (long long)t->end, (long long)(t->end - t->begin),
-                        st_dtype_name(t->dtype), shape, (long long)need);
-        }
+                        "shape %s needs %lld bytes", f->path, t->name, (long long)t->begin, (long long)t->end,
+                        (long long)(t->end - t->begin), st_dtype_name(t->dtype), shape,
+                        (long long)(numel * st_dtypes[t->dtype].bytes));
     }
 }
 
-static LLMGEN_UNUSED void st_open(StFile *f, const char *path) {
+LLMGEN_API void st_open(StFile *f, const char *path) {
     memset(f, 0, sizeof(*f));
     f->path = xstrdup(path);
     int fd = open(path, O_RDONLY);
-    if (fd < 0) { llmgen_fail("cannot open safetensors file %s: %s", path, strerror(errno)); }
+    if (fd < 0) llmgen_fail("cannot open safetensors file %s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) { llmgen_fail("cannot stat %s: %s", path, strerror(errno)); }
-    if (!S_ISREG(st.st_mode)) { llmgen_fail("safetensors file %s is not a regular file", path); }
+    if (fstat(fd, &st) != 0) llmgen_fail("cannot stat %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) llmgen_fail("safetensors file %s is not a regular file", path);
     f->size = (size_t)st.st_size;
-    if (f->size < 8) {
+    if (f->size < 8)
         llmgen_fail("safetensors file %s is %zu bytes, too short to hold the 8-byte header length", path, f->size);
-    }
     void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m != MAP_FAILED) {
-        f->bytes = (unsigned char *)m;
-        f->mapped = 1;
-    } else { // e.g. a filesystem without mmap: read it all
-        f->bytes = (unsigned char *)xmalloc(f->size);
-        size_t got = 0;
-        while (got < f->size) {
-            ssize_t r = read(fd, f->bytes + got, f->size - got);
-            if (r < 0 && errno == EINTR) { continue; }
-            if (r <= 0) {
-                llmgen_fail("cannot read %s: %s", path, r < 0 ? strerror(errno) : "unexpected end of file");
-            }
-            got += (size_t)r;
-        }
-        f->mapped = 0;
+    f->mapped = m != MAP_FAILED;
+    f->bytes = f->mapped ? (unsigned char *)m : (unsigned char *)xmalloc(f->size);
+    for (size_t got = 0; !f->mapped && got < f->size;) {   // e.g. a filesystem without mmap: read it all
+        ssize_t r = read(fd, f->bytes + got, f->size - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) llmgen_fail("cannot read %s: %s", path, r < 0 ? strerror(errno) : "unexpected end of file");
+        got += (size_t)r;
     }
     close(fd);
     uint64_t header_len;
     memcpy(&header_len, f->bytes, 8);
-    if (header_len > (uint64_t)(f->size - 8)) {
+    if (header_len > (uint64_t)(f->size - 8))
         llmgen_fail("safetensors file %s: header length %llu exceeds the %zu bytes that follow it "
-                    "(truncated, or not a safetensors file)",
-                    path, (unsigned long long)header_len, f->size - 8);
-    }
+                    "(truncated, or not a safetensors file)", path, (unsigned long long)header_len, f->size - 8);
     f->data = f->bytes + 8 + header_len;
     f->data_size = f->size - 8 - (size_t)header_len;
     st_parse_header(f, (const char *)f->bytes + 8, (size_t)header_len);
 }
 
-static LLMGEN_UNUSED const StTensor *st_find(const StFile *f, const char *name) {
-    for (int i = 0; i < f->count; i++) {
-        if (strcmp(f->tensors[i].name, name) == 0) { return &f->tensors[i]; }
-    }
+LLMGEN_API const StTensor *st_find(const StFile *f, const char *name) {
+    for (int i = 0; i < f->count; i++)
+        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
     return NULL;
 }
 
 // Value of a "__metadata__" key, NULL if absent.
-static LLMGEN_UNUSED const char *st_metadata(const StFile *f, const char *key) {
-    for (int i = 0; i < f->meta_count; i++) {
-        if (strcmp(f->meta_keys[i], key) == 0) { return f->meta_values[i]; }
-    }
+LLMGEN_API const char *st_metadata(const StFile *f, const char *key) {
+    for (int i = 0; i < f->meta_count; i++)
+        if (strcmp(f->meta_keys[i], key) == 0) return f->meta_values[i];
     return NULL;
 }
 
-static LLMGEN_UNUSED float st_bf16_to_f32(uint16_t h) {
+LLMGEN_API float st_bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float x;
-    memcpy(&x, &bits, 4);
-    return x;
+    return memcpy(&x, &bits, 4), x;
 }
 
-static LLMGEN_UNUSED float st_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1Fu;
-    uint32_t mant = h & 0x3FFu;
-    uint32_t bits;
-    if (exp == 0x1F) { // inf, nan (payload kept)
-        bits = sign | 0x7F800000u | (mant << 13);
-    } else if (exp != 0) { // normal: rebias 15 -> 127
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    } else if (mant == 0) { // +-0
-        bits = sign;
-    } else { // subnormal mant * 2^-24: normalise
+LLMGEN_API float st_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
+    if (exp == 0x1F) bits = sign | 0x7F800000u | (mant << 13);          // inf, nan (payload kept)
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13); // normal: rebias 15 -> 127
+    else if (mant == 0) bits = sign;                                     // +-0
+    else {                                                               // subnormal mant * 2^-24: normalise
         int s = 0;
-        while (!(mant & 0x400u)) {
-            mant <<= 1;
-            s++;
-        }
+        for (; !(mant & 0x400u); s++) mant <<= 1;
         bits = sign | ((uint32_t)(113 - s) << 23) | ((mant & 0x3FFu) << 13);
     }
     float x;
-    memcpy(&x, &bits, 4);
-    return x;
+    return memcpy(&x, &bits, 4), x;
 }
 
 // Copy tensor t of f into dst (numel floats), converting BF16/F16 to float.
-static LLMGEN_UNUSED void st_read_f32(const StFile *f, const StTensor *t, float *dst) {
-    if (t < f->tensors || t >= f->tensors + f->count) {
+LLMGEN_API void st_read_f32(const StFile *f, const StTensor *t, float *dst) {
+    if (t < f->tensors || t >= f->tensors + f->count)
         llmgen_fail("st_read_f32: tensor \"%s\" does not belong to %s", t->name, f->path);
-    }
-    int64_t n = st_numel(t);
-    const unsigned char *src = f->data + t->begin;
-    if (t->dtype == ST_F32) {
-        memcpy(dst, src, (size_t)n * 4);
-    } else if (t->dtype == ST_BF16 || t->dtype == ST_F16) {
-        for (int64_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            dst[i] = (t->dtype == ST_BF16) ? st_bf16_to_f32(h) : st_f16_to_f32(h);
-        }
-    } else {
+    if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
         llmgen_fail("safetensors file %s: tensor \"%s\" has dtype %s; only F32, BF16 and F16 can be read as float",
                     f->path, t->name, st_dtype_name(t->dtype));
+    const unsigned char *src = f->data + t->begin;
+    if (t->dtype == ST_F32) memcpy(dst, src, (size_t)st_numel(t) * 4);
+    for (int64_t i = 0, n = t->dtype == ST_F32 ? 0 : st_numel(t); i < n; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * i, 2);
+        dst[i] = t->dtype == ST_BF16 ? st_bf16_to_f32(h) : st_f16_to_f32(h);
     }
 }
 
 // Find `name`, check its shape is exactly (ndim, shape), read it as float.
-static LLMGEN_UNUSED void st_load_f32(const StFile *f, const char *name, float *dst, int ndim, const int64_t *shape) {
+LLMGEN_API void st_load_f32(const StFile *f, const char *name, float *dst, int ndim, const int64_t *shape) {
     const StTensor *t = st_find(f, name);
-    if (t == NULL) { llmgen_fail("safetensors file %s has no tensor \"%s\"", f->path, name); }
-    int same = (t->ndim == ndim);
-    for (int d = 0; same && d < ndim; d++) { same = (t->shape[d] == shape[d]); }
-    if (!same) {
-        char want[200], got[200];
+    if (t == NULL) llmgen_fail("safetensors file %s has no tensor \"%s\"", f->path, name);
+    int same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+    char want[200], got[200];
+    if (!same)
         llmgen_fail("safetensors file %s: tensor \"%s\" has shape %s, expected %s", f->path, name,
                     st_shape_str(got, sizeof(got), t->ndim, t->shape), st_shape_str(want, sizeof(want), ndim, shape));
-    }
     st_read_f32(f, t, dst);
 }
 
-static LLMGEN_UNUSED void st_close(StFile *f) {
-    if (f->bytes) {
-        if (f->mapped) {
-            munmap(f->bytes, f->size);
-        } else {
-            free(f->bytes);
-        }
-    }
-    for (int i = 0; i < f->meta_count; i++) {
-        free(f->meta_keys[i]);
-        free(f->meta_values[i]);
-    }
+LLMGEN_API void st_close(StFile *f) {
+    if (f->bytes && f->mapped) munmap(f->bytes, f->size);
+    else free(f->bytes);
+    for (int i = 0; i < f->meta_count; i++) free(f->meta_keys[i]), free(f->meta_values[i]);
     free(f->meta_keys);
     free(f->meta_values);
     free(f->tensors);
@@ -1062,8 +783,8 @@ static LLMGEN_UNUSED void st_close(StFile *f) {
 
 // ----------------------------------------------------------------------------
 // atomic writes
-// Write to "<path>.tmp", fflush + fsync, then rename over path (and fsync the
-// directory, best effort): a crash at any point leaves the previous file whole.
+// Write to "<path>.tmp", fflush + fsync, then rename over path (and fsync the directory, best
+// effort): a crash at any point leaves the previous file whole.
 
 typedef struct {
     FILE *fp;
@@ -1071,59 +792,46 @@ typedef struct {
     char *tmp_path;
 } AtomicFile;
 
-static LLMGEN_UNUSED LLMGEN_NORETURN void atomic_file_abort(AtomicFile *a, const char *what, int err) {
-    if (a->fp) { fclose(a->fp); }
+LLMGEN_API LLMGEN_NORETURN void atomic_file_abort(AtomicFile *a, const char *what, int err) {
+    if (a->fp) fclose(a->fp);
     unlink(a->tmp_path);
     llmgen_fail("%s %s: %s", what, a->tmp_path, strerror(err));
 }
 
-static LLMGEN_UNUSED void atomic_file_open(AtomicFile *a, const char *path) {
-    size_t n = strlen(path);
+LLMGEN_API void atomic_file_open(AtomicFile *a, const char *path) {
     a->path = xstrdup(path);
-    a->tmp_path = (char *)xmalloc(n + 5);
-    memcpy(a->tmp_path, path, n);
-    memcpy(a->tmp_path + n, ".tmp", 5);
+    a->tmp_path = (char *)xmalloc(strlen(path) + 5);
+    snprintf(a->tmp_path, strlen(path) + 5, "%s.tmp", path);
     a->fp = fopen(a->tmp_path, "wb");
-    if (a->fp == NULL) { llmgen_fail("cannot create %s: %s", a->tmp_path, strerror(errno)); }
+    if (a->fp == NULL) llmgen_fail("cannot create %s: %s", a->tmp_path, strerror(errno));
 }
 
-static LLMGEN_UNUSED void atomic_file_write(AtomicFile *a, const void *data, size_t n) {
-    if (n > 0 && fwrite(data, 1, n, a->fp) != n) { atomic_file_abort(a, "cannot write", errno); }
+LLMGEN_API void atomic_file_write(AtomicFile *a, const void *data, size_t n) {
+    if (n > 0 && fwrite(data, 1, n, a->fp) != n) atomic_file_abort(a, "cannot write", errno);
 }
 
-static LLMGEN_UNUSED void atomic_file_commit(AtomicFile *a) {
-    if (fflush(a->fp) != 0) { atomic_file_abort(a, "cannot flush", errno); }
-    if (fsync(fileno(a->fp)) != 0) { atomic_file_abort(a, "cannot fsync", errno); }
+LLMGEN_API void atomic_file_commit(AtomicFile *a) {
+    if (fflush(a->fp) != 0) atomic_file_abort(a, "cannot flush", errno);
+    if (fsync(fileno(a->fp)) != 0) atomic_file_abort(a, "cannot fsync", errno);
     FILE *fp = a->fp;
     a->fp = NULL;
-    if (fclose(fp) != 0) { atomic_file_abort(a, "cannot close", errno); }
+    if (fclose(fp) != 0) atomic_file_abort(a, "cannot close", errno);
     if (rename(a->tmp_path, a->path) != 0) {
         int err = errno;
         unlink(a->tmp_path);
         llmgen_fail("cannot rename %s to %s: %s", a->tmp_path, a->path, strerror(err));
     }
     // make the rename itself durable; some filesystems refuse, which is harmless
-    char *dir = xstrdup(a->path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL) {
-        strcpy(dir, ".");
-    } else if (slash == dir) {
-        dir[1] = '\0';
-    } else {
-        *slash = '\0';
-    }
-    int dfd = open(dir, O_RDONLY);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-    free(dir);
+    char *slash = strrchr(a->path, '/');
+    if (slash) *(slash == a->path ? slash + 1 : slash) = '\0';
+    int dfd = open(slash ? a->path : ".", O_RDONLY);
+    if (dfd >= 0) (void)fsync(dfd), close(dfd);
     free(a->path);
     free(a->tmp_path);
     memset(a, 0, sizeof(*a));
 }
 
-static LLMGEN_UNUSED void write_file_atomic(const char *path, const void *data, size_t n) {
+LLMGEN_API void write_file_atomic(const char *path, const void *data, size_t n) {
     AtomicFile a;
     atomic_file_open(&a, path);
     atomic_file_write(&a, data, n);
@@ -1140,67 +848,49 @@ typedef struct {
     const float *data; // numel floats
 } StEntry;
 
-static LLMGEN_UNUSED void st_json_put_string(LlmgenBuf *b, const char *s) {
-    llmgen_buf_append(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            char esc[2] = {'\\', (char)*p};
-            llmgen_buf_append(b, esc, 2);
-        } else if (*p < 0x20) {
-            llmgen_buf_printf(b, "\\u%04x", (unsigned)*p);
-        } else {
-            llmgen_buf_append(b, (const char *)p, 1);
-        }
-    }
-    llmgen_buf_append(b, "\"", 1);
-}
-
 // Fills dst (entry i's numel floats) for an entry written without data
 typedef void (*StFill)(int i, float *dst, void *ctx);
 
-// Write F32 tensors, in the given order, as a safetensors file that transformers
-// loads ("__metadata__": {"format": "pt"}), atomically. Entries with data == NULL are
-// produced one at a time by fill(i, buffer, ctx), so the whole file is never in memory.
-static LLMGEN_UNUSED void st_write_f32_fill(const char *path, const StEntry *entries, int n, StFill fill, void *ctx) {
+// Write F32 tensors, in the given order, as a safetensors file that transformers loads
+// ("__metadata__": {"format": "pt"}), atomically. Entries with data == NULL are produced one at a
+// time by fill(i, buffer, ctx), so the whole file is never in memory.
+LLMGEN_API void st_write_f32_fill(const char *path, const StEntry *entries, int n, StFill fill, void *ctx) {
     LlmgenBuf h;
     memset(&h, 0, sizeof(h));
     llmgen_buf_printf(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
     int64_t offset = 0;
     for (int i = 0; i < n; i++) {
         const StEntry *e = &entries[i];
-        if (e->name == NULL) { llmgen_fail("st_write_f32 %s: entry %d has no name", path, i); }
-        if (strcmp(e->name, "__metadata__") == 0 || strlen(e->name) > 255) {
+        if (e->name == NULL) llmgen_fail("st_write_f32 %s: entry %d has no name", path, i);
+        if (strcmp(e->name, "__metadata__") == 0 || strlen(e->name) > 255)
             llmgen_fail("st_write_f32 %s: invalid tensor name \"%.60s\"", path, e->name);
-        }
-        for (int k = 0; k < i; k++) {
-            if (strcmp(entries[k].name, e->name) == 0) {
+        for (int k = 0; k < i; k++)
+            if (strcmp(entries[k].name, e->name) == 0)
                 llmgen_fail("st_write_f32 %s: tensor \"%s\" given twice", path, e->name);
-            }
-        }
-        if (e->ndim < 0 || e->ndim > 8) {
+        if (e->ndim < 0 || e->ndim > 8)
             llmgen_fail("st_write_f32 %s: tensor \"%s\" has ndim %d (0..8 allowed)", path, e->name, e->ndim);
-        }
         int64_t numel = 1;
         for (int d = 0; d < e->ndim; d++) {
-            if (e->shape[d] < 0 || (e->shape[d] != 0 && numel > INT64_MAX / 4 / e->shape[d])) {
+            if (e->shape[d] < 0 || (e->shape[d] != 0 && numel > INT64_MAX / 4 / e->shape[d]))
                 llmgen_fail("st_write_f32 %s: tensor \"%s\" has invalid dimension %d = %lld", path, e->name, d,
                             (long long)e->shape[d]);
-            }
             numel *= e->shape[d];
         }
-        if (numel > 0 && e->data == NULL && fill == NULL) {
+        if (numel > 0 && e->data == NULL && fill == NULL)
             llmgen_fail("st_write_f32 %s: tensor \"%s\" has no data", path, e->name);
+        llmgen_buf_append(&h, ",\"", 2);           // the name as a JSON string: quotes, backslashes, controls escaped
+        for (const unsigned char *p = (const unsigned char *)e->name; *p; p++) {
+            if (*p == '"' || *p == '\\') llmgen_buf_printf(&h, "\\%c", *p);
+            else if (*p < 0x20) llmgen_buf_printf(&h, "\\u%04x", (unsigned)*p);
+            else llmgen_buf_append(&h, (const char *)p, 1);
         }
-        llmgen_buf_append(&h, ",", 1);
-        st_json_put_string(&h, e->name);
-        llmgen_buf_printf(&h, ":{\"dtype\":\"F32\",\"shape\":[");
-        for (int d = 0; d < e->ndim; d++) { llmgen_buf_printf(&h, d ? ",%lld" : "%lld", (long long)e->shape[d]); }
+        llmgen_buf_printf(&h, "\":{\"dtype\":\"F32\",\"shape\":[");
+        for (int d = 0; d < e->ndim; d++) llmgen_buf_printf(&h, d ? ",%lld" : "%lld", (long long)e->shape[d]);
         llmgen_buf_printf(&h, "],\"data_offsets\":[%lld,%lld]}", (long long)offset, (long long)(offset + 4 * numel));
         offset += 4 * numel;
     }
     llmgen_buf_append(&h, "}", 1);
-    while (h.len % 8 != 0) { llmgen_buf_append(&h, " ", 1); }
-
+    while (h.len % 8 != 0) llmgen_buf_append(&h, " ", 1);
     uint64_t header_len = (uint64_t)h.len;
     AtomicFile a;
     atomic_file_open(&a, path);
@@ -1208,21 +898,17 @@ static LLMGEN_UNUSED void st_write_f32_fill(const char *path, const StEntry *ent
     atomic_file_write(&a, h.data, h.len);
     for (int i = 0; i < n; i++) {
         int64_t numel = 1;
-        for (int d = 0; d < entries[i].ndim; d++) { numel *= entries[i].shape[d]; }
-        if (entries[i].data || numel == 0) {
-            atomic_file_write(&a, entries[i].data, (size_t)numel * 4);
-        } else {
-            float *buf = (float *)xmalloc((size_t)numel * 4);
-            fill(i, buf, ctx);
-            atomic_file_write(&a, buf, (size_t)numel * 4);
-            free(buf);
-        }
+        for (int d = 0; d < entries[i].ndim; d++) numel *= entries[i].shape[d];
+        float *buf = entries[i].data || numel == 0 ? NULL : (float *)xmalloc((size_t)numel * 4);
+        if (buf) fill(i, buf, ctx);
+        atomic_file_write(&a, buf ? buf : entries[i].data, (size_t)numel * 4);
+        free(buf);
     }
     atomic_file_commit(&a);
     free(h.data);
 }
 
-static LLMGEN_UNUSED void st_write_f32(const char *path, const StEntry *entries, int n) {
+LLMGEN_API void st_write_f32(const char *path, const StEntry *entries, int n) {
     st_write_f32_fill(path, entries, n, NULL, NULL);
 }
 

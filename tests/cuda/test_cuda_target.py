@@ -239,7 +239,7 @@ def test_emitted_source(models, build_cache):
     for section in ("// runtime", "// model constants", "// memory layout", "// device helpers", "// kernels",
                     "// the schedule", "// target hooks", "// the trainer"):
         assert section in src, section
-    assert "/* residual_layernorm: h0.res1 (B,T,32)" in src and "/* attention: h0.attn.y (B,T,32)" in src
+    assert "/* residual_layernorm: h0.residual2 (B,T,32)" in src and "/* attention: h0.atty (B,T,32)" in src
     # every launch through the macro, dynamic shared memory only through its macro
     body = src[src.index("// kernels"):]
     assert "<<<" not in body and "extern __shared__" not in body

@@ -230,7 +230,7 @@ def test_emitted_source(models, build_cache):
                    "attention_bwd_4x1x16_dkv_kernel", "swiglu_96_kernel", "swiglu_bwd_96_kernel",
                    "rmsnorm_bwd_residual_acc1_64_kernel", "embed_bwd_acc0_64x384_wte_kernel"):
         assert f"void {kernel}(" in src or f") {kernel}(" in src, kernel
-    assert "/* attention: l0.attn.y (B,T,64)" in src and "/* rope: l0.q_rope (B,T,64)" in src
+    assert "/* attention: l0.atty (B,T,64)" in src and "/* rope: l0.q_rope (B,T,64)" in src
     body = src[src.index("// kernels"):]
     assert "<<<" not in body and "extern __shared__" not in body       # every launch through the macro
     assert not re.search(r"\batomic[A-Z]\w*\(", src)                  # deterministic: no atomics at all

@@ -20,7 +20,7 @@
  *       #ifdef LLMGEN_EMULATE
  *       #include "emulate.h"     // kernels as fibers on the CPU, cuBLASLt as a CPU GEMM
  *       #else
- *       <the CUDA includes, cublasLt.h, and the three #defines of the nvcc branch below>
+ *       <the CUDA includes, cublasLt.h, and launch.h (the three #defines of nvcc builds)>
  *       #endif
  *   (or includes this file in both builds: under nvcc it is the real CUDA headers and those
  *   defines), and then uses, for every kernel launch and every dynamic shared-memory array:
@@ -77,12 +77,7 @@
 #include <cuda_fp8.h>
 #include <mma.h>
 
-#define LLMGEN_EMULATED 0
-#define LLMGEN_LAUNCH(kernel, grid, block, shmem_bytes, stream, ...) \
-    kernel<<<(grid), (block), (shmem_bytes), (stream)>>>(__VA_ARGS__)
-#define LLMGEN_DYNAMIC_SMEM(type, name)                                  \
-    extern __shared__ __align__(16) unsigned char llmgen_dynamic_smem_[]; \
-    type* name = reinterpret_cast<type*>(llmgen_dynamic_smem_)
+#include "launch.h"     /* LLMGEN_LAUNCH, LLMGEN_DYNAMIC_SMEM, LLMGEN_EMULATED 0 */
 
 #else
 /* ============================================================================================ */

@@ -1,0 +1,43 @@
+"""`llmgen emit SPEC --target c|cuda [-o FILE]`: the program's source, without compiling it (the command
+for reading what llmgen generates): on stdout, or written to FILE (atomically)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from llmgen.cli import CliError, add_spec_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("emit", help="print (or write with -o) the source of a trainer, without compiling it")
+    add_spec_args(p)
+    p.add_argument("--target", choices=("c", "cuda"), default="c")
+    p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0,
+                   help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]")
+    p.add_argument("-o", metavar="FILE", default=None, help="write the source here instead of to stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from llmgen.codegen import Options, render
+    from llmgen.files import write_atomic
+    from llmgen.spec import load_spec
+    spec = load_spec(args.spec, args.dtype)
+    src = render(spec, Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute))
+    if args.o is None:
+        try:
+            sys.stdout.write(src)
+            sys.stdout.flush()
+        except BrokenPipeError:          # `llmgen emit gpt2 | head`: the reader stopped, which is no error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    out = Path(args.o)
+    if out.is_dir():
+        raise CliError(f"-o {out}: is a folder; name the file to write (train.c, train.cu)")
+    if not out.parent.is_dir():
+        raise CliError(f"-o {out}: the folder {out.parent} does not exist")
+    write_atomic(out, src)
+    print(f"wrote {out} ({len(src.splitlines())} lines)", file=sys.stderr)
+    return 0
