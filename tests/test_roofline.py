@@ -57,10 +57,13 @@ def test_gpt2_attention_flops_causal_halved(gpt2_bf16):
 
 
 def test_model_flops_match_the_trainers_mfu_formula():
-    from llmgen.codegen.lower import flops_per_token
+    # the trainer logs MFU from FLOPS_PER_TOKEN + FLOPS_PER_TOKEN_T * T (lower.graph_flops); the
+    # roofline counts 6N + 12 L C T: the two must be the same number
+    from llmgen.codegen.lower import flops_per_token, graph_flops
     g, _ = compile_graph(GPT2, 1, 1, dtype="bf16")
     p = predict(GPT2, 4, 256, "h100")
-    assert p.model_flops == 4 * 256 * (flops_per_token(g) + 12 * 12 * 768 * 256)
+    assert graph_flops(g)[1] == 12 * 12 * 768
+    assert p.model_flops == 4 * 256 * flops_per_token(g, 256)
 
 
 def test_adamw_bytes_per_parameter(gpt2_bf16):
