@@ -213,7 +213,7 @@ def bench_torch(out, args, mdir, compiled):
     times = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for i in range(args.steps):
+    for _ in range(args.steps):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

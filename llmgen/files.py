@@ -24,7 +24,8 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager

@@ -319,7 +319,7 @@ PRESETS.update({
 Spec = GPT2Spec | LlamaSpec
 
 
-def spec_from_hf_config(cfg: dict, source: str = "config.json") -> "Spec":
+def spec_from_hf_config(cfg: dict, source: str = "config.json") -> Spec:
     """Map a Hugging Face config.json (GPT-2 or Llama) onto a spec, refusing what we don't model."""
     model_type = cfg.get("model_type")
     if model_type == "llama":
@@ -408,7 +408,7 @@ def _run_spec_file(path: Path) -> dict:
                         else f"{where}: {msg}") from None
 
 
-def load_spec(source: str, dtype: str | None = None) -> "Spec":
+def load_spec(source: str, dtype: str | None = None) -> Spec:
     """A preset name, a .py file defining `spec`, a config.json, or a folder holding one."""
     path = Path(source)
     if source in PRESETS:

@@ -50,7 +50,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tiktoken

@@ -32,9 +32,9 @@ class Value:
     dtype: str                       # "f32" | "i32" (per tensor, so bf16/fp8 can follow)
     name: str
     role: str = "act"                # param | grad | state | input | act
-    node: "Node | None" = None       # producer (None for graph inputs, params, state)
+    node: Node | None = None       # producer (None for graph inputs, params, state)
     index: int = 0                   # which output of the producer
-    grad_of: "Value | None" = None   # for role=grad: the parameter; writes accumulate (+=)
+    grad_of: Value | None = None   # for role=grad: the parameter; writes accumulate (+=)
     meta: dict = field(default_factory=dict)  # param facts: hf name, layout, weight decay
     token_axes: tuple[int, int] = (0, 1)      # the axes that scale with the batch B and the sequence T
     layer: int | None = None                  # the block it belongs to (from its name), None outside
@@ -136,7 +136,7 @@ class Graph:
                 seen.setdefault(v.id, v)
         return list(seen.values())
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         """Shallow-copy the node list (passes rebuild lists, never mutate shared nodes in place)."""
         g = Graph(self.spec, self.B, self.T)
         g.nodes = list(self.nodes)

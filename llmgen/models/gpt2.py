@@ -54,7 +54,7 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
             "fcprojb": vector(f"h{l}.mlp.c_proj.b", (C,), f"{hf}.mlp.c_proj.bias", "zeros"),
         }
 
-        def linear(h, w, b, name):          # x @ w.T + b (the fusion pass makes it one kernel)
+        def linear(h, w, b, name, p=p):     # x @ w.T + b (the fusion pass makes it one kernel); p: this block's
             return g.op("bias_add", [g.op("linear", [h, p[w]], name=f"{name}_mm"), p[b]], name=name)
 
         h = g.op("layernorm", [x, p["ln1w"], p["ln1b"]], name=f"h{l}.ln1", eps=eps)[0]    # ln1, ln1_mean, ln1_rstd
