@@ -503,8 +503,8 @@ LLMGEN_API void st_json_skip(StJson *j) {
 
 // One tensor's entry {"dtype": ..., "shape": [...], "data_offsets": [begin, end], ...}.
 LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
-    int have[3] = {0, 0, 0};   // dtype, shape, data_offsets
     char what[320];
+    t->dtype = t->ndim = -1, t->begin = -1;   // -1 until read: the field is missing
     snprintf(what, sizeof(what), "expected '{' to start the entry of tensor \"%s\"", t->name);
     if (st_json_peek(j) != '{') st_json_fail(j, what);
     j->p++;
@@ -519,7 +519,6 @@ LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
                 llmgen_fail("safetensors file %s: tensor \"%s\" has unsupported dtype \"%s\" "
                             "(F32, BF16 and F16 can be read)", j->path, t->name, name);
             free(name);
-            have[0] = 1;
         } else if (strcmp(key, "shape") == 0) {
             snprintf(what, sizeof(what), "a dimension of tensor \"%s\"", t->name);
             st_json_expect(j, '[');
@@ -528,7 +527,6 @@ LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
                     llmgen_fail("safetensors file %s: tensor \"%s\" has more than 8 dimensions", j->path, t->name);
                 t->shape[t->ndim++] = st_json_int(j, what);
             }
-            have[1] = 1;
         } else if (strcmp(key, "data_offsets") == 0) {
             snprintf(what, sizeof(what), "data_offsets of tensor \"%s\"", t->name);
             st_json_expect(j, '[');
@@ -536,13 +534,12 @@ LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
             st_json_expect(j, ',');
             t->end = st_json_int(j, what);
             st_json_expect(j, ']');
-            have[2] = 1;
         } else {
             st_json_skip(j);
         }
         free(key);
     }
-    const char *missing = !have[0] ? "dtype" : !have[1] ? "shape" : !have[2] ? "data_offsets" : NULL;
+    const char *missing = t->dtype < 0 ? "dtype" : t->ndim < 0 ? "shape" : t->begin < 0 ? "data_offsets" : NULL;
     if (missing) llmgen_fail("safetensors file %s: tensor \"%s\" has no \"%s\" field", j->path, t->name, missing);
 }
 
