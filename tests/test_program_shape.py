@@ -180,11 +180,14 @@ def test_no_line_over_120_columns_and_no_stray_whitespace(sources):
 
 
 def test_find_buffer_is_a_table_in_the_library_build_only(sources):
+    from llmgen.runtime.build import render_library
     src = "\n".join(sources["gpt2", "c"])
-    lib = src[src.index("#ifdef LLMGEN_LIBRARY"):]
-    assert "static int find_buffer(" in lib and "static int find_buffer(" not in src[:src.index("#ifdef LLMGEN_LIBRARY")]
+    lib = render_library(PRESETS["gpt2"], Options(target="c"))
+    assert "static int find_buffer(" in lib and "static int find_buffer(" not in src
+    assert '#define LLMGEN_LIBRARY\n#include "train.c"\n' in lib and "#ifndef LLMGEN_LIBRARY" in src   # no main()
     assert '{ "h%d.qkv", 1, offsetof(LayerActs, qkv), 2304 },' in lib
-    assert "strcmp(name, \"h0." not in src                       # no chain of one strcmp per buffer
+    assert "strcmp(name, \"h0." not in src + lib                # no chain of one strcmp per buffer
+    assert max(map(len, lib.splitlines())) <= 120
 
 
 def test_emit_command_writes_the_source_without_compiling(tmp_path):

@@ -1,5 +1,6 @@
-"""`llmgen emit SPEC --target c|cuda [-o FILE]`: the program's source, without compiling it (the command
-for reading what llmgen generates): on stdout, or written to FILE (atomically)."""
+"""`llmgen emit SPEC --target c|cuda [--library] [-o FILE]`: the program's source, without compiling it (the
+command for reading what llmgen generates): on stdout, or written to FILE (atomically). --library: the
+in-process API instead (library.c / library.cu, which includes the program as train.c / train.cu)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ def register(sub) -> None:
     p.add_argument("--target", choices=("c", "cuda"), default="c")
     p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0,
                    help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]")
+    p.add_argument("--library", action="store_true",
+                   help="the in-process API (library.c: buffers by name, llmgen_* functions), which includes train.c")
     p.add_argument("-o", metavar="FILE", default=None, help="write the source here instead of to stdout")
     p.set_defaults(func=run)
 
@@ -23,9 +26,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from llmgen.codegen import Options, render
     from llmgen.files import write_atomic
+    from llmgen.runtime.build import render_library
     from llmgen.spec import load_spec
     spec = load_spec(args.spec, args.dtype)
-    src = render(spec, Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute))
+    options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute)
+    src = (render_library if args.library else render)(spec, options)
     if args.o is None:
         try:
             sys.stdout.write(src)

@@ -22,31 +22,43 @@ class BuildError(RuntimeError):
 def build_trainer(spec, options, out_dir, *, library: bool = False, emulate: bool = False,
                   on_compile: Callable[[], None] | None = None) -> Path:
     """Render the program of (spec, options), write out_dir/train.c (or train.cu) when it changed,
-    compile it when needed into out_dir/train, or with library=True into out_dir/libtrain.so (the
-    in-process API, -DLLMGEN_LIBRARY), and for GPT-2's vocabulary write the token table
-    tokenizer.bin and the Hugging Face tokenizer files beside it (the trainer prints samples with
-    the first and copies the others into its checkpoints). emulate: the CUDA source through g++
-    and emulate.h. on_compile() is called just before a compiler actually runs. Returns the path
-    of the binary or library."""
+    compile it when needed into out_dir/train, or with library=True write library.c (library.cu) too,
+    the in-process API that includes the program (render_library), and compile that into
+    out_dir/libtrain.so; for GPT-2's vocabulary write the token table tokenizer.bin and the Hugging
+    Face tokenizer files beside it (the trainer prints samples with the first and copies the others
+    into its checkpoints). emulate: the CUDA source through g++ and emulate.h. on_compile() is called
+    just before a compiler actually runs. Returns the path of the binary or library."""
     from llmgen.codegen import render
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    src = out_dir / ("train.c" if options.target == "c" else "train.cu")
+    ext = "c" if options.target == "c" else "cu"
+    src = out_dir / f"train.{ext}"
     write_if_changed(src, render(spec, options))
     out = out_dir / ("libtrain.so" if library else "train")
-    lib_flags = []
+    lib_flags, deps = [], ()
     if library:
-        lib_flags = ["-shared", "-fPIC", "-DLLMGEN_LIBRARY"]
-        if options.target == "cuda" and not emulate:
-            lib_flags = ["-shared", "-Xcompiler", "-fPIC", "-DLLMGEN_LIBRARY"]
+        deps = (src,)
+        src = out_dir / f"library.{ext}"
+        write_if_changed(src, render_library(spec, options))
+        lib_flags = ["-shared", "-Xcompiler", "-fPIC"] if options.target == "cuda" and not emulate else \
+            ["-shared", "-fPIC"]
     if options.target == "c":
         if emulate:
             raise BuildError("--emulate applies to the cuda target only")
-        binary = build_c(src, out, lib_flags, on_compile=on_compile)
+        binary = build_c(src, out, lib_flags, on_compile=on_compile, deps=deps)
     else:
-        binary = build_cuda(src, out, emulate=emulate, extra_flags=lib_flags, on_compile=on_compile)
+        binary = build_cuda(src, out, emulate=emulate, extra_flags=lib_flags, on_compile=on_compile, deps=deps)
     write_token_files(spec, out_dir)
     return binary
+
+
+def render_library(spec, options) -> str:
+    """library.c (library.cu): the in-process API of the program of (spec, options), which it includes
+    (train.c beside it, built without main): buffer lookup by graph name and the extern llmgen_* functions."""
+    from llmgen.codegen import environment, program_for
+    from llmgen.codegen.text import tidy
+    env = environment(tuple(map(str, options.template_dirs)))
+    return tidy(env.get_template("common/library.j2").render(p=program_for(spec, options)))
 
 
 def cached_build_dir(spec, options, cache_root: Path) -> Path:
@@ -95,10 +107,11 @@ def c_compiler() -> str:
 C_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=gnu11", "-Wall", "-Wno-unused-function"]
 
 
-def build_c(src: Path, out: Path, extra_flags: list[str] | None = None, on_compile=None) -> Path:
-    """gcc -O3 -march=native -fopenmp; skipped when the binary was built from this exact source."""
+def build_c(src: Path, out: Path, extra_flags: list[str] | None = None, on_compile=None, deps: tuple = ()) -> Path:
+    """gcc -O3 -march=native -fopenmp; skipped when the binary was built from this exact source (and deps,
+    the files it includes)."""
     cmd = [c_compiler(), *C_FLAGS, *(extra_flags or []), str(src), "-lm", "-o", str(out)]
-    return _build(cmd, src, out, on_compile=on_compile)
+    return _build(cmd, src, out, deps=deps, on_compile=on_compile)
 
 
 def _build(cmd: list[str], src: Path, out: Path, deps: tuple = (), on_compile=None) -> Path:
@@ -216,7 +229,7 @@ def copy_emulation_headers(dest: Path) -> list[Path]:
 
 
 def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | None = None,
-               extra_flags: list[str] | None = None, on_compile=None) -> Path:
+               extra_flags: list[str] | None = None, on_compile=None, deps: tuple = ()) -> Path:
     """Build train.cu. GPU: nvcc -O3 for `archs` (default: the visible GPU's, else sm_90), linked to
     cuBLASLt from the CUDA install or the nvidia-cublas wheel. emulate=True: the same source through
     g++ with the emulation headers (copied into emulate/ next to it and named by -I), as emulate.h's
@@ -233,7 +246,7 @@ def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | N
         inc = [f"-I{src.parent / 'emulate'}", *(f"-I{d}" for d in cuda_include_dirs())]
         cmd = [cxx, "-std=c++17", "-O2", "-fno-strict-aliasing", "-fopenmp", "-DLLMGEN_EMULATE", *inc,
                *(extra_flags or []), "-x", "c++", str(src), "-x", "none", "-o", str(out), "-lm"]
-        return _build(cmd, src, out, deps=tuple(headers), on_compile=on_compile)
+        return _build(cmd, src, out, deps=(*deps, *headers), on_compile=on_compile)
     nvcc = shutil.which("nvcc") or (str(cuda_home() / "bin" / "nvcc") if cuda_home() else None)
     if not nvcc or not Path(nvcc).exists():
         raise BuildError("nvcc not found: install the CUDA toolkit, or build with --emulate to run on the CPU")
@@ -249,4 +262,4 @@ def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | N
         gencode += ["-gencode", f"arch=compute_{n},code=sm_{n}"]
     cmd = [nvcc, "-O3", "-std=c++17", *gencode, f"-I{inc}", *(extra_flags or []), str(src), "-o", str(out),
            f"-L{lib}", f"-Xlinker=-rpath,{lib}", _cublas_lib_flag(lib)]
-    return _build(cmd, src, out, on_compile=on_compile)
+    return _build(cmd, src, out, deps=deps, on_compile=on_compile)

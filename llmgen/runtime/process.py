@@ -1,7 +1,7 @@
 """Run a generated trainer inside the Python process and read its buffers by graph name.
 
-The program is built as a shared library (-DLLMGEN_LIBRARY: the same source, with an extern
-API in place of main) and loaded with ctypes. On the C target its buffers are host memory and
+The program is built as a shared library (library.c, which includes train.c without its main and
+adds an extern API: llmgen.runtime.build.render_library) and loaded with ctypes. On the C target its buffers are host memory and
 read directly; llmgen.runtime.gpu subclasses this for the CUDA target and copies device
 memory with pycuda.
 """

@@ -1,19 +1,13 @@
-/* llmgen runtime: the plain host-side support every generated trainer needs.
- *
- * Contract
- * - The code generator pastes this file verbatim into every emitted program, after the model:
- *   train.c (gcc -std=gnu11) and train.cu (nvcc, or g++ -std=c++17 -x c++ for the CPU emulation).
- *   It compiles cleanly as C11 (gnu11) and as C++17 with -Wall -Wextra, whatever the program uses.
- * - Everything is `static` and depends on libc + POSIX only (link with -lm): no globals, no threads,
- *   no GPU. Host byte order must be little-endian.
- * - Every error goes through llmgen_fail(): "error: <message>" on stderr, exit status 1. Messages
- *   name the cause (file path, field, expected versus found). Nothing here returns an error code.
- * - Sections:
- *     utilities       llmgen_fail, xmalloc, xcalloc, xfopen, llmgen_now, llmgen_mkdirs, LlmgenBuf
- *     random numbers  Rng (splitmix64), rng_seed, rng_u32, rng_uniform, rng_normal
- *     token shards    ShardLoader: llm.c's .bin shards, batches without shuffling
- *     safetensors     StFile: st_open, st_find, st_read_f32, st_load_f32, st_close
- *     atomic writes   AtomicFile, write_file_atomic, st_write_f32 (F32, "format":"pt")
+/* llmgen runtime: the plain host-side support every generated trainer needs, pasted verbatim after the model
+ * into train.c (gcc -std=gnu11) and train.cu (nvcc, or g++ -std=c++17 for the CPU emulation); it compiles
+ * cleanly as C11 and C++17 with -Wall -Wextra. Everything is `static`, on libc + POSIX only (link with -lm),
+ * little-endian hosts. Every error goes through llmgen_fail(): "error: <message>" on stderr, exit status 1,
+ * the message naming the cause (file, field, expected versus found); nothing here returns an error code.
+ *   utilities       llmgen_fail, xmalloc, xcalloc, xfopen, llmgen_now, llmgen_mkdirs, LlmgenBuf
+ *   random numbers  Rng (splitmix64), rng_seed, rng_u32, rng_uniform, rng_normal
+ *   token shards    ShardLoader: llm.c's .bin shards, batches without shuffling
+ *   safetensors     StFile: st_open, st_find, st_read_f32, st_load_f32, st_close; st_write_f32 (F32, "pt")
+ *   atomic writes   AtomicFile, write_file_atomic
  */
 #ifndef LLMGEN_RUNTIME_H
 #define LLMGEN_RUNTIME_H
@@ -36,24 +30,13 @@
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "llmgen runtime: shards and safetensors are little-endian; this host is not"
 #endif
-
-// Generated programs use only part of this file: unused helpers must not warn.
-#if defined(__GNUC__) || defined(__clang__)
-#define LLMGEN_UNUSED __attribute__((unused))
-#define LLMGEN_NORETURN __attribute__((noreturn))
-#define LLMGEN_PRINTF(fmt_index, first_arg) __attribute__((format(printf, fmt_index, first_arg)))
-#else
-#define LLMGEN_UNUSED
-#define LLMGEN_NORETURN
-#define LLMGEN_PRINTF(fmt_index, first_arg)
-#endif
-#define LLMGEN_API static LLMGEN_UNUSED
+#define LLMGEN_API static __attribute__((unused))   /* a program uses part of this file: no warning for the rest */
 
 // ----------------------------------------------------------------------------
 // utilities
 
 // Print "error: <message>" to stderr and exit(1). Never returns.
-LLMGEN_API LLMGEN_NORETURN LLMGEN_PRINTF(1, 2) void llmgen_fail(const char *fmt, ...) {
+LLMGEN_API __attribute__((noreturn, format(printf, 1, 2))) void llmgen_fail(const char *fmt, ...) {
     va_list ap;
     fflush(stdout);
     fputs("error: ", stderr);
@@ -61,7 +44,6 @@ LLMGEN_API LLMGEN_NORETURN LLMGEN_PRINTF(1, 2) void llmgen_fail(const char *fmt,
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
-    fflush(stderr);
     exit(1);
 }
 
@@ -72,9 +54,7 @@ LLMGEN_API void *xmalloc(size_t n) {
 }
 
 LLMGEN_API void *xcalloc(size_t n, size_t size) {
-    if (size != 0 && n > SIZE_MAX / size)
-        llmgen_fail("out of memory: calloc of %zu x %zu bytes overflows size_t", n, size);
-    void *p = calloc(n ? n : 1, size ? size : 1);
+    void *p = size != 0 && n > SIZE_MAX / size ? NULL : calloc(n ? n : 1, size ? size : 1);
     if (p == NULL) llmgen_fail("out of memory allocating %zu x %zu bytes", n, size);
     return p;
 }
@@ -120,36 +100,28 @@ LLMGEN_API void llmgen_mkdirs(const char *path) {
     free(buf);
 }
 
-// A growable byte buffer, used to build headers and messages.
+// A growable byte string (always NUL-terminated), used to build headers and to read files.
 typedef struct {
     char *data;
     size_t len, cap;
 } LlmgenBuf;
 
 LLMGEN_API void llmgen_buf_append(LlmgenBuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        b->data = (char *)xrealloc(b->data, cap);
-        b->cap = cap;
-    }
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1) cap *= 2;
+    if (cap != b->cap) b->data = (char *)xrealloc(b->data, b->cap = cap);
     memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
+    b->data[b->len += n] = '\0';
 }
 
-LLMGEN_API LLMGEN_PRINTF(2, 3) void llmgen_buf_printf(LlmgenBuf *b, const char *fmt, ...) {
+LLMGEN_API __attribute__((format(printf, 2, 3))) void llmgen_buf_printf(LlmgenBuf *b, const char *fmt, ...) {
+    char s[512];   // the runtime's pieces are short (a name is at most 255 bytes, escaped at most twice that)
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(s, sizeof s, fmt, ap);
     va_end(ap);
-    if (n < 0) llmgen_fail("vsnprintf failed for format \"%s\"", fmt);
-    char *s = (char *)xmalloc((size_t)n + 1);
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
+    if (n < 0 || n >= (int)sizeof s) llmgen_fail("llmgen_buf_printf: \"%s\" needs more than %zu bytes", fmt, sizeof s);
     llmgen_buf_append(b, s, (size_t)n);
-    free(s);
 }
 
 // ----------------------------------------------------------------------------
@@ -236,24 +208,20 @@ LLMGEN_API FILE *shard_open(const char *path, int64_t *count_out, int *token_byt
     FILE *fp = fopen(path, "rb");
     if (fp == NULL) llmgen_fail("cannot open shard %s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(fp), &st) != 0) llmgen_fail("cannot stat shard %s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) llmgen_fail("shard %s is not a regular file", path);
+    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) llmgen_fail("shard %s is not a regular file", path);
     long long size = (long long)st.st_size;
     if (size < SHARD_HEADER_BYTES)
         llmgen_fail("shard %s is %lld bytes, shorter than the %d-byte header", path, size, SHARD_HEADER_BYTES);
     int32_t h[256];
-    if (fread(h, 4, 256, fp) != 256)
-        llmgen_fail("cannot read the header of shard %s: %s", path,
-                    ferror(fp) ? strerror(errno) : "unexpected end of file");
+    if (fread(h, 4, 256, fp) != 256) llmgen_fail("cannot read the header of shard %s: %s", path, strerror(errno));
     int token_bytes = h[0] == SHARD_MAGIC_U16 && h[1] == 1 ? 2 : h[0] == SHARD_MAGIC_U32 && h[1] == 7 ? 4 : 0;
     if (!token_bytes)
         llmgen_fail("shard %s has magic %d version %d; expected magic %d version 1 (uint16 tokens) "
                     "or magic %d version 7 (uint32 tokens)",
                     path, (int)h[0], (int)h[1], SHARD_MAGIC_U16, SHARD_MAGIC_U32);
     int64_t count = h[2];
-    if (count < 0) llmgen_fail("shard %s: header token count is negative (%lld)", path, (long long)count);
     long long expected = (long long)SHARD_HEADER_BYTES + (long long)count * token_bytes;
-    if (size != expected)
+    if (count < 0 || size != expected)
         llmgen_fail("shard %s is %s: its header says %lld tokens of %d bytes, so the file should be "
                     "%lld bytes, but it is %lld bytes",
                     path, size < expected ? "truncated" : "oversized", (long long)count, token_bytes, expected, size);
@@ -264,8 +232,8 @@ LLMGEN_API FILE *shard_open(const char *path, int64_t *count_out, int *token_byt
 
 LLMGEN_API void loader_init(ShardLoader *L, const char *pattern, int B, int T, int vocab_size) {
     memset(L, 0, sizeof(*L));
-    if (B <= 0 || T <= 0) llmgen_fail("loader: B and T must be positive, got B=%d T=%d", B, T);
-    if (vocab_size <= 0) llmgen_fail("loader: vocab_size must be positive, got %d", vocab_size);
+    if (B <= 0 || T <= 0 || vocab_size <= 0)
+        llmgen_fail("loader: B, T and vocab_size must be positive, got B=%d T=%d vocab_size=%d", B, T, vocab_size);
     L->B = B;
     L->T = T;
     L->vocab_size = vocab_size;
@@ -273,8 +241,7 @@ LLMGEN_API void loader_init(ShardLoader *L, const char *pattern, int B, int T, i
     memset(&g, 0, sizeof(g));
     int rc = glob(pattern, 0, NULL, &g);
     if (rc == GLOB_NOMATCH || (rc == 0 && g.gl_pathc == 0)) llmgen_fail("no file matches %s", pattern);
-    if (rc != 0) llmgen_fail("glob(%s) failed (%s)", pattern, rc == GLOB_NOSPACE ? "out of memory" : "read error");
-    if (g.gl_pathc > (size_t)INT32_MAX) llmgen_fail("too many shards match %s", pattern);
+    if (rc != 0 || g.gl_pathc > (size_t)INT32_MAX) llmgen_fail("glob(%s) failed (rc %d)", pattern, rc);
     L->num_shards = (int)g.gl_pathc;
     L->paths = (char **)xcalloc((size_t)L->num_shards, sizeof(char *));
     L->counts = (int64_t *)xcalloc((size_t)L->num_shards, sizeof(int64_t));
@@ -362,10 +329,10 @@ LLMGEN_API void loader_free(ShardLoader *L) {
 // Layout: u64 little-endian header length N, N bytes of JSON, then the data. The JSON is one flat
 // object: tensor name -> {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the data
 // section, other fields skipped), plus an optional "__metadata__" string -> string map (other
-// values skipped). A small scanner reads exactly that form: strings with every JSON escape (names
-// are UTF-8), non-negative integers, and skips any other JSON value. st_open validates every entry
-// (known dtype, offsets in range and equal to dtype size * numel); any standard dtype may be
-// present, but st_read_f32 converts only F32, BF16 and F16.
+// values skipped). This is no general JSON parser: a scanner for exactly that form, with strings
+// (every JSON escape: names are UTF-8) and non-negative integers read in full and any other value
+// skipped by its brackets and characters. st_open validates every entry (known dtype, offsets in
+// range and equal to dtype size * numel); st_read_f32 converts F32, BF16 and F16.
 
 enum { ST_F32, ST_BF16, ST_F16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U64, ST_U32, ST_U16, ST_U8, ST_BOOL,
        ST_F8_E4M3, ST_F8_E5M2, ST_NUM_DTYPES };
@@ -420,7 +387,7 @@ typedef struct {
     int depth;
 } StJson;
 
-LLMGEN_API LLMGEN_NORETURN void st_json_fail(const StJson *j, const char *what) {
+LLMGEN_API __attribute__((noreturn)) void st_json_fail(const StJson *j, const char *what) {
     char found[32];
     unsigned char c = j->p < j->end ? (unsigned char)*j->p : 0;
     if (j->p >= j->end) snprintf(found, sizeof(found), "end of header");
@@ -455,11 +422,9 @@ LLMGEN_API int st_json_more(StJson *j, int first, char close, const char *what) 
 LLMGEN_API unsigned st_json_hex4(StJson *j) {
     unsigned v = 0;
     for (int i = 0; i < 4; i++, j->p++) {
-        char c = j->p < j->end ? *j->p : 0;
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
-              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-        if (d < 0) st_json_fail(j, "expected 4 hex digits after \\u");
-        v = v * 16 + (unsigned)d;
+        const char *hex = "0123456789abcdef0123456789ABCDEF", *d = j->p < j->end && *j->p ? strchr(hex, *j->p) : NULL;
+        if (!d) st_json_fail(j, "expected 4 hex digits after \\u");
+        v = v * 16 + (unsigned)((d - hex) % 16);
     }
     return v;
 }
@@ -503,72 +468,43 @@ LLMGEN_API char *st_json_string(StJson *j, size_t *len_out) {
 // A non-negative integer that fits in int64 (shapes, offsets).
 LLMGEN_API int64_t st_json_int(StJson *j, const char *what) {
     char msg[160];
-    snprintf(msg, sizeof(msg), "expected a non-negative integer for %s", what);
+    snprintf(msg, sizeof(msg), "expected a non-negative integer (int64) for %s", what);
     int c = st_json_peek(j);
     if (c < '0' || c > '9') st_json_fail(j, msg);
-    const char *start = j->p;
     uint64_t v = 0;
     for (; j->p < j->end && *j->p >= '0' && *j->p <= '9'; j->p++) {
-        unsigned d = (unsigned)(*j->p - '0');
-        if (v > ((uint64_t)INT64_MAX - d) / 10) {
-            snprintf(msg, sizeof(msg), "integer for %s does not fit in int64", what);
-            j->p = start, st_json_fail(j, msg);
-        }
-        v = v * 10 + d;
+        if (v > ((uint64_t)INT64_MAX - (unsigned)(*j->p - '0')) / 10) st_json_fail(j, msg);
+        v = v * 10 + (unsigned)(*j->p - '0');
     }
-    if (*start == '0' && j->p - start > 1) j->p = start, st_json_fail(j, "leading zero in a number");
     if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E')) st_json_fail(j, msg);
     return (int64_t)v;
 }
 
-// One or more digits (int_part: a leading 0 stands alone).
-LLMGEN_API void st_json_digits(StJson *j, const char *what, int int_part) {
-    if (j->p >= j->end || *j->p < '0' || *j->p > '9') st_json_fail(j, what);
-    if (int_part && *j->p == '0') {
-        j->p++;
-        return;
-    }
-    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') j->p++;
-}
-
-// Skip any JSON value (nesting at most 64 deep), checking its grammar.
+// Skip a value the reader does not use (nesting at most 64 deep): strings and brackets are followed,
+// numbers and true / false / null are skipped as a run of the characters they are made of.
 LLMGEN_API void st_json_skip(StJson *j) {
     int c = st_json_peek(j);
-    if (c == '"') {
-        free(st_json_string(j, NULL));
-    } else if (c == '{' || c == '[') {
-        const char close = c == '{' ? '}' : ']';
-        if (++j->depth > 64) st_json_fail(j, "nesting deeper than 64 levels");
-        j->p++;
-        for (int first = 1; st_json_more(j, first, close, c == '{' ? "expected ',' or '}' in object"
-                                                                   : "expected ',' or ']' in array"); first = 0) {
-            if (c == '{') free(st_json_string(j, NULL)), st_json_expect(j, ':');
-            st_json_skip(j);
-        }
-        j->depth--;
-    } else if (c == '-' || (c >= '0' && c <= '9')) {   // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
-        j->p += c == '-';
-        st_json_digits(j, "expected a digit", 1);
-        if (j->p < j->end && *j->p == '.') j->p++, st_json_digits(j, "expected a digit after '.'", 0);
-        if (j->p < j->end && (*j->p == 'e' || *j->p == 'E')) {
-            j->p += 1 + (j->end - j->p > 1 && (j->p[1] == '+' || j->p[1] == '-'));
-            st_json_digits(j, "expected a digit in exponent", 0);
-        }
-    } else {
-        static const char *const words[3] = {"true", "false", "null"};
-        for (int w = 0; w < 3; w++)
-            if ((size_t)(j->end - j->p) >= strlen(words[w]) && memcmp(j->p, words[w], strlen(words[w])) == 0) {
-                j->p += strlen(words[w]);
-                return;
-            }
-        st_json_fail(j, "expected a JSON value");
+    if (c != '{' && c != '[') {
+        const char *start = j->p;
+        if (c == '"') free(st_json_string(j, NULL));
+        while (c != '"' && j->p < j->end && *j->p && strchr("+-.0123456789Eeaflnrstu", *j->p)) j->p++;
+        if (j->p == start) st_json_fail(j, "expected a JSON value");
+        return;
     }
+    const char close = c == '{' ? '}' : ']';
+    if (++j->depth > 64) st_json_fail(j, "nesting deeper than 64 levels");
+    j->p++;
+    for (int first = 1; st_json_more(j, first, close, "expected ',' or the end of an object or array"); first = 0) {
+        if (c == '{') free(st_json_string(j, NULL)), st_json_expect(j, ':');
+        st_json_skip(j);
+    }
+    j->depth--;
 }
 
 // One tensor's entry {"dtype": ..., "shape": [...], "data_offsets": [begin, end], ...}.
 LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
-    int have[3] = {0, 0, 0};   // dtype, shape, data_offsets
     char what[320];
+    t->dtype = t->ndim = -1, t->begin = -1;   // -1 until read: the field is missing
     snprintf(what, sizeof(what), "expected '{' to start the entry of tensor \"%s\"", t->name);
     if (st_json_peek(j) != '{') st_json_fail(j, what);
     j->p++;
@@ -583,7 +519,6 @@ LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
                 llmgen_fail("safetensors file %s: tensor \"%s\" has unsupported dtype \"%s\" "
                             "(F32, BF16 and F16 can be read)", j->path, t->name, name);
             free(name);
-            have[0] = 1;
         } else if (strcmp(key, "shape") == 0) {
             snprintf(what, sizeof(what), "a dimension of tensor \"%s\"", t->name);
             st_json_expect(j, '[');
@@ -592,22 +527,19 @@ LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
                     llmgen_fail("safetensors file %s: tensor \"%s\" has more than 8 dimensions", j->path, t->name);
                 t->shape[t->ndim++] = st_json_int(j, what);
             }
-            have[1] = 1;
         } else if (strcmp(key, "data_offsets") == 0) {
             snprintf(what, sizeof(what), "data_offsets of tensor \"%s\"", t->name);
             st_json_expect(j, '[');
             t->begin = st_json_int(j, what);
             st_json_expect(j, ',');
             t->end = st_json_int(j, what);
-            if (st_json_peek(j) != ']') st_json_fail(j, "expected ']' after the two data_offsets");
-            j->p++;
-            have[2] = 1;
+            st_json_expect(j, ']');
         } else {
             st_json_skip(j);
         }
         free(key);
     }
-    const char *missing = !have[0] ? "dtype" : !have[1] ? "shape" : !have[2] ? "data_offsets" : NULL;
+    const char *missing = t->dtype < 0 ? "dtype" : t->ndim < 0 ? "shape" : t->begin < 0 ? "data_offsets" : NULL;
     if (missing) llmgen_fail("safetensors file %s: tensor \"%s\" has no \"%s\" field", j->path, t->name, missing);
 }
 
@@ -683,8 +615,7 @@ LLMGEN_API void st_open(StFile *f, const char *path) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) llmgen_fail("cannot open safetensors file %s: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) llmgen_fail("cannot stat %s: %s", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) llmgen_fail("safetensors file %s is not a regular file", path);
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) llmgen_fail("safetensors file %s is not a regular file", path);
     f->size = (size_t)st.st_size;
     if (f->size < 8)
         llmgen_fail("safetensors file %s is %zu bytes, too short to hold the 8-byte header length", path, f->size);
@@ -743,8 +674,6 @@ LLMGEN_API float st_f16_to_f32(uint16_t h) {
 
 // Copy tensor t of f into dst (numel floats), converting BF16/F16 to float.
 LLMGEN_API void st_read_f32(const StFile *f, const StTensor *t, float *dst) {
-    if (t < f->tensors || t >= f->tensors + f->count)
-        llmgen_fail("st_read_f32: tensor \"%s\" does not belong to %s", t->name, f->path);
     if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
         llmgen_fail("safetensors file %s: tensor \"%s\" has dtype %s; only F32, BF16 and F16 can be read as float",
                     f->path, t->name, st_dtype_name(t->dtype));
@@ -792,7 +721,7 @@ typedef struct {
     char *tmp_path;
 } AtomicFile;
 
-LLMGEN_API LLMGEN_NORETURN void atomic_file_abort(AtomicFile *a, const char *what, int err) {
+LLMGEN_API __attribute__((noreturn)) void atomic_file_abort(AtomicFile *a, const char *what, int err) {
     if (a->fp) fclose(a->fp);
     unlink(a->tmp_path);
     llmgen_fail("%s %s: %s", what, a->tmp_path, strerror(err));
@@ -816,11 +745,7 @@ LLMGEN_API void atomic_file_commit(AtomicFile *a) {
     FILE *fp = a->fp;
     a->fp = NULL;
     if (fclose(fp) != 0) atomic_file_abort(a, "cannot close", errno);
-    if (rename(a->tmp_path, a->path) != 0) {
-        int err = errno;
-        unlink(a->tmp_path);
-        llmgen_fail("cannot rename %s to %s: %s", a->tmp_path, a->path, strerror(err));
-    }
+    if (rename(a->tmp_path, a->path) != 0) atomic_file_abort(a, "cannot rename into place", errno);
     // make the rename itself durable; some filesystems refuse, which is harmless
     char *slash = strrchr(a->path, '/');
     if (slash) *(slash == a->path ? slash + 1 : slash) = '\0';
@@ -855,15 +780,13 @@ typedef void (*StFill)(int i, float *dst, void *ctx);
 // ("__metadata__": {"format": "pt"}), atomically. Entries with data == NULL are produced one at a
 // time by fill(i, buffer, ctx), so the whole file is never in memory.
 LLMGEN_API void st_write_f32_fill(const char *path, const StEntry *entries, int n, StFill fill, void *ctx) {
-    LlmgenBuf h;
-    memset(&h, 0, sizeof(h));
+    LlmgenBuf h = {NULL, 0, 0};
     llmgen_buf_printf(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
     int64_t offset = 0;
     for (int i = 0; i < n; i++) {
         const StEntry *e = &entries[i];
-        if (e->name == NULL) llmgen_fail("st_write_f32 %s: entry %d has no name", path, i);
-        if (strcmp(e->name, "__metadata__") == 0 || strlen(e->name) > 255)
-            llmgen_fail("st_write_f32 %s: invalid tensor name \"%.60s\"", path, e->name);
+        if (e->name == NULL || strcmp(e->name, "__metadata__") == 0 || strlen(e->name) > 255)
+            llmgen_fail("st_write_f32 %s: invalid tensor name \"%.60s\"", path, e->name ? e->name : "(none)");
         for (int k = 0; k < i; k++)
             if (strcmp(entries[k].name, e->name) == 0)
                 llmgen_fail("st_write_f32 %s: tensor \"%s\" given twice", path, e->name);
