@@ -381,8 +381,8 @@ LLMGEN_API char *st_json_string(StJson *j, size_t *len_out) {
     while (j->p < q) {
         unsigned c = (unsigned char)*j->p, cp;
         if (c < 0x20) st_json_fail(j, "control character inside a string");
-        if (c != '\\' || *++j->p == '\0') { *o++ = (char)c, j->p++; continue; }
-        const char *e = strchr(esc, *j->p);
+        if (c != '\\') { *o++ = (char)c, j->p++; continue; }
+        const char *e = *++j->p ? strchr(esc, *j->p) : NULL;
         if (e) { *o++ = unesc[e - esc], j->p++; continue; }
         if (*j->p != 'u') st_json_fail(j, "invalid escape in string");
         if ((cp = st_json_hex4(j)) >= 0xD800 && cp < 0xDC00) {   // a high surrogate: the low one must follow
@@ -546,7 +546,7 @@ LLMGEN_API float st_f16_to_f32(uint16_t h) {
     float x;
     if ((h & 0x7C00u) == 0x7C00u) bits |= 0x7F800000u;   // inf, nan (payload kept): all-ones exponent
     memcpy(&x, &bits, 4);
-    if ((h & 0x7C00u) != 0x7C00u) x *= 0x1p112f;      // the rest: rebias 15 -> 127, exact for subnormals too
+    if ((h & 0x7C00u) != 0x7C00u) x *= 5.192296858534828e33f;   // the rest: * 2^112 rebiases 15 -> 127, exactly
     return (h & 0x8000u) ? -x : x;
 }
 
