@@ -1,14 +1,9 @@
-/* llmgen runtime: the plain host-side support every generated trainer needs, pasted verbatim after the model
- * into train.c (gcc -std=gnu11) and train.cu (nvcc, or g++ -std=c++17 for the CPU emulation); it compiles
- * cleanly as C11 and C++17 with -Wall -Wextra. Everything is `static`, on libc + POSIX only (link with -lm),
- * little-endian hosts. Every error goes through llmgen_fail(): "error: <message>" on stderr, exit status 1,
- * the message naming the cause (file, field, expected versus found); nothing here returns an error code.
- *   utilities       llmgen_fail, xmalloc, xcalloc, xfopen, llmgen_now, llmgen_mkdirs, LlmgenBuf
- *   random numbers  Rng (splitmix64), rng_seed, rng_u32, rng_uniform, rng_normal
- *   token shards    ShardLoader: llm.c's .bin shards, batches without shuffling
- *   safetensors     StFile: st_open, st_find, st_read_f32, st_load_f32, st_close; st_write_f32 (F32, "pt")
- *   atomic writes   AtomicFile, write_file_atomic
- */
+/* llmgen runtime: the host-side support every generated trainer needs, pasted verbatim after the model into
+ * train.c and train.cu. C11 and C++17 clean with -Wall -Wextra, libc + POSIX only (-lm), little-endian hosts.
+ * Every error goes through llmgen_fail(): "error: <message>" on stderr and exit status 1, the message naming
+ * the file, the field and what was expected versus found; nothing here returns an error code.
+ *   utilities llmgen_fail, x* allocators, llmgen_now, llmgen_mkdirs | random numbers Rng | token shards
+ *   ShardLoader | safetensors StFile, st_open, st_find, st_read_f32, st_write_f32_fill | atomic writes */
 #ifndef LLMGEN_RUNTIME_H
 #define LLMGEN_RUNTIME_H
 
@@ -80,27 +75,25 @@ LLMGEN_API double llmgen_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// mkdir -p: create `path` and missing parents; fine if it is already a directory.
+// mkdir -p: create `path` and its missing parents; fine if it is already a directory.
 LLMGEN_API void llmgen_mkdirs(const char *path) {
-    if (path == NULL || path[0] == '\0') llmgen_fail("cannot create a directory with an empty path");
+    if (path[0] == '\0') llmgen_fail("cannot create a directory with an empty path");
     char *buf = xstrdup(path);
-    for (size_t i = 1, n = strlen(path); i <= n; i++) {
-        if ((i < n && buf[i] != '/') || buf[i - 1] == '/') continue;   // not a component's end, or a repeated '/'
-        char saved = buf[i];
-        buf[i] = '\0';
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char end = *p;   // buf up to p is one more component
+        *p = '\0';
         struct stat st;
-        if (mkdir(buf, 0777) != 0) {
-            int err = errno;
-            if (stat(buf, &st) != 0) llmgen_fail("cannot create directory %s: %s", buf, strerror(err));
-            if (!S_ISDIR(st.st_mode))
-                llmgen_fail("cannot create directory %s: %s exists and is not a directory", path, buf);
-        }
-        buf[i] = saved;
+        int err = mkdir(buf, 0777) == 0 ? 0 : errno;   // an existing component is fine if it is a directory
+        if (err && stat(buf, &st) != 0) llmgen_fail("cannot create directory %s: %s", buf, strerror(err));
+        if (err && !S_ISDIR(st.st_mode))
+            llmgen_fail("cannot create directory %s: %s exists and is not a directory", path, buf);
+        if ((*p = end) == '\0') break;
     }
     free(buf);
 }
 
-// A growable byte string (always NUL-terminated), used to build headers and to read files.
+// A growable byte string, always NUL-terminated.
 typedef struct {
     char *data;
     size_t len, cap;
@@ -114,21 +107,11 @@ LLMGEN_API void llmgen_buf_append(LlmgenBuf *b, const char *s, size_t n) {
     b->data[b->len += n] = '\0';
 }
 
-LLMGEN_API __attribute__((format(printf, 2, 3))) void llmgen_buf_printf(LlmgenBuf *b, const char *fmt, ...) {
-    char s[512];   // the runtime's pieces are short (a name is at most 255 bytes, escaped at most twice that)
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(s, sizeof s, fmt, ap);
-    va_end(ap);
-    if (n < 0 || n >= (int)sizeof s) llmgen_fail("llmgen_buf_printf: \"%s\" needs more than %zu bytes", fmt, sizeof s);
-    llmgen_buf_append(b, s, (size_t)n);
-}
-
 // ----------------------------------------------------------------------------
 // random numbers
-// splitmix64 (Steele, Lea & Flood 2014, constants as in Vigna's reference): the state advances by
-// the golden-ratio increment 0x9E3779B97F4A7C15 and each output is a bijective mix of it. Any seed,
-// 0 included, is fine. The whole generator is the one uint64 in Rng, so saving it resumes exactly.
+// splitmix64 (Steele, Lea & Flood 2014, constants as in Vigna's reference): the state advances by the
+// golden-ratio increment and each output is a bijective mix of it. Any seed, 0 included, is fine; the whole
+// generator is the one uint64 in Rng, so saving it resumes exactly.
 
 typedef struct {
     uint64_t state;
@@ -143,14 +126,13 @@ LLMGEN_API uint64_t rng_u64(Rng *r) {
     return z ^ (z >> 31);
 }
 
-// The top 32 bits of one splitmix64 output.
 LLMGEN_API uint32_t rng_u32(Rng *r) { return (uint32_t)(rng_u64(r) >> 32); }
 
 // Uniform in [0, 1): the top 24 bits of rng_u32, so every value is exact in float.
 LLMGEN_API float rng_uniform(Rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
 
-// Standard normal by Box-Muller (cosine branch only, so no hidden cached state).
-// Uses two 64-bit draws as 53-bit uniforms: u1 in (0, 1], u2 in [0, 1).
+// Standard normal by Box-Muller (cosine branch only: no hidden cached state), from two 53-bit uniforms
+// u1 in (0, 1] and u2 in [0, 1).
 LLMGEN_API float rng_normal(Rng *r) {
     const double two_pi = 6.283185307179586476925286766559;
     double u1 = (double)((rng_u64(r) >> 11) + 1) * (1.0 / 9007199254740992.0);
@@ -160,13 +142,10 @@ LLMGEN_API float rng_normal(Rng *r) {
 
 // ----------------------------------------------------------------------------
 // token shards
-// llm.c's layout: a header of 256 int32 (magic, version, token count), then the tokens, little-endian:
-//   magic 20240520 version 1: uint16 tokens;  magic 20240801 version 7: uint32 tokens.
-// Batches are drawn in order, without shuffling, exactly as llm.c: position is a token offset in the
-// current shard; a batch reads B*T+1 tokens at position (inputs = the first B*T, targets = the same
-// shifted by one) and advances position by B*T; when a batch would not fit, the loader moves to the
-// next shard (wrapping to the first) at position 0. Every shard is validated once at init (format,
-// exact size, length >= B*T+1, every token id < vocab_size); only the current shard is in memory.
+// llm.c's .bin layout: 256 int32 of header (magic, version, token count), then the tokens: magic 20240520
+// version 1 for uint16 tokens, 20240801 version 7 for uint32. Batches come in order, as in llm.c: B*T+1 tokens
+// at `position` (inputs, and targets one further), then position += B*T; a batch that does not fit moves to
+// the next shard (wrapping) at 0. loader_init checks every shard (format, size, B*T+1 tokens, ids < vocab).
 
 enum { SHARD_HEADER_BYTES = 256 * 4, SHARD_MAGIC_U16 = 20240520, SHARD_MAGIC_U32 = 20240801 };
 
@@ -178,67 +157,63 @@ typedef struct {
     int *token_bytes;      // (num_shards) 2 (uint16) or 4 (uint32)
     int64_t shard_index;   // shard the next batch comes from
     int64_t position;      // token offset of the next batch in that shard
-    int64_t loaded_shard;  // shard whose tokens are in `tokens`, -1 if none
+    int64_t loaded_shard;  // shard whose tokens are in `tokens`
     unsigned char *tokens; // raw little-endian tokens of loaded_shard
 } ShardLoader;
 
 LLMGEN_API uint32_t shard_token_at(const unsigned char *raw, int token_bytes, int64_t i) {
-    uint16_t v16;
-    uint32_t v32;
-    if (token_bytes == 2) return memcpy(&v16, raw + 2 * i, 2), v16;
-    return memcpy(&v32, raw + 4 * i, 4), v32;
+    uint32_t v = 0;   // a uint16 token fills the low half (little-endian)
+    return memcpy(&v, raw + (size_t)token_bytes * (size_t)i, (size_t)token_bytes), v;
 }
 
-// Read n tokens (file token indices first..) of shard `path` into raw and check their ids.
-LLMGEN_API void shard_read_tokens(FILE *fp, const char *path, unsigned char *raw, int64_t n, int token_bytes,
-                                  int64_t first, int vocab_size) {
-    if (fread(raw, (size_t)token_bytes, (size_t)n, fp) != (size_t)n)
-        llmgen_fail("cannot read tokens of shard %s at token %lld: %s", path, (long long)first,
-                    ferror(fp) ? strerror(errno) : "unexpected end of file");
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t tok = shard_token_at(raw, token_bytes, i);
-        if (tok >= (uint32_t)vocab_size)
-            llmgen_fail("shard %s: token %lld has id %u, but vocab_size is %d (ids must be < %d)", path,
-                        (long long)(first + i), tok, vocab_size, vocab_size);
-    }
-}
-
-// Open a shard, read and check its header against the file size; the file is left at the first token.
+// Open a shard and check its header against the file size; the file is left at the first token.
 LLMGEN_API FILE *shard_open(const char *path, int64_t *count_out, int *token_bytes_out) {
     FILE *fp = fopen(path, "rb");
     if (fp == NULL) llmgen_fail("cannot open shard %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) llmgen_fail("shard %s is not a regular file", path);
     long long size = (long long)st.st_size;
-    if (size < SHARD_HEADER_BYTES)
-        llmgen_fail("shard %s is %lld bytes, shorter than the %d-byte header", path, size, SHARD_HEADER_BYTES);
     int32_t h[256];
-    if (fread(h, 4, 256, fp) != 256) llmgen_fail("cannot read the header of shard %s: %s", path, strerror(errno));
+    if (size < SHARD_HEADER_BYTES || fread(h, 4, 256, fp) != 256)
+        llmgen_fail("shard %s is %lld bytes, shorter than the %d-byte header", path, size, SHARD_HEADER_BYTES);
     int token_bytes = h[0] == SHARD_MAGIC_U16 && h[1] == 1 ? 2 : h[0] == SHARD_MAGIC_U32 && h[1] == 7 ? 4 : 0;
     if (!token_bytes)
         llmgen_fail("shard %s has magic %d version %d; expected magic %d version 1 (uint16 tokens) "
-                    "or magic %d version 7 (uint32 tokens)",
-                    path, (int)h[0], (int)h[1], SHARD_MAGIC_U16, SHARD_MAGIC_U32);
-    int64_t count = h[2];
-    long long expected = (long long)SHARD_HEADER_BYTES + (long long)count * token_bytes;
+                    "or magic %d version 7 (uint32 tokens)", path, h[0], h[1], SHARD_MAGIC_U16, SHARD_MAGIC_U32);
+    long long count = h[2], expected = SHARD_HEADER_BYTES + count * token_bytes;
     if (count < 0 || size != expected)
         llmgen_fail("shard %s is %s: its header says %lld tokens of %d bytes, so the file should be "
                     "%lld bytes, but it is %lld bytes",
-                    path, size < expected ? "truncated" : "oversized", (long long)count, token_bytes, expected, size);
+                    path, size < expected ? "truncated" : "oversized", count, token_bytes, expected, size);
     *count_out = count;
     *token_bytes_out = token_bytes;
     return fp;
+}
+
+// Read shard s whole into L->tokens, checking that its header is still the one loader_init saw and every id.
+LLMGEN_API void shard_load(ShardLoader *L, int64_t s) {
+    int64_t n;
+    int tb;
+    FILE *fp = shard_open(L->paths[s], &n, &tb);
+    if (n != L->counts[s] || tb != L->token_bytes[s])
+        llmgen_fail("shard %s changed since the loader was initialised", L->paths[s]);
+    if (fread(L->tokens, (size_t)tb, (size_t)n, fp) != (size_t)n)
+        llmgen_fail("cannot read the tokens of shard %s: %s", L->paths[s],
+                    ferror(fp) ? strerror(errno) : "unexpected end of file");
+    fclose(fp);
+    for (int64_t i = 0; i < n; i++)
+        if (shard_token_at(L->tokens, tb, i) >= (uint32_t)L->vocab_size)
+            llmgen_fail("shard %s: token %lld has id %u, but vocab_size is %d (ids must be < %d)", L->paths[s],
+                        (long long)i, shard_token_at(L->tokens, tb, i), L->vocab_size, L->vocab_size);
+    L->loaded_shard = s;
 }
 
 LLMGEN_API void loader_init(ShardLoader *L, const char *pattern, int B, int T, int vocab_size) {
     memset(L, 0, sizeof(*L));
     if (B <= 0 || T <= 0 || vocab_size <= 0)
         llmgen_fail("loader: B, T and vocab_size must be positive, got B=%d T=%d vocab_size=%d", B, T, vocab_size);
-    L->B = B;
-    L->T = T;
-    L->vocab_size = vocab_size;
+    L->B = B, L->T = T, L->vocab_size = vocab_size;
     glob_t g;
-    memset(&g, 0, sizeof(g));
     int rc = glob(pattern, 0, NULL, &g);
     if (rc == GLOB_NOMATCH || (rc == 0 && g.gl_pathc == 0)) llmgen_fail("no file matches %s", pattern);
     if (rc != 0 || g.gl_pathc > (size_t)INT32_MAX) llmgen_fail("glob(%s) failed (rc %d)", pattern, rc);
@@ -246,47 +221,26 @@ LLMGEN_API void loader_init(ShardLoader *L, const char *pattern, int B, int T, i
     L->paths = (char **)xcalloc((size_t)L->num_shards, sizeof(char *));
     L->counts = (int64_t *)xcalloc((size_t)L->num_shards, sizeof(int64_t));
     L->token_bytes = (int *)xcalloc((size_t)L->num_shards, sizeof(int));
-    // validate every shard once, streaming through it in chunks
-    const int64_t chunk = (int64_t)1 << 20, need = (int64_t)B * T + 1;
-    unsigned char *buf = (unsigned char *)xmalloc((size_t)chunk * 4);
     size_t max_bytes = 0;
     for (int s = 0; s < L->num_shards; s++) {
         const char *path = L->paths[s] = xstrdup(g.gl_pathv[s]);
-        FILE *fp = shard_open(path, &L->counts[s], &L->token_bytes[s]);
-        if (L->counts[s] < need)
+        fclose(shard_open(path, &L->counts[s], &L->token_bytes[s]));
+        if (L->counts[s] < (int64_t)B * T + 1)
             llmgen_fail("shard %s has %lld tokens, fewer than the B*T+1 = %lld one batch needs (B=%d, T=%d)", path,
-                        (long long)L->counts[s], (long long)need, B, T);
-        for (int64_t done = 0; done < L->counts[s]; done += chunk)
-            shard_read_tokens(fp, path, buf, L->counts[s] - done < chunk ? L->counts[s] - done : chunk,
-                              L->token_bytes[s], done, vocab_size);
-        fclose(fp);
+                        (long long)L->counts[s], (long long)B * T + 1, B, T);
         if ((size_t)L->counts[s] * L->token_bytes[s] > max_bytes) max_bytes = (size_t)L->counts[s] * L->token_bytes[s];
     }
     globfree(&g);
-    free(buf);
     L->tokens = (unsigned char *)xmalloc(max_bytes);
-    L->loaded_shard = -1;
+    for (int s = L->num_shards - 1; s >= 0; s--) shard_load(L, s);   // every shard checked now; shard 0 stays
 }
 
 // Fill inputs and targets, (B,T) each, with the next batch.
 LLMGEN_API void loader_next(ShardLoader *L, int *inputs, int *targets) {
     int64_t bt = (int64_t)L->B * (int64_t)L->T;
-    if (L->position + bt + 1 > L->counts[L->shard_index]) {
-        L->shard_index = (L->shard_index + 1) % L->num_shards;
-        L->position = 0;
-    }
-    if (L->loaded_shard != L->shard_index) {   // make the shard current (re-checked: it may have changed)
-        int64_t s = L->shard_index, count;
-        int token_bytes;
-        FILE *fp = shard_open(L->paths[s], &count, &token_bytes);
-        if (count != L->counts[s] || token_bytes != L->token_bytes[s])
-            llmgen_fail("shard %s changed since the loader was initialised "
-                        "(had %lld tokens of %d bytes, now %lld of %d)",
-                        L->paths[s], (long long)L->counts[s], L->token_bytes[s], (long long)count, token_bytes);
-        shard_read_tokens(fp, L->paths[s], L->tokens, count, token_bytes, 0, L->vocab_size);
-        fclose(fp);
-        L->loaded_shard = s;
-    }
+    if (L->position + bt + 1 > L->counts[L->shard_index])
+        L->shard_index = (L->shard_index + 1) % L->num_shards, L->position = 0;
+    if (L->loaded_shard != L->shard_index) shard_load(L, L->shard_index);
     int tb = L->token_bytes[L->shard_index];
     const unsigned char *raw = L->tokens + (size_t)L->position * (size_t)tb;
     for (int64_t i = 0; i < bt; i++) {
@@ -298,41 +252,31 @@ LLMGEN_API void loader_next(ShardLoader *L, int *inputs, int *targets) {
 
 LLMGEN_API void loader_reset(ShardLoader *L) { L->shard_index = 0, L->position = 0; }
 
-// The state that determines the next batch; save it with a checkpoint.
+// The state that determines the next batch (saved with a checkpoint), and setting it back.
 LLMGEN_API void loader_get_state(const ShardLoader *L, int64_t *shard_index, int64_t *position) {
-    *shard_index = L->shard_index;
-    *position = L->position;
+    *shard_index = L->shard_index, *position = L->position;
 }
 
 LLMGEN_API void loader_set_state(ShardLoader *L, int64_t shard_index, int64_t position) {
-    if (shard_index < 0 || shard_index >= L->num_shards)
-        llmgen_fail("loader state: shard index %lld out of range, there are %d shards", (long long)shard_index,
-                    L->num_shards);
-    if (position < 0 || position > L->counts[shard_index])
-        llmgen_fail("loader state: position %lld out of range for shard %s with %lld tokens", (long long)position,
-                    L->paths[shard_index], (long long)L->counts[shard_index]);
-    L->shard_index = shard_index;
-    L->position = position;
+    if (shard_index < 0 || shard_index >= L->num_shards || position < 0 || position > L->counts[shard_index])
+        llmgen_fail("loader state: shard index %lld, position %lld is out of range of the %d shards found "
+                    "(saved with other data?)", (long long)shard_index, (long long)position, L->num_shards);
+    L->shard_index = shard_index, L->position = position;
 }
 
 LLMGEN_API void loader_free(ShardLoader *L) {
     for (int s = 0; s < L->num_shards; s++) free(L->paths[s]);
-    free(L->paths);
-    free(L->counts);
-    free(L->token_bytes);
-    free(L->tokens);
+    free(L->paths), free(L->counts), free(L->token_bytes), free(L->tokens);
     memset(L, 0, sizeof(*L));
 }
 
 // ----------------------------------------------------------------------------
 // safetensors: reading
-// Layout: u64 little-endian header length N, N bytes of JSON, then the data. The JSON is one flat
-// object: tensor name -> {"dtype", "shape", "data_offsets": [begin, end]} (offsets into the data
-// section, other fields skipped), plus an optional "__metadata__" string -> string map (other
-// values skipped). This is no general JSON parser: a scanner for exactly that form, with strings
-// (every JSON escape: names are UTF-8) and non-negative integers read in full and any other value
-// skipped by its brackets and characters. st_open validates every entry (known dtype, offsets in
-// range and equal to dtype size * numel); st_read_f32 converts F32, BF16 and F16.
+// A file is a u64 header length N, N bytes of JSON, then the data. The JSON is one flat object: tensor name ->
+// {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]} (byte offsets into the data), plus an
+// optional "__metadata__" entry, skipped. No general JSON parser: a scanner for that form, which decodes
+// strings (names are UTF-8, maybe escaped), reads integers and skips any other value by its characters.
+// st_open checks every entry: a known dtype, offsets inside the data and spanning dtype size * numel bytes.
 
 enum { ST_F32, ST_BF16, ST_F16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U64, ST_U32, ST_U16, ST_U8, ST_BOOL,
        ST_F8_E4M3, ST_F8_E5M2, ST_NUM_DTYPES };
@@ -350,21 +294,13 @@ typedef struct {
 
 typedef struct {
     char *path;
-    unsigned char *bytes;      // the whole file
-    size_t size;               // file size in bytes
-    int mapped;                // 1: bytes is an mmap; 0: malloc'd copy
-    const unsigned char *data; // start of the data section
-    size_t data_size;          // bytes in the data section
+    unsigned char *bytes;      // the whole file, mapped
+    size_t size;
+    const unsigned char *data; // the data section: data_size bytes
+    size_t data_size;
     StTensor *tensors;         // (count) in header order
     int count;
-    char **meta_keys;          // (meta_count) "__metadata__" entries
-    char **meta_values;
-    int meta_count;
 } StFile;
-
-LLMGEN_API const char *st_dtype_name(int dtype) {
-    return dtype >= 0 && dtype < ST_NUM_DTYPES ? st_dtypes[dtype].name : "?";
-}
 
 LLMGEN_API int64_t st_numel(const StTensor *t) {
     int64_t n = 1;
@@ -381,232 +317,199 @@ LLMGEN_API const char *st_shape_str(char *buf, size_t cap, int ndim, const int64
     return buf;
 }
 
+LLMGEN_API const StTensor *st_find(const StFile *f, const char *name) {
+    for (int i = 0; i < f->count; i++)
+        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
+    return NULL;
+}
+
 // The scanner: a cursor over the header [begin, end).
 typedef struct {
     const char *p, *begin, *end, *path;
-    int depth;
 } StJson;
 
 LLMGEN_API __attribute__((noreturn)) void st_json_fail(const StJson *j, const char *what) {
-    char found[32];
-    unsigned char c = j->p < j->end ? (unsigned char)*j->p : 0;
-    if (j->p >= j->end) snprintf(found, sizeof(found), "end of header");
-    else if (c >= 0x20 && c < 0x7f) snprintf(found, sizeof(found), "'%c'", c);
-    else snprintf(found, sizeof(found), "byte 0x%02x", (unsigned)c);
+    char found[32] = "end of header";
+    int c = j->p < j->end ? (unsigned char)*j->p : -1;
+    if (c >= 0) snprintf(found, sizeof found, c >= 0x20 && c < 0x7f ? "'%c'" : "byte 0x%02x", c);
     llmgen_fail("malformed safetensors header in %s: %s, found %s at header byte %lld", j->path, what, found,
                 (long long)(j->p - j->begin));
 }
 
-// The next byte after whitespace (-1 at the end), not consumed.
+// The next character after whitespace, not consumed; -1 at the end of the header.
 LLMGEN_API int st_json_peek(StJson *j) {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+    while (j->p < j->end && *j->p && strchr(" \t\n\r", *j->p)) j->p++;
     return j->p < j->end ? (unsigned char)*j->p : -1;
 }
 
 LLMGEN_API void st_json_expect(StJson *j, char c) {
-    char what[32];
-    snprintf(what, sizeof(what), "expected '%c'", c);
-    if (st_json_peek(j) != (unsigned char)c) st_json_fail(j, what);
+    char what[16];
+    snprintf(what, sizeof what, "expected '%c'", c);
+    if (st_json_peek(j) != c) st_json_fail(j, what);
     j->p++;
 }
 
 // After '{' or '[' (first = 1) or a member: 1 when a member follows (its ',' consumed), 0 at `close`.
 LLMGEN_API int st_json_more(StJson *j, int first, char close, const char *what) {
     int c = st_json_peek(j);
-    if (c == (unsigned char)close) return j->p++, 0;
+    if (c == close) return j->p++, 0;
     if (first) return 1;
     if (c != ',') st_json_fail(j, what);
     return j->p++, 1;
 }
 
+// The XXXX of a \uXXXX escape, j->p at the 'u' (the string's closing quote stops it: not a hex digit).
 LLMGEN_API unsigned st_json_hex4(StJson *j) {
+    static const char hex[] = "0123456789abcdef0123456789ABCDEF";
     unsigned v = 0;
-    for (int i = 0; i < 4; i++, j->p++) {
-        const char *hex = "0123456789abcdef0123456789ABCDEF", *d = j->p < j->end && *j->p ? strchr(hex, *j->p) : NULL;
-        if (!d) st_json_fail(j, "expected 4 hex digits after \\u");
-        v = v * 16 + (unsigned)((d - hex) % 16);
+    for (int i = 0; i < 4; i++) {
+        const char *d = *++j->p ? strchr(hex, *j->p) : NULL;
+        if (d == NULL) st_json_fail(j, "expected 4 hex digits after \\u");
+        v = v * 16 + (unsigned)(d - hex) % 16;
     }
-    return v;
+    return j->p++, v;
 }
 
-// A JSON string, decoded to UTF-8 (NUL-terminated, malloc'd; never longer than its raw bytes).
+// A string, decoded to UTF-8 (malloc'd, NUL-terminated, never longer than its escaped form).
 LLMGEN_API char *st_json_string(StJson *j, size_t *len_out) {
+    static const char esc[] = "\"\\/bfnrt", unesc[] = "\"\\/\b\f\n\r\t";
     if (st_json_peek(j) != '"') st_json_fail(j, "expected a string");
-    const char *q = ++j->p;
-    while (q < j->end && *q != '"') q += (*q == '\\' && j->end - q > 1) ? 2 : 1;
+    const char *q = ++j->p;   // q: the closing quote
+    while (q < j->end && *q != '"') q += *q == '\\' && j->end - q > 1 ? 2 : 1;
     if (q >= j->end) j->p = j->end, st_json_fail(j, "unterminated string");
-    char *out = (char *)xmalloc((size_t)(q - j->p) + 1);
-    size_t n = 0;
-    for (;;) {
-        unsigned char c = (unsigned char)*j->p++;
-        if (c == '"') break;
-        if (c < 0x20) j->p--, st_json_fail(j, "control character inside a string");
-        if (c != '\\') { out[n++] = (char)c; continue; }
-        const char *esc = strchr("\"\\/bfnrt", *j->p), *to = "\"\\/\b\f\n\r\t";
-        if (*j->p && esc) { out[n++] = to[esc - "\"\\/bfnrt"]; j->p++; continue; }
-        if (*j->p++ != 'u') j->p--, st_json_fail(j, "invalid escape in string");
-        unsigned cp = st_json_hex4(j);
-        if (cp >= 0xDC00 && cp <= 0xDFFF) st_json_fail(j, "lone low surrogate in \\u escape");
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
-                st_json_fail(j, "expected a low surrogate \\uDC00-\\uDFFF after a high surrogate");
-            j->p += 2;
-            unsigned lo = st_json_hex4(j);
+    char *out = (char *)xmalloc((size_t)(q - j->p) + 1), *o = out;
+    while (j->p < q) {
+        unsigned c = (unsigned char)*j->p, cp;
+        if (c < 0x20) st_json_fail(j, "control character inside a string");
+        if (c != '\\') { *o++ = (char)c, j->p++; continue; }
+        const char *e = *++j->p ? strchr(esc, *j->p) : NULL;
+        if (e) { *o++ = unesc[e - esc], j->p++; continue; }
+        if (*j->p != 'u') st_json_fail(j, "invalid escape in string");
+        if ((cp = st_json_hex4(j)) >= 0xD800 && cp < 0xDC00) {   // a high surrogate: the low one must follow
+            unsigned lo = j->p[0] == '\\' && j->p[1] == 'u' ? (j->p++, st_json_hex4(j)) : 0;
             if (lo < 0xDC00 || lo > 0xDFFF) st_json_fail(j, "expected a low surrogate \\uDC00-\\uDFFF");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        } else if (cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) {
+            st_json_fail(j, cp ? "lone low surrogate in \\u escape" : "\\u0000 inside a string is not supported");
         }
-        if (cp == 0) st_json_fail(j, "\\u0000 inside a string is not supported");
         int extra = cp < 0x80 ? 0 : cp < 0x800 ? 1 : cp < 0x10000 ? 2 : 3;   // UTF-8 continuation bytes
-        out[n++] = (char)(extra == 0 ? cp : ((0xFF00u >> (extra + 1)) & 0xFFu) | (cp >> (6 * extra)));
-        for (int k = extra - 1; k >= 0; k--) out[n++] = (char)(0x80 | ((cp >> (6 * k)) & 0x3F));
+        *o++ = (char)(extra == 0 ? cp : ((0xFF00u >> (extra + 1)) & 0xFFu) | (cp >> (6 * extra)));
+        for (int k = extra - 1; k >= 0; k--) *o++ = (char)(0x80 | ((cp >> (6 * k)) & 0x3F));
     }
-    out[n] = '\0';
-    if (len_out) *len_out = n;
+    *o = '\0', j->p++;
+    if (len_out) *len_out = (size_t)(o - out);
     return out;
 }
 
-// A non-negative integer that fits in int64 (shapes, offsets).
-LLMGEN_API int64_t st_json_int(StJson *j, const char *what) {
-    char msg[160];
-    snprintf(msg, sizeof(msg), "expected a non-negative integer (int64) for %s", what);
-    int c = st_json_peek(j);
-    if (c < '0' || c > '9') st_json_fail(j, msg);
-    uint64_t v = 0;
-    for (; j->p < j->end && *j->p >= '0' && *j->p <= '9'; j->p++) {
-        if (v > ((uint64_t)INT64_MAX - (unsigned)(*j->p - '0')) / 10) st_json_fail(j, msg);
-        v = v * 10 + (unsigned)(*j->p - '0');
-    }
-    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E')) st_json_fail(j, msg);
-    return (int64_t)v;
-}
-
-// Skip a value the reader does not use (nesting at most 64 deep): strings and brackets are followed,
-// numbers and true / false / null are skipped as a run of the characters they are made of.
+// Skip a value the reader does not use: a string, a run of the characters numbers, true, false and null
+// are made of, or brackets followed to their match (at most 64 deep) with no check of what is inside.
 LLMGEN_API void st_json_skip(StJson *j) {
-    int c = st_json_peek(j);
-    if (c != '{' && c != '[') {
+    int depth = 0;
+    do {
+        int c = st_json_peek(j);
         const char *start = j->p;
         if (c == '"') free(st_json_string(j, NULL));
-        while (c != '"' && j->p < j->end && *j->p && strchr("+-.0123456789Eeaflnrstu", *j->p)) j->p++;
+        else if (c == '{' || c == '[') j->p++, depth++;
+        else if (depth > 0 && (c == '}' || c == ']')) j->p++, depth--;
+        else if (depth > 0 && (c == ',' || c == ':')) j->p++;
+        else while (j->p < j->end && *j->p && strchr("+-.0123456789Eeaflnrstu", *j->p)) j->p++;
         if (j->p == start) st_json_fail(j, "expected a JSON value");
-        return;
-    }
-    const char close = c == '{' ? '}' : ']';
-    if (++j->depth > 64) st_json_fail(j, "nesting deeper than 64 levels");
-    j->p++;
-    for (int first = 1; st_json_more(j, first, close, "expected ',' or the end of an object or array"); first = 0) {
-        if (c == '{') free(st_json_string(j, NULL)), st_json_expect(j, ':');
-        st_json_skip(j);
-    }
-    j->depth--;
+        if (depth > 64) st_json_fail(j, "nesting deeper than 64 levels");
+    } while (depth > 0);
 }
 
-// One tensor's entry {"dtype": ..., "shape": [...], "data_offsets": [begin, end], ...}.
-LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
+// "[a, b, ...]": at most max non-negative integers that fit in int64, into v; returns how many.
+LLMGEN_API int st_json_ints(StJson *j, int64_t *v, int max, const char *field, const char *tensor) {
     char what[320];
-    t->dtype = t->ndim = -1, t->begin = -1;   // -1 until read: the field is missing
-    snprintf(what, sizeof(what), "expected '{' to start the entry of tensor \"%s\"", t->name);
-    if (st_json_peek(j) != '{') st_json_fail(j, what);
-    j->p++;
+    snprintf(what, sizeof what, "expected a non-negative integer (int64) among the %s of tensor \"%s\"", field,
+             tensor);
+    st_json_expect(j, '[');
+    int n = 0;
+    for (; st_json_more(j, n == 0, ']', "expected ',' or ']' in a list of integers"); n++) {
+        if (n == max)
+            llmgen_fail("safetensors file %s: tensor \"%s\" has more than %d %s", j->path, tensor, max, field);
+        const char *start = (st_json_peek(j), j->p);
+        for (v[n] = 0; j->p < j->end && *j->p >= '0' && *j->p <= '9'; j->p++) {
+            if (v[n] > (INT64_MAX - (*j->p - '0')) / 10) st_json_fail(j, what);
+            v[n] = v[n] * 10 + (*j->p - '0');
+        }
+        if (j->p == start || (j->p < j->end && *j->p && strchr(".eE", *j->p))) st_json_fail(j, what);
+    }
+    return n;
+}
+
+// One tensor's entry {"dtype": ..., "shape": [...], "data_offsets": [begin, end]}, other fields skipped.
+LLMGEN_API void st_json_tensor(StJson *j, StTensor *t) {
+    int64_t offsets[2];
+    int n_offsets = -1;
+    t->dtype = t->ndim = -1;   // -1 until read: the field is missing
+    st_json_expect(j, '{');
     for (int first = 1; st_json_more(j, first, '}', "expected ',' or '}' in a tensor entry"); first = 0) {
         char *key = st_json_string(j, NULL);
         st_json_expect(j, ':');
         if (strcmp(key, "dtype") == 0) {
             char *name = st_json_string(j, NULL);
-            t->dtype = ST_NUM_DTYPES - 1;
-            while (t->dtype >= 0 && strcmp(name, st_dtypes[t->dtype].name) != 0) t->dtype--;
+            for (t->dtype = ST_NUM_DTYPES - 1; t->dtype >= 0 && strcmp(name, st_dtypes[t->dtype].name);) t->dtype--;
             if (t->dtype < 0)
                 llmgen_fail("safetensors file %s: tensor \"%s\" has unsupported dtype \"%s\" "
                             "(F32, BF16 and F16 can be read)", j->path, t->name, name);
             free(name);
         } else if (strcmp(key, "shape") == 0) {
-            snprintf(what, sizeof(what), "a dimension of tensor \"%s\"", t->name);
-            st_json_expect(j, '[');
-            for (t->ndim = 0; st_json_more(j, t->ndim == 0, ']', "expected ',' or ']' in shape");) {
-                if (t->ndim == 8)
-                    llmgen_fail("safetensors file %s: tensor \"%s\" has more than 8 dimensions", j->path, t->name);
-                t->shape[t->ndim++] = st_json_int(j, what);
-            }
+            t->ndim = st_json_ints(j, t->shape, 8, "dimensions", t->name);
         } else if (strcmp(key, "data_offsets") == 0) {
-            snprintf(what, sizeof(what), "data_offsets of tensor \"%s\"", t->name);
-            st_json_expect(j, '[');
-            t->begin = st_json_int(j, what);
-            st_json_expect(j, ',');
-            t->end = st_json_int(j, what);
-            st_json_expect(j, ']');
+            n_offsets = st_json_ints(j, offsets, 2, "data_offsets", t->name);
         } else {
             st_json_skip(j);
         }
         free(key);
     }
-    const char *missing = t->dtype < 0 ? "dtype" : t->ndim < 0 ? "shape" : t->begin < 0 ? "data_offsets" : NULL;
+    const char *missing = t->dtype < 0 ? "dtype" : t->ndim < 0 ? "shape" : n_offsets < 0 ? "data_offsets" : NULL;
     if (missing) llmgen_fail("safetensors file %s: tensor \"%s\" has no \"%s\" field", j->path, t->name, missing);
+    if (n_offsets != 2)
+        llmgen_fail("safetensors file %s: tensor \"%s\" has %d data_offsets, not [begin, end]", j->path, t->name,
+                    n_offsets);
+    t->begin = offsets[0], t->end = offsets[1];
 }
 
-// The header: every entry, then each tensor's extent checked against the data section.
+// The header: every tensor's entry, its extent checked against the data section; "__metadata__" skipped.
 LLMGEN_API void st_parse_header(StFile *f, const char *json, size_t n) {
-    StJson j = {json, json, json + n, f->path, 0};
+    StJson j = {json, json, json + n, f->path};
     int cap = 0;
     st_json_expect(&j, '{');
     for (int first = 1; st_json_more(&j, first, '}', "expected ',' or '}' after a top-level entry"); first = 0) {
-        const char *key_at = j.p;
         size_t len;
         char *key = st_json_string(&j, &len);
         st_json_expect(&j, ':');
-        if (strcmp(key, "__metadata__") == 0 && st_json_peek(&j) == 'n') {
-            st_json_skip(&j);                          // "__metadata__": null
-        } else if (strcmp(key, "__metadata__") == 0) {  // string values kept, others tolerated and skipped
-            st_json_expect(&j, '{');
-            for (int m = 1; st_json_more(&j, m, '}', "expected ',' or '}' in __metadata__"); m = 0) {
-                char *mkey = st_json_string(&j, NULL);
-                st_json_expect(&j, ':');
-                if (st_json_peek(&j) != '"') {
-                    free(mkey), st_json_skip(&j);
-                    continue;
-                }
-                f->meta_keys = (char **)xrealloc(f->meta_keys, sizeof(char *) * (size_t)(f->meta_count + 1));
-                f->meta_values = (char **)xrealloc(f->meta_values, sizeof(char *) * (size_t)(f->meta_count + 1));
-                f->meta_keys[f->meta_count] = mkey;
-                f->meta_values[f->meta_count++] = st_json_string(&j, NULL);
-            }
-        } else {
-            if (len >= sizeof(f->tensors[0].name))
-                j.p = key_at, llmgen_fail("safetensors file %s: tensor name of %zu bytes is too long "
-                                          "(at most 255): %.60s...", f->path, len, key);
-            for (int i = 0; i < f->count; i++)
-                if (strcmp(f->tensors[i].name, key) == 0)
-                    llmgen_fail("safetensors file %s: tensor \"%s\" appears twice in the header", f->path, key);
-            if (f->count == cap)
-                f->tensors = (StTensor *)xrealloc(f->tensors, sizeof(StTensor) * (size_t)(cap = cap ? 2 * cap : 64));
-            StTensor *t = &f->tensors[f->count++];
-            memset(t, 0, sizeof(*t));
-            memcpy(t->name, key, len + 1);
-            st_json_tensor(&j, t);
+        if (strcmp(key, "__metadata__") == 0) {
+            free(key), st_json_skip(&j);
+            continue;
         }
+        if (len >= sizeof(f->tensors[0].name))
+            llmgen_fail("safetensors file %s: tensor name of %zu bytes is too long (at most 255): %.60s...", f->path,
+                        len, key);
+        if (st_find(f, key))
+            llmgen_fail("safetensors file %s: tensor \"%s\" appears twice in the header", f->path, key);
+        if (f->count == cap)
+            f->tensors = (StTensor *)xrealloc(f->tensors, sizeof(StTensor) * (size_t)(cap = cap ? 2 * cap : 64));
+        StTensor *t = &f->tensors[f->count++];
+        memcpy(t->name, key, len + 1);
         free(key);
-    }
-    while (j.p < j.end && (*j.p == ' ' || *j.p == '\t' || *j.p == '\n' || *j.p == '\r' || *j.p == '\0')) j.p++;
-    if (j.p != j.end) st_json_fail(&j, "expected only padding after the header object");
-    for (int i = 0; i < f->count; i++) {
-        const StTensor *t = &f->tensors[i];
+        st_json_tensor(&j, t);
         char shape[200];
-        st_shape_str(shape, sizeof(shape), t->ndim, t->shape);
-        int64_t numel = 1;
-        for (int d = 0; d < t->ndim; d++) {
-            if (t->shape[d] != 0 && numel > INT64_MAX / 8 / t->shape[d])
-                llmgen_fail("safetensors file %s: tensor \"%s\" shape %s is too large", f->path, t->name, shape);
-            numel *= t->shape[d];
-        }
+        double bytes = st_dtypes[t->dtype].bytes;   // exact whenever it can equal the span (< 2^53 bytes)
+        for (int d = 0; d < t->ndim; d++) bytes *= (double)t->shape[d];
         if (t->begin > t->end || (uint64_t)t->end > (uint64_t)f->data_size)
             llmgen_fail("safetensors file %s: tensor \"%s\" data_offsets [%lld, %lld] are out of range of the "
-                        "%zu-byte data section",
-                        f->path, t->name, (long long)t->begin, (long long)t->end, f->data_size);
-        if (t->end - t->begin != numel * st_dtypes[t->dtype].bytes)
+                        "%zu-byte data section", f->path, t->name, (long long)t->begin, (long long)t->end,
+                        f->data_size);
+        if ((double)(t->end - t->begin) != bytes)
             llmgen_fail("safetensors file %s: tensor \"%s\" data_offsets [%lld, %lld] span %lld bytes, but dtype %s "
-                        "shape %s needs %lld bytes", f->path, t->name, (long long)t->begin, (long long)t->end,
-                        (long long)(t->end - t->begin), st_dtype_name(t->dtype), shape,
-                        (long long)(numel * st_dtypes[t->dtype].bytes));
+                        "shape %s needs %.0f bytes", f->path, t->name, (long long)t->begin, (long long)t->end,
+                        (long long)(t->end - t->begin), st_dtypes[t->dtype].name,
+                        st_shape_str(shape, sizeof shape, t->ndim, t->shape), bytes);
     }
+    while (j.p < j.end && (*j.p == '\0' || strchr(" \t\n\r", *j.p))) j.p++;
+    if (j.p != j.end) st_json_fail(&j, "expected only padding after the header object");
 }
 
 LLMGEN_API void st_open(StFile *f, const char *path) {
@@ -616,19 +519,12 @@ LLMGEN_API void st_open(StFile *f, const char *path) {
     if (fd < 0) llmgen_fail("cannot open safetensors file %s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) llmgen_fail("safetensors file %s is not a regular file", path);
-    f->size = (size_t)st.st_size;
-    if (f->size < 8)
+    if ((f->size = (size_t)st.st_size) < 8)
         llmgen_fail("safetensors file %s is %zu bytes, too short to hold the 8-byte header length", path, f->size);
     void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    f->mapped = m != MAP_FAILED;
-    f->bytes = f->mapped ? (unsigned char *)m : (unsigned char *)xmalloc(f->size);
-    for (size_t got = 0; !f->mapped && got < f->size;) {   // e.g. a filesystem without mmap: read it all
-        ssize_t r = read(fd, f->bytes + got, f->size - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) llmgen_fail("cannot read %s: %s", path, r < 0 ? strerror(errno) : "unexpected end of file");
-        got += (size_t)r;
-    }
+    if (m == MAP_FAILED) llmgen_fail("cannot map safetensors file %s: %s", path, strerror(errno));
     close(fd);
+    f->bytes = (unsigned char *)m;
     uint64_t header_len;
     memcpy(&header_len, f->bytes, 8);
     if (header_len > (uint64_t)(f->size - 8))
@@ -639,19 +535,6 @@ LLMGEN_API void st_open(StFile *f, const char *path) {
     st_parse_header(f, (const char *)f->bytes + 8, (size_t)header_len);
 }
 
-LLMGEN_API const StTensor *st_find(const StFile *f, const char *name) {
-    for (int i = 0; i < f->count; i++)
-        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
-    return NULL;
-}
-
-// Value of a "__metadata__" key, NULL if absent.
-LLMGEN_API const char *st_metadata(const StFile *f, const char *key) {
-    for (int i = 0; i < f->meta_count; i++)
-        if (strcmp(f->meta_keys[i], key) == 0) return f->meta_values[i];
-    return NULL;
-}
-
 LLMGEN_API float st_bf16_to_f32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float x;
@@ -659,24 +542,19 @@ LLMGEN_API float st_bf16_to_f32(uint16_t h) {
 }
 
 LLMGEN_API float st_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu, bits;
-    if (exp == 0x1F) bits = sign | 0x7F800000u | (mant << 13);          // inf, nan (payload kept)
-    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13); // normal: rebias 15 -> 127
-    else if (mant == 0) bits = sign;                                     // +-0
-    else {                                                               // subnormal mant * 2^-24: normalise
-        int s = 0;
-        for (; !(mant & 0x400u); s++) mant <<= 1;
-        bits = sign | ((uint32_t)(113 - s) << 23) | ((mant & 0x3FFu) << 13);
-    }
+    uint32_t bits = (uint32_t)(h & 0x7FFFu) << 13;   // exponent and mantissa in float's places
     float x;
-    return memcpy(&x, &bits, 4), x;
+    if ((h & 0x7C00u) == 0x7C00u) bits |= 0x7F800000u;   // inf, nan (payload kept): all-ones exponent
+    memcpy(&x, &bits, 4);
+    if ((h & 0x7C00u) != 0x7C00u) x *= 5.192296858534828e33f;   // the rest: * 2^112 rebiases 15 -> 127, exactly
+    return (h & 0x8000u) ? -x : x;
 }
 
 // Copy tensor t of f into dst (numel floats), converting BF16/F16 to float.
 LLMGEN_API void st_read_f32(const StFile *f, const StTensor *t, float *dst) {
     if (t->dtype != ST_F32 && t->dtype != ST_BF16 && t->dtype != ST_F16)
         llmgen_fail("safetensors file %s: tensor \"%s\" has dtype %s; only F32, BF16 and F16 can be read as float",
-                    f->path, t->name, st_dtype_name(t->dtype));
+                    f->path, t->name, st_dtypes[t->dtype].name);
     const unsigned char *src = f->data + t->begin;
     if (t->dtype == ST_F32) memcpy(dst, src, (size_t)st_numel(t) * 4);
     for (int64_t i = 0, n = t->dtype == ST_F32 ? 0 : st_numel(t); i < n; i++) {
@@ -686,34 +564,16 @@ LLMGEN_API void st_read_f32(const StFile *f, const StTensor *t, float *dst) {
     }
 }
 
-// Find `name`, check its shape is exactly (ndim, shape), read it as float.
-LLMGEN_API void st_load_f32(const StFile *f, const char *name, float *dst, int ndim, const int64_t *shape) {
-    const StTensor *t = st_find(f, name);
-    if (t == NULL) llmgen_fail("safetensors file %s has no tensor \"%s\"", f->path, name);
-    int same = t->ndim == ndim;
-    for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
-    char want[200], got[200];
-    if (!same)
-        llmgen_fail("safetensors file %s: tensor \"%s\" has shape %s, expected %s", f->path, name,
-                    st_shape_str(got, sizeof(got), t->ndim, t->shape), st_shape_str(want, sizeof(want), ndim, shape));
-    st_read_f32(f, t, dst);
-}
-
 LLMGEN_API void st_close(StFile *f) {
-    if (f->bytes && f->mapped) munmap(f->bytes, f->size);
-    else free(f->bytes);
-    for (int i = 0; i < f->meta_count; i++) free(f->meta_keys[i]), free(f->meta_values[i]);
-    free(f->meta_keys);
-    free(f->meta_values);
-    free(f->tensors);
-    free(f->path);
+    if (f->bytes) munmap(f->bytes, f->size);
+    free(f->tensors), free(f->path);
     memset(f, 0, sizeof(*f));
 }
 
 // ----------------------------------------------------------------------------
 // atomic writes
-// Write to "<path>.tmp", fflush + fsync, then rename over path (and fsync the directory, best
-// effort): a crash at any point leaves the previous file whole.
+// Write to "<path>.tmp", fflush + fsync, then rename over path (and fsync the directory, best effort):
+// a crash at any point leaves the previous file whole.
 
 typedef struct {
     FILE *fp;
@@ -731,8 +591,7 @@ LLMGEN_API void atomic_file_open(AtomicFile *a, const char *path) {
     a->path = xstrdup(path);
     a->tmp_path = (char *)xmalloc(strlen(path) + 5);
     snprintf(a->tmp_path, strlen(path) + 5, "%s.tmp", path);
-    a->fp = fopen(a->tmp_path, "wb");
-    if (a->fp == NULL) llmgen_fail("cannot create %s: %s", a->tmp_path, strerror(errno));
+    if ((a->fp = fopen(a->tmp_path, "wb")) == NULL) llmgen_fail("cannot create %s: %s", a->tmp_path, strerror(errno));
 }
 
 LLMGEN_API void atomic_file_write(AtomicFile *a, const void *data, size_t n) {
@@ -746,13 +605,11 @@ LLMGEN_API void atomic_file_commit(AtomicFile *a) {
     a->fp = NULL;
     if (fclose(fp) != 0) atomic_file_abort(a, "cannot close", errno);
     if (rename(a->tmp_path, a->path) != 0) atomic_file_abort(a, "cannot rename into place", errno);
-    // make the rename itself durable; some filesystems refuse, which is harmless
-    char *slash = strrchr(a->path, '/');
+    char *slash = strrchr(a->path, '/');   // make the rename durable; some filesystems refuse, harmlessly
     if (slash) *(slash == a->path ? slash + 1 : slash) = '\0';
     int dfd = open(slash ? a->path : ".", O_RDONLY);
     if (dfd >= 0) (void)fsync(dfd), close(dfd);
-    free(a->path);
-    free(a->tmp_path);
+    free(a->path), free(a->tmp_path);
     memset(a, 0, sizeof(*a));
 }
 
@@ -770,55 +627,41 @@ typedef struct {
     const char *name;
     int ndim;
     int64_t shape[8];
-    const float *data; // numel floats
+    const float *data; // numel floats, or NULL: produced by the StFill
 } StEntry;
 
-// Fills dst (entry i's numel floats) for an entry written without data
-typedef void (*StFill)(int i, float *dst, void *ctx);
+typedef void (*StFill)(int i, float *dst, void *ctx);   // fills dst with entry i's numel floats
 
-// Write F32 tensors, in the given order, as a safetensors file that transformers loads
-// ("__metadata__": {"format": "pt"}), atomically. Entries with data == NULL are produced one at a
-// time by fill(i, buffer, ctx), so the whole file is never in memory.
+// Write F32 tensors, in order, atomically, as a safetensors file transformers loads ("__metadata__":
+// {"format": "pt"}). An entry without data is produced by fill(i, buffer, ctx) as it is written, one at a time,
+// so the whole file is never in memory.
 LLMGEN_API void st_write_f32_fill(const char *path, const StEntry *entries, int n, StFill fill, void *ctx) {
-    LlmgenBuf h = {NULL, 0, 0};
-    llmgen_buf_printf(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
+    char *h = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&h, &len);   // the header
+    if (m == NULL) llmgen_fail("st_write_f32 %s: cannot build the header: %s", path, strerror(errno));
+    fputs("{\"__metadata__\":{\"format\":\"pt\"}", m);
     int64_t offset = 0;
     for (int i = 0; i < n; i++) {
         const StEntry *e = &entries[i];
-        if (e->name == NULL || strcmp(e->name, "__metadata__") == 0 || strlen(e->name) > 255)
-            llmgen_fail("st_write_f32 %s: invalid tensor name \"%.60s\"", path, e->name ? e->name : "(none)");
-        for (int k = 0; k < i; k++)
-            if (strcmp(entries[k].name, e->name) == 0)
-                llmgen_fail("st_write_f32 %s: tensor \"%s\" given twice", path, e->name);
-        if (e->ndim < 0 || e->ndim > 8)
-            llmgen_fail("st_write_f32 %s: tensor \"%s\" has ndim %d (0..8 allowed)", path, e->name, e->ndim);
-        int64_t numel = 1;
-        for (int d = 0; d < e->ndim; d++) {
-            if (e->shape[d] < 0 || (e->shape[d] != 0 && numel > INT64_MAX / 4 / e->shape[d]))
-                llmgen_fail("st_write_f32 %s: tensor \"%s\" has invalid dimension %d = %lld", path, e->name, d,
-                            (long long)e->shape[d]);
-            numel *= e->shape[d];
-        }
-        if (numel > 0 && e->data == NULL && fill == NULL)
-            llmgen_fail("st_write_f32 %s: tensor \"%s\" has no data", path, e->name);
-        llmgen_buf_append(&h, ",\"", 2);           // the name as a JSON string: quotes, backslashes, controls escaped
-        for (const unsigned char *p = (const unsigned char *)e->name; *p; p++) {
-            if (*p == '"' || *p == '\\') llmgen_buf_printf(&h, "\\%c", *p);
-            else if (*p < 0x20) llmgen_buf_printf(&h, "\\u%04x", (unsigned)*p);
-            else llmgen_buf_append(&h, (const char *)p, 1);
-        }
-        llmgen_buf_printf(&h, "\":{\"dtype\":\"F32\",\"shape\":[");
-        for (int d = 0; d < e->ndim; d++) llmgen_buf_printf(&h, d ? ",%lld" : "%lld", (long long)e->shape[d]);
-        llmgen_buf_printf(&h, "],\"data_offsets\":[%lld,%lld]}", (long long)offset, (long long)(offset + 4 * numel));
-        offset += 4 * numel;
+        fputs(",\"", m);   // the name as a JSON string: quotes, backslashes and control characters escaped
+        for (const unsigned char *p = (const unsigned char *)e->name; *p; p++)
+            fprintf(m, *p == '"' || *p == '\\' ? "\\%c" : *p < 0x20 ? "\\u%04x" : "%c", *p);
+        fputs("\":{\"dtype\":\"F32\",\"shape\":[", m);
+        int64_t bytes = 4;
+        for (int d = 0; d < e->ndim; d++)
+            bytes *= e->shape[d], fprintf(m, d ? ",%lld" : "%lld", (long long)e->shape[d]);
+        fprintf(m, "],\"data_offsets\":[%lld,%lld]}", (long long)offset, (long long)(offset + bytes));
+        offset += bytes;
     }
-    llmgen_buf_append(&h, "}", 1);
-    while (h.len % 8 != 0) llmgen_buf_append(&h, " ", 1);
-    uint64_t header_len = (uint64_t)h.len;
+    fputc('}', m);
+    fclose(m);
+    uint64_t header_len = (len + 7) / 8 * 8;   // padded with spaces to a multiple of 8
     AtomicFile a;
     atomic_file_open(&a, path);
     atomic_file_write(&a, &header_len, 8);
-    atomic_file_write(&a, h.data, h.len);
+    atomic_file_write(&a, h, len);
+    atomic_file_write(&a, "       ", header_len - len);
     for (int i = 0; i < n; i++) {
         int64_t numel = 1;
         for (int d = 0; d < entries[i].ndim; d++) numel *= entries[i].shape[d];
@@ -828,11 +671,7 @@ LLMGEN_API void st_write_f32_fill(const char *path, const StEntry *entries, int 
         free(buf);
     }
     atomic_file_commit(&a);
-    free(h.data);
-}
-
-LLMGEN_API void st_write_f32(const char *path, const StEntry *entries, int n) {
-    st_write_f32_fill(path, entries, n, NULL, NULL);
+    free(h);
 }
 
 #endif // LLMGEN_RUNTIME_H

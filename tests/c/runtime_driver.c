@@ -22,6 +22,72 @@ Python oracles. Compiles as C (gnu11) and as C++17, like the runtime itself.
 */
 #include "../../templates/common/runtime.h"
 
+// ----------------------------------------------------------------------------
+// helpers only the tests use, kept out of the runtime the trainers paste
+
+// F32 tensors, all with data, as safetensors (the trainer writes through st_write_f32_fill).
+static void st_write_f32(const char *path, const StEntry *entries, int n) {
+    st_write_f32_fill(path, entries, n, NULL, NULL);
+}
+
+// Find `name`, check its shape is exactly (ndim, shape), read it as float.
+static void st_load_f32(const StFile *f, const char *name, float *dst, int ndim, const int64_t *shape) {
+    const StTensor *t = st_find(f, name);
+    if (t == NULL) { llmgen_fail("safetensors file %s has no tensor \"%s\"", f->path, name); }
+    int same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) { same = t->shape[d] == shape[d]; }
+    char want[200], got[200];
+    if (!same) {
+        llmgen_fail("safetensors file %s: tensor \"%s\" has shape %s, expected %s", f->path, name,
+                    st_shape_str(got, sizeof(got), t->ndim, t->shape), st_shape_str(want, sizeof(want), ndim, shape));
+    }
+    st_read_f32(f, t, dst);
+}
+
+static void print_escaped(const char *s);
+
+// The string values of "__metadata__" (the runtime skips it), read with the runtime's scanner: every one as
+// "meta\tKEY\tVALUE" when want is NULL, else only want's, as "want VALUE" or "want (none)".
+static void print_metadata(const StFile *f, const char *want) {
+    const char *header = (const char *)f->bytes + 8;
+    StJson j = {header, header, (const char *)f->data, f->path};
+    int found = 0;
+    st_json_expect(&j, '{');
+    for (int first = 1; st_json_more(&j, first, '}', "expected ',' or '}'"); first = 0) {
+        char *key = st_json_string(&j, NULL);
+        st_json_expect(&j, ':');
+        int meta = strcmp(key, "__metadata__") == 0 && st_json_peek(&j) == '{';
+        free(key);
+        if (!meta) {
+            st_json_skip(&j);
+            continue;
+        }
+        st_json_expect(&j, '{');
+        for (int m = 1; st_json_more(&j, m, '}', "expected ',' or '}' in __metadata__"); m = 0) {
+            char *k = st_json_string(&j, NULL);
+            st_json_expect(&j, ':');
+            if (st_json_peek(&j) != '"') {   // non-string values are skipped
+                st_json_skip(&j);
+            } else {
+                char *v = st_json_string(&j, NULL);
+                if (want == NULL) {
+                    printf("meta\t");
+                    print_escaped(k);
+                    printf("\t");
+                    print_escaped(v);
+                    printf("\n");
+                } else if (strcmp(k, want) == 0) {
+                    printf("%s %s\n", want, v);
+                    found = 1;
+                }
+                free(v);
+            }
+            free(k);
+        }
+    }
+    if (want && !found) { printf("%s (none)\n", want); }
+}
+
 static void print_state(const ShardLoader *L) {
     int64_t s, p;
     loader_get_state(L, &s, &p);
@@ -89,18 +155,12 @@ static void print_shape(const StTensor *t) {
 static int cmd_st_dump(const char *path) {
     StFile f;
     st_open(&f, path);
-    for (int i = 0; i < f.meta_count; i++) {
-        printf("meta\t");
-        print_escaped(f.meta_keys[i]);
-        printf("\t");
-        print_escaped(f.meta_values[i]);
-        printf("\n");
-    }
+    print_metadata(&f, NULL);
     for (int i = 0; i < f.count; i++) {
         const StTensor *t = &f.tensors[i];
         printf("tensor\t");
         print_escaped(t->name);
-        printf("\t%s\t", st_dtype_name(t->dtype));
+        printf("\t%s\t", st_dtypes[t->dtype].name);
         print_shape(t);
         printf("\n");
         int64_t n = st_numel(t);
@@ -142,12 +202,11 @@ static int cmd_st_find(const char *path, const char *name) {
     if (t == NULL) {
         printf("absent\n");
     } else {
-        printf("found %s ", st_dtype_name(t->dtype));
+        printf("found %s ", st_dtypes[t->dtype].name);
         print_shape(t);
         printf("\n");
     }
-    const char *fmt = st_metadata(&f, "format");
-    printf("format %s\n", fmt ? fmt : "(none)");
+    print_metadata(&f, "format");
     st_close(&f);
     return 0;
 }
