@@ -1,6 +1,7 @@
 """Shared by every test: running the CLI and the built trainers, and the arch x target matrix's
 fixtures (tests/matrix.py): model folders, shards, builds and oracle runs made once per session, and
 the worst measured error per quantity, printed at the end of the run."""
+
 import json
 import os
 import sys
@@ -18,8 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_llmgen(*args, check=True, **kw):
     """Run the CLI as a user would (python -m llmgen), returning the CompletedProcess."""
-    r = subprocess.run([sys.executable, "-m", "llmgen", *map(str, args)], capture_output=True, text=True,
-                       cwd=REPO, **kw)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmgen", *map(str, args)], capture_output=True, text=True, cwd=REPO, **kw
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"llmgen {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -45,6 +47,7 @@ def build_cache(tmp_path_factory):
             run_llmgen("build", spec_source, *extra, "-o", out)
             cache[key] = out / "train"
         return cache[key]
+
     return get
 
 
@@ -63,8 +66,9 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
     import struct
     import termios
     import time
+
     pid, master = pty.fork()
-    if pid == 0:                                    # the child: set the window size, then exec
+    if pid == 0:  # the child: set the window size, then exec
         try:
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             os.chdir(cwd)
@@ -84,7 +88,7 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
         if r:
             try:
                 chunk = os.read(master, 65536)
-            except OSError:                          # EIO: the child closed its side
+            except OSError:  # EIO: the child closed its side
                 chunk = b""
             out += chunk
         if on_output is not None:
@@ -96,7 +100,7 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
         done, st = os.waitpid(pid, os.WNOHANG)
         if done:
             status = st
-            while True:                               # what is left in the pty's buffer
+            while True:  # what is left in the pty's buffer
                 r, _, _ = select.select([master], [], [], 0.1)
                 if not r:
                     break
@@ -116,7 +120,7 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
 # ------------------------------------------------------------------------------------------
 # the arch x target matrix (tests/matrix.py)
 
-MEASURED: dict[str, float] = {}      # "target family quantity" -> the worst error this session
+MEASURED: dict[str, float] = {}  # "target family quantity" -> the worst error this session
 
 
 def note(key, value):
@@ -144,8 +148,31 @@ def rel_err(got, want):
 
 def train(binary, m, run, *extra, steps=10, B=None, T=None):
     """`steps` constant-LR AdamW steps (lr 1e-3, no decay, no val) from m's weights; the log rows."""
-    run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", B or m["B"], "-t", T or m["T"], "-x", steps,
-               "-l", "1e-3", "-k", "constant", "-c", 0, "-v", 0, *extra, "-o", run, timeout=900)
+    run_binary(
+        binary,
+        "-e",
+        m["model"],
+        "-i",
+        m["pattern"],
+        "-b",
+        B or m["B"],
+        "-t",
+        T or m["T"],
+        "-x",
+        steps,
+        "-l",
+        "1e-3",
+        "-k",
+        "constant",
+        "-c",
+        0,
+        "-v",
+        0,
+        *extra,
+        "-o",
+        run,
+        timeout=900,
+    )
     return read_log(run)
 
 
@@ -154,6 +181,7 @@ def matrix_data(tmp_path_factory):
     """get(row) -> dict(model, cfg, pattern, B, T, V, hf): the row's model folder (one per arch) and
     shards (one set per arch and shard size), written once per session."""
     import oracle
+
     root = tmp_path_factory.mktemp("matrix")
     models, shards = {}, {}
 
@@ -166,19 +194,35 @@ def matrix_data(tmp_path_factory):
             models[arch.name] = make(d, seed=arch.seed, qk_scale=arch.qk_scale, **extra, **arch.config)
         key = (arch.name, row.n_tokens)
         if key not in shards:
-            shards[key] = oracle.random_shards(root / arch.name / f"data{row.n_tokens}", vocab_size=arch.vocab_size,
-                                               n_tokens=row.n_tokens, n_shards=2, seed=arch.data_seed)
+            shards[key] = oracle.random_shards(
+                root / arch.name / f"data{row.n_tokens}",
+                vocab_size=arch.vocab_size,
+                n_tokens=row.n_tokens,
+                n_shards=2,
+                seed=arch.data_seed,
+            )
         model = Path(models[arch.name])
-        return dict(model=model, cfg=model / "config.json", pattern=shards[key], B=row.B, T=row.T,
-                    V=arch.vocab_size, hf=arch.config, dir=root / arch.name)
+        return dict(
+            model=model,
+            cfg=model / "config.json",
+            pattern=shards[key],
+            B=row.B,
+            T=row.T,
+            V=arch.vocab_size,
+            hf=arch.config,
+            dir=root / arch.name,
+        )
+
     return get
 
 
 @pytest.fixture(scope="session")
 def trainer(matrix_data, build_cache):
     """get(row, *flags) -> the row's trainer binary (arch flags, target flags, then `flags`), built once."""
+
     def get(row, *flags):
         return build_cache(matrix_data(row)["cfg"], *row.arch.build_flags, *flags, *row.target.flags)
+
     return get
 
 
@@ -187,6 +231,7 @@ def oracle_runs(matrix_data):
     """get(row, train=True) -> dict(dump=step-0 logits/loss/grads, train=10 constant-LR AdamW steps) of
     PyTorch on the row's model and shards, computed once per (arch, shards, B, T)."""
     import oracle
+
     cache = {}
 
     def get(row, train=True):
@@ -194,10 +239,13 @@ def oracle_runs(matrix_data):
         c = cache.setdefault((row.arch.name, row.n_tokens, row.B, row.T), {})
         llama = row.family == "llama"
         if "dump" not in c:
-            c["dump"] = (oracle.llama_step0_dump if llama else oracle.step0_dump)(m["model"], m["pattern"],
-                                                                                 row.B, row.T)
+            c["dump"] = (oracle.llama_step0_dump if llama else oracle.step0_dump)(
+                m["model"], m["pattern"], row.B, row.T
+            )
         if train and "train" not in c:
             c["train"] = (oracle.train_llama if llama else oracle.train_gpt2)(
-                m["model"], m["pattern"], row.B, row.T, 10, 1e-3, schedule="constant")
+                m["model"], m["pattern"], row.B, row.T, 10, 1e-3, schedule="constant"
+            )
         return c
+
     return get

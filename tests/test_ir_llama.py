@@ -19,11 +19,12 @@ from matrix import C, LLAMA_C, LLAMA_GQA4, rows
 from matrix import params as row_params
 
 TOL = LLAMA_C["grads"].value
-B, T = 4, 64                       # the issue's -b 4 -t 64
+B, T = 4, 64  # the issue's -b 4 -t 64
 C_ROWS = rows(family="llama", target=C)
 
 # ------------------------------------------------------------------------------------------
 # the IR: interpreter against PyTorch, passes against the interpreter
+
 
 def _interp_step0(spec, mdir, pat, fuse):
     g = training_graph(spec, B, T)
@@ -44,7 +45,7 @@ def test_interpreter_matches_torch(row, fuse, matrix_data, oracle_runs):
     g, st, out = _interp_step0(spec, s["model"], s["pattern"], fuse)
     ref = oracle_runs(row, train=False)["dump"]
     assert abs(float(out["loss"]) - ref["loss"]) <= TOL * ref["loss"]
-    if not fuse:                  # fused, the logits buffer holds dlogits
+    if not fuse:  # fused, the logits buffer holds dlogits
         assert rel_err(out["logits"][..., : s["V"]], ref["logits"]) < TOL
     assert {p.meta["hf"] for p in g.params} == set(ref["grads"])
     for p in g.params:
@@ -62,14 +63,24 @@ def test_rope_scaling_is_not_a_no_op(tmp_path):
     _, _, out = _interp_step0(spec, mdir, pat, False)
     assert rel_err(out["logits"][..., : cfg["vocab_size"]], ref["logits"]) < TOL
     _, _, out = _interp_step0(spec.replace(use_scaled_rope=False), mdir, pat, False)
-    assert rel_err(out["logits"][..., : cfg["vocab_size"]], ref["logits"]) > 10 * TOL      # measured 4.7e-3
+    assert rel_err(out["logits"][..., : cfg["vocab_size"]], ref["logits"]) > 10 * TOL  # measured 4.7e-3
 
 
 LLAMA_PASS_SPECS = [
-    LlamaSpec(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=100, multiple_of=16, max_seq_len=16,
-              use_scaled_rope=True, rope_original_max_seq_len=16),
-    LlamaSpec(dim=24, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=50, multiple_of=8, max_seq_len=16,
-              tie_embeddings=True),
+    LlamaSpec(
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=100,
+        multiple_of=16,
+        max_seq_len=16,
+        use_scaled_rope=True,
+        rope_original_max_seq_len=16,
+    ),
+    LlamaSpec(
+        dim=24, n_layers=1, n_heads=2, n_kv_heads=2, vocab_size=50, multiple_of=8, max_seq_len=16, tie_embeddings=True
+    ),
 ]
 
 
@@ -78,11 +89,18 @@ def test_each_pass_keeps_interpreter_outputs(spec):
     Bp, Tp = 2, 8
     g = training_graph(spec, Bp, Tp)
     rng = np.random.default_rng(0)
-    params = {p.name: (rng.normal(0, 0.2, p.shape) + (1.0 if p.meta["init"] == "ones" else 0.0)).astype(np.float32)
-              for p in g.params}
-    feeds = {"tokens": rng.integers(0, spec.vocab_size, (Bp, Tp)),
-             "targets": rng.integers(0, spec.vocab_size, (Bp, Tp)),
-             "dloss": 0.5, "lr": 1e-2, "t": 3, "weight_decay": 0.1}
+    params = {
+        p.name: (rng.normal(0, 0.2, p.shape) + (1.0 if p.meta["init"] == "ones" else 0.0)).astype(np.float32)
+        for p in g.params
+    }
+    feeds = {
+        "tokens": rng.integers(0, spec.vocab_size, (Bp, Tp)),
+        "targets": rng.integers(0, spec.vocab_size, (Bp, Tp)),
+        "dloss": 0.5,
+        "lr": 1e-2,
+        "t": 3,
+        "weight_decay": 0.1,
+    }
 
     def run(graph):
         st = interp.State(graph, params)
@@ -100,7 +118,7 @@ def test_each_pass_keeps_interpreter_outputs(spec):
         for k in ref_st.state:
             np.testing.assert_allclose(st.state[k], ref_st.state[k], rtol=1e-6, atol=1e-9, err_msg=f"{name}: {k}")
         assert len(g.nodes) <= before, f"{name} added nodes"
-    for level in (1, 2):          # activation recompute (llm.c's -r) recomputes the same ops
+    for level in (1, 2):  # activation recompute (llm.c's -r) recomputes the same ops
         st, out = run(recompute_activations(g, level))
         assert float(out["loss"]) == float(ref_out["loss"])
         for k in ref_st.grads:
@@ -113,14 +131,13 @@ def test_llama_fusions_and_in_place_buffers():
     g0 = training_graph(spec, 1, 1)
     g = optimize(g0)
     ops = [n.op for n in g.nodes]
-    assert ops.count("residual_rmsnorm") == 2 * spec.n_layers          # every norm after a residual add
+    assert ops.count("residual_rmsnorm") == 2 * spec.n_layers  # every norm after a residual add
     assert sum(n.op == "rmsnorm_bwd" and bool(n.attrs.get("accumulate")) for n in g.nodes) == 2 * spec.n_layers
     assert {"softmax_xent", "adamw_all"} <= set(ops) and "xent" not in ops
     plan = plan_memory(g)
     aliased = {n.op for n in g.nodes for v in n.outputs if v.id in plan.alias}
-    assert {"rope", "rope_bwd", "swiglu_bwd", "softmax_xent"} <= aliased     # in place: no extra buffers
+    assert {"rope", "rope_bwd", "swiglu_bwd", "softmax_xent"} <= aliased  # in place: no extra buffers
     assert plan.act_elems < plan_memory(g0).act_elems
     recomputed = [n.op for n in optimize(g0, recompute=2).nodes if n.phase == "bwd"]
     assert recomputed.count("swiglu") == spec.n_layers and recomputed.count("rmsnorm") == 2 * spec.n_layers + 1
     assert plan_memory(optimize(g0, recompute=2)).act_elems < plan.act_elems
-

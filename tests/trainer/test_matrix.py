@@ -54,9 +54,11 @@ def check_checkpoint(row, m, run, ref):
     assert ckpt.name == "ckpt_00000010"
     if row.family == "gpt2":
         from transformers import GPT2LMHeadModel
+
         model = GPT2LMHeadModel.from_pretrained(ckpt)
     else:
         from transformers import LlamaForCausalLM
+
         model = LlamaForCausalLM.from_pretrained(ckpt, attn_implementation="eager")
         assert model.config.rope_parameters["rope_type"] == ("llama3" if m["hf"]["rope_scaling"] else "default")
         assert model.config.tie_word_embeddings == m["hf"]["tie_word_embeddings"]
@@ -70,8 +72,20 @@ def check_checkpoint(row, m, run, ref):
 @pytest.mark.parametrize("row", **params(ROWS))
 def test_step0_logits_loss_grads(row, matrix_data, trainer, oracle_runs, tmp_path):
     m, ref = matrix_data(row), oracle_runs(row, train=False)
-    run_binary(trainer(row), "-e", m["model"], "-i", m["pattern"], "-b", row.B, "-t", row.T,
-               "--dump", tmp_path / "dump", timeout=900)
+    run_binary(
+        trainer(row),
+        "-e",
+        m["model"],
+        "-i",
+        m["pattern"],
+        "-b",
+        row.B,
+        "-t",
+        row.T,
+        "--dump",
+        tmp_path / "dump",
+        timeout=900,
+    )
     check_dump(row, read_safetensors(tmp_path / "dump"), ref["dump"])
 
 
@@ -88,9 +102,9 @@ def test_ten_adamw_steps_and_checkpoint(row, matrix_data, trainer, oracle_runs, 
     err = np.max(np.abs(norms - ref["grad_norms"]) / np.abs(ref["grad_norms"]))
     note(_key(row, "grad norms rel"), err)
     assert err <= row.tol["norms"].value, f"grad norms: {err:.2e}"
-    if row.target.cuda:       # MFU is null on the CPU (no peak), but logged; the peak memory is measured
+    if row.target.cuda:  # MFU is null on the CPU (no peak), but logged; the peak memory is measured
         assert all("mfu" in r and r["peak_mem_bytes"] > 0 for r in log)
-    check_checkpoint(row, m, tmp_path / "run", ref)     # bf16: the fp32 master weights
+    check_checkpoint(row, m, tmp_path / "run", ref)  # bf16: the fp32 master weights
 
 
 @pytest.mark.parametrize("row", **params(rows_with("schedule")))
@@ -98,12 +112,50 @@ def test_schedule_decay_and_grad_accumulation(row, matrix_data, trainer, tmp_pat
     """cosine with warmup, weight decay, and -d = 2 micro-batches per step (gradient accumulation)."""
     m = matrix_data(row)
     bt = row.B * row.T
-    run_binary(trainer(row), "-e", m["model"], "-i", m["pattern"], "-b", row.B, "-t", row.T, "-x", 6, "-d", 2 * bt,
-               "-l", "2e-3", "-u", 2, "-q", "0.1", "-k", "cosine", "-c", "0.1", "-v", 0, "-o", tmp_path / "run")
+    run_binary(
+        trainer(row),
+        "-e",
+        m["model"],
+        "-i",
+        m["pattern"],
+        "-b",
+        row.B,
+        "-t",
+        row.T,
+        "-x",
+        6,
+        "-d",
+        2 * bt,
+        "-l",
+        "2e-3",
+        "-u",
+        2,
+        "-q",
+        "0.1",
+        "-k",
+        "cosine",
+        "-c",
+        "0.1",
+        "-v",
+        0,
+        "-o",
+        tmp_path / "run",
+    )
     log = read_log(tmp_path / "run")
     train_ref = oracle.train_llama if row.family == "llama" else oracle.train_gpt2
-    ref = train_ref(m["model"], m["pattern"], row.B, row.T, 6, 2e-3, total_batch=2 * bt, warmup=2, final_frac=0.1,
-                    schedule="cosine", weight_decay=0.1)
+    ref = train_ref(
+        m["model"],
+        m["pattern"],
+        row.B,
+        row.T,
+        6,
+        2e-3,
+        total_batch=2 * bt,
+        warmup=2,
+        final_frac=0.1,
+        schedule="cosine",
+        weight_decay=0.1,
+    )
     np.testing.assert_allclose([r["lr"] for r in log], ref["lrs"], rtol=row.tol["lrs"].value)
     np.testing.assert_allclose([r["train_loss"] for r in log], ref["losses"], rtol=row.tol["sched_losses"].value)
 
@@ -112,8 +164,29 @@ def test_schedule_decay_and_grad_accumulation(row, matrix_data, trainer, tmp_pat
 def test_val_loss_matches_torch(row, matrix_data, trainer, tmp_path):
     m = matrix_data(row)
     run = tmp_path / "run"
-    run_binary(trainer(row), "-e", m["model"], "-i", m["pattern"], "-j", m["pattern"], "-b", row.B, "-t", row.T,
-               "-x", 2, "-v", 1, "-m", 3, "-l", "1e-3", "-o", run)
+    run_binary(
+        trainer(row),
+        "-e",
+        m["model"],
+        "-i",
+        m["pattern"],
+        "-j",
+        m["pattern"],
+        "-b",
+        row.B,
+        "-t",
+        row.T,
+        "-x",
+        2,
+        "-v",
+        1,
+        "-m",
+        3,
+        "-l",
+        "1e-3",
+        "-o",
+        run,
+    )
     log = [json.loads(line) for line in open(run / "log.jsonl")]
     assert log[0]["step"] == 0 and "val_loss" in log[0]
     model = oracle.load_gpt2(m["model"]) if row.family == "gpt2" else oracle.load_llama(m["model"])

@@ -1,15 +1,15 @@
 """The same losses by other routes, on the matrix rows that name the route (tests/matrix.py, Row.routes):
 
-  same_losses         B=4 in one micro-batch vs -d (two micro-batches of B=2 reading the same tokens);
-                      recompute levels 1 and 2 vs 0; two runs log the same bits (no float atomics);
-                      a run resumed from its step-3 checkpoint logs the same bits as the whole run
-                      (bf16 too: the bf16 parameters are a pure function of the fp32 master,
-                      hash-seeded stochastic rounding)
-  unfused             the unfused graph (--no-fuse) trains as the fused one
-  fallback_epilogues  built with -DLLMGEN_NO_FUSED_EPILOGUES: the kernels a program runs when cuBLASLt
-                      has no algorithm for a fused epilogue
-  c_twin              the emulated CUDA program and the C twin: losses, grad norms, (dump) step 0
-  llmc_flags          llm.c's -w 0 refused by name on a bf16 build; -w 1 and -z 1 train
+same_losses         B=4 in one micro-batch vs -d (two micro-batches of B=2 reading the same tokens);
+                    recompute levels 1 and 2 vs 0; two runs log the same bits (no float atomics);
+                    a run resumed from its step-3 checkpoint logs the same bits as the whole run
+                    (bf16 too: the bf16 parameters are a pure function of the fp32 master,
+                    hash-seeded stochastic rounding)
+unfused             the unfused graph (--no-fuse) trains as the fused one
+fallback_epilogues  built with -DLLMGEN_NO_FUSED_EPILOGUES: the kernels a program runs when cuBLASLt
+                    has no algorithm for a fused epilogue
+c_twin              the emulated CUDA program and the C twin: losses, grad norms, (dump) step 0
+llmc_flags          llm.c's -w 0 refused by name on a bf16 build; -w 1 and -z 1 train
 """
 
 import subprocess
@@ -34,6 +34,7 @@ def runs(tmp_path_factory):
         if key not in cache:
             cache[key] = train(binary, m, root / f"r{len(cache)}", *extra, steps=steps, B=B, T=T)
         return cache[key]
+
     return get
 
 
@@ -81,8 +82,34 @@ def test_deterministic_and_resume_is_bit_exact(row, matrix_data, trainer, runs, 
     b = tmp_path / "b"
     assert pairs(train(binary, m, b, "-n", 3, steps=p["steps"], B=p["B"], T=p["T"])) == want
     (b / "latest").write_text("ckpt_00000003\n")
-    run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", p["B"], "-t", p["T"], "-x", p["steps"],
-               "-l", "1e-3", "-k", "constant", "-c", 0, "-v", 0, "-n", 3, "-y", 1, "-o", b, timeout=900)
+    run_binary(
+        binary,
+        "-e",
+        m["model"],
+        "-i",
+        m["pattern"],
+        "-b",
+        p["B"],
+        "-t",
+        p["T"],
+        "-x",
+        p["steps"],
+        "-l",
+        "1e-3",
+        "-k",
+        "constant",
+        "-c",
+        0,
+        "-v",
+        0,
+        "-n",
+        3,
+        "-y",
+        1,
+        "-o",
+        b,
+        timeout=900,
+    )
     resumed = {r["step"]: (r["train_loss"], r["grad_norm"]) for r in read_log(b)}
     assert resumed == dict(enumerate(want, start=1))
 
@@ -98,11 +125,13 @@ def test_unfused_trains_the_same(row, matrix_data, trainer, runs):
 @pytest.mark.parametrize("row", **params(rows_with("fallback_epilogues")))
 def test_fallback_epilogues_train_the_same(row, matrix_data, trainer, runs, tmp_path):
     from llmgen.runtime.build import build_cuda
+
     p, m = row.routes["fallback_epilogues"], matrix_data(row)
     base = trainer(row)
     want = [r["train_loss"] for r in runs(base, m, p["steps"])]
-    plain = build_cuda(base.parent / "train.cu", tmp_path / "train_plain", emulate=True,
-                       extra_flags=["-DLLMGEN_NO_FUSED_EPILOGUES"])
+    plain = build_cuda(
+        base.parent / "train.cu", tmp_path / "train_plain", emulate=True, extra_flags=["-DLLMGEN_NO_FUSED_EPILOGUES"]
+    )
     got = [r["train_loss"] for r in train(Path(plain), m, tmp_path / "plain", steps=p["steps"])]
     np.testing.assert_allclose(got, want, rtol=row.tol["unfused"].value)
 
@@ -114,14 +143,28 @@ def test_emulated_cuda_and_c_twin_agree(row, matrix_data, trainer, build_cache, 
     c = build_cache(m["cfg"], *row.arch.build_flags)
     a = runs(cuda, m, p["steps"], None, p.get("T"))
     b = runs(c, m, p["steps"], None, p.get("T"))
-    np.testing.assert_allclose([r["train_loss"] for r in a], [r["train_loss"] for r in b],
-                               rtol=row.tol["twin_losses"].value)
-    np.testing.assert_allclose([r["grad_norm"] for r in a], [r["grad_norm"] for r in b],
-                               rtol=row.tol["twin_norms"].value)
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in a], [r["train_loss"] for r in b], rtol=row.tol["twin_losses"].value
+    )
+    np.testing.assert_allclose(
+        [r["grad_norm"] for r in a], [r["grad_norm"] for r in b], rtol=row.tol["twin_norms"].value
+    )
     if p.get("dump"):
         for binary, d in ((cuda, "cuda"), (c, "c")):
-            run_binary(binary, "-e", m["model"], "-i", m["pattern"], "-b", m["B"], "-t", m["T"],
-                       "--dump", tmp_path / d, timeout=900)
+            run_binary(
+                binary,
+                "-e",
+                m["model"],
+                "-i",
+                m["pattern"],
+                "-b",
+                m["B"],
+                "-t",
+                m["T"],
+                "--dump",
+                tmp_path / d,
+                timeout=900,
+            )
         x, y = read_safetensors(tmp_path / "cuda"), read_safetensors(tmp_path / "c")
         for k in y:
             assert np.abs(x[k] - y[k]).max() <= row.tol["twin_dump"].value * (np.abs(y[k]).max() + 1e-30), k

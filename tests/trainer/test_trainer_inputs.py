@@ -29,12 +29,15 @@ def _shard(path, tokens, magic=20240520, version=1, count=None):
     return path
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("missing", "no file matches"),
-    ("magic", "magic"),
-    ("truncated", "bytes"),
-    ("token", "vocab"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("missing", "no file matches"),
+        ("magic", "magic"),
+        ("truncated", "bytes"),
+        ("token", "vocab"),
+    ],
+)
 @pytest.mark.parametrize("row", **params(INPUT_ROWS))
 def test_bad_shards(row, case, needle, matrix_data, trainer, tmp_path):
     V = matrix_data(row)["V"]
@@ -55,8 +58,17 @@ def test_bad_shards(row, case, needle, matrix_data, trainer, tmp_path):
 def test_uint32_shards_and_big_vocab(tmp_path, build_cache):
     """vocab 70000 > 65535: the token shards are uint32 (magic 20240801, version 7)."""
     V = 70000
-    oracle.make_llama_model_dir(tmp_path / "m", dim=32, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=V,
-                                intermediate_size=64, max_position_embeddings=16, seed=2)
+    oracle.make_llama_model_dir(
+        tmp_path / "m",
+        dim=32,
+        n_layers=1,
+        n_heads=2,
+        n_kv_heads=1,
+        vocab_size=V,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        seed=2,
+    )
     pat = oracle.random_shards(tmp_path / "data", vocab_size=V, n_tokens=200, seed=4)
     assert oracle.read_shard(next((tmp_path / "data").glob("*.bin"))).max() > 65535
     binary = build_cache(tmp_path / "m" / "config.json")
@@ -86,8 +98,12 @@ def test_reads_sharded_hf_checkpoint(tmp_path, build_cache):
     for name, want in ref["grads"].items():
         assert rel_err(got["grad." + name], want) < TOL, name
     shards[1].unlink()
-    r = subprocess.run([str(binary), "-e", str(mdir), "-i", pat, "-b", "2", "-t", "16", "-x", "1"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(binary), "-e", str(mdir), "-i", pat, "-b", "2", "-t", "16", "-x", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert f"{len(shards) - 1} of the {len(shards)} weight shards" in r.stderr
 
@@ -95,41 +111,66 @@ def test_reads_sharded_hf_checkpoint(tmp_path, build_cache):
 @pytest.mark.parametrize("row", **params(INPUT_ROWS))
 def test_weights_of_another_spec(row, matrix_data, trainer, tmp_path):
     m = matrix_data(row)
-    other = oracle.make_gpt2_model_dir(tmp_path / "other", n_layer=1, n_head=2, n_embd=16, vocab_size=m["V"],
-                                       n_positions=32, seed=0)
+    other = oracle.make_gpt2_model_dir(
+        tmp_path / "other", n_layer=1, n_head=2, n_embd=16, vocab_size=m["V"], n_positions=32, seed=0
+    )
     r = run_binary(trainer(row), "-e", other, "-i", m["pattern"], "-b", 1, "-t", 8, "-x", 1, check=False)
     assert r.returncode != 0 and "error:" in r.stderr and "shape" in r.stderr or "no tensor" in r.stderr, r.stderr
     (tmp_path / "junk.safetensors").write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
-    r = run_binary(trainer(row), "-e", tmp_path / "junk.safetensors", "-i", m["pattern"], "-b", 1, "-t", 8,
-                   check=False)
+    r = run_binary(trainer(row), "-e", tmp_path / "junk.safetensors", "-i", m["pattern"], "-b", 1, "-t", 8, check=False)
     assert r.returncode != 0 and "error:" in r.stderr
 
 
 def test_schedules_match_python(tmp_path):
     """The C lr_at and llmgen.optim.lr_at are the same formula (checked through the log)."""
     from llmgen.optim import lr_at
+
     d = tmp_path
     oracle.make_gpt2_model_dir(d / "m", 1, 1, 16, 50, 16, seed=0)
     pat = oracle.random_shards(d / "data", 50, 2000)
     (d / "b").mkdir()
     run_llmgen("build", d / "m" / "config.json", "-o", d / "b")
     for sched in ("cosine", "linear", "constant", "wsd"):
-        run_binary(d / "b" / "train", "-i", pat, "-b", 1, "-t", 8, "-x", 9, "-u", 2, "-l", "0.5", "-q", "0.2",
-                   "-k", sched, "-v", 0, "-o", d / sched)
+        run_binary(
+            d / "b" / "train",
+            "-i",
+            pat,
+            "-b",
+            1,
+            "-t",
+            8,
+            "-x",
+            9,
+            "-u",
+            2,
+            "-l",
+            "0.5",
+            "-q",
+            "0.2",
+            "-k",
+            sched,
+            "-v",
+            0,
+            "-o",
+            d / sched,
+        )
         got = [r["lr"] for r in read_log(d / sched)]
         want = [lr_at(i, 9, 0.5, warmup=2, final_frac=0.2, schedule=sched) for i in range(1, 10)]
         np.testing.assert_allclose(got, want, rtol=1e-9)
         assert want == [oracle.lr_at(i, 9, 0.5, warmup=2, final_frac=0.2, schedule=sched) for i in range(1, 10)]
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["-t", "100000"], "max_seq_len"),
-    (["-b", "0"], "-b"),
-    (["-d", "7"], "multiple of B*T"),
-    (["-k", "exponential"], "-k must be one of cosine"),
-    (["-l", "abc"], "expects a number"),
-    (["-Q", "1"], "unknown flag"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["-t", "100000"], "max_seq_len"),
+        (["-b", "0"], "-b"),
+        (["-d", "7"], "multiple of B*T"),
+        (["-k", "exponential"], "-k must be one of cosine"),
+        (["-l", "abc"], "expects a number"),
+        (["-Q", "1"], "unknown flag"),
+    ],
+)
 @pytest.mark.parametrize("row", **params(INPUT_ROWS))
 def test_bad_flags(row, flags, needle, matrix_data, trainer):
     r = run_binary(trainer(row), "-i", matrix_data(row)["pattern"], "-b", 2, "-t", 8, *flags, check=False)
