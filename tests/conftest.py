@@ -1,3 +1,8 @@
+"""Shared by every test: running the CLI and the built trainers, and the arch x target matrix's
+fixtures (tests/matrix.py): model folders, shards, builds and oracle runs made once per session, and
+the worst measured error per quantity, printed at the end of the run."""
+
+import json
 import os
 import sys
 
@@ -6,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -13,8 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_llmgen(*args, check=True, **kw):
     """Run the CLI as a user would (python -m llmgen), returning the CompletedProcess."""
-    r = subprocess.run([sys.executable, "-m", "llmgen", *map(str, args)], capture_output=True, text=True,
-                       cwd=REPO, **kw)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmgen", *map(str, args)], capture_output=True, text=True, cwd=REPO, **kw
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"llmgen {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
@@ -40,6 +47,7 @@ def build_cache(tmp_path_factory):
             run_llmgen("build", spec_source, *extra, "-o", out)
             cache[key] = out / "train"
         return cache[key]
+
     return get
 
 
@@ -58,8 +66,9 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
     import struct
     import termios
     import time
+
     pid, master = pty.fork()
-    if pid == 0:                                    # the child: set the window size, then exec
+    if pid == 0:  # the child: set the window size, then exec
         try:
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             os.chdir(cwd)
@@ -79,7 +88,7 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
         if r:
             try:
                 chunk = os.read(master, 65536)
-            except OSError:                          # EIO: the child closed its side
+            except OSError:  # EIO: the child closed its side
                 chunk = b""
             out += chunk
         if on_output is not None:
@@ -91,7 +100,7 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
         done, st = os.waitpid(pid, os.WNOHANG)
         if done:
             status = st
-            while True:                               # what is left in the pty's buffer
+            while True:  # what is left in the pty's buffer
                 r, _, _ = select.select([master], [], [], 0.1)
                 if not r:
                     break
@@ -106,3 +115,137 @@ def run_in_pty(argv, on_output=None, cols=80, rows=24, timeout=600, cwd=REPO, en
     os.close(master)
     rc = os.waitstatus_to_exitcode(status)
     return rc, out.decode(errors="replace")
+
+
+# ------------------------------------------------------------------------------------------
+# the arch x target matrix (tests/matrix.py)
+
+MEASURED: dict[str, float] = {}  # "target family quantity" -> the worst error this session
+
+
+def note(key, value):
+    """Keep the worst measured error per quantity for the summary at the end of the run."""
+    MEASURED[key] = max(MEASURED.get(key, 0.0), float(value))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The worst measured error per quantity over the matrix rows that ran (whatever their order)."""
+    if MEASURED:
+        terminalreporter.section("worst measured errors (tests/matrix.py rows)")
+        for key, value in sorted(MEASURED.items()):
+            terminalreporter.write_line(f"  {key:44s} {value:.3e}")
+
+
+def read_log(run):
+    """The training rows of a run folder's log.jsonl (val-only rows left out)."""
+    return [r for r in (json.loads(line) for line in open(Path(run) / "log.jsonl")) if "train_loss" in r]
+
+
+def rel_err(got, want):
+    """max |got - want| relative to the largest |want| of the tensor"""
+    return float(np.abs(np.asarray(got) - want).max() / (np.abs(want).max() + 1e-30))
+
+
+def train(binary, m, run, *extra, steps=10, B=None, T=None):
+    """`steps` constant-LR AdamW steps (lr 1e-3, no decay, no val) from m's weights; the log rows."""
+    run_binary(
+        binary,
+        "-e",
+        m["model"],
+        "-i",
+        m["pattern"],
+        "-b",
+        B or m["B"],
+        "-t",
+        T or m["T"],
+        "-x",
+        steps,
+        "-l",
+        "1e-3",
+        "-k",
+        "constant",
+        "-c",
+        0,
+        "-v",
+        0,
+        *extra,
+        "-o",
+        run,
+        timeout=900,
+    )
+    return read_log(run)
+
+
+@pytest.fixture(scope="session")
+def matrix_data(tmp_path_factory):
+    """get(row) -> dict(model, cfg, pattern, B, T, V, hf): the row's model folder (one per arch) and
+    shards (one set per arch and shard size), written once per session."""
+    import oracle
+
+    root = tmp_path_factory.mktemp("matrix")
+    models, shards = {}, {}
+
+    def get(row):
+        arch = row.arch
+        if arch.name not in models:
+            d = root / arch.name / "model"
+            make = oracle.make_gpt2_model_dir if arch.family == "gpt2" else oracle.make_llama_model_dir
+            extra = {} if arch.family == "gpt2" else {"rope_theta": 500000.0}
+            models[arch.name] = make(d, seed=arch.seed, qk_scale=arch.qk_scale, **extra, **arch.config)
+        key = (arch.name, row.n_tokens)
+        if key not in shards:
+            shards[key] = oracle.random_shards(
+                root / arch.name / f"data{row.n_tokens}",
+                vocab_size=arch.vocab_size,
+                n_tokens=row.n_tokens,
+                n_shards=2,
+                seed=arch.data_seed,
+            )
+        model = Path(models[arch.name])
+        return dict(
+            model=model,
+            cfg=model / "config.json",
+            pattern=shards[key],
+            B=row.B,
+            T=row.T,
+            V=arch.vocab_size,
+            hf=arch.config,
+            dir=root / arch.name,
+        )
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def trainer(matrix_data, build_cache):
+    """get(row, *flags) -> the row's trainer binary (arch flags, target flags, then `flags`), built once."""
+
+    def get(row, *flags):
+        return build_cache(matrix_data(row)["cfg"], *row.arch.build_flags, *flags, *row.target.flags)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def oracle_runs(matrix_data):
+    """get(row, train=True) -> dict(dump=step-0 logits/loss/grads, train=10 constant-LR AdamW steps) of
+    PyTorch on the row's model and shards, computed once per (arch, shards, B, T)."""
+    import oracle
+
+    cache = {}
+
+    def get(row, train=True):
+        m = matrix_data(row)
+        c = cache.setdefault((row.arch.name, row.n_tokens, row.B, row.T), {})
+        llama = row.family == "llama"
+        if "dump" not in c:
+            c["dump"] = (oracle.llama_step0_dump if llama else oracle.step0_dump)(
+                m["model"], m["pattern"], row.B, row.T
+            )
+        if train and "train" not in c:
+            c["train"] = (oracle.train_llama if llama else oracle.train_gpt2)(
+                m["model"], m["pattern"], row.B, row.T, 10, 1e-3, schedule="constant"
+            )
+        return c
+
+    return get
