@@ -34,7 +34,7 @@ def _pow2_at_least(n: int) -> int:
 
 
 def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
-    """Work split of the CUDA-core attention kernels (templates/cuda/attention.cu.j2).
+    """Work split of the CUDA-core attention kernels (templates/cuda/attention.cuh).
 
     TPR threads share a (query row, head), each holding DPT channels of q and of the accumulator in
     registers, reducing dot products with TPR-lane shuffles. Multi-head attention (R = NH/KV = 1)
@@ -112,6 +112,8 @@ LAUNCH = {"layernorm": _layernorm, "attention": _attention, "xent": _xent, "line
 # (a header may use the ones before it) when the program uses them; the family templates instantiate them
 HEADERS = [
     ("cuda/attention_tc.cuh", lambda prog: prog.tensor_core_attention),
+    ("cuda/attention.cuh", lambda prog: any(k.family == "attention" for k in prog.kernels)),
+    ("cuda/layernorm.cuh", lambda prog: any(k.family == "layernorm" for k in prog.kernels)),
 ]
 
 

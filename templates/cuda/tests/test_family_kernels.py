@@ -31,12 +31,12 @@ def build(tmp_path_factory):
         pytest.skip("CUDA headers (cuda_runtime.h) not found: the emulation needs them")
     built: dict[str, pathlib.Path] = {}
 
-    def get(name: str) -> pathlib.Path:
+    def get(name: str, *defines: str) -> pathlib.Path:
         if name not in built:
             out = tmp_path_factory.mktemp(name) / name
             cmd = ["g++", *GXX_FLAGS, "-fopenmp", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
                    f"-isystem{EMULATE}",
-                   f"-I{CUDA_TEMPLATES}", f"-I{HERE}", f"-I{cuda_include()}", str(HERE / f"{name}_test.cu"),
+                   f"-I{CUDA_TEMPLATES}", f"-I{HERE}", f"-I{cuda_include()}", *defines, str(HERE / f"{name}_test.cu"),
                    "-o", str(out), "-lm"]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             assert proc.returncode == 0, f"g++ failed to build {name}:\n{proc.stdout}{proc.stderr}"
@@ -112,3 +112,67 @@ def test_attention_tc_against_numpy(build, tmp_path, case, B, T, NH, KV, HD, pac
     got_dv = dq_rows[..., C + KC:] if packed else out("dv").reshape(B, T, KC)
     check("dk", got_dk.reshape(shape_k), dk, 3e-2)
     check("dv", got_dv.reshape(shape_k), dv, 2e-2)
+
+
+@pytest.mark.parametrize("case,B,T,NH,KV,HD", [("gqa", 2, 40, 4, 2, 18), ("mha", 1, 33, 2, 2, 16)])
+def test_attention_cuda_cores_against_numpy(build, tmp_path, case, B, T, NH, KV, HD):
+    """attention.cuh in fp32: grouped heads whose channels are split over 4 threads with a ragged last
+    slot, and one thread per row of GPT-2's packed qkv; T not a multiple of the tiles"""
+    rng = np.random.default_rng(12)
+    prog = build("attention", "-DLLMGEN_BF16=0")
+    C, KC = NH * HD, KV * HD
+    if case == "mha":
+        qkv = rng.standard_normal((B, T, C + 2 * KC)).astype(np.float32)
+        inputs = {"q": qkv}
+        q, k, v = qkv[..., :C], qkv[..., C:C + KC], qkv[..., C + KC:]
+    else:
+        q, k, v = (rng.standard_normal((B, T, n)).astype(np.float32) for n in (C, KC, KC))
+        inputs = {"q": q, "k": k, "v": v}
+    dy = rng.standard_normal((B, T, C)).astype(np.float32)
+    inputs["dy"] = dy
+    run = run_program(prog, case, tmp_path, inputs)
+    shape_q, shape_k = (B, T, NH, HD), (B, T, KV, HD)
+    f64 = [a.astype(np.float64) for a in (q, k, v, dy)]
+    y, lse, dq, dk, dv = attention_reference(f64[0].reshape(shape_q), f64[1].reshape(shape_k),
+                                             f64[2].reshape(shape_k), f64[3].reshape(shape_q), 1.0 / np.sqrt(HD))
+
+    def out(name):
+        return run.out(name, np.float32).astype(np.float64)
+
+    check("y", out("y").reshape(shape_q), y, 1e-5)
+    check("lse", out("lse").reshape(B, NH, T), lse, 1e-5)
+    dq_rows = out("dq").reshape(B, T, -1)
+    check("dq", dq_rows[..., :C].reshape(shape_q), dq, 1e-5)
+    got_dk = dq_rows[..., C:C + KC] if case == "mha" else out("dk")
+    got_dv = dq_rows[..., C + KC:] if case == "mha" else out("dv")
+    check("dk", got_dk.reshape(shape_k), dk, 1e-5)
+    check("dv", got_dv.reshape(shape_k), dv, 1e-5)
+
+
+def test_layernorm_against_numpy(build, tmp_path):
+    """layernorm.cuh in fp32: residual forward (sum, out, mean, rstd) and the residual backward (dx + dres,
+    dw accumulated, db overwritten) with rows strided over fewer blocks than row groups"""
+    rng = np.random.default_rng(13)
+    prog = build("layernorm", "-DLLMGEN_BF16=0")
+    N, C, eps = 37, 40, 1e-5
+    x, r, dy, dres = (rng.standard_normal((N, C)).astype(np.float32) for _ in range(4))
+    w, b, dw0 = (rng.standard_normal(C).astype(np.float32) for _ in range(3))
+    run = run_program(prog, "residual", tmp_path, {"x": x, "r": r, "w": w, "b": b, "dy": dy, "dres": dres, "dw0": dw0})
+    s = (x + r).astype(np.float64)                                  # fp32 sum, exact in float64
+    mean = s.mean(1)
+    rstd = 1.0 / np.sqrt(((s - mean[:, None]) ** 2).mean(1) + eps)
+    xh = (s - mean[:, None]) * rstd[:, None]
+    g, w64 = dy.astype(np.float64), w.astype(np.float64)
+    gw = g * w64
+    dx = rstd[:, None] * (gw - gw.mean(1, keepdims=True) - xh * (gw * xh).mean(1, keepdims=True)) + dres
+
+    def out(name, shape):
+        return run.out(name, np.float32).astype(np.float64).reshape(shape)
+
+    check("sum", out("sum", (N, C)), (x + r).astype(np.float64), 1e-7)
+    check("out", out("out", (N, C)), xh * w64 + b, 1e-5)
+    check("mean", out("mean", (N,)), mean, 1e-5)
+    check("rstd", out("rstd", (N,)), rstd, 1e-5)
+    check("dx", out("dx", (N, C)), dx, 1e-5)
+    check("dw", out("dw", (C,)), dw0 + (g * xh).sum(0), 1e-5)
+    check("db", out("db", (C,)), g.sum(0), 1e-5)
