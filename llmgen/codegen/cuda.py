@@ -34,7 +34,7 @@ def _pow2_at_least(n: int) -> int:
 
 
 def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
-    """Work split of the CUDA-core attention kernels (templates/cuda/attention.cu.j2).
+    """Work split of the CUDA-core attention kernels (templates/cuda/attention.cuh).
 
     TPR threads share a (query row, head), each holding DPT channels of q and of the accumulator in
     registers, reducing dot products with TPR-lane shuffles. Multi-head attention (R = NH/KV = 1)
@@ -58,21 +58,10 @@ def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
 
 
 def tc_attention_config(HD: int, dtype: str) -> dict[str, int]:
-    """Whether the tensor-core attention kernels (templates/cuda/attention_tc.cu.j2) apply: bf16
-    builds with a head size that is a multiple of 16 up to 128 (so every row width NH*HD is too);
-    else {"TC": 0}. Where they do, TC = 1 and their row strides and shared memory (bytes): 64-row bf16 tiles of two operands, then per warp (4 warps)
-    fp32 tiles of 16 rows (SW: scores, and the staging of results, max(64, HD) columns; OS: the
-    forward's output, HD; DS: dp, 64) and bf16 tiles (PS: p and ds, 64). Each stride is padded by 16
-    bytes, so the rows a warp's lanes walk start in different banks (a 64-float row would put all
-    16 in one), and stays a multiple of 16 bytes as wmma's ldm must; every tile starts 32-byte aligned."""
-    if dtype != "bf16" or HD % 16 != 0 or HD > 128:
-        return {"TC": 0}
-    SW, OS, DS, PS = max(64, HD) + 4, HD + 4, 64 + 4, 64 + 8
-    tiles = 2 * 64 * HD * 2
-    return {"TC": 1, "SW": SW, "OS": OS, "DS": DS, "PS": PS,
-            "SMEM_FWD": tiles + 4 * (16 * SW + 16 * OS) * 4 + 4 * 16 * PS * 2,
-            "SMEM_DQ": tiles + 4 * (16 * SW + 16 * DS) * 4 + 4 * 16 * PS * 2,
-            "SMEM_DKV": tiles + 2 * 64 * 4 + 4 * (16 * SW + 16 * DS) * 4 + 4 * 2 * 16 * PS * 2}
+    """Whether the tensor-core attention kernels (templates/cuda/attention_tc.cuh) apply: bf16 builds
+    with a head size that is a multiple of 16 up to 128 (so every row width NH*HD is too). Their tiles
+    and shared memory follow from HD in the header itself."""
+    return {"TC": int(dtype == "bf16" and HD % 16 == 0 and HD <= 128)}
 
 
 # family -> (kernel, dtype) -> (its launch choices, the scratch bytes it needs)
@@ -119,6 +108,15 @@ LAUNCH = {"layernorm": _layernorm, "attention": _attention, "xent": _xent, "line
           "elementwise": _elementwise, "adamw": _adamw, "rmsnorm": _rmsnorm}
 
 
+# kernel families written as C++ templates (templates/cuda/*.cuh), pasted into the program in this order
+# (a header may use the ones before it) when the program uses them; the family templates instantiate them
+HEADERS = [
+    ("cuda/attention_tc.cuh", lambda prog: prog.tensor_core_attention),
+    ("cuda/attention.cuh", lambda prog: any(k.family == "attention" for k in prog.kernels)),
+    ("cuda/layernorm.cuh", lambda prog: any(k.family == "layernorm" for k in prog.kernels)),
+]
+
+
 def configure(prog: Program) -> Program:
     scratch = 0                                 # bytes of the shared scratch buffer
     for k in prog.kernels:
@@ -128,4 +126,5 @@ def configure(prog: Program) -> Program:
             scratch = max(scratch, need)
     prog.scratch_bytes = scratch
     prog.tensor_core_attention = any(k.cfg.get("TC") for k in prog.kernels)
+    prog.kernel_headers = [h for h, used in HEADERS if used(prog)]
     return prog

@@ -290,6 +290,7 @@ class Program:
     recompute: int = 0         # activation recompute level the schedule was made with (0, 1, 2)
     scratch_bytes: int = 0     # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
     tensor_core_attention: bool = False   # CUDA: some attention kernel has a wmma version (codegen/cuda.py)
+    kernel_headers: list[str] = field(default_factory=list)   # CUDA: the .cuh kernel templates to paste
     flags: tuple[Flag, ...] = TRAINER_FLAGS   # the trainer's flags (llmgen/flags.py): its usage and parser
     usage: list[str] = field(default_factory=list)   # the usage text, one C string literal per line
     llmc_elems: int = 0        # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
