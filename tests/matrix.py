@@ -362,17 +362,18 @@ _CUDA_LLAMA_KERNELS = (
     "residual_rmsnorm_64_kernel",
     "rope_4x16_kernel",
     "rope_1x16_kernel",
-    "attention_4x1x16_kernel",
-    "attention_bwd_4x1x16_dq_kernel",
-    "attention_bwd_4x1x16_dkv_kernel",
+    "attention_fwd_kernel",
+    "attention_dq_kernel",
+    "attention_dkv_kernel",
     "swiglu_96_kernel",
     "swiglu_bwd_96_kernel",
     "rmsnorm_bwd_residual_acc1_64_kernel",
     "embed_bwd_acc0_64x384_wte_kernel",
 )
 _CUDA_LLAMA_NEEDLES = ("/* attention: l0.atty (B,T,64)", "/* rope: l0.q_rope (B,T,64)")
-# the ragged-slot guard of head_dim 66 (4 threads of 17 channels) and the warp shuffles
-_ODD_NEEDLES = ("< 66) ", "__shfl_xor_sync")
+# head_dim 66 over 4 threads per row (17 channel slots each, the last one ragged): the instance, the
+# template's ragged-slot guard, and the warp shuffles
+_ODD_NEEDLES = ("AttentionShape<3, 1, 66, 198, 66, 4,", "!RAGGED || d < HD", "__shfl_xor_sync")
 
 # the matrix reads as a table: one row a line or two
 # fmt: off

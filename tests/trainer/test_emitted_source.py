@@ -44,11 +44,12 @@ def test_cuda_source(row, trainer):
     assert not re.search(r"\batomic[A-Z]\w*\(", src)
     assert not re.search(r"\b(wmma|mma_sync|asm\s*\(|asm volatile)", body)  # fp32: CUDA-core attention only
     assert "_v2" not in src and "kernel3" not in src
-    if "attention_4x1x16_kernel" in row.source_needles:
-        # K/V shared by indexing: the attention kernels read k and v at K/V head g = h / 4, with a stride of
-        # one K/V head row (KV * HD = 16 elements per token), never a repeated copy
-        attn = body[body.index("attention_4x1x16_kernel") : body.index("static void attention_4x1x16(")]
-        assert "g * 4 +" in attn and "j * 16 + d" in attn
+    if "typedef AttentionShape<4, 1, 16," in body:
+        # K/V shared by indexing: the attention template reads k and v at K/V head g (query head h = g * R + r,
+        # R = NH / KV = 4), with a stride of one K/V head row (KS = KV * HD = 16 elements per token), never a copy;
+        # the instance for this row is NH=4, KV=1, HD=16, QS=64 (the packed q,k,v row), KS=16
+        assert "typedef AttentionShape<4, 1, 16, 64, 16," in body
+        assert "h = g * S::R +" in body and "kg[(long)j * S::KS + d]" in body
 
 
 def test_nvcc_builds_llama_presets_sm90(tmp_path):
