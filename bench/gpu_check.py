@@ -57,18 +57,24 @@ def sh(cmd, out_file=None, timeout=600, env=None):
 
 def environment(out):
     info = {"python": platform.python_version()}
-    for cmd in (["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                ["nvcc", "--version"]):
+    for cmd in (
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        ["nvcc", "--version"],
+    ):
         try:
             info[cmd[0]] = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.TimeoutExpired) as e:
             info[cmd[0]] = f"unavailable: {e}"
     import torch
+
     info["torch"] = torch.__version__
     info["cuda_available"] = torch.cuda.is_available()
     heads = []
-    roots = [Path(p) for p in sys.path if "site-packages" in p or "dist-packages" in p] + \
-            [Path("/usr/local"), Path("/usr/include"), Path("/opt")]
+    roots = [Path(p) for p in sys.path if "site-packages" in p or "dist-packages" in p] + [
+        Path("/usr/local"),
+        Path("/usr/include"),
+        Path("/opt"),
+    ]
     for root in roots:
         if root.is_dir():
             try:
@@ -85,21 +91,25 @@ def random_model_dir(path, spec, seed, qk_scale=1.0):
     qk_scale multiplies the query and key columns of c_attn: sharper attention scores."""
     from llmgen.checkpoint import params_to_hf, write_safetensors
     from llmgen.models.gpt2 import build_forward
+
     g = build_forward(spec, 1, 1)
     rng = np.random.default_rng(seed)
     params = {}
     for p in g.params:
         init = p.meta["init"]
-        a = (rng.standard_normal(p.shape).astype(np.float32) * p.meta.get("std", 0.02) if init == "normal"
-             else np.full(p.shape, 1.0 if init == "ones" else 0.0, np.float32))
+        a = (
+            rng.standard_normal(p.shape).astype(np.float32) * p.meta.get("std", 0.02)
+            if init == "normal"
+            else np.full(p.shape, 1.0 if init == "ones" else 0.0, np.float32)
+        )
         if init != "normal":
-            a += rng.standard_normal(p.shape).astype(np.float32) * 0.02   # so a swapped LN/bias shows
+            a += rng.standard_normal(p.shape).astype(np.float32) * 0.02  # so a swapped LN/bias shows
         params[p.name] = a
     hf = params_to_hf(g, params)
     C = spec.n_embd
     for i in range(spec.n_layer):
-        hf[f"transformer.h.{i}.attn.c_attn.weight"][:, :2 * C] *= qk_scale     # Conv1D (C, 3C): q | k | v
-        hf[f"transformer.h.{i}.attn.c_attn.bias"][:2 * C] *= qk_scale
+        hf[f"transformer.h.{i}.attn.c_attn.weight"][:, : 2 * C] *= qk_scale  # Conv1D (C, 3C): q | k | v
+        hf[f"transformer.h.{i}.attn.c_attn.bias"][: 2 * C] *= qk_scale
     path.mkdir(parents=True, exist_ok=True)
     write_safetensors(path / "model.safetensors", hf)
     (path / "config.json").write_text(json.dumps(spec.hf_config(), indent=2))
@@ -112,16 +122,20 @@ def correctness(out, args):
     import torch
     from llmgen.checkpoint import read_safetensors
     from llmgen.spec import GPT2Spec
+
     results = []
     # bf16 bound: bf16 keeps 8 bits of mantissa (rel. rounding 2^-9 ~ 2e-3 per value); losses
     # average thousands of such errors, measured agreement is ~1e-3 relative on 10 steps.
     tol = {"fp32": 1e-4, "bf16": 2e-2}
-    configs = [(dtype, L, H, C, V, P, 4, 64, 1.0) for dtype in ("fp32", "bf16")
-               for L, H, C, V, P in ((2, 2, 64, 1000, 128), (3, 4, 128, 5000, 128))]
+    configs = [
+        (dtype, L, H, C, V, P, 4, 64, 1.0)
+        for dtype in ("fp32", "bf16")
+        for L, H, C, V, P in ((2, 2, 64, 1000, 128), (3, 4, 128, 5000, 128))
+    ]
     # the tensor-core attention over several 64-row tiles (head size 64), with sharp scores so a
     # wrong online-softmax rescale or causal mask shows
     configs.append(("bf16", 2, 2, 128, 1000, 256, 2, 192, 8.0))
-    if args.quick:                                  # a smoke run: the first config of each dtype
+    if args.quick:  # a smoke run: the first config of each dtype
         configs = [next(c for c in configs if c[0] == dt) for dt in ("fp32", "bf16")]
     for dtype, L, H, C, V, P, B, T, qk in configs:
         name = f"gpt2-{L}l-{C}c-{dtype}" + (f"-t{T}-qk{qk:g}" if qk != 1.0 else "")
@@ -133,26 +147,62 @@ def correctness(out, args):
             pat = oracle.random_shards(d / "data", V, 20000, seed=1)
             (d / "spec.py").write_text(
                 f"from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer={L}, n_head={H}, n_embd={C}, "
-                f"vocab_size={V}, max_seq_len={P}, dtype='{dtype}')\n")
+                f"vocab_size={V}, max_seq_len={P}, dtype='{dtype}')\n"
+            )
             build = ["build", d / "spec.py", "--target", "cuda", "-o", d / "build"]
             if args.emulate:
                 build.append("--emulate")
             sh([sys.executable, "-m", "llmgen", *build], out / f"{name}.build.log")
-            flags = ["-e", mdir, "-i", pat, "-b", B, "-t", T, "-x", 10, "-l", "1e-3", "-k", "constant", "-c", 0,
-                     "-v", 0]
+            flags = [
+                "-e",
+                mdir,
+                "-i",
+                pat,
+                "-b",
+                B,
+                "-t",
+                T,
+                "-x",
+                10,
+                "-l",
+                "1e-3",
+                "-k",
+                "constant",
+                "-c",
+                0,
+                "-v",
+                0,
+            ]
             losses = []
-            for run in ("a", "b"):              # twice: the CUDA target is deterministic
+            for run in ("a", "b"):  # twice: the CUDA target is deterministic
                 sh([d / "build" / "train", *flags, "-o", d / run], out / f"{name}.{run}.log")
                 losses.append([json.loads(x)["train_loss"] for x in open(d / run / "log.jsonl")])
             state = {k: torch.from_numpy(v) for k, v in read_safetensors(mdir / "model.safetensors").items()}
-            ref = oracle.train_model(oracle.RefGPT2(state, L, H), pat, B, T, 10, 1e-3, schedule="constant",
-                                     threads=min(8, os.cpu_count() or 2))["losses"]
+            ref = oracle.train_model(
+                oracle.RefGPT2(state, L, H),
+                pat,
+                B,
+                T,
+                10,
+                1e-3,
+                schedule="constant",
+                threads=min(8, os.cpu_count() or 2),
+            )["losses"]
             rel = float(np.max(np.abs(np.array(losses[0]) - ref) / np.abs(ref)))
-            results.append(dict(name=name, max_rel_loss_err=rel, tolerance=tol[dtype], ok=rel <= tol[dtype],
-                                deterministic=losses[0] == losses[1], losses=losses[0], torch_losses=ref,
-                                seconds=round(time.time() - t0, 1)))
+            results.append(
+                dict(
+                    name=name,
+                    max_rel_loss_err=rel,
+                    tolerance=tol[dtype],
+                    ok=rel <= tol[dtype],
+                    deterministic=losses[0] == losses[1],
+                    losses=losses[0],
+                    torch_losses=ref,
+                    seconds=round(time.time() - t0, 1),
+                )
+            )
             log(f"  {name}: max rel loss err {rel:.2e} (tol {tol[dtype]}) deterministic={losses[0] == losses[1]}")
-        except Exception as e:   # noqa: BLE001 - record and go on to the next config
+        except Exception as e:  # noqa: BLE001 - record and go on to the next config
             results.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"[-3000:]))
             log(f"  {name}: FAILED {e}")
     return results
@@ -163,6 +213,7 @@ def bench_llmgen(out, args, variant=""):
     rebuilt with -DLLMGEN_NO_TC_ATTENTION (attention on CUDA cores instead of tensor cores)."""
     from llmgen.spec import PRESETS
     from llmgen.runtime.build import build_cuda
+
     spec = PRESETS[args.bench_spec].replace(dtype=args.dtype)
     d = out / "work" / "bench"
     mdir = d / "model"
@@ -170,6 +221,7 @@ def bench_llmgen(out, args, variant=""):
         random_model_dir(mdir, spec, seed=0)
         tokens = np.random.default_rng(0).integers(0, spec.vocab_size, args.batch * args.seq * (args.steps + 2) + 1)
         import oracle
+
         oracle.write_shard(d / "tokens.bin", tokens)
     t0 = time.time()
     if not variant:
@@ -179,20 +231,52 @@ def bench_llmgen(out, args, variant=""):
         sh([sys.executable, "-m", "llmgen", *build], out / "bench_build.log", timeout=900)
         binary = d / "build" / "train"
     else:
-        binary = build_cuda(d / "build" / "train.cu", d / "build" / f"train-{variant}", emulate=args.emulate,
-                            extra_flags=["-DLLMGEN_NO_TC_ATTENTION"])
+        binary = build_cuda(
+            d / "build" / "train.cu",
+            d / "build" / f"train-{variant}",
+            emulate=args.emulate,
+            extra_flags=["-DLLMGEN_NO_TC_ATTENTION"],
+        )
     build_s = time.time() - t0
     run = d / f"run{'-' + variant if variant else ''}"
-    sh([binary, "-e", mdir, "-i", d / "tokens.bin", "-b", args.batch, "-t", args.seq, "-x", args.steps,
-        "-l", "3e-4", "-k", "constant", "-v", 0, "-o", run], out / f"bench_llmgen{'_' + variant if variant else ''}.log",
-       timeout=900)
+    sh(
+        [
+            binary,
+            "-e",
+            mdir,
+            "-i",
+            d / "tokens.bin",
+            "-b",
+            args.batch,
+            "-t",
+            args.seq,
+            "-x",
+            args.steps,
+            "-l",
+            "3e-4",
+            "-k",
+            "constant",
+            "-v",
+            0,
+            "-o",
+            run,
+        ],
+        out / f"bench_llmgen{'_' + variant if variant else ''}.log",
+        timeout=900,
+    )
     rows = [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
-    steady = rows[min(5, len(rows) - 1):]
+    steady = rows[min(5, len(rows) - 1) :]
     ms = statistics.median(r["ms"] for r in steady)
-    res = dict(name="llmgen CUDA" + (f" ({variant})" if variant else ""), ms=ms, tokens_per_s=args.batch * args.seq / (ms / 1e3), build_s=round(build_s, 1),
-               mfu=statistics.median([r["mfu"] for r in steady if r.get("mfu") is not None] or [float("nan")]),
-               peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady),
-               first_loss=rows[0]["train_loss"], last_loss=rows[-1]["train_loss"])
+    res = dict(
+        name="llmgen CUDA" + (f" ({variant})" if variant else ""),
+        ms=ms,
+        tokens_per_s=args.batch * args.seq / (ms / 1e3),
+        build_s=round(build_s, 1),
+        mfu=statistics.median([r["mfu"] for r in steady if r.get("mfu") is not None] or [float("nan")]),
+        peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady),
+        first_loss=rows[0]["train_loss"],
+        last_loss=rows[-1]["train_loss"],
+    )
     return res, mdir
 
 
@@ -200,16 +284,21 @@ def bench_torch(out, args, mdir, compiled):
     import torch
     from torch_gpt2 import GPT2, compile_model, flops_per_token, matmul_params, optimizer
     from llmgen.checkpoint import read_safetensors
+
     dev = torch.device(args.device)
     torch.manual_seed(0)
     model = GPT2.from_hf_dir(mdir, read_safetensors).to(dev)
     opt = optimizer(model, 3e-4, 0.0, fused=dev.type == "cuda")
     step_fn = compile_model(model, args.compile_mode) if compiled else model
-    V = model.wte.weight.shape[0]               # padded: the classifier's rows
+    V = model.wte.weight.shape[0]  # padded: the classifier's rows
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, model.vocab_size, (args.batch, args.seq), generator=g).to(dev)
     y = torch.randint(0, model.vocab_size, (args.batch, args.seq), generator=g).to(dev)
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.dtype == "bf16" else torch.autocast(dev.type, enabled=False)
+    amp = (
+        torch.autocast(dev.type, dtype=torch.bfloat16)
+        if args.dtype == "bf16"
+        else torch.autocast(dev.type, enabled=False)
+    )
     times = []
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -226,16 +315,20 @@ def bench_torch(out, args, mdir, compiled):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) * 1e3)
-    steady = times[min(5, len(times) - 1):]
+    steady = times[min(5, len(times) - 1) :]
     ms = statistics.median(steady)
     cfg = json.loads((mdir / "config.json").read_text())
     fpt = flops_per_token(cfg["n_layer"], cfg["n_embd"], matmul_params(cfg["n_layer"], cfg["n_embd"], V), args.seq)
     peak = peak_flops(args.dtype)
-    return dict(name="PyTorch " + (f"torch.compile ({args.compile_mode})" if compiled else "eager"), ms=ms,
-                tokens_per_s=args.batch * args.seq / (ms / 1e3),
-                mfu=(fpt * args.batch * args.seq / (ms / 1e3)) / peak if peak else float("nan"),
-                peak_mem_bytes=torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0,
-                compile_s=round(times[0] / 1e3, 1), last_loss=float(loss.detach()))
+    return dict(
+        name="PyTorch " + (f"torch.compile ({args.compile_mode})" if compiled else "eager"),
+        ms=ms,
+        tokens_per_s=args.batch * args.seq / (ms / 1e3),
+        mfu=(fpt * args.batch * args.seq / (ms / 1e3)) / peak if peak else float("nan"),
+        peak_mem_bytes=torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0,
+        compile_s=round(times[0] / 1e3, 1),
+        last_loss=float(loss.detach()),
+    )
 
 
 def gpu_name(args) -> str | None:
@@ -244,8 +337,9 @@ def gpu_name(args) -> str | None:
         return None
     try:
         import torch
+
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except Exception:   # noqa: BLE001
+    except Exception:  # noqa: BLE001
         return None
 
 
@@ -253,19 +347,26 @@ def roofline_row(args):
     """The roofline's prediction for the benchmark shape on the GPU found (else --gpu), as a table row."""
     from llmgen.roofline import get_gpu, predict
     from llmgen.spec import PRESETS
+
     name = gpu_name(args)
     try:
         gpu = get_gpu(args.gpu if args.gpu != "auto" else (name or "h200"))
     except ValueError:
-        gpu = get_gpu("h200")                       # a GPU the table does not hold: say which one was used
+        gpu = get_gpu("h200")  # a GPU the table does not hold: say which one was used
     p = predict(PRESETS[args.bench_spec], args.batch, args.seq, gpu, args.dtype)
     m = p.memory_bytes
     attn = sum(c["share"] for k, c in p.classes().items() if k.startswith("attention"))
-    return dict(name=f"roofline prediction ({gpu.name.removeprefix('NVIDIA ')})", ms=p.step_s * 1e3,
-                tokens_per_s=p.tokens_per_s, mfu=p.mfu, attention_share=attn, gpu_found=name,
-                peak_mem_bytes=m["params"] + m["grads"] + m["optimizer_state"] + m["activations"],
-                datasheet_ms=p.datasheet_step_s * 1e3,
-                classes={k: {"ms": c["seconds"] * 1e3, "share": c["share"]} for k, c in p.classes().items()})
+    return dict(
+        name=f"roofline prediction ({gpu.name.removeprefix('NVIDIA ')})",
+        ms=p.step_s * 1e3,
+        tokens_per_s=p.tokens_per_s,
+        mfu=p.mfu,
+        attention_share=attn,
+        gpu_found=name,
+        peak_mem_bytes=m["params"] + m["grads"] + m["optimizer_state"] + m["activations"],
+        datasheet_ms=p.datasheet_step_s * 1e3,
+        classes={k: {"ms": c["seconds"] * 1e3, "share": c["share"]} for k, c in p.classes().items()},
+    )
 
 
 def _last_line(e: Exception) -> str:
@@ -278,8 +379,9 @@ def gpu_count(args) -> int:
         return 0
     try:
         import torch
+
         return torch.cuda.device_count()
-    except Exception:   # noqa: BLE001
+    except Exception:  # noqa: BLE001
         return 0
 
 
@@ -291,42 +393,92 @@ def multi_gpu_row(out, args, one):
     n = gpu_count(args)
     name = f"llmgen CUDA, {n} GPUs data-parallel"
     if n < 2:
-        return dict(name="llmgen CUDA, N GPUs data-parallel",
-                    note=f"skipped: {n} GPU{'s' if n != 1 else ''} on this machine (needs more than one)")
+        return dict(
+            name="llmgen CUDA, N GPUs data-parallel",
+            note=f"skipped: {n} GPU{'s' if n != 1 else ''} on this machine (needs more than one)",
+        )
     if shutil.which("mpirun") is None:
         return dict(name=name, note="not available: mpirun not found (install OpenMPI)")
     d = out / "work" / "bench"
     try:
-        sh([sys.executable, "-m", "llmgen", "build", args.bench_spec, "--dtype", args.dtype, "--target", "cuda",
-            "--distributed", "-o", d / "build-dist"], out / "bench_dist_build.log", timeout=900)
-    except Exception as e:   # noqa: BLE001
+        sh(
+            [
+                sys.executable,
+                "-m",
+                "llmgen",
+                "build",
+                args.bench_spec,
+                "--dtype",
+                args.dtype,
+                "--target",
+                "cuda",
+                "--distributed",
+                "-o",
+                d / "build-dist",
+            ],
+            out / "bench_dist_build.log",
+            timeout=900,
+        )
+    except Exception as e:  # noqa: BLE001
         return dict(name=name, note=f"not available: `llmgen build --distributed` failed: {_last_line(e)}")
     try:
         mpi = ["mpirun", "-np", n] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
         run = d / "run-dist"
-        sh([*mpi, d / "build-dist" / "train", "-e", d / "model", "-i", d / "tokens.bin", "-b", args.batch,
-            "-t", args.seq, "-d", n * args.batch * args.seq, "-x", args.steps, "-l", "3e-4", "-k", "constant",
-            "-v", 0, "-o", run], out / "bench_dist.log", timeout=900)
+        sh(
+            [
+                *mpi,
+                d / "build-dist" / "train",
+                "-e",
+                d / "model",
+                "-i",
+                d / "tokens.bin",
+                "-b",
+                args.batch,
+                "-t",
+                args.seq,
+                "-d",
+                n * args.batch * args.seq,
+                "-x",
+                args.steps,
+                "-l",
+                "3e-4",
+                "-k",
+                "constant",
+                "-v",
+                0,
+                "-o",
+                run,
+            ],
+            out / "bench_dist.log",
+            timeout=900,
+        )
         rows = [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
-        steady = rows[min(5, len(rows) - 1):]
+        steady = rows[min(5, len(rows) - 1) :]
         ms = statistics.median(r["ms"] for r in steady)
         tps = n * args.batch * args.seq / (ms / 1e3)
-        res = dict(name=name, ms=ms, tokens_per_s=tps, last_loss=rows[-1]["train_loss"], gpus=n,
-                   mfu=statistics.median([r["mfu"] for r in steady if r.get("mfu") is not None] or [float("nan")]),
-                   peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady))
+        res = dict(
+            name=name,
+            ms=ms,
+            tokens_per_s=tps,
+            last_loss=rows[-1]["train_loss"],
+            gpus=n,
+            mfu=statistics.median([r["mfu"] for r in steady if r.get("mfu") is not None] or [float("nan")]),
+            peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady),
+        )
         if one and "tokens_per_s" in one:
             res["scaling"] = tps / (n * one["tokens_per_s"])
             res["note"] = f"{tps:,.0f} tokens/s = {res['scaling']:.1%} of {n} x one GPU's {one['tokens_per_s']:,.0f}"
         return res
-    except Exception as e:   # noqa: BLE001
+    except Exception as e:  # noqa: BLE001
         return dict(name=name, note=f"not available: the {n}-rank run failed: {_last_line(e)}")
 
 
 def peak_flops(dtype):
     try:
         import torch
+
         name = torch.cuda.get_device_name(0)
-    except Exception:   # noqa: BLE001
+    except Exception:  # noqa: BLE001
         return 0.0
     for k, (bf16, fp32) in PEAKS.items():
         if k in name:
@@ -346,29 +498,35 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--bench-spec", default="gpt2", help="preset to benchmark [gpt2, the 124M]")
-    ap.add_argument("--compile-mode", default=None,
-                    help="torch.compile mode of the PyTorch peer [bench/torch_gpt2.py's COMPILE_MODE]")
-    ap.add_argument("--gpu", default="auto",
-                    help="GPU of the roofline row: h200, h100, a100 [auto: the one found, else h200]")
+    ap.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of the PyTorch peer [bench/torch_gpt2.py's COMPILE_MODE]",
+    )
+    ap.add_argument(
+        "--gpu", default="auto", help="GPU of the roofline row: h200, h100, a100 [auto: the one found, else h200]"
+    )
     args = ap.parse_args()
     if args.compile_mode is None:
         from torch_gpt2 import COMPILE_MODE
+
         args.compile_mode = COMPILE_MODE
     final = Path(args.out)
     final.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix="llmgen-gpu-check-"))     # logs and work files; see logs.txt
+    out = Path(tempfile.mkdtemp(prefix="llmgen-gpu-check-"))  # logs and work files; see logs.txt
     summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args)}
     t0 = time.time()
     summary["environment"] = environment(out)
     log("== correctness (CUDA target vs PyTorch reference)")
     summary["correctness"] = correctness(out, args)
 
-    def save():      # after every stage: a run stopped by its time limit still leaves what it measured
+    def save():  # after every stage: a run stopped by its time limit still leaves what it measured
         summary["seconds"] = round(time.time() - t0, 1)
         (final / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         with open(final / "logs.txt", "w") as f:
             for lf in sorted(out.glob("*.log")):
                 f.write(f"===== {lf.name}\n{lf.read_text()[-200000:]}\n")
+
     save()
     rows = []
     # the stages, in table order; the attention ablation (only meaningful for bf16, where tensor cores are
@@ -394,11 +552,12 @@ def main():
             else:
                 if mdir is None:
                     from llmgen.spec import PRESETS
+
                     mdir = random_model_dir(out / "work" / "bench" / "model", PRESETS[args.bench_spec], 0)
                 res = bench_torch(out, args, mdir, fn)
             rows.append(res)
             log(f"  {res['name']}: " + (f"{res['ms']:.1f} ms/step" if "ms" in res else res.get("note", "")))
-        except Exception as e:   # noqa: BLE001
+        except Exception as e:  # noqa: BLE001
             rows.append(dict(name=name, error=f"{type(e).__name__}: {e}"[-3000:]))
             traceback.print_exc()
         summary["benchmark"] = rows
@@ -421,14 +580,18 @@ def main():
             log(f"| {r['name']} | {why} | | | | | |")
             continue
         mem = f"{r.get('peak_mem_bytes', 0) / 2**30:.2f} GiB" + (" (plan)" if r["name"].startswith("roofline") else "")
-        log(f"| {r['name']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r.get('mfu', float('nan')):.1%} | "
+        log(
+            f"| {r['name']} | {r['ms']:.1f} | {r['tokens_per_s']:,.0f} | {r.get('mfu', float('nan')):.1%} | "
             f"{mem} | {r.get('speed_vs_compile', float('nan')):.2f}x, "
-            f"{r.get('memory_vs_compile', float('nan')):.2f}x | {r.get('last_loss', float('nan')):.4f} |")
+            f"{r.get('memory_vs_compile', float('nan')):.2f}x | {r.get('last_loss', float('nan')):.4f} |"
+        )
     for r in rows:
         if r["name"].startswith("roofline"):
-            log(f"roofline: attention {r['attention_share']:.1%} of the step; at the datasheet ceilings "
+            log(
+                f"roofline: attention {r['attention_share']:.1%} of the step; at the datasheet ceilings "
                 f"{r['datasheet_ms']:.1f} ms/step (python -m llmgen.roofline {args.bench_spec} -b {args.batch} "
-                f"-t {args.seq} --dtype {args.dtype} for the per-class table)")
+                f"-t {args.seq} --dtype {args.dtype} for the per-class table)"
+            )
         elif "ms" in r and r.get("note"):
             log(f"{r['name']}: {r['note']}")
     ok = all(c.get("ok") for c in summary["correctness"])

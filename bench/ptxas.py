@@ -34,20 +34,20 @@ sys.path.insert(0, str(REPO))
 ARCH = "sm_90a"
 # build name -> (preset, dtype)
 BUILDS = {"gpt2-124m-bf16": ("gpt2", "bf16"), "llama3.1-8b-bf16": ("llama3.1-8b", "bf16")}
-MAX_SMEM_PER_BLOCK = 227 * 1024        # Hopper: the most shared memory one block may opt in to
+MAX_SMEM_PER_BLOCK = 227 * 1024  # Hopper: the most shared memory one block may opt in to
 
 
 @dataclass
 class KernelUsage:
-    name: str                  # demangled base name (e.g. attention_bwd_12x64x768_dkv_kernel)
+    name: str  # demangled base name (e.g. attention_bwd_12x64x768_dkv_kernel)
     registers: int = 0
     barriers: int = 0
     smem_static: int = 0
-    smem_dynamic: int | str = 0   # bytes at launch; the source expression where it is not a constant
+    smem_dynamic: int | str = 0  # bytes at launch; the source expression where it is not a constant
     stack: int = 0
     spill_stores: int = 0
     spill_loads: int = 0
-    entry: bool = True         # a __global__ function (else a device function ptxas kept separate)
+    entry: bool = True  # a __global__ function (else a device function ptxas kept separate)
 
     @property
     def spills(self) -> int:
@@ -57,9 +57,11 @@ class KernelUsage:
 # --------------------------------------------------------------------------------------------
 # the toolchain
 
+
 def toolchain() -> tuple[str, Path] | str:
     """(nvcc, cuBLASLt include dir), or the reason they are not usable here."""
     from llmgen.runtime.build import cublas_dirs, cuda_home
+
     nvcc = shutil.which("nvcc") or (str(cuda_home() / "bin" / "nvcc") if cuda_home() else None)
     if not nvcc or not Path(nvcc).exists():
         return "nvcc not found: the ptxas check needs the CUDA toolkit"
@@ -78,17 +80,30 @@ def nvcc_version(nvcc: str) -> str:
 def nvcc_command(nvcc: str, include: Path, src: Path, obj: Path) -> list[str]:
     """build_cuda's compile flags (llmgen/runtime/build.py) for sm_90a, compile only, ptxas verbose."""
     n = ARCH.removeprefix("sm_")
-    return [nvcc, "-O3", "-std=c++17", "-gencode", f"arch=compute_{n},code=sm_{n}", f"-I{include}",
-            "-Xptxas", "-v", "-c", str(src), "-o", str(obj)]
+    return [
+        nvcc,
+        "-O3",
+        "-std=c++17",
+        "-gencode",
+        f"arch=compute_{n},code=sm_{n}",
+        f"-I{include}",
+        "-Xptxas",
+        "-v",
+        "-c",
+        str(src),
+        "-o",
+        str(obj),
+    ]
 
 
 # --------------------------------------------------------------------------------------------
 # parsing
 
+
 def demangle(sym: str) -> str:
     """The function name of an Itanium-mangled symbol (_Z<len><name>...); others as they are."""
     m = re.match(r"_Z(\d+)", sym)
-    return sym[m.end():m.end() + int(m.group(1))] if m else sym
+    return sym[m.end() : m.end() + int(m.group(1))] if m else sym
 
 
 def parse_ptxas(text: str) -> list[KernelUsage]:
@@ -144,7 +159,7 @@ def _launch_args(src: str, start: int) -> list[str]:
     return args
 
 
-SIZEOF = {"float": 4, "double": 8, "int": 4, "floatX": 2, "__nv_bfloat16": 2}   # bf16 builds
+SIZEOF = {"float": 4, "double": 8, "int": 4, "floatX": 2, "__nv_bfloat16": 2}  # bf16 builds
 
 
 def _eval_bytes(expr: str, src: str, before: int) -> int | str:
@@ -157,7 +172,7 @@ def _eval_bytes(expr: str, src: str, before: int) -> int | str:
         e = defs[-1].group(1)
     e = re.sub(r"sizeof\((\w+)\)", lambda m: str(SIZEOF.get(m.group(1), f"?{m.group(1)}")), e)
     if re.fullmatch(r"[\d\s*+()]+", e):
-        return int(eval(e))          # digits and * + ( ) only
+        return int(eval(e))  # digits and * + ( ) only
     return expr
 
 
@@ -177,9 +192,11 @@ def dynamic_smem(src: str) -> dict[str, int | str]:
 # --------------------------------------------------------------------------------------------
 # building
 
+
 def render(preset: str, dtype: str) -> str:
     from llmgen.codegen import Options, render as render_program
     from llmgen.spec import PRESETS
+
     return render_program(PRESETS[preset].replace(dtype=dtype), Options(target="cuda"))
 
 
@@ -215,28 +232,38 @@ def compile_all(work: Path, jobs: int = 2) -> dict[str, list[KernelUsage]]:
 
 
 def markdown(results: dict[str, list[KernelUsage]], version: str) -> str:
-    lines = ["# ptxas resource use of the emitted CUDA",
-             "",
-             f"Made by `python bench/ptxas.py` with nvcc {version} for {ARCH} "
-             "(`-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -c`, build_cuda's flags). "
-             "Register counts depend on the nvcc version; regenerate this file when kernels change. "
-             "tests/test_ptxas.py checks the spills of the current kernels, not these numbers.",
-             ""]
+    lines = [
+        "# ptxas resource use of the emitted CUDA",
+        "",
+        f"Made by `python bench/ptxas.py` with nvcc {version} for {ARCH} "
+        "(`-O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v -c`, build_cuda's flags). "
+        "Register counts depend on the nvcc version; regenerate this file when kernels change. "
+        "tests/test_ptxas.py checks the spills of the current kernels, not these numbers.",
+        "",
+    ]
     for name, rows in results.items():
         spilling = [k for k in rows if k.spills]
-        lines += [f"## {name}", "",
-                  f"{sum(k.entry for k in rows)} kernels; "
-                  + (f"**{len(spilling)} spill**: " + ", ".join(f"{k.name} ({k.spill_stores} B stores, "
-                                                               f"{k.spill_loads} B loads)" for k in spilling)
-                     if spilling else "no spills"),
-                  "",
-                  "| kernel | registers | barriers | smem static (B) | smem dynamic (B) | stack frame (B) "
-                  "| spill stores (B) | spill loads (B) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"## {name}",
+            "",
+            f"{sum(k.entry for k in rows)} kernels; "
+            + (
+                f"**{len(spilling)} spill**: "
+                + ", ".join(f"{k.name} ({k.spill_stores} B stores, {k.spill_loads} B loads)" for k in spilling)
+                if spilling
+                else "no spills"
+            ),
+            "",
+            "| kernel | registers | barriers | smem static (B) | smem dynamic (B) | stack frame (B) "
+            "| spill stores (B) | spill loads (B) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for k in rows:
             label = k.name if k.entry else f"{k.name} (device function)"
-            lines.append(f"| {label} | {k.registers} | {k.barriers} | {k.smem_static} | {k.smem_dynamic} | "
-                         f"{k.stack} | {k.spill_stores} | {k.spill_loads} |")
+            lines.append(
+                f"| {label} | {k.registers} | {k.barriers} | {k.smem_static} | {k.smem_dynamic} | "
+                f"{k.stack} | {k.spill_stores} | {k.spill_loads} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -282,14 +309,21 @@ def main() -> int:
     Path(args.out).write_text(text)
     spills = [(b, k) for b, rows in results.items() for k in rows if k.spills]
     for b, rows in results.items():
-        over = [k.name for k in rows if isinstance(k.smem_dynamic, int) and k.smem_static + k.smem_dynamic
-                > MAX_SMEM_PER_BLOCK]
-        print(f"{b}: {sum(k.entry for k in rows)} kernels, {sum(1 for k in rows if k.spills)} spill, "
-              f"max {max(k.registers for k in rows)} registers"
-              + (f"; over {MAX_SMEM_PER_BLOCK} B of shared memory: {', '.join(over)}" if over else ""))
+        over = [
+            k.name
+            for k in rows
+            if isinstance(k.smem_dynamic, int) and k.smem_static + k.smem_dynamic > MAX_SMEM_PER_BLOCK
+        ]
+        print(
+            f"{b}: {sum(k.entry for k in rows)} kernels, {sum(1 for k in rows if k.spills)} spill, "
+            f"max {max(k.registers for k in rows)} registers"
+            + (f"; over {MAX_SMEM_PER_BLOCK} B of shared memory: {', '.join(over)}" if over else "")
+        )
     for b, k in spills:
-        print(f"  spill: {b} {k.name}: {k.spill_stores} B stores, {k.spill_loads} B loads, {k.stack} B stack, "
-              f"{k.registers} registers")
+        print(
+            f"  spill: {b} {k.name}: {k.spill_stores} B stores, {k.spill_loads} B loads, {k.stack} B stack, "
+            f"{k.registers} registers"
+        )
     print(f"wrote {args.out}")
     return 1 if args.check and spills else 0
 

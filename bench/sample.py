@@ -29,10 +29,25 @@ def main():
     if not (model / "model.safetensors").is_file():
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
+
         torch.manual_seed(0)
         GPT2LMHeadModel(GPT2Config()).save_pretrained(model)
-    cmd = [sys.executable, "-m", "llmgen", "sample", str(model), "--prompt", "ROMEO:", "-n", str(args.tokens),
-           "--seed", "1", "--cache-dir", str(out / "cache"), "-v"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmgen",
+        "sample",
+        str(model),
+        "--prompt",
+        "ROMEO:",
+        "-n",
+        str(args.tokens),
+        "--seed",
+        "1",
+        "--cache-dir",
+        str(out / "cache"),
+        "-v",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # the build (the compiled backend's library) is made once, outside the timings
     subprocess.run([*cmd[:6], "1", *cmd[7:], "--backend", "compiled"], check=True, env=env, capture_output=True)
@@ -46,8 +61,10 @@ def main():
             continue
         m = re.search(r"loaded in ([\d.]+) s; (\d+) steps x \d+ sample\(s\) in ([\d.]+) s, ([\d.]+) tok/s", r.stderr)
         load, steps, gen, rate = m.groups()
-        print(f"{backend:<13} {wall:>10.2f} s {float(load):>5.2f} s {float(gen):>7.2f} s  {float(rate):>5.1f}  "
-              f"{os.getloadavg()[0]:.2f} ({steps} tokens)")
+        print(
+            f"{backend:<13} {wall:>10.2f} s {float(load):>5.2f} s {float(gen):>7.2f} s  {float(rate):>5.1f}  "
+            f"{os.getloadavg()[0]:.2f} ({steps} tokens)"
+        )
 
 
 if __name__ == "__main__":

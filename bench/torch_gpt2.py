@@ -93,19 +93,18 @@ class GPT2(nn.Module):
         x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
         for blk in self.h:
             x = blk(x)
-        logits = F.linear(self.ln_f(x), self.wte.weight, self.vocab_mask)      # (B, T, Vp), tied head
+        logits = F.linear(self.ln_f(x), self.wte.weight, self.vocab_mask)  # (B, T, Vp), tied head
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
     @classmethod
     def from_hf_dir(cls, model_dir, read_safetensors, padded_vocab_size=None):
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
-        m = cls(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["vocab_size"], cfg["n_positions"],
-                padded_vocab_size)
+        m = cls(cfg["n_layer"], cfg["n_head"], cfg["n_embd"], cfg["vocab_size"], cfg["n_positions"], padded_vocab_size)
         sd = {k: torch.from_numpy(v) for k, v in read_safetensors(Path(model_dir) / "model.safetensors").items()}
         with torch.no_grad():
             wte = sd["transformer.wte.weight"]
-            m.wte.weight[:wte.shape[0]].copy_(wte)
-            m.wte.weight[wte.shape[0]:].zero_()
+            m.wte.weight[: wte.shape[0]].copy_(wte)
+            m.wte.weight[wte.shape[0] :].zero_()
             m.wpe.weight.copy_(sd["transformer.wpe.weight"])
             m.ln_f.weight.copy_(sd["transformer.ln_f.weight"])
             m.ln_f.bias.copy_(sd["transformer.ln_f.bias"])
@@ -114,9 +113,13 @@ class GPT2(nn.Module):
                 for ours, theirs in (("ln_1", "ln_1"), ("ln_2", "ln_2")):
                     getattr(blk, ours).weight.copy_(sd[p + theirs + ".weight"])
                     getattr(blk, ours).bias.copy_(sd[p + theirs + ".bias"])
-                for ours, theirs in (("c_attn", "attn.c_attn"), ("c_proj", "attn.c_proj"), ("c_fc", "mlp.c_fc"),
-                                     ("mlp_proj", "mlp.c_proj")):
-                    getattr(blk, ours).weight.copy_(sd[p + theirs + ".weight"].t())   # Conv1D is (in, out)
+                for ours, theirs in (
+                    ("c_attn", "attn.c_attn"),
+                    ("c_proj", "attn.c_proj"),
+                    ("c_fc", "mlp.c_fc"),
+                    ("mlp_proj", "mlp.c_proj"),
+                ):
+                    getattr(blk, ours).weight.copy_(sd[p + theirs + ".weight"].t())  # Conv1D is (in, out)
                     getattr(blk, ours).bias.copy_(sd[p + theirs + ".bias"])
         return m
 
@@ -128,8 +131,13 @@ def compile_model(model, mode: str = COMPILE_MODE):
 def optimizer(model, lr, weight_decay, fused):
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=fused)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=fused,
+    )
 
 
 def flops_per_token(n_layer, n_embd, n_params_matmul, T):

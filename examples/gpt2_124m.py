@@ -19,7 +19,7 @@ spec = PRESETS["gpt2"]
 
 
 def main():
-    run = run_llmgen          # one llmgen command: Ctrl-C is passed on once and waited for (then exit 130)
+    run = run_llmgen  # one llmgen command: Ctrl-C is passed on once and waited for (then exit 130)
     run("inspect", "gpt2", "-b", 4, "-t", 64)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -28,8 +28,10 @@ def main():
         header = np.zeros(256, np.int32)
         header[:3] = 20240520, 1, tokens.size
         (tmp / "random.bin").write_bytes(header.tobytes() + tokens.tobytes())
-        subprocess.run([str(tmp / "build" / "train"), "-i", str(tmp / "random.bin"), "-b", "4", "-t", "64",
-                        "-x", "2", "-v", "0"], check=True)
+        subprocess.run(
+            [str(tmp / "build" / "train"), "-i", str(tmp / "random.bin"), "-b", "4", "-t", "64", "-x", "2", "-v", "0"],
+            check=True,
+        )
 
 
 if __name__ == "__main__":

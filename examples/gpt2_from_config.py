@@ -21,11 +21,30 @@ def main():
     ap.add_argument("--data", default="data/shakespeare")
     ap.add_argument("--out", default="runs/from_config")
     args = ap.parse_args()
-    llmgen = run_llmgen       # one llmgen command: Ctrl-C is passed on once and waited for (then exit 130)
+    llmgen = run_llmgen  # one llmgen command: Ctrl-C is passed on once and waited for (then exit 130)
     llmgen("data", "shakespeare", "-o", args.data)
     flags = ["-e", Path(args.config).parent] if (Path(args.config).parent / "model.safetensors").is_file() else []
-    llmgen("train", args.config, "--data", args.data, *flags, "-b", 4, "-t", 128, "-x", args.steps,
-           "-l", "1e-3", "-v", 25, "-m", 4, "-o", args.out)
+    llmgen(
+        "train",
+        args.config,
+        "--data",
+        args.data,
+        *flags,
+        "-b",
+        4,
+        "-t",
+        128,
+        "-x",
+        args.steps,
+        "-l",
+        "1e-3",
+        "-v",
+        25,
+        "-m",
+        4,
+        "-o",
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,40 @@ def main():
     t0 = time.time()
     llmgen("data", "shakespeare", "-o", args.data)
     resume = []
-    if (Path(args.out) / "latest").is_file():      # run again: continue (or just reuse) that run, never overwrite it
+    if (Path(args.out) / "latest").is_file():  # run again: continue (or just reuse) that run, never overwrite it
         print(f"{args.out} holds a run: continuing it with -y 1 (--out DIR for a fresh one)")
         resume = ["-y", 1]
-    llmgen("train", __file__, "--data", args.data, *resume, "-b", 8, "-t", 128, "-x", args.steps, "-l", "2e-3",
-           "-u", 20, "-q", 0.1, "-c", 0.0, "-v", 50, "-m", 8, "-s", args.steps, "-g", 48, "-o", args.out)
+    llmgen(
+        "train",
+        __file__,
+        "--data",
+        args.data,
+        *resume,
+        "-b",
+        8,
+        "-t",
+        128,
+        "-x",
+        args.steps,
+        "-l",
+        "2e-3",
+        "-u",
+        20,
+        "-q",
+        0.1,
+        "-c",
+        0.0,
+        "-v",
+        50,
+        "-m",
+        8,
+        "-s",
+        args.steps,
+        "-g",
+        48,
+        "-o",
+        args.out,
+    )
     llmgen("sample", args.out, "--prompt", "ROMEO:", "-n", 40, "--seed", 1)
     if importlib.util.find_spec("matplotlib"):
         llmgen("plot", args.out)
@@ -48,8 +77,10 @@ def main():
         plot = "no plot: `llmgen plot` needs matplotlib (pip install 'llmgen[plot]')"
     log = [json.loads(line) for line in open(Path(args.out) / "log.jsonl")]
     vals = [r["val_loss"] for r in log if "val_loss" in r]
-    print(f"\nval loss {vals[0]:.3f} -> {vals[-1]:.3f} ({100 * (1 - vals[-1] / vals[0]):.0f}% lower) "
-          f"in {time.time() - t0:.0f} s; {plot}")
+    print(
+        f"\nval loss {vals[0]:.3f} -> {vals[-1]:.3f} ({100 * (1 - vals[-1] / vals[0]):.0f}% lower) "
+        f"in {time.time() - t0:.0f} s; {plot}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,19 @@ from llmgen.spec import LlamaSpec
 # formula (2/3 * 4 * 128 rounded up to 32: 352), tied embeddings: ~7M parameters, most of them the
 # embedding. RoPE base 500000 with Llama 3.1's scaling (factor 8), its "original" context shrunk to
 # 64 so the scaling has an effect at this length (the preset llama3-tiny). Context 256; we train at T=128.
-spec = LlamaSpec(dim=128, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=50257, multiple_of=32,
-                 rope_theta=500000.0, use_scaled_rope=True, rope_original_max_seq_len=64, max_seq_len=256,
-                 tie_embeddings=True)
+spec = LlamaSpec(
+    dim=128,
+    n_layers=4,
+    n_heads=8,
+    n_kv_heads=2,
+    vocab_size=50257,
+    multiple_of=32,
+    rope_theta=500000.0,
+    use_scaled_rope=True,
+    rope_original_max_seq_len=64,
+    max_seq_len=256,
+    tie_embeddings=True,
+)
 
 
 def llmgen(*args):
@@ -57,11 +67,40 @@ def main():
     llmgen("data", "shakespeare", "-o", args.data)
     llmgen("inspect", __file__, "-b", 8, "-t", 128)
     resume = []
-    if (Path(args.out) / "latest").is_file():      # run again: continue (or just reuse) that run, never overwrite it
+    if (Path(args.out) / "latest").is_file():  # run again: continue (or just reuse) that run, never overwrite it
         print(f"{args.out} holds a run: continuing it with -y 1 (--out DIR for a fresh one)")
         resume = ["-y", 1]
-    llmgen("train", __file__, "--data", args.data, *resume, "-b", 8, "-t", 128, "-x", args.steps, "-l", "2e-3",
-           "-u", 20, "-q", 0.1, "-c", 0.0, "-v", 50, "-m", 8, "-s", args.steps, "-g", 48, "-o", args.out)
+    llmgen(
+        "train",
+        __file__,
+        "--data",
+        args.data,
+        *resume,
+        "-b",
+        8,
+        "-t",
+        128,
+        "-x",
+        args.steps,
+        "-l",
+        "2e-3",
+        "-u",
+        20,
+        "-q",
+        0.1,
+        "-c",
+        0.0,
+        "-v",
+        50,
+        "-m",
+        8,
+        "-s",
+        args.steps,
+        "-g",
+        48,
+        "-o",
+        args.out,
+    )
     llmgen("sample", args.out, "--prompt", "ROMEO:", "-n", 40, "--seed", 1)
     if importlib.util.find_spec("matplotlib"):
         llmgen("plot", args.out)
@@ -70,8 +109,10 @@ def main():
         plot = "no plot: `llmgen plot` needs matplotlib (pip install 'llmgen[plot]')"
     log = [json.loads(line) for line in open(Path(args.out) / "log.jsonl")]
     vals = [r["val_loss"] for r in log if "val_loss" in r]
-    print(f"\nval loss {vals[0]:.3f} -> {vals[-1]:.3f} ({100 * (1 - vals[-1] / vals[0]):.0f}% lower) "
-          f"in {time.time() - t0:.0f} s; {plot}")
+    print(
+        f"\nval loss {vals[0]:.3f} -> {vals[-1]:.3f} ({100 * (1 - vals[-1] / vals[0]):.0f}% lower) "
+        f"in {time.time() - t0:.0f} s; {plot}"
+    )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from llmgen.ir.ops import OPS
 def backward(g: Graph, loss: Value) -> Graph:
     """Append the backward nodes of `loss` (a scalar) to g; g.grads maps param id -> grad."""
     g.phase = "bwd"
-    dloss = g.input("dloss", ())                 # 1/grad_accum_steps at runtime
+    dloss = g.input("dloss", ())  # 1/grad_accum_steps at runtime
     grads: dict[int, Value] = {loss.id: dloss}
-    parts: dict[int, list[str]] = {}             # value id -> the consumers whose contributions it got so far
+    parts: dict[int, list[str]] = {}  # value id -> the consumers whose contributions it got so far
     for node in reversed([n for n in g.nodes if n.phase == "fwd"]):
         douts = [grads.get(v.id) for v in node.outputs]
         if all(d is None for d in douts):
@@ -37,7 +37,7 @@ def backward(g: Graph, loss: Value) -> Graph:
             seen = parts.setdefault(inp.id, [])
             if inp.id in grads:
                 full, prev = grad_name(inp), grads[inp.id]
-                if prev.name == full:            # made for inp alone (or the running sum): named by consumers
+                if prev.name == full:  # made for inp alone (or the running sum): named by consumers
                     prev.name = f"{full}_{''.join(seen)}"
                 if d.name == full:
                     d.name = f"{full}_{consumer}"

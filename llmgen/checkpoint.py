@@ -17,8 +17,17 @@ import numpy as np
 from llmgen.files import atomic_write
 
 # safetensors dtype -> numpy dtype of the stored values (little-endian); BF16 is widened by hand
-_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-           "I8": "i1", "U8": "u1"}
+_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+}
 
 
 class SafetensorsError(ValueError):
@@ -46,12 +55,15 @@ def read_safetensors_header(path) -> tuple[dict, int, int]:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise SafetensorsError(f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte "
-                                       "header length)")
+                raise SafetensorsError(
+                    f"{path}: not a safetensors file ({size} bytes, shorter than the 8-byte header length)"
+                )
             (n,) = struct.unpack("<Q", head)
             if 8 + n > size:
-                raise SafetensorsError(f"{path}: header length {n} runs past the end of the file ({size} bytes): "
-                                       "truncated, or not a safetensors file")
+                raise SafetensorsError(
+                    f"{path}: header length {n} runs past the end of the file ({size} bytes): "
+                    "truncated, or not a safetensors file"
+                )
             raw = f.read(n)
     except OSError as e:
         raise SafetensorsError(f"cannot read {path}: {e.strerror or e}") from None
@@ -69,19 +81,20 @@ def read_safetensors_header(path) -> tuple[dict, int, int]:
         try:
             dtype, shape, (b, e) = info["dtype"], [int(d) for d in info["shape"]], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise SafetensorsError(f"{path}: tensor {name}: header entry {info!r} lacks dtype, shape or "
-                                   "data_offsets") from None
+            raise SafetensorsError(
+                f"{path}: tensor {name}: header entry {info!r} lacks dtype, shape or data_offsets"
+            ) from None
         if dtype not in _DTYPES:
             raise SafetensorsError(f"{path}: tensor {name} has dtype {dtype}; readable: {', '.join(_DTYPES)}")
         need = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
         if not (isinstance(b, int) and isinstance(e, int) and 0 <= b <= e):
             raise SafetensorsError(f"{path}: tensor {name}: bad data_offsets {[b, e]}")
         if e - b != need:
-            raise SafetensorsError(f"{path}: tensor {name}: {e - b} bytes for shape {shape} {dtype} "
-                                   f"(needs {need})")
+            raise SafetensorsError(f"{path}: tensor {name}: {e - b} bytes for shape {shape} {dtype} (needs {need})")
         if base + e > size:
-            raise SafetensorsError(f"{path}: truncated: tensor {name} ends at byte {base + e}, the file has "
-                                   f"{size} bytes")
+            raise SafetensorsError(
+                f"{path}: truncated: tensor {name} ends at byte {base + e}, the file has {size} bytes"
+            )
         out[name] = {"dtype": dtype, "shape": shape, "data_offsets": [b, e]}
     return out, base, size
 
@@ -94,8 +107,9 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     out = {}
     for name, info in header.items():
         b, e = info["data_offsets"]
-        arr = np.frombuffer(data, _DTYPES[info["dtype"]], count=(e - b) // np.dtype(_DTYPES[info["dtype"]]).itemsize,
-                            offset=base + b)
+        arr = np.frombuffer(
+            data, _DTYPES[info["dtype"]], count=(e - b) // np.dtype(_DTYPES[info["dtype"]]).itemsize, offset=base + b
+        )
         arr = bf16_to_f32(arr) if info["dtype"] == "BF16" else arr
         out[name] = arr.reshape(info["shape"]).astype(np.float32, copy=True)
     return out
@@ -131,8 +145,10 @@ def hf_to_params(graph, hf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if "hf_rows" in p.meta:
             want[0] = p.meta["hf_rows"]
         if list(a.shape) != want:
-            raise ValueError(f"{name}: shape {list(hf[name].shape)} does not match the spec "
-                             f"(expected {want[::-1] if p.meta['hf_transpose'] else want})")
+            raise ValueError(
+                f"{name}: shape {list(hf[name].shape)} does not match the spec "
+                f"(expected {want[::-1] if p.meta['hf_transpose'] else want})"
+            )
         full = np.zeros(p.shape, np.float32)
         full[: a.shape[0]] = a
         out[p.name] = full

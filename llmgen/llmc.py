@@ -31,19 +31,41 @@ class LlmcError(ValueError):
 
 def _layout(L: int, C: int, V: int, Vp: int, T: int) -> list[tuple[str, tuple[int, ...]]]:
     """(llm.c name, shape) in file order."""
-    return [("wte", (Vp, C)), ("wpe", (T, C)), ("ln1w", (L, C)), ("ln1b", (L, C)), ("qkvw", (L, 3 * C, C)),
-            ("qkvb", (L, 3 * C)), ("attprojw", (L, C, C)), ("attprojb", (L, C)), ("ln2w", (L, C)), ("ln2b", (L, C)),
-            ("fcw", (L, 4 * C, C)), ("fcb", (L, 4 * C)), ("fcprojw", (L, C, 4 * C)), ("fcprojb", (L, C)),
-            ("lnfw", (C,)), ("lnfb", (C,))]
+    return [
+        ("wte", (Vp, C)),
+        ("wpe", (T, C)),
+        ("ln1w", (L, C)),
+        ("ln1b", (L, C)),
+        ("qkvw", (L, 3 * C, C)),
+        ("qkvb", (L, 3 * C)),
+        ("attprojw", (L, C, C)),
+        ("attprojb", (L, C)),
+        ("ln2w", (L, C)),
+        ("ln2b", (L, C)),
+        ("fcw", (L, 4 * C, C)),
+        ("fcb", (L, 4 * C)),
+        ("fcprojw", (L, C, 4 * C)),
+        ("fcprojb", (L, C)),
+        ("lnfw", (C,)),
+        ("lnfb", (C,)),
+    ]
 
 
 # llm.c stacked tensor -> (HF per-layer name, transposed: llm.c (out, in) vs HF Conv1D (in, out))
-_PER_LAYER = {"ln1w": ("ln_1.weight", False), "ln1b": ("ln_1.bias", False),
-              "qkvw": ("attn.c_attn.weight", True), "qkvb": ("attn.c_attn.bias", False),
-              "attprojw": ("attn.c_proj.weight", True), "attprojb": ("attn.c_proj.bias", False),
-              "ln2w": ("ln_2.weight", False), "ln2b": ("ln_2.bias", False),
-              "fcw": ("mlp.c_fc.weight", True), "fcb": ("mlp.c_fc.bias", False),
-              "fcprojw": ("mlp.c_proj.weight", True), "fcprojb": ("mlp.c_proj.bias", False)}
+_PER_LAYER = {
+    "ln1w": ("ln_1.weight", False),
+    "ln1b": ("ln_1.bias", False),
+    "qkvw": ("attn.c_attn.weight", True),
+    "qkvb": ("attn.c_attn.bias", False),
+    "attprojw": ("attn.c_proj.weight", True),
+    "attprojb": ("attn.c_proj.bias", False),
+    "ln2w": ("ln_2.weight", False),
+    "ln2b": ("ln_2.bias", False),
+    "fcw": ("mlp.c_fc.weight", True),
+    "fcb": ("mlp.c_fc.bias", False),
+    "fcprojw": ("mlp.c_proj.weight", True),
+    "fcprojb": ("mlp.c_proj.bias", False),
+}
 
 
 def tensor_places(spec) -> dict[str, tuple[int, tuple[int, ...], bool]]:
@@ -73,13 +95,16 @@ def tensor_places(spec) -> dict[str, tuple[int, tuple[int, ...], bool]]:
 
 def file_elems(spec) -> int:
     """Parameters in an llm.c model file of `spec` (after the 256-int32 header)."""
-    return sum(int(np.prod(s)) for _, s in _layout(spec.n_layer, spec.n_embd, spec.vocab_size,
-                                                    spec.padded_vocab_size, spec.max_seq_len))
+    return sum(
+        int(np.prod(s))
+        for _, s in _layout(spec.n_layer, spec.n_embd, spec.vocab_size, spec.padded_vocab_size, spec.max_seq_len)
+    )
 
 
 def read_llmc(path) -> tuple:
     """(GPT2Spec, {HF GPT-2 name: fp32 array}) from an llm.c model file."""
     from llmgen.spec import GPT2Spec
+
     path = Path(path)
     raw = path.read_bytes()
     if len(raw) < 1024:
@@ -95,14 +120,19 @@ def read_llmc(path) -> tuple:
     width = 4 if h[1] == 3 else 2
     want = 1024 + width * sum(int(np.prod(s)) for _, s in layout)
     if len(raw) != want:
-        raise LlmcError(f"{path}: {len(raw)} bytes, but the header's shape (n_layer={L}, n_embd={C}, vocab "
-                        f"{V}/{Vp}, max_seq_len={T}, {VERSIONS[int(h[1])]}) needs {want} (truncated or damaged)")
-    data = (np.frombuffer(raw, np.float32, offset=1024) if width == 4
-            else bf16_to_f32(np.frombuffer(raw, np.uint16, offset=1024)))
+        raise LlmcError(
+            f"{path}: {len(raw)} bytes, but the header's shape (n_layer={L}, n_embd={C}, vocab "
+            f"{V}/{Vp}, max_seq_len={T}, {VERSIONS[int(h[1])]}) needs {want} (truncated or damaged)"
+        )
+    data = (
+        np.frombuffer(raw, np.float32, offset=1024)
+        if width == 4
+        else bf16_to_f32(np.frombuffer(raw, np.uint16, offset=1024))
+    )
     out, at = {}, 0
     for name, shape in layout:
         n = int(np.prod(shape))
-        a = data[at:at + n].reshape(shape)
+        a = data[at : at + n].reshape(shape)
         at += n
         if name == "wte":
             out["transformer.wte.weight"] = a[:V].copy()
@@ -161,6 +191,7 @@ def convert(src, dst, dtype: str = "fp32") -> str:
     folder (a checkpoint of ours included) -> llm.c .bin. Returns a line saying what was written."""
     from llmgen.checkpoint import read_safetensors, write_safetensors
     from llmgen.spec import load_spec
+
     src, dst = Path(src), Path(dst)
     if src.suffix == ".bin":
         spec, hf = read_llmc(src)
@@ -171,8 +202,10 @@ def convert(src, dst, dtype: str = "fp32") -> str:
         dst.mkdir(parents=True, exist_ok=True)
         write_safetensors(dst / "model.safetensors", hf)
         write_atomic(dst / "config.json", json.dumps(spec.hf_config(), indent=2) + "\n")
-        return (f"wrote {dst}/model.safetensors + config.json ({spec.n_layer} layers, n_embd {spec.n_embd}, "
-                f"vocab {spec.vocab_size}) from {src}")
+        return (
+            f"wrote {dst}/model.safetensors + config.json ({spec.n_layer} layers, n_embd {spec.n_embd}, "
+            f"vocab {spec.vocab_size}) from {src}"
+        )
     if dst.suffix != ".bin":
         raise LlmcError(f"convert {src} -> {dst}: one side must be an llm.c model file (.bin)")
     if not (src / "model.safetensors").is_file():

@@ -21,7 +21,7 @@ class AdamWConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
-    max_norm: float = 1.0         # global grad-norm clip (torch's clip_grad_norm_)
+    max_norm: float = 1.0  # global grad-norm clip (torch's clip_grad_norm_)
 
 
 def add_optimizer(g: Graph, cfg: AdamWConfig = AdamWConfig()) -> Graph:
@@ -38,17 +38,25 @@ def add_optimizer(g: Graph, cfg: AdamWConfig = AdamWConfig()) -> Graph:
         m = Value(p.shape, "f32", f"{p.name}.m", role="state", meta={"of": p, "moment": "M"}, layer=p.layer)
         v = Value(p.shape, "f32", f"{p.name}.v", role="state", meta={"of": p, "moment": "V"}, layer=p.layer)
         g.state += [m, v]
-        p2, m2, v2 = g.op("adamw", [p, gr, m, v, norm, lr, t, wd], name=f"adamw.{p.name}",
-                          decay=1.0 if p.meta.get("decay") else 0.0,
-                          beta1=cfg.beta1, beta2=cfg.beta2, eps=cfg.eps, max_norm=cfg.max_norm)
+        p2, m2, v2 = g.op(
+            "adamw",
+            [p, gr, m, v, norm, lr, t, wd],
+            name=f"adamw.{p.name}",
+            decay=1.0 if p.meta.get("decay") else 0.0,
+            beta1=cfg.beta1,
+            beta2=cfg.beta2,
+            eps=cfg.eps,
+            max_norm=cfg.max_norm,
+        )
         for new, old in ((p2, p), (m2, m), (v2, v)):
             new.meta["updates"] = old
     g.layer = None
     return g
 
 
-def lr_at(step: int, n_steps: int, lr: float, warmup: int = 0, final_frac: float = 0.0,
-          schedule: str = "cosine") -> float:
+def lr_at(
+    step: int, n_steps: int, lr: float, warmup: int = 0, final_frac: float = 0.0, schedule: str = "cosine"
+) -> float:
     """Learning rate of 1-based optimizer step `step` (the C/CUDA programs use the same formula)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
@@ -63,6 +71,6 @@ def lr_at(step: int, n_steps: int, lr: float, warmup: int = 0, final_frac: float
         return lr - p * (lr - lo)
     if schedule == "constant":
         return lr
-    cooldown = max(1, int(0.2 * n_steps))      # wsd: stable, then a linear cooldown over the last 20%
+    cooldown = max(1, int(0.2 * n_steps))  # wsd: stable, then a linear cooldown over the last 20%
     start = n_steps - cooldown
     return lr if i < start else lr - ((i - start) / cooldown) * (lr - lo)

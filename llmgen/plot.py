@@ -57,15 +57,17 @@ class LogError(ValueError):
 # --------------------------------------------------------------------------------------------
 # reading the log
 
+
 @dataclass(frozen=True)
 class RunLog:
     """One row per logged step, ascending; NaN where a line lacks the value."""
+
     path: Path
-    step: np.ndarray          # (N,) int64, strictly increasing
-    train_loss: np.ndarray    # (N,) float64
-    val_loss: np.ndarray      # (N,) float64
+    step: np.ndarray  # (N,) int64, strictly increasing
+    train_loss: np.ndarray  # (N,) float64
+    val_loss: np.ndarray  # (N,) float64
     tokens_per_s: np.ndarray  # (N,) float64
-    lr: np.ndarray            # (N,) float64
+    lr: np.ndarray  # (N,) float64
 
 
 # the fields a log line may carry besides "step"; any other key is ignored
@@ -93,10 +95,10 @@ def _parse_line(text: str, where: str) -> dict:
     if not isinstance(obj, dict):
         raise LogError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     if "step" not in obj:
-        raise LogError(f"{where}: no \"step\" in the line")
+        raise LogError(f'{where}: no "step" in the line')
     step = obj["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise LogError(f"{where}: \"step\" must be an integer >= 0, got {step!r}")
+        raise LogError(f'{where}: "step" must be an integer >= 0, got {step!r}')
     for key in _NUMERIC:
         v = obj.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
@@ -126,7 +128,7 @@ def read_log(path: str | Path) -> RunLog:
     if not rows:
         raise LogError(f"{path}: the log is empty")
     if not any("train_loss" in r for r in rows.values()):
-        raise LogError(f"{path}: no training steps in the log (no line has \"train_loss\")")
+        raise LogError(f'{path}: no training steps in the log (no line has "train_loss")')
     steps = sorted(rows)
 
     def series(key: str) -> np.ndarray:
@@ -142,13 +144,15 @@ def _float(v) -> float:
 # --------------------------------------------------------------------------------------------
 # the figure
 
+
 def _matplotlib():
     try:
         import matplotlib
     except ImportError:
         raise PlotError(f"llmgen plot needs matplotlib: {PLOT_EXTRA_HINT}") from None
-    matplotlib.use("Agg", force=True)          # files only: no display needed
+    matplotlib.use("Agg", force=True)  # files only: no display needed
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -175,8 +179,9 @@ def figure(log: RunLog, title: str, log_loss: bool = False, smooth: float = 0.0)
     if not 0 <= smooth < 1:
         raise PlotError(f"--smooth must be in [0, 1), got {smooth}")
     plt = _matplotlib()
-    fig, (ax_loss, ax_lr, ax_tok) = plt.subplots(3, 1, sharex=True, figsize=(9, 8), height_ratios=(3, 1, 1),
-                                                 layout="constrained")
+    fig, (ax_loss, ax_lr, ax_tok) = plt.subplots(
+        3, 1, sharex=True, figsize=(9, 8), height_ratios=(3, 1, 1), layout="constrained"
+    )
     fig.suptitle(f"{title}  (llmgen {__version__})")
     train = _finite(log.step, log.train_loss)
     if smooth > 0:
@@ -220,8 +225,14 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, log_loss: bool 
     fig = figure(log, run_dir.resolve().name, log_loss, smooth)
     try:
         with atomic_write(out) as f:
-            fig.savefig(f, format=fmt, dpi=100, metadata={"Creator": f"llmgen {__version__}"} if fmt == "svg"
-                        else {"Software": f"llmgen {__version__}"})
+            fig.savefig(
+                f,
+                format=fmt,
+                dpi=100,
+                metadata={"Creator": f"llmgen {__version__}"}
+                if fmt == "svg"
+                else {"Software": f"llmgen {__version__}"},
+            )
     finally:
         plt.close(fig)
     return out

@@ -19,16 +19,25 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-PROGRESS_MIN_BYTES = 10 * 1024 * 1024   # byte bars appear on their own for inputs over 10 MB
+PROGRESS_MIN_BYTES = 10 * 1024 * 1024  # byte bars appear on their own for inputs over 10 MB
 
 
 class ByteProgress:
     """A bar over a number of bytes: advance(n) as they are processed, close() at the end."""
 
     def __init__(self, total_bytes: int, label: str, enabled: bool, file: TextIO | None = None):
-        self.bar = tqdm(total=max(1, int(total_bytes)), desc=label, unit="B", unit_scale=True, unit_divisor=1000,
-                        disable=not enabled, file=file or sys.stderr, dynamic_ncols=True, mininterval=0.1,
-                        leave=True)
+        self.bar = tqdm(
+            total=max(1, int(total_bytes)),
+            desc=label,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            disable=not enabled,
+            file=file or sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.1,
+            leave=True,
+        )
 
     def advance(self, nbytes: float) -> None:
         self.bar.update(nbytes)
@@ -52,7 +61,7 @@ class TrainProgress:
     is also printed as its own line, so the history is kept.
     """
 
-    BAR = "step {n_fmt}/{total_fmt} |{bar}| ETA {remaining}{desc}"   # desc: the fields after the ETA
+    BAR = "step {n_fmt}/{total_fmt} |{bar}| ETA {remaining}{desc}"  # desc: the fields after the ETA
 
     def __init__(self, file: TextIO | None = None, tty: bool | None = None, ncols: int | None = None):
         self.file = file or sys.stderr
@@ -61,11 +70,20 @@ class TrainProgress:
         self.bar: tqdm | None = None
         self.last_val: str | None = None
         self.step = 0
-        self.first: tuple[int, float] | None = None     # (step, time) of the first step seen: the ETA's base
+        self.first: tuple[int, float] | None = None  # (step, time) of the first step seen: the ETA's base
 
     def _open(self, step: int, total: int) -> tqdm:
-        return tqdm(total=total, initial=step - 1, bar_format=self.BAR, file=self.file, ncols=self.ncols,
-                    dynamic_ncols=self.ncols is None, mininterval=0.2, leave=True, smoothing=0.1)
+        return tqdm(
+            total=total,
+            initial=step - 1,
+            bar_format=self.BAR,
+            file=self.file,
+            ncols=self.ncols,
+            dynamic_ncols=self.ncols is None,
+            mininterval=0.2,
+            leave=True,
+            smoothing=0.1,
+        )
 
     def update(self, step: int, total: int, loss: str, tok_s: float, val: str | None) -> None:
         self.step = step
@@ -77,8 +95,11 @@ class TrainProgress:
                 self.first = (step, time.monotonic())
             s0, t0 = self.first
             eta = (time.monotonic() - t0) / max(step - s0 + 1, 1) * (total - step)
-            self.file.write(f"step {step}/{total} | loss {loss} | {tok_s:,.0f} tok/s | ETA {eta:,.0f}s"
-                            + (f" | val {self.last_val}" if self.last_val else "") + "\n")
+            self.file.write(
+                f"step {step}/{total} | loss {loss} | {tok_s:,.0f} tok/s | ETA {eta:,.0f}s"
+                + (f" | val {self.last_val}" if self.last_val else "")
+                + "\n"
+            )
             self.file.flush()
             return
         if self.bar is None:

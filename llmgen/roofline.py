@@ -47,16 +47,17 @@ from llmgen.ir.graph import Graph, Node, Value
 # --------------------------------------------------------------------------------------------
 # GPUs: datasheet ceilings, and the ones a program can reach
 
+
 @dataclass(frozen=True)
 class GPU:
     name: str
-    hbm_bps: float              # datasheet memory bandwidth, bytes/s
-    bf16_flops: float           # datasheet dense bf16 tensor-core FLOP/s (fp32 accumulate, no sparsity)
-    fp32_flops: float           # datasheet fp32 FLOP/s on the CUDA cores (no tensor cores)
-    achievable_bps: float       # what a copy kernel reaches
-    achievable_bf16: float      # what a large bf16 GEMM reaches
+    hbm_bps: float  # datasheet memory bandwidth, bytes/s
+    bf16_flops: float  # datasheet dense bf16 tensor-core FLOP/s (fp32 accumulate, no sparsity)
+    fp32_flops: float  # datasheet fp32 FLOP/s on the CUDA cores (no tensor cores)
+    achievable_bps: float  # what a copy kernel reaches
+    achievable_bf16: float  # what a large bf16 GEMM reaches
     achievable_fp32: float
-    memory_bytes: float         # device memory, bytes (datasheet)
+    memory_bytes: float  # device memory, bytes (datasheet)
     source: str
 
 
@@ -67,18 +68,43 @@ class GPU:
 _BW_FRAC, _MM_FRAC = 4.3 / 4.8, 788 / 989.4
 
 GPUS: dict[str, GPU] = {
-    "h200": GPU("NVIDIA H200 SXM 141GB", 4.8e12, 989.4e12, 66.9e12, 4.3e12, 788e12, 66.9e12 * _MM_FRAC, 141e9,
-                "datasheet: NVIDIA H200 Tensor Core GPU (HBM3e 4.8 TB/s; H100 SXM compute: 989 TFLOP/s dense "
-                "bf16, 67 fp32); achievable: measured here (KINDS.md: 4.3 TB/s copy, 788 TFLOP/s 8192^3 bf16 "
-                "matmul)"),
-    "h100": GPU("NVIDIA H100 SXM5 80GB", 3.35e12, 989.4e12, 66.9e12, 3.35e12 * _BW_FRAC, 989.4e12 * _MM_FRAC,
-                66.9e12 * _MM_FRAC, 80e9,
-                "datasheet: NVIDIA H100 Tensor Core GPU, SXM5 (HBM3 3.35 TB/s, 989 TFLOP/s dense bf16, 67 fp32); "
-                "achievable: not measured, the H200's measured fractions (0.90 bandwidth, 0.80 matmul) assumed"),
-    "a100": GPU("NVIDIA A100 SXM4 80GB", 2.039e12, 312e12, 19.5e12, 2.039e12 * _BW_FRAC, 312e12 * _MM_FRAC,
-                19.5e12 * _MM_FRAC, 80e9,
-                "datasheet: NVIDIA A100 Tensor Core GPU, SXM4 80GB (HBM2e 2.039 TB/s, 312 TFLOP/s dense bf16, "
-                "19.5 fp32); achievable: not measured, the H200's measured fractions assumed"),
+    "h200": GPU(
+        "NVIDIA H200 SXM 141GB",
+        4.8e12,
+        989.4e12,
+        66.9e12,
+        4.3e12,
+        788e12,
+        66.9e12 * _MM_FRAC,
+        141e9,
+        "datasheet: NVIDIA H200 Tensor Core GPU (HBM3e 4.8 TB/s; H100 SXM compute: 989 TFLOP/s dense "
+        "bf16, 67 fp32); achievable: measured here (KINDS.md: 4.3 TB/s copy, 788 TFLOP/s 8192^3 bf16 "
+        "matmul)",
+    ),
+    "h100": GPU(
+        "NVIDIA H100 SXM5 80GB",
+        3.35e12,
+        989.4e12,
+        66.9e12,
+        3.35e12 * _BW_FRAC,
+        989.4e12 * _MM_FRAC,
+        66.9e12 * _MM_FRAC,
+        80e9,
+        "datasheet: NVIDIA H100 Tensor Core GPU, SXM5 (HBM3 3.35 TB/s, 989 TFLOP/s dense bf16, 67 fp32); "
+        "achievable: not measured, the H200's measured fractions (0.90 bandwidth, 0.80 matmul) assumed",
+    ),
+    "a100": GPU(
+        "NVIDIA A100 SXM4 80GB",
+        2.039e12,
+        312e12,
+        19.5e12,
+        2.039e12 * _BW_FRAC,
+        312e12 * _MM_FRAC,
+        19.5e12 * _MM_FRAC,
+        80e9,
+        "datasheet: NVIDIA A100 Tensor Core GPU, SXM4 80GB (HBM2e 2.039 TB/s, 312 TFLOP/s dense bf16, "
+        "19.5 fp32); achievable: not measured, the H200's measured fractions assumed",
+    ),
 }
 
 
@@ -95,7 +121,7 @@ def get_gpu(gpu) -> GPU:
 # --------------------------------------------------------------------------------------------
 # the op table: op -> (kernel class, cost rule, estimated FLOPs per element for non-matmul kernels)
 
-CLASSES = {                       # class -> what it holds, in report order
+CLASSES = {  # class -> what it holds, in report order
     "gemm fwd": "GEMMs forward (+ bias / GELU epilogues)",
     "gemm bwd": "GEMMs backward (dX, dW + bias grads)",
     "attention fwd": "attention forward",
@@ -109,35 +135,48 @@ CLASSES = {                       # class -> what it holds, in report order
 }
 
 OP_TABLE: dict[str, tuple[str, str, float]] = {
-    "linear": ("gemm fwd", "mm", 0), "linear_dx": ("gemm bwd", "mm_dx", 0), "linear_dw": ("gemm bwd", "mm_dw", 0),
+    "linear": ("gemm fwd", "mm", 0),
+    "linear_dx": ("gemm bwd", "mm_dx", 0),
+    "linear_dw": ("gemm bwd", "mm_dw", 0),
     "attention": ("attention fwd", "attn_fwd", 0),
     "attention_bwd": ("attention bwd", "attn_bwd", 0),
-    "layernorm": ("norms", "stream", 8), "residual_layernorm": ("norms", "stream", 9),
+    "layernorm": ("norms", "stream", 8),
+    "residual_layernorm": ("norms", "stream", 9),
     "layernorm_bwd": ("norms", "stream", 12),
-    "rmsnorm": ("norms", "stream", 5), "residual_rmsnorm": ("norms", "stream", 6),
+    "rmsnorm": ("norms", "stream", 5),
+    "residual_rmsnorm": ("norms", "stream", 6),
     "rmsnorm_bwd": ("norms", "stream", 9),
-    "softmax_xent": ("softmax-xent", "stream", 8), "xent": ("softmax-xent", "stream", 5),
+    "softmax_xent": ("softmax-xent", "stream", 8),
+    "xent": ("softmax-xent", "stream", 5),
     "xent_bwd": ("softmax-xent", "stream", 5),
-    "embed": ("embedding", "gather", 1), "embed_bwd": ("embedding", "scatter", 1),
-    "grad_norm": ("adamw", "stream", 2), "adamw": ("adamw", "adamw", 15), "adamw_all": ("adamw", "adamw", 15),
-    "add": ("elementwise", "stream", 1), "bias_add": ("elementwise", "stream", 1),
-    "bias_grad": ("elementwise", "stream", 1), "gelu": ("elementwise", "stream", 15),
-    "gelu_bwd": ("elementwise", "stream", 20), "mean": ("elementwise", "stream", 1),
-    "mean_bwd": ("elementwise", "stream", 1), "rope": ("elementwise", "stream", 3),
-    "rope_bwd": ("elementwise", "stream", 3), "swiglu": ("elementwise", "stream", 6),
+    "embed": ("embedding", "gather", 1),
+    "embed_bwd": ("embedding", "scatter", 1),
+    "grad_norm": ("adamw", "stream", 2),
+    "adamw": ("adamw", "adamw", 15),
+    "adamw_all": ("adamw", "adamw", 15),
+    "add": ("elementwise", "stream", 1),
+    "bias_add": ("elementwise", "stream", 1),
+    "bias_grad": ("elementwise", "stream", 1),
+    "gelu": ("elementwise", "stream", 15),
+    "gelu_bwd": ("elementwise", "stream", 20),
+    "mean": ("elementwise", "stream", 1),
+    "mean_bwd": ("elementwise", "stream", 1),
+    "rope": ("elementwise", "stream", 3),
+    "rope_bwd": ("elementwise", "stream", 3),
+    "swiglu": ("elementwise", "stream", 6),
     "swiglu_bwd": ("elementwise", "stream", 12),
 }
 
 
 @dataclass
 class KernelCost:
-    name: str                  # the graph node's first output (or a program step such as zero_grads)
+    name: str  # the graph node's first output (or a program step such as zero_grads)
     op: str
     cls: str
     flops: float
     bytes: float
-    matmul: bool               # FLOPs at the matmul rate (tensor cores in bf16 builds)
-    per_step: bool             # runs once per optimizer step (else once per micro-batch)
+    matmul: bool  # FLOPs at the matmul rate (tensor cores in bf16 builds)
+    per_step: bool  # runs once per optimizer step (else once per micro-batch)
     compute_s: float = 0.0
     memory_s: float = 0.0
 
@@ -155,11 +194,11 @@ class Prediction:
     accum: int
     gpu: GPU
     kernels: list[KernelCost]
-    step_s: float              # at the achievable ceilings
-    datasheet_step_s: float    # at the datasheet ceilings
-    model_flops: float         # per step, the MFU convention (module docstring)
+    step_s: float  # at the achievable ceilings
+    datasheet_step_s: float  # at the datasheet ceilings
+    model_flops: float  # per step, the MFU convention (module docstring)
     n_params: int
-    memory_bytes: dict = field(default_factory=dict)   # the memory plan at B, T (bytes per arena)
+    memory_bytes: dict = field(default_factory=dict)  # the memory plan at B, T (bytes per arena)
 
     @property
     def tokens(self) -> int:
@@ -178,8 +217,9 @@ class Prediction:
         out: dict[str, dict] = {}
         for k in self.kernels:
             n = 1 if k.per_step else self.accum
-            c = out.setdefault(k.cls, {"kernels": 0, "flops": 0.0, "bytes": 0.0, "seconds": 0.0,
-                                       "compute_bound_s": 0.0})
+            c = out.setdefault(
+                k.cls, {"kernels": 0, "flops": 0.0, "bytes": 0.0, "seconds": 0.0, "compute_bound_s": 0.0}
+            )
             c["kernels"] += n
             c["flops"] += n * k.flops
             c["bytes"] += n * k.bytes
@@ -193,14 +233,15 @@ class Prediction:
 # --------------------------------------------------------------------------------------------
 # costs
 
+
 def _store_bytes(v: Value, stored: dict[int, str], dtype: str) -> int:
     """Bytes per element of v as the program keeps it."""
     if v.shape == ():
-        return 4                                     # scalars (loss, grad norm, lr) are fp32 program scalars
+        return 4  # scalars (loss, grad norm, lr) are fp32 program scalars
     if v.role == "param":
-        return 2 if dtype == "bf16" else 4          # kernels read the bf16 copy; the master is AdamW's
+        return 2 if dtype == "bf16" else 4  # kernels read the bf16 copy; the master is AdamW's
     if v.role in ("grad", "state", "input"):
-        return 4                                     # fp32 grads / moments; int32 tokens, fp32 scalars
+        return 4  # fp32 grads / moments; int32 tokens, fp32 scalars
     return 2 if stored.get(v.id, "bf16" if dtype == "bf16" else "f32") == "bf16" else 4
 
 
@@ -232,35 +273,36 @@ def kernel_cost(n: Node, g: Graph, sb, dtype: str, param_elems: int) -> KernelCo
     name = n.outputs[0].name if n.outputs else n.op
     matmul = rule.startswith(("mm", "attn"))
     if rule in ("mm", "mm_dx", "mm_dw"):
-        if rule == "mm":           # x (M, K) . w (N, K)^T
+        if rule == "mm":  # x (M, K) . w (N, K)^T
             w = n.inputs[1]
             N, K = w.shape
             M = _rows(n.inputs[0])
-        elif rule == "mm_dx":      # dy (M, N) . w (N, K)
+        elif rule == "mm_dx":  # dy (M, N) . w (N, K)
             N, K = n.inputs[1].shape
             M = _rows(n.inputs[0])
-        else:                      # dy (M, N)^T . x (M, K) -> dw (N, K)
+        else:  # dy (M, N)^T . x (M, K) -> dw (N, K)
             N, K = n.outputs[0].shape
             M = _rows(n.inputs[0])
         return KernelCost(name, n.op, cls, 2.0 * M * N * K, _stream_bytes(n, sb), matmul, False)
     if rule in ("attn_fwd", "attn_bwd"):
         B, T, C = _attention_dims(n, rule)
-        pairs = T * (T + 1) / 2                       # causal: (query, key) pairs with key <= query
-        fwd = 2 * 2.0 * B * C * pairs                 # QK^T and PV over the pairs, all heads
-        return KernelCost(name, n.op, cls, fwd if rule == "attn_fwd" else 2.5 * fwd, _stream_bytes(n, sb), matmul,
-                          False)
+        pairs = T * (T + 1) / 2  # causal: (query, key) pairs with key <= query
+        fwd = 2 * 2.0 * B * C * pairs  # QK^T and PV over the pairs, all heads
+        return KernelCost(
+            name, n.op, cls, fwd if rule == "attn_fwd" else 2.5 * fwd, _stream_bytes(n, sb), matmul, False
+        )
     if rule == "adamw":
         elems = param_elems if n.op == "adamw_all" else n.inputs[0].numel
         per = 30 if dtype == "bf16" else 28
         return KernelCost(name, n.op, cls, per_elem * elems, per * elems, False, True)
-    if rule == "gather":           # tokens (B, T) index the first table's rows; a second table by position
+    if rule == "gather":  # tokens (B, T) index the first table's rows; a second table by position
         tokens, tables = n.inputs[0], n.inputs[1:]
         total = tokens.numel * sb(tokens) + sum(v.numel * sb(v) for v in n.outputs)
         for i, w in enumerate(tables):
             rows = min(tokens.numel if i == 0 else g.T, w.shape[0])
             total += rows * w.shape[-1] * sb(w)
         return KernelCost(name, n.op, cls, per_elem * n.outputs[0].numel, total, False, False)
-    if rule == "scatter":          # dx (B, T, C) added into the rows its tokens name (and by position)
+    if rule == "scatter":  # dx (B, T, C) added into the rows its tokens name (and by position)
         dx, tokens = n.inputs[0], n.inputs[1]
         total = dx.numel * sb(dx) + tokens.numel * sb(tokens)
         for i, w in enumerate(n.outputs):
@@ -274,6 +316,7 @@ def kernel_cost(n: Node, g: Graph, sb, dtype: str, param_elems: int) -> KernelCo
 def kernel_costs(g: Graph, dtype: str, param_elems: int) -> list[KernelCost]:
     """One KernelCost per node of g, plus the program's per-step memset of the gradients."""
     from llmgen.passes.precision import storage_dtypes
+
     stored = storage_dtypes(g, dtype)
 
     def sb(v: Value) -> int:
@@ -296,10 +339,12 @@ def attention_model_flops(g: Graph) -> float:
     return total
 
 
-def predict(spec, B: int, T: int, gpu="h200", dtype: str | None = None, accum: int = 1,
-            recompute: int = 0) -> Prediction:
+def predict(
+    spec, B: int, T: int, gpu="h200", dtype: str | None = None, accum: int = 1, recompute: int = 0
+) -> Prediction:
     """The roofline of one optimizer step of `accum` micro-batches of B x T tokens (module docstring)."""
     from llmgen.compiler import compile_graph
+
     if B < 1 or T < 1 or accum < 1:
         raise ValueError(f"B, T and accum must be >= 1 (got B={B} T={T} accum={accum})")
     if T > spec.max_seq_len:
@@ -320,7 +365,7 @@ def predict(spec, B: int, T: int, gpu="h200", dtype: str | None = None, accum: i
             s += max(c, m) * (1 if k.per_step else accum)
         return s
 
-    mm_peak = (gpu.achievable_bf16 if dtype == "bf16" else gpu.achievable_fp32)
+    mm_peak = gpu.achievable_bf16 if dtype == "bf16" else gpu.achievable_fp32
     for k in kernels:
         k.compute_s = k.flops / (mm_peak if k.matmul else gpu.achievable_fp32)
         k.memory_s = k.bytes / gpu.achievable_bps
@@ -328,12 +373,14 @@ def predict(spec, B: int, T: int, gpu="h200", dtype: str | None = None, accum: i
     sheet = total(gpu.bf16_flops if dtype == "bf16" else gpu.fp32_flops, gpu.fp32_flops, gpu.hbm_bps)
     gemm = sum(k.flops for k in kernels if k.cls.startswith("gemm"))
     model_flops = accum * (gemm + attention_model_flops(g))
-    return Prediction(spec, B, T, dtype, accum, gpu, kernels, step, sheet, model_flops,
-                      sum(p.numel for p in g.params), plan.bytes())
+    return Prediction(
+        spec, B, T, dtype, accum, gpu, kernels, step, sheet, model_flops, sum(p.numel for p in g.params), plan.bytes()
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the report
+
 
 def _si(x: float, unit: str) -> str:
     for p, s in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -347,7 +394,8 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
     mm = gpu.achievable_bf16 if p.dtype == "bf16" else gpu.achievable_fp32
     lines = [
         f"roofline: {spec.arch} n_layer={spec.n_layer} n_embd={spec.n_embd} ({p.n_params / 1e6:.0f}M parameters) "
-        f"{p.dtype}, B={p.B} T={p.T}" + (f" x {p.accum} micro-batches" if p.accum > 1 else "")
+        f"{p.dtype}, B={p.B} T={p.T}"
+        + (f" x {p.accum} micro-batches" if p.accum > 1 else "")
         + f" = {p.tokens:,} tokens per optimizer step, on {gpu.name}",
         f"ceilings (achievable): {mm / 1e12:.0f} TFLOP/s {'bf16 tensor-core' if p.dtype == 'bf16' else 'fp32'} "
         f"matmul, {gpu.achievable_fp32 / 1e12:.1f} TFLOP/s fp32 elsewhere, {gpu.achievable_bps / 1e12:.2f} TB/s "
@@ -360,11 +408,15 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
         frac = c["compute_bound_s"] / c["seconds"] if c["seconds"] else 0.0
         bound = "compute" if frac > 0.9 else "memory" if frac < 0.1 else f"mixed ({frac:.0%} compute)"
         inten = c["flops"] / c["bytes"] if c["bytes"] else float("inf")
-        lines.append(f"| {CLASSES[cls]} | {c['kernels']} | {_si(c['flops'], 'FLOP')} | {_si(c['bytes'], 'B')} | "
-                     f"{inten:.1f} | {bound} | {c['seconds'] * 1e3:.3f} | {c['share']:.1%} |")
+        lines.append(
+            f"| {CLASSES[cls]} | {c['kernels']} | {_si(c['flops'], 'FLOP')} | {_si(c['bytes'], 'B')} | "
+            f"{inten:.1f} | {bound} | {c['seconds'] * 1e3:.3f} | {c['share']:.1%} |"
+        )
     n_k = sum(1 if k.per_step else p.accum for k in p.kernels)
-    lines.append(f"| step | {n_k} | {_si(sum(c['flops'] for c in p.classes().values()), 'FLOP')} | "
-                 f"{_si(sum(c['bytes'] for c in p.classes().values()), 'B')} | | | {p.step_s * 1e3:.3f} | 100% |")
+    lines.append(
+        f"| step | {n_k} | {_si(sum(c['flops'] for c in p.classes().values()), 'FLOP')} | "
+        f"{_si(sum(c['bytes'] for c in p.classes().values()), 'B')} | | | {p.step_s * 1e3:.3f} | 100% |"
+    )
     attn = sum(c["share"] for k, c in p.classes().items() if k.startswith("attention"))
     peak = gpu.bf16_flops if p.dtype == "bf16" else gpu.fp32_flops
     mem = p.memory_bytes
@@ -377,8 +429,12 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
         f"at the datasheet ceilings: {p.datasheet_step_s * 1e3:.2f} ms/step, "
         f"{p.tokens / p.datasheet_step_s:,.0f} tokens/s",
         f"memory plan: {plan / 2**30:.2f} GiB (parameters, grads, AdamW moments, activations; no cuBLAS workspace "
-        "or scratch)" + (f": MORE than the {gpu.memory_bytes / 1e9:.0f} GB this GPU has" if plan > gpu.memory_bytes
-                         else f" of the {gpu.memory_bytes / 1e9:.0f} GB"),
+        "or scratch)"
+        + (
+            f": MORE than the {gpu.memory_bytes / 1e9:.0f} GB this GPU has"
+            if plan > gpu.memory_bytes
+            else f" of the {gpu.memory_bytes / 1e9:.0f} GB"
+        ),
         "assumptions: causal attention FLOPs halved (pairs with key <= query), backward 2.5x forward "
         "(FlashAttention-2's 5 matmuls); MFU counts attention as 6 * 2 * n_layer * C * T per token, not halved "
         "(the trainer's convention); each kernel moves its inputs and outputs once; no launch gaps or host syncs.",
@@ -387,16 +443,29 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
     if unknown:
         lines.append(f"note: ops not in OP_TABLE, counted as streams of their operands: {', '.join(unknown)}")
     if verbose:
-        lines += ["", "| kernel | op | class | FLOPs | bytes | compute (us) | memory (us) |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "| kernel | op | class | FLOPs | bytes | compute (us) | memory (us) |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        ]
         for k in p.kernels:
-            lines.append(f"| {k.name} | {k.op} | {k.cls} | {_si(k.flops, 'FLOP')} | {_si(k.bytes, 'B')} | "
-                         f"{k.compute_s * 1e6:.1f} | {k.memory_s * 1e6:.1f} |")
+            lines.append(
+                f"| {k.name} | {k.op} | {k.cls} | {_si(k.flops, 'FLOP')} | {_si(k.bytes, 'B')} | "
+                f"{k.compute_s * 1e6:.1f} | {k.memory_s * 1e6:.1f} |"
+            )
     return "\n".join(lines)
 
 
-def roofline_report(spec, B: int, T: int, gpu="h200", dtype: str | None = None, accum: int = 1,
-                    recompute: int = 0, verbose: bool = False) -> str:
+def roofline_report(
+    spec,
+    B: int,
+    T: int,
+    gpu="h200",
+    dtype: str | None = None,
+    accum: int = 1,
+    recompute: int = 0,
+    verbose: bool = False,
+) -> str:
     """The text `llmgen inspect SPEC --gpu GPU` prints: per kernel class FLOPs, bytes and the time the
     roofline allows, then the predicted ms/step, tokens/s and MFU. Raises ValueError on bad input."""
     return format_prediction(predict(spec, B, T, gpu, dtype, accum, recompute), verbose)
@@ -414,6 +483,7 @@ def main(argv=None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true", help="also list every kernel")
     args = ap.parse_args(argv)
     from llmgen.spec import SpecError, load_spec
+
     try:
         spec = load_spec(args.spec, args.dtype)
         T = args.t or min(1024, spec.max_seq_len)

@@ -51,6 +51,7 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def checkpoint_spec(ckpt: Path):
     from llmgen.spec import spec_from_hf_config
+
     cfg_path = ckpt / "config.json"
     try:
         cfg = json.loads(cfg_path.read_text())
@@ -70,29 +71,31 @@ class TransformersModel:
         import torch
         import transformers
         from transformers import AutoModelForCausalLM
+
         self.torch = torch
-        transformers.utils.logging.disable_progress_bar()       # stderr stays for our own lines
+        transformers.utils.logging.disable_progress_bar()  # stderr stays for our own lines
         dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         self.model = AutoModelForCausalLM.from_pretrained(str(ckpt), **{dtype_kw: torch.float32}).eval()
         self.max_len = spec.max_seq_len
         self.past, self.fed = None, None
         import inspect
+
         params = inspect.signature(self.model.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"     # transformers 5.x renamed it
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
         self.extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the last position's logits only
 
     def last_logits(self, rows) -> np.ndarray:
         torch = self.torch
         rows = np.asarray(rows, np.int64)
         n = 0 if self.fed is None or self.past is None else self.fed.shape[1]
-        if (n and rows.shape[0] == self.fed.shape[0] and rows.shape[1] > n
-                and np.array_equal(rows[:, :n], self.fed)):
-            new = rows[:, n:]                  # the cache holds the prefix: feed only what is new
+        if n and rows.shape[0] == self.fed.shape[0] and rows.shape[1] > n and np.array_equal(rows[:, :n], self.fed):
+            new = rows[:, n:]  # the cache holds the prefix: feed only what is new
         else:
-            self.past, new = None, rows        # first call, or the window slid: start over
+            self.past, new = None, rows  # first call, or the window slid: start over
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(new)), use_cache=True,
-                             **{self.cache_kw: self.past}, **self.extra)
+            out = self.model(
+                torch.from_numpy(np.ascontiguousarray(new)), use_cache=True, **{self.cache_kw: self.past}, **self.extra
+            )
         self.past = getattr(out, "cache", None) or out.past_key_values
         self.fed = rows.copy()
         return out.logits[:, -1].float().numpy()
@@ -102,6 +105,7 @@ def _f32_copy_if_needed(ckpt: Path) -> tuple[Path, tempfile.TemporaryDirectory |
     """The C reader takes F32/BF16/F16 weights; a checkpoint saved in F64 is converted to a temporary
     F32 copy (same names) for the compiled model."""
     from llmgen.checkpoint import read_safetensors, read_safetensors_header, write_safetensors
+
     header, _, _ = read_safetensors_header(ckpt / "model.safetensors")
     if all(info["dtype"] in ("F32", "BF16", "F16") for info in header.values()):
         return ckpt, None
@@ -118,6 +122,7 @@ class CompiledSampler:
         from llmgen.codegen import Options
         from llmgen.runtime.build import cached_build
         from llmgen.runtime.process import CompiledModel
+
         library = cached_build(spec, Options(target="c"), cache_dir, library=True)
         weights, self._tmp = _f32_copy_if_needed(ckpt)
         self.max_len = capacity
@@ -127,11 +132,13 @@ class CompiledSampler:
         return self.model.last_logits(np.asarray(rows).reshape(-1, np.shape(rows)[-1]))
 
 
-def load_model(ckpt: Path, backend: str = "auto", cache_dir: Path | None = None, max_tokens: int | None = None,
-               batch: int = 1):
+def load_model(
+    ckpt: Path, backend: str = "auto", cache_dir: Path | None = None, max_tokens: int | None = None, batch: int = 1
+):
     """The model of one checkpoint for sampling (see the module doc); max_tokens bounds the context the
     compiled model allocates for (prompt + new tokens), batch the rows it runs at once."""
     from llmgen.files import cache_dir as default_cache
+
     if backend not in BACKENDS:
         raise SampleError(f"--backend {backend}: one of {', '.join(BACKENDS)}")
     spec = checkpoint_spec(ckpt)
@@ -158,9 +165,16 @@ def pick_next(logits: np.ndarray, temperature: float, top_k: int, rng: np.random
     return int(rng.choice(p.size, p=p))
 
 
-def generate_batch(model, prompt: list[int], n: int, temperature: float = 1.0, top_k: int = 40,
-                   rng: np.random.Generator | None = None, stop: int | None = None,
-                   num_samples: int = 1) -> Iterator[list[int]]:
+def generate_batch(
+    model,
+    prompt: list[int],
+    n: int,
+    temperature: float = 1.0,
+    top_k: int = 40,
+    rng: np.random.Generator | None = None,
+    stop: int | None = None,
+    num_samples: int = 1,
+) -> Iterator[list[int]]:
     """Yield, n times, the next token of each of num_samples sequences continuing `prompt`, computed in
     one batch; ends early once every sequence has produced `stop`."""
     if not prompt:
@@ -169,7 +183,7 @@ def generate_batch(model, prompt: list[int], n: int, temperature: float = 1.0, t
     rows = np.tile(np.asarray(prompt, np.int64), (num_samples, 1))
     done = np.zeros(num_samples, bool)
     for _ in range(n):
-        logits = np.asarray(model.last_logits(rows[:, -model.max_len:])).reshape(num_samples, -1)
+        logits = np.asarray(model.last_logits(rows[:, -model.max_len :])).reshape(num_samples, -1)
         nxt = [pick_next(logits[i], temperature, top_k, rng) for i in range(num_samples)]
         rows = np.concatenate([rows, np.asarray(nxt, np.int64)[:, None]], 1)
         yield nxt
@@ -178,8 +192,15 @@ def generate_batch(model, prompt: list[int], n: int, temperature: float = 1.0, t
             return
 
 
-def generate(model, prompt: list[int], n: int, temperature: float = 1.0, top_k: int = 40,
-             rng: np.random.Generator | None = None, stop: int | None = None) -> Iterator[int]:
+def generate(
+    model,
+    prompt: list[int],
+    n: int,
+    temperature: float = 1.0,
+    top_k: int = 40,
+    rng: np.random.Generator | None = None,
+    stop: int | None = None,
+) -> Iterator[int]:
     """Yield up to n sampled token ids continuing `prompt` (stops after yielding `stop`)."""
     for (tok,) in generate_batch(model, prompt, n, temperature, top_k, rng, stop, 1):
         yield tok
@@ -192,15 +213,19 @@ class TextCodec:
     def __init__(self, ckpt: Path, spec):
         if spec.vocab_size == 50257:
             from llmgen.tokenizer import EOT, get_gpt2_encoding
+
             self.enc, self.start, self.stop = get_gpt2_encoding(), EOT, EOT
             self.encode = self.enc.encode_ordinary
             self.token_bytes = self.enc.decode_single_token_bytes
             return
         tj = ckpt / "tokenizer.json"
         if not tj.is_file() or importlib.util.find_spec("tokenizers") is None:
-            raise SampleError(f"{ckpt}: vocab_size {spec.vocab_size}: text needs GPT-2's vocabulary (50257) or a "
-                              "tokenizer.json in the checkpoint (with the tokenizers package installed)")
+            raise SampleError(
+                f"{ckpt}: vocab_size {spec.vocab_size}: text needs GPT-2's vocabulary (50257) or a "
+                "tokenizer.json in the checkpoint (with the tokenizers package installed)"
+            )
         from tokenizers import Tokenizer
+
         tok = Tokenizer.from_file(str(tj))
         bos = tok.token_to_id("<|begin_of_text|>")
         eos = tok.token_to_id("<|end_of_text|>")

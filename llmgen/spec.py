@@ -41,7 +41,7 @@ class SpecMethods:
     def replace(self, **changes):
         fields = dataclasses.asdict(self)
         if "vocab_size" in changes and "padded_vocab_size" not in changes:
-            fields["padded_vocab_size"] = 0          # derive the padding again from the new vocabulary
+            fields["padded_vocab_size"] = 0  # derive the padding again from the new vocabulary
         fields.update(changes)
         return type(self)(**fields)
 
@@ -56,11 +56,11 @@ class GPT2Spec(SpecMethods):
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    vocab_size: int = 50257          # real vocabulary: the loss never sees more columns than this
-    padded_vocab_size: int = 0       # rows of wte the kernels see (0 = round vocab up to 128, like llm.c)
-    max_seq_len: int = 1024          # rows of wpe (HF: n_positions)
+    vocab_size: int = 50257  # real vocabulary: the loss never sees more columns than this
+    padded_vocab_size: int = 0  # rows of wte the kernels see (0 = round vocab up to 128, like llm.c)
+    max_seq_len: int = 1024  # rows of wpe (HF: n_positions)
     layer_norm_eps: float = 1e-5
-    dtype: str = "fp32"              # activations/params; bf16 keeps fp32 master weights (CUDA target)
+    dtype: str = "fp32"  # activations/params; bf16 keeps fp32 master weights (CUDA target)
     arch: str = "gpt2"
 
     def __post_init__(self):
@@ -68,16 +68,27 @@ class GPT2Spec(SpecMethods):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool), name, "must be an integer", v)
             _check(v > 0, name, "must be positive", v)
-        _check(self.n_embd % self.n_head == 0, "n_embd",
-               f"must be divisible by n_head={self.n_head}", self.n_embd)
-        _check(isinstance(self.padded_vocab_size, int) and self.padded_vocab_size >= 0,
-               "padded_vocab_size", "must be a non-negative integer (0 = automatic)", self.padded_vocab_size)
+        _check(self.n_embd % self.n_head == 0, "n_embd", f"must be divisible by n_head={self.n_head}", self.n_embd)
+        _check(
+            isinstance(self.padded_vocab_size, int) and self.padded_vocab_size >= 0,
+            "padded_vocab_size",
+            "must be a non-negative integer (0 = automatic)",
+            self.padded_vocab_size,
+        )
         if self.padded_vocab_size == 0:
             object.__setattr__(self, "padded_vocab_size", _round_up(self.vocab_size, 128))
-        _check(self.padded_vocab_size >= self.vocab_size, "padded_vocab_size",
-               f"must be >= vocab_size={self.vocab_size}", self.padded_vocab_size)
-        _check(isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < 1,
-               "layer_norm_eps", "must be in (0, 1)", self.layer_norm_eps)
+        _check(
+            self.padded_vocab_size >= self.vocab_size,
+            "padded_vocab_size",
+            f"must be >= vocab_size={self.vocab_size}",
+            self.padded_vocab_size,
+        )
+        _check(
+            isinstance(self.layer_norm_eps, (int, float)) and 0 < self.layer_norm_eps < 1,
+            "layer_norm_eps",
+            "must be in (0, 1)",
+            self.layer_norm_eps,
+        )
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}", self.dtype)
         _check(self.arch == "gpt2", "arch", "must be 'gpt2' for a GPT2Spec", self.arch)
 
@@ -112,16 +123,16 @@ class GPT2Spec(SpecMethods):
 # Presets: one row each. GPT-2 sizes from the GPT-2 paper / HF; dNN are llm.c's depth shortcuts,
 # which name the same four shapes by their layer count (d12 = 124M ... d48 = 1558M).
 PRESETS: dict[str, GPT2Spec] = {
-    "gpt2":        GPT2Spec(n_layer=12, n_head=12, n_embd=768),            # 124M
-    "gpt2-medium": GPT2Spec(n_layer=24, n_head=16, n_embd=1024),           # 350M
-    "gpt2-large":  GPT2Spec(n_layer=36, n_head=20, n_embd=1280),           # 774M
-    "gpt2-xl":     GPT2Spec(n_layer=48, n_head=25, n_embd=1600),           # 1558M
-    "d12":         GPT2Spec(n_layer=12, n_head=12, n_embd=768),
-    "d24":         GPT2Spec(n_layer=24, n_head=16, n_embd=1024),
-    "d36":         GPT2Spec(n_layer=36, n_head=20, n_embd=1280),
-    "d48":         GPT2Spec(n_layer=48, n_head=25, n_embd=1600),
+    "gpt2": GPT2Spec(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPT2Spec(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPT2Spec(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPT2Spec(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "d12": GPT2Spec(n_layer=12, n_head=12, n_embd=768),
+    "d24": GPT2Spec(n_layer=24, n_head=16, n_embd=1024),
+    "d36": GPT2Spec(n_layer=36, n_head=20, n_embd=1280),
+    "d48": GPT2Spec(n_layer=48, n_head=25, n_embd=1600),
     # Small shapes for CPU runs and tests.
-    "gpt2-tiny":   GPT2Spec(n_layer=4, n_head=4, n_embd=128, max_seq_len=256),
+    "gpt2-tiny": GPT2Spec(n_layer=4, n_head=4, n_embd=128, max_seq_len=256),
 }
 PRESETS["gpt2-124m"] = PRESETS["gpt2"]
 PRESETS["gpt2-350m"] = PRESETS["gpt2-medium"]
@@ -131,6 +142,7 @@ PRESETS["gpt2-1558m"] = PRESETS["gpt2-xl"]
 
 # --------------------------------------------------------------------------------------------
 # Llama 3 / 3.1 / 3.2: field names of Meta's ModelArgs (llama-models), plus what llmgen needs.
+
 
 def llama_ffn_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
     """The SwiGLU hidden size as Meta's FeedForward derives it: 2/3 of 4*dim, times the
@@ -146,65 +158,120 @@ class LlamaSpec(SpecMethods):
     dim: int = 4096
     n_layers: int = 32
     n_heads: int = 32
-    n_kv_heads: int | None = None    # grouped-query attention: K/V heads shared by n_heads // n_kv_heads
-                                     # query heads each (None = n_heads, plain multi-head attention)
-    vocab_size: int = 128256         # real vocabulary: the loss never sees more columns than this
-    multiple_of: int = 256           # SwiGLU hidden size is rounded up to a multiple of this
-    ffn_dim_multiplier: float | None = None   # scales the 8/3*dim hidden size (Llama 3 8B: 1.3)
-    norm_eps: float = 1e-5           # RMSNorm epsilon
-    rope_theta: float = 500000.0     # RoPE base (Llama 3: 500000; Llama 2: 10000)
-    use_scaled_rope: bool = False    # Llama 3.1's frequency scaling for long context (next four fields)
-    max_seq_len: int = 2048          # longest sequence a trainer accepts (-t); no table is sized by it
-    rope_scaling_factor: float = 8.0         # low frequencies are divided by this (3.1: 8, 3.2 1B/3B: 32)
-    rope_low_freq_factor: float = 1.0        # wavelengths above original/low are fully scaled
-    rope_high_freq_factor: float = 4.0       # wavelengths below original/high are kept
-    rope_original_max_seq_len: int = 8192    # the pre-training context those bounds refer to
-    ffn_hidden_dim: int = 0          # explicit SwiGLU hidden size (HF intermediate_size); 0 = Meta's formula
-    tie_embeddings: bool = False     # LM head shares embed_tokens (Llama 3.2 1B/3B) or has its own (8B)
-    padded_vocab_size: int = 0       # rows of embed_tokens / lm_head the kernels see (0 = round up to 128)
+    n_kv_heads: int | None = None  # grouped-query attention: K/V heads shared by n_heads // n_kv_heads
+    # query heads each (None = n_heads, plain multi-head attention)
+    vocab_size: int = 128256  # real vocabulary: the loss never sees more columns than this
+    multiple_of: int = 256  # SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: float | None = None  # scales the 8/3*dim hidden size (Llama 3 8B: 1.3)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    rope_theta: float = 500000.0  # RoPE base (Llama 3: 500000; Llama 2: 10000)
+    use_scaled_rope: bool = False  # Llama 3.1's frequency scaling for long context (next four fields)
+    max_seq_len: int = 2048  # longest sequence a trainer accepts (-t); no table is sized by it
+    rope_scaling_factor: float = 8.0  # low frequencies are divided by this (3.1: 8, 3.2 1B/3B: 32)
+    rope_low_freq_factor: float = 1.0  # wavelengths above original/low are fully scaled
+    rope_high_freq_factor: float = 4.0  # wavelengths below original/high are kept
+    rope_original_max_seq_len: int = 8192  # the pre-training context those bounds refer to
+    ffn_hidden_dim: int = 0  # explicit SwiGLU hidden size (HF intermediate_size); 0 = Meta's formula
+    tie_embeddings: bool = False  # LM head shares embed_tokens (Llama 3.2 1B/3B) or has its own (8B)
+    padded_vocab_size: int = 0  # rows of embed_tokens / lm_head the kernels see (0 = round up to 128)
     dtype: str = "fp32"
     arch: str = "llama3"
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
-        for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "max_seq_len",
-                     "rope_original_max_seq_len"):
+        for name in (
+            "dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "vocab_size",
+            "multiple_of",
+            "max_seq_len",
+            "rope_original_max_seq_len",
+        ):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool), name, "must be an integer", v)
             _check(v > 0, name, "must be positive", v)
         _check(self.dim % self.n_heads == 0, "dim", f"must be divisible by n_heads={self.n_heads}", self.dim)
-        _check(self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
-               f"must divide n_heads={self.n_heads} (each K/V head serves a whole group of query heads)",
-               self.n_kv_heads)
-        _check(self.head_dim % 2 == 0, "dim", f"dim / n_heads = head_dim = {self.head_dim} must be even "
-               "(rotary embeddings rotate pairs of channels)", self.dim)
-        _check(self.ffn_dim_multiplier is None or (isinstance(self.ffn_dim_multiplier, (int, float))
-                                                   and not isinstance(self.ffn_dim_multiplier, bool)
-                                                   and self.ffn_dim_multiplier > 0),
-               "ffn_dim_multiplier", "must be None or a positive number", self.ffn_dim_multiplier)
-        _check(isinstance(self.ffn_hidden_dim, int) and not isinstance(self.ffn_hidden_dim, bool)
-               and self.ffn_hidden_dim >= 0, "ffn_hidden_dim",
-               "must be a non-negative integer (0 = Meta's formula)", self.ffn_hidden_dim)
-        _check(isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1, "norm_eps", "must be in (0, 1)",
-               self.norm_eps)
-        _check(isinstance(self.rope_theta, (int, float)) and self.rope_theta > 1, "rope_theta", "must be > 1",
-               self.rope_theta)
+        _check(
+            self.n_kv_heads <= self.n_heads and self.n_heads % self.n_kv_heads == 0,
+            "n_kv_heads",
+            f"must divide n_heads={self.n_heads} (each K/V head serves a whole group of query heads)",
+            self.n_kv_heads,
+        )
+        _check(
+            self.head_dim % 2 == 0,
+            "dim",
+            f"dim / n_heads = head_dim = {self.head_dim} must be even (rotary embeddings rotate pairs of channels)",
+            self.dim,
+        )
+        _check(
+            self.ffn_dim_multiplier is None
+            or (
+                isinstance(self.ffn_dim_multiplier, (int, float))
+                and not isinstance(self.ffn_dim_multiplier, bool)
+                and self.ffn_dim_multiplier > 0
+            ),
+            "ffn_dim_multiplier",
+            "must be None or a positive number",
+            self.ffn_dim_multiplier,
+        )
+        _check(
+            isinstance(self.ffn_hidden_dim, int)
+            and not isinstance(self.ffn_hidden_dim, bool)
+            and self.ffn_hidden_dim >= 0,
+            "ffn_hidden_dim",
+            "must be a non-negative integer (0 = Meta's formula)",
+            self.ffn_hidden_dim,
+        )
+        _check(
+            isinstance(self.norm_eps, (int, float)) and 0 < self.norm_eps < 1,
+            "norm_eps",
+            "must be in (0, 1)",
+            self.norm_eps,
+        )
+        _check(
+            isinstance(self.rope_theta, (int, float)) and self.rope_theta > 1,
+            "rope_theta",
+            "must be > 1",
+            self.rope_theta,
+        )
         _check(isinstance(self.use_scaled_rope, bool), "use_scaled_rope", "must be true or false", self.use_scaled_rope)
         _check(isinstance(self.tie_embeddings, bool), "tie_embeddings", "must be true or false", self.tie_embeddings)
-        _check(isinstance(self.rope_scaling_factor, (int, float)) and self.rope_scaling_factor >= 1,
-               "rope_scaling_factor", "must be >= 1", self.rope_scaling_factor)
-        _check(isinstance(self.rope_low_freq_factor, (int, float)) and self.rope_low_freq_factor > 0,
-               "rope_low_freq_factor", "must be positive", self.rope_low_freq_factor)
-        _check(isinstance(self.rope_high_freq_factor, (int, float))
-               and self.rope_high_freq_factor > self.rope_low_freq_factor, "rope_high_freq_factor",
-               f"must be greater than rope_low_freq_factor={self.rope_low_freq_factor}", self.rope_high_freq_factor)
-        _check(isinstance(self.padded_vocab_size, int) and self.padded_vocab_size >= 0,
-               "padded_vocab_size", "must be a non-negative integer (0 = automatic)", self.padded_vocab_size)
+        _check(
+            isinstance(self.rope_scaling_factor, (int, float)) and self.rope_scaling_factor >= 1,
+            "rope_scaling_factor",
+            "must be >= 1",
+            self.rope_scaling_factor,
+        )
+        _check(
+            isinstance(self.rope_low_freq_factor, (int, float)) and self.rope_low_freq_factor > 0,
+            "rope_low_freq_factor",
+            "must be positive",
+            self.rope_low_freq_factor,
+        )
+        _check(
+            isinstance(self.rope_high_freq_factor, (int, float))
+            and self.rope_high_freq_factor > self.rope_low_freq_factor,
+            "rope_high_freq_factor",
+            f"must be greater than rope_low_freq_factor={self.rope_low_freq_factor}",
+            self.rope_high_freq_factor,
+        )
+        _check(
+            isinstance(self.padded_vocab_size, int) and self.padded_vocab_size >= 0,
+            "padded_vocab_size",
+            "must be a non-negative integer (0 = automatic)",
+            self.padded_vocab_size,
+        )
         if self.padded_vocab_size == 0:
             object.__setattr__(self, "padded_vocab_size", _round_up(self.vocab_size, 128))
-        _check(self.padded_vocab_size >= self.vocab_size, "padded_vocab_size",
-               f"must be >= vocab_size={self.vocab_size}", self.padded_vocab_size)
+        _check(
+            self.padded_vocab_size >= self.vocab_size,
+            "padded_vocab_size",
+            f"must be >= vocab_size={self.vocab_size}",
+            self.padded_vocab_size,
+        )
         _check(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}", self.dtype)
         _check(self.arch == "llama3", "arch", "must be 'llama3' for a LlamaSpec", self.arch)
 
@@ -240,12 +307,16 @@ class LlamaSpec(SpecMethods):
         original/low_freq_factor are divided by the factor, and in between a smooth blend.
         Computed in float64 and rounded once to float32 (HF computes in float32: <= 1 ulp apart)."""
         import numpy as np
+
         hd = self.head_dim
         freq = 1.0 / (float(self.rope_theta) ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
         if self.use_scaled_rope:
             old = float(self.rope_original_max_seq_len)
-            lo, hi, factor = float(self.rope_low_freq_factor), float(self.rope_high_freq_factor), \
-                float(self.rope_scaling_factor)
+            lo, hi, factor = (
+                float(self.rope_low_freq_factor),
+                float(self.rope_high_freq_factor),
+                float(self.rope_scaling_factor),
+            )
             wavelen = 2 * np.pi / freq
             smooth = (old / wavelen - lo) / (hi - lo)
             blended = (1 - smooth) * freq / factor + smooth * freq
@@ -256,16 +327,19 @@ class LlamaSpec(SpecMethods):
         """The config.json a Hugging Face LlamaForCausalLM needs to load our checkpoints (rope_theta and
         rope_scaling as transformers 4.x writes them; 5.x reads them into rope_parameters)."""
         special = {}
-        if self.vocab_size > 128001:          # Llama 3's <|begin_of_text|> / <|end_of_text|>
+        if self.vocab_size > 128001:  # Llama 3's <|begin_of_text|> / <|end_of_text|>
             special = {"bos_token_id": 128000, "eos_token_id": 128001}
-        elif self.vocab_size == 50257:        # a small model on GPT-2 tokens: <|endoftext|>
+        elif self.vocab_size == 50257:  # a small model on GPT-2 tokens: <|endoftext|>
             special = {"bos_token_id": 50256, "eos_token_id": 50256}
         scaling = None
         if self.use_scaled_rope:
-            scaling = {"rope_type": "llama3", "factor": float(self.rope_scaling_factor),
-                       "low_freq_factor": float(self.rope_low_freq_factor),
-                       "high_freq_factor": float(self.rope_high_freq_factor),
-                       "original_max_position_embeddings": self.rope_original_max_seq_len}
+            scaling = {
+                "rope_type": "llama3",
+                "factor": float(self.rope_scaling_factor),
+                "low_freq_factor": float(self.rope_low_freq_factor),
+                "high_freq_factor": float(self.rope_high_freq_factor),
+                "original_max_position_embeddings": self.rope_original_max_seq_len,
+            }
         return {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -296,25 +370,75 @@ class LlamaSpec(SpecMethods):
 
 # Llama presets: Meta's published shapes (llama-models ModelArgs / HF config.json), one row each.
 _LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, norm_eps=1e-5)
-PRESETS.update({
-    "llama3.2-1b": LlamaSpec(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, multiple_of=256, ffn_dim_multiplier=1.5,
-                             use_scaled_rope=True, rope_scaling_factor=32.0, max_seq_len=131072,
-                             tie_embeddings=True, **_LLAMA3),                                    # 1.24B
-    "llama3.2-3b": LlamaSpec(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, multiple_of=256, ffn_dim_multiplier=1.0,
-                             use_scaled_rope=True, rope_scaling_factor=32.0, max_seq_len=131072,
-                             tie_embeddings=True, **_LLAMA3),                                    # 3.21B
-    "llama3.1-8b": LlamaSpec(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3,
-                             use_scaled_rope=True, rope_scaling_factor=8.0, max_seq_len=131072, **_LLAMA3),  # 8.03B
-    "llama3-8b":   LlamaSpec(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3,
-                             max_seq_len=8192, **_LLAMA3),                                       # 8.03B, no scaling
-    # Small shapes for CPU runs and tests: GPT-2's tokenizer (vocab 50257), GQA 4:1, RoPE scaled as
-    # Llama 3.1 does (factor 8) from an "original" context of 64 to 256.
-    "llama3-tiny": LlamaSpec(dim=128, n_layers=4, n_heads=8, n_kv_heads=2, vocab_size=50257, multiple_of=32,
-                             use_scaled_rope=True, rope_original_max_seq_len=64, max_seq_len=256,
-                             tie_embeddings=True),
-    "llama3-micro": LlamaSpec(dim=64, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=512, multiple_of=16,
-                              max_seq_len=128),
-})
+PRESETS.update(
+    {
+        "llama3.2-1b": LlamaSpec(
+            dim=2048,
+            n_layers=16,
+            n_heads=32,
+            n_kv_heads=8,
+            multiple_of=256,
+            ffn_dim_multiplier=1.5,
+            use_scaled_rope=True,
+            rope_scaling_factor=32.0,
+            max_seq_len=131072,
+            tie_embeddings=True,
+            **_LLAMA3,
+        ),  # 1.24B
+        "llama3.2-3b": LlamaSpec(
+            dim=3072,
+            n_layers=28,
+            n_heads=24,
+            n_kv_heads=8,
+            multiple_of=256,
+            ffn_dim_multiplier=1.0,
+            use_scaled_rope=True,
+            rope_scaling_factor=32.0,
+            max_seq_len=131072,
+            tie_embeddings=True,
+            **_LLAMA3,
+        ),  # 3.21B
+        "llama3.1-8b": LlamaSpec(
+            dim=4096,
+            n_layers=32,
+            n_heads=32,
+            n_kv_heads=8,
+            multiple_of=1024,
+            ffn_dim_multiplier=1.3,
+            use_scaled_rope=True,
+            rope_scaling_factor=8.0,
+            max_seq_len=131072,
+            **_LLAMA3,
+        ),  # 8.03B
+        "llama3-8b": LlamaSpec(
+            dim=4096,
+            n_layers=32,
+            n_heads=32,
+            n_kv_heads=8,
+            multiple_of=1024,
+            ffn_dim_multiplier=1.3,
+            max_seq_len=8192,
+            **_LLAMA3,
+        ),  # 8.03B, no scaling
+        # Small shapes for CPU runs and tests: GPT-2's tokenizer (vocab 50257), GQA 4:1, RoPE scaled as
+        # Llama 3.1 does (factor 8) from an "original" context of 64 to 256.
+        "llama3-tiny": LlamaSpec(
+            dim=128,
+            n_layers=4,
+            n_heads=8,
+            n_kv_heads=2,
+            vocab_size=50257,
+            multiple_of=32,
+            use_scaled_rope=True,
+            rope_original_max_seq_len=64,
+            max_seq_len=256,
+            tie_embeddings=True,
+        ),
+        "llama3-micro": LlamaSpec(
+            dim=64, n_layers=2, n_heads=4, n_kv_heads=1, vocab_size=512, multiple_of=16, max_seq_len=128
+        ),
+    }
+)
 
 Spec = GPT2Spec | LlamaSpec
 
@@ -356,11 +480,18 @@ def spec_from_llama_config(cfg: dict, source: str = "config.json") -> LlamaSpec:
         if cfg.get(flag):
             raise SpecError(f"{source}: {flag}=true is not supported (Llama 3 has no biases)")
     dim, heads = cfg.get("hidden_size", 4096), cfg.get("num_attention_heads", 32)
-    if isinstance(dim, int) and isinstance(heads, int) and heads > 0 and cfg.get("head_dim") not in (None, dim // heads):
-        raise SpecError(f"{source}: head_dim={cfg['head_dim']!r}: only head_dim = hidden_size / "
-                        f"num_attention_heads = {dim // heads} is supported")
+    if (
+        isinstance(dim, int)
+        and isinstance(heads, int)
+        and heads > 0
+        and cfg.get("head_dim") not in (None, dim // heads)
+    ):
+        raise SpecError(
+            f"{source}: head_dim={cfg['head_dim']!r}: only head_dim = hidden_size / "
+            f"num_attention_heads = {dim // heads} is supported"
+        )
     rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    if isinstance(rope.get("full_attention"), dict):      # 5.x per-layer-type form
+    if isinstance(rope.get("full_attention"), dict):  # 5.x per-layer-type form
         rope = dict(rope["full_attention"])
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
@@ -368,25 +499,37 @@ def spec_from_llama_config(cfg: dict, source: str = "config.json") -> LlamaSpec:
         raise SpecError(f"{source}: partial_rotary_factor != 1 is not supported")
     scaled = {}
     if rope_type == "llama3":
-        scaled = dict(use_scaled_rope=True, rope_scaling_factor=float(rope.get("factor", 8.0)),
-                      rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-                      rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-                      rope_original_max_seq_len=rope.get("original_max_position_embeddings",
-                                                         cfg.get("max_position_embeddings", 2048)))
+        scaled = dict(
+            use_scaled_rope=True,
+            rope_scaling_factor=float(rope.get("factor", 8.0)),
+            rope_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+            rope_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+            rope_original_max_seq_len=rope.get(
+                "original_max_position_embeddings", cfg.get("max_position_embeddings", 2048)
+            ),
+        )
     elif rope_type != "default":
         raise SpecError(f"{source}: rope_scaling type {rope_type!r} is not supported (only 'llama3' or none)")
     return LlamaSpec(
-        dim=dim, n_layers=cfg.get("num_hidden_layers", 32), n_heads=heads,
-        n_kv_heads=cfg.get("num_key_value_heads") or heads, vocab_size=cfg.get("vocab_size", 32000),
-        ffn_hidden_dim=cfg.get("intermediate_size", 11008), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(theta), max_seq_len=cfg.get("max_position_embeddings", 2048),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **scaled)
+        dim=dim,
+        n_layers=cfg.get("num_hidden_layers", 32),
+        n_heads=heads,
+        n_kv_heads=cfg.get("num_key_value_heads") or heads,
+        vocab_size=cfg.get("vocab_size", 32000),
+        ffn_hidden_dim=cfg.get("intermediate_size", 11008),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(theta),
+        max_seq_len=cfg.get("max_position_embeddings", 2048),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        **scaled,
+    )
 
 
 def _run_spec_file(path: Path) -> dict:
     """Run a spec file (as a module, not as __main__: an example's main() does not start) and return
     its names. Any error inside it becomes one SpecError line: `<file>:<line>: <what went wrong>`."""
     import traceback
+
     try:
         return runpy.run_path(str(path), run_name="llmgen_spec")
     except SyntaxError as e:
@@ -394,7 +537,7 @@ def _run_spec_file(path: Path) -> dict:
         raise SpecError(f"{where}: syntax error: {e.msg}") from None
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
-    except Exception as e:      # noqa: BLE001 -- whatever the user's file raises is reported, not a traceback
+    except Exception as e:  # noqa: BLE001 -- whatever the user's file raises is reported, not a traceback
         frames = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
         where = f"{path}:{frames[-1].lineno}" if frames else str(path)
         msg = str(e)
@@ -404,8 +547,11 @@ def _run_spec_file(path: Path) -> dict:
             fields = {"GPT2Spec": GPT2Spec, "LlamaSpec": LlamaSpec}.get(cls)
             known = f" (its fields: {', '.join(f.name for f in dataclasses.fields(fields))})" if fields else ""
             msg = f"{cls} has no field {name!r}{known}"
-        raise SpecError(f"{where}: {type(e).__name__}: {msg}" if not msg.startswith(("GPT2Spec", "LlamaSpec"))
-                        else f"{where}: {msg}") from None
+        raise SpecError(
+            f"{where}: {type(e).__name__}: {msg}"
+            if not msg.startswith(("GPT2Spec", "LlamaSpec"))
+            else f"{where}: {msg}"
+        ) from None
 
 
 def load_spec(source: str, dtype: str | None = None) -> Spec:
@@ -431,11 +577,13 @@ def load_spec(source: str, dtype: str | None = None) -> Spec:
         ns = _run_spec_file(path)
         spec = ns.get("spec")
         if not isinstance(spec, (GPT2Spec, LlamaSpec)):
-            raise SpecError(f"{source}: must define `spec = GPT2Spec(...)` or `LlamaSpec(...)` "
-                            f"(found {type(spec).__name__})")
+            raise SpecError(
+                f"{source}: must define `spec = GPT2Spec(...)` or `LlamaSpec(...)` (found {type(spec).__name__})"
+            )
     else:
-        raise SpecError(f"unknown spec {source!r}: not a preset ({', '.join(sorted(PRESETS))}), "
-                        "a .py file or a config.json")
+        raise SpecError(
+            f"unknown spec {source!r}: not a preset ({', '.join(sorted(PRESETS))}), a .py file or a config.json"
+        )
     if dtype is not None:
         spec = spec.replace(dtype=dtype)
     return spec

@@ -387,12 +387,12 @@ def read_token_table(path: str | os.PathLike[str]) -> tuple[list[bytes], int]:
 # Hugging Face tokenizer files, written beside tokenizer.bin (trainers copy them into every
 # checkpoint, so AutoTokenizer.from_pretrained(ckpt) and pipeline("text-generation") work)
 
-HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
-                      "special_tokens_map.json")
+HF_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _json_bytes(obj: dict) -> bytes:
     import json
+
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
@@ -413,7 +413,7 @@ def gpt2_hf_tokenizer_files(model_max_length: int = 1024) -> dict[str, bytes]:
         "model_max_length": int(model_max_length),
         "add_prefix_space": False,
         "add_bos_token": False,
-        "clean_up_tokenization_spaces": False,     # decode gives back the exact text, as tiktoken does
+        "clean_up_tokenization_spaces": False,  # decode gives back the exact text, as tiktoken does
         **specials,
     }
     return {
@@ -437,19 +437,28 @@ def llama3_hf_tokenizer_files(path: str | os.PathLike[str], model_max_length: in
         return {}
     path = Path(path).absolute()
     with _tiktoken_reads_local_files_only(path):
-        tok = TikTokenConverter(vocab_file=str(path), pattern=LLAMA3_PAT_STR,
-                                extra_special_tokens=llama3_special_token_names()).converted()
+        tok = TikTokenConverter(
+            vocab_file=str(path), pattern=LLAMA3_PAT_STR, extra_special_tokens=llama3_special_token_names()
+        ).converted()
     specials = {"bos_token": LLAMA3_BEGIN_OF_TEXT, "eos_token": LLAMA3_END_OF_TEXT}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(model_max_length),
-              "clean_up_tokenization_spaces": False, **specials}
-    return {"tokenizer.json": tok.to_str().encode("utf-8"), "tokenizer_config.json": _json_bytes(config),
-            "special_tokens_map.json": _json_bytes(specials)}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": int(model_max_length),
+        "clean_up_tokenization_spaces": False,
+        **specials,
+    }
+    return {
+        "tokenizer.json": tok.to_str().encode("utf-8"),
+        "tokenizer_config.json": _json_bytes(config),
+        "special_tokens_map.json": _json_bytes(specials),
+    }
 
 
 def write_hf_tokenizer_files(out_dir: str | os.PathLike[str], files: dict[str, bytes]) -> list[Path]:
     """Write the files (write-if-changed, atomically) and remove stale HF tokenizer files of another
     kind that an earlier run left there (a folder switched from GPT-2 to Llama 3 keeps one tokenizer)."""
     from llmgen.files import write_if_changed
+
     out = Path(out_dir)
     written = []
     for name, data in files.items():

@@ -43,6 +43,7 @@ final_frac, schedule, weight_decay, max_grad_norm, and the Recipe's margin / ama
 Public API: Recipe, Fp8Model (from_dir, forward, hf_parameters), ScaleBook, qdq, scale_from_amax,
 fp8_step0_dump, train_fp8, EXPECTED_POINTS (the quantisation points of one layer, per architecture).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,15 +64,16 @@ FLT_MAX = float(np.finfo(np.float32).max)
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """What is rounded and quantised (the module docstring); the defaults are the trainer's --dtype fp8."""
+
     fp8: bool = True
     bf16: bool = True
-    margin: int = 0                 # scale = MAX / amax / 2^margin
-    amax: str = "current"           # "current" | "delayed"
-    history: int = 16               # delayed: the amax history's length
-    amax_algo: str = "max"          # delayed: "max" | "most_recent"
-    pow2: bool = False              # scales rounded down to powers of two
-    forward_format: str = "e4m3"    # activations and weights
-    backward_format: str = "e5m2"   # output gradients
+    margin: int = 0  # scale = MAX / amax / 2^margin
+    amax: str = "current"  # "current" | "delayed"
+    history: int = 16  # delayed: the amax history's length
+    amax_algo: str = "max"  # delayed: "max" | "most_recent"
+    pow2: bool = False  # scales rounded down to powers of two
+    forward_format: str = "e4m3"  # activations and weights
+    backward_format: str = "e5m2"  # output gradients
 
     def __post_init__(self):
         if self.fp8 and not self.bf16:
@@ -133,7 +135,7 @@ class ScaleBook:
         self.events: list[tuple[str, str]] = []
         self.last: dict[str, tuple[np.float32, np.float32]] = {}
         self.cached: dict[str, np.float32] = {}
-        self.frozen = False     # evaluation: delayed scales are used, no amax is recorded
+        self.frozen = False  # evaluation: delayed scales are used, no amax is recorded
 
     def begin_step(self) -> None:
         """a new optimizer step: new weights to cast, a new event list"""
@@ -142,17 +144,17 @@ class ScaleBook:
 
     def scale(self, name: str, x: torch.Tensor, fmt: str) -> np.float32:
         r = self.recipe
-        if name.endswith(".w") and name in self.cached:   # a weight is cast once per optimizer step
+        if name.endswith(".w") and name in self.cached:  # a weight is cast once per optimizer step
             return self.cached[name]
         amax = amax_of(x)
         if r.amax == "current":
             s = scale_from_amax(amax, fmt, r.margin, r.pow2, 1.0)
         else:
             st = self.state.setdefault(name, {"scale": np.float32(1.0), "history": np.zeros(r.history, np.float32)})
-            s = st["scale"]                      # from the previous update
+            s = st["scale"]  # from the previous update
             if self.frozen:
                 return s
-            h = st["history"]                    # this use's amax in the first slot, then the update
+            h = st["history"]  # this use's amax in the first slot, then the update
             h[0] = amax
             chosen = h[0] if r.amax_algo == "most_recent" else h.max()
             st["scale"] = scale_from_amax(chosen, fmt, r.margin, r.pow2, s)
@@ -222,17 +224,40 @@ class _QBackward(torch.autograd.Function):
 # ---- the models -------------------------------------------------------------------------------------
 # the quantisation points of layer i: (slot, format role); "x" activations, "w" weights, "dy" output gradients
 EXPECTED_POINTS = {
-    "gpt2": ["h.{i}.attn.c_attn.x", "h.{i}.attn.c_attn.w", "h.{i}.attn.c_attn.dy",
-             "h.{i}.attn.c_proj.x", "h.{i}.attn.c_proj.w", "h.{i}.attn.c_proj.dy",
-             "h.{i}.mlp.c_fc.x", "h.{i}.mlp.c_fc.w", "h.{i}.mlp.c_fc.dy",
-             "h.{i}.mlp.c_proj.x", "h.{i}.mlp.c_proj.w", "h.{i}.mlp.c_proj.dy"],
-    "llama": ["layers.{i}.self_attn.qkv.x", "layers.{i}.self_attn.q_proj.w", "layers.{i}.self_attn.k_proj.w",
-              "layers.{i}.self_attn.v_proj.w", "layers.{i}.self_attn.q_proj.dy", "layers.{i}.self_attn.k_proj.dy",
-              "layers.{i}.self_attn.v_proj.dy",
-              "layers.{i}.self_attn.o_proj.x", "layers.{i}.self_attn.o_proj.w", "layers.{i}.self_attn.o_proj.dy",
-              "layers.{i}.mlp.gate_up.x", "layers.{i}.mlp.gate_proj.w", "layers.{i}.mlp.up_proj.w",
-              "layers.{i}.mlp.gate_proj.dy", "layers.{i}.mlp.up_proj.dy",
-              "layers.{i}.mlp.down_proj.x", "layers.{i}.mlp.down_proj.w", "layers.{i}.mlp.down_proj.dy"],
+    "gpt2": [
+        "h.{i}.attn.c_attn.x",
+        "h.{i}.attn.c_attn.w",
+        "h.{i}.attn.c_attn.dy",
+        "h.{i}.attn.c_proj.x",
+        "h.{i}.attn.c_proj.w",
+        "h.{i}.attn.c_proj.dy",
+        "h.{i}.mlp.c_fc.x",
+        "h.{i}.mlp.c_fc.w",
+        "h.{i}.mlp.c_fc.dy",
+        "h.{i}.mlp.c_proj.x",
+        "h.{i}.mlp.c_proj.w",
+        "h.{i}.mlp.c_proj.dy",
+    ],
+    "llama": [
+        "layers.{i}.self_attn.qkv.x",
+        "layers.{i}.self_attn.q_proj.w",
+        "layers.{i}.self_attn.k_proj.w",
+        "layers.{i}.self_attn.v_proj.w",
+        "layers.{i}.self_attn.q_proj.dy",
+        "layers.{i}.self_attn.k_proj.dy",
+        "layers.{i}.self_attn.v_proj.dy",
+        "layers.{i}.self_attn.o_proj.x",
+        "layers.{i}.self_attn.o_proj.w",
+        "layers.{i}.self_attn.o_proj.dy",
+        "layers.{i}.mlp.gate_up.x",
+        "layers.{i}.mlp.gate_proj.w",
+        "layers.{i}.mlp.up_proj.w",
+        "layers.{i}.mlp.gate_proj.dy",
+        "layers.{i}.mlp.up_proj.dy",
+        "layers.{i}.mlp.down_proj.x",
+        "layers.{i}.mlp.down_proj.w",
+        "layers.{i}.mlp.down_proj.dy",
+    ],
 }
 
 
@@ -253,10 +278,11 @@ class Fp8Model(torch.nn.Module):
         if arch == "llama":
             from transformers import LlamaConfig
             from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
             self.rotary = LlamaRotaryEmbedding(LlamaConfig.from_pretrained(str(model_dir)))
 
     @classmethod
-    def from_dir(cls, model_dir, recipe: Recipe = Recipe()) -> "Fp8Model":
+    def from_dir(cls, model_dir, recipe: Recipe = Recipe()) -> Fp8Model:
         """the model directory's weights as transformers loads them (tied heads included)"""
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
         arch = cfg.get("model_type")
@@ -267,7 +293,7 @@ class Fp8Model(torch.nn.Module):
             hf = oracle.load_llama(model_dir)
         else:
             raise ValueError(f"{model_dir}: model_type {arch!r} is neither gpt2 nor llama")
-        state = {n: p.detach() for n, p in hf.named_parameters()}    # tied weights appear once
+        state = {n: p.detach() for n, p in hf.named_parameters()}  # tied weights appear once
         return cls(arch, cfg, state, recipe, model_dir)
 
     def hf_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -289,7 +315,7 @@ class Fp8Model(torch.nn.Module):
     def linear(self, xq: torch.Tensor, w_out_in: torch.Tensor, bias: torch.Tensor | None, slot: str) -> torch.Tensor:
         """y = x W^T + b with W (out, in); x already through quant_x; stored as bf16 (store())"""
         r = self.recipe
-        if r.fp8:   # the weight's scale is taken once per optimizer step (ScaleBook.begin_step)
+        if r.fp8:  # the weight's scale is taken once per optimizer step (ScaleBook.begin_step)
             wq = _QForward.apply(w_out_in, self.book, slot + ".w", r.forward_format)
             y = _QBackward.apply(xq @ wq.t(), self.book, slot + ".dy", r.backward_format)
         else:
@@ -322,27 +348,43 @@ class Fp8Model(torch.nn.Module):
         C, H = cfg["n_embd"], cfg["n_head"]
         hs = C // H
         wte = self.p("transformer.wte.weight")
-        x = self.store(wte[idx] + self.p("transformer.wpe.weight")[:T])                # embedding: bf16
+        x = self.store(wte[idx] + self.p("transformer.wpe.weight")[:T])  # embedding: bf16
         for i in range(cfg["n_layer"]):
             pre = f"transformer.h.{i}."
             slot = f"h.{i}."
             h = self._layernorm(x, pre + "ln_1")
-            qkv = self.linear(self.quant_x(h, slot + "attn.c_attn"), self.p(pre + "attn.c_attn.weight").t(),
-                              self.p(pre + "attn.c_attn.bias"), slot + "attn.c_attn")       # Conv1D: W (in, out)
+            qkv = self.linear(
+                self.quant_x(h, slot + "attn.c_attn"),
+                self.p(pre + "attn.c_attn.weight").t(),
+                self.p(pre + "attn.c_attn.bias"),
+                slot + "attn.c_attn",
+            )  # Conv1D: W (in, out)
             q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in qkv.split(C, dim=-1))
             a = self.store(self._attention(q, k, v).transpose(1, 2).reshape(B, T, C))
-            p = self.linear(self.quant_x(a, slot + "attn.c_proj"), self.p(pre + "attn.c_proj.weight").t(),
-                            self.p(pre + "attn.c_proj.bias"), slot + "attn.c_proj")
+            p = self.linear(
+                self.quant_x(a, slot + "attn.c_proj"),
+                self.p(pre + "attn.c_proj.weight").t(),
+                self.p(pre + "attn.c_proj.bias"),
+                slot + "attn.c_proj",
+            )
             x = self.store(x + p)
             h = self._layernorm(x, pre + "ln_2")
-            f = self.linear(self.quant_x(h, slot + "mlp.c_fc"), self.p(pre + "mlp.c_fc.weight").t(),
-                            self.p(pre + "mlp.c_fc.bias"), slot + "mlp.c_fc")
-            g = self.store(0.5 * f * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (f + 0.044715 * f ** 3))))
-            m = self.linear(self.quant_x(g, slot + "mlp.c_proj"), self.p(pre + "mlp.c_proj.weight").t(),
-                            self.p(pre + "mlp.c_proj.bias"), slot + "mlp.c_proj")
+            f = self.linear(
+                self.quant_x(h, slot + "mlp.c_fc"),
+                self.p(pre + "mlp.c_fc.weight").t(),
+                self.p(pre + "mlp.c_fc.bias"),
+                slot + "mlp.c_fc",
+            )
+            g = self.store(0.5 * f * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (f + 0.044715 * f**3))))
+            m = self.linear(
+                self.quant_x(g, slot + "mlp.c_proj"),
+                self.p(pre + "mlp.c_proj.weight").t(),
+                self.p(pre + "mlp.c_proj.bias"),
+                slot + "mlp.c_proj",
+            )
             x = self.store(x + m)
         x = self._layernorm(x, "transformer.ln_f")
-        return self.store(x @ wte.t())                                                  # classifier: bf16
+        return self.store(x @ wte.t())  # classifier: bf16
 
     # -- Llama 3 --
     def _rmsnorm(self, x, name):
@@ -357,9 +399,9 @@ class Fp8Model(torch.nn.Module):
         emb = self.p("model.embed_tokens.weight")
         x = self.store(emb[idx])
         pos = torch.arange(T).unsqueeze(0)
-        cos, sin = self.rotary(x, pos)                                                   # (1, T, hd) fp32
+        cos, sin = self.rotary(x, pos)  # (1, T, hd) fp32
 
-        def rope(t):                                                                     # (B, heads, T, hd)
+        def rope(t):  # (B, heads, T, hd)
             half = t.shape[-1] // 2
             rot = torch.cat((-t[..., half:], t[..., :half]), dim=-1)
             return self.store(t * cos.unsqueeze(1) + rot * sin.unsqueeze(1))
@@ -367,26 +409,36 @@ class Fp8Model(torch.nn.Module):
         for i in range(cfg["num_hidden_layers"]):
             pre, slot = f"model.layers.{i}.", f"layers.{i}."
             h = self._rmsnorm(x, pre + "input_layernorm.weight")
-            hq = self.quant_x(h, slot + "self_attn.qkv")                                 # one cast for q, k, v
-            q, k, v = (self.linear(hq, self.p(pre + f"self_attn.{n}_proj.weight"), None, slot + f"self_attn.{n}_proj")
-                       for n in "qkv")
+            hq = self.quant_x(h, slot + "self_attn.qkv")  # one cast for q, k, v
+            q, k, v = (
+                self.linear(hq, self.p(pre + f"self_attn.{n}_proj.weight"), None, slot + f"self_attn.{n}_proj")
+                for n in "qkv"
+            )
             q = rope(q.view(B, T, H, hd).transpose(1, 2))
             k = rope(k.view(B, T, KV, hd).transpose(1, 2))
             v = v.view(B, T, KV, hd).transpose(1, 2)
             rep = H // KV
-            k = k[:, :, None].expand(B, KV, rep, T, hd).reshape(B, H, T, hd)             # head h reads h // rep
+            k = k[:, :, None].expand(B, KV, rep, T, hd).reshape(B, H, T, hd)  # head h reads h // rep
             v = v[:, :, None].expand(B, KV, rep, T, hd).reshape(B, H, T, hd)
             a = self.store(self._attention(q, k, v).transpose(1, 2).reshape(B, T, H * hd))
-            o = self.linear(self.quant_x(a, slot + "self_attn.o_proj"), self.p(pre + "self_attn.o_proj.weight"), None,
-                            slot + "self_attn.o_proj")
+            o = self.linear(
+                self.quant_x(a, slot + "self_attn.o_proj"),
+                self.p(pre + "self_attn.o_proj.weight"),
+                None,
+                slot + "self_attn.o_proj",
+            )
             x = self.store(x + o)
             h = self._rmsnorm(x, pre + "post_attention_layernorm.weight")
-            hq = self.quant_x(h, slot + "mlp.gate_up")                                   # one cast for gate, up
+            hq = self.quant_x(h, slot + "mlp.gate_up")  # one cast for gate, up
             gate = self.linear(hq, self.p(pre + "mlp.gate_proj.weight"), None, slot + "mlp.gate_proj")
             up = self.linear(hq, self.p(pre + "mlp.up_proj.weight"), None, slot + "mlp.up_proj")
             s = self.store(F.silu(gate) * up)
-            d = self.linear(self.quant_x(s, slot + "mlp.down_proj"), self.p(pre + "mlp.down_proj.weight"), None,
-                            slot + "mlp.down_proj")
+            d = self.linear(
+                self.quant_x(s, slot + "mlp.down_proj"),
+                self.p(pre + "mlp.down_proj.weight"),
+                None,
+                slot + "mlp.down_proj",
+            )
             x = self.store(x + d)
         x = self._rmsnorm(x, "model.norm.weight")
         head = "model.embed_tokens.weight" if "lm_head.weight" not in self.names else "lm_head.weight"
@@ -410,12 +462,31 @@ def fp8_step0_dump(model_dir, pattern, B, T, recipe: Recipe = Recipe(), threads=
         loss = _loss(logits, y)
         loss.backward()
         grads = {n: p.grad.detach().numpy().copy() for n, p in model.hf_parameters()}
-    return {"logits": logits.detach().numpy().astype(np.float32), "loss": loss.item(), "grads": grads,
-            "events": list(model.book.events), "scales": dict(model.book.last)}
+    return {
+        "logits": logits.detach().numpy().astype(np.float32),
+        "loss": loss.item(),
+        "grads": grads,
+        "events": list(model.book.events),
+        "scales": dict(model.book.last),
+    }
 
 
-def train_fp8(model_dir, pattern, B, T, steps, lr, recipe: Recipe = Recipe(), total_batch=None, warmup=0,
-              final_frac=0.0, schedule="cosine", weight_decay=0.0, max_grad_norm=1.0, threads=2) -> dict:
+def train_fp8(
+    model_dir,
+    pattern,
+    B,
+    T,
+    steps,
+    lr,
+    recipe: Recipe = Recipe(),
+    total_batch=None,
+    warmup=0,
+    final_frac=0.0,
+    schedule="cosine",
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    threads=2,
+) -> dict:
     """`steps` AdamW steps with oracle.train_model's rules (the flags are the trainer's). Returns dict(losses,
     lrs, grad_norms, next_batch_loss, model, events_per_step, scales (the last training step's {slot: (scale,
     amax)})). The next-batch loss is evaluated with the scales as they stand (delayed: no amax recorded)."""
@@ -426,8 +497,10 @@ def train_fp8(model_dir, pattern, B, T, steps, lr, recipe: Recipe = Recipe(), to
     with oracle.torch_settings(threads):
         model = Fp8Model.from_dir(model_dir, recipe)
         params = [p for _, p in model.hf_parameters()]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=False)
         stream = oracle._batch_stream(pattern, B, T)
         losses, lrs, norms, events = [], [], [], []
@@ -452,9 +525,16 @@ def train_fp8(model_dir, pattern, B, T, steps, lr, recipe: Recipe = Recipe(), to
         scales = dict(model.book.last)
         x, y = next(stream)
         model.book.begin_step()
-        model.book.frozen = True            # the evaluation leaves the amax histories alone
+        model.book.frozen = True  # the evaluation leaves the amax histories alone
         with torch.no_grad():
             next_loss = _loss(model(x), y).item()
         model.book.frozen = False
-    return dict(losses=losses, lrs=lrs, grad_norms=norms, next_batch_loss=next_loss, model=model,
-                events_per_step=events, scales=scales)
+    return dict(
+        losses=losses,
+        lrs=lrs,
+        grad_norms=norms,
+        next_batch_loss=next_loss,
+        model=model,
+        events_per_step=events,
+        scales=scales,
+    )

@@ -33,6 +33,7 @@ llama_step0_dump, train_llama (transformers' LlamaForCausalLM, attention_dropout
 eager attention; the same data, step, lr and AdamW rules as above; decay for every
 2-D weight, none for the RMSNorm gains).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------
 # deterministic fp32 CPU settings
+
 
 @contextlib.contextmanager
 def torch_settings(threads=2):
@@ -69,8 +71,10 @@ def torch_settings(threads=2):
 
 def _quiet_transformers():
     import transformers
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
 
 # ----------------------------------------------------------------------------
 # model directories (Hugging Face layout: config.json + model.safetensors)
@@ -78,8 +82,7 @@ def _quiet_transformers():
 NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
 
 
-def make_gpt2_model_dir(path, n_layer, n_head, n_embd, vocab_size, n_positions, seed=0, perturb=True,
-                        qk_scale=1.0):
+def make_gpt2_model_dir(path, n_layer, n_head, n_embd, vocab_size, n_positions, seed=0, perturb=True, qk_scale=1.0):
     """Write a random GPT2LMHeadModel (dropout 0) to `path` with save_pretrained
     (safetensors) and return `path`.
 
@@ -94,9 +97,17 @@ def make_gpt2_model_dir(path, n_layer, n_head, n_embd, vocab_size, n_positions, 
     The global torch RNG is left as it was."""
     _quiet_transformers()
     from transformers import GPT2Config, GPT2LMHeadModel
-    config = GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
-                        n_positions=n_positions, bos_token_id=vocab_size - 1,
-                        eos_token_id=vocab_size - 1, **NO_DROPOUT)
+
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        bos_token_id=vocab_size - 1,
+        eos_token_id=vocab_size - 1,
+        **NO_DROPOUT,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(config).float()
@@ -105,15 +116,15 @@ def make_gpt2_model_dir(path, n_layer, n_head, n_embd, vocab_size, n_positions, 
                 for name, p in model.named_parameters():
                     if p.dim() != 1:
                         continue
-                    if name.endswith(".weight"):      # LayerNorm gains
+                    if name.endswith(".weight"):  # LayerNorm gains
                         p.copy_(1.0 + 0.1 * torch.randn_like(p))
-                    else:                             # LayerNorm and Conv1D biases
+                    else:  # LayerNorm and Conv1D biases
                         p.copy_(0.02 * torch.randn_like(p))
         if qk_scale != 1.0:
             with torch.no_grad():
-                for block in model.transformer.h:     # Conv1D: weight (C, 3C), columns q | k | v
-                    block.attn.c_attn.weight[:, :2 * n_embd] *= qk_scale
-                    block.attn.c_attn.bias[:2 * n_embd] *= qk_scale
+                for block in model.transformer.h:  # Conv1D: weight (C, 3C), columns q | k | v
+                    block.attn.c_attn.weight[:, : 2 * n_embd] *= qk_scale
+                    block.attn.c_attn.bias[: 2 * n_embd] *= qk_scale
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
     return path
@@ -123,8 +134,10 @@ def load_gpt2(model_dir):
     """GPT2LMHeadModel from a model directory: fp32, dropout 0, eager attention, train mode."""
     _quiet_transformers()
     from transformers import GPT2LMHeadModel
-    model = GPT2LMHeadModel.from_pretrained(str(model_dir), dtype=torch.float32,
-                                            attn_implementation="eager", **NO_DROPOUT)
+
+    model = GPT2LMHeadModel.from_pretrained(
+        str(model_dir), dtype=torch.float32, attn_implementation="eager", **NO_DROPOUT
+    )
     model.train()
     return model
 
@@ -146,6 +159,7 @@ def loss_of(logits, targets):
     """Mean cross-entropy over all B*T positions (the logits carry the real vocab only)."""
     V = logits.size(-1)
     return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1))
+
 
 # ----------------------------------------------------------------------------
 # llm.c token shards
@@ -189,8 +203,7 @@ def random_shards(dir, vocab_size, n_tokens, n_shards=1, seed=0):
     rng = np.random.default_rng(seed)
     version = 1 if vocab_size <= 65536 else 7
     for k in range(n_shards):
-        write_shard(os.path.join(dir, f"shard_{k:03d}.bin"),
-                    rng.integers(0, vocab_size, size=n_tokens), version)
+        write_shard(os.path.join(dir, f"shard_{k:03d}.bin"), rng.integers(0, vocab_size, size=n_tokens), version)
     return os.path.join(dir, "shard_*.bin")
 
 
@@ -208,7 +221,7 @@ def _batch_stream(pattern, B, T):
     while True:
         if pos + need > shards[shard].size:
             shard, pos = (shard + 1) % len(shards), 0
-        buf = torch.from_numpy(shards[shard][pos:pos + need].copy())
+        buf = torch.from_numpy(shards[shard][pos : pos + need].copy())
         yield buf[:-1].view(B, T), buf[1:].view(B, T)
         pos += B * T
 
@@ -218,6 +231,7 @@ def batches(pattern, B, T, n):
     stream = _batch_stream(pattern, B, T)
     for _ in range(n):
         yield next(stream)
+
 
 # ----------------------------------------------------------------------------
 # learning-rate schedule and optimizer
@@ -240,7 +254,7 @@ def lr_at(step, n_steps, lr, warmup=0, final_frac=0.0, schedule="cosine"):
         return L - p * (L - lo)
     if schedule == "constant":
         return L
-    D = max(1, int(0.2 * N))   # wsd: warmup, stable, then linear decay over the last 20%
+    D = max(1, int(0.2 * N))  # wsd: warmup, stable, then linear decay over the last 20%
     S0 = N - D
     return L if i < S0 else L - ((i - S0) / D) * (L - lo)
 
@@ -249,14 +263,31 @@ def param_groups(model, weight_decay):
     """AdamW groups: decay for dim >= 2 (wte, wpe, Conv1D weights), none for biases and
     LayerNorm params. model.parameters() deduplicates the tied lm_head/wte weight."""
     params = list(model.parameters())
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
 
 # ----------------------------------------------------------------------------
 # training
 
-def train_model(model, pattern, B, T, steps, lr, total_batch=None, warmup=0, final_frac=0.0,
-                schedule="cosine", weight_decay=0.0, max_grad_norm=1.0, threads=2):
+
+def train_model(
+    model,
+    pattern,
+    B,
+    T,
+    steps,
+    lr,
+    total_batch=None,
+    warmup=0,
+    final_frac=0.0,
+    schedule="cosine",
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    threads=2,
+):
     """Train `model` (GPT2LMHeadModel or RefGPT2) in place for `steps` optimizer steps.
     Returns dict(losses, lrs, grad_norms, model, next_batch_loss)."""
     total_batch = B * T if total_batch is None else total_batch
@@ -265,8 +296,7 @@ def train_model(model, pattern, B, T, steps, lr, total_batch=None, warmup=0, fin
     accum = total_batch // (B * T)
     with torch_settings(threads):
         model.train()
-        opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95),
-                                eps=1e-8, foreach=False)
+        opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.95), eps=1e-8, foreach=False)
         params = list(model.parameters())
         stream = _batch_stream(pattern, B, T)
         losses, lrs, grad_norms = [], [], []
@@ -292,13 +322,27 @@ def train_model(model, pattern, B, T, steps, lr, total_batch=None, warmup=0, fin
     return dict(losses=losses, lrs=lrs, grad_norms=grad_norms, model=model, next_batch_loss=next_loss)
 
 
-def train_gpt2(model_dir, pattern, B, T, steps, lr, total_batch=None, warmup=0, final_frac=0.0,
-               schedule="cosine", weight_decay=0.0, max_grad_norm=1.0, threads=2):
+def train_gpt2(
+    model_dir,
+    pattern,
+    B,
+    T,
+    steps,
+    lr,
+    total_batch=None,
+    warmup=0,
+    final_frac=0.0,
+    schedule="cosine",
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    threads=2,
+):
     """train_model() on the transformers GPT-2 loaded from model_dir."""
     with torch_settings(threads):
         model = load_gpt2(model_dir)
-    return train_model(model, pattern, B, T, steps, lr, total_batch, warmup, final_frac,
-                       schedule, weight_decay, max_grad_norm, threads)
+    return train_model(
+        model, pattern, B, T, steps, lr, total_batch, warmup, final_frac, schedule, weight_decay, max_grad_norm, threads
+    )
 
 
 def step0_dump(model_dir, pattern, B, T, threads=2, model=None):
@@ -326,12 +370,15 @@ def eval_loss(model_dir_or_model, inputs, targets, threads=2):
         with torch.no_grad():
             return loss_of(logits_of(model, x), y).item()
 
+
 # ----------------------------------------------------------------------------
 # RefGPT2: GPT-2 written out by hand, no transformers. Module nesting mirrors the
 # HF names, so named_parameters() yields "transformer.h.0.attn.c_attn.weight" etc.
 
+
 class _Param(nn.Module):
     """Holds `weight` (and `bias` if given) as in HF: Conv1D weight is (in,out)."""
+
     def __init__(self, weight, bias=None):
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone().float())
@@ -341,16 +388,16 @@ class _Param(nn.Module):
 
 def _layernorm(x, ln, eps):
     mean = x.mean(-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(-1, keepdim=True)   # biased variance, as LayerNorm
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # biased variance, as LayerNorm
     return (x - mean) / torch.sqrt(var + eps) * ln.weight + ln.bias
 
 
 def _gelu_tanh(x):
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def _conv1d(x, lin):
-    return x @ lin.weight + lin.bias    # (..., in) @ (in, out)
+    return x @ lin.weight + lin.bias  # (..., in) @ (in, out)
 
 
 class RefGPT2(nn.Module):
@@ -360,7 +407,10 @@ class RefGPT2(nn.Module):
     def __init__(self, state, n_layer, n_head, eps=1e-5):
         super().__init__()
         self.n_layer, self.n_head, self.eps = n_layer, n_head, eps
-        g = lambda name: state[name]
+
+        def g(name):
+            return state[name]
+
         blocks = nn.ModuleList()
         for i in range(n_layer):
             h = f"transformer.h.{i}."
@@ -375,14 +425,15 @@ class RefGPT2(nn.Module):
             blk.mlp.c_proj = _Param(g(h + "mlp.c_proj.weight"), g(h + "mlp.c_proj.bias"))
             blocks.append(blk)
         self.transformer = nn.Module()
-        self.transformer.wte = _Param(g("transformer.wte.weight"))   # (V,C), also the head
-        self.transformer.wpe = _Param(g("transformer.wpe.weight"))   # (maxT,C)
+        self.transformer.wte = _Param(g("transformer.wte.weight"))  # (V,C), also the head
+        self.transformer.wpe = _Param(g("transformer.wpe.weight"))  # (maxT,C)
         self.transformer.h = blocks
         self.transformer.ln_f = _Param(g("transformer.ln_f.weight"), g("transformer.ln_f.bias"))
 
     @classmethod
     def from_dir(cls, model_dir):
         from safetensors.torch import load_file
+
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
         state = load_file(str(Path(model_dir) / "model.safetensors"))
         return cls(state, cfg["n_layer"], cfg["n_head"], cfg.get("layer_norm_epsilon", 1e-5))
@@ -391,36 +442,52 @@ class RefGPT2(nn.Module):
         B, T, C = x.shape
         H = self.n_head
         hs = C // H
-        q, k, v = _conv1d(x, attn.c_attn).split(C, dim=-1)             # 3 x (B,T,C)
+        q, k, v = _conv1d(x, attn.c_attn).split(C, dim=-1)  # 3 x (B,T,C)
         q, k, v = (t.view(B, T, H, hs).transpose(1, 2) for t in (q, k, v))  # (B,H,T,hs)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))        # (B,H,T,T)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B,H,T,T)
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)                 # (B,T,C)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)  # (B,T,C)
         return _conv1d(y, attn.c_proj)
 
     def forward(self, idx):
         """(B,T) int64 tokens -> (B,T,V) logits."""
         tr = self.transformer
         T = idx.size(1)
-        x = tr.wte.weight[idx] + tr.wpe.weight[:T]                      # (B,T,C)
+        x = tr.wte.weight[idx] + tr.wpe.weight[:T]  # (B,T,C)
         for blk in tr.h:
             x = x + self._attention(_layernorm(x, blk.ln_1, self.eps), blk.attn)
             hdn = _gelu_tanh(_conv1d(_layernorm(x, blk.ln_2, self.eps), blk.mlp.c_fc))
             x = x + _conv1d(hdn, blk.mlp.c_proj)
         x = _layernorm(x, tr.ln_f, self.eps)
-        return x @ tr.wte.weight.t()                                   # (B,T,V)
+        return x @ tr.wte.weight.t()  # (B,T,V)
 
 
 # ----------------------------------------------------------------------------
 # Llama 3: transformers' LlamaForCausalLM as the oracle (same training rules as GPT-2)
 
-def make_llama_model_dir(path, dim, n_layers, n_heads, n_kv_heads, vocab_size, intermediate_size,
-                         max_position_embeddings, rope_theta=500000.0, rope_scaling=None,
-                         tie_word_embeddings=False, rms_norm_eps=1e-5, seed=0, perturb=True,
-                         max_shard_size=None, qk_scale=1.0):
+
+def make_llama_model_dir(
+    path,
+    dim,
+    n_layers,
+    n_heads,
+    n_kv_heads,
+    vocab_size,
+    intermediate_size,
+    max_position_embeddings,
+    rope_theta=500000.0,
+    rope_scaling=None,
+    tie_word_embeddings=False,
+    rms_norm_eps=1e-5,
+    seed=0,
+    perturb=True,
+    max_shard_size=None,
+    qk_scale=1.0,
+):
     """Write a random LlamaForCausalLM (attention_dropout 0) to `path` with save_pretrained
-    (safetensors) and return `path`. qk_scale multiplies q_proj and k_proj (scores grow by its square). rope_scaling: None or a dict such as
+    (safetensors) and return `path`. qk_scale multiplies q_proj and k_proj (scores grow by its square).
+    rope_scaling: None or a dict such as
     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192}.
 
@@ -429,29 +496,43 @@ def make_llama_model_dir(path, dim, n_layers, n_heads, n_kv_heads, vocab_size, i
     changes the logits. The global torch RNG is left as it was."""
     _quiet_transformers()
     from transformers import LlamaConfig, LlamaForCausalLM
-    config = LlamaConfig(hidden_size=dim, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                         num_key_value_heads=n_kv_heads, vocab_size=vocab_size, intermediate_size=intermediate_size,
-                         max_position_embeddings=max_position_embeddings, rope_theta=float(rope_theta),
-                         rope_scaling=rope_scaling, tie_word_embeddings=tie_word_embeddings,
-                         rms_norm_eps=rms_norm_eps, attention_dropout=0.0, hidden_act="silu",
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+    config = LlamaConfig(
+        hidden_size=dim,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        vocab_size=vocab_size,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        rope_theta=float(rope_theta),
+        rope_scaling=rope_scaling,
+        tie_word_embeddings=tie_word_embeddings,
+        rms_norm_eps=rms_norm_eps,
+        attention_dropout=0.0,
+        hidden_act="silu",
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config).float()
         if perturb:
             with torch.no_grad():
-                for name, p in model.named_parameters():
-                    if p.dim() == 1:                  # RMSNorm gains
+                for p in model.parameters():
+                    if p.dim() == 1:  # RMSNorm gains
                         p.copy_(1.0 + 0.1 * torch.randn_like(p))
-        if qk_scale != 1.0:                           # sharper attention, as make_gpt2_model_dir
+        if qk_scale != 1.0:  # sharper attention, as make_gpt2_model_dir
             with torch.no_grad():
                 for layer in model.model.layers:
                     layer.self_attn.q_proj.weight *= qk_scale
                     layer.self_attn.k_proj.weight *= qk_scale
     os.makedirs(path, exist_ok=True)
     # max_shard_size (e.g. "40KB"): transformers' own sharded layout, model-KKKKK-of-NNNNN.safetensors
-    model.save_pretrained(path, safe_serialization=True,
-                          **({"max_shard_size": max_shard_size} if max_shard_size else {}))
+    model.save_pretrained(
+        path, safe_serialization=True, **({"max_shard_size": max_shard_size} if max_shard_size else {})
+    )
     return path
 
 
@@ -459,8 +540,10 @@ def load_llama(model_dir):
     """LlamaForCausalLM from a model directory: fp32, attention_dropout 0, eager attention, train mode."""
     _quiet_transformers()
     from transformers import LlamaForCausalLM
-    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager",
-                                             attention_dropout=0.0)
+
+    model = LlamaForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32, attn_implementation="eager", attention_dropout=0.0
+    )
     model.train()
     return model
 
@@ -473,10 +556,24 @@ def llama_step0_dump(model_dir, pattern, B, T, threads=2):
     return step0_dump(model_dir, pattern, B, T, threads, model=model)
 
 
-def train_llama(model_dir, pattern, B, T, steps, lr, total_batch=None, warmup=0, final_frac=0.0,
-                schedule="cosine", weight_decay=0.0, max_grad_norm=1.0, threads=2):
+def train_llama(
+    model_dir,
+    pattern,
+    B,
+    T,
+    steps,
+    lr,
+    total_batch=None,
+    warmup=0,
+    final_frac=0.0,
+    schedule="cosine",
+    weight_decay=0.0,
+    max_grad_norm=1.0,
+    threads=2,
+):
     """train_model() on the LlamaForCausalLM loaded from model_dir."""
     with torch_settings(threads):
         model = load_llama(model_dir)
-    return train_model(model, pattern, B, T, steps, lr, total_batch, warmup, final_frac,
-                       schedule, weight_decay, max_grad_norm, threads)
+    return train_model(
+        model, pattern, B, T, steps, lr, total_batch, warmup, final_frac, schedule, weight_decay, max_grad_norm, threads
+    )

@@ -474,14 +474,16 @@ def test_prepare_text_shards_and_stale_cleanup(tmp_path, capsys):
     res2 = prepare_text([f], out, quiet=True)
     assert len(res2["train_files"]) == 1 and len(res2["val_files"]) == 1
     left = sorted(p.name for p in out.iterdir())
-    assert left == sorted([
-        "text_manifest.json",
-        "text_train_000000.bin",
-        "text_train_000099.bin",
-        "text_val_000000.bin",
-        "tokenizer.bin",
-        *HF_GPT2_FILES,
-    ])
+    assert left == sorted(
+        [
+            "text_manifest.json",
+            "text_train_000000.bin",
+            "text_train_000099.bin",
+            "text_val_000000.bin",
+            "tokenizer.bin",
+            *HF_GPT2_FILES,
+        ]
+    )
     assert read_shard(foreign).tolist() == [1, 2, 3]
 
 
@@ -545,7 +547,7 @@ def test_progress_bar_on_request(tmp_path, capsys):
     f.write_text("some text\n" * 100, encoding="utf-8")
     prepare_text([f], tmp_path / "out", progress=True, quiet=True)
     err = capsys.readouterr().err
-    assert "tokenizing" in err and "100%" in err and "1.00k/1.00k" in err   # tqdm: 1000 bytes of 1000
+    assert "tokenizing" in err and "100%" in err and "1.00k/1.00k" in err  # tqdm: 1000 bytes of 1000
 
 
 # ------------------------------------------------------------------------------
@@ -602,14 +604,16 @@ def test_prepare_shakespeare_end_to_end(enc, need_shakespeare, tmp_path, capsys)
     assert int((train == EOT).sum()) + int((val == EOT).sum()) == 42
     assert "To be, or not to be" in enc.decode(train.tolist())
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([
-        "shakespeare_CREDITS.txt",
-        "shakespeare_manifest.json",
-        "shakespeare_train_000000.bin",
-        "shakespeare_val_000000.bin",
-        "tokenizer.bin",
-        *HF_GPT2_FILES,
-    ])
+    assert names == sorted(
+        [
+            "shakespeare_CREDITS.txt",
+            "shakespeare_manifest.json",
+            "shakespeare_train_000000.bin",
+            "shakespeare_val_000000.bin",
+            "tokenizer.bin",
+            *HF_GPT2_FILES,
+        ]
+    )
     credits = (out / "shakespeare_CREDITS.txt").read_text()
     assert "Creative Commons Attribution 2.5" in credits and "Hamlet" in credits
     assert read_token_table(out / "tokenizer.bin")[1] == EOT

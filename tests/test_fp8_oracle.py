@@ -20,6 +20,7 @@ tensor's largest |value|, worst tensor):
   | fp8    | 8.6e-3       | 0.11        | 3.4e-2       | 0.17        | E5M2 keeps 2 mantissa bits of each dY |
 10 AdamW steps, fp8 against bf16 losses: 1.5e-4 (GPT-2), 3.2e-4 (Llama) relative at most.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -43,9 +44,24 @@ def models(tmp_path_factory):
         "gpt2": oracle.make_gpt2_model_dir(str(d / "gpt2"), 2, 2, 32, V, 64, seed=0, qk_scale=3.0),
         "llama": oracle.make_llama_model_dir(str(d / "llama"), 64, 2, 4, 2, V, 96, 64, seed=0, qk_scale=3.0),
         "llama-tied-rope": oracle.make_llama_model_dir(
-            str(d / "llama_tied"), 64, 2, 4, 1, V, 96, 64, seed=1, tie_word_embeddings=True,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                          "original_max_position_embeddings": 8}),
+            str(d / "llama_tied"),
+            64,
+            2,
+            4,
+            1,
+            V,
+            96,
+            64,
+            seed=1,
+            tie_word_embeddings=True,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8,
+            },
+        ),
     }
 
 
@@ -81,7 +97,7 @@ def test_bf16_recipe_is_within_the_bf16_builds_tolerances(models, shards, name):
     ref = reference_dump(name, models[name], shards)
     got = fo.fp8_step0_dump(models[name], shards, B, T, fo.BF16)
     d_logits = np.abs(got["logits"] - ref["logits"]).max()
-    assert 1e-4 < d_logits <= 2e-2                      # rounded (not the fp32 numbers), within the table
+    assert 1e-4 < d_logits <= 2e-2  # rounded (not the fp32 numbers), within the table
     assert abs(got["loss"] - ref["loss"]) <= 1e-3 * ref["loss"]
     worst = max(rel(got["grads"][k], w) for k, w in ref["grads"].items())
     assert 1e-4 < worst <= 5e-2
@@ -102,9 +118,9 @@ def test_quantisation_points_are_exactly_the_recipes(models, shards, name, arch,
     got = fo.fp8_step0_dump(models[name], shards, B, T)
     want = expected_events(arch, 2)
     assert len(got["events"]) == 2 * per_layer == len(want)
-    assert dict(got["events"]) == want                  # the same slots, each once, in its format
+    assert dict(got["events"]) == want  # the same slots, each once, in its format
     roles = [slot.rsplit(".", 1)[1] for slot, _ in got["events"]]
-    assert roles.index("dy") == roles.count("x") + roles.count("w")     # forward first, then backward
+    assert roles.index("dy") == roles.count("x") + roles.count("w")  # forward first, then backward
     assert set(got["scales"]) == set(want)
 
 
@@ -139,10 +155,10 @@ def test_fp8_linear_is_its_definition():
     dyq = q(dy, "e5m2")
     torch.testing.assert_close(y, fo.bf16_round(xq @ wq.t() + b), rtol=0, atol=0)
     torch.testing.assert_close(x.grad, dyq @ wq, rtol=0, atol=0)
-    torch.testing.assert_close(model.hf_parameters()[1][1].grad, dyq.t() @ xq, rtol=0, atol=0)   # "w"
-    torch.testing.assert_close(model.hf_parameters()[0][1].grad, dy.sum(0), rtol=0, atol=0)       # "b"
+    torch.testing.assert_close(model.hf_parameters()[1][1].grad, dyq.t() @ xq, rtol=0, atol=0)  # "w"
+    torch.testing.assert_close(model.hf_parameters()[0][1].grad, dy.sum(0), rtol=0, atol=0)  # "b"
     assert [s for s, _ in model.book.events] == ["lin.x", "lin.w", "lin.dy"]
-    assert not torch.equal(dyq, dy) and not torch.equal(xq, x.detach())   # the quantisation did something
+    assert not torch.equal(dyq, dy) and not torch.equal(xq, x.detach())  # the quantisation did something
 
 
 # ---- scales -------------------------------------------------------------------------------------
@@ -156,7 +172,7 @@ def test_current_scales_and_the_margin(models, shards):
         assert s == np.float32(np.float32(fmax) / amax), slot
     untouched = [s for s in m0["scales"] if s.endswith(".w")] + ["h.0.attn.c_attn.x"]
     for slot in untouched:
-        assert m2["scales"][slot][1] == m0["scales"][slot][1]                 # the same amax
+        assert m2["scales"][slot][1] == m0["scales"][slot][1]  # the same amax
         assert m2["scales"][slot][0] * 4 == m0["scales"][slot][0], slot
 
 
@@ -203,5 +219,5 @@ def test_fp8_training_tracks_bf16(models, shards, name):
     d = np.abs(np.array(f8["losses"]) - bf["losses"]) / np.array(bf["losses"])
     print(f"{name}: fp8 vs bf16 losses, max rel diff {d.max():.2e}")
     assert d.max() < 0.02
-    assert bf["losses"][-1] < bf["losses"][0] and f8["losses"][-1] < f8["losses"][0]    # both learn
+    assert bf["losses"][-1] < bf["losses"][0] and f8["losses"][-1] < f8["losses"][0]  # both learn
     assert not np.array_equal(f8["losses"], bf["losses"])

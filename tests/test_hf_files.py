@@ -37,6 +37,7 @@ print(json.dumps({"ids": tok.encode("ROMEO: hello"), "tiktoken": get_gpt2_encodi
 
 def hf_check(ckpt):
     import os
+
     env = {**os.environ, **HF_OFFLINE, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", HF_CHECK, str(ckpt)], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -48,8 +49,9 @@ def trained(tmp_path_factory):
     """A GPT-2-vocabulary spec built with `llmgen build` and trained 2 steps into a run folder."""
     d = tmp_path_factory.mktemp("hf")
     spec = d / "spec.py"
-    spec.write_text("from llmgen.spec import GPT2Spec\n"
-                    "spec = GPT2Spec(n_layer=1, n_head=2, n_embd=32, max_seq_len=64)\n")
+    spec.write_text(
+        "from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer=1, n_head=2, n_embd=32, max_seq_len=64)\n"
+    )
     run_llmgen("build", spec, "-o", d / "b")
     oracle.write_shard(d / "d.bin", np.arange(3000) % 50257)
     run_binary(d / "b" / "train", "-i", d / "d.bin", "-b", 1, "-t", 16, "-x", 2, "-v", 0, "-o", d / "run")
@@ -70,8 +72,9 @@ def test_build_writes_the_hf_tokenizer_files_beside_the_token_table(trained):
     char_of = {b: chr(b) for b in printable}
     char_of.update({b: chr(256 + n) for n, b in enumerate(b for b in range(256) if b not in char_of)})
     byte_of = {c: b for b, c in char_of.items()}
-    assert all(bytes(byte_of[c] for c in tok) == enc.decode_single_token_bytes(i) for tok, i in vocab.items()
-               if i < 50256)
+    assert all(
+        bytes(byte_of[c] for c in tok) == enc.decode_single_token_bytes(i) for tok, i in vocab.items() if i < 50256
+    )
     assert (b / "merges.txt").read_text().startswith("#version")
 
 
@@ -93,8 +96,11 @@ def test_trained_checkpoint_holds_the_tokenizer_and_generation_config(trained):
     """The trainer copies the HF tokenizer files beside its token table into each checkpoint and writes
     generation_config.json (the binary side of issue 10): the checkpoint alone works in transformers."""
     ckpt = trained["ckpt"]
-    missing = [n for n in ("vocab.json", "merges.txt", "tokenizer_config.json", "generation_config.json")
-               if not (ckpt / n).is_file()]
+    missing = [
+        n
+        for n in ("vocab.json", "merges.txt", "tokenizer_config.json", "generation_config.json")
+        if not (ckpt / n).is_file()
+    ]
     assert not missing, f"{ckpt} lacks {missing}"
     res = hf_check(ckpt)
     assert res["ids"] == res["tiktoken"] and len(res["generated"]) > len("ROMEO: hello")
@@ -104,6 +110,7 @@ def test_llama3_tiktoken_file_gets_a_tokenizer_json(tmp_path):
     """A tiktoken BPE file (Llama 3's format) -> tokenizer.json that AutoTokenizer loads offline and
     that encodes as tiktoken does with the same file."""
     from llmgen.tokenizer import load_tiktoken_bpe_encoding
+
     model = tmp_path / "tokenizer.model"
     write_tiktoken_bpe(model, toy_bpe_tokens(extra=40))
     files = llama3_hf_tokenizer_files(model, model_max_length=256)
@@ -112,13 +119,21 @@ def test_llama3_tiktoken_file_gets_a_tokenizer_json(tmp_path):
     out.mkdir()
     write_hf_tokenizer_files(out, files)
     enc = load_tiktoken_bpe_encoding(model)
-    code = ("import json, sys\nfrom transformers import AutoTokenizer\n"
-            "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
-            "print(json.dumps([t.encode(s, add_special_tokens=False) for s in sys.argv[2:]] + [t.bos_token_id]))")
+    code = (
+        "import json, sys\nfrom transformers import AutoTokenizer\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "print(json.dumps([t.encode(s, add_special_tokens=False) for s in sys.argv[2:]] + [t.bos_token_id]))"
+    )
     texts = ["hello world", "hello hello world  world\n\nhe"]
     import os
-    r = subprocess.run([sys.executable, "-c", code, str(out), *texts], capture_output=True, text=True,
-                       env={**os.environ, **HF_OFFLINE}, cwd=REPO)
+
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(out), *texts],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **HF_OFFLINE},
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     *ids, bos = json.loads(r.stdout.strip().splitlines()[-1])
     assert ids == [enc.encode_ordinary(s) for s in texts]
@@ -128,20 +143,24 @@ def test_llama3_tiktoken_file_gets_a_tokenizer_json(tmp_path):
 # --------------------------------------------------------------------------------------------
 # the Python safetensors reader
 
+
 def _safetensors_file(path, header: dict, data: bytes):
     h = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(h)) + h + data)
     return path
 
 
-@pytest.mark.parametrize("case, needle", [
-    ("truncated", "truncated: tensor w ends at byte"),
-    ("dtype", "tensor w has dtype C64"),
-    ("header", "runs past the end of the file"),
-    ("short", "shorter than the 8-byte header length"),
-    ("json", "the header is not valid JSON"),
-    ("size", "tensor w: 8 bytes for shape [3] F32 (needs 12)"),
-])
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("truncated", "truncated: tensor w ends at byte"),
+        ("dtype", "tensor w has dtype C64"),
+        ("header", "runs past the end of the file"),
+        ("short", "shorter than the 8-byte header length"),
+        ("json", "the header is not valid JSON"),
+        ("size", "tensor w: 8 bytes for shape [3] F32 (needs 12)"),
+    ],
+)
 def test_damaged_safetensors_files_are_named(tmp_path, case, needle):
     p = tmp_path / "model.safetensors"
     good = {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}}
@@ -166,8 +185,10 @@ def test_sample_and_convert_on_a_truncated_checkpoint_say_why(tmp_path):
     mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 1, 2, 32, 50257, 32, seed=1)
     st = mdir / "model.safetensors"
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
-    for args in (("sample", mdir, "--backend", "compiled", "--cache-dir", tmp_path / "c"),
-                 ("convert", mdir, "-o", tmp_path / "x.bin")):
+    for args in (
+        ("sample", mdir, "--backend", "compiled", "--cache-dir", tmp_path / "c"),
+        ("convert", mdir, "-o", tmp_path / "x.bin"),
+    ):
         r = run_llmgen(*args, check=False)
         assert r.returncode == 1 and "truncated" in r.stderr and str(st) in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
@@ -175,8 +196,10 @@ def test_sample_and_convert_on_a_truncated_checkpoint_say_why(tmp_path):
 
 def test_f64_checkpoint_reads_and_samples(tmp_path):
     from safetensors.numpy import load_file
+
     mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 1, 2, 32, 50257, 32, seed=2)
     from transformers import GPT2LMHeadModel
+
     m64 = GPT2LMHeadModel.from_pretrained(mdir).double()
     m64.save_pretrained(tmp_path / "m64")
     ours = read_safetensors(tmp_path / "m64" / "model.safetensors")
@@ -186,9 +209,21 @@ def test_f64_checkpoint_reads_and_samples(tmp_path):
         np.testing.assert_array_equal(ours[k], v.astype(np.float32))
     outs = {}
     for backend in ("compiled", "transformers"):
-        r = run_llmgen("sample", tmp_path / "m64", "--prompt", "Hello", "-n", 6, "--temperature", 0,
-                       "--backend", backend, "--cache-dir", tmp_path / "c")
+        r = run_llmgen(
+            "sample",
+            tmp_path / "m64",
+            "--prompt",
+            "Hello",
+            "-n",
+            6,
+            "--temperature",
+            0,
+            "--backend",
+            backend,
+            "--cache-dir",
+            tmp_path / "c",
+        )
         outs[backend] = r.stdout
         assert r.stdout.startswith("Hello") and len(r.stdout.strip()) > len("Hello")
-    assert outs["compiled"] == outs["transformers"]          # greedy: both backends continue alike
+    assert outs["compiled"] == outs["transformers"]  # greedy: both backends continue alike
     torch.set_num_threads(2)

@@ -21,10 +21,10 @@ def test_in_process_step_and_buffers_match_torch(tmp_path):
     loss = tr.forward(x.numpy(), y.numpy())
     tr.backward()
     assert abs(loss - ref["loss"]) < 2e-6 * ref["loss"]
-    want = ref["grads"]["transformer.h.1.attn.c_attn.weight"].T          # HF Conv1D is (in, out)
+    want = ref["grads"]["transformer.h.1.attn.c_attn.weight"].T  # HF Conv1D is (in, out)
     got = tr.read("grad.h1.attn.c_attn.w")
     assert np.abs(got - want).max() <= 2e-5 * np.abs(want).max()
-    assert tr.read("h0.qkv").shape == (4, 16, 96)                           # an activation by name
+    assert tr.read("h0.qkv").shape == (4, 16, 96)  # an activation by name
     w0 = tr.read("h0.mlp.c_fc.w")
     _, norm = tr.step(x.numpy(), y.numpy(), lr=1e-3, step=1)
     assert norm > 0 and not np.array_equal(tr.read("h0.mlp.c_fc.w"), w0)

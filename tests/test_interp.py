@@ -38,8 +38,11 @@ def test_forward_backward_match_torch(model):
     np.testing.assert_allclose(out["logits"][..., :100], ref["logits"], atol=TOL_LOGITS, rtol=0)
     for p in g.params:
         mine = st.grads[p.name]
-        mine = (mine.T if p.meta["hf_transpose"] else mine)[: p.meta.get("hf_rows", mine.shape[0])] \
-            if not p.meta["hf_transpose"] else mine.T
+        mine = (
+            (mine.T if p.meta["hf_transpose"] else mine)[: p.meta.get("hf_rows", mine.shape[0])]
+            if not p.meta["hf_transpose"]
+            else mine.T
+        )
         want = ref["grads"][p.meta["hf"]]
         err = np.abs(mine - want).max() / (np.abs(want).max() + 1e-30)
         assert err < TOL_GRAD_REL, f"{p.name}: relative error {err:.2e}"
@@ -54,8 +57,14 @@ def test_adamw_steps_match_torch(model):
     losses = []
     for s, (x, y) in enumerate(oracle.batches(pat, B, T, steps), start=1):
         st.zero_grads()
-        feeds = {"tokens": x.numpy(), "targets": y.numpy(), "dloss": 1.0,
-                 "lr": oracle.lr_at(s, steps, lr, warmup=1, schedule="cosine"), "t": s, "weight_decay": wd}
+        feeds = {
+            "tokens": x.numpy(),
+            "targets": y.numpy(),
+            "dloss": 1.0,
+            "lr": oracle.lr_at(s, steps, lr, warmup=1, schedule="cosine"),
+            "t": s,
+            "weight_decay": wd,
+        }
         out = interp.run(g, st, feeds, ("fwd", "bwd", "opt"))
         losses.append(float(out["loss"]))
     ref = oracle.train_gpt2(mdir, pat, B, T, steps, lr, warmup=1, schedule="cosine", weight_decay=wd)

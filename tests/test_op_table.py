@@ -55,6 +55,7 @@ def test_a_missing_kernel_is_a_clear_error(monkeypatch):
 # --------------------------------------------------------------------------------------------
 # adding an elementwise op, as the README's "Adding an op" shows: softsign(x) = x / (1 + |x|)
 
+
 def softsign_ref(x):
     return (x / (np.float32(1) + np.abs(x))).astype(np.float32)
 
@@ -66,16 +67,20 @@ def softsign_bwd_ref(dy, x):
 
 ROWS = {
     "softsign": OpDef(
-        "softsign", "softsign",
+        "softsign",
+        "softsign",
         shape=lambda s, a: [f32(s[0])],
         ref=lambda x, a: [softsign_ref(x[0])],
         vjp=lambda g, n, d: [g.op("softsign_bwd", [d[0], n.inputs[0]], name=f"d{n.inputs[0].name}")],
-        dims=lambda n, ctx: {"N": per_token(n.outputs[0].numel)}),
+        dims=lambda n, ctx: {"N": per_token(n.outputs[0].numel)},
+    ),
     "softsign_bwd": OpDef(
-        "softsign_bwd", "softsign",
+        "softsign_bwd",
+        "softsign",
         shape=lambda s, a: [f32(s[0])],
         ref=lambda x, a: [softsign_bwd_ref(x[0], x[1])],
-        dims=lambda n, ctx: {"N": per_token(n.outputs[0].numel)}),
+        dims=lambda n, ctx: {"N": per_token(n.outputs[0].numel)},
+    ),
 }
 
 TEMPLATES = {
@@ -189,7 +194,7 @@ def test_an_added_elementwise_op_computes_its_reference(softsign_op, tmp_path, t
     st = interp.State(g, {p.name: tr.read(p.name) for p in g.params})
     want = interp.run(g, st, {"tokens": x, "targets": y, "dloss": 1.0})
     emb = (st.params["wte"][x] + st.params["wpe"][:T][None]).astype(np.float32)
-    np.testing.assert_array_equal(tr.read("softsign"), softsign_ref(emb))       # bit for bit
+    np.testing.assert_array_equal(tr.read("softsign"), softsign_ref(emb))  # bit for bit
     np.testing.assert_array_equal(want["softsign"], softsign_ref(emb))
     assert abs(loss - float(want["loss"])) <= 2e-6 * float(want["loss"])
     for p in g.params:

@@ -16,22 +16,33 @@ def _run(g, params, feeds):
     return st, out
 
 
-@pytest.mark.parametrize("spec", [GPT2Spec(n_layer=2, n_head=2, n_embd=32, vocab_size=100, max_seq_len=32),
-                                  GPT2Spec(n_layer=1, n_head=3, n_embd=24, vocab_size=50, max_seq_len=16)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        GPT2Spec(n_layer=2, n_head=2, n_embd=32, vocab_size=100, max_seq_len=32),
+        GPT2Spec(n_layer=1, n_head=3, n_embd=24, vocab_size=50, max_seq_len=16),
+    ],
+)
 def test_each_pass_keeps_interpreter_outputs(spec):
     B, T = 2, 8
     g = training_graph(spec, B, T)
     rng = np.random.default_rng(0)
     params = {p.name: rng.normal(0, 0.2, p.shape).astype(np.float32) for p in g.params}
-    feeds = {"tokens": rng.integers(0, spec.vocab_size, (B, T)), "targets": rng.integers(0, spec.vocab_size, (B, T)),
-             "dloss": 0.5, "lr": 1e-2, "t": 3, "weight_decay": 0.1}
+    feeds = {
+        "tokens": rng.integers(0, spec.vocab_size, (B, T)),
+        "targets": rng.integers(0, spec.vocab_size, (B, T)),
+        "dloss": 0.5,
+        "lr": 1e-2,
+        "t": 3,
+        "weight_decay": 0.1,
+    }
     ref_st, ref_out = _run(g, params, feeds)
     for name, fn, _ in PIPELINE:
         before = len(g.nodes)
         g = fn(g)
         st, out = _run(g, params, feeds)
         assert float(out["loss"]) == float(ref_out["loss"]), name
-        for k in ref_st.grads:     # gradients before the update, parameters and moments after it
+        for k in ref_st.grads:  # gradients before the update, parameters and moments after it
             np.testing.assert_allclose(st.grads[k], ref_st.grads[k], rtol=1e-6, atol=1e-7, err_msg=f"{name}: grad {k}")
             np.testing.assert_allclose(st.params[k], ref_st.params[k], rtol=1e-6, atol=1e-7, err_msg=f"{name}: {k}")
         for k in ref_st.state:
@@ -81,16 +92,26 @@ def test_memory_plan_never_overlaps_live_buffers():
 def test_inspect_reports_fusion_savings():
     r = run_llmgen("inspect", "gpt2")
     out = r.stdout
-    for word in ("kernels per micro-batch step", "memory plan:", "params", "grads", "optimizer_state",
-                 "activations", "peak", "FLOPs per token", "fused: residual add + layernorm",
-                 "fused: softmax + cross-entropy + dlogits"):
+    for word in (
+        "kernels per micro-batch step",
+        "memory plan:",
+        "params",
+        "grads",
+        "optimizer_state",
+        "activations",
+        "peak",
+        "FLOPs per token",
+        "fused: residual add + layernorm",
+        "fused: softmax + cross-entropy + dlogits",
+    ):
         assert word in out, word
     line = next(line for line in out.splitlines() if line.startswith("fusion:"))
     assert "fewer" in line and "less" in line
     import re
+
     k_fused, k_unfused = map(int, re.search(r"(\d+) kernels instead of (\d+)", line).groups())
     assert k_fused < k_unfused
-    assert "124,4" in out   # 124M parameters (124,439,808 + the padded vocab rows)
+    assert "124,4" in out  # 124M parameters (124,439,808 + the padded vocab rows)
 
 
 def test_inspect_refuses_bad_sizes():
@@ -108,7 +129,8 @@ def test_inspect_bf16_counts_bf16_activations_and_master_weights():
         out = run_llmgen("inspect", "gpt2-tiny", "-b", "4", "-t", "64", *flags).stdout
         units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
         return {k: float(v) * units[u] for k, v, u in re.findall(r"^  (\w+)\s+([\d.]+) (B|KiB|MiB|GiB)$", out, re.M)}
+
     fp32, bf16 = arenas(), arenas("--dtype", "bf16")
     assert 0.5 <= bf16["activations"] / fp32["activations"] < 0.6
-    assert bf16["params"] / fp32["params"] == pytest.approx(1.5, rel=5e-3)   # printed to 3-4 digits
+    assert bf16["params"] / fp32["params"] == pytest.approx(1.5, rel=5e-3)  # printed to 3-4 digits
     assert bf16["grads"] == fp32["grads"] and bf16["optimizer_state"] == fp32["optimizer_state"]

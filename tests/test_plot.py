@@ -71,6 +71,7 @@ def assert_affine_image(points, xs, ys):
 # --------------------------------------------------------------------------------------------
 # what the files hold
 
+
 def test_svg_paths_are_the_logs_values(tmp_path):
     run = noisy_run(tmp_path)
     log = read_log(run / "log.jsonl")
@@ -92,17 +93,21 @@ def test_png_parses_and_shows_the_three_panels(tmp_path):
     out = plot_run(run)
     assert out == run / "loss.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = Image.open(out)
-    img.load()                                   # decodes every row: a damaged file raises here
+    img.load()  # decodes every row: a damaged file raises here
     assert img.size == (900, 800)
     rgb = np.asarray(img.convert("RGB")).astype(int)
     # each series' colour is present (matplotlib's tab: palette): blue train, orange val, purple lr, green tok/s
-    for name, color in (("train", (31, 119, 180)), ("val", (255, 127, 14)), ("lr", (148, 103, 189)),
-                        ("tokens/s", (44, 160, 44))):
+    for name, color in (
+        ("train", (31, 119, 180)),
+        ("val", (255, 127, 14)),
+        ("lr", (148, 103, 189)),
+        ("tokens/s", (44, 160, 44)),
+    ):
         near = (np.abs(rgb - np.array(color)).sum(axis=2) < 30).sum()
         assert near > 50, f"no {name} line in the PNG"
     # and the panels are stacked: the green tokens/s line lies in the bottom third, blue loss in the top half
-    green_rows = np.nonzero((np.abs(rgb - np.array((44, 160, 44))).sum(axis=2) < 30))[0]
-    blue_rows = np.nonzero((np.abs(rgb - np.array((31, 119, 180))).sum(axis=2) < 30))[0]
+    green_rows = np.nonzero(np.abs(rgb - np.array((44, 160, 44))).sum(axis=2) < 30)[0]
+    blue_rows = np.nonzero(np.abs(rgb - np.array((31, 119, 180))).sum(axis=2) < 30)[0]
     assert green_rows.min() > 2 * 800 / 3 and np.median(blue_rows) < 800 / 2
 
 
@@ -113,8 +118,9 @@ def test_figure_lines_equal_the_log_and_options(tmp_path):
     ax_loss, ax_lr, ax_tok = fig.axes[:3]
     lines = {ln.get_gid(): ln for ax in fig.axes for ln in ax.lines}
     train = np.isfinite(log.train_loss)
-    np.testing.assert_array_equal(lines["train_loss_raw"].get_xydata(),
-                                  np.stack([log.step[train], log.train_loss[train]], 1))
+    np.testing.assert_array_equal(
+        lines["train_loss_raw"].get_xydata(), np.stack([log.step[train], log.train_loss[train]], 1)
+    )
     # the smoothed curve: a debiased EMA, computed here as explicit weighted means
     x = log.train_loss[train]
     w = 0.6 ** (np.arange(len(x))[:, None] - np.arange(len(x))[None, :])
@@ -134,8 +140,10 @@ def test_nonfinite_values_are_left_out(tmp_path):
     lines = ['{"step": 0, "val_loss": nan}']
     for s in range(1, 31):
         loss = "NaN" if s == 5 else "-nan" if s == 6 else f"{10 - 0.2 * s}"
-        lines.append(f'{{"step": {s}, "train_loss": {loss}, "lr": 0.001, "grad_norm": -nan, '
-                     f'"tokens_per_s": {"inf" if s % 2 else "Infinity"}, "ms": 1.5}}')
+        lines.append(
+            f'{{"step": {s}, "train_loss": {loss}, "lr": 0.001, "grad_norm": -nan, '
+            f'"tokens_per_s": {"inf" if s % 2 else "Infinity"}, "ms": 1.5}}'
+        )
     run = write_log(tmp_path / "run", lines)
     log = read_log(run / "log.jsonl")
     assert np.isnan(log.train_loss[[5, 6]]).all() and np.isfinite(log.train_loss[7:]).all()
@@ -161,21 +169,25 @@ def test_resumed_log_later_line_wins(tmp_path):
 # --------------------------------------------------------------------------------------------
 # errors: one line naming the file, exit 1
 
-@pytest.mark.parametrize("content, needle", [
-    (None, "no such log"),
-    ("", "empty"),
-    ("\n  \n", "empty"),
-    ('{"step": 0, "val_loss": 10.9}\n', "no training steps"),
-    ('{"step": 1, "train_loss": 4.0}\n{"step": 2, "train_loss": \n', ":2: not a JSON line"),
-    ('{"step": 1, "train_loss": 4.0}\n\n[1, 2]\n', ":3: expected a JSON object"),
-    ('{"train_loss": 4.0}\n', ':1: no "step"'),
-    ('{"step": -1, "train_loss": 4.0}\n', ':1: "step" must be an integer'),
-    ('{"step": 1.5, "train_loss": 4.0}\n', ':1: "step" must be an integer'),
-    ('{"step": true, "train_loss": 4.0}\n', ':1: "step" must be an integer'),
-    ('{"step": 1, "train_loss": "4.0"}\n', ":1: 'train_loss' must be a number"),
-    ('{"step": 1, "train_loss": 4.0, "tokens_per_s": false}\n', ":1: 'tokens_per_s' must be a number"),
-    (b'{"step": 1, "train_loss": 4.0}\n\xff\xfe\n', ":2: not UTF-8"),
-])
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "no such log"),
+        ("", "empty"),
+        ("\n  \n", "empty"),
+        ('{"step": 0, "val_loss": 10.9}\n', "no training steps"),
+        ('{"step": 1, "train_loss": 4.0}\n{"step": 2, "train_loss": \n', ":2: not a JSON line"),
+        ('{"step": 1, "train_loss": 4.0}\n\n[1, 2]\n', ":3: expected a JSON object"),
+        ('{"train_loss": 4.0}\n', ':1: no "step"'),
+        ('{"step": -1, "train_loss": 4.0}\n', ':1: "step" must be an integer'),
+        ('{"step": 1.5, "train_loss": 4.0}\n', ':1: "step" must be an integer'),
+        ('{"step": true, "train_loss": 4.0}\n', ':1: "step" must be an integer'),
+        ('{"step": 1, "train_loss": "4.0"}\n', ":1: 'train_loss' must be a number"),
+        ('{"step": 1, "train_loss": 4.0, "tokens_per_s": false}\n', ":1: 'tokens_per_s' must be a number"),
+        (b'{"step": 1, "train_loss": 4.0}\n\xff\xfe\n', ":2: not UTF-8"),
+    ],
+)
 def test_bad_logs_raise_value_error_naming_the_file(tmp_path, content, needle):
     run = tmp_path / "run"
     run.mkdir()
@@ -200,7 +212,7 @@ def test_cli_output_names_and_errors(tmp_path):
     assert not (tmp_path / "x.jpg").exists()
     r = run_llmgen("plot", run, "-o", tmp_path / "nodir" / "x.png", check=False)
     assert r.returncode == 1 and f"{tmp_path / 'nodir'} does not exist" in r.stderr
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []     # no temp file left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
     r = run_llmgen("plot", run, "--log-loss", "--smooth", "0.9")
     assert (run / "loss.png").is_file()
 
@@ -208,9 +220,11 @@ def test_cli_output_names_and_errors(tmp_path):
 def test_without_matplotlib_it_names_the_extra(tmp_path):
     """matplotlib made unimportable (None in sys.modules): a clear error that names the extra."""
     run = noisy_run(tmp_path, n=5)
-    code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from llmgen.cli import main\n"
-            f"sys.exit(main(['plot', {str(run)!r}]))\n")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from llmgen.cli import main\n"
+        f"sys.exit(main(['plot', {str(run)!r}]))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 1 and "pip install 'llmgen[plot]'" in r.stderr and "Traceback" not in r.stderr
     assert not (run / "loss.png").exists()

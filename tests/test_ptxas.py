@@ -20,7 +20,7 @@ from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("bench_ptxas", REPO / "bench" / "ptxas.py")
 ptxas = importlib.util.module_from_spec(spec)
-sys.modules["bench_ptxas"] = ptxas             # dataclasses look their module up while it executes
+sys.modules["bench_ptxas"] = ptxas  # dataclasses look their module up while it executes
 spec.loader.exec_module(ptxas)
 
 # (build, kernel) -> what ptxas reported when the entry was made (nvcc 13.0.88, sm_90a). Both are
@@ -54,8 +54,15 @@ ptxas info    : Function properties for plain_c_kernel
 ptxas info    : Used 12 registers, used 0 barriers
 """
     a, b = ptxas.parse_ptxas(text)
-    assert (a.name, a.registers, a.barriers, a.smem_static, a.stack, a.spill_stores, a.spill_loads) == \
-        ("my_kernel", 255, 1, 6144, 24, 16, 20)
+    assert (a.name, a.registers, a.barriers, a.smem_static, a.stack, a.spill_stores, a.spill_loads) == (
+        "my_kernel",
+        255,
+        1,
+        6144,
+        24,
+        16,
+        20,
+    )
     assert (b.name, b.registers, b.spills, b.smem_static) == ("plain_c_kernel", 12, 0, 0)
 
 
@@ -72,16 +79,25 @@ def test_dynamic_shared_memory_from_launches():
 @pytest.mark.parametrize("build", list(ptxas.BUILDS))
 def test_no_kernel_spills(usage, build):
     rows = usage[build]
-    assert sum(k.entry for k in rows) >= 10, [k.name for k in rows]      # the report was parsed
+    assert sum(k.entry for k in rows) >= 10, [k.name for k in rows]  # the report was parsed
     known = {k for b, k in KNOWN_SPILLS if b == build}
-    spilling = [f"{k.name}: {k.spill_stores} B stores, {k.spill_loads} B loads" for k in rows
-                if k.spills and k.name not in known]
+    spilling = [
+        f"{k.name}: {k.spill_stores} B stores, {k.spill_loads} B loads"
+        for k in rows
+        if k.spills and k.name not in known
+    ]
     assert not spilling, f"{build}: kernels spill registers to local memory: {spilling}"
 
 
-@pytest.mark.parametrize("build,kernel", [
-    pytest.param(b, k, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"{k} spills today: {why}"))
-    for (b, k), why in KNOWN_SPILLS.items()])
+@pytest.mark.parametrize(
+    "build,kernel",
+    [
+        pytest.param(
+            b, k, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"{k} spills today: {why}")
+        )
+        for (b, k), why in KNOWN_SPILLS.items()
+    ],
+)
 def test_known_spills(usage, build, kernel):
     rows = {k.name: k for k in usage[build]}
     if kernel not in rows:

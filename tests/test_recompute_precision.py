@@ -27,12 +27,19 @@ def test_recompute_keeps_interpreter_outputs(fuse, level):
     g = optimize(training_graph(SPEC, B, T), fuse=fuse)
     rng = np.random.default_rng(0)
     params = {p.name: rng.normal(0, 0.2, p.shape).astype(np.float32) for p in g.params}
-    feeds = {"tokens": rng.integers(0, SPEC.vocab_size, (B, T)), "targets": rng.integers(0, SPEC.vocab_size, (B, T)),
-             "dloss": 1.0, "lr": 1e-2, "t": 1, "weight_decay": 0.1}
+    feeds = {
+        "tokens": rng.integers(0, SPEC.vocab_size, (B, T)),
+        "targets": rng.integers(0, SPEC.vocab_size, (B, T)),
+        "dloss": 1.0,
+        "lr": 1e-2,
+        "t": 1,
+        "weight_decay": 0.1,
+    }
     ref_st, ref_out = _run(g, params, feeds)
     g2 = recompute_activations(g, level)
-    added = [n for n in g2.nodes if n.phase == "bwd" and any(o.name.endswith("_re") or "_re_" in o.name
-                                                               for o in n.outputs)]
+    added = [
+        n for n in g2.nodes if n.phase == "bwd" and any(o.name.endswith("_re") or "_re_" in o.name for o in n.outputs)
+    ]
     assert {n.op for n in added} == ({"gelu"} if level == 1 else {"gelu", "layernorm"})
     assert len([n for n in added if n.op == "gelu"]) == SPEC.n_layer
     st, out = _run(g2, params, feeds)
@@ -81,8 +88,10 @@ def test_bf16_plan_sizes_fp32_values_twice_and_never_overlaps(recompute):
 
 def test_cli_recompute_flag_and_cuda_errors(tmp_path):
     cfg = tmp_path / "spec.py"
-    cfg.write_text("from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer=1, n_head=2, n_embd=32, "
-                   "vocab_size=64, max_seq_len=16)\n")
+    cfg.write_text(
+        "from llmgen.spec import GPT2Spec\nspec = GPT2Spec(n_layer=1, n_head=2, n_embd=32, "
+        "vocab_size=64, max_seq_len=16)\n"
+    )
     r = run_llmgen("build", cfg, "--recompute", "3", "-o", tmp_path / "x", check=False)
     assert r.returncode != 0 and "--recompute" in r.stderr
     r = run_llmgen("build", cfg, "--emulate", "-o", tmp_path / "x", check=False)
@@ -95,11 +104,14 @@ def test_c_twin_recompute_trains_the_same(tmp_path, build_cache):
 
     import oracle
     from conftest import run_binary
+
     oracle.make_gpt2_model_dir(tmp_path / "m", 2, 2, 32, 100, 64, seed=3)
     pat = oracle.random_shards(tmp_path / "data", 100, 2000)
     losses = {}
     for level in (0, 2):
         binary = build_cache(tmp_path / "m" / "config.json", "--recompute", str(level))
-        run_binary(binary, "-e", tmp_path / "m", "-i", pat, "-b", 4, "-t", 32, "-x", 4, "-v", 0, "-o", tmp_path / f"r{level}")
+        run_binary(
+            binary, "-e", tmp_path / "m", "-i", pat, "-b", 4, "-t", 32, "-x", 4, "-v", 0, "-o", tmp_path / f"r{level}"
+        )
         losses[level] = [json.loads(x)["train_loss"] for x in open(tmp_path / f"r{level}" / "log.jsonl")]
     assert losses[0] == losses[2]

@@ -42,8 +42,12 @@ def ckpt_is_whole(run, name):
     """the checkpoint `name` in `run` holds every file, none half-written: transformers loads the model and
     state.bin has the size of a state of this spec (header + params, m, v)"""
     ck = run / name
-    assert sorted(p.name for p in ck.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
-                                                     "state.bin"]
+    assert sorted(p.name for p in ck.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "state.bin",
+    ]
     hf = oracle.load_gpt2(ck)
     n = sum(p.numel() for p in hf.parameters())
     assert n > 0
@@ -68,18 +72,19 @@ def test_signal_checkpoints_the_step_then_resume_is_bit_exact(trainer, tmp_path,
     assert max(final_losses(run)) == stopped_at
     ckpt_is_whole(run, m.group(3))
     run_binary(trainer["binary"], *trainer["flags"], "-o", run, "-y", 1)
-    assert final_losses(run) == trainer["ref"]          # bit for bit: JSON holds every float32 digit
+    assert final_losses(run) == trainer["ref"]  # bit for bit: JSON holds every float32 digit
 
 
 def test_sigint_while_writing_a_checkpoint_lets_it_land(trainer, tmp_path):
     run = tmp_path / "run"
-    p = subprocess.Popen([str(trainer["binary"]), *trainer["flags"], "-n", "1", "-o", str(run)],
-                         stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [str(trainer["binary"]), *trainer["flags"], "-n", "1", "-o", str(run)], stdout=subprocess.PIPE, text=True
+    )
     mid_write = None
     deadline = time.time() + 120
     while p.poll() is None and time.time() < deadline:
         tmps = list(run.rglob("*.tmp")) if run.exists() else []
-        if tmps and (run / "latest").exists():       # a write after the first checkpoint
+        if tmps and (run / "latest").exists():  # a write after the first checkpoint
             p.send_signal(signal.SIGINT)
             mid_write = tmps[0].parent.name
             break
@@ -103,8 +108,9 @@ def test_reader_going_away_does_not_stop_the_run(trainer, tmp_path):
     """stdout a pipe its reader closes after the first step line (SIGPIPE, EPIPE), or stdout and stderr
     closed from the start: the run finishes, its last checkpoint whole, its log untouched by step lines."""
     run = tmp_path / "run"
-    p = subprocess.Popen([str(trainer["binary"]), *trainer["flags"], "-o", str(run)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen(
+        [str(trainer["binary"]), *trainer["flags"], "-o", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     for line in p.stdout:
         if line.startswith(b"step 1/"):
             break
@@ -116,10 +122,13 @@ def test_reader_going_away_does_not_stop_the_run(trainer, tmp_path):
     assert final_losses(run) == trainer["ref"]
 
     closed = tmp_path / "closed"
-    r = subprocess.run([str(trainer["binary"]), *trainer["flags"], "-o", str(closed)],
-                       preexec_fn=lambda: (os.close(1), os.close(2)), timeout=300)
+    r = subprocess.run(
+        [str(trainer["binary"]), *trainer["flags"], "-o", str(closed)],
+        preexec_fn=lambda: (os.close(1), os.close(2)),
+        timeout=300,
+    )
     assert r.returncode == 0
-    assert final_losses(closed) == trainer["ref"]      # every line of log.jsonl is JSON: no step line got in
+    assert final_losses(closed) == trainer["ref"]  # every line of log.jsonl is JSON: no step line got in
     ckpt_is_whole(closed, f"ckpt_{STEPS:08d}")
 
 
@@ -129,11 +138,15 @@ def test_signal_before_training_writes_nothing(trainer, tmp_path, sig, code):
     fifo = tmp_path / "tokenizer.bin"
     os.mkfifo(fifo)
     run = tmp_path / "run"
-    p = subprocess.Popen([str(trainer["binary"]), *trainer["flags"], "-s", "1", "--tokenizer", str(fifo),
-                          "-o", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [str(trainer["binary"]), *trainer["flags"], "-s", "1", "--tokenizer", str(fifo), "-o", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     writer = None
-    while writer is None and time.time() < deadline:     # open succeeds once the trainer has it open to read
+    while writer is None and time.time() < deadline:  # open succeeds once the trainer has it open to read
         try:
             writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         except OSError:
@@ -150,8 +163,9 @@ def test_signal_before_training_writes_nothing(trainer, tmp_path, sig, code):
 
 def test_sigkill_while_writing_a_checkpoint(trainer, tmp_path):
     run = tmp_path / "run"
-    p = subprocess.Popen([str(trainer["binary"]), *trainer["flags"], "-n", "1", "-o", str(run)],
-                         stdout=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [str(trainer["binary"]), *trainer["flags"], "-n", "1", "-o", str(run)], stdout=subprocess.DEVNULL
+    )
     killed_mid_write = False
     deadline = time.time() + 120
     while p.poll() is None and time.time() < deadline:

@@ -26,8 +26,15 @@ WARN = ["-Wall", "-Wextra", "-Werror"]
 BUILDS = {
     "c": ["gcc", "-std=gnu11", "-O2", *WARN],
     "cxx": ["g++", "-std=c++17", "-x", "c++", "-O2", *WARN],
-    "c-sanitized": ["gcc", "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",
-                    "-fno-sanitize-recover=undefined", *WARN],
+    "c-sanitized": [
+        "gcc",
+        "-std=gnu11",
+        "-O1",
+        "-g",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=undefined",
+        *WARN,
+    ],
 }
 
 
@@ -81,10 +88,15 @@ def run_fail(driver, *args):
 # ----------------------------------------------------------------------------
 # the header alone compiles everywhere, with nothing used and no warnings
 
-@pytest.mark.parametrize("cmd", [
-    ["gcc", "-std=gnu11", "-Wpedantic", *WARN],
-    ["g++", "-std=c++17", "-x", "c++", "-Wpedantic", *WARN],
-], ids=["gcc", "g++"])
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["gcc", "-std=gnu11", "-Wpedantic", *WARN],
+        ["g++", "-std=c++17", "-x", "c++", "-Wpedantic", *WARN],
+    ],
+    ids=["gcc", "g++"],
+)
 def test_header_alone_compiles_without_warnings(cmd, tmp_path):
     src = tmp_path / "empty.c"
     src.write_text(f'#include "{RUNTIME}"\nint main(void) {{ return 0; }}\n')
@@ -97,14 +109,18 @@ def test_header_compiles_with_nvcc(tmp_path):
         pytest.skip("nvcc not installed")
     src = tmp_path / "driver.cu"
     src.write_text(f'#include "{DRIVER_SRC}"\n')
-    res = subprocess.run(["nvcc", "-std=c++17", "-c", str(src), "-o", str(tmp_path / "driver.o"),
-                          "-Xcompiler", "-Wall,-Wextra,-Werror"], capture_output=True, text=True)
+    res = subprocess.run(
+        ["nvcc", "-std=c++17", "-c", str(src), "-o", str(tmp_path / "driver.o"), "-Xcompiler", "-Wall,-Wextra,-Werror"],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr, res.stderr
 
 
 # ----------------------------------------------------------------------------
 # token shards
+
 
 def write_shard(path, tokens, fmt="u16", magic=None, version=None, count=None, extra=b""):
     header = np.zeros(256, dtype="<i4")
@@ -132,7 +148,7 @@ def oracle_batches(shards, B, T, ops):
                 state = (s, pos)
                 if pos + B * T + 1 > len(shards[s]):
                     s, pos = (s + 1) % len(shards), 0
-                buf = np.asarray(shards[s][pos:pos + B * T + 1], dtype=np.int64)
+                buf = np.asarray(shards[s][pos : pos + B * T + 1], dtype=np.int64)
                 out.append((state, buf[:-1].tolist(), buf[1:].tolist()))
                 pos += B * T
     return out, (s, pos)
@@ -259,6 +275,7 @@ def test_set_state_out_of_range(driver, tmp_path):
 # ----------------------------------------------------------------------------
 # safetensors reading
 
+
 def unescape(s):
     return re.sub(r"\\(.)", lambda m: {"t": "\t", "n": "\n", "\\": "\\"}[m.group(1)], s)
 
@@ -340,9 +357,9 @@ def test_reads_f32_bf16_f16_exactly(driver, tmp_path):
         "empty": torch.zeros(0, 3),
     }
     path = tmp_path / "mixed.safetensors"
-    save_file(tensors, path, metadata={"note": "tab\there \"quoted\" é"})
+    save_file(tensors, path, metadata={"note": 'tab\there "quoted" é'})
     meta, got = parse_dump(run_ok(driver, "st_dump", path))
-    assert meta == {"note": "tab\there \"quoted\" é"}
+    assert meta == {"note": 'tab\there "quoted" é'}
     assert set(got) == set(tensors)
     for name, t in tensors.items():
         dtype, arr = got[name]
@@ -376,43 +393,68 @@ def handmade(path, header, data=b"", pad=True):
 def test_json_scanner_escapes_and_nesting(driver, tmp_path):
     # escapes, a surrogate pair, odd whitespace, unknown fields with nested values,
     # non-string metadata values: all legal JSON that must parse
-    header = ('{ "__metadata__" : {"format":"pt","nested":{"a":[1,2,{"b":null}]},"n":-1.5e3,'
-              '"esc":"a\\"b\\\\c\\/d\\n\\u00e9\\ud83d\\ude00"},\n'
-              '"x\\u00e9\\ud83d\\ude00\\ty" :{"shape":[2],"dtype":"F32","data_offsets":[0,8],'
-              '"extra":[true,false,null,{"k":[]}]},\t"s":{"dtype":"F16","shape":[],"data_offsets":[8,10]}}')
+    header = (
+        '{ "__metadata__" : {"format":"pt","nested":{"a":[1,2,{"b":null}]},"n":-1.5e3,'
+        '"esc":"a\\"b\\\\c\\/d\\n\\u00e9\\ud83d\\ude00"},\n'
+        '"x\\u00e9\\ud83d\\ude00\\ty" :{"shape":[2],"dtype":"F32","data_offsets":[0,8],'
+        '"extra":[true,false,null,{"k":[]}]},\t"s":{"dtype":"F16","shape":[],"data_offsets":[8,10]}}'
+    )
     data = struct.pack("<2f", 1.5, -2.0) + np.float16(0.25).tobytes()
     path = handmade(tmp_path / "esc.safetensors", header, data)
     meta, got = parse_dump(run_ok(driver, "st_dump", path))
     want_meta = json.loads(header)["__metadata__"]
     assert meta == {k: v for k, v in want_meta.items() if isinstance(v, str)}  # non-strings are skipped
-    assert meta["esc"] == "a\"b\\c/d\n\u00e9\U0001F600"
-    assert list(got) == ["x\u00e9\U0001F600\ty", "s"]
-    assert_same_floats(got["x\u00e9\U0001F600\ty"][1], [1.5, -2.0])
+    assert meta["esc"] == 'a"b\\c/d\n\u00e9\U0001f600'
+    assert list(got) == ["x\u00e9\U0001f600\ty", "s"]
+    assert_same_floats(got["x\u00e9\U0001f600\ty"][1], [1.5, -2.0])
     assert got["s"][1].shape == () and got["s"][1] == np.float32(0.25)
 
 
-@pytest.mark.parametrize("case, header, data, expect", [
-    ("garbage", b"\x89PNG\r\n\x1a\n not json at all", b"", ["malformed", "expected '{'"]),
-    ("not_closed", '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}', b"\0" * 4, ["malformed"]),
-    ("trailing", '{}xyz', b"", ["malformed", "padding"]),
-    ("bad_escape", '{"a\\q":{}}', b"", ["malformed", "escape"]),
-    ("lone_surrogate", '{"a\\udc00":{}}', b"", ["surrogate"]),
-    ("float_shape", '{"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}}', b"\0" * 4, ["integer"]),
-    ("negative_offset", '{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}', b"", ["data_offsets"]),
-    ("bad_dtype", '{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}', b"\0" * 4, ['"w"', '"Q7"', "unsupported"]),
-    ("missing_field", '{"w":{"dtype":"F32","data_offsets":[0,4]}}', b"\0" * 4, ['"w"', '"shape"']),
-    ("out_of_range", '{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', b"\0" * 8,
-     ['"w"', "[0, 16]", "8-byte data section"]),
-    ("size_mismatch", '{"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,16]}}', b"\0" * 16,
-     ['"w"', "16 bytes", "BF16", "[2, 3]", "12 bytes"]),
-    ("duplicate", '{"w":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[],'
-     '"data_offsets":[0,4]}}', b"\0" * 4, ['"w"', "twice"]),
-    ("too_many_dims", '{"w":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}}', b"\0" * 4,
-     ["8 dimensions"]),
-    ("deep", '{"__metadata__":{"x":' + "[" * 100 + "]" * 100 + "}}", b"", ["deeper"]),
-    ("long_name", '{"' + "n" * 300 + '":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}', b"\0" * 4,
-     ["too long"]),
-])
+@pytest.mark.parametrize(
+    "case, header, data, expect",
+    [
+        ("garbage", b"\x89PNG\r\n\x1a\n not json at all", b"", ["malformed", "expected '{'"]),
+        ("not_closed", '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}', b"\0" * 4, ["malformed"]),
+        ("trailing", "{}xyz", b"", ["malformed", "padding"]),
+        ("bad_escape", '{"a\\q":{}}', b"", ["malformed", "escape"]),
+        ("lone_surrogate", '{"a\\udc00":{}}', b"", ["surrogate"]),
+        ("float_shape", '{"a":{"dtype":"F32","shape":[1.0],"data_offsets":[0,4]}}', b"\0" * 4, ["integer"]),
+        ("negative_offset", '{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}', b"", ["data_offsets"]),
+        (
+            "bad_dtype",
+            '{"w":{"dtype":"Q7","shape":[1],"data_offsets":[0,4]}}',
+            b"\0" * 4,
+            ['"w"', '"Q7"', "unsupported"],
+        ),
+        ("missing_field", '{"w":{"dtype":"F32","data_offsets":[0,4]}}', b"\0" * 4, ['"w"', '"shape"']),
+        (
+            "out_of_range",
+            '{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}',
+            b"\0" * 8,
+            ['"w"', "[0, 16]", "8-byte data section"],
+        ),
+        (
+            "size_mismatch",
+            '{"w":{"dtype":"BF16","shape":[2,3],"data_offsets":[0,16]}}',
+            b"\0" * 16,
+            ['"w"', "16 bytes", "BF16", "[2, 3]", "12 bytes"],
+        ),
+        (
+            "duplicate",
+            '{"w":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}',
+            b"\0" * 4,
+            ['"w"', "twice"],
+        ),
+        (
+            "too_many_dims",
+            '{"w":{"dtype":"F32","shape":[1,1,1,1,1,1,1,1,1],"data_offsets":[0,4]}}',
+            b"\0" * 4,
+            ["8 dimensions"],
+        ),
+        ("deep", '{"__metadata__":{"x":' + "[" * 100 + "]" * 100 + "}}", b"", ["deeper"]),
+        ("long_name", '{"' + "n" * 300 + '":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}', b"\0" * 4, ["too long"]),
+    ],
+)
 def test_safetensors_bad_header(driver, tmp_path, case, header, data, expect):
     path = handmade(tmp_path / f"{case}.safetensors", header, data)
     msg = run_fail(driver, "st_dump", path)
@@ -428,8 +470,11 @@ def test_safetensors_fuzz_never_crashes(sanitized_driver, tmp_path):
     from safetensors.torch import save_file
 
     good = tmp_path / "good.safetensors"
-    save_file({"a": torch.randn(2, 3), "b": torch.randn(4).bfloat16(), "c": torch.ones(1).half()}, good,
-              metadata={"format": "pt", "k": "v\\u"})
+    save_file(
+        {"a": torch.randn(2, 3), "b": torch.randn(4).bfloat16(), "c": torch.ones(1).half()},
+        good,
+        metadata={"format": "pt", "k": "v\\u"},
+    )
     raw = good.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     rng = np.random.default_rng(0)
@@ -447,7 +492,7 @@ def test_safetensors_fuzz_never_crashes(sanitized_driver, tmp_path):
         path.write_bytes(data)
         res = subprocess.run([driver, "st_dump", str(path)], capture_output=True, env=env)
         res.stderr = res.stderr.decode(errors="replace")  # messages may echo a mutated name
-        assert res.returncode in (0, 1), (i, data[:8 + n], res.stderr)
+        assert res.returncode in (0, 1), (i, data[: 8 + n], res.stderr)
         if res.returncode == 1:
             assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, (i, res.stderr)
 
@@ -486,6 +531,7 @@ def test_non_float_dtype_is_listed_but_not_read_as_float(driver, tmp_path):
 # ----------------------------------------------------------------------------
 # safetensors writing
 
+
 def test_roundtrip_loads_in_safetensors_and_transformers(driver, tmp_path, gpt2_dir):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -505,7 +551,7 @@ def test_roundtrip_loads_in_safetensors_and_transformers(driver, tmp_path, gpt2_
     with safe_open(out, "pt") as f:
         assert f.metadata() == {"format": "pt"}
     want, got = load_file(d / "model.safetensors"), load_file(out)
-    assert list(got) == list(json.loads(raw[8:8 + n]).keys())[1:]  # file order kept
+    assert list(got) == list(json.loads(raw[8 : 8 + n]).keys())[1:]  # file order kept
     assert set(got) == set(want)
     for k in want:
         assert got[k].dtype == torch.float32 and torch.equal(got[k], want[k])
@@ -537,7 +583,7 @@ def test_write_special_names_scalar_and_empty(driver, tmp_path):
     run_ok(driver, "st_write_special", out)
     got = load_file(out)
     a = torch.tensor([1.0, -2.5, 3.25, 0.0, -0.0, 1e-30])
-    weird = "quote\"back\\slash\ttab/é"
+    weird = 'quote"back\\slash\ttab/é'
     assert list(got) == [weird, "scalar", "empty", "model.layers.0.w"]
     assert torch.equal(got[weird], a.reshape(2, 3))
     assert got["scalar"].shape == () and got["scalar"].item() == 42.0
@@ -550,6 +596,7 @@ def test_write_special_names_scalar_and_empty(driver, tmp_path):
 
 # ----------------------------------------------------------------------------
 # atomic writes, directories, files
+
 
 def test_write_file_atomic_replaces_and_keeps_old_on_failure(driver, tmp_path):
     p = tmp_path / "ckpt.bin"
@@ -585,6 +632,7 @@ def test_xfopen_names_path_and_cause(driver, tmp_path):
 
 # ----------------------------------------------------------------------------
 # random numbers
+
 
 def splitmix64_u32(seed, n):
     m = (1 << 64) - 1

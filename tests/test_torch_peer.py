@@ -17,14 +17,13 @@ import torch_gpt2  # noqa: E402
 
 from llmgen.checkpoint import read_safetensors  # noqa: E402
 
-L, H, C, V, P = 2, 2, 32, 100, 64        # vocab 100 -> padded 128: 28 rows of padding
+L, H, C, V, P = 2, 2, 32, 100, 64  # vocab 100 -> padded 128: 28 rows of padding
 B, T = 2, 16
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return oracle.make_gpt2_model_dir(tmp_path_factory.mktemp("peer") / "model", L, H, C, V, P, seed=3,
-                                      qk_scale=4.0)
+    return oracle.make_gpt2_model_dir(tmp_path_factory.mktemp("peer") / "model", L, H, C, V, P, seed=3, qk_scale=4.0)
 
 
 def batch(seed):
@@ -50,11 +49,13 @@ def test_padding_and_same_loss_and_grads(model_dir):
         got.backward()
     assert abs(got.item() - ref.item()) <= 1e-5 * abs(ref.item()), (got.item(), ref.item())
     gw, rw = ours.wte.weight.grad, hf.transformer.wte.weight.grad
-    assert torch.all(gw[V:] == 0)                                       # padded rows: no gradient at all
+    assert torch.all(gw[V:] == 0)  # padded rows: no gradient at all
     assert (gw[:V] - rw).abs().max() <= 1e-5 * rw.abs().max()
-    for i in range(L):                                                  # nn.Linear (out, in) vs Conv1D (in, out)
-        for ours_l, theirs in ((ours.h[i].c_attn, hf.transformer.h[i].attn.c_attn),
-                               (ours.h[i].mlp_proj, hf.transformer.h[i].mlp.c_proj)):
+    for i in range(L):  # nn.Linear (out, in) vs Conv1D (in, out)
+        for ours_l, theirs in (
+            (ours.h[i].c_attn, hf.transformer.h[i].attn.c_attn),
+            (ours.h[i].mlp_proj, hf.transformer.h[i].mlp.c_proj),
+        ):
             assert (ours_l.weight.grad - theirs.weight.grad.t()).abs().max() <= 1e-5 * theirs.weight.grad.abs().max()
             assert (ours_l.bias.grad - theirs.bias.grad).abs().max() <= 1e-5 * theirs.bias.grad.abs().max()
 
@@ -63,8 +64,10 @@ def test_adamw_steps_match_and_padding_stays_zero(model_dir):
     hf, ours = both(model_dir)
     losses = {"hf": [], "ours": []}
     with oracle.torch_settings():
-        opts = {"hf": torch.optim.AdamW(oracle.param_groups(hf, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8),
-                "ours": torch_gpt2.optimizer(ours, 1e-2, 0.1, fused=False)}
+        opts = {
+            "hf": torch.optim.AdamW(oracle.param_groups(hf, 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8),
+            "ours": torch_gpt2.optimizer(ours, 1e-2, 0.1, fused=False),
+        }
         for step in range(4):
             x, y = batch(step + 1)
             for name, m in (("hf", hf), ("ours", ours)):
@@ -76,8 +79,8 @@ def test_adamw_steps_match_and_padding_stays_zero(model_dir):
                 losses[name].append(loss.item())
     for a, b in zip(losses["ours"], losses["hf"]):
         assert abs(a - b) <= 2e-5 * abs(b), losses
-    assert losses["hf"][-1] != losses["hf"][0]                          # the steps did move the model
-    assert torch.all(ours.wte.weight[V:] == 0)                          # weight decay and moments keep them 0
+    assert losses["hf"][-1] != losses["hf"][0]  # the steps did move the model
+    assert torch.all(ours.wte.weight[V:] == 0)  # weight decay and moments keep them 0
     assert (ours.wte.weight[:V] - hf.transformer.wte.weight).abs().max() < 1e-4
 
 

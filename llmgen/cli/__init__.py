@@ -26,14 +26,18 @@ class CliError(Exception):
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
     """The arguments every command that compiles a spec takes."""
-    p.add_argument("spec", help="preset name (gpt2, d12, llama3.2-1b, ...), a .py file defining `spec`, "
-                                "or a Hugging Face config.json / model folder")
+    p.add_argument(
+        "spec",
+        help="preset name (gpt2, d12, llama3.2-1b, ...), a .py file defining `spec`, "
+        "or a Hugging Face config.json / model folder",
+    )
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="override the spec's dtype")
     p.add_argument("--no-fuse", action="store_true", help="skip the fusion passes (for comparison)")
 
 
 def make_parser() -> argparse.ArgumentParser:
     import importlib
+
     ap = argparse.ArgumentParser(prog="llmgen", description="Compile a model spec into one training program.")
     ap.add_argument("--version", action="version", version=f"llmgen {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:       # noqa: BLE001 -- sorted below: the user's errors in one line, bugs re-raised
+    except Exception as e:  # noqa: BLE001 -- sorted below: the user's errors in one line, bugs re-raised
         if not isinstance(e, _user_errors()):
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -73,17 +77,22 @@ def run_llmgen(*args, echo: bool = True) -> None:
     when the child succeeded; otherwise exits: 130 after an interrupt, else the child's status."""
     import signal
     import subprocess
+
     cmd = [sys.executable, "-m", "llmgen", *map(str, args)]
     if echo:
         print("$ llmgen " + " ".join(map(str, args)), flush=True)
-    proc = subprocess.Popen(cmd, process_group=0) if sys.version_info >= (3, 11) else \
-        subprocess.Popen(cmd, preexec_fn=lambda: __import__("os").setpgid(0, 0))
+    proc = (
+        subprocess.Popen(cmd, process_group=0)
+        if sys.version_info >= (3, 11)
+        else subprocess.Popen(cmd, preexec_fn=lambda: __import__("os").setpgid(0, 0))
+    )
     got: list[int] = []
 
     def forward(sig, _frame):
         got.append(sig)
         if proc.poll() is None:
             proc.send_signal(sig)
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         rc = proc.wait()

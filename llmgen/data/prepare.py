@@ -386,6 +386,7 @@ def hf_tokenizer_files(tokenizer_path=None) -> dict[str, bytes]:
     checkpoints): GPT-2's vocab.json + merges.txt + configs, or for a tiktoken file (Llama 3)
     tokenizer.json + configs when transformers is installed to convert it (else none)."""
     from llmgen.tokenizer import gpt2_hf_tokenizer_files, llama3_hf_tokenizer_files
+
     if tokenizer_path is None:
         return gpt2_hf_tokenizer_files()
     return llama3_hf_tokenizer_files(tokenizer_path)
@@ -405,6 +406,7 @@ def _check_args(out_dir, val_fraction: float, shard_tokens: int) -> Path:
 
 # ------------------------------------------------------------------------------
 # The user's own text files
+
 
 def _read_text_file(path: Path) -> tuple[str, bytes]:
     """(text, raw bytes) of a UTF-8 file; a leading byte-order mark is dropped."""
@@ -472,8 +474,7 @@ def prepare_text(
     settings = {
         "val_fraction": val_fraction,
         "shard_tokens": shard_tokens,
-        "tokenizer": {**_tokenizer_settings(enc, table, separator), "source": tok_input,
-                      "hf_files": sorted(hf_files)},
+        "tokenizer": {**_tokenizer_settings(enc, table, separator), "source": tok_input, "hf_files": sorted(hf_files)},
     }
     total_bytes = sum(p.stat().st_size for p in paths)
 

@@ -29,15 +29,15 @@ _ids = itertools.count()
 @dataclass(eq=False)
 class Value:
     shape: tuple[int, ...]
-    dtype: str                       # "f32" | "i32" (per tensor, so bf16/fp8 can follow)
+    dtype: str  # "f32" | "i32" (per tensor, so bf16/fp8 can follow)
     name: str
-    role: str = "act"                # param | grad | state | input | act
-    node: Node | None = None       # producer (None for graph inputs, params, state)
-    index: int = 0                   # which output of the producer
-    grad_of: Value | None = None   # for role=grad: the parameter; writes accumulate (+=)
+    role: str = "act"  # param | grad | state | input | act
+    node: Node | None = None  # producer (None for graph inputs, params, state)
+    index: int = 0  # which output of the producer
+    grad_of: Value | None = None  # for role=grad: the parameter; writes accumulate (+=)
     meta: dict = field(default_factory=dict)  # param facts: hf name, layout, weight decay
-    token_axes: tuple[int, int] = (0, 1)      # the axes that scale with the batch B and the sequence T
-    layer: int | None = None                  # the block it belongs to (from its name), None outside
+    token_axes: tuple[int, int] = (0, 1)  # the axes that scale with the batch B and the sequence T
+    layer: int | None = None  # the block it belongs to (from its name), None outside
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -57,8 +57,8 @@ class Node:
     inputs: list[Value]
     outputs: list[Value]
     attrs: dict
-    phase: str                       # fwd | bwd | opt
-    layer: int | None = None         # the block whose computation it is (None outside the blocks)
+    phase: str  # fwd | bwd | opt
+    layer: int | None = None  # the block whose computation it is (None outside the blocks)
     id: int = field(default_factory=lambda: next(_ids))
 
     def __repr__(self) -> str:
@@ -73,14 +73,14 @@ class Graph:
     B: int
     T: int
     nodes: list[Node] = field(default_factory=list)
-    inputs: dict[str, Value] = field(default_factory=dict)    # tokens, targets, dloss, lr, ...
+    inputs: dict[str, Value] = field(default_factory=dict)  # tokens, targets, dloss, lr, ...
     params: list[Value] = field(default_factory=list)
-    grads: dict[int, Value] = field(default_factory=dict)     # param id -> final grad value
-    state: list[Value] = field(default_factory=list)          # optimizer moments
-    outputs: dict[str, Value] = field(default_factory=dict)   # loss, losses, logits, ...
-    phase: str = "fwd"                                         # phase for nodes being added
-    layer: int | None = None                                   # layer of the nodes being added
-    layer_prefix: str = ""                                     # "h": block values are named h<layer>.<field>
+    grads: dict[int, Value] = field(default_factory=dict)  # param id -> final grad value
+    state: list[Value] = field(default_factory=list)  # optimizer moments
+    outputs: dict[str, Value] = field(default_factory=dict)  # loss, losses, logits, ...
+    phase: str = "fwd"  # phase for nodes being added
+    layer: int | None = None  # layer of the nodes being added
+    layer_prefix: str = ""  # "h": block values are named h<layer>.<field>
 
     # -- building --------------------------------------------------------------------------
     def input(self, name: str, shape, dtype: str = "f32") -> Value:
@@ -98,6 +98,7 @@ class Graph:
         the outputs: the first output is `name`, the others `name_<label>` (layernorm "ln1": "ln1",
         "ln1_mean", "ln1_rstd"), or a tuple gives every output its name."""
         from llmgen.ir.ops import OPS
+
         node = Node(op, list(inputs), [], dict(attrs), self.phase, self.layer)
         node.outputs = OPS[op].new_outputs(node, name)
         for v in node.outputs:

@@ -46,28 +46,29 @@ GELU_C = np.float32(np.sqrt(2.0 / np.pi))
 @dataclass(frozen=True)
 class Recompute:
     """How the recompute pass (llm.c's -r) recomputes one output of a forward node in the backward."""
-    level: int                   # the lowest recompute level that drops the output
-    recipe: Callable             # node -> (output index, op, inputs, attrs) or None; the op's first output replaces it
+
+    level: int  # the lowest recompute level that drops the output
+    recipe: Callable  # node -> (output index, op, inputs, attrs) or None; the op's first output replaces it
 
 
 @dataclass(frozen=True)
 class OpDef:
     name: str
-    family: str                                   # kernel template family (same name on every target)
-    shape: Callable                               # (input shapes, attrs) -> [(shape, dtype), ...]
-    ref: Callable                                 # (numpy inputs, attrs) -> [numpy outputs]
-    dims: Callable                                # (node, ctx) -> {name: int | C expression}
-    vjp: Callable | None = None                   # (graph, node, douts) -> [dinput or None]
-    consts: Callable | None = None                # (node, ctx) -> {name: constant}
-    flags: Callable | None = None                 # node -> {name: bool}
-    args: Callable | None = None                  # (node, ctx) -> [C expression]
-    outs: tuple[str, ...] = ("out",)              # output labels; the first output is "<name>", others "<name>_<label>"
-    f32: tuple[str, ...] = ()                     # labels of outputs stored as fp32 under bf16 training
+    family: str  # kernel template family (same name on every target)
+    shape: Callable  # (input shapes, attrs) -> [(shape, dtype), ...]
+    ref: Callable  # (numpy inputs, attrs) -> [numpy outputs]
+    dims: Callable  # (node, ctx) -> {name: int | C expression}
+    vjp: Callable | None = None  # (graph, node, douts) -> [dinput or None]
+    consts: Callable | None = None  # (node, ctx) -> {name: constant}
+    flags: Callable | None = None  # node -> {name: bool}
+    args: Callable | None = None  # (node, ctx) -> [C expression]
+    outs: tuple[str, ...] = ("out",)  # output labels; the first output is "<name>", others "<name>_<label>"
+    f32: tuple[str, ...] = ()  # labels of outputs stored as fp32 under bf16 training
     token_axes: dict = field(default_factory=dict)  # label -> (batch axis, token axis) when not (0, 1)
-    inplace: tuple = ()                           # (out index, in index): may share the input's bytes
+    inplace: tuple = ()  # (out index, in index): may share the input's bytes
     recompute: Recompute | None = None
-    describe: Callable | None = None              # node -> what inspect says of the (fused) node, or ""
-    flops: Callable | None = None                 # node -> (FLOPs per token, FLOPs per token per unit of T)
+    describe: Callable | None = None  # node -> what inspect says of the (fused) node, or ""
+    flops: Callable | None = None  # node -> (FLOPs per token, FLOPs per token per unit of T)
 
     def label(self, i: int) -> str:
         return self.outs[i] if i < len(self.outs) else str(i)
@@ -83,8 +84,10 @@ class OpDef:
     def new_outputs(self, node: Node, name: str | tuple[str, ...]) -> list[Value]:
         """The output Values of `node` (this op applied to its inputs), named after `name`."""
         types = self.shape([v.shape for v in node.inputs], node.attrs)
-        return [Value(tuple(s), dt, nm, node=node, index=i, token_axes=self.token_axes.get(self.label(i), (0, 1)))
-                for i, ((s, dt), nm) in enumerate(zip(types, self.out_names(name, len(types))))]
+        return [
+            Value(tuple(s), dt, nm, node=node, index=i, token_axes=self.token_axes.get(self.label(i), (0, 1)))
+            for i, ((s, dt), nm) in enumerate(zip(types, self.out_names(name, len(types))))
+        ]
 
     def f32_outputs(self, n: int) -> set[int]:
         return {i for i in range(n) if self.label(i) in self.f32}
@@ -119,6 +122,7 @@ def per_token(n: int) -> str:
 # --------------------------------------------------------------------------------------------
 # elementwise math shared by refs
 
+
 def gelu(x):
     x = x.astype(F32)
     return F32(0.5) * x * (F32(1) + np.tanh(GELU_C * (x + F32(0.044715) * x * x * x)))
@@ -141,6 +145,7 @@ def sigmoid(x):
 # embedding: the token rows, plus the position rows when a position table is given (GPT-2;
 # Llama has none: RoPE puts positions into q and k)
 
+
 def _embed_bwd_ref(dx, tokens, vocab, positions):
     C = dx.shape[-1]
     dwte = np.zeros((vocab, C), F32)
@@ -160,25 +165,34 @@ def _embed_vjp(g, n, d):
 
 
 # inputs: tokens (B,T), wte (V,C) [, wpe (P,C)]
-defop("embed", "embed",
-      shape=lambda s, a: [f32(s[0] + (s[1][1],))],
-      ref=lambda x, a: [(x[1][x[0]] + x[2][: x[0].shape[1]][None] if len(x) == 3 else x[1][x[0]]).astype(F32)],
-      vjp=_embed_vjp,
-      dims=lambda n, ctx: {"BT": "BT", "T": "T", "C": n.outputs[0].shape[-1]},
-      flags=lambda n: {"pos": len(n.inputs) == 3})
+defop(
+    "embed",
+    "embed",
+    shape=lambda s, a: [f32(s[0] + (s[1][1],))],
+    ref=lambda x, a: [(x[1][x[0]] + x[2][: x[0].shape[1]][None] if len(x) == 3 else x[1][x[0]]).astype(F32)],
+    vjp=_embed_vjp,
+    dims=lambda n, ctx: {"BT": "BT", "T": "T", "C": n.outputs[0].shape[-1]},
+    flags=lambda n: {"pos": len(n.inputs) == 3},
+)
 
 # dwte (and dwpe with attr positions): scatter-adds of the dx rows
-defop("embed_bwd", "embed",
-      shape=lambda s, a: [f32((a[k], s[0][-1])) for k in ("vocab", "positions") if k in a],
-      ref=lambda x, a: _embed_bwd_ref(x[0], x[1], a["vocab"], a.get("positions")),
-      dims=lambda n, ctx: {"BT": "BT", "T": "T", "C": n.outputs[0].shape[-1], "V": n.outputs[0].shape[0]}
-      | ({"P": n.outputs[1].shape[0]} if len(n.outputs) == 2 else {}),
-      flags=lambda n: {"pos": len(n.outputs) == 2},
-      outs=("wte", "wpe"))
+defop(
+    "embed_bwd",
+    "embed",
+    shape=lambda s, a: [f32((a[k], s[0][-1])) for k in ("vocab", "positions") if k in a],
+    ref=lambda x, a: _embed_bwd_ref(x[0], x[1], a["vocab"], a.get("positions")),
+    dims=lambda n, ctx: (
+        {"BT": "BT", "T": "T", "C": n.outputs[0].shape[-1], "V": n.outputs[0].shape[0]}
+        | ({"P": n.outputs[1].shape[0]} if len(n.outputs) == 2 else {})
+    ),
+    flags=lambda n: {"pos": len(n.outputs) == 2},
+    outs=("wte", "wpe"),
+)
 
 
 # --------------------------------------------------------------------------------------------
 # LayerNorm (GPT-2)
+
 
 def layernorm_ref(x, w, b, eps):
     mean = x.mean(-1, dtype=F32)
@@ -225,31 +239,48 @@ def _norm_bwd_describe(n):
     return n.op.replace("_bwd", "") + " backward + residual grad" if n.attrs.get("accumulate") else ""
 
 
-defop("layernorm", "layernorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
-      ref=lambda x, a: layernorm_ref(x[0], x[1], x[2], a["eps"]),
-      vjp=_layernorm_vjp, dims=_rows_dims, consts=_eps,
-      outs=("y", "mean", "rstd"), f32=("mean", "rstd"),
-      recompute=Recompute(2, lambda n: (0, "layernorm", list(n.inputs), dict(eps=n.attrs["eps"]))))
+defop(
+    "layernorm",
+    "layernorm",
+    shape=lambda s, a: [f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
+    ref=lambda x, a: layernorm_ref(x[0], x[1], x[2], a["eps"]),
+    vjp=_layernorm_vjp,
+    dims=_rows_dims,
+    consts=_eps,
+    outs=("y", "mean", "rstd"),
+    f32=("mean", "rstd"),
+    recompute=Recompute(2, lambda n: (0, "layernorm", list(n.inputs), dict(eps=n.attrs["eps"]))),
+)
 
 # fused: residual add + layernorm (the sum is the next residual stream, the rest as layernorm)
-defop("residual_layernorm", "layernorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
-      ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + layernorm_ref((x[0] + x[1]).astype(F32), x[2], x[3], a["eps"]),
-      dims=_rows_dims, consts=_eps,
-      outs=("sum", "y", "mean", "rstd"), f32=("mean", "rstd"),
-      recompute=Recompute(2, lambda n: (1, "layernorm", [n.outputs[0], *n.inputs[2:4]], dict(eps=n.attrs["eps"]))),
-      describe=lambda n: "residual add + layernorm")
+defop(
+    "residual_layernorm",
+    "layernorm",
+    shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1]), f32(s[0][:-1])],
+    ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + layernorm_ref((x[0] + x[1]).astype(F32), x[2], x[3], a["eps"]),
+    dims=_rows_dims,
+    consts=_eps,
+    outs=("sum", "y", "mean", "rstd"),
+    f32=("mean", "rstd"),
+    recompute=Recompute(2, lambda n: (1, "layernorm", [n.outputs[0], *n.inputs[2:4]], dict(eps=n.attrs["eps"]))),
+    describe=lambda n: "residual add + layernorm",
+)
 
 # layernorm backward; with accumulate=True a 6th input (the residual stream's grad) is added to dx
-defop("layernorm_bwd", "layernorm",
-      shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[2])],
-      ref=lambda x, a: _ln_bwd_acc(x),
-      dims=_rows_dims, outs=("x", "w", "b"), describe=_norm_bwd_describe)
+defop(
+    "layernorm_bwd",
+    "layernorm",
+    shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[2])],
+    ref=lambda x, a: _ln_bwd_acc(x),
+    dims=_rows_dims,
+    outs=("x", "w", "b"),
+    describe=_norm_bwd_describe,
+)
 
 
 # --------------------------------------------------------------------------------------------
 # matmuls and their epilogues
+
 
 def _linear_shape(s, a):
     out = f32(s[0][:-1] + (s[1][0],))
@@ -280,31 +311,53 @@ def _matmul_flops(n):
 
 
 # y = x @ w.T; with bias=True a third input is added, with gelu=True a second output gelu(y)
-defop("linear", "linear", shape=_linear_shape, ref=_linear_ref, vjp=_linear_vjp, dims=_linear_dims,
-      outs=("pre", "y"), flops=_matmul_flops,
-      recompute=Recompute(1, lambda n: (1, "gelu", [n.outputs[0]], {}) if n.attrs.get("gelu") else None),
-      describe=lambda n: ("matmul + bias" + (" + GELU" if n.attrs.get("gelu") else "")) if n.attrs.get("bias") else "")
+defop(
+    "linear",
+    "linear",
+    shape=_linear_shape,
+    ref=_linear_ref,
+    vjp=_linear_vjp,
+    dims=_linear_dims,
+    outs=("pre", "y"),
+    flops=_matmul_flops,
+    recompute=Recompute(1, lambda n: (1, "gelu", [n.outputs[0]], {}) if n.attrs.get("gelu") else None),
+    describe=lambda n: ("matmul + bias" + (" + GELU" if n.attrs.get("gelu") else "")) if n.attrs.get("bias") else "",
+)
 
 # dx = dy @ w; with dgelu=True a third input `pre` multiplies the result by gelu'(pre)
-defop("linear_dx", "linear",
-      shape=lambda s, a: [f32(s[0][:-1] + (s[1][1],))],
-      ref=lambda x, a: [((rows(x[0]) @ x[1]).reshape(x[0].shape[:-1] + (x[1].shape[1],))
-                         * (gelu_grad(x[2]) if a.get("dgelu") else F32(1))).astype(F32)],
-      dims=_linear_dims, flops=_matmul_flops,
-      describe=lambda n: "matmul + dGELU" if n.attrs.get("dgelu") else "")
+defop(
+    "linear_dx",
+    "linear",
+    shape=lambda s, a: [f32(s[0][:-1] + (s[1][1],))],
+    ref=lambda x, a: [
+        (
+            (rows(x[0]) @ x[1]).reshape(x[0].shape[:-1] + (x[1].shape[1],))
+            * (gelu_grad(x[2]) if a.get("dgelu") else F32(1))
+        ).astype(F32)
+    ],
+    dims=_linear_dims,
+    flops=_matmul_flops,
+    describe=lambda n: "matmul + dGELU" if n.attrs.get("dgelu") else "",
+)
 
 # dw = dy^T x summed over rows; with bias=True also db = column sums of dy
-defop("linear_dw", "linear",
-      shape=lambda s, a: [f32((s[0][-1], s[1][-1]))] + ([f32((s[0][-1],))] if a.get("bias") else []),
-      ref=lambda x, a: [(rows(x[0]).T @ rows(x[1])).astype(F32)]
-      + ([rows(x[0]).sum(0).astype(F32)] if a.get("bias") else []),
-      dims=lambda n, ctx: {"M": "BT", "K": n.outputs[0].shape[1], "N": n.outputs[0].shape[0]},
-      outs=("w", "b"), flops=_matmul_flops,
-      describe=lambda n: "matmul + bias grad" if n.attrs.get("bias") else "")
+defop(
+    "linear_dw",
+    "linear",
+    shape=lambda s, a: [f32((s[0][-1], s[1][-1]))] + ([f32((s[0][-1],))] if a.get("bias") else []),
+    ref=lambda x, a: (
+        [(rows(x[0]).T @ rows(x[1])).astype(F32)] + ([rows(x[0]).sum(0).astype(F32)] if a.get("bias") else [])
+    ),
+    dims=lambda n, ctx: {"M": "BT", "K": n.outputs[0].shape[1], "N": n.outputs[0].shape[0]},
+    outs=("w", "b"),
+    flops=_matmul_flops,
+    describe=lambda n: "matmul + bias grad" if n.attrs.get("bias") else "",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # elementwise ops and small reductions
+
 
 def _elems_dims(n, ctx):
     return {"N": per_token(n.outputs[0].numel)}
@@ -314,46 +367,68 @@ def _bias_dims(n, ctx):
     return {"R": "BT", "C": n.inputs[0].shape[-1]}
 
 
-defop("bias_add", "elementwise",
-      shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [(x[0] + x[1]).astype(F32)],
-      vjp=lambda g, n, d: [d[0], g.op("bias_grad", [d[0]], name=grad_name(n.inputs[1]))],
-      dims=_bias_dims)
+defop(
+    "bias_add",
+    "elementwise",
+    shape=lambda s, a: [f32(s[0])],
+    ref=lambda x, a: [(x[0] + x[1]).astype(F32)],
+    vjp=lambda g, n, d: [d[0], g.op("bias_grad", [d[0]], name=grad_name(n.inputs[1]))],
+    dims=_bias_dims,
+)
 
-defop("bias_grad", "elementwise",
-      shape=lambda s, a: [f32(s[0][-1:])],
-      ref=lambda x, a: [rows(x[0]).sum(0).astype(F32)],
-      dims=_bias_dims)
+defop(
+    "bias_grad",
+    "elementwise",
+    shape=lambda s, a: [f32(s[0][-1:])],
+    ref=lambda x, a: [rows(x[0]).sum(0).astype(F32)],
+    dims=_bias_dims,
+)
 
-defop("gelu", "elementwise",
-      shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [gelu(x[0])],
-      vjp=lambda g, n, d: [g.op("gelu_bwd", [d[0], n.inputs[0]], name=grad_name(n.inputs[0]))],
-      dims=_elems_dims,
-      recompute=Recompute(1, lambda n: (0, "gelu", [n.inputs[0]], {})))
+defop(
+    "gelu",
+    "elementwise",
+    shape=lambda s, a: [f32(s[0])],
+    ref=lambda x, a: [gelu(x[0])],
+    vjp=lambda g, n, d: [g.op("gelu_bwd", [d[0], n.inputs[0]], name=grad_name(n.inputs[0]))],
+    dims=_elems_dims,
+    recompute=Recompute(1, lambda n: (0, "gelu", [n.inputs[0]], {})),
+)
 
-defop("gelu_bwd", "elementwise",
-      shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [(x[0] * gelu_grad(x[1])).astype(F32)],
-      dims=_elems_dims)
+defop(
+    "gelu_bwd",
+    "elementwise",
+    shape=lambda s, a: [f32(s[0])],
+    ref=lambda x, a: [(x[0] * gelu_grad(x[1])).astype(F32)],
+    dims=_elems_dims,
+)
 
-defop("add", "elementwise",
-      shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [(x[0] + x[1]).astype(F32)],
-      vjp=lambda g, n, d: [d[0], d[0]],
-      dims=_elems_dims)
+defop(
+    "add",
+    "elementwise",
+    shape=lambda s, a: [f32(s[0])],
+    ref=lambda x, a: [(x[0] + x[1]).astype(F32)],
+    vjp=lambda g, n, d: [d[0], d[0]],
+    dims=_elems_dims,
+)
 
-defop("mean", "elementwise",
-      shape=lambda s, a: [f32(())],
-      ref=lambda x, a: [np.asarray(x[0].mean(dtype=F32), F32)],
-      vjp=lambda g, n, d: [g.op("mean_bwd", [d[0]], name=grad_name(n.inputs[0]), shape=n.inputs[0].shape)],
-      dims=lambda n, ctx: {"N": per_token(n.inputs[0].numel)})
+defop(
+    "mean",
+    "elementwise",
+    shape=lambda s, a: [f32(())],
+    ref=lambda x, a: [np.asarray(x[0].mean(dtype=F32), F32)],
+    vjp=lambda g, n, d: [g.op("mean_bwd", [d[0]], name=grad_name(n.inputs[0]), shape=n.inputs[0].shape)],
+    dims=lambda n, ctx: {"N": per_token(n.inputs[0].numel)},
+)
 
 # the gradient of a mean over per-token values (the losses): kept fp32 under bf16, as they are
-defop("mean_bwd", "elementwise",
-      shape=lambda s, a: [f32(a["shape"])],
-      ref=lambda x, a: [np.full(a["shape"], F32(x[0]) / F32(np.prod(a["shape"])), F32)],
-      dims=_elems_dims, f32=("out",))
+defop(
+    "mean_bwd",
+    "elementwise",
+    shape=lambda s, a: [f32(a["shape"])],
+    ref=lambda x, a: [np.full(a["shape"], F32(x[0]) / F32(np.prod(a["shape"])), F32)],
+    dims=_elems_dims,
+    f32=("out",),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,6 +438,7 @@ defop("mean_bwd", "elementwise",
 # Inputs: q (B,T,NH*HD), k, v (B,T,KV*HD); or one packed qkv (B,T,(NH+2KV)*HD) = q | k | v
 # (GPT-2's c_attn output), which the kernels address through row strides.
 # Outputs: y (B,T,NH*HD) and the softmax log-sum-exp lse (B,NH,T) the backward recomputes from.
+
 
 def _heads(q, k, v, n_head, n_kv_head):
     """q -> (B, KV, R, T, hd), k/v -> (B, KV, 1, T, hd): query head h uses K/V head h // R,
@@ -383,7 +459,7 @@ def attention_ref(q, k, v, n_head, n_kv_head):
     s = np.where(np.triu(np.ones((T, T), bool), 1), -np.inf, s)
     mx = s.max(-1, keepdims=True)
     lse = mx + np.log(np.exp(s - mx).sum(-1, keepdims=True))
-    y = np.exp(s - lse) @ vh                                          # (B,KV,R,T,hd)
+    y = np.exp(s - lse) @ vh  # (B,KV,R,T,hd)
     y = y.transpose(0, 3, 1, 2, 4).reshape(B, T, n_head * hd)
     return [y.astype(F32), lse[..., 0].reshape(B, n_head, T).astype(F32)]
 
@@ -396,7 +472,7 @@ def attention_bwd_ref(dy, q, k, v, y, lse, n_head, n_kv_head):
     s = (qh @ kh.swapaxes(-1, -2)) * scale
     p = np.where(mask, 0, np.exp(np.where(mask, 0, s) - lse.reshape(B, KV, R, T)[..., None]))
     dyh, yh = (t.reshape(B, T, KV, R, hd).transpose(0, 2, 3, 1, 4) for t in (dy, y))
-    dv = (p.swapaxes(-1, -2) @ dyh).sum(2)                            # summed over the group's heads
+    dv = (p.swapaxes(-1, -2) @ dyh).sum(2)  # summed over the group's heads
     dp = dyh @ vh.swapaxes(-1, -2)
     ds = p * (dp - (dyh * yh).sum(-1, keepdims=True))
     dq = (ds @ kh) * scale
@@ -419,7 +495,7 @@ def _unpack(x, a):
         return x
     C = a["n_head"] * _head_dim([x[0].shape], a)
     KVC = a["n_kv_head"] * _head_dim([x[0].shape], a)
-    return x[0][..., :C], x[0][..., C:C + KVC], x[0][..., C + KVC:]
+    return x[0][..., :C], x[0][..., C : C + KVC], x[0][..., C + KVC :]
 
 
 def _attention_shape(s, a):
@@ -456,8 +532,12 @@ def _attention_consts(n, ctx):
     d = _attention_dims(n, ctx)
     C, KVC = d["NH"] * d["HD"], d["KV"] * d["HD"]
     packed = len(_qkv_values(n)) == 1
-    return {"scale": 1.0 / math.sqrt(d["HD"]), "QS": C + 2 * KVC if packed else C,
-            "KS": C + 2 * KVC if packed else KVC, "YS": C}
+    return {
+        "scale": 1.0 / math.sqrt(d["HD"]),
+        "QS": C + 2 * KVC if packed else C,
+        "KS": C + 2 * KVC if packed else KVC,
+        "YS": C,
+    }
 
 
 def _qkv_args(values, n, ctx) -> list[str]:
@@ -484,22 +564,38 @@ def _attention_flops(factor):
     return lambda n: (0, factor * n.attrs["n_head"] * _attention_dims(n, None)["HD"])
 
 
-defop("attention", "attention",
-      shape=_attention_shape,
-      ref=lambda x, a: attention_ref(*_unpack(x, a), a["n_head"], a["n_kv_head"]),
-      vjp=_attention_vjp, dims=_attention_dims, consts=_attention_consts, args=_attention_args,
-      outs=("y", "lse"), f32=("lse",), token_axes={"lse": (0, 2)}, flops=_attention_flops(4))
+defop(
+    "attention",
+    "attention",
+    shape=_attention_shape,
+    ref=lambda x, a: attention_ref(*_unpack(x, a), a["n_head"], a["n_kv_head"]),
+    vjp=_attention_vjp,
+    dims=_attention_dims,
+    consts=_attention_consts,
+    args=_attention_args,
+    outs=("y", "lse"),
+    f32=("lse",),
+    token_axes={"lse": (0, 2)},
+    flops=_attention_flops(4),
+)
 
 # inputs: dy, q, k, v (or qkv), y, lse; outputs dq, dk, dv (or the packed dqkv)
-defop("attention_bwd", "attention",
-      shape=lambda s, a: [f32(x) for x in s[1:-2]],
-      ref=_attention_bwd_ref,
-      dims=_attention_dims, consts=_attention_consts, args=_attention_bwd_args,
-      outs=("q", "k", "v"), flops=_attention_flops(8))
+defop(
+    "attention_bwd",
+    "attention",
+    shape=lambda s, a: [f32(x) for x in s[1:-2]],
+    ref=_attention_bwd_ref,
+    dims=_attention_dims,
+    consts=_attention_consts,
+    args=_attention_bwd_args,
+    outs=("q", "k", "v"),
+    flops=_attention_flops(8),
+)
 
 
 # --------------------------------------------------------------------------------------------
 # the loss
+
 
 def xent_ref(logits, targets, vocab):
     z = logits[..., :vocab].astype(F32)
@@ -531,28 +627,46 @@ def _xent_dims(n, ctx):
     return {"V": n.attrs["vocab"], "Vp": logits.shape[-1]}
 
 
-defop("xent", "xent",
-      shape=lambda s, a: [f32(s[1])],
-      ref=lambda x, a: [xent_ref(x[0], x[1], a["vocab"])],
-      vjp=_xent_vjp, dims=_xent_dims, outs=("losses",), f32=("losses",))
+defop(
+    "xent",
+    "xent",
+    shape=lambda s, a: [f32(s[1])],
+    ref=lambda x, a: [xent_ref(x[0], x[1], a["vocab"])],
+    vjp=_xent_vjp,
+    dims=_xent_dims,
+    outs=("losses",),
+    f32=("losses",),
+)
 
-defop("xent_bwd", "xent",
-      shape=lambda s, a: [f32(s[1])],
-      ref=lambda x, a: [xent_bwd_ref(x[0], x[1], x[2], a["vocab"])],
-      dims=_xent_dims)
+defop(
+    "xent_bwd",
+    "xent",
+    shape=lambda s, a: [f32(s[1])],
+    ref=lambda x, a: [xent_bwd_ref(x[0], x[1], x[2], a["vocab"])],
+    dims=_xent_dims,
+)
 
 # fused: cross-entropy forward + dlogits of mean(losses) * dloss; dlogits overwrite the logits
-defop("softmax_xent", "xent",
-      shape=lambda s, a: [f32(s[1]), f32(s[0])],
-      ref=lambda x, a: [xent_ref(x[0], x[1], a["vocab"]),
-                        xent_bwd_ref(np.full(x[1].shape, F32(x[2]) / F32(x[1].size), F32), x[0], x[1], a["vocab"])],
-      dims=_xent_dims, outs=("losses", "dlogits"), f32=("losses",), inplace=((1, 0),),
-      describe=lambda n: "softmax + cross-entropy + dlogits (in place over the logits)")
+defop(
+    "softmax_xent",
+    "xent",
+    shape=lambda s, a: [f32(s[1]), f32(s[0])],
+    ref=lambda x, a: [
+        xent_ref(x[0], x[1], a["vocab"]),
+        xent_bwd_ref(np.full(x[1].shape, F32(x[2]) / F32(x[1].size), F32), x[0], x[1], a["vocab"]),
+    ],
+    dims=_xent_dims,
+    outs=("losses", "dlogits"),
+    f32=("losses",),
+    inplace=((1, 0),),
+    describe=lambda n: "softmax + cross-entropy + dlogits (in place over the logits)",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Llama 3: RMSNorm, rotary embeddings, SwiGLU. Numerics follow Hugging Face's LlamaForCausalLM
 # (rotate-half RoPE layout, fp32).
+
 
 def rmsnorm_ref(x, w, eps):
     ms = (x * x).mean(-1, dtype=F32)
@@ -584,25 +698,43 @@ def _rmsnorm_bwd_acc(x):
     return [dx, dw]
 
 
-defop("rmsnorm", "rmsnorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0][:-1])],
-      ref=lambda x, a: rmsnorm_ref(x[0], x[1], a["eps"]),
-      vjp=_rmsnorm_vjp, dims=_rows_dims, consts=_eps, outs=("y", "rstd"), f32=("rstd",),
-      recompute=Recompute(2, lambda n: (0, "rmsnorm", list(n.inputs), dict(eps=n.attrs["eps"]))))
+defop(
+    "rmsnorm",
+    "rmsnorm",
+    shape=lambda s, a: [f32(s[0]), f32(s[0][:-1])],
+    ref=lambda x, a: rmsnorm_ref(x[0], x[1], a["eps"]),
+    vjp=_rmsnorm_vjp,
+    dims=_rows_dims,
+    consts=_eps,
+    outs=("y", "rstd"),
+    f32=("rstd",),
+    recompute=Recompute(2, lambda n: (0, "rmsnorm", list(n.inputs), dict(eps=n.attrs["eps"]))),
+)
 
 # fused: residual add + RMSNorm (the sum is the next residual stream)
-defop("residual_rmsnorm", "rmsnorm",
-      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1])],
-      ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + rmsnorm_ref((x[0] + x[1]).astype(F32), x[2], a["eps"]),
-      dims=_rows_dims, consts=_eps, outs=("sum", "y", "rstd"), f32=("rstd",),
-      recompute=Recompute(2, lambda n: (1, "rmsnorm", [n.outputs[0], n.inputs[2]], dict(eps=n.attrs["eps"]))),
-      describe=lambda n: "residual add + RMSNorm")
+defop(
+    "residual_rmsnorm",
+    "rmsnorm",
+    shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0][:-1])],
+    ref=lambda x, a: [(x[0] + x[1]).astype(F32)] + rmsnorm_ref((x[0] + x[1]).astype(F32), x[2], a["eps"]),
+    dims=_rows_dims,
+    consts=_eps,
+    outs=("sum", "y", "rstd"),
+    f32=("rstd",),
+    recompute=Recompute(2, lambda n: (1, "rmsnorm", [n.outputs[0], n.inputs[2]], dict(eps=n.attrs["eps"]))),
+    describe=lambda n: "residual add + RMSNorm",
+)
 
 # RMSNorm backward; with accumulate=True a 5th input (the residual stream's grad) is added to dx
-defop("rmsnorm_bwd", "rmsnorm",
-      shape=lambda s, a: [f32(s[1]), f32(s[2])],
-      ref=lambda x, a: _rmsnorm_bwd_acc(x),
-      dims=_rows_dims, outs=("x", "w"), describe=_norm_bwd_describe)
+defop(
+    "rmsnorm_bwd",
+    "rmsnorm",
+    shape=lambda s, a: [f32(s[1]), f32(s[2])],
+    ref=lambda x, a: _rmsnorm_bwd_acc(x),
+    dims=_rows_dims,
+    outs=("x", "w"),
+    describe=_norm_bwd_describe,
+)
 
 
 def rope_cos_sin(T, inv_freq):
@@ -622,7 +754,7 @@ def rope_ref(x, n_head, inv_freq, inverse=False):
     c, s = c[None, :, None, :], s[None, :, None, :]
     if inverse:
         s = -s
-    x1, x2 = h[..., : hd // 2], h[..., hd // 2:]
+    x1, x2 = h[..., : hd // 2], h[..., hd // 2 :]
     y = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], -1)
     return y.reshape(B, T, C).astype(F32)
 
@@ -633,19 +765,29 @@ def _rope_dims(n, ctx):
 
 
 def _rope_consts(n, ctx):
-    return {"table": tuple(n.attrs["inv_freq"])}     # the head_dim/2 inverse frequencies
+    return {"table": tuple(n.attrs["inv_freq"])}  # the head_dim/2 inverse frequencies
 
 
-defop("rope", "rope",
-      shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"])],
-      vjp=lambda g, n, d: [g.op("rope_bwd", [d[0]], name=grad_name(n.inputs[0]), **n.attrs)],
-      dims=_rope_dims, consts=_rope_consts, inplace=((0, 0),))
+defop(
+    "rope",
+    "rope",
+    shape=lambda s, a: [f32(s[0])],
+    ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"])],
+    vjp=lambda g, n, d: [g.op("rope_bwd", [d[0]], name=grad_name(n.inputs[0]), **n.attrs)],
+    dims=_rope_dims,
+    consts=_rope_consts,
+    inplace=((0, 0),),
+)
 
-defop("rope_bwd", "rope",
-      shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"], inverse=True)],
-      dims=_rope_dims, consts=_rope_consts, inplace=((0, 0),))
+defop(
+    "rope_bwd",
+    "rope",
+    shape=lambda s, a: [f32(s[0])],
+    ref=lambda x, a: [rope_ref(x[0], a["n_head"], a["inv_freq"], inverse=True)],
+    dims=_rope_dims,
+    consts=_rope_consts,
+    inplace=((0, 0),),
+)
 
 
 def swiglu_bwd_ref(dh, gate, up):
@@ -666,21 +808,31 @@ def _swiglu_dims(n, ctx):
 
 
 # the SwiGLU gate: h = silu(gate) * up (Llama's MLP is down(silu(gate(x)) * up(x)))
-defop("swiglu", "swiglu",
-      shape=lambda s, a: [f32(s[0])],
-      ref=lambda x, a: [(x[0] * sigmoid(x[0]) * x[1]).astype(F32)],
-      vjp=_swiglu_vjp, dims=_swiglu_dims,
-      recompute=Recompute(1, lambda n: (0, "swiglu", list(n.inputs), {})))
+defop(
+    "swiglu",
+    "swiglu",
+    shape=lambda s, a: [f32(s[0])],
+    ref=lambda x, a: [(x[0] * sigmoid(x[0]) * x[1]).astype(F32)],
+    vjp=_swiglu_vjp,
+    dims=_swiglu_dims,
+    recompute=Recompute(1, lambda n: (0, "swiglu", list(n.inputs), {})),
+)
 
 # dgate and dup may take the bytes of gate and up: nothing reads those after the backward
-defop("swiglu_bwd", "swiglu",
-      shape=lambda s, a: [f32(s[1]), f32(s[2])],
-      ref=lambda x, a: swiglu_bwd_ref(*x),
-      dims=_swiglu_dims, outs=("gate", "up"), inplace=((0, 1), (1, 2)))
+defop(
+    "swiglu_bwd",
+    "swiglu",
+    shape=lambda s, a: [f32(s[1]), f32(s[2])],
+    ref=lambda x, a: swiglu_bwd_ref(*x),
+    dims=_swiglu_dims,
+    outs=("gate", "up"),
+    inplace=((0, 1), (1, 2)),
+)
 
 
 # --------------------------------------------------------------------------------------------
 # optimizer ops (phase "opt"); outputs update their first inputs in place
+
 
 def adamw_ref(p, g, m, v, norm, lr, t, wd, beta1, beta2, eps, max_norm):
     """torch.optim.AdamW (single-tensor path) after clip_grad_norm_'s rescale."""
@@ -691,8 +843,8 @@ def adamw_ref(p, g, m, v, norm, lr, t, wd, beta1, beta2, eps, max_norm):
     p = (p * F32(1 - lr * wd)).astype(F32)
     m = (m + F32(1 - beta1) * (g - m)).astype(F32)
     v = (v * F32(beta2) + F32(1 - beta2) * g * g).astype(F32)
-    bc1 = 1 - beta1 ** t
-    bc2_sqrt = np.sqrt(1 - beta2 ** t)
+    bc1 = 1 - beta1**t
+    bc2_sqrt = np.sqrt(1 - beta2**t)
     denom = (np.sqrt(v) / F32(bc2_sqrt) + F32(eps)).astype(F32)
     p = (p - F32(lr / bc1) * (m / denom)).astype(F32)
     return [p, m, v]
@@ -707,8 +859,8 @@ def _adamw_consts(n, ctx):
 
 def _adamw_all_ref(x, a):
     n = len(a["decay"])
-    ps, gs, ms, vs = x[:n], x[n:2 * n], x[2 * n:3 * n], x[3 * n:4 * n]
-    norm, lr, t, wd = x[4 * n:]
+    ps, gs, ms, vs = x[:n], x[n : 2 * n], x[2 * n : 3 * n], x[3 * n : 4 * n]
+    norm, lr, t, wd = x[4 * n :]
     out_p, out_m, out_v = [], [], []
     for p, g, m, v, decay in zip(ps, gs, ms, vs, a["decay"]):
         p2, m2, v2 = adamw_ref(p, g, m, v, norm, lr, t, float(wd) * decay, *(a[k] for k in ADAMW_HYPER))
@@ -717,26 +869,37 @@ def _adamw_all_ref(x, a):
 
 
 # sqrt of the sum of every gradient squared: one pass over the whole grads arena
-defop("grad_norm", "adamw",
-      shape=lambda s, a: [f32(())],
-      ref=lambda x, a: [np.asarray(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in x)), F32)],
-      dims=lambda n, ctx: {"N": ctx.param_elems},
-      args=lambda n, ctx: [ctx.ref(n.outputs[0]), ctx.arena("grads")])
+defop(
+    "grad_norm",
+    "adamw",
+    shape=lambda s, a: [f32(())],
+    ref=lambda x, a: [np.asarray(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in x)), F32)],
+    dims=lambda n, ctx: {"N": ctx.param_elems},
+    args=lambda n, ctx: [ctx.ref(n.outputs[0]), ctx.arena("grads")],
+)
 
 # inputs: p, g, m, v, norm, lr, t, weight_decay (runtime); attr decay says whether it applies
-defop("adamw", "adamw",
-      shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0])],
-      ref=lambda x, a: adamw_ref(*x[:7], float(x[7]) * a["decay"], *(a[k] for k in ADAMW_HYPER)),
-      dims=lambda n, ctx: {"N": n.inputs[0].numel}, consts=_adamw_consts,
-      flags=lambda n: {"decay": bool(n.attrs["decay"])},
-      outs=("p", "m", "v"), inplace=((0, 0), (1, 2), (2, 3)))
+defop(
+    "adamw",
+    "adamw",
+    shape=lambda s, a: [f32(s[0]), f32(s[0]), f32(s[0])],
+    ref=lambda x, a: adamw_ref(*x[:7], float(x[7]) * a["decay"], *(a[k] for k in ADAMW_HYPER)),
+    dims=lambda n, ctx: {"N": n.inputs[0].numel},
+    consts=_adamw_consts,
+    flags=lambda n: {"decay": bool(n.attrs["decay"])},
+    outs=("p", "m", "v"),
+    inplace=((0, 0), (1, 2), (2, 3)),
+)
 
 # fused: every parameter's AdamW in one node (inputs: params, grads, m, v, norm, lr, t, wd); the
 # kernel walks the four arenas, one segment per parameter
-defop("adamw_all", "adamw",
-      shape=lambda s, a: [f32(x) for x in s[:len(a["decay"])]] * 3,
-      ref=_adamw_all_ref,
-      dims=lambda n, ctx: {},
-      consts=lambda n, ctx: _adamw_consts(n, ctx) | {"segments": ctx.param_rows(n.inputs[:len(n.attrs["decay"])])},
-      args=lambda n, ctx: [ctx.arena(a) for a in ("params", "grads", "m", "v")] + [ctx.ref(v) for v in n.inputs[-4:]],
-      describe=lambda n: "grad-norm clip + AdamW over every parameter")
+defop(
+    "adamw_all",
+    "adamw",
+    shape=lambda s, a: [f32(x) for x in s[: len(a["decay"])]] * 3,
+    ref=_adamw_all_ref,
+    dims=lambda n, ctx: {},
+    consts=lambda n, ctx: _adamw_consts(n, ctx) | {"segments": ctx.param_rows(n.inputs[: len(n.attrs["decay"])])},
+    args=lambda n, ctx: [ctx.arena(a) for a in ("params", "grads", "m", "v")] + [ctx.ref(v) for v in n.inputs[-4:]],
+    describe=lambda n: "grad-norm clip + AdamW over every parameter",
+)

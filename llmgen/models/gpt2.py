@@ -21,7 +21,7 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
     C, L, Vp = spec.n_embd, spec.n_layer, spec.padded_vocab_size
     g = Graph(spec, B, T)
     g.phase = "fwd"
-    proj_std = 0.02 / math.sqrt(2 * L)      # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
+    proj_std = 0.02 / math.sqrt(2 * L)  # GPT-2 scales residual projections by 1/sqrt(2 * n_layer)
 
     def weight(name, shape, hf, std=0.02, transpose=False, **extra):
         return g.param(name, shape, hf=hf, hf_transpose=transpose, decay=True, init="normal", std=std, **extra)
@@ -33,8 +33,8 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
     targets = g.input("targets", (B, T), "i32")
     wte = weight("wte", (Vp, C), "transformer.wte.weight", hf_rows=spec.vocab_size)
     wpe = weight("wpe", (spec.max_seq_len, C), "transformer.wpe.weight")
-    x = g.op("embed", [tokens, wte, wpe], name="encoded")          # token rows + position rows
-    g.layer_prefix = "h"                     # block l's values are h<l>.<name>, llm.c's activation names
+    x = g.op("embed", [tokens, wte, wpe], name="encoded")  # token rows + position rows
+    g.layer_prefix = "h"  # block l's values are h<l>.<name>, llm.c's activation names
     eps = spec.layer_norm_eps
     for l in range(L):
         g.layer = l
@@ -54,14 +54,15 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
             "fcprojb": vector(f"h{l}.mlp.c_proj.b", (C,), f"{hf}.mlp.c_proj.bias", "zeros"),
         }
 
-        def linear(h, w, b, name, p=p):     # x @ w.T + b (the fusion pass makes it one kernel); p: this block's
+        def linear(h, w, b, name, p=p):  # x @ w.T + b (the fusion pass makes it one kernel); p: this block's
             return g.op("bias_add", [g.op("linear", [h, p[w]], name=f"{name}_mm"), p[b]], name=name)
 
-        h = g.op("layernorm", [x, p["ln1w"], p["ln1b"]], name=f"h{l}.ln1", eps=eps)[0]    # ln1, ln1_mean, ln1_rstd
+        h = g.op("layernorm", [x, p["ln1w"], p["ln1b"]], name=f"h{l}.ln1", eps=eps)[0]  # ln1, ln1_mean, ln1_rstd
         qkv = linear(h, "qkvw", "qkvb", f"h{l}.qkv")
         # multi-head attention: as many K/V heads as query heads, read from the packed qkv by row strides
-        att = g.op("attention", [qkv], name=(f"h{l}.atty", f"h{l}.att_lse"), n_head=spec.n_head,
-                   n_kv_head=spec.n_head)[0]
+        att = g.op("attention", [qkv], name=(f"h{l}.atty", f"h{l}.att_lse"), n_head=spec.n_head, n_kv_head=spec.n_head)[
+            0
+        ]
         x = g.op("add", [x, linear(att, "attprojw", "attprojb", f"h{l}.attproj")], name=f"h{l}.residual2")
         h = g.op("layernorm", [x, p["ln2w"], p["ln2b"]], name=f"h{l}.ln2", eps=eps)[0]
         act = g.op("gelu", [linear(h, "fcw", "fcb", f"h{l}.fch")], name=f"h{l}.fch_gelu")
@@ -70,7 +71,7 @@ def build_forward(spec: GPT2Spec, B: int, T: int) -> Graph:
     lnfw = vector("ln_f.w", (C,), "transformer.ln_f.weight", "ones")
     lnfb = vector("ln_f.b", (C,), "transformer.ln_f.bias", "zeros")
     h = g.op("layernorm", [x, lnfw, lnfb], name="lnf", eps=spec.layer_norm_eps)[0]
-    logits = g.op("linear", [h, wte], name="logits")               # tied LM head: (B,T,Vp)
+    logits = g.op("linear", [h, wte], name="logits")  # tied LM head: (B,T,Vp)
     losses = g.op("xent", [logits, targets], name="losses", vocab=spec.vocab_size)
     loss = g.op("mean", [losses], name="loss")
     g.outputs.update(logits=logits, losses=losses, loss=loss)

@@ -41,8 +41,8 @@ def build_forward(spec: LlamaSpec, B: int, T: int) -> Graph:
     tokens = g.input("tokens", (B, T), "i32")
     targets = g.input("targets", (B, T), "i32")
     wte = weight("embed_tokens", (Vp, C), "model.embed_tokens.weight", hf_rows=spec.vocab_size)
-    x = g.op("embed", [tokens, wte], name="encoded")                 # no position table: RoPE
-    g.layer_prefix = "l"                     # block l's values are l<l>.<name>
+    x = g.op("embed", [tokens, wte], name="encoded")  # no position table: RoPE
+    g.layer_prefix = "l"  # block l's values are l<l>.<name>
     for l in range(L):
         g.layer = l
         hf = f"model.layers.{l}"
@@ -57,7 +57,7 @@ def build_forward(spec: LlamaSpec, B: int, T: int) -> Graph:
             "up": weight(f"l{l}.up_proj.w", (F, C), f"{hf}.mlp.up_proj.weight"),
             "down": weight(f"l{l}.down_proj.w", (C, F), f"{hf}.mlp.down_proj.weight"),
         }
-        h = g.op("rmsnorm", [x, p["attn_norm"]], name=f"l{l}.attn_norm", eps=eps)[0]   # and attn_norm_rstd
+        h = g.op("rmsnorm", [x, p["attn_norm"]], name=f"l{l}.attn_norm", eps=eps)[0]  # and attn_norm_rstd
         q = g.op("rope", [linear(h, p["q"], f"l{l}.q")], name=f"l{l}.q_rope", n_head=NH, inv_freq=inv_freq)
         k = g.op("rope", [linear(h, p["k"], f"l{l}.k")], name=f"l{l}.k_rope", n_head=KV, inv_freq=inv_freq)
         v = linear(h, p["v"], f"l{l}.v")
@@ -70,7 +70,7 @@ def build_forward(spec: LlamaSpec, B: int, T: int) -> Graph:
     norm = gain("norm.w", "model.norm.weight")
     h = g.op("rmsnorm", [x, norm], name="norm", eps=eps)[0]
     head = wte if spec.tie_embeddings else weight("lm_head", (Vp, C), "lm_head.weight", hf_rows=spec.vocab_size)
-    logits = linear(h, head, "logits")                                  # (B,T,Vp)
+    logits = linear(h, head, "logits")  # (B,T,Vp)
     losses = g.op("xent", [logits, targets], name="losses", vocab=spec.vocab_size)
     loss = g.op("mean", [losses], name="loss")
     g.outputs.update(logits=logits, losses=losses, loss=loss)

@@ -45,8 +45,14 @@ def fuse_softmax_xent(g: Graph) -> Graph:
         xe = next((u for u in users[logits.id] if u.op == "xent"), None)
         if mb is None or mb.op != "mean_bwd" or xe is None or len(users[dlosses.id]) != 1:
             continue
-        fused = Node("softmax_xent", [logits, targets, mb.inputs[0]], [xe.outputs[0], n.outputs[0]],
-                     dict(vocab=xe.attrs["vocab"]), "fwd", xe.layer)
+        fused = Node(
+            "softmax_xent",
+            [logits, targets, mb.inputs[0]],
+            [xe.outputs[0], n.outputs[0]],
+            dict(vocab=xe.attrs["vocab"]),
+            "fwd",
+            xe.layer,
+        )
         replace[xe.id] = [fused]
         replace[mb.id] = []
         replace[n.id] = []
@@ -69,8 +75,14 @@ def fuse_matmul_epilogue(g: Graph) -> Graph:
             z = badd.outputs[0]
             gl = [u for u in users.get(z.id, []) if u.op == "gelu"]
             if gl and all(u.op in ("gelu", "gelu_bwd") for u in users[z.id]):
-                fused = Node("linear", [*n.inputs, badd.inputs[1]], [z, gl[0].outputs[0]],
-                             dict(bias=True, gelu=True), n.phase, n.layer)
+                fused = Node(
+                    "linear",
+                    [*n.inputs, badd.inputs[1]],
+                    [z, gl[0].outputs[0]],
+                    dict(bias=True, gelu=True),
+                    n.phase,
+                    n.layer,
+                )
                 replace[gl[0].id] = []
             else:
                 fused = Node("linear", [*n.inputs, badd.inputs[1]], [z], dict(bias=True), n.phase, n.layer)
@@ -91,12 +103,13 @@ def fuse_matmul_epilogue(g: Graph) -> Graph:
             # the fused node sits where the later of the two stood
             first, second = sorted((dw, n), key=g.nodes.index)
             replace[first.id] = []
-            replace[second.id] = [Node("linear_dw", dw.inputs, [dw.outputs[0], n.outputs[0]],
-                                       dict(bias=True), dw.phase, dw.layer)]
+            replace[second.id] = [
+                Node("linear_dw", dw.inputs, [dw.outputs[0], n.outputs[0]], dict(bias=True), dw.phase, dw.layer)
+            ]
     return _rebuild(g, replace, {})
 
 
-RESIDUAL_NORMS = {"layernorm": "residual_layernorm", "rmsnorm": "residual_rmsnorm"}   # norm -> fused op
+RESIDUAL_NORMS = {"layernorm": "residual_layernorm", "rmsnorm": "residual_rmsnorm"}  # norm -> fused op
 
 
 def fuse_residual_layernorm(g: Graph) -> Graph:
@@ -112,14 +125,15 @@ def fuse_residual_layernorm(g: Graph) -> Graph:
         ln = next((u for u in users.get(s.id, []) if u.op in RESIDUAL_NORMS and u.inputs[0] is s), None)
         if ln is None:
             continue
-        fused = Node(RESIDUAL_NORMS[ln.op], [*n.inputs, *ln.inputs[1:]], [s, *ln.outputs], dict(ln.attrs), "fwd",
-                     ln.layer)
+        fused = Node(
+            RESIDUAL_NORMS[ln.op], [*n.inputs, *ln.inputs[1:]], [s, *ln.outputs], dict(ln.attrs), "fwd", ln.layer
+        )
         replace[n.id] = []
         replace[ln.id] = [fused]
     return _rebuild(g, replace, {})
 
 
-NORM_BWD_INPUTS = {"layernorm_bwd": 5, "rmsnorm_bwd": 4}    # inputs before the residual grad is added
+NORM_BWD_INPUTS = {"layernorm_bwd": 5, "rmsnorm_bwd": 4}  # inputs before the residual grad is added
 
 
 def fuse_layernorm_bwd_residual(g: Graph) -> Graph:
@@ -137,8 +151,14 @@ def fuse_layernorm_bwd_residual(g: Graph) -> Graph:
             if len(users[n.inputs[i].id]) != 1:
                 continue
             dres = n.inputs[1 - i]
-            fused = Node(ln.op, [*ln.inputs, dres], [n.outputs[0], *ln.outputs[1:]],
-                         dict(ln.attrs, accumulate=True), "bwd", ln.layer)
+            fused = Node(
+                ln.op,
+                [*ln.inputs, dres],
+                [n.outputs[0], *ln.outputs[1:]],
+                dict(ln.attrs, accumulate=True),
+                "bwd",
+                ln.layer,
+            )
             replace[ln.id] = []
             replace[n.id] = [fused]
             break

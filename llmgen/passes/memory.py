@@ -38,23 +38,24 @@ def _align(n: int) -> int:
 class Placement:
     """Where one activation field lives: `offset + layer * stride` elements per token (stride 0: one
     buffer shared by every layer, or a value outside the blocks)."""
-    kind: str            # global (outside the blocks) | shared | array
+
+    kind: str  # global (outside the blocks) | shared | array
     offset: int
     stride: int = 0
-    size: int = 0        # elements per token of one instance
+    size: int = 0  # elements per token of one instance
 
 
 @dataclass
 class MemoryPlan:
-    param_offset: dict[int, int] = field(default_factory=dict)   # param id -> element offset
+    param_offset: dict[int, int] = field(default_factory=dict)  # param id -> element offset
     param_elems: int = 0
-    act_offset: dict[int, int] = field(default_factory=dict)     # value id -> element offset
-    act_elems: int = 0                                            # the activation arena's peak
-    act_values: list[Value] = field(default_factory=list)         # planned activations, in order
-    unplanned_elems: int = 0                                      # sum of sizes without sharing
-    alias: dict[int, int] = field(default_factory=dict)           # in-place value id -> the value it overwrites
-    dtype: str = "fp32"                                           # activation element: fp32 or bf16
-    fields: dict[str, Placement] = field(default_factory=dict)    # field key (layer_key) -> its placement
+    act_offset: dict[int, int] = field(default_factory=dict)  # value id -> element offset
+    act_elems: int = 0  # the activation arena's peak
+    act_values: list[Value] = field(default_factory=list)  # planned activations, in order
+    unplanned_elems: int = 0  # sum of sizes without sharing
+    alias: dict[int, int] = field(default_factory=dict)  # in-place value id -> the value it overwrites
+    dtype: str = "fp32"  # activation element: fp32 or bf16
+    fields: dict[str, Placement] = field(default_factory=dict)  # field key (layer_key) -> its placement
 
     def bytes(self) -> dict[str, int]:
         """Bytes per arena. fp32: 4 per element everywhere. bf16 (the CUDA target's mixed precision):
@@ -62,8 +63,13 @@ class MemoryPlan:
         the activation arena counts bf16 elements (fp32 values take two)."""
         n = self.param_elems
         act = 2 if self.dtype == "bf16" else 4
-        return {"params": n * (6 if self.dtype == "bf16" else 4), "grads": 4 * n, "optimizer_state": 8 * n,
-                "activations": self.act_elems * act, "activations_unshared": self.unplanned_elems * act}
+        return {
+            "params": n * (6 if self.dtype == "bf16" else 4),
+            "grads": 4 * n,
+            "optimizer_state": 8 * n,
+            "activations": self.act_elems * act,
+            "activations_unshared": self.unplanned_elems * act,
+        }
 
 
 def layer_key(v: Value) -> str:
@@ -77,12 +83,12 @@ def _lifetimes(g: Graph, units: dict[int, int], no_alias: set[str]):
     start: dict[int, int] = {}
     end: dict[int, int] = {}
     vals: dict[int, Value] = {}
-    alias: dict[int, int] = {}          # value id -> the value whose bytes it takes
-    last_read: dict[int, int] = {}      # value id -> index of the last node reading it
+    alias: dict[int, int] = {}  # value id -> the value whose bytes it takes
+    last_read: dict[int, int] = {}  # value id -> index of the last node reading it
     for i, n in enumerate(g.nodes):
         for v in n.inputs:
             last_read[v.id] = i
-    root_last: dict[int, int] = {}      # root id -> last read of the root or any value sharing its bytes
+    root_last: dict[int, int] = {}  # root id -> last read of the root or any value sharing its bytes
     for i, n in enumerate(g.nodes):
         for v in n.inputs:
             root = alias.get(v.id, v.id)
@@ -96,8 +102,13 @@ def _lifetimes(g: Graph, units: dict[int, int], no_alias: set[str]):
             # in place only where the input dies here: no node after this one reads it (or its bytes)
             if src is not None and layer_key(v) not in no_alias:
                 root = alias.get(src.id, src.id)
-                if root in start and end[root] == i and root_last.get(root, -1) <= i and src.numel == v.numel \
-                        and units.get(src.id, 1) == units.get(v.id, 1):
+                if (
+                    root in start
+                    and end[root] == i
+                    and root_last.get(root, -1) <= i
+                    and src.numel == v.numel
+                    and units.get(src.id, 1) == units.get(v.id, 1)
+                ):
                     alias[v.id] = root
                     root_last[root] = max(root_last[root], last_read.get(v.id, i))
                     continue
@@ -115,8 +126,7 @@ def _inconsistent_aliases(vals: dict[int, Value], alias: dict[int, int], every: 
         r = vals[alias[vid]]
         shift = None if v.layer is None or r.layer is None else r.layer - v.layer
         how.setdefault(layer_key(v), set()).add((layer_key(r), shift, v.layer is None, r.layer is None))
-    return {key for key, kinds in how.items()
-            if len(kinds) != 1 or any(v.id not in alias for v in every[key])}
+    return {key for key, kinds in how.items() if len(kinds) != 1 or any(v.id not in alias for v in every[key])}
 
 
 def plan_memory(g: Graph, dtype: str = "fp32") -> MemoryPlan:
@@ -149,30 +159,37 @@ def plan_memory(g: Graph, dtype: str = "fp32") -> MemoryPlan:
     groups: dict[str, list[Value]] = {}
     for v in vals.values():
         groups.setdefault(layer_key(v), []).append(v)
-    items = []                       # (key, kind, instance size, span, rects: (offset in the item, start, end))
+    items = []  # (key, kind, instance size, span, rects: (offset in the item, start, end))
     for key, vs in groups.items():
         sizes = {size_of[v.id] for v in vs}
         if vs[0].layer is not None and len(sizes) == 1:
             size = sizes.pop()
             lives = sorted((start[v.id], end[v.id]) for v in vs)
-            if all(a[1] < b[0] for a, b in zip(lives, lives[1:])):      # never two layers' at once: shared
+            if all(a[1] < b[0] for a, b in zip(lives, lives[1:])):  # never two layers' at once: shared
                 items.append((key, "shared", size, size, [(0, s, e) for s, e in lives]))
-            else:                                                       # one slot per layer
-                items.append((key, "array", size, (max(v.layer for v in vs) + 1) * size,
-                              sorted((v.layer * size, start[v.id], end[v.id]) for v in vs)))
-        else:                        # outside the blocks (or layers of different sizes): one buffer per value
+            else:  # one slot per layer
+                items.append(
+                    (
+                        key,
+                        "array",
+                        size,
+                        (max(v.layer for v in vs) + 1) * size,
+                        sorted((v.layer * size, start[v.id], end[v.id]) for v in vs),
+                    )
+                )
+        else:  # outside the blocks (or layers of different sizes): one buffer per value
             for v in vs:
                 items.append((v.name, "global", size_of[v.id], size_of[v.id], [(0, start[v.id], end[v.id])]))
 
     # largest first, each at the lowest offset where none of its rectangles (bytes x lifetime) meets a
     # placed one: an array's slot is free again once its layer's instance is dead
-    placed: list[tuple[int, int, int, int]] = []        # (first element, last element + 1, start, end)
+    placed: list[tuple[int, int, int, int]] = []  # (first element, last element + 1, start, end)
     for key, kind, size, span, rects in sorted(items, key=lambda it: (-it[3], min(r[1] for r in it[4]))):
-        banned = []                                     # offsets where a rectangle of ours would meet a placed one
+        banned = []  # offsets where a rectangle of ours would meet a placed one
         for off, s, e in rects:
             banned += [(lo - off - size, hi - off) for lo, hi, s2, e2 in placed if not (e2 < s or e < s2)]
         offset = 0
-        for lo, hi in sorted(banned):                   # the lowest offset in none of the open intervals
+        for lo, hi in sorted(banned):  # the lowest offset in none of the open intervals
             if offset <= lo:
                 break
             offset = max(offset, hi)

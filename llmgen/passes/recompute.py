@@ -30,8 +30,8 @@ def recompute_activations(g: Graph, level: int = 0) -> Graph:
     if level == 0:
         return g
     users = g.consumers()
-    before: dict[int, list[Node]] = {}      # backward node id -> recompute nodes to run first
-    subst: dict[int, Value] = {}            # forward value id -> its backward copy
+    before: dict[int, list[Node]] = {}  # backward node id -> recompute nodes to run first
+    subst: dict[int, Value] = {}  # forward value id -> its backward copy
     for n in g.nodes:
         rule = OPS[n.op].recompute
         if n.phase != "fwd" or rule is None or level < rule.level:
@@ -45,7 +45,7 @@ def recompute_activations(g: Graph, level: int = 0) -> Graph:
         if not readers:
             continue
         node = Node(op, ins, [], attrs, "bwd", n.layer)
-        node.outputs = OPS[op].new_outputs(node, f"{v.name}_re")      # "h3.fch_gelu_re"
+        node.outputs = OPS[op].new_outputs(node, f"{v.name}_re")  # "h3.fch_gelu_re"
         for o in node.outputs:
             o.layer = v.layer
         first = min(readers, key=g.nodes.index)

@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from llmgen.files import write_atomic, write_if_changed
 
@@ -19,8 +19,15 @@ class BuildError(RuntimeError):
     pass
 
 
-def build_trainer(spec, options, out_dir, *, library: bool = False, emulate: bool = False,
-                  on_compile: Callable[[], None] | None = None) -> Path:
+def build_trainer(
+    spec,
+    options,
+    out_dir,
+    *,
+    library: bool = False,
+    emulate: bool = False,
+    on_compile: Callable[[], None] | None = None,
+) -> Path:
     """Render the program of (spec, options), write out_dir/train.c (or train.cu) when it changed,
     compile it when needed into out_dir/train, or with library=True write library.c (library.cu) too,
     the in-process API that includes the program (render_library), and compile that into
@@ -29,6 +36,7 @@ def build_trainer(spec, options, out_dir, *, library: bool = False, emulate: boo
     into its checkpoints). emulate: the CUDA source through g++ and emulate.h. on_compile() is called
     just before a compiler actually runs. Returns the path of the binary or library."""
     from llmgen.codegen import render
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "c" if options.target == "c" else "cu"
@@ -40,8 +48,9 @@ def build_trainer(spec, options, out_dir, *, library: bool = False, emulate: boo
         deps = (src,)
         src = out_dir / f"library.{ext}"
         write_if_changed(src, render_library(spec, options))
-        lib_flags = ["-shared", "-Xcompiler", "-fPIC"] if options.target == "cuda" and not emulate else \
-            ["-shared", "-fPIC"]
+        lib_flags = (
+            ["-shared", "-Xcompiler", "-fPIC"] if options.target == "cuda" and not emulate else ["-shared", "-fPIC"]
+        )
     if options.target == "c":
         if emulate:
             raise BuildError("--emulate applies to the cuda target only")
@@ -57,6 +66,7 @@ def render_library(spec, options) -> str:
     (train.c beside it, built without main): buffer lookup by graph name and the extern llmgen_* functions."""
     from llmgen.codegen import environment, program_for
     from llmgen.codegen.text import tidy
+
     env = environment(tuple(map(str, options.template_dirs)))
     return tidy(env.get_template("common/library.j2").render(p=program_for(spec, options)))
 
@@ -66,6 +76,7 @@ def cached_build_dir(spec, options, cache_root: Path) -> Path:
     import json
 
     from llmgen import __version__
+
     key = json.dumps([spec.digest(), options.target, options.fuse, options.recompute, __version__])
     return Path(cache_root) / "builds" / f"{spec.arch}-{options.target}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -75,12 +86,17 @@ def cached_build(spec, options, cache_root: Path, library: bool = False) -> Path
     binary (or library). A build that compiles says so on stderr first, since a new spec takes a while:
     `llmgen: building trainer for spec <digest> (first run; ...)`."""
     import sys
+
     out = cached_build_dir(spec, options, cache_root)
     what = "sampling library" if library else "trainer"
 
     def announce() -> None:
-        print(f"llmgen: building {what} for spec {spec.digest()} (first run; cached in {out})", file=sys.stderr,
-              flush=True)
+        print(
+            f"llmgen: building {what} for spec {spec.digest()} (first run; cached in {out})",
+            file=sys.stderr,
+            flush=True,
+        )
+
     return build_trainer(spec, options, out, library=library, on_compile=announce)
 
 
@@ -88,8 +104,8 @@ def write_token_files(spec, out_dir: Path) -> None:
     """GPT-2's vocabulary: tokenizer.bin (llm.c's token table) and the HF tokenizer files, if changed."""
     if spec.vocab_size != 50257:
         return
-    from llmgen.tokenizer import (get_gpt2_encoding, gpt2_hf_tokenizer_files, token_table_bytes,
-                                  write_hf_tokenizer_files)
+    from llmgen.tokenizer import get_gpt2_encoding, gpt2_hf_tokenizer_files, token_table_bytes, write_hf_tokenizer_files
+
     write_if_changed(Path(out_dir) / "tokenizer.bin", token_table_bytes(get_gpt2_encoding()))
     write_hf_tokenizer_files(out_dir, gpt2_hf_tokenizer_files(spec.max_seq_len))
 
@@ -161,8 +177,9 @@ def cuda_include_dirs() -> list[Path]:
     """Folders holding cuda_runtime.h (and targets/<arch>/include where the toolkit keeps it)."""
     home = cuda_home()
     if home is None:
-        raise BuildError("the CUDA headers (cuda_runtime.h, cuda_bf16.h) were not found: install the CUDA "
-                         "toolkit or set CUDA_HOME")
+        raise BuildError(
+            "the CUDA headers (cuda_runtime.h, cuda_bf16.h) were not found: install the CUDA toolkit or set CUDA_HOME"
+        )
     return [home / "include"]
 
 
@@ -171,10 +188,14 @@ def cublas_dirs() -> tuple[Path, Path] | None:
     home = cuda_home()
     cands = []
     if home is not None:
-        cands += [(home / "include", home / "lib64"), (home / "include", home / "lib"),
-                  (home / "targets" / "x86_64-linux" / "include", home / "targets" / "x86_64-linux" / "lib")]
+        cands += [
+            (home / "include", home / "lib64"),
+            (home / "include", home / "lib"),
+            (home / "targets" / "x86_64-linux" / "include", home / "targets" / "x86_64-linux" / "lib"),
+        ]
     try:
-        import nvidia                       # namespace package of NVIDIA's wheels (nvidia-cublas)
+        import nvidia  # namespace package of NVIDIA's wheels (nvidia-cublas)
+
         for root in map(Path, nvidia.__path__):
             for sub in ("cu13", "cublas", "cu12"):
                 cands.append((root / sub / "include", root / sub / "lib"))
@@ -200,8 +221,9 @@ def visible_gpu_arch() -> str | None:
     if not smi:
         return None
     try:
-        r = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
-                           text=True, timeout=30)
+        r = subprocess.run(
+            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     first = r.stdout.strip().splitlines()[0].strip() if r.returncode == 0 and r.stdout.strip() else ""
@@ -211,6 +233,7 @@ def visible_gpu_arch() -> str | None:
 def emulate_dir() -> Path:
     """templates/cuda/emulate: emulate.h (the one header a program includes) and its parts emu_*.h."""
     from llmgen.codegen import templates_dir
+
     return templates_dir() / "cuda" / "emulate"
 
 
@@ -228,8 +251,15 @@ def copy_emulation_headers(dest: Path) -> list[Path]:
     return copies
 
 
-def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | None = None,
-               extra_flags: list[str] | None = None, on_compile=None, deps: tuple = ()) -> Path:
+def build_cuda(
+    src: Path,
+    out: Path,
+    emulate: bool = False,
+    archs: list[str] | None = None,
+    extra_flags: list[str] | None = None,
+    on_compile=None,
+    deps: tuple = (),
+) -> Path:
     """Build train.cu. GPU: nvcc -O3 for `archs` (default: the visible GPU's, else sm_90), linked to
     cuBLASLt from the CUDA install or the nvidia-cublas wheel. emulate=True: the same source through
     g++ with the emulation headers (copied into emulate/ next to it and named by -I), as emulate.h's
@@ -237,29 +267,59 @@ def build_cuda(src: Path, out: Path, emulate: bool = False, archs: list[str] | N
     src, out = Path(src), Path(out)
     if emulate:
         headers = copy_emulation_headers(src.parent / "emulate")
-        stale = src.parent / "emulate.h"            # the single-file header older versions copied here
+        stale = src.parent / "emulate.h"  # the single-file header older versions copied here
         if stale.is_file() and stale.read_bytes().startswith(b"/* emulate.h -- run llmgen's"):
-            stale.unlink()                          # it would shadow emulate/emulate.h (same folder as train.cu)
+            stale.unlink()  # it would shadow emulate/emulate.h (same folder as train.cu)
         cxx = os.environ.get("CXX") or shutil.which("g++")
         if not cxx:
             raise BuildError("--emulate needs g++")
         inc = [f"-I{src.parent / 'emulate'}", *(f"-I{d}" for d in cuda_include_dirs())]
-        cmd = [cxx, "-std=c++17", "-O2", "-fno-strict-aliasing", "-fopenmp", "-DLLMGEN_EMULATE", *inc,
-               *(extra_flags or []), "-x", "c++", str(src), "-x", "none", "-o", str(out), "-lm"]
+        cmd = [
+            cxx,
+            "-std=c++17",
+            "-O2",
+            "-fno-strict-aliasing",
+            "-fopenmp",
+            "-DLLMGEN_EMULATE",
+            *inc,
+            *(extra_flags or []),
+            "-x",
+            "c++",
+            str(src),
+            "-x",
+            "none",
+            "-o",
+            str(out),
+            "-lm",
+        ]
         return _build(cmd, src, out, deps=(*deps, *headers), on_compile=on_compile)
     nvcc = shutil.which("nvcc") or (str(cuda_home() / "bin" / "nvcc") if cuda_home() else None)
     if not nvcc or not Path(nvcc).exists():
         raise BuildError("nvcc not found: install the CUDA toolkit, or build with --emulate to run on the CPU")
     blas = cublas_dirs()
     if blas is None:
-        raise BuildError("cuBLASLt (cublasLt.h + libcublasLt.so) not found in the CUDA install; "
-                         "`pip install nvidia-cublas` provides both")
+        raise BuildError(
+            "cuBLASLt (cublasLt.h + libcublasLt.so) not found in the CUDA install; "
+            "`pip install nvidia-cublas` provides both"
+        )
     inc, lib = blas
     archs = archs or [visible_gpu_arch() or CUDA_ARCH_DEFAULT]
     gencode = []
     for a in archs:
         n = a.removeprefix("sm_")
         gencode += ["-gencode", f"arch=compute_{n},code=sm_{n}"]
-    cmd = [nvcc, "-O3", "-std=c++17", *gencode, f"-I{inc}", *(extra_flags or []), str(src), "-o", str(out),
-           f"-L{lib}", f"-Xlinker=-rpath,{lib}", _cublas_lib_flag(lib)]
+    cmd = [
+        nvcc,
+        "-O3",
+        "-std=c++17",
+        *gencode,
+        f"-I{inc}",
+        *(extra_flags or []),
+        str(src),
+        "-o",
+        str(out),
+        f"-L{lib}",
+        f"-Xlinker=-rpath,{lib}",
+        _cublas_lib_flag(lib),
+    ]
     return _build(cmd, src, out, deps=deps, on_compile=on_compile)

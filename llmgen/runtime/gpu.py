@@ -19,14 +19,23 @@ from llmgen.runtime.process import InProcessTrainer
 def _pycuda():
     try:
         import pycuda.driver as cuda
-    except ImportError as e:     # the gpu extra is missing, or no driver to link against
+    except ImportError as e:  # the gpu extra is missing, or no driver to link against
         raise RuntimeError(f"the CUDA in-process runner needs pycuda (pip install 'llmgen[gpu]'): {e}") from None
     return cuda
 
 
 class CudaTrainer(InProcessTrainer):
-    def __init__(self, spec, B: int, T: int, build_dir, init_from=None, seed: int = 1337,
-                 options: Options = Options(target="cuda"), emulate: bool = False):
+    def __init__(
+        self,
+        spec,
+        B: int,
+        T: int,
+        build_dir,
+        init_from=None,
+        seed: int = 1337,
+        options: Options = Options(target="cuda"),
+        emulate: bool = False,
+    ):
         if options.target != "cuda":
             raise ValueError("CudaTrainer runs the cuda target; use InProcessTrainer for the C target")
         self.emulate = emulate

@@ -1,8 +1,8 @@
 """Run a generated trainer inside the Python process and read its buffers by graph name.
 
 The program is built as a shared library (library.c, which includes train.c without its main and
-adds an extern API: llmgen.runtime.build.render_library) and loaded with ctypes. On the C target its buffers are host memory and
-read directly; llmgen.runtime.gpu subclasses this for the CUDA target and copies device
+adds an extern API: llmgen.runtime.build.render_library) and loaded with ctypes. On the C target its
+buffers are host memory and read directly; llmgen.runtime.gpu subclasses this for the CUDA target and copies device
 memory with pycuda.
 """
 
@@ -22,8 +22,7 @@ from llmgen.runtime.build import build_trainer
 class InProcessTrainer:
     """One compiled trainer for `spec` at batch shape (B, T), driven step by step from Python."""
 
-    def __init__(self, spec, B: int, T: int, build_dir, init_from=None, seed: int = 1337,
-                 options: Options = Options()):
+    def __init__(self, spec, B: int, T: int, build_dir, init_from=None, seed: int = 1337, options: Options = Options()):
         self.spec, self.B, self.T = spec, B, T
         self.lib = ctypes.CDLL(str(self._build(spec, Path(build_dir), options)))
         self._declare()
@@ -134,8 +133,9 @@ class CompiledModel:
         rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
         b, t = rows.shape
         if not (1 <= b <= self.batch and 1 <= t <= self.capacity) or not self.lib.llmgen_set_batch(b, t):
-            raise ValueError(f"tokens of shape {x.shape}: this model takes up to {self.batch} rows of 1 to "
-                             f"{self.capacity} tokens")
+            raise ValueError(
+                f"tokens of shape {x.shape}: this model takes up to {self.batch} rows of 1 to {self.capacity} tokens"
+            )
         self.lib.llmgen_forward(rows.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), None)
         out = np.empty((b, self.spec.vocab_size), np.float32)
         for i in range(b):

@@ -18,9 +18,11 @@ SPEC = GPT2Spec(n_layer=1, n_head=2, n_embd=32, vocab_size=100, max_seq_len=32)
 def _gpu_ready():
     try:
         import pycuda.driver  # noqa: F401
-    except Exception:   # noqa: BLE001 - ImportError, or no driver library to load
+    except Exception:  # noqa: BLE001 - ImportError, or no driver library to load
         return False
-    return bool(shutil.which("nvidia-smi")) and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    return (
+        bool(shutil.which("nvidia-smi")) and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+    )
 
 
 @pytest.mark.parametrize("dtype, tol", [("fp32", 1e-6), ("bf16", 5e-2)])
@@ -29,8 +31,9 @@ def test_emulated_cuda_buffers_match_the_c_target(tmp_path, dtype, tol):
     pat = oracle.random_shards(tmp_path / "d", 100, 2000)
     x, y = (a.numpy() for a in next(oracle.batches(pat, 2, 16, 1)))
     c = InProcessTrainer(SPEC, 2, 16, tmp_path / "c", init_from=mdir)
-    cu = CudaTrainer(SPEC.replace(dtype=dtype), 2, 16, tmp_path / "cu", init_from=mdir,
-                     options=Options(target="cuda"), emulate=True)
+    cu = CudaTrainer(
+        SPEC.replace(dtype=dtype), 2, 16, tmp_path / "cu", init_from=mdir, options=Options(target="cuda"), emulate=True
+    )
     for t in (c, cu):
         t.lib.llmgen_zero_grads()
         t.lib.llmgen_set_dloss(1.0)
@@ -61,6 +64,7 @@ def test_emulated_cuda_library_samples_at_smaller_shapes(tmp_path):
 
     from llmgen.runtime.build import build_trainer
     from llmgen.runtime.process import CompiledModel
+
     mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 1, 2, 32, 100, 32, seed=4)
     lib = build_trainer(SPEC, Options(target="cuda"), tmp_path / "cu", library=True, emulate=True)
     model = CompiledModel(lib, SPEC, 16, mdir, batch=3)

@@ -11,12 +11,25 @@ from conftest import REPO
 
 
 def test_gpu_check_quick_on_the_cpu(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), str(tmp_path), "--quick", "--device",
-                        "cpu", "--emulate", "--skip-bench"], capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "gpu_check.py"),
+            str(tmp_path),
+            "--quick",
+            "--device",
+            "cpu",
+            "--emulate",
+            "--skip-bench",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     runs = {c["name"]: c for c in summary["correctness"]}
-    assert set(runs) == {"gpt2-2l-64c-fp32", "gpt2-2l-64c-bf16"}        # --quick: one config per dtype
+    assert set(runs) == {"gpt2-2l-64c-fp32", "gpt2-2l-64c-bf16"}  # --quick: one config per dtype
     assert all(c["ok"] and c["deterministic"] for c in runs.values())
     assert runs["gpt2-2l-64c-fp32"]["max_rel_loss_err"] < 1e-4
     assert (tmp_path / "logs.txt").is_file()

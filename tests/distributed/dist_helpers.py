@@ -8,6 +8,7 @@ exactly and rounded once to nearest even, avg = sum / N before rounding.
 
 (The folder is tests/distributed, not tests/dist: the repository's .gitignore ignores every folder named dist.)
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -30,11 +31,25 @@ CUDA_TEMPLATES = REPO / "templates" / "cuda"
 
 MPI_MISSING = "mpicc/mpirun not found: install OpenMPI (apt-get install openmpi-bin libopenmpi-dev)"
 # mpirun as root, and more ranks than cores (the CI machine has 2)
-MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "OMPI_MCA_rmaps_base_oversubscribe": "1"}
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+}
 # variables a launcher sets: never inherited from the test's own environment (CI might run under Slurm)
-LAUNCHER_PREFIXES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                     "SLURM_", "OMPI_COMM_WORLD", "PMI_", "PMIX_", "LLMGEN_")
+LAUNCHER_PREFIXES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_",
+    "OMPI_COMM_WORLD",
+    "PMI_",
+    "PMIX_",
+    "LLMGEN_",
+)
 
 TYPES = {"f32": np.float32, "f64": np.float64, "bf16": np.uint16}
 OPS = ("sum", "avg")
@@ -93,21 +108,68 @@ def compile_commands(outdir: pathlib.Path) -> dict[str, list[str]]:
     if shutil.which("gcc"):
         cmds["c"] = ["gcc", "-std=gnu11", "-O2", *warn, f"-I{COMMON}", drv, "-o", str(outdir / "drv_c")]
     if shutil.which("g++"):
-        cmds["cxx"] = ["g++", "-std=c++17", "-x", "c++", "-O2", *warn, f"-I{COMMON}", drv, "-o",
-                       str(outdir / "drv_cxx")]
+        cmds["cxx"] = [
+            "g++",
+            "-std=c++17",
+            "-x",
+            "c++",
+            "-O2",
+            *warn,
+            f"-I{COMMON}",
+            drv,
+            "-o",
+            str(outdir / "drv_cxx"),
+        ]
     if have_mpi():
         comp, link = mpi_flags()
-        cmds["mpi"] = ["mpicc", "-std=gnu11", "-O2", *warn, "-DLLMGEN_MPI", f"-I{COMMON}", drv, "-o",
-                       str(outdir / "drv_mpi")]
+        cmds["mpi"] = [
+            "mpicc",
+            "-std=gnu11",
+            "-O2",
+            *warn,
+            "-DLLMGEN_MPI",
+            f"-I{COMMON}",
+            drv,
+            "-o",
+            str(outdir / "drv_mpi"),
+        ]
         if shutil.which("g++"):
-            cmds["cxx_mpi"] = ["g++", "-std=c++17", "-x", "c++", "-O2", *warn, "-DLLMGEN_MPI", *comp, f"-I{COMMON}",
-                               drv, "-o", str(outdir / "drv_cxx_mpi"), *link]
+            cmds["cxx_mpi"] = [
+                "g++",
+                "-std=c++17",
+                "-x",
+                "c++",
+                "-O2",
+                *warn,
+                "-DLLMGEN_MPI",
+                *comp,
+                f"-I{COMMON}",
+                drv,
+                "-o",
+                str(outdir / "drv_cxx_mpi"),
+                *link,
+            ]
     inc = cuda_include()
     if inc is not None and shutil.which("g++"):
         # the build line of the emulated train.cu (emulate.h's contract), with MPI and without
-        emu = ["g++", "-std=c++17", "-O2", "-x", "c++", "-DLLMGEN_EMULATE", "-fno-strict-aliasing", "-fopenmp",
-               "-Wall", "-Wextra", f"-I{emulate_dir()}", f"-I{CUDA_TEMPLATES}", f"-I{COMMON}", f"-I{inc}",
-               str(HERE / "nccl_emu.cu"), "-o"]
+        emu = [
+            "g++",
+            "-std=c++17",
+            "-O2",
+            "-x",
+            "c++",
+            "-DLLMGEN_EMULATE",
+            "-fno-strict-aliasing",
+            "-fopenmp",
+            "-Wall",
+            "-Wextra",
+            f"-I{emulate_dir()}",
+            f"-I{CUDA_TEMPLATES}",
+            f"-I{COMMON}",
+            f"-I{inc}",
+            str(HERE / "nccl_emu.cu"),
+            "-o",
+        ]
         cmds["nccl_emu_tcp"] = [*emu, str(outdir / "nccl_emu_tcp")]
         if have_mpi():
             comp, link = mpi_flags()
@@ -134,8 +196,9 @@ class Programs:
         def build(name: str) -> tuple[str, Built]:
             out = pathlib.Path(cmds[name][cmds[name].index("-o") + 1])
             proc = subprocess.run(cmds[name], capture_output=True, text=True)
-            return name, Built(out if proc.returncode == 0 else None, " ".join(cmds[name]) + "\n" + proc.stdout +
-                               proc.stderr)
+            return name, Built(
+                out if proc.returncode == 0 else None, " ".join(cmds[name]) + "\n" + proc.stdout + proc.stderr
+            )
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as ex:
             self.built = dict(ex.map(build, cmds))
@@ -144,9 +207,13 @@ class Programs:
         if self.built is None:
             self._build_all()
         if name not in self.built:
-            pytest.skip(MPI_MISSING if name in ("mpi", "cxx_mpi", "nccl_emu") and not have_mpi()
-                        else "CUDA headers (cuda_runtime.h) not found" if name.startswith("nccl_emu")
-                        else f"no compiler for the {name} variant")
+            pytest.skip(
+                MPI_MISSING
+                if name in ("mpi", "cxx_mpi", "nccl_emu") and not have_mpi()
+                else "CUDA headers (cuda_runtime.h) not found"
+                if name.startswith("nccl_emu")
+                else f"no compiler for the {name} variant"
+            )
         b = self.built[name]
         if b.path is None:
             pytest.fail(f"building {name} failed:\n{b.log}")
@@ -193,7 +260,7 @@ def make_inputs(d: pathlib.Path, world: int, n: int, seed: int = 0) -> dict[str,
     x[:, :4] = 0.0
     x[0, :4] = [1.0, 1.0078125, -1.0, 3.0]
     if world > 1:
-        x[1, :4] = [2.0 ** -8, 2.0 ** -8, -(2.0 ** -8), 2.0 ** -7 * 3]
+        x[1, :4] = [2.0**-8, 2.0**-8, -(2.0**-8), 2.0**-7 * 3]
     ins["bf16"] = [f32_to_bf16(x[r]) for r in range(world)]
     for t, arrs in ins.items():
         for r, a in enumerate(arrs):
@@ -239,13 +306,20 @@ def check_outputs(d: pathlib.Path, ins: dict[str, list[np.ndarray]], world: int,
             ref = reference(xs, t, op)
             ref_pad = reference([np.concatenate([x, np.zeros(padded - n, dt)]) for x in xs], t, op)
             for r in range(world):
-                expect = {"ar": ref, "ari": ref, "rs": ref_pad[r * shard:(r + 1) * shard],
-                          "rsi": ref_pad[r * shard:(r + 1) * shard], "agi": ref_pad, "ag": ref_pad}
+                expect = {
+                    "ar": ref,
+                    "ari": ref,
+                    "rs": ref_pad[r * shard : (r + 1) * shard],
+                    "rsi": ref_pad[r * shard : (r + 1) * shard],
+                    "agi": ref_pad,
+                    "ag": ref_pad,
+                }
                 for kind, e in expect.items():
                     name = f"{kind}_{t}_{op}"
                     got = np.fromfile(d / f"out_r{r}_{name}.bin", dtype=dt)
-                    assert same_bits(got, e), f"rank {r} {name} differs from numpy's rank-order result: " \
-                                              f"{diff_report(name, got, e)}"
+                    assert same_bits(got, e), (
+                        f"rank {r} {name} differs from numpy's rank-order result: {diff_report(name, got, e)}"
+                    )
                     checks += 1
         for r in range(world):
             got = np.fromfile(d / f"out_r{r}_bc_{t}.bin", dtype=dt)
@@ -290,27 +364,56 @@ class Result:
         return self.stdout + self.stderr
 
 
-def mpirun(nproc: int | None, argv: list[str], env: dict | None = None, timeout: float = 120,
-           extra: list[str] | None = None) -> Result:
+def mpirun(
+    nproc: int | None, argv: list[str], env: dict | None = None, timeout: float = 120, extra: list[str] | None = None
+) -> Result:
     """mpirun -np N argv (N None: argv holds the MPMD `-np a prog : -np b prog` spec itself)."""
     env = clean_env(env)
     forward = [a for k in env if k.startswith("LLMGEN_") for a in ("-x", k)]
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", *(extra or []), *forward,
-           *(["-np", str(nproc)] if nproc else []), *map(str, argv)]
+    cmd = [
+        "mpirun",
+        "--allow-run-as-root",
+        "--oversubscribe",
+        *(extra or []),
+        *forward,
+        *(["-np", str(nproc)] if nproc else []),
+        *map(str, argv),
+    ]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     return Result(p.returncode, p.stdout, p.stderr, time.monotonic() - t0)
 
 
-def launcher_env(launcher: str, rank: int, world: int, port: int | None = None, rendezvous: pathlib.Path | None = None,
-                 run_id: str = "run-1", master: str = "127.0.0.1") -> dict:
+def launcher_env(
+    launcher: str,
+    rank: int,
+    world: int,
+    port: int | None = None,
+    rendezvous: pathlib.Path | None = None,
+    run_id: str = "run-1",
+    master: str = "127.0.0.1",
+) -> dict:
     """The variables torchrun, Slurm (srun + the user's MASTER_ADDR/PORT) or the file rendezvous would give."""
     if launcher == "torchrun":
-        return {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": world,
-                "MASTER_ADDR": master, "MASTER_PORT": port}
+        return {
+            "RANK": rank,
+            "WORLD_SIZE": world,
+            "LOCAL_RANK": rank,
+            "LOCAL_WORLD_SIZE": world,
+            "MASTER_ADDR": master,
+            "MASTER_PORT": port,
+        }
     if launcher == "slurm":
-        return {"SLURM_PROCID": rank, "SLURM_NTASKS": world, "SLURM_STEP_NUM_TASKS": world, "SLURM_LOCALID": rank,
-                "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "MASTER_ADDR": master, "MASTER_PORT": port}
+        return {
+            "SLURM_PROCID": rank,
+            "SLURM_NTASKS": world,
+            "SLURM_STEP_NUM_TASKS": world,
+            "SLURM_LOCALID": rank,
+            "SLURM_JOB_ID": "4242",
+            "SLURM_STEP_ID": "0",
+            "MASTER_ADDR": master,
+            "MASTER_PORT": port,
+        }
     if launcher == "file":
         return {"RANK": rank, "WORLD_SIZE": world, "LLMGEN_RENDEZVOUS_DIR": rendezvous, "LLMGEN_RUN_ID": run_id}
     raise ValueError(launcher)
@@ -329,8 +432,9 @@ class Ranks:
         r = len(self.procs)
         out = open(self.logdir / f"stdout_{r}", "w")
         err = open(self.logdir / f"stderr_{r}", "w")
-        p = subprocess.Popen([*(prefix or []), *map(str, argv)], stdout=out, stderr=err, env=clean_env(env),
-                             start_new_session=True)
+        p = subprocess.Popen(
+            [*(prefix or []), *map(str, argv)], stdout=out, stderr=err, env=clean_env(env), start_new_session=True
+        )
         out.close()
         err.close()
         self.procs.append(p)
@@ -376,6 +480,7 @@ def ranks(tmp_path):
         rk = Ranks(tmp_path / name)
         made.append(rk)
         return rk
+
     yield make
     for rk in made:
         rk.kill()

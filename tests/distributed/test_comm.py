@@ -4,6 +4,7 @@ a stuck rank, a rank that never comes, mismatched flags, a build without MPI und
 
 The programs are tests/distributed/comm_driver.c built with gcc (no MPI: tcp/file/single), with mpicc
 -DLLMGEN_MPI (all backends), and as C++ (the CUDA trainer includes the same header)."""
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,23 @@ import time
 import numpy as np
 import pytest
 
-from dist_helpers import (MPI_MISSING, assert_order_matters, check_outputs, clean_env, free_port, have_mpi,  # noqa: F401
-                          launcher_env, make_inputs, mpirun, programs, ranks, read_info, reference, same_bits,
-                          wait_for)
+from dist_helpers import (
+    MPI_MISSING,
+    assert_order_matters,
+    check_outputs,
+    clean_env,
+    free_port,
+    have_mpi,  # noqa: F401
+    launcher_env,
+    make_inputs,
+    mpirun,
+    programs,
+    ranks,
+    read_info,
+    reference,
+    same_bits,
+    wait_for,
+)
 
 needs_mpi = pytest.mark.skipif(not have_mpi(), reason=MPI_MISSING)
 
@@ -36,8 +51,13 @@ def test_single_process_needs_no_launcher(programs, tmp_path):
     """No launcher variables: world size 1, no network; sum = the input, avg = the input."""
     ins = make_inputs(tmp_path, 1, N_ELEMS)
     drv = programs.get("c")
-    p = subprocess.run([str(drv), "collectives", str(tmp_path), str(N_ELEMS)], capture_output=True, text=True,
-                       env=clean_env(), timeout=60)
+    p = subprocess.run(
+        [str(drv), "collectives", str(tmp_path), str(N_ELEMS)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     check_outputs(tmp_path, ins, 1, N_ELEMS)
     assert same_bits(np.fromfile(tmp_path / "out_r0_ar_bf16_sum.bin", np.uint16), ins["bf16"][0])
@@ -51,8 +71,9 @@ def test_collectives_mpirun(programs, tmp_path, world):
     ins = make_inputs(tmp_path, world, N_ELEMS, seed=world)
     if world >= 3:
         assert_order_matters(ins)
-    res = mpirun(world, [programs.get("mpi"), "collectives", tmp_path, N_ELEMS],
-                 env={"LLMGEN_COMM_SEGMENT_BYTES": 1000})  # several rounds per reduction
+    res = mpirun(
+        world, [programs.get("mpi"), "collectives", tmp_path, N_ELEMS], env={"LLMGEN_COMM_SEGMENT_BYTES": 1000}
+    )  # several rounds per reduction
     assert res.returncode == 0, res.text
     n = check_outputs(tmp_path, ins, world, N_ELEMS)
     print(f"mpirun -np {world}: {n} outputs bit-identical to numpy's rank-order results")
@@ -64,11 +85,17 @@ def test_collectives_mpirun(programs, tmp_path, world):
         assert (info["local_rank"], info["local_world_size"]) == (str(r), str(world))
 
 
-@pytest.mark.parametrize("launcher,world,variant", [
-    ("torchrun", 2, "c"), ("torchrun", 3, "c"), ("torchrun", 3, "cxx"),
-    # an MPI build started without an MPI launcher (srun without PMI) takes the TCP path from SLURM_*
-    ("slurm", 3, "mpi"), ("slurm", 2, "c"),
-])
+@pytest.mark.parametrize(
+    "launcher,world,variant",
+    [
+        ("torchrun", 2, "c"),
+        ("torchrun", 3, "c"),
+        ("torchrun", 3, "cxx"),
+        # an MPI build started without an MPI launcher (srun without PMI) takes the TCP path from SLURM_*
+        ("slurm", 3, "mpi"),
+        ("slurm", 2, "c"),
+    ],
+)
 def test_collectives_tcp(programs, tmp_path, ranks, launcher, world, variant):
     data = tmp_path / "data"
     ins = make_inputs(data, world, N_ELEMS, seed=10 + world)
@@ -76,16 +103,22 @@ def test_collectives_tcp(programs, tmp_path, ranks, launcher, world, variant):
     port = free_port()
     rk = ranks()
     for r in range(world):
-        rk.start([drv, "collectives", data, N_ELEMS],
-                 {**launcher_env(launcher, r, world, port=port), "LLMGEN_COMM_SEGMENT_BYTES": 256})
+        rk.start(
+            [drv, "collectives", data, N_ELEMS],
+            {**launcher_env(launcher, r, world, port=port), "LLMGEN_COMM_SEGMENT_BYTES": 256},
+        )
     for r, res in enumerate(rk.wait(120)):
         assert res.returncode == 0, f"rank {r}:\n{rk.logs()}"
     check_outputs(data, ins, world, N_ELEMS)
     for r in range(world):
         info = read_info(data, r)
         assert info["how"] == f"tcp via 127.0.0.1:{port}"
-        assert (info["rank"], info["world_size"], info["local_rank"], info["local_world_size"]) == \
-               (str(r), str(world), str(r), str(world))
+        assert (info["rank"], info["world_size"], info["local_rank"], info["local_world_size"]) == (
+            str(r),
+            str(world),
+            str(r),
+            str(world),
+        )
 
 
 def test_results_do_not_depend_on_transport_or_segment(programs, tmp_path, ranks):
@@ -127,11 +160,15 @@ def test_file_rendezvous_ignores_stale_files(programs, tmp_path, ranks):
     rk = ranks()
     env = {"LLMGEN_RENDEZVOUS_TIMEOUT": 60}
     for r in (2, 1):  # the others first: they find only the stale same-id file until rank 0 writes its own
-        rk.start([programs.get("c"), "collectives", data, N_ELEMS],
-                 {**launcher_env("file", r, world, rendezvous=rv, run_id="run-1"), **env})
+        rk.start(
+            [programs.get("c"), "collectives", data, N_ELEMS],
+            {**launcher_env("file", r, world, rendezvous=rv, run_id="run-1"), **env},
+        )
     time.sleep(0.5)
-    rk.start([programs.get("c"), "collectives", data, N_ELEMS],
-             {**launcher_env("file", 0, world, rendezvous=rv, run_id="run-1"), **env})
+    rk.start(
+        [programs.get("c"), "collectives", data, N_ELEMS],
+        {**launcher_env("file", 0, world, rendezvous=rv, run_id="run-1"), **env},
+    )
     assert all(x.returncode == 0 for x in rk.wait(120)), rk.logs()
     check_outputs(data, ins, world, N_ELEMS)
     with pytest.raises(BlockingIOError):
@@ -200,9 +237,23 @@ def test_killed_rank_mpi(programs, tmp_path):
     """The same under mpirun: mpirun ends the job and names the rank."""
     world, victim = 3, 1
     log = open(tmp_path / "mpirun.log", "w")
-    p = subprocess.Popen(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(world),
-                          str(programs.get("mpi")), "loop", str(tmp_path), "1000000"], stdout=log,
-                         stderr=subprocess.STDOUT, env=clean_env(), start_new_session=True)
+    p = subprocess.Popen(
+        [
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-np",
+            str(world),
+            str(programs.get("mpi")),
+            "loop",
+            str(tmp_path),
+            "1000000",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=clean_env(),
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: (tmp_path / "mpirun.log").read_text().count("ready") == world, 60, "the first all-reduce")
         os.kill(_pid(tmp_path, victim), signal.SIGKILL)
@@ -226,8 +277,10 @@ def test_stuck_rank_times_out_tcp(programs, tmp_path, ranks):
     rk = ranks()
     port = free_port()
     for r in range(world):
-        rk.start([programs.get("c"), "loop", tmp_path, 1_000_000],
-                 {**launcher_env("torchrun", r, world, port=port), "LLMGEN_COMM_TIMEOUT": 3})
+        rk.start(
+            [programs.get("c"), "loop", tmp_path, 1_000_000],
+            {**launcher_env("torchrun", r, world, port=port), "LLMGEN_COMM_TIMEOUT": 3},
+        )
     wait_for(lambda: all("ready" in rk.stdout(r) for r in range(world)), 60, "every rank's first all-reduce")
     os.kill(_pid(tmp_path, victim), signal.SIGSTOP)
     t0 = time.monotonic()
@@ -249,9 +302,25 @@ def test_stuck_rank_times_out_mpi(programs, tmp_path):
     world, victim = 2, 1
     log = open(tmp_path / "mpirun.log", "w")
     env = clean_env({"LLMGEN_COMM_TIMEOUT": 3})
-    p = subprocess.Popen(["mpirun", "--allow-run-as-root", "--oversubscribe", "-x", "LLMGEN_COMM_TIMEOUT", "-np",
-                          str(world), str(programs.get("mpi")), "loop", str(tmp_path), "1000000"], stdout=log,
-                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    p = subprocess.Popen(
+        [
+            "mpirun",
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "-x",
+            "LLMGEN_COMM_TIMEOUT",
+            "-np",
+            str(world),
+            str(programs.get("mpi")),
+            "loop",
+            str(tmp_path),
+            "1000000",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: (tmp_path / "mpirun.log").read_text().count("ready") == world, 60, "the first all-reduce")
         os.kill(_pid(tmp_path, victim), signal.SIGSTOP)
@@ -278,29 +347,41 @@ def test_rendezvous_timeouts_are_clear(programs, tmp_path, ranks):
     drv = programs.get("c")
     rk = ranks()
     rk.start([drv, "init", tmp_path], {**launcher_env("torchrun", 1, 2, port=port), "LLMGEN_RENDEZVOUS_TIMEOUT": 2})
-    rk.start([drv, "init", tmp_path], {**launcher_env("torchrun", 0, 3, port=free_port()),
-                                       "LLMGEN_RENDEZVOUS_TIMEOUT": 2})
-    rk.start([drv, "init", tmp_path], {**launcher_env("file", 1, 2, rendezvous=tmp_path, run_id="nobody"),
-                                       "LLMGEN_RENDEZVOUS_TIMEOUT": 2})
+    rk.start(
+        [drv, "init", tmp_path], {**launcher_env("torchrun", 0, 3, port=free_port()), "LLMGEN_RENDEZVOUS_TIMEOUT": 2}
+    )
+    rk.start(
+        [drv, "init", tmp_path],
+        {**launcher_env("file", 1, 2, rendezvous=tmp_path, run_id="nobody"), "LLMGEN_RENDEZVOUS_TIMEOUT": 2},
+    )
     res = rk.wait(60)
     for r in res:
         assert r.returncode == 1 and r.seconds < 30
-    assert f"error: rank 1: no connection from rank 0 at 127.0.0.1:{port} within 2 s (last error: Connection " \
-           "refused)" in res[0].stderr
+    assert (
+        f"error: rank 1: no connection from rank 0 at 127.0.0.1:{port} within 2 s (last error: Connection "
+        "refused)" in res[0].stderr
+    )
     assert "error: rank 0: only 1 of 3 ranks connected within 2 s" in res[1].stderr
     assert "missing rank(s) 1, 2" in res[1].stderr
-    assert f"error: rank 1: the rendezvous file {tmp_path}/llmgen-rendezvous-nobody did not appear within 2 s" \
-           in res[2].stderr
+    assert (
+        f"error: rank 1: the rendezvous file {tmp_path}/llmgen-rendezvous-nobody did not appear within 2 s"
+        in res[2].stderr
+    )
 
 
-@pytest.mark.parametrize("env,message", [
-    ({"RANK": 1}, "RANK and WORLD_SIZE must be set together"),
-    ({"RANK": 2, "WORLD_SIZE": 2}, "RANK=2 is not below WORLD_SIZE=2"),
-    ({"RANK": "x", "WORLD_SIZE": 2}, "RANK='x' is not a non-negative integer"),
-    ({"RANK": 1, "WORLD_SIZE": 2}, "MASTER_ADDR/MASTER_PORT are not set"),
-    ({"RANK": 1, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
-     "MASTER_PORT=99999 is not a port"),
-])
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"RANK": 1}, "RANK and WORLD_SIZE must be set together"),
+        ({"RANK": 2, "WORLD_SIZE": 2}, "RANK=2 is not below WORLD_SIZE=2"),
+        ({"RANK": "x", "WORLD_SIZE": 2}, "RANK='x' is not a non-negative integer"),
+        ({"RANK": 1, "WORLD_SIZE": 2}, "MASTER_ADDR/MASTER_PORT are not set"),
+        (
+            {"RANK": 1, "WORLD_SIZE": 2, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "99999"},
+            "MASTER_PORT=99999 is not a port",
+        ),
+    ],
+)
 def test_launcher_variable_errors(programs, tmp_path, ranks, env, message):
     rk = ranks()
     rk.start([programs.get("c"), "init", tmp_path], env)
@@ -313,8 +394,10 @@ def test_agree_catches_mismatched_flags_tcp(programs, tmp_path, ranks):
     port = free_port()
     rk = ranks()
     for r in range(world):
-        rk.start([programs.get("c"), "agree", tmp_path, "-b 8" if r == 2 else "-b 4"],
-                 launcher_env("torchrun", r, world, port=port))
+        rk.start(
+            [programs.get("c"), "agree", tmp_path, "-b 8" if r == 2 else "-b 4"],
+            launcher_env("torchrun", r, world, port=port),
+        )
     res = rk.wait(60)
     assert all(r.returncode == 1 for r in res), rk.logs()
     assert "error: rank 0: ranks disagree on flags: rank(s) 0, 1 have '-b 4'; rank(s) 2 have '-b 8'" in res[0].stderr
@@ -352,8 +435,10 @@ def test_sbatch_script_itself_is_one_process(programs, tmp_path, ranks, variant)
     if variant == "mpi" and not have_mpi():
         pytest.skip(MPI_MISSING)
     rk = ranks()
-    rk.start([programs.get(variant), "init", tmp_path],
-             {"SLURM_JOB_ID": 99, "SLURM_PROCID": 0, "SLURM_NTASKS": 4, "SLURM_LOCALID": 0, "SLURM_NNODES": 1})
+    rk.start(
+        [programs.get(variant), "init", tmp_path],
+        {"SLURM_JOB_ID": 99, "SLURM_PROCID": 0, "SLURM_NTASKS": 4, "SLURM_LOCALID": 0, "SLURM_NNODES": 1},
+    )
     (res,) = rk.wait(30)
     assert res.returncode == 0 and "rank 0 of 1: single process" in res.stdout, res.stderr
 
@@ -363,8 +448,10 @@ def test_mpi_singleton_under_srun_is_an_error(programs, tmp_path, ranks):
     """srun with a PMI that this MPI cannot use starts every process as an MPI singleton (llm.c #426): MPI's
     size 1 against srun's SLURM_STEP_NUM_TASKS=2 is an error, not two independent jobs."""
     rk = ranks()
-    rk.start([programs.get("mpi"), "init", tmp_path],
-             {"PMI_RANK": 0, "SLURM_PROCID": 0, "SLURM_NTASKS": 2, "SLURM_STEP_NUM_TASKS": 2})
+    rk.start(
+        [programs.get("mpi"), "init", tmp_path],
+        {"PMI_RANK": 0, "SLURM_PROCID": 0, "SLURM_NTASKS": 2, "SLURM_STEP_NUM_TASKS": 2},
+    )
     (res,) = rk.wait(60)
     assert res.returncode != 0
     assert "error: rank 0: MPI reports 1 process(es) but SLURM_STEP_NUM_TASKS=2" in res.stderr, res.stderr
@@ -373,8 +460,11 @@ def test_mpi_singleton_under_srun_is_an_error(programs, tmp_path, ranks):
 @needs_mpi
 def test_mpirun_inside_a_larger_allocation_is_fine(programs, tmp_path):
     """mpirun -np 2 inside a Slurm allocation of 4 tasks: mpirun's count is the one that matters."""
-    res = mpirun(2, [programs.get("mpi"), "init", tmp_path],
-                 extra=["-x", "SLURM_NTASKS=4", "-x", "SLURM_STEP_NUM_TASKS=4", "-x", "SLURM_PROCID=0"])
+    res = mpirun(
+        2,
+        [programs.get("mpi"), "init", tmp_path],
+        extra=["-x", "SLURM_NTASKS=4", "-x", "SLURM_STEP_NUM_TASKS=4", "-x", "SLURM_PROCID=0"],
+    )
     assert res.returncode == 0, res.text
     assert "rank 0 of 2: mpi" in res.stdout and "rank 1 of 2: mpi" in res.stdout
 

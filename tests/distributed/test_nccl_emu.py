@@ -2,12 +2,23 @@
 -DLLMGEN_EMULATE (emulate.h) and run as N processes, checked bit for bit against numpy's rank-order references
 (fp32, fp64 and bf16; ncclSum and ncclAvg; all-reduce, padded reduce-scatter, all-gather, broadcast; in place
 and out of place). The program is tests/distributed/nccl_emu.cu."""
+
 from __future__ import annotations
 
 import pytest
 
-from dist_helpers import (MPI_MISSING, assert_order_matters, check_outputs, have_mpi, launcher_env,  # noqa: F401
-                          make_inputs, mpirun, programs, ranks, free_port)
+from dist_helpers import (
+    MPI_MISSING,
+    assert_order_matters,
+    check_outputs,
+    have_mpi,
+    launcher_env,  # noqa: F401
+    make_inputs,
+    mpirun,
+    programs,
+    ranks,
+    free_port,
+)
 
 N_ELEMS = 1001  # not a multiple of 2 or 3: uneven chunks, padded shards
 
@@ -35,8 +46,10 @@ def test_emulated_nccl_tcp(programs, tmp_path, ranks):
     port = free_port()
     rk = ranks()
     for r in range(world):
-        rk.start([programs.get("nccl_emu_tcp"), data, N_ELEMS], {**launcher_env("torchrun", r, world, port=port),
-                                                            "OMP_NUM_THREADS": 1})
+        rk.start(
+            [programs.get("nccl_emu_tcp"), data, N_ELEMS],
+            {**launcher_env("torchrun", r, world, port=port), "OMP_NUM_THREADS": 1},
+        )
     assert all(x.returncode == 0 for x in rk.wait(120)), rk.logs()
     check_outputs(data, ins, world, N_ELEMS)
 

@@ -5,6 +5,7 @@ launching the remote rank through a plm_rsh_agent that enters the namespace inst
 
 Needs root and iproute2 (skipped with the reason otherwise). Only the addresses of the namespaces made here are
 used; the finaliser deletes them (and with them the veth pair)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,16 @@ import subprocess
 
 import pytest
 
-from dist_helpers import (MPI_MISSING, check_outputs, clean_env, have_mpi, make_inputs, programs, ranks,  # noqa: F401
-                          read_info)
+from dist_helpers import (
+    MPI_MISSING,
+    check_outputs,
+    clean_env,
+    have_mpi,
+    make_inputs,
+    programs,
+    ranks,  # noqa: F401
+    read_info,
+)
 
 N_ELEMS = 1001
 SUBNET = "10.231.0"  # private addresses inside the two namespaces only
@@ -28,25 +37,42 @@ MIN_BYTES_TO_B = 8 * N_ELEMS * (4 + 8 + 2)
 
 @dataclasses.dataclass
 class Host:
-    netns: str    # `ip netns` name
-    veth: str     # its end of the veth pair
-    addr: str     # its address
+    netns: str  # `ip netns` name
+    veth: str  # its end of the veth pair
+    addr: str  # its address
     hostname: str
 
     def exec_prefix(self) -> list[str]:
         """Run a command 'on this host': in its network namespace, under its own host name."""
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
-                f'hostname {self.hostname} && exec "$@"', "sh"]
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            f'hostname {self.hostname} && exec "$@"',
+            "sh",
+        ]
 
     def rx_bytes(self) -> int:
-        out = subprocess.run(["ip", "netns", "exec", self.netns, "cat",
-                              f"/sys/class/net/{self.veth}/statistics/rx_bytes"], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.netns, "cat", f"/sys/class/net/{self.veth}/statistics/rx_bytes"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return int(out)
 
     def netns_id(self) -> str:
-        return subprocess.run(["ip", "netns", "exec", self.netns, "readlink", "/proc/self/ns/net"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, "readlink", "/proc/self/ns/net"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
@@ -60,8 +86,10 @@ def two_hosts():
     if shutil.which("ip") is None or shutil.which("unshare") is None:
         pytest.skip("iproute2 (ip) or util-linux (unshare) not installed")
     tag = f"{os.getpid() % 100000}"
-    hosts = [Host(f"llmgen-{tag}-a", f"lg{tag}a", f"{SUBNET}.1", "llmgen-host-a"),
-             Host(f"llmgen-{tag}-b", f"lg{tag}b", f"{SUBNET}.2", "llmgen-host-b")]
+    hosts = [
+        Host(f"llmgen-{tag}-a", f"lg{tag}a", f"{SUBNET}.1", "llmgen-host-a"),
+        Host(f"llmgen-{tag}-b", f"lg{tag}b", f"{SUBNET}.2", "llmgen-host-b"),
+    ]
     made: list[str] = []
 
     def cleanup():
@@ -80,11 +108,17 @@ def two_hosts():
                 pytest.skip(f"cannot make a network namespace here: {r.stderr.strip()}")
             made.append(h.netns)
         a, b = hosts
-        steps = [("link", "add", a.veth, "type", "veth", "peer", "name", b.veth),
-                 ("link", "set", a.veth, "netns", a.netns), ("link", "set", b.veth, "netns", b.netns)]
+        steps = [
+            ("link", "add", a.veth, "type", "veth", "peer", "name", b.veth),
+            ("link", "set", a.veth, "netns", a.netns),
+            ("link", "set", b.veth, "netns", b.netns),
+        ]
         for h in hosts:
-            steps += [("-n", h.netns, "addr", "add", f"{h.addr}/24", "dev", h.veth),
-                      ("-n", h.netns, "link", "set", h.veth, "up"), ("-n", h.netns, "link", "set", "lo", "up")]
+            steps += [
+                ("-n", h.netns, "addr", "add", f"{h.addr}/24", "dev", h.veth),
+                ("-n", h.netns, "link", "set", h.veth, "up"),
+                ("-n", h.netns, "link", "set", "lo", "up"),
+            ]
         for s in steps:
             r = _ip(*s)
             if r.returncode != 0:
@@ -111,8 +145,11 @@ def test_tcp_across_two_hosts(two_hosts, programs, tmp_path, ranks):
     rx_before = b.rx_bytes()
     rk = ranks()
     for r, h in enumerate(two_hosts):
-        rk.start([programs.get("c"), "collectives", data, N_ELEMS],
-                 {"RANK": r, "WORLD_SIZE": 2, "MASTER_ADDR": a.addr, "MASTER_PORT": 29500}, prefix=h.exec_prefix())
+        rk.start(
+            [programs.get("c"), "collectives", data, N_ELEMS],
+            {"RANK": r, "WORLD_SIZE": 2, "MASTER_ADDR": a.addr, "MASTER_PORT": 29500},
+            prefix=h.exec_prefix(),
+        )
     assert all(x.returncode == 0 for x in rk.wait(120)), rk.logs()
     check_outputs(data, ins, 2, N_ELEMS)
     _check_two_hosts(data, two_hosts, f"tcp via {a.addr}:29500")
@@ -129,9 +166,11 @@ def test_file_rendezvous_across_two_hosts(two_hosts, programs, tmp_path, ranks):
     ins = make_inputs(data, 2, N_ELEMS, seed=41)
     rk = ranks()
     for r, h in enumerate(two_hosts):
-        rk.start([programs.get("c"), "collectives", data, N_ELEMS],
-                 {"RANK": r, "WORLD_SIZE": 2, "LLMGEN_RENDEZVOUS_DIR": rv, "LLMGEN_RUN_ID": "job-7"},
-                 prefix=h.exec_prefix())
+        rk.start(
+            [programs.get("c"), "collectives", data, N_ELEMS],
+            {"RANK": r, "WORLD_SIZE": 2, "LLMGEN_RENDEZVOUS_DIR": rv, "LLMGEN_RUN_ID": "job-7"},
+            prefix=h.exec_prefix(),
+        )
     assert all(x.returncode == 0 for x in rk.wait(120)), rk.logs()
     check_outputs(data, ins, 2, N_ELEMS)
     _check_two_hosts(data, two_hosts, f"tcp, rendezvous file {rv}/llmgen-rendezvous-job-7")
@@ -158,10 +197,31 @@ exec ip netns exec "$ns" unshare --uts sh -c "hostname $name && $*"
     hostfile = tmp_path / "hosts"
     hostfile.write_text("".join(f"{h.addr} slots=1\n" for h in two_hosts))
     rx_before = b.rx_bytes()
-    cmd = [*a.exec_prefix(), "mpirun", "--allow-run-as-root", "-np", "2", "--hostfile", str(hostfile),
-           "--mca", "plm_rsh_agent", str(agent), "--mca", "btl", "tcp,self",
-           "--mca", "btl_tcp_if_include", f"{SUBNET}.0/24", "--mca", "oob_tcp_if_include", f"{SUBNET}.0/24",
-           str(programs.get("mpi")), "collectives", str(data), str(N_ELEMS)]
+    cmd = [
+        *a.exec_prefix(),
+        "mpirun",
+        "--allow-run-as-root",
+        "-np",
+        "2",
+        "--hostfile",
+        str(hostfile),
+        "--mca",
+        "plm_rsh_agent",
+        str(agent),
+        "--mca",
+        "btl",
+        "tcp,self",
+        "--mca",
+        "btl_tcp_if_include",
+        f"{SUBNET}.0/24",
+        "--mca",
+        "oob_tcp_if_include",
+        f"{SUBNET}.0/24",
+        str(programs.get("mpi")),
+        "collectives",
+        str(data),
+        str(N_ELEMS),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     check_outputs(data, ins, 2, N_ELEMS)

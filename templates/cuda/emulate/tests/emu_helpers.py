@@ -6,6 +6,7 @@ emulation headers (../emulate.h and its parts: no GPU, no libcudart), runs `prog
 inputs written by the test into DIR, and compares the outputs with numpy/torch references computed
 here. All programs are compiled once per session, two at a time.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -20,8 +21,8 @@ import numpy as np
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-HEADER_DIR = HERE.parent             # templates/cuda/emulate: emulate.h and its parts
-CUDA_TEMPLATES = HEADER_DIR.parent   # templates/cuda: ptx.cuh, the device functions both builds use
+HEADER_DIR = HERE.parent  # templates/cuda/emulate: emulate.h and its parts
+CUDA_TEMPLATES = HEADER_DIR.parent  # templates/cuda: ptx.cuh, the device functions both builds use
 KERNELS = HERE / "kernels"
 
 # The build line the generated train.cu uses under emulation (see the top of emulate.h; -I names HEADER_DIR).
@@ -100,8 +101,18 @@ def cublas_include() -> pathlib.Path | None:
 
 
 def gxx_command(source: pathlib.Path, out: pathlib.Path, extra: list[str]) -> list[str]:
-    return ["g++", *GXX_FLAGS, *extra, f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{cuda_include()}", f"-I{KERNELS}",
-            str(source), "-o", str(out)]
+    return [
+        "g++",
+        *GXX_FLAGS,
+        *extra,
+        f"-I{HEADER_DIR}",
+        f"-I{CUDA_TEMPLATES}",
+        f"-I{cuda_include()}",
+        f"-I{KERNELS}",
+        str(source),
+        "-o",
+        str(out),
+    ]
 
 
 @dataclasses.dataclass
@@ -173,8 +184,17 @@ def nvcc_program(source: str, outdir: pathlib.Path) -> pathlib.Path:
         pytest.skip("needs nvcc and an NVIDIA GPU: the emulated run above checks the same cases on the CPU")
     if source not in _NVCC_BUILT:
         out = outdir / (source + ".gpu")
-        cmd = [nvcc, "-O2", f"-arch={arch}", f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}",
-               str(KERNELS / source), "-o", str(out)]
+        cmd = [
+            nvcc,
+            "-O2",
+            f"-arch={arch}",
+            f"-I{HEADER_DIR}",
+            f"-I{CUDA_TEMPLATES}",
+            f"-I{KERNELS}",
+            str(KERNELS / source),
+            "-o",
+            str(out),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.fail(f"nvcc failed to build {source}:\n{proc.stdout}{proc.stderr}")
@@ -194,15 +214,23 @@ class Run:
         return a.reshape(shape) if shape is not None else a
 
 
-def run_program(prog: pathlib.Path, case: str, workdir: pathlib.Path, inputs: dict | None = None,
-                expect_ok: bool = True, env: dict | None = None, timeout: float = 120) -> Run:
+def run_program(
+    prog: pathlib.Path,
+    case: str,
+    workdir: pathlib.Path,
+    inputs: dict | None = None,
+    expect_ok: bool = True,
+    env: dict | None = None,
+    timeout: float = 120,
+) -> Run:
     """Write inputs (name -> array) to workdir, run `prog case workdir`, return its outputs."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name, arr in (inputs or {}).items():
         np.ascontiguousarray(arr).tofile(workdir / f"{name}.bin")
     full_env = {**os.environ, **RUN_ENV, **(env or {})}
-    proc = subprocess.run([str(prog), case, str(workdir)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [str(prog), case, str(workdir)], capture_output=True, text=True, env=full_env, timeout=timeout
+    )
     if expect_ok and proc.returncode != 0:
         pytest.fail(f"{prog.name} {case} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return Run(workdir, proc.returncode, proc.stdout, proc.stderr)

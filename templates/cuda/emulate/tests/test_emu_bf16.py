@@ -2,6 +2,7 @@
 __hfma2 round once (checked against a float64 reference rounded in one step); the bf16 math helpers
 that cuda_bf16.h keeps device-only are within one bf16 ulp of torch; llm.c-style 16-byte packed
 loads work (-fno-strict-aliasing)."""
+
 import numpy as np
 import pytest
 
@@ -11,7 +12,13 @@ torch = pytest.importorskip("torch")
 
 
 def torch_bf16_bits(x: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return (
+        torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        .to(torch.bfloat16)
+        .view(torch.int16)
+        .numpy()
+        .view(np.uint16)
+    )
 
 
 def bits_to_torch(bits: np.ndarray):
@@ -24,12 +31,14 @@ def random_bf16(rng, n, scale=1.0):
 
 def test_float_to_bf16_matches_torch(programs, tmp_path):
     rng = np.random.default_rng(5)
-    x = np.concatenate([
-        rng.standard_normal(50_000).astype(np.float32) * 100,
-        # ties: exactly halfway between two bf16 values, both parities
-        ((np.arange(1000, dtype=np.uint32) << 16) + 0x3F808000).view(np.float32),
-        np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-40, -1e-45, 1.17549435e-38], np.float32),
-    ])
+    x = np.concatenate(
+        [
+            rng.standard_normal(50_000).astype(np.float32) * 100,
+            # ties: exactly halfway between two bf16 values, both parities
+            ((np.arange(1000, dtype=np.uint32) << 16) + 0x3F808000).view(np.float32),
+            np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-40, -1e-45, 1.17549435e-38], np.float32),
+        ]
+    )
     r = run_program(programs["bf16"], "convert", tmp_path, {"x": x})
     np.testing.assert_array_equal(r.out("out", np.uint16), torch_bf16_bits(x))
     np.testing.assert_array_equal(r.out("back", np.float32), bf16_to_f32(torch_bf16_bits(x)))
@@ -54,12 +63,15 @@ def tie_cases(n_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     vals = 1.0 + np.arange(128) / 128.0  # every bf16 in [1, 2)
     a, b = np.meshgrid(vals, vals)
     p = (a * b).ravel()
-    scaled = p / 2.0 ** np.floor(np.log2(p)) * 2.0 ** 7  # significand as 1xxxxxxx.yyy (7 fraction bits)
+    scaled = p / 2.0 ** np.floor(np.log2(p)) * 2.0**7  # significand as 1xxxxxxx.yyy (7 fraction bits)
     ties = np.nonzero(scaled - np.floor(scaled) == 0.5)[0][:n_max]
     sign = np.where(np.arange(len(ties)) % 2 == 0, 1.0, -1.0)
-    c = sign * 2.0 ** -30
-    return (f32_to_bf16(a.ravel()[ties].astype(np.float32)), f32_to_bf16(b.ravel()[ties].astype(np.float32)),
-            f32_to_bf16(c.astype(np.float32)))
+    c = sign * 2.0**-30
+    return (
+        f32_to_bf16(a.ravel()[ties].astype(np.float32)),
+        f32_to_bf16(b.ravel()[ties].astype(np.float32)),
+        f32_to_bf16(c.astype(np.float32)),
+    )
 
 
 def test_hfma_rounds_once(programs, tmp_path):
@@ -86,8 +98,16 @@ def test_bf16_math_within_one_ulp(programs, tmp_path):
     got = bf16_to_f32(r.out("out", np.uint16, (n, 8)))
     xt = bits_to_torch(x).float()
     pos = xt.abs()
-    refs = [torch.exp(xt), torch.sqrt(pos), torch.rsqrt(pos), torch.tanh(xt), torch.log(pos),
-            1.0 / xt, torch.clamp(xt, min=0.0), -xt]
+    refs = [
+        torch.exp(xt),
+        torch.sqrt(pos),
+        torch.rsqrt(pos),
+        torch.tanh(xt),
+        torch.log(pos),
+        1.0 / xt,
+        torch.clamp(xt, min=0.0),
+        -xt,
+    ]
     for k, ref in enumerate(refs):
         ref = ref.to(torch.bfloat16).float().numpy()
         ulp = np.abs(np.spacing(ref.astype(np.float32))) * 65536  # one bf16 ulp

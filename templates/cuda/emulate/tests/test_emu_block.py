@@ -2,6 +2,7 @@
 __syncthreads_count/and/or, early exit before a barrier, 1024-thread blocks, and the deadlock and
 stack-overflow reports. Each case also runs with the ucontext fallback switch and without OpenMP, at
 -O0, and with -fcf-protection=full (which selects the ucontext switch)."""
+
 import numpy as np
 import pytest
 
@@ -17,8 +18,9 @@ def test_layernorm_forward(programs, tmp_path, variant):
     x = rng.standard_normal((N, C)).astype(np.float32) * 2 + 0.5
     w = rng.standard_normal(C).astype(np.float32)
     b = rng.standard_normal(C).astype(np.float32)
-    r = run_program(programs[variant], "layernorm", tmp_path,
-                    {"shape": np.array([N, C, block], np.int32), "x": x, "w": w, "b": b})
+    r = run_program(
+        programs[variant], "layernorm", tmp_path, {"shape": np.array([N, C, block], np.int32), "x": x, "w": w, "b": b}
+    )
     x64 = x.astype(np.float64)
     mean = x64.mean(1)
     rstd = 1 / np.sqrt(((x64 - mean[:, None]) ** 2).mean(1) + 1e-5)
@@ -77,7 +79,7 @@ def test_syncthreads_count_and_or(programs, tmp_path, variant):
 def test_early_exit_before_barrier(programs, tmp_path, variant):
     x = np.arange(1000, dtype=np.float32)
     r = run_program(programs[variant], "early_exit", tmp_path, {"x": x})
-    ref = [x[i:i + 256].sum() for i in range(0, 1000, 256)]
+    ref = [x[i : i + 256].sum() for i in range(0, 1000, 256)]
     np.testing.assert_array_equal(r.out("out", np.float32), ref)
 
 

@@ -5,6 +5,7 @@ generator's Jinja environment unchanged (it may be pasted into train.cu); the cu
 values and by-value struct sizes it declares equal NVIDIA's (when a cublasLt.h is found: the CUDA
 toolkit's, $LLMGEN_CUBLAS_INCLUDE, or the one of the pip package nvidia-cublas==13.0.2.14, which is
 the cuBLAS of CUDA 13.0)."""
+
 import concurrent.futures
 import os
 import subprocess
@@ -14,11 +15,13 @@ import pytest
 from emu_helpers import CUDA_TEMPLATES, GXX_FLAGS, HEADER_DIR, KERNELS, cublas_include, cuda_include, nvcc_path
 
 SOURCES = sorted(p.name for p in KERNELS.glob("*.cu"))
-ARCHS = {"ptx.cu": ["sm_80", "sm_90"]}       # the others: sm_90
+ARCHS = {"ptx.cu": ["sm_80", "sm_90"]}  # the others: sm_90
 BUILDS = [(source, arch) for source in SOURCES for arch in ARCHS.get(source, ["sm_90"])]
 NEEDS_CUBLAS = {"cublaslt.cu", "cublaslt_fp8.cu"}
-NO_CUBLAS = ("cublasLt.h not found: the CUDA toolkit here has no cuBLAS headers "
-             "(pip install nvidia-cublas==13.0.2.14, or set LLMGEN_CUBLAS_INCLUDE)")
+NO_CUBLAS = (
+    "cublasLt.h not found: the CUDA toolkit here has no cuBLAS headers "
+    "(pip install nvidia-cublas==13.0.2.14, or set LLMGEN_CUBLAS_INCLUDE)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,18 @@ def nvcc_results(tmp_path_factory) -> dict[str, subprocess.CompletedProcess | No
         if source in NEEDS_CUBLAS and inc is None:
             return source_arch, None
         extra = [f"-I{inc}"] if source in NEEDS_CUBLAS else []
-        cmd = [nvcc, f"-arch={arch}", "-c", f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}", *extra,
-               str(KERNELS / source), "-o", str(out / f"{source}.{arch}.o")]
+        cmd = [
+            nvcc,
+            f"-arch={arch}",
+            "-c",
+            f"-I{HEADER_DIR}",
+            f"-I{CUDA_TEMPLATES}",
+            f"-I{KERNELS}",
+            *extra,
+            str(KERNELS / source),
+            "-o",
+            str(out / f"{source}.{arch}.o"),
+        ]
         return source_arch, subprocess.run(cmd, capture_output=True, text=True)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as ex:
@@ -56,15 +69,29 @@ def test_header_is_warning_free(tmp_path, std):
     if cuda_include() is None:
         pytest.skip("CUDA headers not found")
     src = tmp_path / "only_header.cu"
-    src.write_text('#include "emulate.h"\n#include "ptx.cuh"\n'
-                   "__global__ void k(float* p) {\n"
-                   "    uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0}; float c[4] = {0, 0, 0, 0};\n"
-                   "    ptx_mma_m16n8k16_bf16(c, a, b, c);\n"
-                   "    p[threadIdx.x] = ptx_ex2_approx(c[0]) + ptx_ld_shared(p); __syncthreads(); }\n"
-                   "int main() { float* p; cudaMalloc(&p, 128); LLMGEN_LAUNCH(k, 1, 32, 0, 0, p); return 0; }\n")
+    src.write_text(
+        '#include "emulate.h"\n#include "ptx.cuh"\n'
+        "__global__ void k(float* p) {\n"
+        "    uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0}; float c[4] = {0, 0, 0, 0};\n"
+        "    ptx_mma_m16n8k16_bf16(c, a, b, c);\n"
+        "    p[threadIdx.x] = ptx_ex2_approx(c[0]) + ptx_ld_shared(p); __syncthreads(); }\n"
+        "int main() { float* p; cudaMalloc(&p, 128); LLMGEN_LAUNCH(k, 1, 32, 0, 0, p); return 0; }\n"
+    )
     flags = [f if f != "-std=c++17" else f"-std={std}" for f in GXX_FLAGS]
-    cmd = ["g++", *flags, "-fopenmp", "-Wall", "-Wextra", "-Werror", f"-I{HEADER_DIR}", f"-I{CUDA_TEMPLATES}",
-           f"-I{cuda_include()}", str(src), "-o", str(tmp_path / "a.out")]
+    cmd = [
+        "g++",
+        *flags,
+        "-fopenmp",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        f"-I{HEADER_DIR}",
+        f"-I{CUDA_TEMPLATES}",
+        f"-I{cuda_include()}",
+        str(src),
+        "-o",
+        str(tmp_path / "a.out"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -2,6 +2,7 @@
 dimensions, ROW order, strided batches, in-place accumulation (C == D, beta = 1), a fp32 bias with
 bf16 output, TF32 input rounding, and argument checking. References: float64 numpy GEMM; GELU and
 its derivative from torch (tanh approximation, derivative by autograd in float64)."""
+
 import dataclasses
 
 import numpy as np
@@ -13,8 +14,18 @@ torch = pytest.importorskip("torch")
 
 R32F, R16BF = 0, 14  # cudaDataType_t
 COMPUTE_32F, COMPUTE_32F_FAST_TF32 = 68, 77
-EPI = {"DEFAULT": 1, "BIAS": 4, "GELU": 32, "GELU_AUX": 160, "GELU_BIAS": 36, "GELU_AUX_BIAS": 164,
-       "DGELU": 192, "DGELU_BGRAD": 208, "BGRADA": 256, "BGRADB": 512}
+EPI = {
+    "DEFAULT": 1,
+    "BIAS": 4,
+    "GELU": 32,
+    "GELU_AUX": 160,
+    "GELU_BIAS": 36,
+    "GELU_AUX_BIAS": 164,
+    "DGELU": 192,
+    "DGELU_BGRAD": 208,
+    "BGRADA": 256,
+    "BGRADB": 512,
+}
 
 
 @dataclasses.dataclass
@@ -69,7 +80,7 @@ def load(flat: np.ndarray, rows: int, cols: int, ld: int, order: int, batch: int
     span = ld * cols if order == 0 else ld * rows
     mats = []
     for b in range(batch):
-        part = flat[b * span:(b + 1) * span]
+        part = flat[b * span : (b + 1) * span]
         mats.append(part.reshape(cols, ld)[:, :rows].T if order == 0 else part.reshape(rows, ld)[:, :cols])
     return mats
 
@@ -102,12 +113,37 @@ def run_case(programs, tmp_path, c: Case):
     aux_in = [quantize(rng.standard_normal((c.m, c.n)) * 2, aux_t) for _ in range(c.batch)]
     ld = lambda shape: (shape[0] if c.order == 0 else shape[1]) + c.pad  # noqa: E731
     lda, ldb, ldc = ld(a_shape), ld(b_shape), ld((c.m, c.n))
-    params = np.array([c.m, c.n, c.k, c.transa, c.transb, ep, lda, ldb, ldc, ldc, c.batch, c.dtype, c.dtype,
-                       aux_ld, c.bias_type, c.aux_type, c.compute, c.order, int(c.inplace)], np.int64)
+    params = np.array(
+        [
+            c.m,
+            c.n,
+            c.k,
+            c.transa,
+            c.transb,
+            ep,
+            lda,
+            ldb,
+            ldc,
+            ldc,
+            c.batch,
+            c.dtype,
+            c.dtype,
+            aux_ld,
+            c.bias_type,
+            c.aux_type,
+            c.compute,
+            c.order,
+            int(c.inplace),
+        ],
+        np.int64,
+    )
     inputs = {
-        "params": params, "scalars": np.array([c.alpha, c.beta], np.float32),
-        "A": raw(store(A, lda, c.order), c.dtype), "B": raw(store(B, ldb, c.order), c.dtype),
-        "C": raw(store(C, ldc, c.order), c.dtype), "bias": raw(np.concatenate(bias), bias_t),
+        "params": params,
+        "scalars": np.array([c.alpha, c.beta], np.float32),
+        "A": raw(store(A, lda, c.order), c.dtype),
+        "B": raw(store(B, ldb, c.order), c.dtype),
+        "C": raw(store(C, ldc, c.order), c.dtype),
+        "bias": raw(np.concatenate(bias), bias_t),
         "aux": raw(store(aux_in, max(aux_ld, c.m), 0), aux_t),
     }
     r = run_program(programs["cublaslt"], "matmul", tmp_path, inputs)
@@ -146,7 +182,7 @@ def assert_close(name, got, ref, dtype, k):
     if dtype == R32F:
         tol = 2e-6 * scale + 2e-6 * np.abs(ref)
     else:  # one rounding to bf16 (half an ulp) plus fp32 accumulation error
-        tol = 2.0 ** -8 * np.abs(ref) + 2e-6 * scale
+        tol = 2.0**-8 * np.abs(ref) + 2e-6 * scale
     bad = np.abs(got - ref) > tol
     assert not bad.any(), f"{name}: {bad.sum()} of {bad.size} outside tolerance (max diff {d:.3g})"
 
@@ -192,8 +228,11 @@ def test_llmc_training_triple(programs, tmp_path):
     BT, C, OC = 48, 32, 40
     check(programs, tmp_path / "fwd", Case(m=OC, n=BT, k=C, transa=1, transb=0, epilogue="GELU_AUX_BIAS", dtype=R16BF))
     check(programs, tmp_path / "dinp", Case(m=C, n=BT, k=OC, transa=0, transb=0, epilogue="DGELU", dtype=R16BF))
-    check(programs, tmp_path / "dw", Case(m=C, n=OC, k=BT, transa=0, transb=1, epilogue="BGRADB", dtype=R16BF,
-                                          inplace=True, beta=1.0))
+    check(
+        programs,
+        tmp_path / "dw",
+        Case(m=C, n=OC, k=BT, transa=0, transb=1, epilogue="BGRADB", dtype=R16BF, inplace=True, beta=1.0),
+    )
 
 
 def test_row_order(programs, tmp_path):

@@ -17,6 +17,7 @@ Where a GPU and nvcc are present, the same program is built with nvcc -lcublasLt
 against the same references (the "gpu" parameters; skipped otherwise), with a bound for the tensor cores'
 own accumulation order instead of bit equality: that run is what holds the emulation's reading of the
 documentation against the library."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,15 +26,34 @@ import subprocess
 import numpy as np
 import pytest
 
-from emu_helpers import (KERNELS, bf16_to_f32, cublas_include, f32_to_bf16, gpu_arch, max_report, nvcc_path,
-                         programs, run_program)  # noqa: F401 (fixture)
+from emu_helpers import (
+    KERNELS,
+    bf16_to_f32,
+    cublas_include,
+    f32_to_bf16,
+    gpu_arch,
+    max_report,
+    nvcc_path,
+    programs,
+    run_program,
+)  # noqa: F401 (fixture)
 
 torch = pytest.importorskip("torch")
 
-R32F, R16F, R16BF, E4M3, E5M2 = 0, 2, 14, 28, 29        # cudaDataType_t
+R32F, R16F, R16BF, E4M3, E5M2 = 0, 2, 14, 28, 29  # cudaDataType_t
 COMPUTE_32F, COMPUTE_32F_FAST_TF32 = 68, 77
-EPI = {"DEFAULT": 1, "BIAS": 4, "GELU": 32, "GELU_BIAS": 36, "GELU_AUX": 160, "GELU_AUX_BIAS": 164, "DGELU": 192,
-       "DGELU_BGRAD": 208, "BGRADA": 256, "BGRADB": 512}
+EPI = {
+    "DEFAULT": 1,
+    "BIAS": 4,
+    "GELU": 32,
+    "GELU_BIAS": 36,
+    "GELU_AUX": 160,
+    "GELU_AUX_BIAS": 164,
+    "DGELU": 192,
+    "DGELU_BGRAD": 208,
+    "BGRADA": 256,
+    "BGRADB": 512,
+}
 NOT_SUPPORTED, INVALID_VALUE = 15, 7
 FP8 = {E4M3: (torch.float8_e4m3fn, 448.0), E5M2: (torch.float8_e5m2, 57344.0)}
 NAMES = {R32F: "fp32", R16F: "fp16", R16BF: "bf16", E4M3: "e4m3", E5M2: "e5m2"}
@@ -88,7 +108,7 @@ def store(mats: list[np.ndarray], ld: int, order: int) -> np.ndarray:
 
 def load(flat: np.ndarray, rows: int, cols: int, ld: int, batch: int) -> list[np.ndarray]:
     span = ld * cols
-    return [flat[b * span:(b + 1) * span].reshape(cols, ld)[:, :rows].T for b in range(batch)]
+    return [flat[b * span : (b + 1) * span].reshape(cols, ld)[:, :rows].T for b in range(batch)]
 
 
 # ---- one case ---------------------------------------------------------------------------------------
@@ -110,8 +130,8 @@ class Case:
     scale_d: float | None = None
     amax: bool = True
     batch: int = 1
-    pad: int = 0                 # extra rows in every leading dimension
-    transa: int = 1              # the documented TN layout
+    pad: int = 0  # extra rows in every leading dimension
+    transa: int = 1  # the documented TN layout
     transb: int = 0
     order: int = 0
     compute: int = COMPUTE_32F
@@ -143,20 +163,56 @@ def run_case(prog, tmp_path, c: Case):
     bias = [rounded(rng.standard_normal(bias_len).astype(np.float32), c.bias_t) for _ in range(c.batch)]
     aux_t = c.aux_type if c.aux_type >= 0 else c.type_d
     aux_ld = (c.m + 7) // 8 * 8 + 8
-    aux_in = [rounded(rng.standard_normal((c.m, c.n)).astype(np.float32) * 2, aux_t if aux_t in NAMES else R16BF)
-              for _ in range(c.batch)]
+    aux_in = [
+        rounded(rng.standard_normal((c.m, c.n)).astype(np.float32) * 2, aux_t if aux_t in NAMES else R16BF)
+        for _ in range(c.batch)
+    ]
     ld = lambda shape: (shape[0] if c.order == 0 else shape[1]) + c.pad  # noqa: E731
     lda, ldb, ldc = ld(a_shape), ld(b_shape), ld((c.m, c.n))
-    params = np.array([c.m, c.n, c.k, c.transa, c.transb, EPI[c.epilogue], lda, ldb, ldc, ldc, c.batch, c.type_a,
-                       c.type_b, c.type_c, c.type_d, c.bias_type, c.aux_type, aux_ld, c.order, c.compute,
-                       c.scale_a is not None, c.scale_b is not None, c.scale_c is not None, c.scale_d is not None,
-                       int(c.amax), c.misalign_a, c.fast_accum], np.int64)
-    scalars = np.array([c.alpha, c.beta] + [1.0 if s is None else s for s in (c.scale_a, c.scale_b, c.scale_c,
-                                                                            c.scale_d)], np.float32)
-    inputs = {"params": params, "scalars": scalars,
-              "A": to_raw(store(A, lda, c.order), c.type_a), "B": to_raw(store(B, ldb, c.order), c.type_b),
-              "C": to_raw(store(C, ldc, c.order), c.type_c), "bias": to_raw(np.concatenate(bias), c.bias_t),
-              "aux": to_raw(store(aux_in, aux_ld, 0), aux_t if aux_t in NAMES else R16BF)}
+    params = np.array(
+        [
+            c.m,
+            c.n,
+            c.k,
+            c.transa,
+            c.transb,
+            EPI[c.epilogue],
+            lda,
+            ldb,
+            ldc,
+            ldc,
+            c.batch,
+            c.type_a,
+            c.type_b,
+            c.type_c,
+            c.type_d,
+            c.bias_type,
+            c.aux_type,
+            aux_ld,
+            c.order,
+            c.compute,
+            c.scale_a is not None,
+            c.scale_b is not None,
+            c.scale_c is not None,
+            c.scale_d is not None,
+            int(c.amax),
+            c.misalign_a,
+            c.fast_accum,
+        ],
+        np.int64,
+    )
+    scalars = np.array(
+        [c.alpha, c.beta] + [1.0 if s is None else s for s in (c.scale_a, c.scale_b, c.scale_c, c.scale_d)], np.float32
+    )
+    inputs = {
+        "params": params,
+        "scalars": scalars,
+        "A": to_raw(store(A, lda, c.order), c.type_a),
+        "B": to_raw(store(B, ldb, c.order), c.type_b),
+        "C": to_raw(store(C, ldc, c.order), c.type_c),
+        "bias": to_raw(np.concatenate(bias), c.bias_t),
+        "aux": to_raw(store(aux_in, aux_ld, 0), aux_t if aux_t in NAMES else R16BF),
+    }
     r = run_program(prog, "matmul", tmp_path, inputs)
     return r, dict(A=A, B=B, C=C, bias=bias, aux=aux_in, lds=(lda, ldb, ldc), aux_ld=aux_ld)
 
@@ -172,8 +228,8 @@ def reference(c: Case, x: dict) -> dict:
         opA = x["A"][b] if c.transa == 0 else x["A"][b].T
         opB = x["B"][b] if c.transb == 0 else x["B"][b].T
         acc = np.zeros((c.m, c.n), np.float32)
-        for p in range(c.k):                                  # exact products, fp32 sums in k order
-            acc = acc + opA[:, p:p + 1] * opB[p:p + 1, :]
+        for p in range(c.k):  # exact products, fp32 sums in k order
+            acc = acc + opA[:, p : p + 1] * opB[p : p + 1, :]
         v = al * acc
         if be != 0:
             v = v + be * x["C"][b]
@@ -212,14 +268,13 @@ def check(prog, tmp_path, c: Case, exact: bool):
         want = ref["D"][b]
         if exact and not smooth:
             np.testing.assert_array_equal(to_raw(D[b], c.type_d), to_raw(want, c.type_d), err_msg=f"D[{b}] bytes")
-        else:   # half an ulp of D's type (relative), plus fp32 sums in another order on a GPU
-            u = {R32F: 2.0 ** -23, R16F: 2.0 ** -10, R16BF: 2.0 ** -8}.get(c.type_d, 2.0 ** -3 if c.type_d == E4M3
-                                                                          else 2.0 ** -2)
+        else:  # half an ulp of D's type (relative), plus fp32 sums in another order on a GPU
+            u = {R32F: 2.0**-23, R16F: 2.0**-10, R16BF: 2.0**-8}.get(c.type_d, 2.0**-3 if c.type_d == E4M3 else 2.0**-2)
             sd = 1.0 if c.scale_d is None else c.scale_d
-            if c.type_d in FP8:       # saturated like D; it can round either way when the fp32 value moved
+            if c.type_d in FP8:  # saturated like D; it can round either way when the fp32 value moved
                 want = np.clip(want, -FP8[c.type_d][1], FP8[c.type_d][1])
-            tol = (2 if c.type_d in FP8 else 1) * u * np.abs(want) + 2.0 ** -22 * c.k * ref["absprod"][b] * abs(sd)
-            tol = tol + {E4M3: 2.0 ** -9, E5M2: 2.0 ** -16}.get(c.type_d, 0.0)   # the smallest subnormal step
+            tol = (2 if c.type_d in FP8 else 1) * u * np.abs(want) + 2.0**-22 * c.k * ref["absprod"][b] * abs(sd)
+            tol = tol + {E4M3: 2.0**-9, E5M2: 2.0**-16}.get(c.type_d, 0.0)  # the smallest subnormal step
             d = max_report(f"D[{b}]", D[b], want)
             bad = np.abs(D[b] - want) > tol
             assert not bad.any(), f"D[{b}]: {bad.sum()} outside the bound (max diff {d:.3g})"
@@ -237,7 +292,7 @@ def check(prog, tmp_path, c: Case, exact: bool):
         g = from_raw(r.out("bgrad", np.uint8), c.bias_t).reshape(c.batch, -1)
         for b in range(c.batch):
             want = ref["bgrad"][b]
-            assert np.all(np.abs(g[b] - want) <= 2.0 ** -8 * np.abs(want) + 1e-3 * np.abs(ref["D"][b]).sum(1)), b
+            assert np.all(np.abs(g[b] - want) <= 2.0**-8 * np.abs(want) + 1e-3 * np.abs(ref["D"][b]).sum(1)), b
     return r
 
 
@@ -257,8 +312,20 @@ def lt8_gpu(tmp_path_factory):
         pytest.skip(f"FP8 matmuls need sm_89 or newer; the GPU is {arch}")
     out = tmp_path_factory.mktemp("lt8_gpu") / "cublaslt_fp8"
     lib = inc.parent / "lib"
-    cmd = [nvcc, "-O2", f"-arch={arch}", f"-I{KERNELS.parent.parent}", f"-I{KERNELS}", f"-I{inc}",
-           str(KERNELS / "cublaslt_fp8.cu"), f"-L{lib}", f"-Xlinker=-rpath,{lib}", "-lcublasLt", "-o", str(out)]
+    cmd = [
+        nvcc,
+        "-O2",
+        f"-arch={arch}",
+        f"-I{KERNELS.parent.parent}",
+        f"-I{KERNELS}",
+        f"-I{inc}",
+        str(KERNELS / "cublaslt_fp8.cu"),
+        f"-L{lib}",
+        f"-Xlinker=-rpath,{lib}",
+        "-lcublasLt",
+        "-o",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
@@ -274,11 +341,21 @@ def lt8(request, programs):
 
 # ---- cases ----------------------------------------------------------------------------------------
 TYPE_CASES = [  # (A, B, C, D): every row of the documented table
-    (E4M3, E4M3, R16BF, R16BF), (E4M3, E4M3, R16BF, E4M3), (E4M3, E4M3, R16F, R16F), (E4M3, E4M3, R16F, E4M3),
+    (E4M3, E4M3, R16BF, R16BF),
+    (E4M3, E4M3, R16BF, E4M3),
+    (E4M3, E4M3, R16F, R16F),
+    (E4M3, E4M3, R16F, E4M3),
     (E4M3, E4M3, R32F, R32F),
-    (E4M3, E5M2, R16BF, R16BF), (E4M3, E5M2, R16BF, E4M3), (E4M3, E5M2, R16BF, E5M2), (E4M3, E5M2, R16F, R16F),
-    (E4M3, E5M2, R16F, E5M2), (E4M3, E5M2, R32F, R32F),
-    (E5M2, E4M3, R16BF, R16BF), (E5M2, E4M3, R16BF, E5M2), (E5M2, E4M3, R16F, E4M3), (E5M2, E4M3, R32F, R32F),
+    (E4M3, E5M2, R16BF, R16BF),
+    (E4M3, E5M2, R16BF, E4M3),
+    (E4M3, E5M2, R16BF, E5M2),
+    (E4M3, E5M2, R16F, R16F),
+    (E4M3, E5M2, R16F, E5M2),
+    (E4M3, E5M2, R32F, R32F),
+    (E5M2, E4M3, R16BF, R16BF),
+    (E5M2, E4M3, R16BF, E5M2),
+    (E5M2, E4M3, R16F, E4M3),
+    (E5M2, E4M3, R32F, R32F),
 ]
 
 
@@ -288,8 +365,16 @@ def test_type_table_with_scales_bias_and_amax(lt8, tmp_path, types):
     """A and B scales (not powers of two), the bias epilogue, AMAX_D, and for an FP8 D its scale"""
     prog, exact = lt8
     ta, tb, tc, td = types
-    c = Case(type_a=ta, type_b=tb, type_c=tc, type_d=td, epilogue="BIAS", scale_a=0.37, scale_b=1.9,
-             scale_d=0.013 if td in FP8 else None)
+    c = Case(
+        type_a=ta,
+        type_b=tb,
+        type_c=tc,
+        type_d=td,
+        epilogue="BIAS",
+        scale_a=0.37,
+        scale_b=1.9,
+        scale_d=0.013 if td in FP8 else None,
+    )
     check(prog, tmp_path, c, exact)
 
 
@@ -298,8 +383,14 @@ def test_type_table_with_scales_bias_and_amax(lt8, tmp_path, types):
 def test_beta_and_c_scale(lt8, tmp_path, td):
     """D = alpha sA sB A^T B + beta sC C, C in bf16 while D is bf16 or E4M3 (C and D types may differ)"""
     prog, exact = lt8
-    check(prog, tmp_path, Case(type_d=td, alpha=0.5, beta=-1.5, scale_a=2.0, scale_b=0.25, scale_c=3.0,
-                               scale_d=4.0 if td in FP8 else None), exact)
+    check(
+        prog,
+        tmp_path,
+        Case(
+            type_d=td, alpha=0.5, beta=-1.5, scale_a=2.0, scale_b=0.25, scale_c=3.0, scale_d=4.0 if td in FP8 else None
+        ),
+        exact,
+    )
 
 
 @pytest.mark.parametrize("lt8", BUILDS, indirect=True)
@@ -308,12 +399,35 @@ def test_the_three_training_gemms(lt8, tmp_path):
     transposed copies): TN, bf16 out, the scale inverses as A/B scales, with llm.c-like shapes"""
     prog, exact = lt8
     BT, Cin, OC = 64, 48, 80
-    check(prog, tmp_path / "fwd", Case(m=OC, n=BT, k=Cin, type_a=E4M3, type_b=E4M3, epilogue="BIAS",
-                                       scale_a=1 / 96.0, scale_b=1 / 7.5), exact)
-    check(prog, tmp_path / "dx", Case(m=Cin, n=BT, k=OC, type_a=E4M3, type_b=E5M2, scale_a=1 / 96.0,
-                                      scale_b=1 / 4096.0), exact)
-    check(prog, tmp_path / "dw", Case(m=Cin, n=OC, k=BT, type_a=E4M3, type_b=E5M2, type_c=R32F, type_d=R32F,
-                                      beta=1.0, scale_a=1 / 7.5, scale_b=1 / 4096.0), exact)
+    check(
+        prog,
+        tmp_path / "fwd",
+        Case(m=OC, n=BT, k=Cin, type_a=E4M3, type_b=E4M3, epilogue="BIAS", scale_a=1 / 96.0, scale_b=1 / 7.5),
+        exact,
+    )
+    check(
+        prog,
+        tmp_path / "dx",
+        Case(m=Cin, n=BT, k=OC, type_a=E4M3, type_b=E5M2, scale_a=1 / 96.0, scale_b=1 / 4096.0),
+        exact,
+    )
+    check(
+        prog,
+        tmp_path / "dw",
+        Case(
+            m=Cin,
+            n=OC,
+            k=BT,
+            type_a=E4M3,
+            type_b=E5M2,
+            type_c=R32F,
+            type_d=R32F,
+            beta=1.0,
+            scale_a=1 / 7.5,
+            scale_b=1 / 4096.0,
+        ),
+        exact,
+    )
 
 
 @pytest.mark.parametrize("lt8", BUILDS, indirect=True)
@@ -334,8 +448,24 @@ def test_large_tiled_batched_padded(lt8, tmp_path):
     """shapes crossing the emulation's 64 x 128 output tiles on both OpenMP threads; 2 strided batches
     (amax over both); leading dimensions padded by 16"""
     prog, exact = lt8
-    check(prog, tmp_path, Case(m=160, n=144, k=96, batch=2, pad=16, type_b=E5M2, type_d=E5M2, scale_a=0.75,
-                               scale_b=3.0, scale_d=0.0625, epilogue="BIAS"), exact)
+    check(
+        prog,
+        tmp_path,
+        Case(
+            m=160,
+            n=144,
+            k=96,
+            batch=2,
+            pad=16,
+            type_b=E5M2,
+            type_d=E5M2,
+            scale_a=0.75,
+            scale_b=3.0,
+            scale_d=0.0625,
+            epilogue="BIAS",
+        ),
+        exact,
+    )
 
 
 @pytest.mark.parametrize("lt8", BUILDS, indirect=True)

@@ -13,6 +13,7 @@ Inputs: every code's value and its float32 neighbours, every midpoint between co
 (the ties) and its neighbours, the values around the largest finite one, the subnormal range, zeros,
 infinities, NaNs, and a random sample of 2^21 float32 bit patterns plus 2^21 values spread over 14
 decades; for bf16 inputs, all 65536 bf16 bit patterns."""
+
 import numpy as np
 import pytest
 
@@ -48,25 +49,54 @@ def neighbourhoods() -> np.ndarray:
     pts = []
     for fmt, (_, fmax) in FORMATS.items():
         v = decode_all(fmt)
-        fin = np.unique(v[np.isfinite(v)].astype(np.float64))              # sorted, -max .. max (0 once)
-        mids = (fin[:-1] + fin[1:]) / 2                                      # exact in float32: one more bit
+        fin = np.unique(v[np.isfinite(v)].astype(np.float64))  # sorted, -max .. max (0 once)
+        mids = (fin[:-1] + fin[1:]) / 2  # exact in float32: one more bit
         step_top = fin[-1] - fin[-2]
-        edges = np.array([fmax + step_top / 2, fmax + step_top, 2 * fmax, fin[fin > 0][0] / 2,
-                          fin[fin > 0][0] / 4, 3 * fin[fin > 0][0] / 4])   # the tie above max, subnormal ties
+        edges = np.array(
+            [
+                fmax + step_top / 2,
+                fmax + step_top,
+                2 * fmax,
+                fin[fin > 0][0] / 2,
+                fin[fin > 0][0] / 4,
+                3 * fin[fin > 0][0] / 4,
+            ]
+        )  # the tie above max, subnormal ties
         for base in (fin, mids, edges, -edges):
             b = base.astype(np.float32)
             pts += [b, np.nextafter(b, np.float32(np.inf)), np.nextafter(b, np.float32(-np.inf))]
-    special = np.array([0.0, -0.0, np.inf, -np.inf, 1e30, -1e30, 3.4028235e38, -3.4028235e38, 1e-45, -1e-45,
-                        1.1754944e-38, 65504.0, 57344.0, 61439.996, 61440.0, 448.0, 464.0, 464.00003, 480.0],
-                       np.float32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            np.inf,
+            -np.inf,
+            1e30,
+            -1e30,
+            3.4028235e38,
+            -3.4028235e38,
+            1e-45,
+            -1e-45,
+            1.1754944e-38,
+            65504.0,
+            57344.0,
+            61439.996,
+            61440.0,
+            448.0,
+            464.0,
+            464.00003,
+            480.0,
+        ],
+        np.float32,
+    )
     nans = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF, 0x7FBFFFFF], np.uint32).view(np.float32)
     return np.concatenate(pts + [special, nans])
 
 
 def random_sample(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    bits = rng.integers(0, 2 ** 32, size=2 ** 21, dtype=np.uint64).astype(np.uint32).view(np.float32)
-    spread = (rng.standard_normal(2 ** 21) * 10.0 ** rng.uniform(-8, 6, 2 ** 21)).astype(np.float32)
+    bits = rng.integers(0, 2**32, size=2**21, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    spread = (rng.standard_normal(2**21) * 10.0 ** rng.uniform(-8, 6, 2**21)).astype(np.float32)
     return np.concatenate([bits, spread])
 
 
@@ -74,8 +104,10 @@ def check_codes(name: str, got: np.ndarray, x: np.ndarray, fmt: str) -> None:
     nan_in = np.isnan(x)
     want = torch_fp8(x, fmt)
     bad = (got != want) & ~nan_in
-    assert not bad.any(), (f"{name}: {bad.sum()} of {x.size} differ from torch, e.g. x={x[bad][:5]} "
-                           f"got={got[bad][:5]} want={want[bad][:5]}")
+    assert not bad.any(), (
+        f"{name}: {bad.sum()} of {x.size} differ from torch, e.g. x={x[bad][:5]} "
+        f"got={got[bad][:5]} want={want[bad][:5]}"
+    )
     assert is_nan_code(got[nan_in], fmt).all(), f"{name}: a NaN input did not give a NaN code"
     # cuda_fp8.h canonicalises NaN (the sign is dropped): 0x7F in both formats
     assert (got[nan_in] == 0x7F).all(), f"{name}: NaN codes {np.unique(got[nan_in])}"
@@ -107,13 +139,13 @@ def test_neighbourhoods_cover_every_code_and_tie(programs, tmp_path):
         pos = fin[fin >= 0]
         mids = ((pos[:-1] + pos[1:]) / 2).astype(np.float32)
         got = torch_fp8(mids, fmt)
-        assert (got & 1 == 0).all()                      # ties to even: the code's lowest mantissa bit is 0
+        assert (got & 1 == 0).all()  # ties to even: the code's lowest mantissa bit is 0
 
 
 def test_bf16_to_fp8_all_patterns(programs, tmp_path):
     """__nv_cvt_bfloat16raw_to_fp8 on all 65536 bf16 patterns: torch's cast of the (exactly widened)
     bf16 value, clamped"""
-    xb = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16)
+    xb = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
     r = run_program(programs["fp8"], "bf16", tmp_path, {"xb": xb})
     x = (xb.astype(np.uint32) << 16).view(np.float32)
     for fmt in FORMATS:
@@ -124,8 +156,10 @@ def test_decode_every_code(programs, tmp_path):
     r = run_program(programs["fp8"], "decode", tmp_path)
     for fmt in FORMATS:
         want = decode_all(fmt)
-        for name, got in ((fmt, r.out(fmt, np.float32)),
-                          ("half_" + fmt, r.out("half_" + fmt, np.uint16).view(np.float16).astype(np.float32))):
+        for name, got in (
+            (fmt, r.out(fmt, np.float32)),
+            ("half_" + fmt, r.out("half_" + fmt, np.uint16).view(np.float16).astype(np.float32)),
+        ):
             np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=name)
             ok = ~np.isnan(want)
             np.testing.assert_array_equal(got[ok], want[ok], err_msg=name)
@@ -140,8 +174,8 @@ def test_torch_cast_does_not_saturate(programs, tmp_path):
     x = np.array([500.0, -500.0, 1e6, 61440.0, 1e30, -np.inf, np.inf, 448.0, 464.0, 57344.0, 465.0, 1.0], np.float32)
     r = run_program(programs["fp8"], "cvt", tmp_path, {"x": x})
     e5_torch = torch_fp8(x, "e5m2", clamp=False)
-    assert list(e5_torch[3:7]) == [0x7C, 0x7C, 0xFC, 0x7C]                         # torch: +Inf, -Inf
-    assert list(r.out("e5m2", np.uint8)[3:7]) == [0x7B, 0x7B, 0xFB, 0x7B]           # satfinite: +-57344
+    assert list(e5_torch[3:7]) == [0x7C, 0x7C, 0xFC, 0x7C]  # torch: +Inf, -Inf
+    assert list(r.out("e5m2", np.uint8)[3:7]) == [0x7B, 0x7B, 0xFB, 0x7B]  # satfinite: +-57344
     assert list(r.out("e4m3", np.uint8)[[0, 1, 2, 5, 6, 10]]) == [0x7E, 0xFE, 0x7E, 0xFE, 0x7E, 0x7E]  # +-448
     np.testing.assert_array_equal(r.out("nosat_e5m2", np.uint8), e5_torch)
     n4 = r.out("nosat_e4m3", np.uint8)
@@ -152,9 +186,25 @@ def test_byte_perm(programs, tmp_path):
     """__byte_perm(x, y, s): byte n of the result is byte (s >> 4n) & 7 of {y, x} (CUDA's documentation)"""
     rng = np.random.default_rng(3)
     n = 4096
-    x, y, s = (rng.integers(0, 2 ** 32, n, dtype=np.uint64).astype(np.uint32) for _ in range(3))
-    s[:16] = [0x3210, 0x7654, 0x5140, 0x7362, 0x5410, 0x7632, 0x0123, 0x4567, 0x8888, 0xFFFF, 0, 0x1111,
-              0x7777, 0x0404, 0xCBA9, 0x32107654]
+    x, y, s = (rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32) for _ in range(3))
+    s[:16] = [
+        0x3210,
+        0x7654,
+        0x5140,
+        0x7362,
+        0x5410,
+        0x7632,
+        0x0123,
+        0x4567,
+        0x8888,
+        0xFFFF,
+        0,
+        0x1111,
+        0x7777,
+        0x0404,
+        0xCBA9,
+        0x32107654,
+    ]
     r = run_program(programs["fp8"], "byte_perm", tmp_path, {"x": x, "y": y, "s": s})
     v = (y.astype(np.uint64) << np.uint64(32)) | x.astype(np.uint64)
     want = np.zeros(n, np.uint64)

@@ -8,6 +8,7 @@ whose conflicts are computed by hand (32 banks of 4 bytes).
 The fragment, cp.async and math cases also run the same program built by nvcc on a GPU where there is
 one (the "gpu" variants, skipped otherwise): the hardware against the same numpy references, so a GPU
 session checks the models the CPU runs rely on."""
+
 import json
 
 import numpy as np
@@ -27,7 +28,7 @@ def ptx(request, programs, tmp_path_factory):
 
 
 def group_thread(lane):
-    return lane >> 2, lane % 4          # groupID, threadID_in_group
+    return lane >> 2, lane % 4  # groupID, threadID_in_group
 
 
 # ---- mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 -----------------------------------------
@@ -68,13 +69,17 @@ def test_mma_m16n8k16_bf16_every_lane_matches_numpy(ptx, tmp_path, build):
     b_bits = f32_to_bf16(rng.standard_normal((16, 8)).astype(np.float32))
     c = rng.standard_normal((16, 8)).astype(np.float32)
     c_regs = np.array([[c[c_position(lane, i)] for i in range(4)] for lane in range(32)], np.float32)
-    r = run_program(prog, "mma", tmp_path,
-                    {"a": pack_pairs(a_bits, a_position, 8), "b": pack_pairs(b_bits, b_position, 4), "c": c_regs})
+    r = run_program(
+        prog,
+        "mma",
+        tmp_path,
+        {"a": pack_pairs(a_bits, a_position, 8), "b": pack_pairs(b_bits, b_position, 4), "c": c_regs},
+    )
     A, B = bf16_to_f32(a_bits), bf16_to_f32(b_bits)
     # fp32, k in order, from C: the products of two bf16 values are exact in fp32
     want = c.copy()
     for k in range(16):
-        want = (want + A[:, k:k + 1] * B[k:k + 1, :]).astype(np.float32)
+        want = (want + A[:, k : k + 1] * B[k : k + 1, :]).astype(np.float32)
     exact = A.astype(np.float64) @ B.astype(np.float64) + c
     for name in ("d", "d_inplace"):
         d = r.out(name, np.float32, (32, 4))
@@ -82,12 +87,13 @@ def test_mma_m16n8k16_bf16_every_lane_matches_numpy(ptx, tmp_path, build):
         for lane in range(32):
             for i in range(4):
                 got[c_position(lane, i)] = d[lane, i]
-        if emulated:     # the tensor cores accumulate in their own order and precision
+        if emulated:  # the tensor cores accumulate in their own order and precision
             np.testing.assert_array_equal(got, want)
         np.testing.assert_allclose(got, exact, rtol=0, atol=4e-6)
     # every (row, col) of D is held by exactly one (lane, register)
-    assert sorted(c_position(lane, i) for lane in range(32) for i in range(4)) == [(m, n) for m in range(16)
-                                                                                  for n in range(8)]
+    assert sorted(c_position(lane, i) for lane in range(32) for i in range(4)) == [
+        (m, n) for m in range(16) for n in range(8)
+    ]
 
 
 # ---- ldmatrix.sync.aligned.m8n8.x{1,2,4}{.trans}.shared.b16 -------------------------------------
@@ -96,18 +102,18 @@ def test_mma_m16n8k16_bf16_every_lane_matches_numpy(ptx, tmp_path, build):
 @pytest.mark.parametrize("trans", [False, True])
 def test_ldmatrix_every_lane_matches_numpy(ptx, tmp_path, num, trans, build):
     rng = np.random.default_rng(10 * num + trans)
-    tile = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)       # every element distinct
-    rows = rng.permutation(64)[:32]                                   # any row for any lane
-    chunks = rng.integers(0, 8, 32)                                   # any 16-byte column chunk
+    tile = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)  # every element distinct
+    rows = rng.permutation(64)[:32]  # any row for any lane
+    chunks = rng.integers(0, 8, 32)  # any 16-byte column chunk
     off = (rows * 64 + chunks * 8).astype(np.int32)
-    off[8 * num:] += 1        # lanes past 8*num give no row: a misaligned address there must be ignored
+    off[8 * num :] += 1  # lanes past 8*num give no row: a misaligned address there must be ignored
     case = f"ldmatrix_x{num}" + ("_trans" if trans else "")
     got = run_program(ptx[0], case, tmp_path, {"tile": tile, "off": off}).out("r", np.uint32, (32, num))
     for m in range(num):
         # matrix m: its row i is the 8 elements at the address lane 8m + i gave
-        mat = np.stack([tile[rows[8 * m + i], 8 * chunks[8 * m + i]: 8 * chunks[8 * m + i] + 8] for i in range(8)])
+        mat = np.stack([tile[rows[8 * m + i], 8 * chunks[8 * m + i] : 8 * chunks[8 * m + i] + 8] for i in range(8)])
         if trans:
-            mat = mat.T                                               # .trans: loaded column-major
+            mat = mat.T  # .trans: loaded column-major
         for lane in range(32):
             # "a group of four threads loads an entire row": lane l gets row l/4, elements 2(l%4), 2(l%4)+1
             lo, hi = mat[lane // 4, 2 * (lane % 4)], mat[lane // 4, 2 * (lane % 4) + 1]
@@ -123,7 +129,7 @@ def test_cp_async_contents_groups_and_counts(ptx, tmp_path, take, build):
     src = rng.standard_normal((64, 32)).astype(np.float32)
     r = run_program(prog, "cp_async", tmp_path, {"src": src, "take": np.array([take], np.int32)})
     want = src.reshape(64, 8, 4).copy()
-    want[:, :, take // 4:] = 0.0                                      # src-size < 16: the rest zero-filled
+    want[:, :, take // 4 :] = 0.0  # src-size < 16: the rest zero-filled
     np.testing.assert_array_equal(r.out("out", np.float32, (64, 8, 4)), want)
     if not emulated:
         return
@@ -131,20 +137,23 @@ def test_cp_async_contents_groups_and_counts(ptx, tmp_path, take, build):
     # (a two-deep pipeline), then wait_group 0
     assert (r.dir / "trace.bin").read_text() == "c C c C W1 c C W1 c C W1 W0 "
     copies, commits, waits, max_pending, instr, wavefronts, phases = r.out("counts", np.uint64)
-    assert (copies, commits, waits) == (2 * 512, 2 * 128 * 4, 2 * 128 * 4)      # 2 blocks of 128 threads
-    assert max_pending == 2                           # at the first wait_group 1, two groups were pending
+    assert (copies, commits, waits) == (2 * 512, 2 * 128 * 4, 2 * 128 * 4)  # 2 blocks of 128 threads
+    assert max_pending == 2  # at the first wait_group 1, two groups were pending
     # 2 blocks x 4 warps x 4 groups; 16 bytes per lane = 4 phases of 8 lanes, each a whole 128-byte row
     assert (instr, phases, wavefronts) == (32, 128, 128)
 
 
-@pytest.mark.parametrize("case,message", [
-    ("read_before_wait", "no cp.async.wait_group of that thread has covered the group yet"),
-    ("wait_without_barrier", "but no __syncthreads came after"),
-    ("store_over_copy_in_flight", "still has in flight"),
-    ("mma_after_exit", "this .aligned instruction needs all 32 lanes"),
-    ("ldmatrix_misaligned", "is not 16-byte aligned"),
-    ("ldmatrix_global", "not in shared memory"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("read_before_wait", "no cp.async.wait_group of that thread has covered the group yet"),
+        ("wait_without_barrier", "but no __syncthreads came after"),
+        ("store_over_copy_in_flight", "still has in flight"),
+        ("mma_after_exit", "this .aligned instruction needs all 32 lanes"),
+        ("ldmatrix_misaligned", "is not 16-byte aligned"),
+        ("ldmatrix_global", "not in shared memory"),
+    ],
+)
 def test_rules_are_enforced(programs, tmp_path, case, message):
     r = run_program(programs["ptx"], case, tmp_path, expect_ok=False)
     assert r.returncode != 0 and "finished" not in r.stdout
@@ -164,19 +173,19 @@ CONFLICTS = {
     # 16x16 bf16 tile, rows 128 bytes apart: the 8 rows of a phase all start in bank 0 (128 = 32 words)
     # and read banks 4c..4c+3: 8 distinct words per bank. Counted twice (two launches).
     "ldm_unpadded": (2, 8, 64, 8),
-    "ldm_padded": (1, 4, 4, 1),        # rows 144 bytes apart: row i starts in bank 4i mod 32: all distinct
-    "ldm_swizzled": (1, 4, 4, 1),      # chunk c of row i stored at chunk c ^ (i % 8): banks 4(c^i) distinct
-    "ldm_32byte_rows": (1, 4, 8, 2),   # rows 32 bytes apart: rows i and i+4 share banks
-    "wmma_unpadded": (1, 4, 32, 8),    # the attention kernels' 128-byte-row tiles today
+    "ldm_padded": (1, 4, 4, 1),  # rows 144 bytes apart: row i starts in bank 4i mod 32: all distinct
+    "ldm_swizzled": (1, 4, 4, 1),  # chunk c of row i stored at chunk c ^ (i % 8): banks 4(c^i) distinct
+    "ldm_32byte_rows": (1, 4, 8, 2),  # rows 32 bytes apart: rows i and i+4 share banks
+    "wmma_unpadded": (1, 4, 32, 8),  # the attention kernels' 128-byte-row tiles today
     "wmma_padded": (1, 4, 4, 1),
-    "words_0": (1, 1, 1, 1),           # one word for every lane: a broadcast
+    "words_0": (1, 1, 1, 1),  # one word for every lane: a broadcast
     "words_1": (1, 1, 1, 1),
-    "words_2": (1, 1, 2, 2),           # words 0, 2, ..., 62: each even bank twice
-    "words_32": (1, 1, 32, 32),        # every lane in bank 0
-    "words_33": (1, 1, 1, 1),          # the classic padding
-    "st16_1": (1, 4, 4, 1),            # 16-byte stores, consecutive
-    "st16_2": (1, 4, 8, 2),            # 32 bytes apart: lanes l and l+4 of a phase collide
-    "st16_8": (1, 4, 32, 8),           # 128 bytes apart: the 8 lanes of a phase in banks 0-3
+    "words_2": (1, 1, 2, 2),  # words 0, 2, ..., 62: each even bank twice
+    "words_32": (1, 1, 32, 32),  # every lane in bank 0
+    "words_33": (1, 1, 1, 1),  # the classic padding
+    "st16_1": (1, 4, 4, 1),  # 16-byte stores, consecutive
+    "st16_2": (1, 4, 8, 2),  # 32 bytes apart: lanes l and l+4 of a phase collide
+    "st16_8": (1, 4, 32, 8),  # 128 bytes apart: the 8 lanes of a phase in banks 0-3
 }
 
 
@@ -190,7 +199,7 @@ def test_bank_conflict_report(programs, tmp_path):
     path = tmp_path / "report.json"
     r = run_program(programs["ptx"], "report", tmp_path / "a", env={"LLMGEN_EMU_BANK_CONFLICTS": str(path)})
     at_exit = json.loads(path.read_text())
-    assert at_exit == json.loads((r.dir / "json.bin").read_text())          # the C API says the same
+    assert at_exit == json.loads((r.dir / "json.bin").read_text())  # the C API says the same
     ldm = at_exit["conflicts_ldmatrix"]["ldmatrix"]
     assert (ldm["instructions"], ldm["phases"], ldm["wavefronts"], ldm["max_way"]) == (1, 4, 32, 8)
     assert at_exit["conflicts_words"]["ld_shared"]["max_way"] == 32
@@ -212,8 +221,7 @@ def test_ex2_and_bf16x2_pack(ptx, tmp_path, build):
     prog, emulated = ptx
     rng = np.random.default_rng(2)
     x = np.concatenate([rng.uniform(-30, 30, 2000), rng.uniform(-126, 127.9, 2000)]).astype(np.float32)
-    special = np.array([-130.0, -126.5, -125.0, 1e-40, -1e-40, 0.0, -0.0, np.inf, -np.inf, np.nan, 128.5],
-                       np.float32)
+    special = np.array([-130.0, -126.5, -125.0, 1e-40, -1e-40, 0.0, -0.0, np.inf, -np.inf, np.nan, 128.5], np.float32)
     x = np.concatenate([x, special])
     lo = rng.standard_normal(x.size).astype(np.float32) * 100
     hi = rng.standard_normal(x.size).astype(np.float32)
@@ -223,11 +231,11 @@ def test_ex2_and_bf16x2_pack(ptx, tmp_path, build):
     e = r.out("e", np.float32)
     n = x.size - special.size
     want = np.exp2(x[:n].astype(np.float64)).astype(np.float32)
-    normal = want >= np.float32(2.0 ** -126)
-    assert ulp_distance(e[:n][normal], want[normal]).max() <= (1 if emulated else 2)   # glibc; the ISA's bound
-    assert np.all(e[:n][~normal] == 0.0)                                 # subnormal results flush to +0
+    normal = want >= np.float32(2.0**-126)
+    assert ulp_distance(e[:n][normal], want[normal]).max() <= (1 if emulated else 2)  # glibc; the ISA's bound
+    assert np.all(e[:n][~normal] == 0.0)  # subnormal results flush to +0
     s = e[n:]
-    assert s[0] == 0.0 and s[1] == 0.0 and s[2] == np.float32(2.0 ** -125)
+    assert s[0] == 0.0 and s[1] == 0.0 and s[2] == np.float32(2.0**-125)
     assert s[3] == 1.0 and s[4] == 1.0 and s[5] == 1.0 and s[6] == 1.0  # subnormal inputs flush to 0
     assert s[7] == np.inf and s[8] == 0.0 and np.isnan(s[9]) and s[10] == np.inf
     packed = r.out("packed", np.uint32)

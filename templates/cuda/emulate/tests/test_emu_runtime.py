@@ -1,5 +1,6 @@
 """Runtime API under emulation (memory, errors, launch checks, streams, events, device properties,
 symbols, function attributes), and the cost of emulation per CUDA thread."""
+
 import re
 import signal
 

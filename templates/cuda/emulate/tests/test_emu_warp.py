@@ -1,6 +1,7 @@
 """Warp-level emulation: shuffle softmax, every shuffle flavour at widths 32..2 (checked against
 CUDA's documented semantics), votes after lanes exited, __syncwarp and __reduce_*_sync, 8-byte and
 bf16 shuffles, and a partial last warp. Also run with the ucontext fallback switch."""
+
 import numpy as np
 import pytest
 
@@ -28,7 +29,10 @@ def shfl_reference(width, src, delta, lanemask, threads):
     for t in range(threads):
         base, lane = t - t % 32, t % 32
         group = lane - lane % width
-        val = lambda l: 1000 + base + l  # noqa: E731
+
+        def val(l, base=base):
+            return 1000 + base + l
+
         out[t, 0] = val(group + src % width)
         out[t, 1] = val(lane - delta) if lane % width >= delta else val(lane)
         out[t, 2] = val(lane + delta) if lane % width + delta < width else val(lane)
@@ -37,15 +41,27 @@ def shfl_reference(width, src, delta, lanemask, threads):
     return out
 
 
-@pytest.mark.parametrize("width,src,delta,lanemask", [
-    (32, 5, 3, 7), (32, 40, 31, 31), (16, 13, 3, 9), (16, 37, 15, 16), (8, 3, 1, 5), (8, 9, 8, 12),
-    (4, -1, 2, 3), (2, 1, 1, 1)])
+@pytest.mark.parametrize(
+    "width,src,delta,lanemask",
+    [
+        (32, 5, 3, 7),
+        (32, 40, 31, 31),
+        (16, 13, 3, 9),
+        (16, 37, 15, 16),
+        (8, 3, 1, 5),
+        (8, 9, 8, 12),
+        (4, -1, 2, 3),
+        (2, 1, 1, 1),
+    ],
+)
 def test_shuffle_widths(programs, tmp_path, width, src, delta, lanemask):
     threads = 64
-    r = run_program(programs["warp_ops"], "shfl", tmp_path,
-                    {"params": np.array([width, src, delta, lanemask, threads], np.int32)})
-    np.testing.assert_array_equal(r.out("out", np.int32, (threads, 4)),
-                                  shfl_reference(width, src, delta, lanemask, threads))
+    r = run_program(
+        programs["warp_ops"], "shfl", tmp_path, {"params": np.array([width, src, delta, lanemask, threads], np.int32)}
+    )
+    np.testing.assert_array_equal(
+        r.out("out", np.int32, (threads, 4)), shfl_reference(width, src, delta, lanemask, threads)
+    )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

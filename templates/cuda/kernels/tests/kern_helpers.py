@@ -6,6 +6,7 @@ write (`prog CASE DIR`, raw files); each is built once per session with g++ thro
 headers (no GPU). The bf16 conversions, the CUDA include lookup and the runner are the emulator
 tests' own (emu_helpers.py), reused here.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -17,17 +18,30 @@ import numpy as np
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-KERNEL_HEADERS = HERE.parent                   # templates/cuda/kernels: the headers under test
-CUDA_TEMPLATES = KERNEL_HEADERS.parent         # templates/cuda: ptx.cuh
+KERNEL_HEADERS = HERE.parent  # templates/cuda/kernels: the headers under test
+CUDA_TEMPLATES = KERNEL_HEADERS.parent  # templates/cuda: ptx.cuh
 EMULATE = CUDA_TEMPLATES / "emulate"
 DRIVERS = HERE / "kernels"
 sys.path.insert(0, str(EMULATE / "tests"))
 
-from emu_helpers import (GXX_FLAGS, bf16_to_f32, cuda_include, f32_to_bf16, f64_to_bf16,  # noqa: E402,F401
-                         max_report, nvcc_path, run_program)
+from emu_helpers import (
+    GXX_FLAGS,
+    bf16_to_f32,
+    cuda_include,
+    f32_to_bf16,
+    f64_to_bf16,  # noqa: E402,F401
+    max_report,
+    nvcc_path,
+    run_program,
+)
 
-INCLUDES = [f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}", f"-I{KERNEL_HEADERS}", f"-I{EMULATE / 'tests' / 'kernels'}",
-            f"-I{DRIVERS}"]
+INCLUDES = [
+    f"-I{EMULATE}",
+    f"-I{CUDA_TEMPLATES}",
+    f"-I{KERNEL_HEADERS}",
+    f"-I{EMULATE / 'tests' / 'kernels'}",
+    f"-I{DRIVERS}",
+]
 # For g++ with -Werror: the emulation headers as system headers, so that the warnings checked are those of
 # the kernel headers (g++ 12 -O2 reports a false maybe-uninitialized in emu_ptx.h's ld_shared_run when many
 # counted accesses are inlined into one unit).
@@ -44,8 +58,18 @@ def program(name: str, outdir: pathlib.Path) -> pathlib.Path:
     with _LOCK:
         if name not in _BUILT:
             out = outdir / name
-            cmd = ["g++", *GXX_FLAGS, "-fopenmp", "-Wall", "-Wextra", *GXX_INCLUDES, f"-I{cuda_include()}",
-                   str(DRIVERS / f"{name}.cu"), "-o", str(out)]
+            cmd = [
+                "g++",
+                *GXX_FLAGS,
+                "-fopenmp",
+                "-Wall",
+                "-Wextra",
+                *GXX_INCLUDES,
+                f"-I{cuda_include()}",
+                str(DRIVERS / f"{name}.cu"),
+                "-o",
+                str(out),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 pytest.fail(f"g++ failed to build {name}:\n{proc.stdout}{proc.stderr}")
@@ -95,5 +119,7 @@ def check_close(name: str, got: np.ndarray, ref: np.ndarray, rtol: float, atol: 
     bad = np.abs(got - ref) > atol + rtol * np.abs(ref)
     if bad.any():
         i = np.flatnonzero(bad)[0]
-        pytest.fail(f"{name}: {int(bad.sum())} of {bad.size} outside rtol {rtol:g} atol {atol:g}; first at flat "
-                    f"{i}: got {got.flat[i]!r} ref {ref.flat[i]!r}")
+        pytest.fail(
+            f"{name}: {int(bad.sum())} of {bad.size} outside rtol {rtol:g} atol {atol:g}; first at flat "
+            f"{i}: got {got.flat[i]!r} ref {ref.flat[i]!r}"
+        )

@@ -15,6 +15,7 @@ Everything here is exact, so everything is compared bit for bit:
     rotated by -1 and its first entry zeroed at every update, the scale from max(history) or the newest amax,
     the previous scale kept when the amax is 0 or not finite), as a rolled numpy array, independent of the
     kernel's ring buffer."""
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,22 @@ import numpy as np
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-KERNELS = HERE.parent                       # templates/cuda/kernels: fp8.cuh
-CUDA_TEMPLATES = KERNELS.parent             # templates/cuda: ptx.cuh
+KERNELS = HERE.parent  # templates/cuda/kernels: fp8.cuh
+CUDA_TEMPLATES = KERNELS.parent  # templates/cuda: ptx.cuh
 EMULATE = CUDA_TEMPLATES / "emulate"
-TESTIO = EMULATE / "tests" / "kernels"      # testio.h
+TESTIO = EMULATE / "tests" / "kernels"  # testio.h
 DRIVER = HERE / "fp8_kernels.cu"
 
 sys.path.insert(0, str(EMULATE / "tests"))
-from emu_helpers import (GXX_FLAGS, bf16_to_f32, cublas_include, cuda_include, f32_to_bf16, gpu_arch,  # noqa: E402
-                         nvcc_path)
+from emu_helpers import (
+    GXX_FLAGS,
+    bf16_to_f32,
+    cublas_include,
+    cuda_include,
+    f32_to_bf16,
+    gpu_arch,  # noqa: E402
+    nvcc_path,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -52,8 +60,22 @@ def fp8_emu(tmp_path_factory) -> pathlib.Path:
     if cuda_include() is None:
         pytest.skip("CUDA headers (cuda_runtime.h) not found")
     out = tmp_path_factory.mktemp("fp8") / "fp8_kernels"
-    cmd = ["g++", *GXX_FLAGS, "-fopenmp", "-Wall", "-Wextra", "-Werror", f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}",
-           f"-I{KERNELS}", f"-I{TESTIO}", f"-I{cuda_include()}", str(DRIVER), "-o", str(out)]
+    cmd = [
+        "g++",
+        *GXX_FLAGS,
+        "-fopenmp",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        f"-I{EMULATE}",
+        f"-I{CUDA_TEMPLATES}",
+        f"-I{KERNELS}",
+        f"-I{TESTIO}",
+        f"-I{cuda_include()}",
+        str(DRIVER),
+        "-o",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
@@ -68,8 +90,18 @@ def fp8_gpu(tmp_path_factory) -> pathlib.Path:
     if int(arch[3:]) < 89:
         pytest.skip(f"the FP8 conversions need sm_89 or newer; the GPU is {arch}")
     out = tmp_path_factory.mktemp("fp8_gpu") / "fp8_kernels"
-    cmd = [nvcc, "-O3", f"-arch={arch}", f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}", f"-I{TESTIO}",
-           str(DRIVER), "-o", str(out)]
+    cmd = [
+        nvcc,
+        "-O3",
+        f"-arch={arch}",
+        f"-I{EMULATE}",
+        f"-I{CUDA_TEMPLATES}",
+        f"-I{KERNELS}",
+        f"-I{TESTIO}",
+        str(DRIVER),
+        "-o",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
@@ -83,8 +115,14 @@ def prog(request) -> pathlib.Path:
 BUILDS = ["emulated", "gpu"]
 
 
-def run(prog: pathlib.Path, case: str, workdir: pathlib.Path, params: list[int], inputs: dict | None = None,
-        expect_ok: bool = True) -> subprocess.CompletedProcess:
+def run(
+    prog: pathlib.Path,
+    case: str,
+    workdir: pathlib.Path,
+    params: list[int],
+    inputs: dict | None = None,
+    expect_ok: bool = True,
+) -> subprocess.CompletedProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     np.array(params, np.int32).tofile(workdir / "params.bin")
     for name, arr in (inputs or {}).items():
@@ -162,28 +200,51 @@ def test_cast_matches_torch(prog, tmp_path, fmt):
     rng = np.random.default_rng(1)
     n = 2 * 1024 * 256 * 16 + 16 * 12345
     bits = random_bf16(rng, n, spread=12)
-    special = f32_to_bf16(np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 448 / 3.7, 464 / 3.7,
-                                    57344 / 3.7, 61440 / 3.7, 2.0 ** -20, -(2.0 ** -30), 1.0, 3.0, 5.0], np.float32))
+    special = f32_to_bf16(
+        np.array(
+            [
+                0.0,
+                -0.0,
+                np.inf,
+                -np.inf,
+                np.nan,
+                1e30,
+                -1e30,
+                448 / 3.7,
+                464 / 3.7,
+                57344 / 3.7,
+                61440 / 3.7,
+                2.0**-20,
+                -(2.0**-30),
+                1.0,
+                3.0,
+                5.0,
+            ],
+            np.float32,
+        )
+    )
     bits[:16] = special
     scale = np.float32(3.7)
     d = tmp_path / "c"
     run(prog, "cast", d, [FMT[fmt][0], n, 1], {"x": bits, "scale": np.array([scale], np.float32)})
     got, want = out(d, "out", np.uint8), cast_reference(bits, scale, fmt)
     bad = got != want
-    assert not bad.any(), (f"{bad.sum()} codes differ, e.g. x={bf16_to_f32(bits[bad][:4])} got={got[bad][:4]} "
-                           f"want={want[bad][:4]}")
+    assert not bad.any(), (
+        f"{bad.sum()} codes differ, e.g. x={bf16_to_f32(bits[bad][:4])} got={got[bad][:4]} want={want[bad][:4]}"
+    )
     partials = out(d, "partials", np.float32)
     assert partials.size == min(-(-n // 4096), 1024)
     x = bf16_to_f32(bits)
-    assert partials.max() == np.nanmax(np.abs(x)) == np.inf                  # Inf counts, NaN is ignored
-    special_codes = (got & 0x7F) == 0x7F if fmt == "e4m3" else (got & 0x7F) >= 0x7C   # NaN (and e5m2's Inf)
-    assert not special_codes[~np.isnan(x)].any()                              # saturated: never NaN or Inf
+    assert partials.max() == np.nanmax(np.abs(x)) == np.inf  # Inf counts, NaN is ignored
+    special_codes = (got & 0x7F) == 0x7F if fmt == "e4m3" else (got & 0x7F) >= 0x7C  # NaN (and e5m2's Inf)
+    assert not special_codes[~np.isnan(x)].any()  # saturated: never NaN or Inf
 
 
 @pytest.mark.parametrize("prog", BUILDS, indirect=True)
 @pytest.mark.parametrize("fmt", list(FMT))
-@pytest.mark.parametrize("shape", [(16, 16), (64, 256), (80, 272), (208, 48), (48, 784), (400, 528)],
-                         ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "shape", [(16, 16), (64, 256), (80, 272), (208, 48), (48, 784), (400, 528)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
 def test_cast_transpose(prog, tmp_path, fmt, shape):
     """out = the row-major codes, out_t its transpose, both equal to torch's cast; the amax partials; tiles
     cut at both edges (rows and columns not multiples of 64 / 256)"""
@@ -208,8 +269,9 @@ def test_cast_transpose_without_rows_or_amax(prog, tmp_path):
     bits = random_bf16(np.random.default_rng(7), rows * cols)
     d = tmp_path / "t"
     run(prog, "cast_t", d, [1, rows, cols, 0, 0], {"x": bits, "scale": np.array([2.5], np.float32)})
-    np.testing.assert_array_equal(out(d, "out_t", np.uint8).reshape(cols, rows),
-                                  cast_reference(bits, 2.5, "e5m2").reshape(rows, cols).T)
+    np.testing.assert_array_equal(
+        out(d, "out_t", np.uint8).reshape(cols, rows), cast_reference(bits, 2.5, "e5m2").reshape(rows, cols).T
+    )
     assert not (d / "out.bin").exists() and not (d / "partials.bin").exists()
 
 
@@ -218,15 +280,22 @@ def test_cast_transpose_is_free_of_bank_conflicts(fp8_emu, tmp_path):
     (the emulation's count of the 32 lanes' addresses, emulate/emu_banks.h)"""
     rows, cols = 128, 512
     d = tmp_path / "t"
-    run(fp8_emu, "cast_t", d, [0, rows, cols, 1, 1],
-        {"x": random_bf16(np.random.default_rng(2), rows * cols), "scale": np.array([1.0], np.float32)})
+    run(
+        fp8_emu,
+        "cast_t",
+        d,
+        [0, rows, cols, 1, 1],
+        {"x": random_bf16(np.random.default_rng(2), rows * cols), "scale": np.array([1.0], np.float32)},
+    )
     stats = json.loads((d / "smem.bin").read_text())
-    (name, counts), = [(k, v) for k, v in stats.items() if "cast_transpose_kernel" in k]
+    ((name, counts),) = [(k, v) for k, v in stats.items() if "cast_transpose_kernel" in k]
     blocks = (rows // 64) * (cols // 256)
-    for kind, per_block in (("st_shared", 8 * 4), ("ld_shared", 8 * 16)):   # 8 warps x 4 stores / 16 loads
+    for kind, per_block in (("st_shared", 8 * 4), ("ld_shared", 8 * 16)):  # 8 warps x 4 stores / 16 loads
         c = counts[kind]
-        print(f"{name} {kind}: {c['instructions']} instructions, {c['phases']} phases, {c['wavefronts']} wavefronts,"
-              f" max {c['max_way']}-way")
+        print(
+            f"{name} {kind}: {c['instructions']} instructions, {c['phases']} phases, {c['wavefronts']} wavefronts,"
+            f" max {c['max_way']}-way"
+        )
         assert c["instructions"] == blocks * per_block
         assert c["wavefronts"] == c["phases"] and c["max_way"] == 1, c
 
@@ -243,14 +312,34 @@ def test_amax_partials(prog, tmp_path):
         partials = out(d, "partials", np.float32)
         assert partials.size == min(-(-n // 4096), 1024)
         assert partials.max() == np.abs(bf16_to_f32(bits)).max()
-        per_block = np.zeros(partials.size, np.float32)    # the grid-stride ownership: chunk c -> block c % grid
+        per_block = np.zeros(partials.size, np.float32)  # the grid-stride ownership: chunk c -> block c % grid
         chunks = np.abs(bf16_to_f32(bits)).reshape(-1, 16).max(1)
         np.maximum.at(per_block, (np.arange(chunks.size) // 256) % partials.size, chunks)
         np.testing.assert_array_equal(partials, per_block)
 
 
-AMAX_SEQUENCE = [3.0, 0.5, 0.0, 1e-30, 7e4, 2.5, float("inf"), float("nan"), 1e-44, 3.4e38, 0.75, 12.0, 0.001,
-                 100.0, 0.0, 5.0, 5.0, 0.2, 9.0, 1.5]
+AMAX_SEQUENCE = [
+    3.0,
+    0.5,
+    0.0,
+    1e-30,
+    7e4,
+    2.5,
+    float("inf"),
+    float("nan"),
+    1e-44,
+    3.4e38,
+    0.75,
+    12.0,
+    0.001,
+    100.0,
+    0.0,
+    5.0,
+    5.0,
+    0.2,
+    9.0,
+    1.5,
+]
 
 
 def partials_for(amaxes: list[float], n_partials: int, rng) -> np.ndarray:
@@ -265,8 +354,13 @@ def partials_for(amaxes: list[float], n_partials: int, rng) -> np.ndarray:
 
 def run_scale(prog, d, fmt, H, margin, delayed, most_recent, pow2, amaxes, n_partials=300):
     partials = partials_for(amaxes, n_partials, np.random.default_rng(len(amaxes) + H))
-    run(prog, "scale", d, [FMT[fmt][0], H, margin, delayed, most_recent, pow2, len(amaxes), n_partials],
-        {"partials": partials})
+    run(
+        prog,
+        "scale",
+        d,
+        [FMT[fmt][0], H, margin, delayed, most_recent, pow2, len(amaxes), n_partials],
+        {"partials": partials},
+    )
     metas = out(d, "metas", np.uint8).reshape(len(amaxes), 16)
     return (metas[:, :12].copy().view(np.float32).reshape(-1, 3), metas[:, 12:].copy().view(np.int32).ravel())
 
@@ -288,11 +382,13 @@ def test_current_scaling(prog, tmp_path, fmt, margin, pow2):
 
 @pytest.mark.parametrize("prog", BUILDS, indirect=True)
 @pytest.mark.parametrize("fmt", list(FMT))
-@pytest.mark.parametrize("H, most_recent, margin, pow2", [(1, 0, 0, 0), (4, 0, 0, 0), (16, 0, 1, 0), (16, 1, 0, 0),
-                                                          (5, 0, 2, 1), (1024, 0, 0, 0)])
+@pytest.mark.parametrize(
+    "H, most_recent, margin, pow2",
+    [(1, 0, 0, 0), (4, 0, 0, 0), (16, 0, 1, 0), (16, 1, 0, 0), (5, 0, 2, 1), (1024, 0, 0, 0)],
+)
 def test_delayed_scaling_is_transformer_engines(prog, tmp_path, fmt, H, most_recent, margin, pow2):
     """against the rolled-history algorithm Transformer Engine documents, step by step"""
-    amaxes = [a for a in AMAX_SEQUENCE if not np.isnan(a)] * 2     # a NaN never reaches a partial's max
+    amaxes = [a for a in AMAX_SEQUENCE if not np.isnan(a)] * 2  # a NaN never reaches a partial's max
     f, step = run_scale(prog, tmp_path, fmt, H, margin, 1, most_recent, pow2, amaxes)
     ref = te_delayed_reference(amaxes, H, fmt, margin, bool(most_recent), bool(pow2))
     for i, (s, s_inv) in enumerate(ref):
@@ -324,18 +420,20 @@ def test_current_scaling_pipeline(prog, tmp_path, fmt):
     np.testing.assert_array_equal(out(d, "out", np.uint8).reshape(rows, cols), want)
     np.testing.assert_array_equal(out(d, "out_t", np.uint8).reshape(cols, rows), want.T)
     top = torch.from_numpy(want.ravel().copy()).view(FMT[fmt][1]).float().abs().max().item()
-    assert FMT[fmt][2] / 2 ** margin * (1 - 2 ** -3) <= top <= FMT[fmt][2] / 2 ** margin   # no saturation
+    assert FMT[fmt][2] / 2**margin * (1 - 2**-3) <= top <= FMT[fmt][2] / 2**margin  # no saturation
 
 
 # ---- refusals, the header as text, ptxas -------------------------------------------------------------
-BAD = {0: "fp8 cast: n must be a positive multiple of 16",
-       1: "fp8 cast: x and out must be 16-byte aligned",
-       2: "fp8 cast_transpose: rows and cols must be positive multiples of 16",
-       3: "fp8 cast_transpose: x, out and out_t must be 16-byte aligned",
-       4: "fp8 scale_update: delayed scaling needs a history of H >= 1",
-       5: "fp8 scale_update: needs meta and at least one partial",
-       6: "fp8 scale_update: margin must be >= 0",
-       7: "fp8 amax: n must be a positive multiple of 16"}
+BAD = {
+    0: "fp8 cast: n must be a positive multiple of 16",
+    1: "fp8 cast: x and out must be 16-byte aligned",
+    2: "fp8 cast_transpose: rows and cols must be positive multiples of 16",
+    3: "fp8 cast_transpose: x, out and out_t must be 16-byte aligned",
+    4: "fp8 scale_update: delayed scaling needs a history of H >= 1",
+    5: "fp8 scale_update: needs meta and at least one partial",
+    6: "fp8 scale_update: margin must be >= 0",
+    7: "fp8 amax: n must be a positive multiple of 16",
+}
 
 
 @pytest.mark.parametrize("which", list(BAD))
@@ -364,8 +462,22 @@ def test_ptxas_no_spills(tmp_path, arch):
     nvcc = nvcc_path()
     if nvcc is None:
         pytest.skip("nvcc not found: the emulated tests above run the same source on the CPU")
-    cmd = [nvcc, "-cubin", "-gencode", arch, "-O3", "-Xptxas", "-v", f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}",
-           f"-I{KERNELS}", f"-I{TESTIO}", str(DRIVER), "-o", str(tmp_path / "fp8.cubin")]
+    cmd = [
+        nvcc,
+        "-cubin",
+        "-gencode",
+        arch,
+        "-O3",
+        "-Xptxas",
+        "-v",
+        f"-I{EMULATE}",
+        f"-I{CUDA_TEMPLATES}",
+        f"-I{KERNELS}",
+        f"-I{TESTIO}",
+        str(DRIVER),
+        "-o",
+        str(tmp_path / "fp8.cubin"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows, cur = [], None
@@ -383,7 +495,7 @@ def test_ptxas_no_spills(tmp_path, arch):
     names = " ".join(r["name"] for r in rows)
     for kernel in ("amax_kernel", "cast_kernel", "cast_transpose_kernel", "scale_update_kernel", "meta_init_kernel"):
         assert kernel in names, kernel
-    assert len(rows) == 12, [r["name"] for r in rows]   # cast x4, cast_transpose x4, scale_update x2, amax, init
+    assert len(rows) == 12, [r["name"] for r in rows]  # cast x4, cast_transpose x4, scale_update x2, amax, init
     print()
     for r in rows:
         print(f"{arch.split('=')[-1]:7s} {r['name'][:70]:70s} {r['registers']:3d} registers, spill {r['spill']} B")
@@ -399,8 +511,22 @@ def linear_emu(tmp_path_factory) -> pathlib.Path:
     if shutil.which("g++") is None or cuda_include() is None:
         pytest.skip("g++ or the CUDA headers not found")
     out = tmp_path_factory.mktemp("fp8_linear") / "fp8_linear"
-    cmd = ["g++", *GXX_FLAGS, "-fopenmp", "-Wall", "-Wextra", "-Werror", f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}",
-           f"-I{KERNELS}", f"-I{TESTIO}", f"-I{cuda_include()}", str(LINEAR), "-o", str(out)]
+    cmd = [
+        "g++",
+        *GXX_FLAGS,
+        "-fopenmp",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        f"-I{EMULATE}",
+        f"-I{CUDA_TEMPLATES}",
+        f"-I{KERNELS}",
+        f"-I{TESTIO}",
+        f"-I{cuda_include()}",
+        str(LINEAR),
+        "-o",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
@@ -416,8 +542,22 @@ def linear_gpu(tmp_path_factory) -> pathlib.Path:
         pytest.skip(f"FP8 GEMMs need sm_89 or newer; the GPU is {arch}")
     out = tmp_path_factory.mktemp("fp8_linear_gpu") / "fp8_linear"
     lib = inc.parent / "lib"
-    cmd = [nvcc, "-O3", f"-arch={arch}", f"-I{EMULATE}", f"-I{CUDA_TEMPLATES}", f"-I{KERNELS}", f"-I{TESTIO}",
-           f"-I{inc}", str(LINEAR), f"-L{lib}", f"-Xlinker=-rpath,{lib}", "-lcublasLt", "-o", str(out)]
+    cmd = [
+        nvcc,
+        "-O3",
+        f"-arch={arch}",
+        f"-I{EMULATE}",
+        f"-I{CUDA_TEMPLATES}",
+        f"-I{KERNELS}",
+        f"-I{TESTIO}",
+        f"-I{inc}",
+        str(LINEAR),
+        f"-L{lib}",
+        f"-Xlinker=-rpath,{lib}",
+        "-lcublasLt",
+        "-o",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
@@ -426,19 +566,30 @@ def linear_gpu(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture
 def linear_prog(request) -> tuple[pathlib.Path, bool]:
     """(program, exact): the emulated build is held to the contract bit for bit, a GPU's to a bound"""
-    return (request.getfixturevalue("linear_gpu"), False) if request.param == "gpu" else \
-        (request.getfixturevalue("linear_emu"), True)
+    return (
+        (request.getfixturevalue("linear_gpu"), False)
+        if request.param == "gpu"
+        else (request.getfixturevalue("linear_emu"), True)
+    )
 
 
-def tn_reference(a_codes: np.ndarray, a_fmt: str, sa: np.float32, b_codes: np.ndarray, b_fmt: str, sb: np.float32,
-                 bias: np.ndarray | None = None, c: np.ndarray | None = None) -> np.ndarray:
+def tn_reference(
+    a_codes: np.ndarray,
+    a_fmt: str,
+    sa: np.float32,
+    b_codes: np.ndarray,
+    b_fmt: str,
+    sb: np.float32,
+    bias: np.ndarray | None = None,
+    c: np.ndarray | None = None,
+) -> np.ndarray:
     """the emulated FP8 GEMM's contract in float32: A (m, k), B (n, k) codes (the reduction dimension
     contiguous, as TN needs); exact products summed in k order, times (1 sA) sB, plus bias / C; (n, m) out"""
     a = torch.from_numpy(a_codes.copy()).view(FMT[a_fmt][1]).float().numpy()
     b = torch.from_numpy(b_codes.copy()).view(FMT[b_fmt][1]).float().numpy()
     acc = np.zeros((b.shape[0], a.shape[0]), np.float32)
     for p in range(a.shape[1]):
-        acc = acc + b[:, p:p + 1] * a[None, :, p]
+        acc = acc + b[:, p : p + 1] * a[None, :, p]
     v = np.float32(np.float32(1.0) * sa) * sb * acc
     if c is not None:
         v = v + c
@@ -457,7 +608,7 @@ def test_linear_layer_in_fp8(linear_prog, tmp_path):
     rng = np.random.default_rng(11)
     x, w, dy = (random_bf16(rng, n, spread=3) for n in (N * K, M * K, N * M))
     w = f32_to_bf16(bf16_to_f32(w) * np.float32(0.05))
-    dy = f32_to_bf16(bf16_to_f32(dy) * np.float32(1e-4))           # gradients: small, E5M2's range
+    dy = f32_to_bf16(bf16_to_f32(dy) * np.float32(1e-4))  # gradients: small, E5M2's range
     b = random_bf16(rng, M)
     dw0 = rng.standard_normal(M * K).astype(np.float32)
     d = tmp_path / "lin"
@@ -465,8 +616,9 @@ def test_linear_layer_in_fp8(linear_prog, tmp_path):
     run(prog, "run", d, [N, K, M, margin], {"x": x, "w": w, "dy": dy, "b": b, "dw": dw0})
     metas = out(d, "metas", np.float32).reshape(3, 4)
     q = {}
-    for i, (name, bits, fmt, shape) in enumerate((("x", x, "e4m3", (N, K)), ("w", w, "e4m3", (M, K)),
-                                                   ("dy", dy, "e5m2", (N, M)))):
+    for i, (name, bits, fmt, shape) in enumerate(
+        (("x", x, "e4m3", (N, K)), ("w", w, "e4m3", (M, K)), ("dy", dy, "e5m2", (N, M)))
+    ):
         s = scale_reference(np.abs(bf16_to_f32(bits)).max(), fmt, margin, False, 1.0)
         assert metas[i, 0] == s and metas[i, 1] == np.float32(1) / s, name
         q[name] = (cast_reference(bits, s, fmt).reshape(shape), fmt, metas[i, 1])
@@ -474,22 +626,29 @@ def test_linear_layer_in_fp8(linear_prog, tmp_path):
     y = bf16_to_f32(out(d, "y", np.uint16)).reshape(N, M)
     dx = bf16_to_f32(out(d, "dx", np.uint16)).reshape(N, K)
     dw = out(d, "dw", np.float32).reshape(M, K)
-    want_y = tn_reference(wq, "e4m3", sw, xq, "e4m3", sx, bias=bf16_to_f32(b))            # A = W, B = x
-    want_dx = tn_reference(np.ascontiguousarray(wq.T), "e4m3", sw, dyq, "e5m2", sdy)       # A = W^T, B = dY
-    want_dw = tn_reference(np.ascontiguousarray(xq.T), "e4m3", sx, np.ascontiguousarray(dyq.T), "e5m2", sdy,
-                           c=dw0.reshape(M, K))                                            # A = x^T, B = dY^T
-    for name, got, want, k, rnd in (("y", y, want_y, K, 2.0 ** -8), ("dx", dx, want_dx, M, 2.0 ** -8),
-                                    ("dw", dw, want_dw, N, 2.0 ** -23)):
+    want_y = tn_reference(wq, "e4m3", sw, xq, "e4m3", sx, bias=bf16_to_f32(b))  # A = W, B = x
+    want_dx = tn_reference(np.ascontiguousarray(wq.T), "e4m3", sw, dyq, "e5m2", sdy)  # A = W^T, B = dY
+    want_dw = tn_reference(
+        np.ascontiguousarray(xq.T), "e4m3", sx, np.ascontiguousarray(dyq.T), "e5m2", sdy, c=dw0.reshape(M, K)
+    )  # A = x^T, B = dY^T
+    for name, got, want, k, rnd in (
+        ("y", y, want_y, K, 2.0**-8),
+        ("dx", dx, want_dx, M, 2.0**-8),
+        ("dw", dw, want_dw, N, 2.0**-23),
+    ):
         if exact:
-            np.testing.assert_array_equal(got, bf16_to_f32(f32_to_bf16(want)) if rnd > 2.0 ** -23 else want, name)
-        else:   # the tensor cores sum in their own order: k fp32 roundings of the running sum, then D's rounding
-            bound = rnd * np.abs(want) + k * 2.0 ** -22 * (np.abs(want) + 1.0)
+            np.testing.assert_array_equal(got, bf16_to_f32(f32_to_bf16(want)) if rnd > 2.0**-23 else want, name)
+        else:  # the tensor cores sum in their own order: k fp32 roundings of the running sum, then D's rounding
+            bound = rnd * np.abs(want) + k * 2.0**-22 * (np.abs(want) + 1.0)
             assert (np.abs(got - want) <= bound).all(), (name, np.abs(got - want).max())
     # and FP8 is an approximation of the bf16 math: relative Frobenius errors of a few percent
     xf, wf, dyf = (bf16_to_f32(v).astype(np.float64) for v in (x, w, dy))
     xf, wf, dyf = xf.reshape(N, K), wf.reshape(M, K), dyf.reshape(N, M)
-    for name, got, true in (("y", y, xf @ wf.T + bf16_to_f32(b)), ("dx", dx, dyf @ wf),
-                            ("dw", dw - dw0.reshape(M, K), dyf.T @ xf)):
+    for name, got, true in (
+        ("y", y, xf @ wf.T + bf16_to_f32(b)),
+        ("dx", dx, dyf @ wf),
+        ("dw", dw - dw0.reshape(M, K), dyf.T @ xf),
+    ):
         rel = np.linalg.norm(got - true) / np.linalg.norm(true)
         print(f"{name}: relative error against the bf16 inputs' float64 product {rel:.3g}")
         assert rel < (0.06 if name == "y" else 0.12), (name, rel)

@@ -11,6 +11,7 @@ unsharded update, bit for bit.
 The gradient norm is checked against numpy's float64 sum (fp32 result within one ulp, the double
 sum within 1e-12 relative: the order of the double additions differs) and for the same bits over
 two launches and over 1 and 3 OS threads."""
+
 import numpy as np
 import pytest
 
@@ -21,7 +22,7 @@ HYPER = dict(beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, max_norm=1.0)
 
 # (offset, size, decay): llmgen aligns offsets to 16 elements; 1000 + 3 is a deliberately odd start
 TENSORS = [(0, 37, 0), (48, 1000, 1), (1051, 640, 1), (1696, 16, 0), (1712, 2 * 2048 + 5, 1), (5824, 777, 0)]
-N = 6608   # 5824 + 777 = 6601, then a gap to the end
+N = 6608  # 5824 + 777 = 6601, then a gap to the end
 
 
 def mix32(h):
@@ -81,15 +82,23 @@ def state(rng, dtype):
     return params, master, m, v, grads
 
 
-def run_adamw(tmp_path, name, dtype, params, master, m, v, grads, norm, lr, t, shard=(0, N), opt_base=0,
-              params_is_master=0):
+def run_adamw(
+    tmp_path, name, dtype, params, master, m, v, grads, norm, lr, t, shard=(0, N), opt_base=0, params_is_master=0
+):
     h = HYPER
-    ins = {"params": params, "master": master, "m": m, "v": v, "grads": grads,
-           "tensors": np.array(TENSORS, np.int64).ravel(), "shard": np.array(shard, np.int64),
-           "opt_base": np.array([opt_base], np.int64),
-           "hyper": np.array([h["beta1"], h["beta2"], h["eps"], h["weight_decay"], h["max_norm"], lr], np.float64),
-           "ints": np.array([t, norm is not None, params_is_master], np.int32),
-           "norm": np.array([norm if norm is not None else 0.0], F)}
+    ins = {
+        "params": params,
+        "master": master,
+        "m": m,
+        "v": v,
+        "grads": grads,
+        "tensors": np.array(TENSORS, np.int64).ravel(),
+        "shard": np.array(shard, np.int64),
+        "opt_base": np.array([opt_base], np.int64),
+        "hyper": np.array([h["beta1"], h["beta2"], h["eps"], h["weight_decay"], h["max_norm"], lr], np.float64),
+        "ints": np.array([t, norm is not None, params_is_master], np.int32),
+        "norm": np.array([norm if norm is not None else 0.0], F),
+    }
     r = run_program(program("adamw_test", tmp_path), f"adamw:{dtype}", tmp_path / name, ins)
     pdt = np.uint16 if dtype == "bf16" else F
     return r, (r.out("params", pdt), r.out("master", F), r.out("m", F), r.out("v", F))
@@ -98,8 +107,9 @@ def run_adamw(tmp_path, name, dtype, params, master, m, v, grads, norm, lr, t, s
 def assert_bits(got, ref, names=("params", "master", "m", "v")):
     for n, a, b in zip(names, got, ref):
         assert a.shape == b.shape, n
-        bad = a.view(np.uint16 if a.dtype == np.uint16 else np.uint32) != b.view(np.uint16 if b.dtype == np.uint16
-                                                                                else np.uint32)
+        bad = a.view(np.uint16 if a.dtype == np.uint16 else np.uint32) != b.view(
+            np.uint16 if b.dtype == np.uint16 else np.uint32
+        )
         assert not bad.any(), f"{n}: {int(bad.sum())} elements differ, first at {np.flatnonzero(bad)[0]}"
 
 
@@ -113,11 +123,11 @@ def test_adamw_bit_exact(tmp_path, dtype, norm):
     assert_bits(got, ref)
     gap = np.ones(N, bool)
     for off, size, _ in TENSORS:
-        gap[off:off + size] = False
+        gap[off : off + size] = False
     assert gap.sum() == N - sum(s for _, s, _ in TENSORS)
-    np.testing.assert_array_equal(got[1][gap], master[gap])     # gaps untouched
+    np.testing.assert_array_equal(got[1][gap], master[gap])  # gaps untouched
     assert (got[1] != master).mean() > 0.99 * (1 - gap.mean())  # and the rest really moved
-    if dtype == "bf16":   # the bf16 parameters are not round-to-nearest: some round up, some down
+    if dtype == "bf16":  # the bf16 parameters are not round-to-nearest: some round up, some down
         rn = bf16_to_f32(got[0][~gap]).astype(np.float64)
         assert 0.2 < np.mean(rn > got[1][~gap]) < 0.8
     plan = r.out("plan", np.int32)
@@ -150,8 +160,21 @@ def test_adamw_zero1_shards_equal_the_whole(tmp_path, dtype, cut):
     _, whole = run_adamw(tmp_path, "whole", dtype, params, master, m, v, grads, 3.0, 1e-3, 12)
     parts = []
     for k, (lo, hi) in enumerate([(0, cut), (cut, N)]):
-        r, got = run_adamw(tmp_path, f"shard{k}", dtype, params, master[lo:hi], m[lo:hi], v[lo:hi], grads, 3.0, 1e-3,
-                           12, shard=(lo, hi), opt_base=lo)
+        r, got = run_adamw(
+            tmp_path,
+            f"shard{k}",
+            dtype,
+            params,
+            master[lo:hi],
+            m[lo:hi],
+            v[lo:hi],
+            grads,
+            3.0,
+            1e-3,
+            12,
+            shard=(lo, hi),
+            opt_base=lo,
+        )
         ref = adamw_model(params, master[lo:hi], m[lo:hi], v[lo:hi], grads, 3.0, 1e-3, 12, dtype, (lo, hi), lo)
         assert_bits(got, ref)
         segs = r.out("segs", np.int64).reshape(-1, 4)
@@ -168,8 +191,13 @@ def test_grad_norm(tmp_path, n, nparts):
     g[: min(n, 10)] *= 100
     outs = []
     for threads in ["1", "3"]:
-        r = run_program(program("adamw_test", tmp_path), "gradnorm", tmp_path / threads,
-                        {"grads": g, "nparts": np.array([nparts], np.int32)}, env={"OMP_NUM_THREADS": threads})
+        r = run_program(
+            program("adamw_test", tmp_path),
+            "gradnorm",
+            tmp_path / threads,
+            {"grads": g, "nparts": np.array([nparts], np.int32)},
+            env={"OMP_NUM_THREADS": threads},
+        )
         outs.append(r)
     ref = float(np.sum(g.astype(np.float64) ** 2))
     sumsq, norm = outs[0].out("sumsq", np.float64)[0], outs[0].out("norm", F)[0]

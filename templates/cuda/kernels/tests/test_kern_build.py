@@ -10,6 +10,7 @@
 - The headers pass through the generator's Jinja environment unchanged (the program may include them
   as templates).
 Skipped, saying why, where nvcc (CUDA 13.0 here) is not installed."""
+
 import concurrent.futures
 import re
 import shutil
@@ -34,8 +35,18 @@ def nvcc_or_skip() -> str:
 
 
 def nvcc_cmd(nvcc: str, arch: str, src, obj, verbose: bool) -> list[str]:
-    return [nvcc, "-std=c++17", "-O3", f"-arch={arch}", "-c", *(["-Xptxas", "-v"] if verbose else []), *INCLUDES,
-            str(src), "-o", str(obj)]
+    return [
+        nvcc,
+        "-std=c++17",
+        "-O3",
+        f"-arch={arch}",
+        "-c",
+        *(["-Xptxas", "-v"] if verbose else []),
+        *INCLUDES,
+        str(src),
+        "-o",
+        str(obj),
+    ]
 
 
 @pytest.mark.parametrize("header", HEADERS)
@@ -44,8 +55,19 @@ def test_header_alone_emulated_warning_free(tmp_path, header):
         pytest.skip("CUDA headers (cuda_runtime.h) not found")
     src = tmp_path / "alone.cu"
     src.write_text(f'#include "{header}"\nint main() {{ return 0; }}\n')
-    cmd = ["g++", *GXX_FLAGS, "-fopenmp", "-Wall", "-Wextra", "-Werror", *GXX_INCLUDES, f"-I{cuda_include()}", str(src),
-           "-o", str(tmp_path / "a.out")]
+    cmd = [
+        "g++",
+        *GXX_FLAGS,
+        "-fopenmp",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        *GXX_INCLUDES,
+        f"-I{cuda_include()}",
+        str(src),
+        "-o",
+        str(tmp_path / "a.out"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -53,8 +75,20 @@ def test_header_alone_emulated_warning_free(tmp_path, header):
 def test_instantiations_emulated_warning_free(tmp_path):
     if cuda_include() is None:
         pytest.skip("CUDA headers (cuda_runtime.h) not found")
-    cmd = ["g++", *GXX_FLAGS, "-c", "-fopenmp", "-Wall", "-Wextra", "-Werror", *GXX_INCLUDES,
-           f"-I{cuda_include()}", str(DRIVERS / "instantiate.cu"), "-o", str(tmp_path / "inst.o")]
+    cmd = [
+        "g++",
+        *GXX_FLAGS,
+        "-c",
+        "-fopenmp",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        *GXX_INCLUDES,
+        f"-I{cuda_include()}",
+        str(DRIVERS / "instantiate.cu"),
+        "-o",
+        str(tmp_path / "inst.o"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -97,8 +131,9 @@ def demangle(names: list[str]) -> list[str]:
     if filt is None:
         return names
     out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
-    return [re.sub(r"\(.*", "", d).replace("llmk::", "").replace("__nv_bfloat16", "bf16").replace("void ", "")
-            for d in out]
+    return [
+        re.sub(r"\(.*", "", d).replace("llmk::", "").replace("__nv_bfloat16", "bf16").replace("void ", "") for d in out
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +142,11 @@ def ptxas_reports(tmp_path_factory):
     out = tmp_path_factory.mktemp("ptxas")
 
     def build(arch):
-        proc = subprocess.run(nvcc_cmd(nvcc, arch, DRIVERS / "instantiate.cu", out / f"inst-{arch}.o", True),
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            nvcc_cmd(nvcc, arch, DRIVERS / "instantiate.cu", out / f"inst-{arch}.o", True),
+            capture_output=True,
+            text=True,
+        )
         return arch, proc
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as ex:

@@ -7,6 +7,7 @@ inside a bucket); dwte and dwpe are checked BIT-EXACT against numpy summing the 
 the same order (position order per token, batch order per position, starting from 0 and added to the
 old gradient last, as the trainer's kernels do), and against float64 sums (rtol 1e-6, atol 1e-6 of
 the row scale: fp32 rounding of at most 64 terms); two launches give the same bits."""
+
 import numpy as np
 import pytest
 
@@ -27,9 +28,17 @@ def test_forward(tmp_path, C, dtype, with_wpe):
     wte, wtev = to_storage(rng.standard_normal((V, C)), dtype)
     wpe, wpev = to_storage(rng.standard_normal((seq_len, C)) * 0.1, dtype)
     tokens = rng.integers(0, V, N).astype(np.int32)
-    r = run_program(program("embed_test", tmp_path), f"fwd:{dtype}:{C}", tmp_path,
-                    {"params": np.array([N, V, seq_len], np.int32), "tokens": tokens, "wte": wte,
-                     "wpe": wpe if with_wpe else np.zeros(0, F)})
+    r = run_program(
+        program("embed_test", tmp_path),
+        f"fwd:{dtype}:{C}",
+        tmp_path,
+        {
+            "params": np.array([N, V, seq_len], np.int32),
+            "tokens": tokens,
+            "wte": wte,
+            "wpe": wpe if with_wpe else np.zeros(0, F),
+        },
+    )
     ref = wtev[tokens]
     if with_wpe:
         pos = wpev[np.arange(N) % seq_len]
@@ -67,9 +76,18 @@ def backward_case(tmp_path, C, dtype, accumulate, B, seq_len, top):
     dx, dxv = to_storage(rng.standard_normal((n, C)), dtype)
     dwte0 = rng.standard_normal((V, C)).astype(F)
     dwpe0 = rng.standard_normal((seq_len, C)).astype(F)
-    r = run_program(program("embed_test", tmp_path), f"bwd:{dtype}:{C}", tmp_path,
-                    {"params": np.array([B, seq_len, V, accumulate], np.int32), "tokens": tokens, "dx": dx,
-                     "dwte0": dwte0, "dwpe0": dwpe0})
+    r = run_program(
+        program("embed_test", tmp_path),
+        f"bwd:{dtype}:{C}",
+        tmp_path,
+        {
+            "params": np.array([B, seq_len, V, accumulate], np.int32),
+            "tokens": tokens,
+            "dx": dx,
+            "dwte0": dwte0,
+            "dwpe0": dwpe0,
+        },
+    )
     # the buckets: largest first, ties by token id; positions ascending within each
     tok = r.out("bucket_token", np.int32)
     start = r.out("bucket_start", np.int32)
@@ -81,7 +99,7 @@ def backward_case(tmp_path, C, dtype, accumulate, B, seq_len, top):
     if top > 0.5:
         assert start[1] - start[0] > 256
     for b, v in enumerate(tok):
-        np.testing.assert_array_equal(order[start[b]:start[b + 1]], np.flatnonzero(tokens == v))
+        np.testing.assert_array_equal(order[start[b] : start[b + 1]], np.flatnonzero(tokens == v))
     # dwte: the same float32 additions in the same order
     x32 = dxv.astype(F)
     exact_te = dwte0.copy() if accumulate else np.zeros_like(dwte0)
@@ -92,12 +110,11 @@ def backward_case(tmp_path, C, dtype, accumulate, B, seq_len, top):
         exact_te[v] = exact_te[v] + s if accumulate else s
     exact_pe = np.zeros((seq_len, C), F)
     for b in range(B):
-        exact_pe = exact_pe + x32[b * seq_len:(b + 1) * seq_len]
+        exact_pe = exact_pe + x32[b * seq_len : (b + 1) * seq_len]
     if accumulate:
         exact_pe = dwpe0 + exact_pe
     got_te, got_pe = r.out("dwte", F).reshape(V, C), r.out("dwpe", F).reshape(seq_len, C)
-    ref_te = (dwte0.astype(np.float64) if accumulate else 0) + np.stack(
-        [dxv[tokens == v].sum(0) for v in range(V)])
+    ref_te = (dwte0.astype(np.float64) if accumulate else 0) + np.stack([dxv[tokens == v].sum(0) for v in range(V)])
     ref_pe = (dwpe0.astype(np.float64) if accumulate else 0) + dxv.reshape(B, seq_len, C).sum(0)
     check_close(f"dwte ({dtype})", got_te, ref_te, 1e-6, 1e-6 * np.sqrt(n))
     check_close(f"dwpe ({dtype})", got_pe, ref_pe, 1e-6, 1e-6 * np.sqrt(B))
@@ -108,10 +125,21 @@ def backward_case(tmp_path, C, dtype, accumulate, B, seq_len, top):
 
 
 def test_token_outside_the_vocabulary_is_refused_in_one_line(tmp_path):
-    tokens = np.array([1, 2, 41, 3], np.int32)      # V = 41: 41 is outside
-    r = run_program(program("embed_test", tmp_path), "bwd:f32:37", tmp_path,
-                    {"params": np.array([1, 4, 41, 1], np.int32), "tokens": tokens, "dx": np.zeros(4 * 37, F),
-                     "dwte0": np.zeros(41 * 37, F), "dwpe0": np.zeros(4 * 37, F)}, expect_ok=False)
+    tokens = np.array([1, 2, 41, 3], np.int32)  # V = 41: 41 is outside
+    r = run_program(
+        program("embed_test", tmp_path),
+        "bwd:f32:37",
+        tmp_path,
+        {
+            "params": np.array([1, 4, 41, 1], np.int32),
+            "tokens": tokens,
+            "dx": np.zeros(4 * 37, F),
+            "dwte0": np.zeros(41 * 37, F),
+            "dwpe0": np.zeros(4 * 37, F),
+        },
+        expect_ok=False,
+    )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "llmgen kernels: embed_buckets_build: a token id is outside [0, vocabulary)"]
+        "llmgen kernels: embed_buckets_build: a token id is outside [0, vocabulary)"
+    ]

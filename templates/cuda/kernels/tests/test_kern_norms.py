@@ -16,6 +16,7 @@ Tolerance table: |got - ref| <= rtol * |ref| + atol * rms(ref).
                                                     reference adds the kernel's own dx in float64
   resid              bit-exact                      T(a + b) with the sum in fp32: numpy does the same
 """
+
 import json
 
 import numpy as np
@@ -28,11 +29,16 @@ ROWS = {768: 67, 1600: 41, 4096: 19, 100: 131, 37: 131}
 DTYPES = ["f32", "bf16"]
 EPS = 1e-5
 TOL = {  # (tensor, dtype) -> (rtol, atol as a fraction of the reference's RMS)
-    ("out", "f32"): (1e-5, 1e-5), ("out", "bf16"): (2 ** -8, 1e-5),
-    ("dx", "f32"): (1e-5, 1e-5), ("dx", "bf16"): (2 ** -8, 1e-5),
-    ("stat", "f32"): (1e-5, 1e-6), ("stat", "bf16"): (1e-5, 1e-6),
-    ("dw", "f32"): (1e-5, 1e-5), ("dw", "bf16"): (1e-5, 1e-5),
-    ("dbias", "f32"): (1e-5, 1e-6), ("dbias", "bf16"): (1e-5, 1e-6),
+    ("out", "f32"): (1e-5, 1e-5),
+    ("out", "bf16"): (2**-8, 1e-5),
+    ("dx", "f32"): (1e-5, 1e-5),
+    ("dx", "bf16"): (2**-8, 1e-5),
+    ("stat", "f32"): (1e-5, 1e-6),
+    ("stat", "bf16"): (1e-5, 1e-6),
+    ("dw", "f32"): (1e-5, 1e-5),
+    ("dw", "bf16"): (1e-5, 1e-5),
+    ("dbias", "f32"): (1e-5, 1e-6),
+    ("dbias", "bf16"): (1e-5, 1e-6),
 }
 ACC_DW, ACC_DB, ACC_DBIAS = 1, 2, 4
 
@@ -43,8 +49,10 @@ def close(name, got, ref, kind, dtype):
 
 
 def params(N, flags=0, max_blocks=0, has_dres=0, has_dbias=0, in_place=0):
-    return {"params": np.array([N, flags, max_blocks, has_dres, has_dbias, in_place], np.int32),
-            "eps": np.array([EPS], np.float32)}
+    return {
+        "params": np.array([N, flags, max_blocks, has_dres, has_dbias, in_place], np.int32),
+        "eps": np.array([EPS], np.float32),
+    }
 
 
 def ln_ref(x, w, b):
@@ -54,7 +62,7 @@ def ln_ref(x, w, b):
 
 
 def rms_ref(x, w):
-    rstd = 1 / np.sqrt((x ** 2).mean(1) + EPS)
+    rstd = 1 / np.sqrt((x**2).mean(1) + EPS)
     return w * x * rstd[:, None], rstd
 
 
@@ -72,8 +80,9 @@ def test_forward(tmp_path, kind, C, dtype):
     rng = np.random.default_rng(C)
     N = ROWS[C]
     (x, xv), (w, wv), (b, bv) = inputs(rng, N, C, dtype)
-    r = run_program(program("norms_test", tmp_path), f"{kind}_fwd:{dtype}:{C}", tmp_path,
-                    {**params(N), "x": x, "w": w, "b": b})
+    r = run_program(
+        program("norms_test", tmp_path), f"{kind}_fwd:{dtype}:{C}", tmp_path, {**params(N), "x": x, "w": w, "b": b}
+    )
     if kind == "ln":
         out, mean, rstd = ln_ref(xv, wv, bv)
         close("mean", r.out("mean", np.float32), mean, "stat", dtype)
@@ -93,9 +102,13 @@ def test_residual_forward(tmp_path, kind, C, dtype, in_place):
     N = ROWS[C]
     (a, av), (w, wv), (b, bv) = inputs(rng, N, C, dtype)
     b2, b2v = to_storage(rng.standard_normal((N, C)), dtype)
-    r = run_program(program("norms_test", tmp_path), f"{kind}_fwd_res:{dtype}:{C}", tmp_path,
-                    {**params(N, in_place=in_place), "a": a, "b2": b2, "w": w, "b": b})
-    s32 = (av.astype(np.float32) + b2v.astype(np.float32)).astype(np.float64)   # the sum in fp32
+    r = run_program(
+        program("norms_test", tmp_path),
+        f"{kind}_fwd_res:{dtype}:{C}",
+        tmp_path,
+        {**params(N, in_place=in_place), "a": a, "b2": b2, "w": w, "b": b},
+    )
+    s32 = (av.astype(np.float32) + b2v.astype(np.float32)).astype(np.float64)  # the sum in fp32
     resid = round_storage(s32, dtype)
     np.testing.assert_array_equal(read_storage(r, "resid", dtype, (N, C)), resid)
     if kind == "ln":
@@ -119,11 +132,20 @@ def backward_case(tmp_path, kind, C, dtype, N, full, max_blocks=0, seed=0, env=N
         rstd = (1 / np.sqrt(((xv - mean[:, None]) ** 2).mean(1) + EPS)).astype(np.float32)
     else:
         mean = np.zeros(N, np.float32)
-        rstd = (1 / np.sqrt((xv ** 2).mean(1) + EPS)).astype(np.float32)
+        rstd = (1 / np.sqrt((xv**2).mean(1) + EPS)).astype(np.float32)
     dw0, db0, dp0 = (rng.standard_normal(C).astype(np.float32) for _ in range(3))
     flags = (ACC_DW | ACC_DB | ACC_DBIAS) if full else 0
-    ins = {**params(N, flags, max_blocks, int(full), int(full), int(full)), "dy": dy, "x": x, "w": w,
-           "rstd": rstd, "dres": dres if full else np.zeros(0, np.float32), "dw0": dw0, "db0": db0, "dp0": dp0}
+    ins = {
+        **params(N, flags, max_blocks, int(full), int(full), int(full)),
+        "dy": dy,
+        "x": x,
+        "w": w,
+        "rstd": rstd,
+        "dres": dres if full else np.zeros(0, np.float32),
+        "dw0": dw0,
+        "db0": db0,
+        "dp0": dp0,
+    }
     if kind == "ln":
         ins["mean"] = mean
     r = run_program(program("norms_test", tmp_path), f"{kind}_bwd:{dtype}:{C}", workdir or tmp_path, ins, env=env)
@@ -153,10 +175,10 @@ def test_backward(tmp_path, kind, C, dtype, full):
     close("dw", r.out("dw", np.float32), ref["dw"], "dw", dtype)
     if kind == "ln":
         close("db", r.out("db", np.float32), ref["db"], "dw", dtype)
-    if full:   # the preceding projection's bias gradient: the column sums of dx as stored
+    if full:  # the preceding projection's bias gradient: the column sums of dx as stored
         close("dbias_prev", r.out("dbias", np.float32), dx.sum(0) + dp0, "dbias", dtype)
     names = ["dx", "dw"] + (["db"] if kind == "ln" else []) + (["dbias"] if full else [])
-    for n in names:   # the second launch in the process: counters came back zero, same bits
+    for n in names:  # the second launch in the process: counters came back zero, same bits
         a = storage_bits(r, n, dtype) if n == "dx" else r.out(n, np.float32).view(np.uint32)
         b = storage_bits(r, n + "_2", dtype) if n == "dx" else r.out(n + "_2", np.float32).view(np.uint32)
         np.testing.assert_array_equal(a, b, err_msg=f"{n}: the second launch differs")
@@ -173,8 +195,9 @@ def test_backward_deterministic_across_block_order(tmp_path, kind, dtype):
     outs = []
     for threads in ["1", "3"]:
         wd = tmp_path / f"t{threads}"
-        r, ref, dp0 = backward_case(tmp_path, kind, C, dtype, N, True, max_blocks=40, seed=7,
-                                    env={"OMP_NUM_THREADS": threads}, workdir=wd)
+        r, ref, dp0 = backward_case(
+            tmp_path, kind, C, dtype, N, True, max_blocks=40, seed=7, env={"OMP_NUM_THREADS": threads}, workdir=wd
+        )
         outs.append(r)
     dx = read_storage(outs[0], "dx", dtype, (N, C))
     close("dx", dx, ref["dx"], "dx", dtype)
@@ -182,8 +205,9 @@ def test_backward_deterministic_across_block_order(tmp_path, kind, dtype):
     close("dbias_prev", outs[0].out("dbias", np.float32), dx.sum(0) + dp0, "dbias", dtype)
     grads = ["dw", "dbias"] + (["db"] if kind == "ln" else [])
     for n in grads:
-        np.testing.assert_array_equal(outs[0].out(n, np.float32).view(np.uint32),
-                                      outs[1].out(n, np.float32).view(np.uint32), err_msg=n)
+        np.testing.assert_array_equal(
+            outs[0].out(n, np.float32).view(np.uint32), outs[1].out(n, np.float32).view(np.uint32), err_msg=n
+        )
     np.testing.assert_array_equal(storage_bits(outs[0], "dx", dtype), storage_bits(outs[1], "dx", dtype))
     # 40 blocks: 40 partials and 3 group sums of 2 x 768 (dw, dbias) or 3 x 768 floats
     nacc = 3 if kind == "ln" else 2
@@ -197,8 +221,9 @@ def test_shared_memory_is_conflict_free(tmp_path, C, dtype):
     128-byte phase of them takes one wavefront (consecutive lanes touch consecutive words)."""
     report = tmp_path / "banks.json"
     N = ROWS[C]
-    backward_case(tmp_path, "ln", C, dtype, N, True, env={"LLMGEN_EMU_BANK_CONFLICTS": str(report)},
-                  workdir=tmp_path / "bwd")
+    backward_case(
+        tmp_path, "ln", C, dtype, N, True, env={"LLMGEN_EMU_BANK_CONFLICTS": str(report)}, workdir=tmp_path / "bwd"
+    )
     stats = json.loads(report.read_text())
     seen = 0
     for kernel, kinds in stats.items():
@@ -216,8 +241,14 @@ def test_misaligned_rows_are_refused_in_one_line(tmp_path, dtype):
     with one line naming the launcher and the cause, exit status 1 (no launch, no garbage)"""
     rng = np.random.default_rng(0)
     (x, _), (w, _), (b, _) = inputs(rng, 4, 768, dtype)
-    r = run_program(program("norms_test", tmp_path), f"misaligned:{dtype}:768", tmp_path,
-                    {**params(4), "x": x, "w": w, "b": b}, expect_ok=False)
+    r = run_program(
+        program("norms_test", tmp_path),
+        f"misaligned:{dtype}:768",
+        tmp_path,
+        {**params(4), "x": x, "w": w, "b": b},
+        expect_ok=False,
+    )
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines() == [
-        "llmgen kernels: layernorm_forward: a T array is not aligned to the vector width (VEC * sizeof(T) bytes)"]
+        "llmgen kernels: layernorm_forward: a T array is not aligned to the vector width (VEC * sizeof(T) bytes)"
+    ]

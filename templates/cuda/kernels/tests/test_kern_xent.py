@@ -11,6 +11,7 @@ Tolerance table: |got - ref| <= rtol * |ref| + atol.
                                                                        the output; s = the dloss scale
   padded columns (V..Vp-1): exactly 0. Two launches: the same bits.
 """
+
 import numpy as np
 import pytest
 
@@ -37,8 +38,8 @@ def reference(z, targets, V, scale):
 
 def case(rng, V, Vp, dtype, N):
     z = rng.standard_normal((N, Vp)) * 3.0
-    z[:, V:] = rng.standard_normal((N, Vp - V)) * 50    # padding: large values that must not leak in
-    z[0, :V] += 20 * (np.arange(V) == V - 1)           # a row whose max is the last real column
+    z[:, V:] = rng.standard_normal((N, Vp - V)) * 50  # padding: large values that must not leak in
+    z[0, :V] += 20 * (np.arange(V) == V - 1)  # a row whose max is the last real column
     logits, zv = to_storage(z, dtype)
     targets = rng.integers(0, V, N).astype(np.int32)
     targets[1 % N] = V - 1
@@ -52,22 +53,33 @@ def test_softmax_xent_backward(tmp_path, V, Vp, dtype, use_dlosses):
     rng = np.random.default_rng(V)
     N = ROWS[Vp]
     logits, zv, targets = case(rng, V, Vp, dtype, N)
-    loss_rows = 4 * N + 3                              # the mean is over more rows than this chunk holds
+    loss_rows = 4 * N + 3  # the mean is over more rows than this chunk holds
     dloss = np.array([0.75], np.float32)
     dlosses = rng.uniform(0.1, 2.0, N).astype(np.float32)
-    r = run_program(program("xent_test", tmp_path), f"xent_bwd:{dtype}:{V}:{Vp}", tmp_path,
-                    {"params": np.array([N, loss_rows, use_dlosses, 1], np.int32), "logits": logits,
-                     "targets": targets, "dloss": dloss, "dlosses": dlosses})
-    scale = dlosses.astype(np.float64) if use_dlosses else np.full(N, np.float32(0.75) / np.float32(loss_rows),
-                                                                       np.float64)
+    r = run_program(
+        program("xent_test", tmp_path),
+        f"xent_bwd:{dtype}:{V}:{Vp}",
+        tmp_path,
+        {
+            "params": np.array([N, loss_rows, use_dlosses, 1], np.int32),
+            "logits": logits,
+            "targets": targets,
+            "dloss": dloss,
+            "dlosses": dlosses,
+        },
+    )
+    scale = (
+        dlosses.astype(np.float64) if use_dlosses else np.full(N, np.float32(0.75) / np.float32(loss_rows), np.float64)
+    )
     losses, dref = reference(zv, targets, V, scale)
     check_close(f"losses ({dtype})", r.out("losses", np.float32), losses, 1e-6, 1e-5)
     d = read_storage(r, "dlogits", dtype, (N, Vp))
     assert not d[:, V:].any(), "a padded column got a non-zero dlogit"
-    check_close(f"dlogits ({dtype})", d, dref, 1e-5 if dtype == "f32" else 2 ** -8, 1e-6 * scale.max())
+    check_close(f"dlogits ({dtype})", d, dref, 1e-5 if dtype == "f32" else 2**-8, 1e-6 * scale.max())
     np.testing.assert_array_equal(storage_bits(r, "dlogits", dtype), storage_bits(r, "dlogits_2", dtype))
-    np.testing.assert_array_equal(r.out("losses", np.float32).view(np.uint32),
-                                  r.out("losses_2", np.float32).view(np.uint32))
+    np.testing.assert_array_equal(
+        r.out("losses", np.float32).view(np.uint32), r.out("losses_2", np.float32).view(np.uint32)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -77,8 +89,13 @@ def test_xent_forward_matches_the_fused_losses(tmp_path, V, Vp, dtype):
     rng = np.random.default_rng(V + 5)
     N = ROWS[Vp]
     logits, zv, targets = case(rng, V, Vp, dtype, N)
-    ins = {"params": np.array([N, N, 0, 0], np.int32), "logits": logits, "targets": targets,
-           "dloss": np.array([1.0], np.float32), "dlosses": np.zeros(N, np.float32)}
+    ins = {
+        "params": np.array([N, N, 0, 0], np.int32),
+        "logits": logits,
+        "targets": targets,
+        "dloss": np.array([1.0], np.float32),
+        "dlosses": np.zeros(N, np.float32),
+    }
     fwd = run_program(program("xent_test", tmp_path), f"xent_fwd:{dtype}:{V}:{Vp}", tmp_path / "f", ins)
     bwd = run_program(program("xent_test", tmp_path), f"xent_bwd:{dtype}:{V}:{Vp}", tmp_path / "b", ins)
     losses, _ = reference(zv, targets, V, np.ones(N))
