@@ -27,7 +27,8 @@ class Flag:
     kind: str             # value type: str | int | long | float | u64
     metavar: str          # shown in the usage: <int>, <glob>, ...
     default: str          # the default as the usage shows it
-    c_default: str        # C initialiser of the field ("" = zero / NULL)
+    c_default: str        # the default as the trainer's parser reads it ("" = zero / NULL); {T} and
+                          # {recompute} stand for the build's min(1024, max_seq_len) and recompute level
     help: str             # one line
     llmc: str = ""        # where llm.c's meaning or default differs, said here
     forward: bool = True  # `llmgen train` passes it through to the binary
@@ -64,7 +65,7 @@ TRAINER_FLAGS: tuple[Flag, ...] = (
     Flag("-y", "resume", "int", "<0|1>", "0", "", "resume from the latest checkpoint in -o",
          llmc="-y 0 overwrites a used run folder, refused here", lo="0", hi="1"),
     Flag("-b", "B", "int", "<int>", "4", "4", "micro-batch size B", lo="1"),
-    Flag("-t", "T", "int", "<int>", "min(1024, max_seq_len)", "MAX_SEQ_LEN < 1024 ? MAX_SEQ_LEN : 1024",
+    Flag("-t", "T", "int", "<int>", "min(1024, max_seq_len)", "{T}",
          "sequence length T", lo="1", hi="MAX_SEQ_LEN"),
     Flag("-d", "total_batch", "long", "<int>", "B*T", "", "total batch in tokens (gradient accumulation)"),
     Flag("-x", "steps", "int", "<int>", "-1", "-1", "optimizer steps; -1 = one pass over the train shards", lo="-1"),
@@ -72,7 +73,7 @@ TRAINER_FLAGS: tuple[Flag, ...] = (
     Flag("-u", "warmup", "int", "<int>", "0", "", "warmup steps", lo="0"),
     Flag("-q", "final_frac", "float", "<float>", "0.0", "", "final learning rate as a fraction of -l",
          llmc="default 1.0, no decay", lo="0", hi="1"),
-    Flag("-k", "schedule", "str", "<name>", "cosine", "\"cosine\"", "schedule: cosine | linear | constant | wsd",
+    Flag("-k", "schedule", "str", "<name>", "cosine", "cosine", "schedule: cosine | linear | constant | wsd",
          choices=("cosine", "linear", "constant", "wsd")),
     Flag("-c", "weight_decay", "float", "<float>", "0.0", "", "weight decay (2-D weights only)", lo="0"),
     Flag("-v", "val_every", "int", "<int>", "20", "20", "val loss every N steps (0 = never)", lo="0"),
@@ -83,7 +84,7 @@ TRAINER_FLAGS: tuple[Flag, ...] = (
          llmc="default 20", lo="0"),
     Flag("-g", "gen_tokens", "int", "<int>", "64", "64", "tokens per sample", lo="1"),
     Flag("-S", "seed", "u64", "<int>", "1337", "1337", "seed for init and sampling", llmc="no such flag"),
-    Flag("-r", "recompute", "int", "<0|1|2>", "the build's", "RECOMPUTE",
+    Flag("-r", "recompute", "int", "<0|1|2>", "the build's", "{recompute}",
          "activation recompute (0 none, 1 GELU, 2 GELU + layernorm): must be the build's level",
          llmc="chosen at run time, default 1; here `llmgen build --recompute N`", lo="0", hi="2"),
     Flag("-w", "master_weights", "int", "<0|1>", "1", "1", "keep fp32 master weights (0 is refused: every build "
@@ -131,6 +132,35 @@ def usage_lines(width: int = 100) -> list[str]:
         for i, part in enumerate(textwrap.wrap(text, width - 21)):
             lines.append(f"  {head if i == 0 else '':<18} {part}")
     return lines
+
+
+C_TYPES = {"str": "const char *", "int": "int ", "long": "long ", "float": "double ", "u64": "unsigned long long "}
+
+
+def c_options(width: int = 116) -> list[str]:
+    """The members of the trainer's C Options struct: one declaration per C type (in the table's order),
+    broken within `width` columns."""
+    lines = []
+    for kind in dict.fromkeys(f.kind for f in TRAINER_FLAGS):
+        names = [("*" if kind == "str" else "") + f.field for f in TRAINER_FLAGS if f.kind == kind]
+        head = C_TYPES[kind].replace(" *", " ")
+        lines += textwrap.wrap(head + ", ".join(names) + ";", width, subsequent_indent=" " * len(head),
+                               break_on_hyphens=False)
+    return lines
+
+
+def c_rows(max_seq_len: int, recompute: int) -> list[str]:
+    """The rows of the trainer's FLAGS table for a build with this context and recompute level:
+    { name, kind, field, default text, lo, hi, hi's name, choices } (NAN: no bound)."""
+    def text(s: str) -> str:
+        return f'"{s}"' if s else "NULL"
+    rows = []
+    for f in TRAINER_FLAGS:
+        default = f.c_default.format(T=min(1024, max_seq_len), recompute=recompute)
+        named = f.hi.lower() if f.hi in f.named_bounds else ""
+        rows.append(f"{{ {text(f.name)}, FLAG_{f.kind.upper()}, offsetof(Options, {f.field}), {text(default)}, "
+                    f"{f.lo or 'NAN'}, {f.hi or 'NAN'}, {text(named)}, {text(', '.join(f.choices))} }},")
+    return rows
 
 
 def readme_table() -> str:
