@@ -18,15 +18,14 @@ from llmgen.checkpoint import bf16_to_f32, f32_to_bf16, read_safetensors, write_
 from llmgen.llmc import write_llmc
 from llmgen.spec import GPT2Spec
 
-L, H, C, V, P = 2, 2, 32, 50257, 64      # GPT-2's vocabulary: generation_config gets <|endoftext|>
+L, H, C, V, P = 2, 2, 32, 50257, 64  # GPT-2's vocabulary: generation_config gets <|endoftext|>
 B, T = 2, 16
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, build_cache):
     d = tmp_path_factory.mktemp("flags")
-    model = oracle.make_gpt2_model_dir(d / "model", n_layer=L, n_head=H, n_embd=C, vocab_size=V, n_positions=P,
-                                       seed=7)
+    model = oracle.make_gpt2_model_dir(d / "model", n_layer=L, n_head=H, n_embd=C, vocab_size=V, n_positions=P, seed=7)
     pattern = oracle.random_shards(d / "data", V, 4000, seed=2)
     binary = build_cache(model / "config.json")
     return dict(dir=d, model=model, pattern=pattern, binary=binary)
@@ -51,10 +50,12 @@ def tree_digest(folder: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------
 # one table
 
+
 def test_readme_table_is_the_flag_table():
     text = (REPO / "README.md").read_text()
     assert flagtable.readme_block() in text, (
-        "README.md's flags table differs from llmgen/flags.py: run `python -m llmgen.flags README.md`")
+        "README.md's flags table differs from llmgen/flags.py: run `python -m llmgen.flags README.md`"
+    )
 
 
 def test_usage_lists_every_flag_with_llmc_differences(setup):
@@ -97,7 +98,7 @@ def test_generated_ranges_and_choices(setup):
     assert "expects a number" in fails(setup["binary"], *base, "-l", "abc")
     assert "expects a non-negative integer" in fails(setup["binary"], *base, "-S", "-3")
     assert "needs a value" in fails(setup["binary"], *base, "-x")
-    assert "unknown flag -ge" in fails(setup["binary"], *base, "-ge", "2")       # llm.c's gelu fusion: not ours
+    assert "unknown flag -ge" in fails(setup["binary"], *base, "-ge", "2")  # llm.c's gelu fusion: not ours
     assert "unexpected argument 'stray'" in fails(setup["binary"], *base, "stray")
 
 
@@ -111,6 +112,7 @@ def test_long_options_both_spellings(setup, tmp_path):
 
 # ------------------------------------------------------------------------------------------------
 # llm.c's letters
+
 
 def test_h_with_a_value_is_refused(setup):
     err = fails(setup["binary"], "-h", "1")
@@ -148,6 +150,7 @@ def test_r_must_match_the_build(setup, build_cache):
 # ------------------------------------------------------------------------------------------------
 # -e: llm.c's model file
 
+
 def _dump(binary, weights, pattern, out):
     run_binary(binary, "-e", weights, "-i", pattern, "-b", B, "-t", T, "--dump", out)
     return read_safetensors(out)
@@ -177,8 +180,9 @@ def test_e_reads_llmc_bf16_file_as_its_rounded_weights(setup, tmp_path):
     rounded = tmp_path / "rounded"
     rounded.mkdir()
     # the bf16 file's values, rounded to nearest even as llm.c's export does, widened back exactly
-    write_safetensors(rounded / "model.safetensors", {k: bf16_to_f32(f32_to_bf16(v)).reshape(v.shape)
-                                                      for k, v in hf.items()})
+    write_safetensors(
+        rounded / "model.safetensors", {k: bf16_to_f32(f32_to_bf16(v)).reshape(v.shape) for k, v in hf.items()}
+    )
     shutil.copy(setup["model"] / "config.json", rounded / "config.json")
     ref = _dump(setup["binary"], rounded, setup["pattern"], tmp_path / "ref")
     _assert_same_dump(_dump(setup["binary"], tmp_path / "model_bf16.bin", setup["pattern"], tmp_path / "d"), ref)
@@ -189,7 +193,7 @@ def test_e_llmc_file_errors(setup, tmp_path, build_cache):
     hf = read_safetensors(setup["model"] / "model.safetensors")
     common = ["-i", setup["pattern"], "-b", B, "-t", T, "-x", 1]
     other = GPT2Spec(n_layer=L, n_head=H, n_embd=C, vocab_size=V, max_seq_len=P // 2)
-    write_llmc(tmp_path / "short_ctx.bin", other, {k: v[:P // 2] if "wpe" in k else v for k, v in hf.items()})
+    write_llmc(tmp_path / "short_ctx.bin", other, {k: v[: P // 2] if "wpe" in k else v for k, v in hf.items()})
     err = fails(setup["binary"], "-e", tmp_path / "short_ctx.bin", *common)
     assert "max_seq_len is 32 in the file but 64" in err
     spec = GPT2Spec(n_layer=L, n_head=H, n_embd=C, vocab_size=V, max_seq_len=P)
@@ -214,6 +218,7 @@ def test_e_llmc_file_errors(setup, tmp_path, build_cache):
 
 # ------------------------------------------------------------------------------------------------
 # run folders
+
 
 def test_used_run_folder_is_refused_and_left_unchanged(setup, tmp_path):
     run = tmp_path / "run"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from llmgen.codegen.text import WIDTH, wrap, wrap_comment
-from llmgen.flags import TRAINER_FLAGS, Flag, usage_lines
+from llmgen.flags import c_options, c_rows, usage_lines
 from llmgen.ir.graph import Graph, Value, field_of
 from llmgen.ir.ops import OPS
 from llmgen.passes.memory import MemoryPlan, layer_key
@@ -291,8 +291,10 @@ class Program:
     scratch_bytes: int = 0     # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
     tensor_core_attention: bool = False   # CUDA: some attention kernel has a wmma version (codegen/cuda.py)
     kernel_headers: list[str] = field(default_factory=list)   # CUDA: the .cuh kernel templates to paste
-    flags: tuple[Flag, ...] = TRAINER_FLAGS   # the trainer's flags (llmgen/flags.py): its usage and parser
-    usage: list[str] = field(default_factory=list)   # the usage text, one C string literal per line
+    # the trainer's flags (llmgen/flags.py): its Options members, FLAGS rows and usage text (C string literals)
+    options: list[str] = field(default_factory=list)
+    flag_rows: list[str] = field(default_factory=list)
+    usage: list[str] = field(default_factory=list)
     llmc_elems: int = 0        # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
     generation_config_json: str = '"{}"'   # the HF generation_config.json checkpoints carry, a C string literal
     layer_note: str = ""       # why the parameters are not in per-layer tables, where they are not
@@ -589,5 +591,6 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         flops_per_token=graph_flops(g)[0], flops_per_token_t=graph_flops(g)[1], buffers=buffers,
         act_names=sorted(act_names.values(), key=lambda a: a.name), dtype=plan.dtype,
         recompute=recompute, usage=[c_string(line + "\n") for line in usage_lines()],
+        options=c_options(), flag_rows=c_rows(spec.max_seq_len, recompute),
         llmc_elems=llmc_elems, layer_note=layer_note,
         generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"))
