@@ -83,8 +83,10 @@ def test_sigint_while_writing_a_checkpoint_lets_it_land(trainer, tmp_path):
     mid_write = None
     deadline = time.time() + 120
     while p.poll() is None and time.time() < deadline:
-        tmps = list(run.rglob("*.tmp")) if run.exists() else []
-        if tmps and (run / "latest").exists():  # a write after the first checkpoint
+        # a checkpoint folder's file being written (not latest.tmp, the pointer's own atomic write, whose folder
+        # is the run's), after the first checkpoint landed
+        tmps = list(run.glob("ckpt_*/*.tmp")) if run.exists() else []
+        if tmps and (run / "latest").exists():
             p.send_signal(signal.SIGINT)
             mid_write = tmps[0].parent.name
             break
