@@ -12,7 +12,7 @@ small function per instance that calls its body with literal sizes, so gcc folds
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from llmgen.codegen.lower import Kernel, Program
@@ -106,7 +106,7 @@ def _defines(piece: str) -> set[str]:
     return names
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pieces(path: Path) -> list[tuple[str, set[str], set[str]]]:
     """A header's pieces in order: (text, the names it defines, the identifiers its code uses)."""
     text = path.read_text()
@@ -152,5 +152,11 @@ def used_code(kernels: str, folder: Path | None = None) -> dict[str, str]:
         taken |= new
         for i in new:
             need |= pieces[i][3]
-    pick = lambda helpers: "\n\n".join(pieces[i][1] for i in sorted(taken) if (pieces[i][0] == HELPERS) == helpers)  # noqa: E731
+    def first_use(header: str) -> int:          # a family's bodies come in the order the kernels first call them
+        hits = [m.start() for i in taken if pieces[i][0] == header for name in pieces[i][2]
+                for m in [re.search(rf"\b{name}\b", kernels)] if m]
+        return min(hits, default=len(kernels))
+    order = {h.name: (h.name != HELPERS, first_use(h.name)) for h in headers}
+    taken_in_order = sorted(taken, key=lambda i: (order[pieces[i][0]], i))
+    pick = lambda helpers: "\n\n".join(pieces[i][1] for i in taken_in_order if (pieces[i][0] == HELPERS) == helpers)  # noqa: E731
     return {"helpers": pick(True), "bodies": pick(False)}

@@ -69,23 +69,15 @@ static inline float gelu_grad(float x) {
 // of 8; 768, 2304, 3072 and the padded vocabulary 50304 multiples of 48). 14 x 32 measured the same
 // (within 1.5%) but cuts B*T = 256 into 18 tiles and a 4-row rest. -DGEMM_MR=.. -DGEMM_NV=.. override.
 #if defined(__AVX512F__)
-#define GEMM_VL 16     /* floats per vector register (zmm) */
-#ifndef GEMM_MR
-#define GEMM_MR 8      /* rows of the register tile */
-#define GEMM_NV 3      /* vectors per row of the register tile */
-#endif
+#define GEMM_VL 16     /* floats per vector register: zmm, */
 #elif defined(__AVX__)
-#define GEMM_VL 8      /* ymm */
-#ifndef GEMM_MR
-#define GEMM_MR 4      /* 4 x 3 accumulators + 3 + 1 = 16 registers */
-#define GEMM_NV 3
-#endif
+#define GEMM_VL 8      /* ymm, */
 #else
-#define GEMM_VL 4      /* SSE / NEON width */
-#ifndef GEMM_MR
-#define GEMM_MR 4
-#define GEMM_NV 3
+#define GEMM_VL 4      /* SSE / NEON */
 #endif
+#ifndef GEMM_MR
+#define GEMM_MR (GEMM_VL == 16 ? 8 : 4)   /* rows of the register tile (with AVX: 4 x 3 + 3 + 1 = 16 ymm) */
+#define GEMM_NV 3                         /* vectors per row of the register tile */
 #endif
 #define GEMM_NR (GEMM_NV * GEMM_VL)  /* columns of the register tile */
 _Static_assert(GEMM_MR <= GEMM_VL && GEMM_MR <= 16, "A panels are packed one vector of rows at a time");
@@ -212,15 +204,14 @@ ALWAYS_INLINE void gemm_pack_b(float *restrict dst, const Gemm *g, int j0, int n
     }
 }
 
-/* The micro-kernel: C[rows x NR] (row stride ldc) = (load ? C : 0) + a . b over kc, with a an MR-row
- * panel and b an NR-column panel, both K-major. rows x NV vector accumulators live in registers;
- * each step loads NV B vectors and broadcasts `rows` values of A into rows x NV fused multiply-adds.
- * `rows` is a constant wherever this is inlined (MR for whole tiles, 1..MR-1 for the last rows). */
-ALWAYS_INLINE void gemm_micro(int rows, int kc, const float *restrict a, const float *restrict b, float *restrict c,
-                              long ldc, int load) {
+/* The micro-kernel: C[MR x NR] (row stride ldc) = (load ? C : 0) + a . b over kc, with a an MR-row
+ * panel and b an NR-column panel, both K-major. MR x NV vector accumulators live in registers;
+ * each step loads NV B vectors and broadcasts MR values of A into MR x NV fused multiply-adds. */
+ALWAYS_INLINE void gemm_micro(int kc, const float *restrict a, const float *restrict b, float *restrict c, long ldc,
+                              int load) {
     vfloat acc[GEMM_MR][GEMM_NV];
     #pragma GCC unroll 16
-    for (int i = 0; i < rows; i++)
+    for (int i = 0; i < GEMM_MR; i++)
         #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++)
             acc[i][v] = load ? *(const vfloat_u *)(c + i * ldc + v * GEMM_VL) : (vfloat){0};
@@ -229,37 +220,25 @@ ALWAYS_INLINE void gemm_micro(int rows, int kc, const float *restrict a, const f
         #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++) bv[v] = *(const vfloat *)(b + p * GEMM_NR + v * GEMM_VL);
         #pragma GCC unroll 16
-        for (int i = 0; i < rows; i++) {
+        for (int i = 0; i < GEMM_MR; i++) {
             vfloat ai = a[p * GEMM_MR + i] - (vfloat){0};   /* broadcast (x - 0 == x for every x, even -0) */
             #pragma GCC unroll 4
             for (int v = 0; v < GEMM_NV; v++) acc[i][v] += ai * bv[v];
         }
     }
     #pragma GCC unroll 16
-    for (int i = 0; i < rows; i++)
+    for (int i = 0; i < GEMM_MR; i++)
         #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++) *(vfloat_u *)(c + i * ldc + v * GEMM_VL) = acc[i][v];
 }
 
-/* the last rows of C (mr < MR, whole NR columns): one micro-kernel per row count, not inlined
- * (row counts from MR up are never asked for: their cases are a one-row kernel, for the compiler) */
-#define GEMM_ROWS(r) case r: gemm_micro(r < GEMM_MR ? r : 1, kc, a, b, c, ldc, load); break;
-static __attribute__((noinline)) void gemm_micro_rows(int mr, int kc, const float *a, const float *b, float *c,
-                                                      long ldc, int load) {
-    switch (mr) {
-    GEMM_ROWS(1) GEMM_ROWS(2) GEMM_ROWS(3) GEMM_ROWS(4) GEMM_ROWS(5) GEMM_ROWS(6) GEMM_ROWS(7) GEMM_ROWS(8)
-    GEMM_ROWS(9) GEMM_ROWS(10) GEMM_ROWS(11) GEMM_ROWS(12) GEMM_ROWS(13) GEMM_ROWS(14) GEMM_ROWS(15)
-    default: break;
-    }
-}
-
-/* a tile cut by C's last columns (nr < NR): through a full-size scratch tile; rare, not inlined */
+/* a tile cut by C's last rows or columns (mr < MR or nr < NR): through a full tile of scratch; rare, not inlined */
 static __attribute__((noinline)) void gemm_micro_edge(int kc, const float *a, const float *b, float *c, long ldc,
                                                       int load, int mr, int nr) {
     float t[GEMM_MR * GEMM_NR] __attribute__((aligned(64)));
     if (load)
         for (int i = 0; i < mr; i++) for (int j = 0; j < nr; j++) t[i * GEMM_NR + j] = c[i * ldc + j];
-    gemm_micro(GEMM_MR, kc, a, b, t, GEMM_NR, load);
+    gemm_micro(kc, a, b, t, GEMM_NR, load);
     for (int i = 0; i < mr; i++) for (int j = 0; j < nr; j++) c[i * ldc + j] = t[i * GEMM_NR + j];
 }
 
@@ -353,8 +332,7 @@ ALWAYS_INLINE void gemm_thread(const Gemm *g) {
                             for (int i = 0; i < MR; i++)
                                 for (int v = 0; v < GEMM_NV; v++)
                                     __builtin_prefetch(c + (long)(MR + i) * g->ldc + v * GEMM_VL, 1);
-                        if (mr == MR && nr == NR) gemm_micro(MR, kc, ap + (long)ir * kc, bpanel, c, g->ldc, load);
-                        else if (nr == NR) gemm_micro_rows(mr, kc, ap + (long)ir * kc, bpanel, c, g->ldc, load);
+                        if (mr == MR && nr == NR) gemm_micro(kc, ap + (long)ir * kc, bpanel, c, g->ldc, load);
                         else gemm_micro_edge(kc, ap + (long)ir * kc, bpanel, c, g->ldc, load, mr, nr);
                         if (last && (g->bias || g->epi != EPI_NONE)) gemm_epilogue(g, ic + ir, jc + jr, mr, nr);
                     }
