@@ -28,13 +28,9 @@ ALWAYS_INLINE void grad_norm_forward(float *out, const float *grads, double *par
 typedef struct { float clip, step_size, bc2_sqrt, keep; } AdamW;
 static inline AdamW adamw_scalars(float norm, double lr, int t, double weight_decay, double beta1, double beta2,
                                   float max_norm) {
-    AdamW s;
-    s.clip = max_norm / (norm + 1e-6f);
-    if (s.clip > 1.0f) s.clip = 1.0f;
-    s.step_size = (float)(lr / (1.0 - pow(beta1, t)));
-    s.bc2_sqrt = (float)sqrt(1.0 - pow(beta2, t));
-    s.keep = (float)(1.0 - (double)lr * weight_decay);
-    return s;
+    const float clip = max_norm / (norm + 1e-6f);
+    return (AdamW){ clip > 1.0f ? 1.0f : clip, (float)(lr / (1.0 - pow(beta1, t))), (float)sqrt(1.0 - pow(beta2, t)),
+                    (float)(1.0 - (double)lr * weight_decay) };
 }
 
 /* AdamW on the elements [lo, hi) of one parameter; decay: its weight-decay factor (s.keep, or 1) */

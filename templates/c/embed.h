@@ -20,12 +20,10 @@ ALWAYS_INLINE void embed_forward(float *out, const int *tokens, const float *wte
  * repeated tokens never race. Unless acc_te (acc_pe), dwte (dwpe: V, P rows) is zeroed first. */
 ALWAYS_INLINE void embed_backward(float *dwte, float *dwpe, const float *dx, const int *tokens, int C, int V, int P,
                                   int acc_te, int acc_pe) {
-    if (!acc_te || (dwpe && !acc_pe)) {
-        #pragma omp single
-        {
-            if (!acc_te) memset(dwte, 0, sizeof(float) * V * C);
-            if (dwpe && !acc_pe) memset(dwpe, 0, sizeof(float) * P * C);
-        }
+    #pragma omp single
+    {
+        if (!acc_te) memset(dwte, 0, sizeof(float) * V * C);
+        if (dwpe && !acc_pe) memset(dwpe, 0, sizeof(float) * P * C);
     }
     #pragma omp for
     for (int c0 = 0; c0 < C; c0 += 16) {
