@@ -93,6 +93,11 @@ class Launch:
         guard = "if (targets) " if self.needs_targets else ""
         return f"{guard}{self.fn}({', '.join(render_layers(a) for a in self.args)});"
 
+    def flat_in(self, base: int) -> str:
+        """The call in a loop whose iteration at hand is layer `base` (see render_layers), one line."""
+        guard = "if (targets) " if self.needs_targets else ""
+        return f"{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
+
     def lines(self, indent: int, base: int | None = None) -> list[str]:
         """The comment and the call, wrapped to WIDTH columns, at `indent` spaces; base: see render_layers."""
         pad = " " * indent
@@ -104,12 +109,17 @@ class Launch:
 @dataclass
 class Loop:
     """Launches repeated once per layer: `for (int l = first; ...; l += step)` over `count` layers; `body` is
-    the first iteration's launches (layer `first`)."""
+    the first iteration's launches (layer `first`). One iteration, layer `edge_layer` (the first block, which
+    reads the embedding), may differ: `edge` holds its own launch where it does (None where it is the body's),
+    rendered as a conditional argument (`l == 0 ? A.encoded : LA[l - 1].residual3`) where only arguments
+    differ and as `if (l == 0) ...; else ...;` where the kernel does."""
     first: int
     count: int
     step: int                  # +1 (forward) or -1 (backward)
     body: list[Launch]
     n_layer: int
+    edge_layer: int | None = None
+    edge: list[Launch | None] = field(default_factory=list)
 
     def _bound(self, x: int) -> str:
         return "N_LAYER" if x == self.n_layer else f"N_LAYER - {self.n_layer - x}" if 0 < self.n_layer - x <= 2 \
@@ -123,7 +133,50 @@ class Loop:
         return f"for (int l = {self._bound(self.first)}; l >= {self._bound(last)}; l--)"
 
     def expand(self) -> list[Launch]:
-        return [b.shifted(self.step * j) for j in range(self.count) for b in self.body]
+        edge = self.edge or [None] * len(self.body)
+        return [e if e is not None and self.first + self.step * j == self.edge_layer else b.shifted(self.step * j)
+                for j in range(self.count) for b, e in zip(self.body, edge)]
+
+    def lines(self, indent: int) -> list[str]:
+        """The loop as C: its header, each body launch (merged with the edge iteration's), its closing brace."""
+        pad, out = " " * (indent + 4), [" " * indent + self.header + " {"]
+        at = self._bound(self.edge_layer) if self.edge else ""
+        for b, e in zip(self.body, self.edge or [None] * len(self.body)):
+            if e is None:
+                out += b.lines(indent + 4, self.first)
+            elif e.fn == b.fn and len(e.args) == len(b.args):
+                # the same kernel: an argument that differs at the edge layer is chosen by `l`, and a value
+                # the comment names differently is named for both
+                here = b.shifted(self.edge_layer - self.first)       # the body at the edge layer, to compare
+                args = [a if render_layers(x) == render_layers(y) else f"l == {at} ? {render_layers(x)} : {a}"
+                        for x, y, a in zip(e.args, here.args, b.args)]
+                op, _, outs = b.comment.partition(": ")
+                items = [y if render_layers(x) == render_layers(z) else f"{y} (l = {at}: {render_layers(x)})"
+                         for x, y, z in zip(e.comment.partition(": ")[2].split(", "), outs.split(", "),
+                                            here.comment.partition(": ")[2].split(", "))]
+                out += Launch(b.fn, args, f"{op}: {', '.join(items)}", b.needs_targets).lines(indent + 4, self.first)
+            else:
+                # another kernel at the edge layer (the first block's norm has no residual to add)
+                edge, rest = render_layers(e.comment), render_layers(b.comment, self.first)
+                out += wrap_comment(f"at l = {at} {edge}, else {rest}", pad)
+                out += wrap(f"{pad}if (l == {at}) {e.flat()}") + wrap(f"{pad}else {b.flat_in(self.first)}")
+        return out + [" " * indent + "}"]
+
+
+def merge_edge(loop: Loop, edge: list[Launch], layer: int) -> Loop | None:
+    """`loop` extended by one iteration, layer `layer` just before or after it, whose launches are `edge`,
+    where that iteration is mostly the body's (more launches equal than not, no `if (targets)` among those that
+    differ); None where it is not."""
+    if len(edge) != len(loop.body) or layer < 0 or layer >= loop.n_layer:
+        return None
+    body = [b.shifted(layer - loop.first) for b in loop.body]
+    same = [e.key()[:2] == b.key()[:2] and e.needs_targets == b.needs_targets for e, b in zip(edge, body)]
+    if 2 * sum(same) <= len(same) or any(e.needs_targets or b.needs_targets
+                                         for e, b, s in zip(edge, body, same) if not s):
+        return None
+    before = (layer - loop.first) * loop.step < 0
+    return Loop(layer if before else loop.first, loop.count + 1, loop.step, body if before else loop.body,
+                loop.n_layer, layer, [None if s else e for e, s in zip(edge, same)])
 
 
 def find_loop(launches: list[Launch], step: int, min_count: int = 2) -> tuple[int, int, int] | None:
@@ -162,7 +215,14 @@ def loop_schedule(launches: list[Launch], step: int, n_layer: int) -> list[Launc
         if not marks:
             return list(launches)
         first = min(marks) if step > 0 else max(marks)
-    return [*launches[:start], Loop(first, count, step, body, n_layer), *launches[start + period * count:]]
+    loop, end = Loop(first, count, step, body, n_layer), start + period * count
+    merged = merge_edge(loop, launches[start - period:start], first - step) if start >= period else None
+    if merged is not None:
+        return [*launches[:start - period], merged, *launches[end:]]
+    merged = merge_edge(loop, launches[end:end + period], first + step * count)
+    if merged is not None:
+        return [*launches[:start], merged, *launches[end + period:]]
+    return [*launches[:start], loop, *launches[end:]]
 
 
 def expand_schedule(blocks: list[Launch | Loop]) -> list[Launch]:
