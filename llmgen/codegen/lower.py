@@ -257,6 +257,20 @@ class ParamRow:
     def table(self) -> str:
         return "P" if self.layer is None else "LP"
 
+    def c_row(self) -> list[str]:
+        """The row of the program's PARAM_ROWS: one line, or two where one would pass WIDTH columns. The
+        element count and the checkpoint's shape are left for param_table_init to derive."""
+        rows, cols = self.shape[0], self.shape[1] if len(self.shape) > 1 else 1
+        derived = ((cols, rows) if self.transpose else (self.hf_rows, cols))[:len(self.hf_shape)]
+        if self.numel != rows * cols or tuple(self.hf_shape) != derived:
+            raise AssertionError(f"{self.name}: numel {self.numel} or checkpoint shape {self.hf_shape} is not what "
+                                 "the program derives from its shape, transpose and hf_rows")
+        init = {"normal": "n", "ones": "1", "zeros": "0"}[self.init]
+        std = f"{self.std}f" if self.std else "0"       # the literal as before: the same float, bit for bit
+        head = f'    {{ "{self.pattern(self.name)}", "{self.pattern(self.hf)}", {self.offset}, {len(self.shape)},'
+        tail = f" {{ {rows}, {cols} }}, {int(self.transpose)}, {self.hf_rows}, {int(self.decay)}, '{init}', {std} }},"
+        return [head + tail] if len(head + tail) <= WIDTH else [head, "     " + tail]
+
     def pattern(self, text: str) -> str:
         """A layer row's name with its layer as %d ("h%d.ln_1.w"), for the table the program expands."""
         return text if self.layer is None else _layer_pattern(text, self.layer)
@@ -296,6 +310,7 @@ class ActField:
     dtype: str = "f32"  # storage: f32, or bf16 under the CUDA target's mixed precision
     stride: int = 0    # per-layer table LA[l]: elements per token from one layer's buffer to the next's
     shared: bool = False   # a block value every layer reuses (one buffer, in A)
+    node_id: int = -1  # the producing node (its outputs share a line of the struct)
 
 
 @dataclass
@@ -356,6 +371,23 @@ class Program:
     generation_config_json: str = '"{}"'   # the HF generation_config.json checkpoints carry, a C string literal
     layer_note: str = ""       # why the parameters are not in per-layer tables, where they are not
     code: Callable | None = None   # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
+
+    @staticmethod
+    def act_groups(fields: list[ActField]) -> list[list[ActField]]:
+        """An activation table's members as the struct declares them: the outputs of one node (consecutive
+        members from the same op, of one type) on one line, `float *ln1, *ln1_mean, *ln1_rstd;`, while its
+        declaration and comment fit in WIDTH columns."""
+        groups: list[list[ActField]] = []
+        for a in fields:
+            g = groups[-1] if groups else []
+            names, shapes = ", *".join(x.cname for x in [*g, a]), ", ".join(x.shape for x in [*g, a])
+            size = len(f"    floatX *{names}; /* {shapes} from {a.node}{', every layer' if a.shared else ''}'s */")
+            if g and (a.node, a.dtype, a.shared, a.node_id) == (g[0].node, g[0].dtype, g[0].shared, g[0].node_id) \
+                    and size <= WIDTH:
+                g.append(a)
+            else:
+                groups.append([a])
+        return groups
 
 
 def generation_config(spec) -> dict:
@@ -555,7 +587,7 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             used[tab].add(cn)
             members[key] = cn
             fieldrow = ActField(cn, place.offset, shape_str(v), producer[v.id].op, stored[v.id], place.stride,
-                                place.kind == "shared")
+                                place.kind == "shared", producer[v.id].id)
             (layer_acts if tab == "LA" else acts).append(fieldrow)
         slot[v.id] = (tab, members[key])
     for vid, root in plan.alias.items():         # in-place outputs name the buffer they overwrite
