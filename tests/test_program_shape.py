@@ -103,7 +103,7 @@ def test_loop_bodies_name_the_layer_relative_to_l():
     assert "if (l == 0) layernorm_768(LA[0].ln1, LA[0].ln1_mean, LA[0].ln1_rstd, A.encoded" in body
     assert "else residual_layernorm_768(LA[l - 1].residual3, LA[l].ln1, LA[l].ln1_mean, LA[l].ln1_rstd" in body
     assert "l == 0 ? A.encoded : LA[l - 1].residual3, A.attproj" in body
-    assert "/* linear: h[l].qkv (B,T,2304) */" in body and "LP[l].attn_c_attn_w" in body
+    assert "LP[l].attn_c_attn_w, LP[l].attn_c_attn_b);  /* h[l].qkv (B,T,2304) */" in body
     (back,) = [b for b in prog.backward if isinstance(b, Loop)]
     assert back.header == "for (int l = N_LAYER - 1; l >= 0; l--)"
     assert "l == 0 ? A.dencoded : A.dresidual3" in "\n".join(back.lines(4))

@@ -103,7 +103,10 @@ class Launch:
         pad = " " * indent
         guard = "if (targets) " if self.needs_targets else ""
         call = f"{pad}{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
-        return wrap_comment(render_layers(self.comment, base), pad) + wrap(call)
+        outs, lines = render_layers(self.comment, base).partition(": ")[2], wrap(call)
+        if len(f"{lines[-1]}  /* {outs} */") <= WIDTH:   # the outputs after the call (the kernel names the op)
+            return lines[:-1] + [f"{lines[-1]}  /* {outs} */"]
+        return wrap_comment(render_layers(self.comment, base), pad) + lines
 
 
 @dataclass
@@ -299,6 +302,31 @@ class ParamTable:
     @property
     def rows(self) -> list[ParamRow]:
         return self.before + self.layer + self.after
+
+    @staticmethod
+    def members(rows: list[ParamRow]) -> list[tuple[str, str]]:
+        """The pointer declarations of a Params struct, one line per module (the tensors whose checkpoint
+        names differ in the last component only: a weight and its bias), with their shapes and checkpoint
+        names: ("ln_1_w, *ln_1_b", "(768,), (768,) transformer.h.%d.ln_1.{weight,bias}")."""
+        groups: list[list[ParamRow]] = []
+        for r in rows:
+            module = r.pattern(r.hf).rpartition(".")[0]
+            g = groups[-1] if groups else []
+            if g and module and g[0].pattern(g[0].hf).rpartition(".")[0] == module and len(g) < 4:
+                g.append(r)
+            else:
+                groups.append([r])
+        out = []
+        for g in groups:
+            names = ", *".join(r.cname for r in g)
+            shapes = ", ".join(str(r.shape) for r in g)
+            hf = g[0].pattern(g[0].hf) if len(g) == 1 else \
+                g[0].pattern(g[0].hf).rpartition(".")[0] + ".{" + ",".join(r.hf.rpartition(".")[2] for r in g) + "}"
+            if len(f"    floatX *{names}; /* {shapes} {hf} */") > WIDTH and len(g) > 1:
+                out += [(r.cname, f"{r.shape} {r.pattern(r.hf)}") for r in g]
+            else:
+                out.append((names, f"{shapes} {hf}"))
+        return out
 
 
 @dataclass
