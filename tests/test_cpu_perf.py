@@ -1,7 +1,7 @@
 """The CPU twin's performance work keeps its promises: the same bits whatever the thread count, and
 the CPU benchmark (bench/cpu.py) runs and agrees with PyTorch on the first loss.
 
-The GEMM engine (templates/c/gemm.c.j2) splits C between threads but never a reduction, and every
+The GEMM engine (templates/c/gemm.h) splits C between threads but never a reduction, and every
 other reduction has a fixed order, so a run with 1 thread and one with 3 write identical logs and
 checkpoints. The shapes here are odd on purpose: partial register tiles in every GEMM (rows, columns
 and the reduction), T not a multiple of anything.
@@ -44,8 +44,10 @@ def test_emitted_gemms_are_the_engine(build_cache, tmp_path):
     model = oracle.make_gpt2_model_dir(tmp_path / "m", n_layer=1, n_head=2, n_embd=32, vocab_size=100,
                                        n_positions=16, seed=0)
     src = (build_cache(model / "config.json").parent / "train.c").read_text()
-    assert "static inline __attribute__((always_inline)) void gemm_thread(const Gemm *g)" in src
-    assert "gemm_thread(&(Gemm){ .m = BT, .n = 96, .k = 32," in src      # qkv: literal sizes at the call
+    assert "#define ALWAYS_INLINE static inline __attribute__((always_inline))" in src
+    assert "ALWAYS_INLINE void gemm_thread(const Gemm *g)" in src
+    assert "ALWAYS_INLINE void linear_forward(" in src                   # the body, sizes as parameters
+    assert "linear_forward(NULL, out, x, w, b, BT, 32, 96, 0," in src    # qkv: literal sizes at the call
     assert "expf(" not in src.split("// kernels")[1].split("// the schedule")[0]   # no libm exp in kernels
 
 

@@ -57,7 +57,19 @@ def unroll(stmts: list[str], n_layer: int) -> list[str]:
         num = lambda e: int(eval(e.replace("N_LAYER", str(n_layer)), {"__builtins__": {}}))  # noqa: E731
         a, b = num(m.group(1)), num(m.group(3))
         for l in (range(a, b) if m.group(2) == "<" else range(a, b - 1, -1)):
-            flat += [re.sub(r"\[l([+-]\d+)?\]", lambda k: f"[{l + int(k.group(1) or 0)}]", s) for s in stmts[i + 1:end]]
+            body = [re.sub(r"\[l([+-]\d+)?\]", lambda k, l=l: f"[{l + int(k.group(1) or 0)}]", s)
+                    for s in stmts[i + 1:end]]
+            # the edge layer's choices: `if (l == K) f(...); else g(...);` and `l == K ? x : y` arguments
+            j = 0
+            while j < len(body):
+                cond = re.match(r"if\(l==(\d+)\)", body[j])
+                if cond:
+                    assert body[j + 1].startswith("else"), body[j + 1]
+                    body[j:j + 2] = [body[j][cond.end():] if l == int(cond.group(1)) else body[j + 1][4:]]
+                body[j] = re.sub(r"l==(\d+)\?([^,():?]+):([^,():?]+)",
+                                 lambda k, l=l: k.group(2) if l == int(k.group(1)) else k.group(3), body[j])
+                j += 1
+            flat += body
         i = end + 1
     return flat
 
@@ -76,22 +88,25 @@ def test_loops_run_exactly_the_unrolled_schedule(name, fuse, recompute, target):
         got = unroll(statements(function_body(src, fn)), spec.n_layer)
         assert [s for s in got if s != "(void)inputs;" and s != "(void)targets;"] == want, fn
     loops = {fn: [b for b in getattr(prog, fn) if isinstance(b, Loop)] for fn, _ in PHASES}
-    # the blocks repeat: forward and backward each loop over all layers but one (the first block reads
-    # the embedding, the last is fused with the final norm); the unfused update loops over every layer
-    assert [(b.count, b.step) for b in loops["forward"]] == [(spec.n_layer - 1, 1)]
-    assert [(b.count, b.step) for b in loops["backward"]] == [(spec.n_layer - 1, -1)]
+    # the blocks repeat: forward and backward each loop over every layer, the first block (it reads the
+    # embedding) by the edge layer's choices; the unfused update loops over every layer
+    assert [(b.count, b.step, b.edge_layer) for b in loops["forward"]] == [(spec.n_layer, 1, 0)]
+    assert [(b.count, b.step, b.edge_layer) for b in loops["backward"]] == [(spec.n_layer, -1, 0)]
     assert [b.count for b in loops["update"]] == ([] if fuse else [spec.n_layer])
 
 
 def test_loop_bodies_name_the_layer_relative_to_l():
     prog = program_for(PRESETS["gpt2"], Options(target="c"))
     (loop,) = [b for b in prog.forward if isinstance(b, Loop)]
-    assert loop.header == "for (int l = 1; l < N_LAYER; l++)"
-    body = "\n".join(line for x in loop.body for line in x.lines(8, loop.first))
-    assert "residual_layernorm_768(LA[l - 1].residual3, LA[l].ln1, LA[l].ln1_mean, LA[l].ln1_rstd" in body
-    assert "/* linear: h[l].qkv (B,T,2304) */" in body and "LP[l].attn_c_attn_w" in body
+    assert loop.header == "for (int l = 0; l < N_LAYER; l++)"
+    body = "\n".join(loop.lines(4))
+    assert "if (l == 0) layernorm_768(LA[0].ln1, LA[0].ln1_mean, LA[0].ln1_rstd, A.encoded" in body
+    assert "else residual_layernorm_768(LA[l - 1].residual3, LA[l].ln1, LA[l].ln1_mean, LA[l].ln1_rstd" in body
+    assert "l == 0 ? A.encoded : LA[l - 1].residual3, A.attproj" in body
+    assert "LP[l].attn_c_attn_w, LP[l].attn_c_attn_b);  /* h[l].qkv (B,T,2304) */" in body
     (back,) = [b for b in prog.backward if isinstance(b, Loop)]
-    assert back.header == "for (int l = N_LAYER - 1; l >= 1; l--)"
+    assert back.header == "for (int l = N_LAYER - 1; l >= 0; l--)"
+    assert "l == 0 ? A.dencoded : A.dresidual3" in "\n".join(back.lines(4))
     assert render_layers("LA[@3@].qkv, h#2#.x", 3) == "LA[l].qkv, h[l-1].x"
 
 

@@ -1,11 +1,19 @@
-"""C target (the CPU twin) launch decisions: the GEMM engine's cache blocks and the attention
-schedule, per kernel instance.
+"""C target (the CPU twin): launch decisions (the GEMM engine's cache blocks and the attention schedule, per
+kernel instance) and the kernel code a program pastes.
 
-lower.py makes the target-independent Program; for the C target this module then fills each
-Kernel's `cfg` (constants the templates substitute) and names the template of its family.
+lower.py makes the target-independent Program; for the C target this module then fills each Kernel's `cfg`
+(constants the templates substitute) and names the template of its family. The kernels are code: each family's
+bodies are `static inline` C functions taking their sizes as parameters (templates/c/<family>.h, the GEMM engine
+and vector math in templates/c/gemm.h), and a family's template (templates/c/<family>.c.j2) only writes the
+small function per instance that calls its body with literal sizes, so gcc folds them as if written out.
+`used_code` pastes the header pieces those functions reach, and nothing else.
 """
 
 from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
 
 from llmgen.codegen.lower import Kernel, Program
 
@@ -58,4 +66,97 @@ def configure(prog: Program) -> Program:
         k.template = FAMILY.format(family=k.family)
         if k.family in LAUNCH:
             k.cfg = LAUNCH[k.family](k)
+    prog.code = used_code
     return prog
+
+
+# --------------------------------------------------------------------------------------------
+# pasting the kernel headers: a header is its description (a block comment, not pasted), then pieces
+# separated by blank lines outside braces and #if blocks; a piece that defines nothing (a comment) goes with
+# the next. A piece is pasted when code already pasted names what it defines.
+
+HELPERS = "gemm.h"      # the shared helpers (vector math, the GEMM engine): the "kernel helpers" section
+
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+
+
+def _defines(piece: str) -> set[str]:
+    """The names a piece defines at file level: functions, variables, typedefs, enum members, macros."""
+    names, depth = set(), 0
+    for line in _COMMENT.sub("", piece).splitlines():
+        if m := re.match(r"\s*#\s*define\s+(\w+)", line):
+            names.add(m.group(1))
+        elif depth == 1 and (m := re.match(r"\}\s*(\w+)\s*;", line)):                 # } Name; of a typedef
+            names.add(m.group(1))
+        elif depth > 0:
+            pass
+        elif m := re.match(r"\s*enum\s*\{([^}]*)\}", line):
+            names.update(x.split("=")[0].strip() for x in m.group(1).split(",") if x.strip())
+        elif m := re.match(r"typedef\s[^{]*?(\w+)\s*(?:__attribute__|;)|typedef\s.*\}\s*(\w+)\s*;", line):
+            names.add(m.group(1) or m.group(2))
+        elif line.startswith(("static", "ALWAYS_INLINE")):
+            head = line.split("=")[0]
+            if "(" not in head:                                                       # variables
+                names.update(re.findall(r"(\w+)\s*(?=[,;\[])", head))
+            else:                                                                     # a function: its name
+                names.add(re.search(r"(\w+)\s*\((?!\()", head.replace("__attribute__((", "__a((")).group(1))
+        if not line.lstrip().startswith("#"):
+            depth += line.count("{") - line.count("}")
+    return names
+
+
+@cache
+def _pieces(path: Path) -> list[tuple[str, set[str], set[str]]]:
+    """A header's pieces in order: (text, the names it defines, the identifiers its code uses)."""
+    text = path.read_text()
+    body = text.split("*/\n", 1)[1].strip("\n")      # without the header's description
+    pieces, cur, depth, cond = [], [], 0, 0
+    for line in body.splitlines():
+        if not line.strip() and depth == 0 and cond == 0 and cur:
+            pieces.append("\n".join(cur))
+            cur = []
+            continue
+        cur.append(line)
+        code = _COMMENT.sub("", line).strip()
+        cond += code.startswith("#if") - code.startswith("#endif")
+        if not code.startswith("#"):
+            depth += code.count("{") - code.count("}")
+    if cur:
+        pieces.append("\n".join(cur))
+    out, pending = [], ""
+    for p in pieces:
+        text = pending + p
+        names = _defines(p)
+        if not names:
+            pending = text + "\n\n"
+            continue
+        out.append((text, names, set(_IDENT.findall(_COMMENT.sub("", text)))))
+        pending = ""
+    return out
+
+
+def used_code(kernels: str, folder: Path | None = None) -> dict[str, str]:
+    """The header pieces that the kernels' source (the rendered per-instance functions) reaches, in header order:
+    {"helpers": the pieces of gemm.h, "bodies": those of the family headers}."""
+    if folder is None:
+        from llmgen.codegen import templates_dir
+        folder = templates_dir() / "c"
+    headers = [folder / HELPERS] + sorted(p for p in folder.glob("*.h") if p.name != HELPERS)
+    pieces = [(h.name, *piece) for h in headers for piece in _pieces(h)]
+    need, taken = set(_IDENT.findall(_COMMENT.sub("", kernels))), set()
+    while True:
+        new = {i for i, (_, _, names, _) in enumerate(pieces) if i not in taken and names & need}
+        if not new:
+            break
+        taken |= new
+        for i in new:
+            need |= pieces[i][3]
+    def first_use(header: str) -> int:          # a family's bodies come in the order the kernels first call them
+        hits = [m.start() for i in taken if pieces[i][0] == header for name in pieces[i][2]
+                for m in [re.search(rf"\b{name}\b", kernels)] if m]
+        return min(hits, default=len(kernels))
+    order = {h.name: (h.name != HELPERS, first_use(h.name)) for h in headers}
+    taken_in_order = sorted(taken, key=lambda i: (order[pieces[i][0]], i))
+    pick = lambda helpers: "\n\n".join(pieces[i][1] for i in taken_in_order if (pieces[i][0] == HELPERS) == helpers)  # noqa: E731
+    return {"helpers": pick(True), "bodies": pick(False)}

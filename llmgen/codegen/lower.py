@@ -93,23 +93,36 @@ class Launch:
         guard = "if (targets) " if self.needs_targets else ""
         return f"{guard}{self.fn}({', '.join(render_layers(a) for a in self.args)});"
 
+    def flat_in(self, base: int) -> str:
+        """The call in a loop whose iteration at hand is layer `base` (see render_layers), one line."""
+        guard = "if (targets) " if self.needs_targets else ""
+        return f"{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
+
     def lines(self, indent: int, base: int | None = None) -> list[str]:
         """The comment and the call, wrapped to WIDTH columns, at `indent` spaces; base: see render_layers."""
         pad = " " * indent
         guard = "if (targets) " if self.needs_targets else ""
         call = f"{pad}{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
-        return wrap_comment(render_layers(self.comment, base), pad) + wrap(call)
+        outs, lines = render_layers(self.comment, base).partition(": ")[2], wrap(call)
+        if len(f"{lines[-1]}  /* {outs} */") <= WIDTH:   # the outputs after the call (the kernel names the op)
+            return lines[:-1] + [f"{lines[-1]}  /* {outs} */"]
+        return wrap_comment(render_layers(self.comment, base), pad) + lines
 
 
 @dataclass
 class Loop:
     """Launches repeated once per layer: `for (int l = first; ...; l += step)` over `count` layers; `body` is
-    the first iteration's launches (layer `first`)."""
+    the first iteration's launches (layer `first`). One iteration, layer `edge_layer` (the first block, which
+    reads the embedding), may differ: `edge` holds its own launch where it does (None where it is the body's),
+    rendered as a conditional argument (`l == 0 ? A.encoded : LA[l - 1].residual3`) where only arguments
+    differ and as `if (l == 0) ...; else ...;` where the kernel does."""
     first: int
     count: int
     step: int                  # +1 (forward) or -1 (backward)
     body: list[Launch]
     n_layer: int
+    edge_layer: int | None = None
+    edge: list[Launch | None] = field(default_factory=list)
 
     def _bound(self, x: int) -> str:
         return "N_LAYER" if x == self.n_layer else f"N_LAYER - {self.n_layer - x}" if 0 < self.n_layer - x <= 2 \
@@ -123,7 +136,50 @@ class Loop:
         return f"for (int l = {self._bound(self.first)}; l >= {self._bound(last)}; l--)"
 
     def expand(self) -> list[Launch]:
-        return [b.shifted(self.step * j) for j in range(self.count) for b in self.body]
+        edge = self.edge or [None] * len(self.body)
+        return [e if e is not None and self.first + self.step * j == self.edge_layer else b.shifted(self.step * j)
+                for j in range(self.count) for b, e in zip(self.body, edge)]
+
+    def lines(self, indent: int) -> list[str]:
+        """The loop as C: its header, each body launch (merged with the edge iteration's), its closing brace."""
+        pad, out = " " * (indent + 4), [" " * indent + self.header + " {"]
+        at = self._bound(self.edge_layer) if self.edge else ""
+        for b, e in zip(self.body, self.edge or [None] * len(self.body)):
+            if e is None:
+                out += b.lines(indent + 4, self.first)
+            elif e.fn == b.fn and len(e.args) == len(b.args):
+                # the same kernel: an argument that differs at the edge layer is chosen by `l`, and a value
+                # the comment names differently is named for both
+                here = b.shifted(self.edge_layer - self.first)       # the body at the edge layer, to compare
+                args = [a if render_layers(x) == render_layers(y) else f"l == {at} ? {render_layers(x)} : {a}"
+                        for x, y, a in zip(e.args, here.args, b.args)]
+                op, _, outs = b.comment.partition(": ")
+                items = [y if render_layers(x) == render_layers(z) else f"{y} (l = {at}: {render_layers(x)})"
+                         for x, y, z in zip(e.comment.partition(": ")[2].split(", "), outs.split(", "),
+                                            here.comment.partition(": ")[2].split(", "))]
+                out += Launch(b.fn, args, f"{op}: {', '.join(items)}", b.needs_targets).lines(indent + 4, self.first)
+            else:
+                # another kernel at the edge layer (the first block's norm has no residual to add)
+                edge, rest = render_layers(e.comment), render_layers(b.comment, self.first)
+                out += wrap_comment(f"at l = {at} {edge}, else {rest}", pad)
+                out += wrap(f"{pad}if (l == {at}) {e.flat()}") + wrap(f"{pad}else {b.flat_in(self.first)}")
+        return out + [" " * indent + "}"]
+
+
+def merge_edge(loop: Loop, edge: list[Launch], layer: int) -> Loop | None:
+    """`loop` extended by one iteration, layer `layer` just before or after it, whose launches are `edge`,
+    where that iteration is mostly the body's (more launches equal than not, no `if (targets)` among those that
+    differ); None where it is not."""
+    if len(edge) != len(loop.body) or layer < 0 or layer >= loop.n_layer:
+        return None
+    body = [b.shifted(layer - loop.first) for b in loop.body]
+    same = [e.key()[:2] == b.key()[:2] and e.needs_targets == b.needs_targets for e, b in zip(edge, body)]
+    if 2 * sum(same) <= len(same) or any(e.needs_targets or b.needs_targets
+                                         for e, b, s in zip(edge, body, same) if not s):
+        return None
+    before = (layer - loop.first) * loop.step < 0
+    return Loop(layer if before else loop.first, loop.count + 1, loop.step, body if before else loop.body,
+                loop.n_layer, layer, [None if s else e for e, s in zip(edge, same)])
 
 
 def find_loop(launches: list[Launch], step: int, min_count: int = 2) -> tuple[int, int, int] | None:
@@ -162,7 +218,14 @@ def loop_schedule(launches: list[Launch], step: int, n_layer: int) -> list[Launc
         if not marks:
             return list(launches)
         first = min(marks) if step > 0 else max(marks)
-    return [*launches[:start], Loop(first, count, step, body, n_layer), *launches[start + period * count:]]
+    loop, end = Loop(first, count, step, body, n_layer), start + period * count
+    merged = merge_edge(loop, launches[start - period:start], first - step) if start >= period else None
+    if merged is not None:
+        return [*launches[:start - period], merged, *launches[end:]]
+    merged = merge_edge(loop, launches[end:end + period], first + step * count)
+    if merged is not None:
+        return [*launches[:start], merged, *launches[end + period:]]
+    return [*launches[:start], loop, *launches[end:]]
 
 
 def expand_schedule(blocks: list[Launch | Loop]) -> list[Launch]:
@@ -197,6 +260,20 @@ class ParamRow:
     def table(self) -> str:
         return "P" if self.layer is None else "LP"
 
+    def c_row(self) -> list[str]:
+        """The row of the program's PARAM_ROWS: one line, or two where one would pass WIDTH columns. The
+        element count and the checkpoint's shape are left for param_table_init to derive."""
+        rows, cols = self.shape[0], self.shape[1] if len(self.shape) > 1 else 1
+        derived = ((cols, rows) if self.transpose else (self.hf_rows, cols))[:len(self.hf_shape)]
+        if self.numel != rows * cols or tuple(self.hf_shape) != derived:
+            raise AssertionError(f"{self.name}: numel {self.numel} or checkpoint shape {self.hf_shape} is not what "
+                                 "the program derives from its shape, transpose and hf_rows")
+        init = {"normal": "n", "ones": "1", "zeros": "0"}[self.init]
+        std = f"{self.std}f" if self.std else "0"       # the literal as before: the same float, bit for bit
+        head = f'    {{ "{self.pattern(self.name)}", "{self.pattern(self.hf)}", {self.offset}, {len(self.shape)},'
+        tail = f" {{ {rows}, {cols} }}, {int(self.transpose)}, {self.hf_rows}, {int(self.decay)}, '{init}', {std} }},"
+        return [head + tail] if len(head + tail) <= WIDTH else [head, "     " + tail]
+
     def pattern(self, text: str) -> str:
         """A layer row's name with its layer as %d ("h%d.ln_1.w"), for the table the program expands."""
         return text if self.layer is None else _layer_pattern(text, self.layer)
@@ -226,6 +303,31 @@ class ParamTable:
     def rows(self) -> list[ParamRow]:
         return self.before + self.layer + self.after
 
+    @staticmethod
+    def members(rows: list[ParamRow]) -> list[tuple[str, str]]:
+        """The pointer declarations of a Params struct, one line per module (the tensors whose checkpoint
+        names differ in the last component only: a weight and its bias), with their shapes and checkpoint
+        names: ("ln_1_w, *ln_1_b", "(768,), (768,) transformer.h.%d.ln_1.{weight,bias}")."""
+        groups: list[list[ParamRow]] = []
+        for r in rows:
+            module = r.pattern(r.hf).rpartition(".")[0]
+            g = groups[-1] if groups else []
+            if g and module and g[0].pattern(g[0].hf).rpartition(".")[0] == module and len(g) < 4:
+                g.append(r)
+            else:
+                groups.append([r])
+        out = []
+        for g in groups:
+            names = ", *".join(r.cname for r in g)
+            shapes = ", ".join(str(r.shape) for r in g)
+            hf = g[0].pattern(g[0].hf) if len(g) == 1 else \
+                g[0].pattern(g[0].hf).rpartition(".")[0] + ".{" + ",".join(r.hf.rpartition(".")[2] for r in g) + "}"
+            if len(f"    floatX *{names}; /* {shapes} {hf} */") > WIDTH and len(g) > 1:
+                out += [(r.cname, f"{r.shape} {r.pattern(r.hf)}") for r in g]
+            else:
+                out.append((names, f"{shapes} {hf}"))
+        return out
+
 
 @dataclass
 class ActField:
@@ -236,6 +338,7 @@ class ActField:
     dtype: str = "f32"  # storage: f32, or bf16 under the CUDA target's mixed precision
     stride: int = 0    # per-layer table LA[l]: elements per token from one layer's buffer to the next's
     shared: bool = False   # a block value every layer reuses (one buffer, in A)
+    node_id: int = -1  # the producing node (its outputs share a line of the struct)
 
 
 @dataclass
@@ -298,6 +401,24 @@ class Program:
     llmc_elems: int = 0        # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
     generation_config_json: str = '"{}"'   # the HF generation_config.json checkpoints carry, a C string literal
     layer_note: str = ""       # why the parameters are not in per-layer tables, where they are not
+    code: Callable | None = None   # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
+
+    @staticmethod
+    def act_groups(fields: list[ActField]) -> list[list[ActField]]:
+        """An activation table's members as the struct declares them: the outputs of one node (consecutive
+        members from the same op, of one type) on one line, `float *ln1, *ln1_mean, *ln1_rstd;`, while its
+        declaration and comment fit in WIDTH columns."""
+        groups: list[list[ActField]] = []
+        for a in fields:
+            g = groups[-1] if groups else []
+            names, shapes = ", *".join(x.cname for x in [*g, a]), ", ".join(x.shape for x in [*g, a])
+            size = len(f"    floatX *{names}; /* {shapes} from {a.node}{', every layer' if a.shared else ''}'s */")
+            if g and (a.node, a.dtype, a.shared, a.node_id) == (g[0].node, g[0].dtype, g[0].shared, g[0].node_id) \
+                    and size <= WIDTH:
+                g.append(a)
+            else:
+                groups.append([a])
+        return groups
 
 
 def generation_config(spec) -> dict:
@@ -497,7 +618,7 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             used[tab].add(cn)
             members[key] = cn
             fieldrow = ActField(cn, place.offset, shape_str(v), producer[v.id].op, stored[v.id], place.stride,
-                                place.kind == "shared")
+                                place.kind == "shared", producer[v.id].id)
             (layer_acts if tab == "LA" else acts).append(fieldrow)
         slot[v.id] = (tab, members[key])
     for vid, root in plan.alias.items():         # in-place outputs name the buffer they overwrite

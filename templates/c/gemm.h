@@ -1,6 +1,11 @@
-{#- The C target's shared kernel helpers, pasted once before the kernels (program.c.j2):
-    vector types, vectorisable exp / GELU, and the GEMM engine every linear kernel calls.
-    Nothing here is model-specific; the per-instance constants come from the callers. -#}
+/* The C target's shared kernel helpers: vector types, vectorisable exp / GELU, and the GEMM engine every
+ * linear kernel (and the attention) calls. Nothing here is model-specific: the per-instance constants come
+ * from the callers. codegen/c.py pastes the pieces a program uses into its "kernel helpers" section; the
+ * program declares llmgen_fail and includes <math.h>, <omp.h>, <stdint.h>, <stdlib.h>, <string.h> first. */
+
+/* what a kernel body is: inlined into each caller, where its size parameters are literals gcc folds */
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
 // --------------------------------------------------------------------------------------------
 // vector math: written as scalar functions that gcc vectorises inside `omp simd` loops
 // (no libm calls in hot loops: glibc's expf/tanhf are scalar and were 5% of a step).
@@ -64,23 +69,15 @@ static inline float gelu_grad(float x) {
 // of 8; 768, 2304, 3072 and the padded vocabulary 50304 multiples of 48). 14 x 32 measured the same
 // (within 1.5%) but cuts B*T = 256 into 18 tiles and a 4-row rest. -DGEMM_MR=.. -DGEMM_NV=.. override.
 #if defined(__AVX512F__)
-#define GEMM_VL 16     /* floats per vector register (zmm) */
-#ifndef GEMM_MR
-#define GEMM_MR 8      /* rows of the register tile */
-#define GEMM_NV 3      /* vectors per row of the register tile */
-#endif
+#define GEMM_VL 16     /* floats per vector register: zmm, */
 #elif defined(__AVX__)
-#define GEMM_VL 8      /* ymm */
-#ifndef GEMM_MR
-#define GEMM_MR 4      /* 4 x 3 accumulators + 3 + 1 = 16 registers */
-#define GEMM_NV 3
-#endif
+#define GEMM_VL 8      /* ymm, */
 #else
-#define GEMM_VL 4      /* SSE / NEON width */
-#ifndef GEMM_MR
-#define GEMM_MR 4
-#define GEMM_NV 3
+#define GEMM_VL 4      /* SSE / NEON */
 #endif
+#ifndef GEMM_MR
+#define GEMM_MR (GEMM_VL == 16 ? 8 : 4)   /* rows of the register tile (with AVX: 4 x 3 + 3 + 1 = 16 ymm) */
+#define GEMM_NV 3                         /* vectors per row of the register tile */
 #endif
 #define GEMM_NR (GEMM_NV * GEMM_VL)  /* columns of the register tile */
 _Static_assert(GEMM_MR <= GEMM_VL && GEMM_MR <= 16, "A panels are packed one vector of rows at a time");
@@ -128,7 +125,7 @@ static float *gemm_buffer(float **buf, size_t *have, size_t need) {
 #ifdef GEMM_SHUFFLE
 /* Transpose the VL x VL block v[row][lane] in registers: log2(VL) rounds; the round with half
  * size h swaps the off-diagonal h x h quarter-blocks of each 2h x 2h block (two-source shuffles). */
-static inline __attribute__((always_inline)) void gemm_transpose(vfloat v[GEMM_VL]) {
+ALWAYS_INLINE void gemm_transpose(vfloat v[GEMM_VL]) {
     #pragma GCC unroll 8
     for (int h = GEMM_VL / 2; h >= 1; h /= 2) {
         vint lo, hi;
@@ -152,8 +149,7 @@ static inline __attribute__((always_inline)) void gemm_transpose(vfloat v[GEMM_V
  * row-major matrix become a K-major panel. Each p stores a whole vector, so when ds < VL it runs
  * (VL - ds) floats into the next p's slot, which the next store rewrites; panel buffers carry VL
  * floats of slack for the last one. */
-static inline __attribute__((always_inline)) void gemm_pack_t(float *restrict dst, int ds, const float *restrict src,
-                                                              long ld, int nr, int kc) {
+ALWAYS_INLINE void gemm_pack_t(float *restrict dst, int ds, const float *restrict src, long ld, int nr, int kc) {
     int p = 0;
 #ifdef GEMM_SHUFFLE
     for (; p + GEMM_VL <= kc; p += GEMM_VL) {
@@ -170,8 +166,7 @@ static inline __attribute__((always_inline)) void gemm_pack_t(float *restrict ds
 }
 
 /* A's rows i0.. (mr of them, mr <= MR) and reduction indices p0.. (kc) -> one MR x kc panel, K-major */
-static inline __attribute__((always_inline)) void gemm_pack_a(float *restrict dst, const Gemm *g, int i0, int mr,
-                                                              int p0, int kc) {
+ALWAYS_INLINE void gemm_pack_a(float *restrict dst, const Gemm *g, int i0, int mr, int p0, int kc) {
     if (!g->a_t) {
         gemm_pack_t(dst, GEMM_MR, g->a + (long)i0 * g->lda + p0, g->lda, mr, kc);
     } else if (mr == GEMM_MR) {                                /* A^T stored: MR contiguous floats per p */
@@ -188,8 +183,7 @@ static inline __attribute__((always_inline)) void gemm_pack_a(float *restrict ds
 }
 
 /* B's columns j0.. (nr <= NR) and reduction indices p0.. (kc) -> one kc x NR panel */
-static inline __attribute__((always_inline)) void gemm_pack_b(float *restrict dst, const Gemm *g, int j0, int nr,
-                                                              int p0, int kc) {
+ALWAYS_INLINE void gemm_pack_b(float *restrict dst, const Gemm *g, int j0, int nr, int p0, int kc) {
     if (g->b_t) {
         #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++) {
@@ -210,16 +204,14 @@ static inline __attribute__((always_inline)) void gemm_pack_b(float *restrict ds
     }
 }
 
-/* The micro-kernel: C[rows x NR] (row stride ldc) = (load ? C : 0) + a . b over kc, with a an MR-row
- * panel and b an NR-column panel, both K-major. rows x NV vector accumulators live in registers;
- * each step loads NV B vectors and broadcasts `rows` values of A into rows x NV fused multiply-adds.
- * `rows` is a constant wherever this is inlined (MR for whole tiles, 1..MR-1 for the last rows). */
-static inline __attribute__((always_inline)) void gemm_micro(int rows, int kc, const float *restrict a,
-                                                             const float *restrict b, float *restrict c, long ldc,
-                                                             int load) {
+/* The micro-kernel: C[MR x NR] (row stride ldc) = (load ? C : 0) + a . b over kc, with a an MR-row
+ * panel and b an NR-column panel, both K-major. MR x NV vector accumulators live in registers;
+ * each step loads NV B vectors and broadcasts MR values of A into MR x NV fused multiply-adds. */
+ALWAYS_INLINE void gemm_micro(int kc, const float *restrict a, const float *restrict b, float *restrict c, long ldc,
+                              int load) {
     vfloat acc[GEMM_MR][GEMM_NV];
     #pragma GCC unroll 16
-    for (int i = 0; i < rows; i++)
+    for (int i = 0; i < GEMM_MR; i++)
         #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++)
             acc[i][v] = load ? *(const vfloat_u *)(c + i * ldc + v * GEMM_VL) : (vfloat){0};
@@ -228,43 +220,30 @@ static inline __attribute__((always_inline)) void gemm_micro(int rows, int kc, c
         #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++) bv[v] = *(const vfloat *)(b + p * GEMM_NR + v * GEMM_VL);
         #pragma GCC unroll 16
-        for (int i = 0; i < rows; i++) {
+        for (int i = 0; i < GEMM_MR; i++) {
             vfloat ai = a[p * GEMM_MR + i] - (vfloat){0};   /* broadcast (x - 0 == x for every x, even -0) */
             #pragma GCC unroll 4
             for (int v = 0; v < GEMM_NV; v++) acc[i][v] += ai * bv[v];
         }
     }
     #pragma GCC unroll 16
-    for (int i = 0; i < rows; i++)
+    for (int i = 0; i < GEMM_MR; i++)
         #pragma GCC unroll 4
         for (int v = 0; v < GEMM_NV; v++) *(vfloat_u *)(c + i * ldc + v * GEMM_VL) = acc[i][v];
 }
 
-/* the last rows of C (mr < MR, whole NR columns): one micro-kernel per row count, not inlined */
-static __attribute__((noinline)) void gemm_micro_rows(int mr, int kc, const float *a, const float *b, float *c,
-                                                      long ldc, int load) {
-    switch (mr) {
-{% for r in range(1, 16) %}
-#if GEMM_MR > {{ r }}
-    case {{ r }}: gemm_micro({{ r }}, kc, a, b, c, ldc, load); break;
-#endif
-{% endfor %}
-    default: break;
-    }
-}
-
-/* a tile cut by C's last columns (nr < NR): through a full-size scratch tile; rare, not inlined */
+/* a tile cut by C's last rows or columns (mr < MR or nr < NR): through a full tile of scratch; rare, not inlined */
 static __attribute__((noinline)) void gemm_micro_edge(int kc, const float *a, const float *b, float *c, long ldc,
                                                       int load, int mr, int nr) {
     float t[GEMM_MR * GEMM_NR] __attribute__((aligned(64)));
     if (load)
         for (int i = 0; i < mr; i++) for (int j = 0; j < nr; j++) t[i * GEMM_NR + j] = c[i * ldc + j];
-    gemm_micro(GEMM_MR, kc, a, b, t, GEMM_NR, load);
+    gemm_micro(kc, a, b, t, GEMM_NR, load);
     for (int i = 0; i < mr; i++) for (int j = 0; j < nr; j++) c[i * ldc + j] = t[i * GEMM_NR + j];
 }
 
 /* the epilogue of a finished tile (rows i0.., columns j0..), while it is still in L1 */
-static inline __attribute__((always_inline)) void gemm_epilogue(const Gemm *g, int i0, int j0, int mr, int nr) {
+ALWAYS_INLINE void gemm_epilogue(const Gemm *g, int i0, int j0, int mr, int nr) {
     for (int i = 0; i < mr; i++) {
         float *c = g->c + (long)(i0 + i) * g->ldc + j0;
         if (g->bias) {
@@ -287,7 +266,7 @@ static inline __attribute__((always_inline)) void gemm_epilogue(const Gemm *g, i
 /* Software prefetch, part q of nq, of the source lines of B's panel at columns j.. (while the panel
  * before it is in use): the panel's first use would otherwise wait on DRAM (weights stream through
  * once per GEMM). Prefetches never fault, and addresses past the matrix are skipped. */
-static inline __attribute__((always_inline)) void gemm_prefetch_b(const Gemm *g, int j, int p0, int kc, int q, int nq) {
+ALWAYS_INLINE void gemm_prefetch_b(const Gemm *g, int j, int p0, int kc, int q, int nq) {
     const int lines = g->b_t ? (kc + 15) / 16 : GEMM_NV;                 /* 64-byte lines per source row */
     const int rows = g->b_t ? (g->n - j < GEMM_NR ? g->n - j : GEMM_NR) : kc;
     const long total = (long)rows * lines, lo = total * q / nq, hi = total * (q + 1) / nq;
@@ -315,7 +294,7 @@ static void gemm_grid(int mt, int nt, int threads, int *tm_out, int *tn_out) {
 /* One thread's share of C = [C +] A.B: call inside `omp parallel` with a Gemm of literal sizes,
  * so that the compiler specialises all of this to the instance (this function is inlined);
  * with .serial = 1, all of C on the calling thread (anywhere). */
-static inline __attribute__((always_inline)) void gemm_thread(const Gemm *g) {
+ALWAYS_INLINE void gemm_thread(const Gemm *g) {
     const int MR = GEMM_MR, NR = GEMM_NR;
     const int KC = g->kc, MC = g->mc / MR > 0 ? g->mc / MR * MR : MR, NC = g->nc / NR > 0 ? g->nc / NR * NR : NR;
     const int mt = (g->m + MR - 1) / MR, nt = (g->n + NR - 1) / NR;
@@ -353,8 +332,7 @@ static inline __attribute__((always_inline)) void gemm_thread(const Gemm *g) {
                             for (int i = 0; i < MR; i++)
                                 for (int v = 0; v < GEMM_NV; v++)
                                     __builtin_prefetch(c + (long)(MR + i) * g->ldc + v * GEMM_VL, 1);
-                        if (mr == MR && nr == NR) gemm_micro(MR, kc, ap + (long)ir * kc, bpanel, c, g->ldc, load);
-                        else if (nr == NR) gemm_micro_rows(mr, kc, ap + (long)ir * kc, bpanel, c, g->ldc, load);
+                        if (mr == MR && nr == NR) gemm_micro(kc, ap + (long)ir * kc, bpanel, c, g->ldc, load);
                         else gemm_micro_edge(kc, ap + (long)ir * kc, bpanel, c, g->ldc, load, mr, nr);
                         if (last && (g->bias || g->epi != EPI_NONE)) gemm_epilogue(g, ic + ir, jc + jr, mr, nr);
                     }
