@@ -62,6 +62,7 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------
 # setup: model folder, token shard, twin binary
 
+
 def make_model_dir(spec, path: Path) -> Path:
     """A random GPT2LMHeadModel with the spec's config, saved with save_pretrained (safetensors)."""
     if (path / "model.safetensors").is_file():
@@ -69,6 +70,7 @@ def make_model_dir(spec, path: Path) -> Path:
     import torch
     import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
+
     transformers.utils.logging.set_verbosity_error()
     cfg = {k: v for k, v in spec.hf_config().items() if k not in ("architectures", "torch_dtype")}
     torch.manual_seed(SEED)
@@ -81,6 +83,7 @@ def make_model_dir(spec, path: Path) -> Path:
 def make_shard(spec, path: Path, n_tokens: int) -> Path:
     import numpy as np
     from llmgen.data import read_shard_header, write_shard
+
     if path.is_file() and read_shard_header(path).num_tokens >= n_tokens:
         return path
     rng = np.random.default_rng(SEED)
@@ -90,8 +93,9 @@ def make_shard(spec, path: Path, n_tokens: int) -> Path:
 
 def build_twin(preset: str, out: Path) -> Path:
     """`llmgen build <preset> -o out`, as a user runs it (cached by source hash)."""
-    r = subprocess.run([sys.executable, "-m", "llmgen", "build", preset, "-o", str(out)], cwd=REPO,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmgen", "build", preset, "-o", str(out)], cwd=REPO, capture_output=True, text=True
+    )
     if r.returncode != 0:
         raise SystemExit(f"llmgen build {preset} failed:\n{r.stdout}\n{r.stderr}")
     return out / "train"
@@ -99,6 +103,7 @@ def build_twin(preset: str, out: Path) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # one run of one side, in its own process
+
 
 def cpu_busy_seconds() -> float:
     """Seconds of CPU time all processes have used since boot (/proc/stat, every core)."""
@@ -150,8 +155,8 @@ def run_process(cmd: list[str], env: dict, log_path: Path) -> tuple[int, float, 
     return p.returncode, hwm_kib / 1024.0, out_path.read_text(), background
 
 
-WAIT_POLICY = ""      # --wait-policy: OMP_WAIT_POLICY for every side ("" = the OpenMP library's default)
-SPINCOUNT = ""        # --spincount: GOMP_SPINCOUNT for every side ("" = unset)
+WAIT_POLICY = ""  # --wait-policy: OMP_WAIT_POLICY for every side ("" = the OpenMP library's default)
+SPINCOUNT = ""  # --spincount: GOMP_SPINCOUNT for every side ("" = unset)
 
 
 def omp_env(threads: int) -> dict:
@@ -168,12 +173,32 @@ def omp_env(threads: int) -> dict:
     return env
 
 
-def run_twin(binary: Path, model: Path, shard: Path, B: int, T: int, steps: int, threads: int, work: Path,
-             tag: str) -> dict:
+def run_twin(
+    binary: Path, model: Path, shard: Path, B: int, T: int, steps: int, threads: int, work: Path, tag: str
+) -> dict:
     """No -o: a run folder would add the final checkpoint's host copies to the peak RSS (PyTorch's
     side saves nothing either); the step lines on stdout carry the same ms and loss as log.jsonl."""
-    cmd = [str(binary), "-e", str(model), "-i", str(shard), "-b", str(B), "-t", str(T), "-x", str(steps),
-           "-l", str(LR), "-k", "constant", "-c", str(WEIGHT_DECAY), "-v", "0"]
+    cmd = [
+        str(binary),
+        "-e",
+        str(model),
+        "-i",
+        str(shard),
+        "-b",
+        str(B),
+        "-t",
+        str(T),
+        "-x",
+        str(steps),
+        "-l",
+        str(LR),
+        "-k",
+        "constant",
+        "-c",
+        str(WEIGHT_DECAY),
+        "-v",
+        "0",
+    ]
     env = omp_env(threads)
     rc, rss, out, bg = run_process(cmd, env, work / f"{tag}.log")
     if rc != 0:
@@ -184,10 +209,27 @@ def run_twin(binary: Path, model: Path, shard: Path, B: int, T: int, steps: int,
     return {"ms": [float(r[1]) for r in rows], "loss": [float(r[0]) for r in rows], "rss_mib": rss, "background": bg}
 
 
-def run_torch(peer: str, model: Path, shard: Path, B: int, T: int, steps: int, threads: int, work: Path,
-              tag: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", peer, "--model", str(model),
-           "--shard", str(shard), "-b", str(B), "-t", str(T), "--steps", str(steps), "--threads", str(threads)]
+def run_torch(
+    peer: str, model: Path, shard: Path, B: int, T: int, steps: int, threads: int, work: Path, tag: str
+) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        peer,
+        "--model",
+        str(model),
+        "--shard",
+        str(shard),
+        "-b",
+        str(B),
+        "-t",
+        str(T),
+        "--steps",
+        str(steps),
+        "--threads",
+        str(threads),
+    ]
     env = omp_env(threads)
     rc, rss, out, bg = run_process(cmd, env, work / f"{tag}.log")
     if rc != 0:
@@ -204,11 +246,13 @@ def torch_worker(args) -> int:
     from llmgen.checkpoint import read_safetensors
     from llmgen.data import read_shard
     from torch_gpt2 import GPT2, optimizer
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.worker == "hf":
         import transformers
         from transformers import GPT2LMHeadModel
+
         transformers.utils.logging.set_verbosity_error()
         model = GPT2LMHeadModel.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager")
 
@@ -224,7 +268,7 @@ def torch_worker(args) -> int:
     tokens = np.asarray(read_shard(args.shard), dtype=np.int64)
     B, T, pos = args.b, args.t, 0
     for step in range(1, args.steps + 1):
-        buf = torch.from_numpy(tokens[pos:pos + B * T + 1].copy())
+        buf = torch.from_numpy(tokens[pos : pos + B * T + 1].copy())
         x, y = buf[:-1].view(B, T), buf[1:].view(B, T)
         pos += B * T
         t0 = time.perf_counter()
@@ -242,8 +286,10 @@ def torch_worker(args) -> int:
 # --------------------------------------------------------------------------------------------
 # the benchmark
 
+
 def environment_info(threads: int) -> dict:
     import torch
+
     cpu = ""
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -252,25 +298,39 @@ def environment_info(threads: int) -> dict:
     flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").is_file() else ""
     isa = [f for f in ("avx512f", "avx2", "fma") if re.search(rf"\b{f}\b", flags)]
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    return {"cpu": cpu, "cores": os.cpu_count(), "isa": isa, "threads": threads, "omp_wait_policy": WAIT_POLICY or "default",
-            "gomp_spincount": SPINCOUNT or "default (twin: 1000)",
-            "torch": torch.__version__,
-            "gcc": gcc[0] if gcc else "", "python": platform.python_version(),
-            "loadavg_start": os.getloadavg()[0]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "isa": isa,
+        "threads": threads,
+        "omp_wait_policy": WAIT_POLICY or "default",
+        "gomp_spincount": SPINCOUNT or "default (twin: 1000)",
+        "torch": torch.__version__,
+        "gcc": gcc[0] if gcc else "",
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg()[0],
+    }
 
 
 def summarize(runs: list[dict], warmup: int, flops_per_step: float, tokens_per_step: int) -> dict:
     ms = [m for r in runs for m in r["ms"][warmup:]]
     med = statistics.median(ms)
-    return {"median_ms": med, "min_ms": min(ms), "tokens_per_s": tokens_per_step / (med / 1e3),
-            "gflops": flops_per_step / (med / 1e3) / 1e9, "peak_rss_mib": max(r["rss_mib"] for r in runs),
-            "loss_step1": runs[0]["loss"][0], "background_cores": statistics.mean(r["background"] for r in runs),
-            "step_ms": ms}
+    return {
+        "median_ms": med,
+        "min_ms": min(ms),
+        "tokens_per_s": tokens_per_step / (med / 1e3),
+        "gflops": flops_per_step / (med / 1e3) / 1e9,
+        "peak_rss_mib": max(r["rss_mib"] for r in runs),
+        "loss_step1": runs[0]["loss"][0],
+        "background_cores": statistics.mean(r["background"] for r in runs),
+        "step_ms": ms,
+    }
 
 
 def bench_shape(name: str, args, work: Path) -> dict:
     from llmgen.cli.inspect import inspect_report
     from llmgen.spec import load_spec
+
     preset, B, T = SHAPES[name]
     if args.b:
         B = args.b
@@ -300,13 +360,24 @@ def bench_shape(name: str, args, work: Path) -> dict:
             else:
                 res = run_torch(s, model, shard, B, T, steps, args.threads, d, tag)
             runs[s].append(res)
-            post = res["ms"][args.warmup:]
-            log(f"[{name}] round {r + 1}/{args.rounds} {s:5s}: median {statistics.median(post):9.1f} ms/step, "
+            post = res["ms"][args.warmup :]
+            log(
+                f"[{name}] round {r + 1}/{args.rounds} {s:5s}: median {statistics.median(post):9.1f} ms/step, "
                 f"peak RSS {res['rss_mib']:7.0f} MiB, loss@1 {res['loss'][0]:.6f}, other processes "
-                f"{res['background']:.2f} cores  ({time.time() - t0:.0f} s)")
-    out = {"shape": name, "preset": preset, "B": B, "T": T, "params": rep["params"],
-           "flops_per_step": flops_step, "warmup": args.warmup, "steps": args.steps, "rounds": args.rounds,
-           "sides": {s: summarize(runs[s], args.warmup, flops_step, B * T) for s in sides}}
+                f"{res['background']:.2f} cores  ({time.time() - t0:.0f} s)"
+            )
+    out = {
+        "shape": name,
+        "preset": preset,
+        "B": B,
+        "T": T,
+        "params": rep["params"],
+        "flops_per_step": flops_step,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "sides": {s: summarize(runs[s], args.warmup, flops_step, B * T) for s in sides},
+    }
     tw = out["sides"]["twin"]
     for s in args.peers:
         p = out["sides"][s]
@@ -317,24 +388,34 @@ def bench_shape(name: str, args, work: Path) -> dict:
 
 
 def table(results: list[dict], env: dict) -> str:
-    lines = [f"CPU: {env['cpu']} ({env['cores']} cores, {', '.join(env['isa'])}), {env['threads']} threads, "
-             f"OMP_WAIT_POLICY {env['omp_wait_policy']}, GOMP_SPINCOUNT {env['gomp_spincount']} | "
-             f"torch {env['torch']} | {env['gcc']} | load average {env['loadavg_start']:.2f} -> "
-             f"{env['loadavg_end']:.2f}", "",
-             "| shape | side | median ms/step | min ms | tokens/s | GFLOP/s | peak RSS MiB | twin time / side | "
-             "twin RSS / side | loss@1 | other load |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    names = {"twin": "llmgen CPU twin", "hf": "PyTorch eager (HF GPT2LMHeadModel)",
-             "plain": "PyTorch eager (plain GPT-2, SDPA)"}
+    lines = [
+        f"CPU: {env['cpu']} ({env['cores']} cores, {', '.join(env['isa'])}), {env['threads']} threads, "
+        f"OMP_WAIT_POLICY {env['omp_wait_policy']}, GOMP_SPINCOUNT {env['gomp_spincount']} | "
+        f"torch {env['torch']} | {env['gcc']} | load average {env['loadavg_start']:.2f} -> "
+        f"{env['loadavg_end']:.2f}",
+        "",
+        "| shape | side | median ms/step | min ms | tokens/s | GFLOP/s | peak RSS MiB | twin time / side | "
+        "twin RSS / side | loss@1 | other load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {
+        "twin": "llmgen CPU twin",
+        "hf": "PyTorch eager (HF GPT2LMHeadModel)",
+        "plain": "PyTorch eager (plain GPT-2, SDPA)",
+    }
     for res in results:
-        shape = f"{res['shape']} ({res['params'] / 1e6:.1f}M, B={res['B']} T={res['T']}, " \
-                f"{res['flops_per_step'] / 1e9:.1f} GFLOP/step)"
+        shape = (
+            f"{res['shape']} ({res['params'] / 1e6:.1f}M, B={res['B']} T={res['T']}, "
+            f"{res['flops_per_step'] / 1e9:.1f} GFLOP/step)"
+        )
         for s, v in res["sides"].items():
             ratio = f"{v['twin_time_ratio']:.2f}x" if "twin_time_ratio" in v else ""
             rss = f"{v['twin_rss_ratio']:.2f}x" if "twin_rss_ratio" in v else ""
-            lines.append(f"| {shape} | {names[s]} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['tokens_per_s']:.0f} | "
-                         f"{v['gflops']:.1f} | {v['peak_rss_mib']:.0f} | {ratio} | {rss} | {v['loss_step1']:.6f} | "
-                         f"{v['background_cores']:.2f} |")
+            lines.append(
+                f"| {shape} | {names[s]} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['tokens_per_s']:.0f} | "
+                f"{v['gflops']:.1f} | {v['peak_rss_mib']:.0f} | {ratio} | {rss} | {v['loss_step1']:.6f} | "
+                f"{v['background_cores']:.2f} |"
+            )
             shape = ""
     return "\n".join(lines)
 
@@ -347,12 +428,23 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="steps dropped at the start of every run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs of every side")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--settle", type=float, default=30.0,
-                    help="before each run wait up to this many seconds for other processes to go quiet (0: don't)")
-    ap.add_argument("--wait-policy", choices=("", "active", "passive"), default="",
-                    help="OMP_WAIT_POLICY for every side (both use libgomp); passive helps on a busy machine")
-    ap.add_argument("--spincount", default="",
-                    help="GOMP_SPINCOUNT for every side (the twin sets 1000 for itself when this is unset)")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="before each run wait up to this many seconds for other processes to go quiet (0: don't)",
+    )
+    ap.add_argument(
+        "--wait-policy",
+        choices=("", "active", "passive"),
+        default="",
+        help="OMP_WAIT_POLICY for every side (both use libgomp); passive helps on a busy machine",
+    )
+    ap.add_argument(
+        "--spincount",
+        default="",
+        help="GOMP_SPINCOUNT for every side (the twin sets 1000 for itself when this is unset)",
+    )
     ap.add_argument("-b", type=int, default=0, help="override the shapes' batch size")
     ap.add_argument("-t", type=int, default=0, help="override the shapes' sequence length")
     ap.add_argument("--out", default=str(REPO / "out" / "bench-cpu"), help="folder for cpu.json, table.md, runs")
@@ -383,9 +475,12 @@ def main(argv=None) -> int:
     env["loadavg_end"] = os.getloadavg()[0]
     text = table(results, env)
     (out / "table.md").write_text(text + "\n")
-    (out / "cpu.json").write_text(json.dumps({"environment": env, "results": results,
-                                              "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])},
-                                             indent=1))
+    (out / "cpu.json").write_text(
+        json.dumps(
+            {"environment": env, "results": results, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])},
+            indent=1,
+        )
+    )
     log("\n" + text + f"\n\nwrote {out / 'cpu.json'} and {out / 'table.md'}")
     return 0
 

@@ -22,56 +22,88 @@ def _losses(run):
 
 
 def test_thread_count_does_not_change_the_bits(tmp_path, build_cache):
-    model = oracle.make_gpt2_model_dir(tmp_path / "m", n_layer=2, n_head=3, n_embd=72, vocab_size=203,
-                                       n_positions=64, seed=3)
+    model = oracle.make_gpt2_model_dir(
+        tmp_path / "m", n_layer=2, n_head=3, n_embd=72, vocab_size=203, n_positions=64, seed=3
+    )
     pat = oracle.random_shards(tmp_path / "data", 203, 4000, seed=5)
     binary = build_cache(model / "config.json")
     runs = {}
     for threads in (1, 3):
         run = tmp_path / f"t{threads}"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        r = subprocess.run([str(binary), "-e", str(model), "-i", pat, "-b", "3", "-t", "37", "-x", "4", "-l", "1e-3",
-                            "-c", "0.1", "-v", "0", "-o", str(run)], capture_output=True, text=True, env=env)
+        r = subprocess.run(
+            [
+                str(binary),
+                "-e",
+                str(model),
+                "-i",
+                pat,
+                "-b",
+                "3",
+                "-t",
+                "37",
+                "-x",
+                "4",
+                "-l",
+                "1e-3",
+                "-c",
+                "0.1",
+                "-v",
+                "0",
+                "-o",
+                str(run),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         runs[threads] = run
     assert _losses(runs[1]) == _losses(runs[3])
     a = (runs[1] / "ckpt_00000004" / "state.bin").read_bytes()
     b = (runs[3] / "ckpt_00000004" / "state.bin").read_bytes()
-    assert a == b                       # parameters and both AdamW moments, bit for bit
+    assert a == b  # parameters and both AdamW moments, bit for bit
 
 
 def test_emitted_gemms_are_the_engine(build_cache, tmp_path):
-    model = oracle.make_gpt2_model_dir(tmp_path / "m", n_layer=1, n_head=2, n_embd=32, vocab_size=100,
-                                       n_positions=16, seed=0)
+    model = oracle.make_gpt2_model_dir(
+        tmp_path / "m", n_layer=1, n_head=2, n_embd=32, vocab_size=100, n_positions=16, seed=0
+    )
     src = (build_cache(model / "config.json").parent / "train.c").read_text()
     assert "#define ALWAYS_INLINE static inline __attribute__((always_inline))" in src
     assert "ALWAYS_INLINE void gemm_thread(const Gemm *g)" in src
-    assert "ALWAYS_INLINE void linear_forward(" in src                   # the body, sizes as parameters
-    assert "linear_forward(NULL, out, x, w, b, BT, 32, 96, 0," in src    # qkv: literal sizes at the call
-    assert "expf(" not in src.split("// kernels")[1].split("// the schedule")[0]   # no libm exp in kernels
+    assert "ALWAYS_INLINE void linear_forward(" in src  # the body, sizes as parameters
+    assert "linear_forward(NULL, out, x, w, b, BT, 32, 96, 0," in src  # qkv: literal sizes at the call
+    assert "expf(" not in src.split("// kernels")[1].split("// the schedule")[0]  # no libm exp in kernels
 
 
 def test_cpu_benchmark_quick(tmp_path):
     out = tmp_path / "bench"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "cpu.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "cpu.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((out / "cpu.json").read_text())
     (shape,) = res["results"]
     twin, hf = shape["sides"]["twin"], shape["sides"]["hf"]
     assert len(twin["step_ms"]) == len(hf["step_ms"]) == 3
     assert twin["median_ms"] > 0 and twin["peak_rss_mib"] > 0 and hf["gflops"] > 0
-    assert hf["loss_step1_rel_diff"] < 1e-5          # same weights, same batch, same math
+    assert hf["loss_step1_rel_diff"] < 1e-5  # same weights, same batch, same math
     assert "PyTorch eager" in (out / "table.md").read_text()
 
 
 def test_attention_causal_blocks_match_torch(tmp_path, build_cache):
     """T = 150 > the 64-row causal blocks of the attention kernels (two whole blocks and a partial one):
-    step-0 loss and gradients against PyTorch, with test_c_target's tolerances."""
+    step-0 loss and gradients against PyTorch, with tests/matrix.py's GPT2_C tolerances."""
     import numpy as np
     from llmgen.checkpoint import read_safetensors
-    model = oracle.make_gpt2_model_dir(tmp_path / "m", n_layer=1, n_head=2, n_embd=32, vocab_size=100,
-                                       n_positions=160, seed=4)
+
+    model = oracle.make_gpt2_model_dir(
+        tmp_path / "m", n_layer=1, n_head=2, n_embd=32, vocab_size=100, n_positions=160, seed=4
+    )
     pat = oracle.random_shards(tmp_path / "data", 100, 2000, seed=6)
     binary = build_cache(model / "config.json")
     run_binary(binary, "-e", model, "-i", pat, "-b", 2, "-t", 150, "--dump", tmp_path / "dump")

@@ -56,18 +56,23 @@ def unroll(stmts: list[str], n_layer: int) -> list[str]:
         end = stmts.index("}", i + 1)
         num = lambda e: int(eval(e.replace("N_LAYER", str(n_layer)), {"__builtins__": {}}))  # noqa: E731
         a, b = num(m.group(1)), num(m.group(3))
-        for l in (range(a, b) if m.group(2) == "<" else range(a, b - 1, -1)):
-            body = [re.sub(r"\[l([+-]\d+)?\]", lambda k, l=l: f"[{l + int(k.group(1) or 0)}]", s)
-                    for s in stmts[i + 1:end]]
+        for l in range(a, b) if m.group(2) == "<" else range(a, b - 1, -1):
+            body = [
+                re.sub(r"\[l([+-]\d+)?\]", lambda k, l=l: f"[{l + int(k.group(1) or 0)}]", s)
+                for s in stmts[i + 1 : end]
+            ]
             # the edge layer's choices: `if (l == K) f(...); else g(...);` and `l == K ? x : y` arguments
             j = 0
             while j < len(body):
                 cond = re.match(r"if\(l==(\d+)\)", body[j])
                 if cond:
                     assert body[j + 1].startswith("else"), body[j + 1]
-                    body[j:j + 2] = [body[j][cond.end():] if l == int(cond.group(1)) else body[j + 1][4:]]
-                body[j] = re.sub(r"l==(\d+)\?([^,():?]+):([^,():?]+)",
-                                 lambda k, l=l: k.group(2) if l == int(k.group(1)) else k.group(3), body[j])
+                    body[j : j + 2] = [body[j][cond.end() :] if l == int(cond.group(1)) else body[j + 1][4:]]
+                body[j] = re.sub(
+                    r"l==(\d+)\?([^,():?]+):([^,():?]+)",
+                    lambda k, l=l: k.group(2) if l == int(k.group(1)) else k.group(3),
+                    body[j],
+                )
                 j += 1
             flat += body
         i = end + 1
@@ -123,7 +128,7 @@ def test_parameter_table_expands_to_every_parameter(name):
         rows += [(r.pattern(r.name) % l, r.pattern(r.hf) % l, r.offset + l * t.stride) for r in t.layer]
     rows += [(r.name, r.hf, r.offset) for r in t.after]
     assert rows == [(r.name, r.hf, r.offset) for r in prog.params]
-    if spec.arch == "gpt2":                       # llm.c's file stacks each tensor over the layers
+    if spec.arch == "gpt2":  # llm.c's file stacks each tensor over the layers
         want = [r.llmc_offset for r in prog.params]
         got = [r.llmc_offset for r in t.before]
         for l in range(spec.n_layer):
@@ -146,12 +151,14 @@ def most_alive(g, plan, dtype: str) -> int:
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama3.2-1b"])
-@pytest.mark.parametrize("fuse,recompute,dtype", [(True, 0, "fp32"), (True, 1, "bf16"), (True, 2, "fp32"),
-                                                  (False, 0, "fp32"), (False, 2, "bf16")])
+@pytest.mark.parametrize(
+    "fuse,recompute,dtype",
+    [(True, 0, "fp32"), (True, 1, "bf16"), (True, 2, "fp32"), (False, 0, "fp32"), (False, 2, "bf16")],
+)
 def test_layer_periodic_plan_is_as_small_as_any_plan(name, fuse, recompute, dtype):
     g, plan = compile_graph(SPECS[name], 1, 1, fuse=fuse, recompute=recompute, dtype=dtype)
     assert plan.act_elems == most_alive(g, plan, dtype)
-    for key, place in plan.fields.items():      # every layer's instance of a field where the tables say
+    for place in plan.fields.values():  # every layer's instance of a field where the tables say
         if place.kind == "array":
             assert place.stride == place.size and place.offset % 16 == 0
 
@@ -166,8 +173,10 @@ def sources():
     return {(n, t): emitted(n, t) for n in ("gpt2", "gpt2-xl", "llama3.2-1b", "llama3.1-8b") for t in ("c", "cuda")}
 
 
-KERNELS_OPEN = ("the C kernels (templates/c/*.j2 and gemm.c.j2: ~990 of the lines of GPT-2's train.c) are issue 11's "
-                "item 3, rewritten on another branch; the skeleton, runtime and trainer of this one are ~2450")
+KERNELS_OPEN = (
+    "GPT-2 124M's train.c is ~2,680 lines (the runtime ~680, the trainer ~770, the GEMM engine and kernel "
+    "bodies ~850): issue 11's 2,500 needs further cuts"
+)
 
 
 @pytest.mark.xfail(strict=True, reason=KERNELS_OPEN)
@@ -179,8 +188,8 @@ def test_emitted_length_does_not_grow_with_the_depth(sources):
     n = {k: len(v) for k, v in sources.items()}
     print(n)
     for t in ("c", "cuda"):
-        assert n["gpt2-xl", t] <= 1.05 * n["gpt2", t], t              # 48 layers instead of 12
-        assert n["llama3.1-8b", t] <= 1.05 * n["llama3.2-1b", t], t   # 32 layers instead of 16
+        assert n["gpt2-xl", t] <= 1.05 * n["gpt2", t], t  # 48 layers instead of 12
+        assert n["llama3.1-8b", t] <= 1.05 * n["llama3.2-1b", t], t  # 32 layers instead of 16
 
 
 def test_no_line_over_120_columns_and_no_stray_whitespace(sources):
@@ -188,35 +197,57 @@ def test_no_line_over_120_columns_and_no_stray_whitespace(sources):
         long = [(i + 1, line) for i, line in enumerate(lines) if len(line) > 120]
         assert not long, (key, long[:5])
         assert not [line for line in lines if line.startswith("LLMGEN_UNROLL")], key
-        blank_before_close = [i + 1 for i in range(1, len(lines)) if lines[i].strip().startswith("}")
-                              and not lines[i - 1].strip()]
+        blank_before_close = [
+            i + 1 for i in range(1, len(lines)) if lines[i].strip().startswith("}") and not lines[i - 1].strip()
+        ]
         assert not blank_before_close, (key, blank_before_close[:5])
         assert not [i + 1 for i, line in enumerate(lines) if line != line.rstrip()], key
 
 
 def test_find_buffer_is_a_table_in_the_library_build_only(sources):
     from llmgen.runtime.build import render_library
+
     src = "\n".join(sources["gpt2", "c"])
     lib = render_library(PRESETS["gpt2"], Options(target="c"))
     assert "static int find_buffer(" in lib and "static int find_buffer(" not in src
-    assert '#define LLMGEN_LIBRARY\n#include "train.c"\n' in lib and "#ifndef LLMGEN_LIBRARY" in src   # no main()
+    assert '#define LLMGEN_LIBRARY\n#include "train.c"\n' in lib and "#ifndef LLMGEN_LIBRARY" in src  # no main()
     assert '{ "h%d.qkv", 1, offsetof(LayerActs, qkv), 2304 },' in lib
-    assert "strcmp(name, \"h0." not in src + lib                # no chain of one strcmp per buffer
+    assert 'strcmp(name, "h0.' not in src + lib  # no chain of one strcmp per buffer
     assert max(map(len, lib.splitlines())) <= 120
 
 
 def test_emit_command_writes_the_source_without_compiling(tmp_path):
     out = tmp_path / "train.cu"
-    r = subprocess.run([sys.executable, "-m", "llmgen", "emit", "gpt2-tiny", "--target", "cuda", "--dtype", "bf16",
-                        "--recompute", "1", "-o", str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmgen",
+            "emit",
+            "gpt2-tiny",
+            "--target",
+            "cuda",
+            "--dtype",
+            "bf16",
+            "--recompute",
+            "1",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     text = out.read_text()
     assert text == render(PRESETS["gpt2-tiny"].replace(dtype="bf16"), Options(target="cuda", recompute=1))
     assert "bf16 mixed precision, activation recompute level 1" in text and not (tmp_path / "train").exists()
     r = subprocess.run([sys.executable, "-m", "llmgen", "emit", "gpt2-tiny"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == render(PRESETS["gpt2-tiny"], Options(target="c"))
-    r = subprocess.run([sys.executable, "-m", "llmgen", "emit", "gpt2-tiny", "-o", str(tmp_path / "no" / "x.c")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmgen", "emit", "gpt2-tiny", "-o", str(tmp_path / "no" / "x.c")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -226,20 +257,25 @@ def test_tidy_changes_only_whitespace(target):
     """The formatting pass after the templates (blank lines, long declarations and calls broken after their
     commas) leaves every token where it was: the source without whitespace is the templates' output."""
     from llmgen.codegen import TARGETS, environment, tidy
+
     spec = PRESETS["llama3.1-8b"].replace(dtype="bf16") if target == "cuda" else PRESETS["gpt2"]
     prog = program_for(spec, Options(target=target))
     raw = environment(()).get_template(TARGETS[target].PROGRAM).render(p=prog)
     assert re.sub(r"\s+", "", tidy(raw)) == re.sub(r"\s+", "", raw)
     assert max(len(line) for line in tidy(raw).splitlines()) <= 120
-    if target == "cuda":                      # the kernel templates' long declarations and launches, broken
+    if target == "cuda":  # the kernel templates' long declarations and launches, broken
         assert max(len(line) for line in raw.splitlines()) > 120
 
 
 def test_a_parameter_layout_without_a_constant_stride_is_a_flat_table_and_says_so():
     from llmgen.codegen.lower import ParamRow, param_table
-    row = lambda name, layer, offset: ParamRow(name, name.split(".", 1)[-1], f"m.{layer}.w", offset, 4, (4,), (4,),  # noqa: E731
-                                              False, 4, False, "ones", 0.0, layer)
-    rows = [row("h0.w", 0, 0), row("h1.w", 1, 16), row("h2.w", 2, 48)]       # strides 16, then 32
+
+    def row(name, layer, offset):
+        return ParamRow(
+            name, name.split(".", 1)[-1], f"m.{layer}.w", offset, 4, (4,), (4,), False, 4, False, "ones", 0.0, layer
+        )
+
+    rows = [row("h0.w", 0, 0), row("h1.w", 1, 16), row("h2.w", 2, 48)]  # strides 16, then 32
     table, note = param_table(rows, 3)
     assert "constant stride" in note and table.layer == [] and [r.layer for r in table.before] == [None] * 3
     rows = [row("h0.w", 0, 0), row("h1.w", 1, 16), row("h2.w", 2, 32)]

@@ -18,13 +18,13 @@ from pathlib import Path
 from llmgen.codegen.lower import Kernel, Program
 
 NAME = "c"
-PROGRAM = "c/program.c.j2"          # the program skeleton
-FAMILY = "c/{family}.c.j2"          # a kernel family: one macro per op
-SCALAR_REF = "&{}"                  # the graph's scalars are host variables: kernels get their address
+PROGRAM = "c/program.c.j2"  # the program skeleton
+FAMILY = "c/{family}.c.j2"  # a kernel family: one macro per op
+SCALAR_REF = "&{}"  # the graph's scalars are host variables: kernels get their address
 
 
 def gemm_blocks(op: str, dims: dict) -> dict[str, int]:
-    """Cache blocks of the C target's GEMM engine (templates/c/gemm.c.j2) for one linear kernel.
+    """Cache blocks of the C target's GEMM engine (templates/c/gemm.h) for one linear kernel.
 
     kc: the reduction slice. A kc x NR panel of B (NR = 32 floats with AVX-512) should stay in L1
         and an MC x kc block of A in L2, so kc <= 384; the reduction is cut into equal slices
@@ -37,7 +37,7 @@ def gemm_blocks(op: str, dims: dict) -> dict[str, int]:
     +-4% (85-90% of the core's fp32 peak on the layer GEMMs); 384 makes the fewest passes over C."""
     reduction = {"linear": dims["K"], "linear_dx": dims["N"], "linear_dw": dims["M"]}[op]
     if isinstance(reduction, int):
-        per_slice = -(-reduction // -(-reduction // 384))          # ceil(R / ceil(R / 384))
+        per_slice = -(-reduction // -(-reduction // 384))  # ceil(R / ceil(R / 384))
         kc = -(-per_slice // 16) * 16
     else:
         kc = 384
@@ -75,7 +75,7 @@ def configure(prog: Program) -> Program:
 # separated by blank lines outside braces and #if blocks; a piece that defines nothing (a comment) goes with
 # the next. A piece is pasted when code already pasted names what it defines.
 
-HELPERS = "gemm.h"      # the shared helpers (vector math, the GEMM engine): the "kernel helpers" section
+HELPERS = "gemm.h"  # the shared helpers (vector math, the GEMM engine): the "kernel helpers" section
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 _IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -87,7 +87,7 @@ def _defines(piece: str) -> set[str]:
     for line in _COMMENT.sub("", piece).splitlines():
         if m := re.match(r"\s*#\s*define\s+(\w+)", line):
             names.add(m.group(1))
-        elif depth == 1 and (m := re.match(r"\}\s*(\w+)\s*;", line)):                 # } Name; of a typedef
+        elif depth == 1 and (m := re.match(r"\}\s*(\w+)\s*;", line)):  # } Name; of a typedef
             names.add(m.group(1))
         elif depth > 0:
             pass
@@ -97,9 +97,9 @@ def _defines(piece: str) -> set[str]:
             names.add(m.group(1) or m.group(2))
         elif line.startswith(("static", "ALWAYS_INLINE")):
             head = line.split("=")[0]
-            if "(" not in head:                                                       # variables
+            if "(" not in head:  # variables
                 names.update(re.findall(r"(\w+)\s*(?=[,;\[])", head))
-            else:                                                                     # a function: its name
+            else:  # a function: its name
                 names.add(re.search(r"(\w+)\s*\((?!\()", head.replace("__attribute__((", "__a((")).group(1))
         if not line.lstrip().startswith("#"):
             depth += line.count("{") - line.count("}")
@@ -110,7 +110,7 @@ def _defines(piece: str) -> set[str]:
 def _pieces(path: Path) -> list[tuple[str, set[str], set[str]]]:
     """A header's pieces in order: (text, the names it defines, the identifiers its code uses)."""
     text = path.read_text()
-    body = text.split("*/\n", 1)[1].strip("\n")      # without the header's description
+    body = text.split("*/\n", 1)[1].strip("\n")  # without the header's description
     pieces, cur, depth, cond = [], [], 0, 0
     for line in body.splitlines():
         if not line.strip() and depth == 0 and cond == 0 and cur:
@@ -141,6 +141,7 @@ def used_code(kernels: str, folder: Path | None = None) -> dict[str, str]:
     {"helpers": the pieces of gemm.h, "bodies": those of the family headers}."""
     if folder is None:
         from llmgen.codegen import templates_dir
+
         folder = templates_dir() / "c"
     headers = [folder / HELPERS] + sorted(p for p in folder.glob("*.h") if p.name != HELPERS)
     pieces = [(h.name, *piece) for h in headers for piece in _pieces(h)]
@@ -152,10 +153,18 @@ def used_code(kernels: str, folder: Path | None = None) -> dict[str, str]:
         taken |= new
         for i in new:
             need |= pieces[i][3]
-    def first_use(header: str) -> int:          # a family's bodies come in the order the kernels first call them
-        hits = [m.start() for i in taken if pieces[i][0] == header for name in pieces[i][2]
-                for m in [re.search(rf"\b{name}\b", kernels)] if m]
+
+    def first_use(header: str) -> int:  # a family's bodies come in the order the kernels first call them
+        hits = [
+            m.start()
+            for i in taken
+            if pieces[i][0] == header
+            for name in pieces[i][2]
+            for m in [re.search(rf"\b{name}\b", kernels)]
+            if m
+        ]
         return min(hits, default=len(kernels))
+
     order = {h.name: (h.name != HELPERS, first_use(h.name)) for h in headers}
     taken_in_order = sorted(taken, key=lambda i: (order[pieces[i][0]], i))
     pick = lambda helpers: "\n\n".join(pieces[i][1] for i in taken_in_order if (pieces[i][0] == HELPERS) == helpers)  # noqa: E731

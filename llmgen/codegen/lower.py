@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from llmgen.codegen.text import WIDTH, wrap, wrap_comment
 from llmgen.flags import c_options, c_rows, usage_lines
@@ -33,15 +33,16 @@ ARENAS = {"params": "params_mem", "grads": "grads_mem", "m": "m_mem", "v": "v_me
 @dataclass
 class Kernel:
     """One emitted function: an op specialised to its constant dimensions, flags and constants."""
+
     op: str
-    family: str                # the op table's kernel family
+    family: str  # the op table's kernel family
     name: str
     comment: str
     dims: dict[str, int | str]
     flags: dict[str, bool]
     consts: dict[str, object] = field(default_factory=dict)  # from the op table: eps, scale, table, segments, ...
-    cfg: dict[str, int] = field(default_factory=dict)        # the target's launch choices (tile sizes, ...)
-    template: str = ""         # the target's family template that defines the macro `op` (set by the target)
+    cfg: dict[str, int] = field(default_factory=dict)  # the target's launch choices (tile sizes, ...)
+    template: str = ""  # the target's family template that defines the macro `op` (set by the target)
 
 
 # A layer index inside a launch argument ("LA[@3@].qkv") or a comment ("h#3#.qkv"): the flat
@@ -56,6 +57,7 @@ def mark(layer: int, kind: str = "@") -> str:
 def render_layers(text: str, base: int | None = None) -> str:
     """Layer marks -> C: the number itself (base None), or in a loop whose iteration at hand is layer `base`,
     `l`, `l + 1`, `l - 1` (arguments) and `[l]`, `[l+1]` (comments: "h[l+1].ln1")."""
+
     def sub(m):
         k = int(m.group(2))
         if base is None:
@@ -64,6 +66,7 @@ def render_layers(text: str, base: int | None = None) -> str:
         if m.group(1) == "#":
             return "[l]" if d == 0 else f"[l{d:+d}]"
         return "l" if d == 0 else f"l + {d}" if d > 0 else f"l - {-d}"
+
     return LAYER_MARK.sub(sub, text)
 
 
@@ -75,6 +78,7 @@ def shift_layers(text: str, by: int) -> str:
 class Launch:
     """One call of the schedule: a kernel instance (its launcher on CUDA) with its arguments. Arguments and
     comment carry layer marks; `node_layer` is the layer of the graph node it computes."""
+
     fn: str
     args: list[str]
     comment: str
@@ -84,9 +88,14 @@ class Launch:
     def key(self) -> tuple:
         return (self.fn, tuple(self.args), self.comment, self.needs_targets)
 
-    def shifted(self, by: int) -> "Launch":
-        return Launch(self.fn, [shift_layers(a, by) for a in self.args], shift_layers(self.comment, by),
-                      self.needs_targets, None if self.node_layer is None else self.node_layer + by)
+    def shifted(self, by: int) -> Launch:
+        return Launch(
+            self.fn,
+            [shift_layers(a, by) for a in self.args],
+            shift_layers(self.comment, by),
+            self.needs_targets,
+            None if self.node_layer is None else self.node_layer + by,
+        )
 
     def flat(self) -> str:
         """The call with every layer as a number (what the unrolled schedule runs)."""
@@ -104,7 +113,7 @@ class Launch:
         guard = "if (targets) " if self.needs_targets else ""
         call = f"{pad}{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
         outs, lines = render_layers(self.comment, base).partition(": ")[2], wrap(call)
-        if len(f"{lines[-1]}  /* {outs} */") <= WIDTH:   # the outputs after the call (the kernel names the op)
+        if len(f"{lines[-1]}  /* {outs} */") <= WIDTH:  # the outputs after the call (the kernel names the op)
             return lines[:-1] + [f"{lines[-1]}  /* {outs} */"]
         return wrap_comment(render_layers(self.comment, base), pad) + lines
 
@@ -116,17 +125,19 @@ class Loop:
     reads the embedding), may differ: `edge` holds its own launch where it does (None where it is the body's),
     rendered as a conditional argument (`l == 0 ? A.encoded : LA[l - 1].residual3`) where only arguments
     differ and as `if (l == 0) ...; else ...;` where the kernel does."""
+
     first: int
     count: int
-    step: int                  # +1 (forward) or -1 (backward)
+    step: int  # +1 (forward) or -1 (backward)
     body: list[Launch]
     n_layer: int
     edge_layer: int | None = None
     edge: list[Launch | None] = field(default_factory=list)
 
     def _bound(self, x: int) -> str:
-        return "N_LAYER" if x == self.n_layer else f"N_LAYER - {self.n_layer - x}" if 0 < self.n_layer - x <= 2 \
-            else str(x)
+        return (
+            "N_LAYER" if x == self.n_layer else f"N_LAYER - {self.n_layer - x}" if 0 < self.n_layer - x <= 2 else str(x)
+        )
 
     @property
     def header(self) -> str:
@@ -137,8 +148,11 @@ class Loop:
 
     def expand(self) -> list[Launch]:
         edge = self.edge or [None] * len(self.body)
-        return [e if e is not None and self.first + self.step * j == self.edge_layer else b.shifted(self.step * j)
-                for j in range(self.count) for b, e in zip(self.body, edge)]
+        return [
+            e if e is not None and self.first + self.step * j == self.edge_layer else b.shifted(self.step * j)
+            for j in range(self.count)
+            for b, e in zip(self.body, edge)
+        ]
 
     def lines(self, indent: int) -> list[str]:
         """The loop as C: its header, each body launch (merged with the edge iteration's), its closing brace."""
@@ -150,13 +164,20 @@ class Loop:
             elif e.fn == b.fn and len(e.args) == len(b.args):
                 # the same kernel: an argument that differs at the edge layer is chosen by `l`, and a value
                 # the comment names differently is named for both
-                here = b.shifted(self.edge_layer - self.first)       # the body at the edge layer, to compare
-                args = [a if render_layers(x) == render_layers(y) else f"l == {at} ? {render_layers(x)} : {a}"
-                        for x, y, a in zip(e.args, here.args, b.args)]
+                here = b.shifted(self.edge_layer - self.first)  # the body at the edge layer, to compare
+                args = [
+                    a if render_layers(x) == render_layers(y) else f"l == {at} ? {render_layers(x)} : {a}"
+                    for x, y, a in zip(e.args, here.args, b.args)
+                ]
                 op, _, outs = b.comment.partition(": ")
-                items = [y if render_layers(x) == render_layers(z) else f"{y} (l = {at}: {render_layers(x)})"
-                         for x, y, z in zip(e.comment.partition(": ")[2].split(", "), outs.split(", "),
-                                            here.comment.partition(": ")[2].split(", "))]
+                items = [
+                    y if render_layers(x) == render_layers(z) else f"{y} (l = {at}: {render_layers(x)})"
+                    for x, y, z in zip(
+                        e.comment.partition(": ")[2].split(", "),
+                        outs.split(", "),
+                        here.comment.partition(": ")[2].split(", "),
+                    )
+                ]
                 out += Launch(b.fn, args, f"{op}: {', '.join(items)}", b.needs_targets).lines(indent + 4, self.first)
             else:
                 # another kernel at the edge layer (the first block's norm has no residual to add)
@@ -174,12 +195,20 @@ def merge_edge(loop: Loop, edge: list[Launch], layer: int) -> Loop | None:
         return None
     body = [b.shifted(layer - loop.first) for b in loop.body]
     same = [e.key()[:2] == b.key()[:2] and e.needs_targets == b.needs_targets for e, b in zip(edge, body)]
-    if 2 * sum(same) <= len(same) or any(e.needs_targets or b.needs_targets
-                                         for e, b, s in zip(edge, body, same) if not s):
+    if 2 * sum(same) <= len(same) or any(
+        e.needs_targets or b.needs_targets for e, b, s in zip(edge, body, same) if not s
+    ):
         return None
     before = (layer - loop.first) * loop.step < 0
-    return Loop(layer if before else loop.first, loop.count + 1, loop.step, body if before else loop.body,
-                loop.n_layer, layer, [None if s else e for e, s in zip(edge, same)])
+    return Loop(
+        layer if before else loop.first,
+        loop.count + 1,
+        loop.step,
+        body if before else loop.body,
+        loop.n_layer,
+        layer,
+        [None if s else e for e, s in zip(edge, same)],
+    )
 
 
 def find_loop(launches: list[Launch], step: int, min_count: int = 2) -> tuple[int, int, int] | None:
@@ -191,7 +220,7 @@ def find_loop(launches: list[Launch], step: int, min_count: int = 2) -> tuple[in
     keys = [x.key() for x in launches]
     shifted = [x.shifted(step).key() for x in launches]
     for period in range(1, n // min_count + 1):
-        run = [0] * (n + 1)          # run[k]: how many launches from k on repeat `period` launches later
+        run = [0] * (n + 1)  # run[k]: how many launches from k on repeat `period` launches later
         for k in range(n - period - 1, -1, -1):
             run[k] = run[k + 1] + 1 if shifted[k] == keys[k + period] else 0
         for i in range(n - period):
@@ -211,20 +240,20 @@ def loop_schedule(launches: list[Launch], step: int, n_layer: int) -> list[Launc
     if found is None:
         return list(launches)
     start, period, count = found
-    body = launches[start:start + period]
+    body = launches[start : start + period]
     first = body[0].node_layer
-    if first is None:            # no node layer: the layers its arguments name, lowest first
+    if first is None:  # no node layer: the layers its arguments name, lowest first
         marks = [int(m.group(2)) for b in body for a in b.args for m in LAYER_MARK.finditer(a)]
         if not marks:
             return list(launches)
         first = min(marks) if step > 0 else max(marks)
     loop, end = Loop(first, count, step, body, n_layer), start + period * count
-    merged = merge_edge(loop, launches[start - period:start], first - step) if start >= period else None
+    merged = merge_edge(loop, launches[start - period : start], first - step) if start >= period else None
     if merged is not None:
-        return [*launches[:start - period], merged, *launches[end:]]
-    merged = merge_edge(loop, launches[end:end + period], first + step * count)
+        return [*launches[: start - period], merged, *launches[end:]]
+    merged = merge_edge(loop, launches[end : end + period], first + step * count)
     if merged is not None:
-        return [*launches[:start], merged, *launches[end + period:]]
+        return [*launches[:start], merged, *launches[end + period :]]
     return [*launches[:start], loop, *launches[end:]]
 
 
@@ -235,26 +264,26 @@ def expand_schedule(blocks: list[Launch | Loop]) -> list[Launch]:
 
 @dataclass
 class ParamRow:
-    name: str          # graph name, e.g. h0.attn.c_attn.w
-    cname: str         # C field name (of the global table P, or of the per-layer table LP[l])
-    hf: str            # Hugging Face tensor name
-    offset: int        # elements into the params / grads / moments arenas
+    name: str  # graph name, e.g. h0.attn.c_attn.w
+    cname: str  # C field name (of the global table P, or of the per-layer table LP[l])
+    hf: str  # Hugging Face tensor name
+    offset: int  # elements into the params / grads / moments arenas
     numel: int
     shape: tuple[int, ...]
     hf_shape: tuple[int, ...]
-    transpose: bool    # HF Conv1D stores (in, out): transpose on load/save
-    hf_rows: int       # rows present in the checkpoint (wte: the real vocabulary)
-    decay: bool        # AdamW weight decay applies (2-D weights)
-    init: str          # normal | ones | zeros
+    transpose: bool  # HF Conv1D stores (in, out): transpose on load/save
+    hf_rows: int  # rows present in the checkpoint (wte: the real vocabulary)
+    decay: bool  # AdamW weight decay applies (2-D weights)
+    init: str  # normal | ones | zeros
     std: float
-    layer: int | None = None   # the block it belongs to (None: outside the blocks, or no periodic layout)
+    layer: int | None = None  # the block it belongs to (None: outside the blocks, or no periodic layout)
     # llm.c's GPT-2 model file (-e model.bin), GPT-2 only (llmgen.llmc.tensor_places): where the tensor
     # starts in the file's parameters, how many of its rows are read (wte: the real vocabulary), and
     # whether llm.c stores it as the transpose of our layout (never for GPT-2: both keep (out, in))
     llmc_offset: int = -1
     llmc_rows: int = 0
     llmc_transpose: bool = False
-    llmc_stride: int = 0       # a layer row: elements between layer l's and layer l+1's tensor in the file
+    llmc_stride: int = 0  # a layer row: elements between layer l's and layer l+1's tensor in the file
 
     @property
     def table(self) -> str:
@@ -264,12 +293,14 @@ class ParamRow:
         """The row of the program's PARAM_ROWS: one line, or two where one would pass WIDTH columns. The
         element count and the checkpoint's shape are left for param_table_init to derive."""
         rows, cols = self.shape[0], self.shape[1] if len(self.shape) > 1 else 1
-        derived = ((cols, rows) if self.transpose else (self.hf_rows, cols))[:len(self.hf_shape)]
+        derived = ((cols, rows) if self.transpose else (self.hf_rows, cols))[: len(self.hf_shape)]
         if self.numel != rows * cols or tuple(self.hf_shape) != derived:
-            raise AssertionError(f"{self.name}: numel {self.numel} or checkpoint shape {self.hf_shape} is not what "
-                                 "the program derives from its shape, transpose and hf_rows")
+            raise AssertionError(
+                f"{self.name}: numel {self.numel} or checkpoint shape {self.hf_shape} is not what "
+                "the program derives from its shape, transpose and hf_rows"
+            )
         init = {"normal": "n", "ones": "1", "zeros": "0"}[self.init]
-        std = f"{self.std}f" if self.std else "0"       # the literal as before: the same float, bit for bit
+        std = f"{self.std}f" if self.std else "0"  # the literal as before: the same float, bit for bit
         head = f'    {{ "{self.pattern(self.name)}", "{self.pattern(self.hf)}", {self.offset}, {len(self.shape)},'
         tail = f" {{ {rows}, {cols} }}, {int(self.transpose)}, {self.hf_rows}, {int(self.decay)}, '{init}', {std} }},"
         return [head + tail] if len(head + tail) <= WIDTH else [head, "     " + tail]
@@ -286,7 +317,7 @@ def _layer_pattern(text: str, layer: int) -> str:
     hits = [i for i, c in enumerate(parts) if c == str(layer) or (i == 0 and re.fullmatch(rf"[A-Za-z]+{layer}", c))]
     if len(hits) != 1:
         raise ValueError(f"{text}: layer {layer} is not named once")
-    parts[hits[0]] = parts[hits[0]][:-len(str(layer))] + "%d"
+    parts[hits[0]] = parts[hits[0]][: -len(str(layer))] + "%d"
     return ".".join(parts)
 
 
@@ -294,10 +325,11 @@ def _layer_pattern(text: str, layer: int) -> str:
 class ParamTable:
     """The parameter table as the program expands it at startup: the rows before the layers, one layer's
     rows (names with %d) repeated N_LAYER times `stride` elements apart, the rows after the layers."""
+
     before: list[ParamRow]
     layer: list[ParamRow]
     after: list[ParamRow]
-    stride: int                # elements from one layer's parameters to the next's
+    stride: int  # elements from one layer's parameters to the next's
 
     @property
     def rows(self) -> list[ParamRow]:
@@ -320,8 +352,14 @@ class ParamTable:
         for g in groups:
             names = ", *".join(r.cname for r in g)
             shapes = ", ".join(str(r.shape) for r in g)
-            hf = g[0].pattern(g[0].hf) if len(g) == 1 else \
-                g[0].pattern(g[0].hf).rpartition(".")[0] + ".{" + ",".join(r.hf.rpartition(".")[2] for r in g) + "}"
+            hf = (
+                g[0].pattern(g[0].hf)
+                if len(g) == 1
+                else g[0].pattern(g[0].hf).rpartition(".")[0]
+                + ".{"
+                + ",".join(r.hf.rpartition(".")[2] for r in g)
+                + "}"
+            )
             if len(f"    floatX *{names}; /* {shapes} {hf} */") > WIDTH and len(g) > 1:
                 out += [(r.cname, f"{r.shape} {r.pattern(r.hf)}") for r in g]
             else:
@@ -332,37 +370,40 @@ class ParamTable:
 @dataclass
 class ActField:
     cname: str
-    per_token: int     # offset in elements per token: the arena offset is BT * per_token (layer 0's, in a table)
-    shape: str         # e.g. (B,T,768)
-    node: str          # the producing node, for the comment
+    per_token: int  # offset in elements per token: the arena offset is BT * per_token (layer 0's, in a table)
+    shape: str  # e.g. (B,T,768)
+    node: str  # the producing node, for the comment
     dtype: str = "f32"  # storage: f32, or bf16 under the CUDA target's mixed precision
-    stride: int = 0    # per-layer table LA[l]: elements per token from one layer's buffer to the next's
-    shared: bool = False   # a block value every layer reuses (one buffer, in A)
+    stride: int = 0  # per-layer table LA[l]: elements per token from one layer's buffer to the next's
+    shared: bool = False  # a block value every layer reuses (one buffer, in A)
     node_id: int = -1  # the producing node (its outputs share a line of the struct)
 
 
 @dataclass
 class NamedBuffer:
     """A buffer the in-process runner can read by its graph name (params, grads, moments, activations)."""
-    name: str          # graph name: "h0.qkv", "grad.wte", "m.wte"
-    expr: str          # C expression of its pointer, e.g. LA[0].qkv
-    numel: str         # C expression of its element count
+
+    name: str  # graph name: "h0.qkv", "grad.wte", "m.wte"
+    expr: str  # C expression of its pointer, e.g. LA[0].qkv
+    numel: str  # C expression of its element count
     dtype: str = "f32"  # element type in memory: f32 | bf16
 
 
 @dataclass
 class ActName:
     """One row of the library build's lookup table of activations by graph name."""
-    name: str          # the graph name, %d for the layer ("h%d.qkv"), or the name itself
-    table: str         # "A" or "LA"
-    cname: str         # the struct member
-    per_token: int     # elements per token
-    layered: bool      # the name has a %d
+
+    name: str  # the graph name, %d for the layer ("h%d.qkv"), or the name itself
+    table: str  # "A" or "LA"
+    cname: str  # the struct member
+    per_token: int  # elements per token
+    layered: bool  # the name has a %d
 
 
 @dataclass
 class Program:
     """Everything a program template needs; one per emitted file."""
+
     target: str
     version: str
     spec_hash: str
@@ -373,35 +414,35 @@ class Program:
     vocab_size: int
     padded_vocab_size: int
     max_seq_len: int
-    params: list[ParamRow]     # every parameter, in the arenas' order
+    params: list[ParamRow]  # every parameter, in the arenas' order
     param_table: ParamTable
     param_elems: int
-    acts: list[ActField]       # the global activation table A (values outside the blocks, shared block values)
+    acts: list[ActField]  # the global activation table A (values outside the blocks, shared block values)
     layer_acts: list[ActField]  # the per-layer table LA[l] (a block value every layer keeps)
     act_per_token: int
     kernels: list[Kernel]
     forward: list[Launch | Loop]
     backward: list[Launch | Loop]
     update: list[Launch | Loop]
-    flat: dict[str, list[Launch]]   # the unrolled schedule per phase (fwd, bwd, opt): what the loops expand to
-    config_json: str           # the HF config.json the checkpoints carry, as a C string literal
-    flops_per_token: int       # matmul FLOPs of one token, forward + backward
-    flops_per_token_t: int     # attention FLOPs of one token per unit of T
+    flat: dict[str, list[Launch]]  # the unrolled schedule per phase (fwd, bwd, opt): what the loops expand to
+    config_json: str  # the HF config.json the checkpoints carry, as a C string literal
+    flops_per_token: int  # matmul FLOPs of one token, forward + backward
+    flops_per_token_t: int  # attention FLOPs of one token per unit of T
     buffers: list[NamedBuffer] = field(default_factory=list)
     act_names: list[ActName] = field(default_factory=list)
-    dtype: str = "fp32"        # fp32 | bf16 (params and activations; the CUDA target only)
-    recompute: int = 0         # activation recompute level the schedule was made with (0, 1, 2)
-    scratch_bytes: int = 0     # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
-    tensor_core_attention: bool = False   # CUDA: some attention kernel has a wmma version (codegen/cuda.py)
-    kernel_headers: list[str] = field(default_factory=list)   # CUDA: the .cuh kernel templates to paste
+    dtype: str = "fp32"  # fp32 | bf16 (params and activations; the CUDA target only)
+    recompute: int = 0  # activation recompute level the schedule was made with (0, 1, 2)
+    scratch_bytes: int = 0  # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
+    tensor_core_attention: bool = False  # CUDA: some attention kernel has a wmma version (codegen/cuda.py)
+    kernel_headers: list[str] = field(default_factory=list)  # CUDA: the .cuh kernel templates to paste
     # the trainer's flags (llmgen/flags.py): its Options members, FLAGS rows and usage text (C string literals)
     options: list[str] = field(default_factory=list)
     flag_rows: list[str] = field(default_factory=list)
     usage: list[str] = field(default_factory=list)
-    llmc_elems: int = 0        # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
-    generation_config_json: str = '"{}"'   # the HF generation_config.json checkpoints carry, a C string literal
-    layer_note: str = ""       # why the parameters are not in per-layer tables, where they are not
-    code: Callable | None = None   # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
+    llmc_elems: int = 0  # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
+    generation_config_json: str = '"{}"'  # the HF generation_config.json checkpoints carry, a C string literal
+    layer_note: str = ""  # why the parameters are not in per-layer tables, where they are not
+    code: Callable | None = None  # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
 
     @staticmethod
     def act_groups(fields: list[ActField]) -> list[list[ActField]]:
@@ -413,8 +454,11 @@ class Program:
             g = groups[-1] if groups else []
             names, shapes = ", *".join(x.cname for x in [*g, a]), ", ".join(x.shape for x in [*g, a])
             size = len(f"    floatX *{names}; /* {shapes} from {a.node}{', every layer' if a.shared else ''}'s */")
-            if g and (a.node, a.dtype, a.shared, a.node_id) == (g[0].node, g[0].dtype, g[0].shared, g[0].node_id) \
-                    and size <= WIDTH:
+            if (
+                g
+                and (a.node, a.dtype, a.shared, a.node_id) == (g[0].node, g[0].dtype, g[0].shared, g[0].node_id)
+                and size <= WIDTH
+            ):
                 g.append(a)
             else:
                 groups.append([a])
@@ -431,6 +475,7 @@ def generation_config(spec) -> dict:
 def llmc_places(spec, params: list[ParamRow]) -> int:
     """Give each GPT-2 ParamRow its place in an llm.c model file; returns the file's parameter count."""
     from llmgen import llmc
+
     places = llmc.tensor_places(spec)
     for r in params:
         offset, shape, _ = places[r.hf]
@@ -442,7 +487,7 @@ def llmc_places(spec, params: list[ParamRow]) -> int:
             raise AssertionError(f"{r.name}: llm.c shape {shape} vs ours {r.shape}")
         r.llmc_offset, r.llmc_transpose = offset, transpose
         r.llmc_rows = shape[0] if transpose else r.hf_rows
-        if r.layer is not None and spec.n_layer > 1:       # llm.c stacks the layers: one tensor's stride
+        if r.layer is not None and spec.n_layer > 1:  # llm.c stacks the layers: one tensor's stride
             other = r.layer + 1 if r.layer + 1 < spec.n_layer else r.layer - 1
             r.llmc_stride = (places[r.hf.replace(f".{r.layer}.", f".{other}.")][0] - offset) // (other - r.layer)
     return llmc.file_elems(spec)
@@ -470,7 +515,7 @@ def c_string(text: str, indent: int = 4, first: int = 40) -> str:
 
 def shape_str(v: Value) -> str:
     s = list(v.shape)
-    if v.role not in ("act", "input") or "updates" in v.meta:     # parameter-shaped
+    if v.role not in ("act", "input") or "updates" in v.meta:  # parameter-shaped
         return "(" + ",".join(map(str, s)) + ("," if len(s) == 1 else "") + ")"
     if len(s) >= 2:
         b, t = v.token_axes
@@ -519,11 +564,12 @@ def flops_per_token(g: Graph, T: int) -> int:
 @dataclass
 class LowerContext:
     """The lowering's view of the program that the op table's dims / consts / args functions get."""
-    param_elems: int                       # elements of each parameter-layout arena (the grad norm's N)
-    ref: Callable[[Value], str]            # Value -> the C expression of its pointer (or runtime value)
-    rows: dict[int, "ParamRow"]            # param id -> its row in the parameter table
 
-    def param_rows(self, values) -> list["ParamRow"]:
+    param_elems: int  # elements of each parameter-layout arena (the grad norm's N)
+    ref: Callable[[Value], str]  # Value -> the C expression of its pointer (or runtime value)
+    rows: dict[int, ParamRow]  # param id -> its row in the parameter table
+
+    def param_rows(self, values) -> list[ParamRow]:
         return [self.rows[v.id] for v in values]
 
     def arena(self, kind: str) -> str:
@@ -542,6 +588,7 @@ def _freeze(x):
 def param_table(rows: list[ParamRow], n_layer: int) -> tuple[ParamTable, str]:
     """The rows as a table the program expands (ParamTable), and "" ; or, where the parameters are not laid
     out block after block with one constant stride, every row outside the layers and a note saying why."""
+
     def flat(why: str) -> tuple[ParamTable, str]:
         for r in rows:
             r.layer = None
@@ -552,28 +599,31 @@ def param_table(rows: list[ParamRow], n_layer: int) -> tuple[ParamTable, str]:
         return ParamTable(rows, [], [], 0), ""
     first = next(i for i, r in enumerate(rows) if r.layer is not None)
     per = len(layered) // n_layer
-    block = rows[first:first + len(layered)]
+    block = rows[first : first + len(layered)]
     if len(layered) != per * n_layer or block != layered or per == 0:
         return flat("the parameters of the blocks are not listed block after block")
     one = block[:per]
     stride = block[per].offset - block[0].offset if n_layer > 1 else 0
     for l in range(n_layer):
-        for r0, r in zip(one, block[l * per:(l + 1) * per]):
-            same = (r.layer == l and r.cname == r0.cname and r.offset == r0.offset + l * stride
-                    and (r.numel, r.shape, r.hf_shape, r.transpose, r.hf_rows, r.decay, r.init, r.std)
-                    == (r0.numel, r0.shape, r0.hf_shape, r0.transpose, r0.hf_rows, r0.decay, r0.init, r0.std)
-                    and r.llmc_offset - r0.llmc_offset == l * r0.llmc_stride)
+        for r0, r in zip(one, block[l * per : (l + 1) * per]):
+            same = (
+                r.layer == l
+                and r.cname == r0.cname
+                and r.offset == r0.offset + l * stride
+                and (r.numel, r.shape, r.hf_shape, r.transpose, r.hf_rows, r.decay, r.init, r.std)
+                == (r0.numel, r0.shape, r0.hf_shape, r0.transpose, r0.hf_rows, r0.decay, r0.init, r0.std)
+                and r.llmc_offset - r0.llmc_offset == l * r0.llmc_stride
+            )
             try:
                 same = same and r.pattern(r.name) == r0.pattern(r0.name) and r.pattern(r.hf) == r0.pattern(r0.hf)
             except ValueError:
                 same = False
             if not same:
                 return flat(f"parameter {r.name} does not repeat {r0.name} of layer 0 at a constant stride")
-    return ParamTable(rows[:first], one, rows[first + len(layered):], stride), ""
+    return ParamTable(rows[:first], one, rows[first + len(layered) :], stride), ""
 
 
-def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int = 0,
-          scalar_ref: str = "{}") -> Program:
+def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int = 0, scalar_ref: str = "{}") -> Program:
     """scalar_ref: how a kernel argument names one of the graph's scalars ("&{}": a host variable
     whose address is passed, the C target; "{}": already a device pointer, the CUDA target)."""
     spec = g.spec
@@ -584,9 +634,23 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         hf_shape = (hf_rows,) + tuple(p.shape[1:])
         if p.meta["hf_transpose"]:
             hf_shape = hf_shape[::-1]
-        params.append(ParamRow(p.name, cname(field_of(p)), p.meta["hf"], plan.param_offset[p.id], p.numel, p.shape,
-                               hf_shape, p.meta["hf_transpose"], hf_rows, p.meta["decay"], p.meta["init"],
-                               p.meta.get("std", 0.0), p.layer))
+        params.append(
+            ParamRow(
+                p.name,
+                cname(field_of(p)),
+                p.meta["hf"],
+                plan.param_offset[p.id],
+                p.numel,
+                p.shape,
+                hf_shape,
+                p.meta["hf_transpose"],
+                hf_rows,
+                p.meta["decay"],
+                p.meta["init"],
+                p.meta.get("std", 0.0),
+                p.layer,
+            )
+        )
     llmc_elems = llmc_places(spec, params) if spec.arch == "gpt2" else 0
     table, layer_note = param_table(params, spec.n_layer)
     if layer_note:
@@ -599,15 +663,17 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
     producer = {v.id: n for n in g.nodes for v in n.outputs}
     acts: list[ActField] = []
     layer_acts: list[ActField] = []
-    slot: dict[int, tuple[str, str]] = {}         # value id -> (table, member)
-    members: dict[str, str] = {}                   # field key -> member
+    slot: dict[int, tuple[str, str]] = {}  # value id -> (table, member)
+    members: dict[str, str] = {}  # field key -> member
     used = {"A": set(), "LA": set()}
     born = {v.id: i for i, n in reversed(list(enumerate(g.nodes))) for v in n.outputs}
-    for v in sorted(plan.act_values, key=lambda v: born[v.id]):           # in the order the schedule writes them
+    for v in sorted(plan.act_values, key=lambda v: born[v.id]):  # in the order the schedule writes them
         b, t = v.token_axes
         if not (len(v.shape) >= 2 and v.shape[b] == 1 and v.shape[t] == 1):
-            raise AssertionError(f"activation {v.name}{list(v.shape)} does not scale with the tokens: "
-                                 "the per-token memory plan cannot hold it")
+            raise AssertionError(
+                f"activation {v.name}{list(v.shape)} does not scale with the tokens: "
+                "the per-token memory plan cannot hold it"
+            )
         key = layer_key(v) if layer_key(v) in plan.fields else v.name
         place = plan.fields[key]
         tab = "LA" if place.kind == "array" else "A"
@@ -617,17 +683,28 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
                 cn += "_"
             used[tab].add(cn)
             members[key] = cn
-            fieldrow = ActField(cn, place.offset, shape_str(v), producer[v.id].op, stored[v.id], place.stride,
-                                place.kind == "shared", producer[v.id].id)
+            fieldrow = ActField(
+                cn,
+                place.offset,
+                shape_str(v),
+                producer[v.id].op,
+                stored[v.id],
+                place.stride,
+                place.kind == "shared",
+                producer[v.id].id,
+            )
             (layer_acts if tab == "LA" else acts).append(fieldrow)
         slot[v.id] = (tab, members[key])
-    for vid, root in plan.alias.items():         # in-place outputs name the buffer they overwrite
+    for vid, root in plan.alias.items():  # in-place outputs name the buffer they overwrite
         slot[vid] = slot[root]
     act_values = {v.id: v for v in plan.act_values}
     every_act = {v.id: v for v in g.values() if v.id in slot}
 
-    scalars = {getattr(g, kind)[name].id: scalar_ref.format(c) for (kind, name), c in SCALARS.items()
-               if name in getattr(g, kind)}
+    scalars = {
+        getattr(g, kind)[name].id: scalar_ref.format(c)
+        for (kind, name), c in SCALARS.items()
+        if name in getattr(g, kind)
+    }
     runtime = {g.inputs[name].id: c for name, c in RUNTIME.items() if name in g.inputs}
 
     def ref(v: Value) -> str:
@@ -645,7 +722,7 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         tab, member = slot[v.id]
         return f"A.{member}" if tab == "A" else f"LA[{mark(v.layer)}].{member}"
 
-    def label(v: Value) -> str:                   # a value's name in a comment, its layer marked
+    def label(v: Value) -> str:  # a value's name in a comment, its layer marked
         if "updates" in v.meta:
             return label(v.meta["updates"])
         if v.layer is None or g.layer_prefix == "" or not v.name.startswith(f"{g.layer_prefix}{v.layer}."):
@@ -665,7 +742,7 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         key = (n.op, tuple(dims.items()), tuple(sorted(flags.items())), _freeze(consts))
         if key not in kernels:
             name = _kernel_name(n.op, dims, flags)
-            while name in names:          # another instance with the same sizes (other constants)
+            while name in names:  # another instance with the same sizes (other constants)
                 name += "_"
             names.add(name)
             comment = f"{n.op} " + ", ".join(f"{a}={b}" for a, b in dims.items())
@@ -685,33 +762,65 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         launches[n.phase].append(Launch(k.name, args, f"{n.op}: {outs}", nt and n.phase == "fwd", n.layer))
 
     # params are stored in the program's dtype; grads and moments stay fp32
-    buffers = [NamedBuffer(f"{pre}{r.name}", render_layers(f"{arena}.{r.cname}" if r.layer is None else
-                                                            f"L{arena}[{mark(r.layer)}].{r.cname}"),
-                           f"{r.numel}L", "bf16" if arena == "P" and plan.dtype == "bf16" else "f32")
-                 for pre, arena in (("", "P"), ("grad.", "G"), ("m.", "M"), ("v.", "V")) for r in params]
+    buffers = [
+        NamedBuffer(
+            f"{pre}{r.name}",
+            render_layers(f"{arena}.{r.cname}" if r.layer is None else f"L{arena}[{mark(r.layer)}].{r.cname}"),
+            f"{r.numel}L",
+            "bf16" if arena == "P" and plan.dtype == "bf16" else "f32",
+        )
+        for pre, arena in (("", "P"), ("grad.", "G"), ("m.", "M"), ("v.", "V"))
+        for r in params
+    ]
     act_names: dict[tuple, ActName] = {}
     for v in every_act.values():
         size = (act_values.get(v.id) or v).numel
         tab, member = slot[v.id]
-        buffers.append(NamedBuffer(v.name, render_layers(ref(v)), f"(long)BT * {size}",
-                                   "bf16" if stored.get(plan.alias.get(v.id, v.id)) == "bf16" else "f32"))
+        buffers.append(
+            NamedBuffer(
+                v.name,
+                render_layers(ref(v)),
+                f"(long)BT * {size}",
+                "bf16" if stored.get(plan.alias.get(v.id, v.id)) == "bf16" else "f32",
+            )
+        )
         layered = label(v) != v.name
         pattern = f"{g.layer_prefix}%d.{field_of(v)}" if layered else v.name
         act_names.setdefault((pattern, tab, member), ActName(pattern, tab, member, size, layered))
 
     return Program(
-        target=target, version=version, spec_hash=spec.digest(), arch=spec.arch,
-        n_layer=spec.n_layer, n_head=spec.n_head, n_embd=spec.n_embd, vocab_size=spec.vocab_size,
-        padded_vocab_size=spec.padded_vocab_size, max_seq_len=spec.max_seq_len,
-        params=params, param_table=table, param_elems=plan.param_elems, acts=acts, layer_acts=layer_acts,
-        act_per_token=plan.act_elems, kernels=list(kernels.values()),
+        target=target,
+        version=version,
+        spec_hash=spec.digest(),
+        arch=spec.arch,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        n_embd=spec.n_embd,
+        vocab_size=spec.vocab_size,
+        padded_vocab_size=spec.padded_vocab_size,
+        max_seq_len=spec.max_seq_len,
+        params=params,
+        param_table=table,
+        param_elems=plan.param_elems,
+        acts=acts,
+        layer_acts=layer_acts,
+        act_per_token=plan.act_elems,
+        kernels=list(kernels.values()),
         forward=loop_schedule(launches["fwd"], +1, spec.n_layer),
         backward=loop_schedule(launches["bwd"], -1, spec.n_layer),
-        update=loop_schedule(launches["opt"], +1, spec.n_layer), flat=launches,
+        update=loop_schedule(launches["opt"], +1, spec.n_layer),
+        flat=launches,
         config_json=c_string(json.dumps(spec.hf_config(), indent=2)),
-        flops_per_token=graph_flops(g)[0], flops_per_token_t=graph_flops(g)[1], buffers=buffers,
-        act_names=sorted(act_names.values(), key=lambda a: a.name), dtype=plan.dtype,
-        recompute=recompute, usage=[c_string(line + "\n") for line in usage_lines()],
-        options=c_options(), flag_rows=c_rows(spec.max_seq_len, recompute),
-        llmc_elems=llmc_elems, layer_note=layer_note,
-        generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"))
+        flops_per_token=graph_flops(g)[0],
+        flops_per_token_t=graph_flops(g)[1],
+        buffers=buffers,
+        act_names=sorted(act_names.values(), key=lambda a: a.name),
+        dtype=plan.dtype,
+        recompute=recompute,
+        usage=[c_string(line + "\n") for line in usage_lines()],
+        options=c_options(),
+        flag_rows=c_rows(spec.max_seq_len, recompute),
+        llmc_elems=llmc_elems,
+        layer_note=layer_note,
+        generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"),
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-WIDTH = 120     # no emitted line is longer
+WIDTH = 120  # no emitted line is longer
 
 
 def _code(line: str, start: int):
@@ -39,9 +39,9 @@ def wrap(line: str) -> list[str]:
     for i, c in enumerate(line):
         if c != "(":
             continue
-        j = next((k for k, ch, d in _code(line, i) if d == 0), len(line))     # its closing parenthesis, or none
-        if j < len(line) and not re.fullmatch(r"\)*\s*[;{]?", line[j + 1:]):
-            continue                                    # the list does not end the line
+        j = next((k for k, ch, d in _code(line, i) if d == 0), len(line))  # its closing parenthesis, or none
+        if j < len(line) and not re.fullmatch(r"\)*\s*[;{]?", line[j + 1 :]):
+            continue  # the list does not end the line
         args, start = [], i + 1
         for k, ch, d in _code(line, i + 1):
             if k >= j:
@@ -51,10 +51,10 @@ def wrap(line: str) -> list[str]:
                 start = k + 1
         args.append(line[start:j].strip())
         if j == len(line):
-            args = [a for a in args if a]               # a list the next line goes on with: its trailing comma
+            args = [a for a in args if a]  # a list the next line goes on with: its trailing comma
         if len(args) < 2:
-            continue                                    # one argument: try a list inside it
-        out, cur, pad = [], line[:i + 1], " " * (i + 1)
+            continue  # one argument: try a list inside it
+        out, cur, pad = [], line[: i + 1], " " * (i + 1)
         for n, a in enumerate(args):
             piece = a + ("," if n + 1 < len(args) or j == len(line) else line[j:])
             if len(cur) + len(piece) > WIDTH and not cur.endswith("("):
@@ -73,10 +73,10 @@ def tidy(src: str) -> str:
     out: list[str] = []
     for line in (y for n, x in enumerate(lines) for y in ([x] if n and lines[n - 1].endswith("\\") else wrap(x))):
         if not line and out and not out[-1]:
-            continue                                    # a second blank line in a row
+            continue  # a second blank line in a row
         if line.lstrip().startswith("}"):
             while out and not out[-1]:
-                out.pop()                               # no blank line before a closing brace
+                out.pop()  # no blank line before a closing brace
         out.append(line)
     return "\n".join(out)
 

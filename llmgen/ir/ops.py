@@ -7,7 +7,8 @@ A row (`defop`) holds the op's
                   kernels are tested against the same numbers
   derivative rule (graph, node, output grads) -> one grad per input (micrograd style: next to the forward)
   kernel family   templates/c/<family>.c.j2 and templates/cuda/<family>.cu.j2 each define a macro
-                  named after the op (tests/test_op_table.py fails when one is missing)
+                  named after the op (tests/test_op_table.py fails when one is missing); the macro
+                  instantiates the family's code in templates/c/<family>.h or templates/cuda/<family>.cuh
   dims            the kernel's sizes: ints are compile-time constants, strings C expressions of the
                   runtime batch shape ("BT"); they name the kernel instance
   consts          other constants the kernel embeds (eps, the attention scale, RoPE's table, ...)

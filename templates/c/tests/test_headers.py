@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-HERE = Path(__file__).resolve().parent.parent          # templates/c
+HERE = Path(__file__).resolve().parent.parent  # templates/c
 
 PRELUDE = """#include <math.h>
 #include <omp.h>
@@ -34,7 +34,10 @@ def run_driver(tmp_path: Path, header: str, body: str, n_out: int) -> np.ndarray
     if not shutil.which("gcc"):
         pytest.skip("no gcc")
     src = tmp_path / "driver.c"
-    src.write_text(PRELUDE + f'#include "{header}"\n' + f"""
+    src.write_text(
+        PRELUDE
+        + f'#include "{header}"\n'
+        + f"""
 static float in(int i) {{ return (float)((i * 37 % 101) - 50) / 25.0f; }}   /* deterministic inputs */
 int main(void) {{
     static float out[{n_out}];
@@ -42,11 +45,29 @@ int main(void) {{
     for (int i = 0; i < {n_out}; i++) printf("%a\\n", out[i]);
     return 0;
 }}
-""")
+"""
+    )
     exe = tmp_path / "driver"
-    r = subprocess.run(["gcc", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=gnu11", "-Wall",
-                        "-Werror", "-Wno-unused-function", f"-I{HERE}", str(src), "-lm", "-o", str(exe)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "gcc",
+            "-O3",
+            "-march=native",
+            "-fopenmp",
+            "-fno-math-errno",
+            "-std=gnu11",
+            "-Wall",
+            "-Werror",
+            "-Wno-unused-function",
+            f"-I{HERE}",
+            str(src),
+            "-lm",
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     r = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
     return np.array([float.fromhex(x) for x in r.stdout.split()], dtype=np.float32)
@@ -74,7 +95,7 @@ def test_layernorm_forward_matches_numpy(tmp_path):
 
 @pytest.mark.parametrize("gelu", [0, 1])
 def test_linear_forward_matches_numpy(tmp_path, gelu):
-    M, K, N = 13, 37, 53          # partial register tiles in rows and columns, a reduction of 37
+    M, K, N = 13, 37, 53  # partial register tiles in rows and columns, a reduction of 37
     body = f"""
     static float x[{M * K}], w[{N * K}], b[{N}], pre[{M * N}];
     for (int i = 0; i < {M * K}; i++) x[i] = in(i);
@@ -87,5 +108,5 @@ def test_linear_forward_matches_numpy(tmp_path, gelu):
     w = inputs(N * K, 5000).reshape(N, K).astype(np.float64)
     want = x @ w.T + inputs(N, 9000)
     if gelu:
-        want = 0.5 * want * (1 + np.tanh(np.sqrt(2 / np.pi) * (want + 0.044715 * want ** 3)))
+        want = 0.5 * want * (1 + np.tanh(np.sqrt(2 / np.pi) * (want + 0.044715 * want**3)))
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
