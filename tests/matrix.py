@@ -370,7 +370,11 @@ _CUDA_LLAMA_KERNELS = (
     "rmsnorm_bwd_residual_acc1_64_kernel",
     "embed_bwd_acc0_64x384_wte_kernel",
 )
-_CUDA_LLAMA_NEEDLES = ("/* attention: l0.atty (B,T,64)", "/* rope: l0.q_rope (B,T,64)")
+# the schedule's calls, each with the graph value it writes and its shape (rope works in place)
+_CUDA_LLAMA_NEEDLES = (
+    "attention_4x1x16(LA[0].atty, LA[0].att_lse, LA[0].q, LA[0].k, LA[0].v);  /* l0.atty (B,T,64)",
+    "rope_4x16(LA[0].q, LA[0].q);  /* l0.q_rope (B,T,64) */",
+)
 # head_dim 66 over 4 threads per row (17 channel slots each, the last one ragged): the instance, the
 # template's ragged-slot guard, and the warp shuffles
 _ODD_NEEDLES = ("AttentionShape<3, 1, 66, 198, 66, 4,", "!RAGGED || d < HD", "__shfl_xor_sync")
