@@ -357,18 +357,17 @@ _CUDA_GPT2_NEEDLES = (
     "CUBLASLT_EPILOGUE_BGRADB",
 )
 _CUDA_LLAMA_KERNELS = (
-    "embed_64_kernel",
+    "embed_kernel",
     "rmsnorm_64_kernel",
     "residual_rmsnorm_64_kernel",
-    "rope_4x16_kernel",
-    "rope_1x16_kernel",
+    "rope_kernel",
     "attention_fwd_kernel",
     "attention_dq_kernel",
     "attention_dkv_kernel",
-    "swiglu_96_kernel",
-    "swiglu_bwd_96_kernel",
+    "swiglu_kernel",
+    "swiglu_bwd_kernel",
     "rmsnorm_bwd_residual_acc1_64_kernel",
-    "embed_bwd_acc0_64x384_wte_kernel",
+    "embed_wte_bwd_kernel",
 )
 _CUDA_LLAMA_NEEDLES = ("/* attention: l0.atty (B,T,64)", "/* rope: l0.q_rope (B,T,64)")
 # head_dim 66 over 4 threads per row (17 channel slots each, the last one ragged): the instance, the
