@@ -358,15 +358,15 @@ _CUDA_GPT2_NEEDLES = (
 )
 _CUDA_LLAMA_KERNELS = (
     "embed_kernel",
-    "rmsnorm_64_kernel",
-    "residual_rmsnorm_64_kernel",
+    "rmsnorm_kernel",
+    "residual_rmsnorm_kernel",
     "rope_kernel",
     "attention_fwd_kernel",
     "attention_dq_kernel",
     "attention_dkv_kernel",
     "swiglu_kernel",
     "swiglu_bwd_kernel",
-    "rmsnorm_bwd_residual_acc1_64_kernel",
+    "rmsnorm_bwd_kernel",
     "embed_wte_bwd_kernel",
 )
 _CUDA_LLAMA_NEEDLES = ("/* attention: l0.atty (B,T,64)", "/* rope: l0.q_rope (B,T,64)")

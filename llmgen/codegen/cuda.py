@@ -117,8 +117,11 @@ def _uses(prog: Program, family: str) -> bool:
 HEADERS = [
     ("cuda/attention_tc.cuh", lambda prog: prog.tensor_core_attention),
     ("cuda/attention.cuh", lambda prog: _uses(prog, "attention")),
+    ("cuda/adamw.cuh", lambda prog: _uses(prog, "adamw")),
+    ("cuda/elementwise.cuh", lambda prog: _uses(prog, "elementwise")),
     ("cuda/embed.cuh", lambda prog: _uses(prog, "embed")),
     ("cuda/layernorm.cuh", lambda prog: _uses(prog, "layernorm")),
+    ("cuda/rmsnorm.cuh", lambda prog: _uses(prog, "rmsnorm")),
     ("cuda/rope.cuh", lambda prog: _uses(prog, "rope")),
     ("cuda/swiglu.cuh", lambda prog: _uses(prog, "swiglu")),
     ("cuda/xent.cuh", lambda prog: _uses(prog, "xent")),
