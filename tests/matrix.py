@@ -357,18 +357,17 @@ _CUDA_GPT2_NEEDLES = (
     "CUBLASLT_EPILOGUE_BGRADB",
 )
 _CUDA_LLAMA_KERNELS = (
-    "embed_64_kernel",
-    "rmsnorm_64_kernel",
-    "residual_rmsnorm_64_kernel",
-    "rope_4x16_kernel",
-    "rope_1x16_kernel",
+    "embed_kernel",
+    "rmsnorm_kernel",
+    "residual_rmsnorm_kernel",
+    "rope_kernel",
     "attention_fwd_kernel",
     "attention_dq_kernel",
     "attention_dkv_kernel",
-    "swiglu_96_kernel",
-    "swiglu_bwd_96_kernel",
-    "rmsnorm_bwd_residual_acc1_64_kernel",
-    "embed_bwd_acc0_64x384_wte_kernel",
+    "swiglu_kernel",
+    "swiglu_bwd_kernel",
+    "rmsnorm_bwd_kernel",
+    "embed_wte_bwd_kernel",
 )
 # the schedule's calls, each with the graph value it writes and its shape (rope works in place)
 _CUDA_LLAMA_NEEDLES = (

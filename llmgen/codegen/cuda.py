@@ -108,12 +108,23 @@ LAUNCH = {"layernorm": _layernorm, "attention": _attention, "xent": _xent, "line
           "elementwise": _elementwise, "adamw": _adamw, "rmsnorm": _rmsnorm}
 
 
+def _uses(prog: Program, family: str) -> bool:
+    return any(k.family == family for k in prog.kernels)
+
+
 # kernel families written as C++ templates (templates/cuda/*.cuh), pasted into the program in this order
 # (a header may use the ones before it) when the program uses them; the family templates instantiate them
 HEADERS = [
     ("cuda/attention_tc.cuh", lambda prog: prog.tensor_core_attention),
-    ("cuda/attention.cuh", lambda prog: any(k.family == "attention" for k in prog.kernels)),
-    ("cuda/layernorm.cuh", lambda prog: any(k.family == "layernorm" for k in prog.kernels)),
+    ("cuda/attention.cuh", lambda prog: _uses(prog, "attention")),
+    ("cuda/adamw.cuh", lambda prog: _uses(prog, "adamw")),
+    ("cuda/elementwise.cuh", lambda prog: _uses(prog, "elementwise")),
+    ("cuda/embed.cuh", lambda prog: _uses(prog, "embed")),
+    ("cuda/layernorm.cuh", lambda prog: _uses(prog, "layernorm")),
+    ("cuda/rmsnorm.cuh", lambda prog: _uses(prog, "rmsnorm")),
+    ("cuda/rope.cuh", lambda prog: _uses(prog, "rope")),
+    ("cuda/swiglu.cuh", lambda prog: _uses(prog, "swiglu")),
+    ("cuda/xent.cuh", lambda prog: _uses(prog, "xent")),
 ]
 
 

@@ -176,3 +176,82 @@ def test_layernorm_against_numpy(build, tmp_path):
     check("dx", out("dx", (N, C)), dx, 1e-5)
     check("dw", out("dw", (C,)), dw0 + (g * xh).sum(0), 1e-5)
     check("db", out("db", (C,)), g.sum(0), 1e-5)
+
+
+def test_rmsnorm_against_numpy(build, tmp_path):
+    """rmsnorm.cuh in fp32: residual forward (sum, out, rstd) and the residual backward (dx + dres, dw
+    accumulated) with a ragged last register slot and rows strided over fewer blocks than rows"""
+    rng = np.random.default_rng(14)
+    prog = build("rows", "-DLLMGEN_BF16=0")
+    N, C, eps = 37, 40, 1e-5
+    x, r, dy, dres = (rng.standard_normal((N, C)).astype(np.float32) for _ in range(4))
+    w, dw0 = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
+    run = run_program(prog, "rmsnorm", tmp_path, {"x": x, "r": r, "w": w, "dy": dy, "dres": dres, "dw0": dw0})
+    s = (x + r).astype(np.float64)
+    rstd = 1.0 / np.sqrt((s * s).mean(1) + eps)
+    xh = s * rstd[:, None]
+    g, w64 = dy.astype(np.float64), w.astype(np.float64)
+    gw = g * w64
+    dx = rstd[:, None] * (gw - xh * (gw * xh).mean(1, keepdims=True)) + dres
+
+    def out(name, shape):
+        return run.out(name, np.float32).astype(np.float64).reshape(shape)
+
+    check("sum", out("sum", (N, C)), s, 1e-7)
+    check("out", out("out", (N, C)), xh * w64, 1e-5)
+    check("rstd", out("rstd", (N,)), rstd, 1e-5)
+    check("dx", out("dx", (N, C)), dx, 1e-5)
+    check("dw", out("dw", (C,)), dw0 + (g * xh).sum(0), 1e-5)
+
+
+def test_swiglu_against_numpy(build, tmp_path):
+    """swiglu.cuh in fp32: h = silu(g) * u and its two gradients"""
+    rng = np.random.default_rng(15)
+    prog = build("rows", "-DLLMGEN_BF16=0")
+    g, u, dh = (rng.standard_normal((5, 24)).astype(np.float32) for _ in range(3))
+    run = run_program(prog, "swiglu", tmp_path, {"g": g, "u": u, "dh": dh})
+    g64, u64, dh64 = (a.astype(np.float64) for a in (g, u, dh))
+    sig = 1.0 / (1.0 + np.exp(-g64))
+    check("h", run.out("h", np.float32).reshape(5, 24), g64 * sig * u64, 1e-6)
+    check("dg", run.out("dg", np.float32).reshape(5, 24), dh64 * u64 * sig * (1 + g64 * (1 - sig)), 1e-6)
+    check("du", run.out("du", np.float32).reshape(5, 24), dh64 * g64 * sig, 1e-6)
+
+
+def test_rope_against_numpy(build, tmp_path):
+    """rope.cuh in fp32: the rotate-half rotation by t * inv_freq (t the position in its sequence) and its
+    transpose"""
+    rng = np.random.default_rng(16)
+    prog = build("rows", "-DLLMGEN_BF16=0")
+    N, T, NH, HD = 6, 3, 3, 8
+    x = rng.standard_normal((N, NH, HD)).astype(np.float32)
+    freq = (1.0 / 10.0 ** (np.arange(HD // 2) / (HD // 2))).astype(np.float32)
+    run = run_program(prog, "rope", tmp_path, {"x": x, "freq": freq})
+    a = (np.arange(N) % T)[:, None, None] * freq.astype(np.float64)[None, None, :]
+    x1, x2 = x[..., : HD // 2].astype(np.float64), x[..., HD // 2 :].astype(np.float64)
+    y = np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)], -1)
+    dx = np.concatenate([x1 * np.cos(a) + x2 * np.sin(a), x2 * np.cos(a) - x1 * np.sin(a)], -1)
+    check("y", run.out("y", np.float32).reshape(N, NH, HD), y, 1e-6)
+    check("dx", run.out("dx", np.float32).reshape(N, NH, HD), dx, 1e-6)
+
+
+def test_xent_against_numpy(build, tmp_path):
+    """xent.cuh in fp32: the losses over the first V of VP columns, the backward from per-row dlosses (zero
+    in the padding), and the fused softmax + cross-entropy writing its gradient over the logits"""
+    rng = np.random.default_rng(17)
+    prog = build("rows", "-DLLMGEN_BF16=0")
+    N, V, VP = 7, 70, 72
+    z = rng.standard_normal((N, VP)).astype(np.float32)
+    t = rng.integers(0, V, N).astype(np.int32)
+    dl = rng.standard_normal(N).astype(np.float32)
+    dloss = np.array([1.5], np.float32)
+    run = run_program(prog, "xent", tmp_path, {"z": z, "t": t, "dl": dl, "dloss": dloss})
+    zv = z[:, :V].astype(np.float64)
+    lse = np.log(np.exp(zv - zv.max(1, keepdims=True)).sum(1)) + zv.max(1)
+    loss = lse - zv[np.arange(N), t]
+    p = np.exp(zv - lse[:, None])
+    p[np.arange(N), t] -= 1.0
+    pad = np.zeros((N, VP - V))
+    check("loss", run.out("loss", np.float32), loss, 1e-6)
+    check("loss2", run.out("loss2", np.float32), loss, 1e-6)
+    check("dz", run.out("dz", np.float32).reshape(N, VP), np.concatenate([p * dl[:, None], pad], 1), 1e-6)
+    check("dz2", run.out("dz2", np.float32).reshape(N, VP), np.concatenate([p * 1.5 / N, pad], 1), 1e-6)
