@@ -11,19 +11,19 @@ from __future__ import annotations
 from llmgen.codegen.lower import Kernel, Program
 
 NAME = "cuda"
-PROGRAM = "cuda/program.cu.j2"      # the program skeleton
-FAMILY = "cuda/{family}.cu.j2"      # a kernel family: one macro per op
-SCALAR_REF = "{}"                   # the graph's scalars live in device memory: already pointers
+PROGRAM = "cuda/program.cu.j2"  # the program skeleton
+FAMILY = "cuda/{family}.cu.j2"  # a kernel family: one macro per op
+SCALAR_REF = "{}"  # the graph's scalars live in device memory: already pointers
 
 WARP = 32
-LN_WARPS = 8               # layernorm: one warp per row, 8 rows per block
-LN_BWD_MAX_BLOCKS = 256    # layernorm backward: column partial sums of at most this many blocks
-COLSUM_MAX_BLOCKS = 256    # bias gradients: row chunks summed in a fixed order
-NORM_BLOCKS = 512          # grad norm: partial sums of squares (doubles)
-RMS_PER = 8                # RMSNorm: channels per thread (a block per row: C / 8 threads, 32 ... 1024)
-RMS_BWD_MAX_BLOCKS = 256   # RMSNorm backward: dw partial sums of at most this many blocks
-ATTN_DPT = 32              # grouped-query attention: at most this many channels of a head per thread
-ATTN_THREADS = 128         # attention: threads per block (about)
+LN_WARPS = 8  # layernorm: one warp per row, 8 rows per block
+LN_BWD_MAX_BLOCKS = 256  # layernorm backward: column partial sums of at most this many blocks
+COLSUM_MAX_BLOCKS = 256  # bias gradients: row chunks summed in a fixed order
+NORM_BLOCKS = 512  # grad norm: partial sums of squares (doubles)
+RMS_PER = 8  # RMSNorm: channels per thread (a block per row: C / 8 threads, 32 ... 1024)
+RMS_BWD_MAX_BLOCKS = 256  # RMSNorm backward: dw partial sums of at most this many blocks
+ATTN_DPT = 32  # grouped-query attention: at most this many channels of a head per thread
+ATTN_THREADS = 128  # attention: threads per block (about)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -53,8 +53,14 @@ def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
     while bq * 2 * rb * tpr <= ATTN_THREADS:
         bq *= 2
     bq = max(bq, WARP // tpr)
-    return {"TPR": tpr, "DPT": -(-HD // tpr), "RB": rb, "BQ": bq, "BC": 32 if HD <= 128 else 16,
-            "BK": max(1, ATTN_THREADS // tpr)}
+    return {
+        "TPR": tpr,
+        "DPT": -(-HD // tpr),
+        "RB": rb,
+        "BQ": bq,
+        "BC": 32 if HD <= 128 else 16,
+        "BK": max(1, ATTN_THREADS // tpr),
+    }
 
 
 def tc_attention_config(HD: int, dtype: str) -> dict[str, int]:
@@ -65,6 +71,7 @@ def tc_attention_config(HD: int, dtype: str) -> dict[str, int]:
 
 
 # family -> (kernel, dtype) -> (its launch choices, the scratch bytes it needs)
+
 
 def _layernorm(k: Kernel, dtype: str) -> tuple[dict, int]:
     C = k.dims["C"]
@@ -104,8 +111,15 @@ def _rmsnorm(k: Kernel, dtype: str) -> tuple[dict, int]:
     return cfg, 4 * C * RMS_BWD_MAX_BLOCKS if k.op == "rmsnorm_bwd" else 0
 
 
-LAUNCH = {"layernorm": _layernorm, "attention": _attention, "xent": _xent, "linear": _linear,
-          "elementwise": _elementwise, "adamw": _adamw, "rmsnorm": _rmsnorm}
+LAUNCH = {
+    "layernorm": _layernorm,
+    "attention": _attention,
+    "xent": _xent,
+    "linear": _linear,
+    "elementwise": _elementwise,
+    "adamw": _adamw,
+    "rmsnorm": _rmsnorm,
+}
 
 
 def _uses(prog: Program, family: str) -> bool:
@@ -129,7 +143,7 @@ HEADERS = [
 
 
 def configure(prog: Program) -> Program:
-    scratch = 0                                 # bytes of the shared scratch buffer
+    scratch = 0  # bytes of the shared scratch buffer
     for k in prog.kernels:
         k.template = FAMILY.format(family=k.family)
         if k.family in LAUNCH:

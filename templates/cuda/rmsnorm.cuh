@@ -6,7 +6,7 @@
  * so a recompute (-r 2) from the stored sum gives the same bits. eps is an argument.
  * The backward writes dx row by row and keeps each thread's dw column sums in registers; a block writes
  * them to partial[block] and a second kernel adds the blocks in order: no atomics.
- * Numerics as templates/c/rmsnorm.c.j2 (fp32 math; floatX storage).
+ * Numerics as templates/c/rmsnorm.h (fp32 math; floatX storage).
  *
  * Needs from the program before it: floatX, to_float / to_floatX, block_sum, cdiv, LAUNCH_CHECK,
  * LLMGEN_LAUNCH and LLMGEN_UNROLL.

@@ -1,6 +1,6 @@
 /* swiglu.cuh -- the SwiGLU gate of Llama's MLP as templates over the hidden size F: h = silu(gate) * up,
  * silu(g) = g * sigmoid(g) = g / (1 + exp(-g)). One thread per element of the (N, F) tensors, fp32 math,
- * floatX storage; the same expressions as templates/c/swiglu.c.j2.
+ * floatX storage; the same expressions as templates/c/swiglu.h.
  *
  * Needs from the program before it: floatX, to_float / to_floatX, cdiv, LAUNCH_CHECK and LLMGEN_LAUNCH.
  */

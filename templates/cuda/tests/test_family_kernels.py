@@ -5,6 +5,7 @@ A driver program `<family>_test.cu` beside this file includes prelude.cuh (what 
 kernels) and the one family header, instantiates its templates at test shapes and runs them on raw files
 this test writes (`prog CASE DIR`). The generated programs instantiate the same templates, so what passes
 here is what they run; the trainer tests check the whole programs. No GPU needed."""
+
 from __future__ import annotations
 
 import pathlib
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-CUDA_TEMPLATES = HERE.parent                   # templates/cuda: the family headers and device.cuh
+CUDA_TEMPLATES = HERE.parent  # templates/cuda: the family headers and device.cuh
 EMULATE = CUDA_TEMPLATES / "emulate"
 sys.path.insert(0, str(EMULATE / "tests"))
 
@@ -34,10 +35,24 @@ def build(tmp_path_factory):
     def get(name: str, *defines: str) -> pathlib.Path:
         if name not in built:
             out = tmp_path_factory.mktemp(name) / name
-            cmd = ["g++", *GXX_FLAGS, "-fopenmp", "-Wall", "-Wextra", "-Werror", "-Wno-unused-function",
-                   f"-isystem{EMULATE}",
-                   f"-I{CUDA_TEMPLATES}", f"-I{HERE}", f"-I{cuda_include()}", *defines, str(HERE / f"{name}_test.cu"),
-                   "-o", str(out), "-lm"]
+            cmd = [
+                "g++",
+                *GXX_FLAGS,
+                "-fopenmp",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wno-unused-function",
+                f"-isystem{EMULATE}",
+                f"-I{CUDA_TEMPLATES}",
+                f"-I{HERE}",
+                f"-I{cuda_include()}",
+                *defines,
+                str(HERE / f"{name}_test.cu"),
+                "-o",
+                str(out),
+                "-lm",
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             assert proc.returncode == 0, f"g++ failed to build {name}:\n{proc.stdout}{proc.stderr}"
             built[name] = out
@@ -57,7 +72,7 @@ def attention_reference(q, k, v, dy, scale):
     Returns y, lse (B,NH,T), dq, dk, dv."""
     B, T, NH, HD = q.shape
     R = NH // k.shape[2]
-    ke, ve = np.repeat(k, R, axis=2), np.repeat(v, R, axis=2)           # query head h reads K/V head h // R
+    ke, ve = np.repeat(k, R, axis=2), np.repeat(v, R, axis=2)  # query head h reads K/V head h // R
     s = np.einsum("bthd,bshd->bhts", q, ke) * scale
     s = np.where(np.tril(np.ones((T, T), bool)), s, -np.inf)
     lse = np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1)) + s.max(-1)
@@ -78,8 +93,7 @@ def check(name: str, got: np.ndarray, ref: np.ndarray, rel: float) -> None:
     assert d <= rel * float(np.max(np.abs(ref))), f"{name}: max |diff| {d:.3g}, max |ref| {np.max(np.abs(ref)):.3g}"
 
 
-@pytest.mark.parametrize("case,B,T,NH,KV,HD,packed", [("gqa", 2, 128, 4, 2, 32, False),
-                                                      ("mha", 1, 64, 2, 2, 16, True)])
+@pytest.mark.parametrize("case,B,T,NH,KV,HD,packed", [("gqa", 2, 128, 4, 2, 32, False), ("mha", 1, 64, 2, 2, 16, True)])
 def test_attention_tc_against_numpy(build, tmp_path, case, B, T, NH, KV, HD, packed):
     """attention_tc.cuh: forward (y, lse) and backward (dq, dk, dv) of causal attention on tensor cores
     (the emulation's wmma), for grouped-query heads with separate q, k, v and for GPT-2's packed qkv"""
@@ -89,7 +103,7 @@ def test_attention_tc_against_numpy(build, tmp_path, case, B, T, NH, KV, HD, pac
     if packed:
         qkv_bits, qkv = bf16_inputs(rng, B, T, C + 2 * KC)
         inputs = {"q": qkv_bits}
-        q, k, v = qkv[..., :C], qkv[..., C:C + KC], qkv[..., C + KC:]
+        q, k, v = qkv[..., :C], qkv[..., C : C + KC], qkv[..., C + KC :]
     else:
         (qb, q), (kb, k), (vb, v) = (bf16_inputs(rng, B, T, n) for n in (C, KC, KC))
         inputs = {"q": qb, "k": kb, "v": vb}
@@ -97,8 +111,9 @@ def test_attention_tc_against_numpy(build, tmp_path, case, B, T, NH, KV, HD, pac
     inputs["dy"] = dyb
     run = run_program(prog, case, tmp_path, inputs)
     shape_q, shape_k = (B, T, NH, HD), (B, T, KV, HD)
-    y, lse, dq, dk, dv = attention_reference(q.reshape(shape_q), k.reshape(shape_k), v.reshape(shape_k),
-                                             dy.reshape(shape_q), 1.0 / np.sqrt(HD))
+    y, lse, dq, dk, dv = attention_reference(
+        q.reshape(shape_q), k.reshape(shape_k), v.reshape(shape_k), dy.reshape(shape_q), 1.0 / np.sqrt(HD)
+    )
 
     def out(name, dtype=np.uint16):
         a = run.out(name, dtype)
@@ -108,8 +123,8 @@ def test_attention_tc_against_numpy(build, tmp_path, case, B, T, NH, KV, HD, pac
     check("lse", out("lse", np.float32).reshape(B, NH, T), lse, 1e-4)
     dq_rows = out("dq").reshape(B, T, -1)
     check("dq", dq_rows[..., :C].reshape(shape_q), dq, 3e-2)
-    got_dk = dq_rows[..., C:C + KC] if packed else out("dk").reshape(B, T, KC)
-    got_dv = dq_rows[..., C + KC:] if packed else out("dv").reshape(B, T, KC)
+    got_dk = dq_rows[..., C : C + KC] if packed else out("dk").reshape(B, T, KC)
+    got_dv = dq_rows[..., C + KC :] if packed else out("dv").reshape(B, T, KC)
     check("dk", got_dk.reshape(shape_k), dk, 3e-2)
     check("dv", got_dv.reshape(shape_k), dv, 2e-2)
 
@@ -124,7 +139,7 @@ def test_attention_cuda_cores_against_numpy(build, tmp_path, case, B, T, NH, KV,
     if case == "mha":
         qkv = rng.standard_normal((B, T, C + 2 * KC)).astype(np.float32)
         inputs = {"q": qkv}
-        q, k, v = qkv[..., :C], qkv[..., C:C + KC], qkv[..., C + KC:]
+        q, k, v = qkv[..., :C], qkv[..., C : C + KC], qkv[..., C + KC :]
     else:
         q, k, v = (rng.standard_normal((B, T, n)).astype(np.float32) for n in (C, KC, KC))
         inputs = {"q": q, "k": k, "v": v}
@@ -133,8 +148,13 @@ def test_attention_cuda_cores_against_numpy(build, tmp_path, case, B, T, NH, KV,
     run = run_program(prog, case, tmp_path, inputs)
     shape_q, shape_k = (B, T, NH, HD), (B, T, KV, HD)
     f64 = [a.astype(np.float64) for a in (q, k, v, dy)]
-    y, lse, dq, dk, dv = attention_reference(f64[0].reshape(shape_q), f64[1].reshape(shape_k),
-                                             f64[2].reshape(shape_k), f64[3].reshape(shape_q), 1.0 / np.sqrt(HD))
+    y, lse, dq, dk, dv = attention_reference(
+        f64[0].reshape(shape_q),
+        f64[1].reshape(shape_k),
+        f64[2].reshape(shape_k),
+        f64[3].reshape(shape_q),
+        1.0 / np.sqrt(HD),
+    )
 
     def out(name):
         return run.out(name, np.float32).astype(np.float64)
@@ -143,8 +163,8 @@ def test_attention_cuda_cores_against_numpy(build, tmp_path, case, B, T, NH, KV,
     check("lse", out("lse").reshape(B, NH, T), lse, 1e-5)
     dq_rows = out("dq").reshape(B, T, -1)
     check("dq", dq_rows[..., :C].reshape(shape_q), dq, 1e-5)
-    got_dk = dq_rows[..., C:C + KC] if case == "mha" else out("dk")
-    got_dv = dq_rows[..., C + KC:] if case == "mha" else out("dv")
+    got_dk = dq_rows[..., C : C + KC] if case == "mha" else out("dk")
+    got_dv = dq_rows[..., C + KC :] if case == "mha" else out("dv")
     check("dk", got_dk.reshape(shape_k), dk, 1e-5)
     check("dv", got_dv.reshape(shape_k), dv, 1e-5)
 
@@ -158,7 +178,7 @@ def test_layernorm_against_numpy(build, tmp_path):
     x, r, dy, dres = (rng.standard_normal((N, C)).astype(np.float32) for _ in range(4))
     w, b, dw0 = (rng.standard_normal(C).astype(np.float32) for _ in range(3))
     run = run_program(prog, "residual", tmp_path, {"x": x, "r": r, "w": w, "b": b, "dy": dy, "dres": dres, "dw0": dw0})
-    s = (x + r).astype(np.float64)                                  # fp32 sum, exact in float64
+    s = (x + r).astype(np.float64)  # fp32 sum, exact in float64
     mean = s.mean(1)
     rstd = 1.0 / np.sqrt(((s - mean[:, None]) ** 2).mean(1) + eps)
     xh = (s - mean[:, None]) * rstd[:, None]
