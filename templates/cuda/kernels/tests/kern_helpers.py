@@ -35,10 +35,12 @@ from emu_helpers import (
     run_program,
 )
 
+# the headers under test before templates/cuda: both folders hold an adamw.cuh, embed.cuh and xent.cuh (the
+# trainer's kernel families there, issue 13's rewrites here), and a driver's #include "adamw.cuh" means this one
 INCLUDES = [
     f"-I{EMULATE}",
-    f"-I{CUDA_TEMPLATES}",
     f"-I{KERNEL_HEADERS}",
+    f"-I{CUDA_TEMPLATES}",
     f"-I{EMULATE / 'tests' / 'kernels'}",
     f"-I{DRIVERS}",
 ]
