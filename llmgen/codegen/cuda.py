@@ -122,24 +122,17 @@ LAUNCH = {
 }
 
 
-def _uses(prog: Program, family: str) -> bool:
-    return any(k.family == family for k in prog.kernels)
+def kernel_headers(prog: Program) -> list[str]:
+    """The kernel families written as C++ templates that the program pastes before its kernels: the
+    tensor-core attention (templates/cuda/attention_tc.cuh) when it runs, then templates/cuda/<family>.cuh of
+    each family the program uses that has one (linear has none: cuBLASLt). They do not use one another; the
+    family templates (.cu.j2) instantiate them."""
+    from llmgen.codegen import templates_dir
 
-
-# kernel families written as C++ templates (templates/cuda/*.cuh), pasted into the program in this order
-# (a header may use the ones before it) when the program uses them; the family templates instantiate them
-HEADERS = [
-    ("cuda/attention_tc.cuh", lambda prog: prog.tensor_core_attention),
-    ("cuda/attention.cuh", lambda prog: _uses(prog, "attention")),
-    ("cuda/adamw.cuh", lambda prog: _uses(prog, "adamw")),
-    ("cuda/elementwise.cuh", lambda prog: _uses(prog, "elementwise")),
-    ("cuda/embed.cuh", lambda prog: _uses(prog, "embed")),
-    ("cuda/layernorm.cuh", lambda prog: _uses(prog, "layernorm")),
-    ("cuda/rmsnorm.cuh", lambda prog: _uses(prog, "rmsnorm")),
-    ("cuda/rope.cuh", lambda prog: _uses(prog, "rope")),
-    ("cuda/swiglu.cuh", lambda prog: _uses(prog, "swiglu")),
-    ("cuda/xent.cuh", lambda prog: _uses(prog, "xent")),
-]
+    folder = templates_dir() / "cuda"
+    families = sorted({k.family for k in prog.kernels})
+    tc = ["cuda/attention_tc.cuh"] if prog.tensor_core_attention else []
+    return tc + [f"cuda/{f}.cuh" for f in families if (folder / f"{f}.cuh").is_file()]
 
 
 def configure(prog: Program) -> Program:
@@ -151,5 +144,5 @@ def configure(prog: Program) -> Program:
             scratch = max(scratch, need)
     prog.scratch_bytes = scratch
     prog.tensor_core_attention = any(k.cfg.get("TC") for k in prog.kernels)
-    prog.kernel_headers = [h for h, used in HEADERS if used(prog)]
+    prog.kernel_headers = kernel_headers(prog)
     return prog
