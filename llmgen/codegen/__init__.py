@@ -54,10 +54,12 @@ def environment(extra_dirs: tuple[str, ...] = ()) -> jinja2.Environment:
     return env
 
 
-def paste(name: str) -> str:
+def paste(name: str, description: bool = True) -> str:
     """A file of templates/ pasted into the program as it is (C or CUDA source, no Jinja: the runtime,
-    the CUDA device helpers), without its last newline."""
-    return (templates_dir() / name).read_text().rstrip("\n")
+    the CUDA device helpers), without its last newline; description=False: without the block comment that
+    opens the file (what it is, for its own readers: the program's section banner says it there)."""
+    text = (templates_dir() / name).read_text().rstrip("\n")
+    return text if description or not text.startswith("/*") else text.split("*/\n", 1)[1]
 
 
 TARGETS = {"c": c_target, "cuda": cuda_target}
@@ -78,8 +80,14 @@ def program_for(spec, options: Options = Options()) -> Program:
     # bf16 (spec.dtype) is the CUDA target's mixed precision; the C twin computes in fp32
     dtype = spec.dtype if options.target == "cuda" else "fp32"
     g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse, recompute=options.recompute, dtype=dtype)
-    prog = lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)
-    return target.configure(prog)
+    prog = target.configure(
+        lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)
+    )
+    if hasattr(target, "bind_calls"):  # the C target: the schedule calls the kernels' bodies (see there)
+        env = environment(tuple(map(str, options.template_dirs)))
+        check_kernels(prog, env)
+        target.bind_calls(prog, env)
+    return prog
 
 
 def check_kernels(prog: Program, env: jinja2.Environment) -> None:

@@ -5,8 +5,8 @@ lower.py makes the target-independent Program; for the C target this module then
 (constants the templates substitute) and names the template of its family. The kernels are code: each family's
 bodies are `static inline` C functions taking their sizes as parameters (templates/c/<family>.h, the GEMM engine
 and vector math in templates/c/gemm.h), and a family's template (templates/c/<family>.c.j2) only writes the
-small function per instance that calls its body with literal sizes, so gcc folds them as if written out.
-`used_code` pastes the header pieces those functions reach, and nothing else.
+statement the schedule runs for an instance: its body called with literal sizes (`bind_calls`), so gcc folds
+them as if written out. `used_code` pastes the header pieces those statements reach, and nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from llmgen.codegen.lower import Kernel, Program
+from llmgen.codegen.lower import Kernel, Launch, Program
 
 NAME = "c"
 PROGRAM = "c/program.c.j2"  # the program skeleton
@@ -68,6 +68,26 @@ def configure(prog: Program) -> Program:
             k.cfg = LAUNCH[k.family](k)
     prog.code = used_code
     return prog
+
+
+def bind_calls(prog: Program, env) -> None:
+    """What the schedule writes for each kernel. A family's macro renders either the statement itself, its body
+    called with literal sizes and `$0, $1, ...` for the launch's arguments (`PARALLEL layernorm_forward($0, ...,
+    BT, 768, 1e-05f)`, as llm.c calls its kernels), or a whole function named after the kernel (a kernel with
+    code of its own), which the kernels section then holds and the schedule calls. prog.c_kernels: those
+    functions, and every statement, for used_code to find the header code they reach."""
+    calls, functions = {}, []
+    for k in prog.kernels:
+        text = str(getattr(env.get_template(k.template).module, k.op)(k)).strip()
+        if re.search(rf"\b{k.name}\s*\(", text):
+            functions.append(text)
+        else:
+            calls[k.name] = text
+    prog.c_kernels = {"functions": "\n\n".join(functions), "calls": "\n".join(calls.values())}
+    for phase in (prog.forward, prog.backward, prog.update, *prog.flat.values()):
+        for b in phase:
+            for launch in [b] if isinstance(b, Launch) else [*b.body, *(e for e in b.edge if e is not None)]:
+                launch.call = calls.get(launch.fn, "")
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
+import numpy as np
+
 from llmgen.codegen.text import WIDTH, wrap, wrap_comment
 from llmgen.flags import c_options, c_rows, usage_lines
 from llmgen.ir.graph import Graph, Value, field_of
@@ -84,6 +86,9 @@ class Launch:
     comment: str
     needs_targets: bool = False
     node_layer: int | None = None
+    # the statement the target writes for this kernel, $0, $1, ... standing for the arguments (the C target: its
+    # body called with literal sizes, see codegen/c.py's bind_calls); empty: a call of the function `fn`
+    call: str = ""
 
     def key(self) -> tuple:
         return (self.fn, tuple(self.args), self.comment, self.needs_targets)
@@ -95,23 +100,31 @@ class Launch:
             shift_layers(self.comment, by),
             self.needs_targets,
             None if self.node_layer is None else self.node_layer + by,
+            self.call,
         )
+
+    def statement(self, base: int | None = None) -> str:
+        """The call (with its `if (targets)` guard) in a loop whose iteration at hand is layer `base`, or with
+        every layer as a number (base None, what the unrolled schedule runs); see render_layers."""
+        guard = "if (targets) " if self.needs_targets else ""
+        args = [render_layers(a, base) for a in self.args]
+        if not self.call:
+            return f"{guard}{self.fn}({', '.join(args)});"
+        # `*&x` (a scalar's value where the graph passes its address) reads as x
+        return guard + re.sub(r"\*&(?=\w)", "", re.sub(r"\$(\d+)", lambda m: args[int(m.group(1))], self.call)) + ";"
 
     def flat(self) -> str:
         """The call with every layer as a number (what the unrolled schedule runs)."""
-        guard = "if (targets) " if self.needs_targets else ""
-        return f"{guard}{self.fn}({', '.join(render_layers(a) for a in self.args)});"
+        return self.statement()
 
     def flat_in(self, base: int) -> str:
         """The call in a loop whose iteration at hand is layer `base` (see render_layers), one line."""
-        guard = "if (targets) " if self.needs_targets else ""
-        return f"{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
+        return self.statement(base)
 
     def lines(self, indent: int, base: int | None = None) -> list[str]:
         """The comment and the call, wrapped to WIDTH columns, at `indent` spaces; base: see render_layers."""
         pad = " " * indent
-        guard = "if (targets) " if self.needs_targets else ""
-        call = f"{pad}{guard}{self.fn}({', '.join(render_layers(a, base) for a in self.args)});"
+        call = f"{pad}{self.statement(base)}"
         outs, lines = render_layers(self.comment, base).partition(": ")[2], wrap(call)
         if len(f"{lines[-1]}  /* {outs} */") <= WIDTH:  # the outputs after the call (the kernel names the op)
             return lines[:-1] + [f"{lines[-1]}  /* {outs} */"]
@@ -178,7 +191,8 @@ class Loop:
                         here.comment.partition(": ")[2].split(", "),
                     )
                 ]
-                out += Launch(b.fn, args, f"{op}: {', '.join(items)}", b.needs_targets).lines(indent + 4, self.first)
+                merged = Launch(b.fn, args, f"{op}: {', '.join(items)}", b.needs_targets, call=b.call)
+                out += merged.lines(indent + 4, self.first)
             else:
                 # another kernel at the edge layer (the first block's norm has no residual to add)
                 edge, rest = render_layers(e.comment), render_layers(b.comment, self.first)
@@ -300,9 +314,10 @@ class ParamRow:
                 "the program derives from its shape, transpose and hf_rows"
             )
         init = {"normal": "n", "ones": "1", "zeros": "0"}[self.init]
-        std = f"{self.std}f" if self.std else "0"  # the literal as before: the same float, bit for bit
-        head = f'    {{ "{self.pattern(self.name)}", "{self.pattern(self.hf)}", {self.offset}, {len(self.shape)},'
-        tail = f" {{ {rows}, {cols} }}, {int(self.transpose)}, {self.hf_rows}, {int(self.decay)}, '{init}', {std} }},"
+        # the shortest decimal that reads back as the float32 the trainer multiplies by (numpy's str)
+        std = f"{str(np.float32(self.std))}f" if self.std else "0"
+        head = f'    {{"{self.pattern(self.name)}", "{self.pattern(self.hf)}", {self.offset}, {len(self.shape)},'
+        tail = f" {{{rows}, {cols}}}, {int(self.transpose)}, {self.hf_rows}, {int(self.decay)}, '{init}', {std}}},"
         return [head + tail] if len(head + tail) <= WIDTH else [head, "     " + tail]
 
     def pattern(self, text: str) -> str:
@@ -443,6 +458,18 @@ class Program:
     generation_config_json: str = '"{}"'  # the HF generation_config.json checkpoints carry, a C string literal
     layer_note: str = ""  # why the parameters are not in per-layer tables, where they are not
     code: Callable | None = None  # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
+    c_kernels: dict[str, str] = field(default_factory=dict)  # C: kernels with functions of their own, the calls
+
+    @staticmethod
+    def pack(statements: list[str], pad: str) -> list[str]:
+        """Statements on as few lines of at most WIDTH columns as their order allows (one node's outputs)."""
+        lines = []
+        for x in statements:
+            if lines and len(f"{lines[-1]} {x}") <= WIDTH:
+                lines[-1] += f" {x}"
+            else:
+                lines.append(pad + x)
+        return lines
 
     @staticmethod
     def act_groups(fields: list[ActField]) -> list[list[ActField]]:

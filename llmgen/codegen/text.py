@@ -50,13 +50,16 @@ def wrap(line: str) -> list[str]:
                 args.append(line[start:k].strip())
                 start = k + 1
         args.append(line[start:j].strip())
+        # a list the next line goes on with (j == len(line)) ends with a comma or inside its last argument (a
+        # string literal the next line's continues): the comma, where there is one, stays, and only it
+        last = ("," if not args[-1] else "") if j == len(line) else line[j:]
         if j == len(line):
-            args = [a for a in args if a]  # a list the next line goes on with: its trailing comma
+            args = [a for a in args if a]
         if len(args) < 2:
             continue  # one argument: try a list inside it
         out, cur, pad = [], line[: i + 1], " " * (i + 1)
         for n, a in enumerate(args):
-            piece = a + ("," if n + 1 < len(args) or j == len(line) else line[j:])
+            piece = a + ("," if n + 1 < len(args) else last)
             if len(cur) + len(piece) > WIDTH and not cur.endswith("("):
                 out.append(cur.rstrip())
                 cur = pad

@@ -1,11 +1,12 @@
 /* The optimizer: global grad norm, then AdamW (torch.optim.AdamW's single-tensor formula) after
  * clip_grad_norm_'s rescale. Parameters, grads and both moments share one layout. templates/c/adamw.c.j2 calls
- * these inside its `omp parallel` with the spec's constants as literals. */
+ * these in a parallel region (PARALLEL) with the spec's constants as literals. */
 
 /* sqrt(sum of every gradient squared), accumulated in double over the n grads. Fixed chunks summed in a fixed
  * order (and a fixed vector width inside each): the same bits on every run, whatever the thread count.
  * Memory-bound: one read of the grads. part: CHUNKS partial sums shared by the team. */
 enum { NORM_CHUNKS = 64 };
+static double norm_part[NORM_CHUNKS];   /* the partial sums the schedule's call shares across the team */
 ALWAYS_INLINE void grad_norm_forward(float *out, const float *grads, double *part, long n) {
     const long per = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
     #pragma omp for schedule(static)

@@ -5,7 +5,7 @@
  * and +2C), Llama its separate q, k, v. The gradients dq, dk, dv have the layouts of q, k, v. Softmax
  * statistics are kept as one log-sum-exp per (b, h, t); no (T,T) matrix is stored between forward and
  * backward. B and T are the program's runtime batch shape. Two schedules (codegen/c.py picks by the group
- * size; templates/c/attention.c.j2 calls them inside its `omp parallel` with literal sizes):
+ * size; the schedule calls them in a parallel region (PARALLEL) with literal sizes, from templates/c/attention.c.j2):
  *
  * one K/V head per query head: threads split the (b, h) heads; inside a head every product is a call of the
  * GEMM engine on the calling thread (.serial = 1), reading q, k, v, dy in place through their row strides,
@@ -31,8 +31,7 @@ ALWAYS_INLINE void attention_forward(float *y, float *lse, const float *q, const
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *qh = q + (size_t)b * T * QS + h * HD;
-            const float *kh = kk + (size_t)b * T * KS + h * HD;
-            const float *vh = v + (size_t)b * T * KS + h * HD;
+            const float *kh = kk + (size_t)b * T * KS + h * HD, *vh = v + (size_t)b * T * KS + h * HD;
             float *o = y + (size_t)b * T * YS + h * HD;
             for (int r0 = 0; r0 < T; r0 += rb) {
                 const int r1 = r0 + rb < T ? r0 + rb : T;
@@ -76,10 +75,8 @@ ALWAYS_INLINE void attention_backward(float *dq, float *dk, float *dv, const flo
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             const float *qh = q + (size_t)b * T * QS + h * HD;
-            const float *kh = kk + (size_t)b * T * KS + h * HD;
-            const float *vh = v + (size_t)b * T * KS + h * HD;
-            const float *g = dy + (size_t)b * T * YS + h * HD;
-            const float *yo = y + (size_t)b * T * YS + h * HD;
+            const float *kh = kk + (size_t)b * T * KS + h * HD, *vh = v + (size_t)b * T * KS + h * HD;
+            const float *g = dy + (size_t)b * T * YS + h * HD, *yo = y + (size_t)b * T * YS + h * HD;
             float *dqh = dq + (size_t)b * T * QS + h * HD;
             float *dkh = dk + (size_t)b * T * KS + h * HD, *dvh = dv + (size_t)b * T * KS + h * HD;
             for (int r0 = 0; r0 < T; r0 += rb) {

@@ -1,6 +1,6 @@
 /* Elementwise ops and small reductions over n elements (R rows of C for the row ops), called inside the
- * `omp parallel` of templates/c/elementwise.c.j2 (mean and mean_bwd: outside, on one thread). acc: the output
- * accumulates (a parameter gradient). */
+ * parallel region the schedule opens (PARALLEL, templates/c/elementwise.c.j2; mean and mean_bwd: outside, on
+ * one thread). acc: the output accumulates (a parameter gradient). */
 
 ALWAYS_INLINE void add_forward(float *out, const float *a, const float *b, long n, int acc) {
     #pragma omp for simd

@@ -1,18 +1,14 @@
 /* Embedding: the token rows of wte, plus the position rows of wpe when the model has a position table (GPT-2;
  * Llama's positions enter through RoPE: wpe NULL), over the runtime BT rows of T positions. Called inside the
- * `omp parallel` of templates/c/embed.c.j2. */
+ * parallel region the schedule opens (PARALLEL). */
 
 ALWAYS_INLINE void embed_forward(float *out, const int *tokens, const float *wte, const float *wpe, int C) {
     #pragma omp for
     for (int bt = 0; bt < BT; bt++) {
         const float *te = wte + (size_t)tokens[bt] * C;
+        const float *pe = wpe ? wpe + (size_t)(bt % T) * C : NULL;
         float *o = out + (size_t)bt * C;
-        if (!wpe) {
-            memcpy(o, te, sizeof(float) * C);
-            continue;
-        }
-        const float *pe = wpe + (size_t)(bt % T) * C;
-        for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
+        for (int c = 0; c < C; c++) o[c] = pe ? te[c] + pe[c] : te[c];
     }
 }
 
@@ -30,13 +26,9 @@ ALWAYS_INLINE void embed_backward(float *dwte, float *dwpe, const float *dx, con
         int c1 = c0 + 16 < C ? c0 + 16 : C;
         for (int bt = 0; bt < BT; bt++) {
             const float *d = dx + (size_t)bt * C;
-            float *te = dwte + (size_t)tokens[bt] * C;
-            if (dwpe) {
-                float *pe = dwpe + (size_t)(bt % T) * C;
-                for (int c = c0; c < c1; c++) { te[c] += d[c]; pe[c] += d[c]; }
-            } else {
-                for (int c = c0; c < c1; c++) te[c] += d[c];
-            }
+            float *te = dwte + (size_t)tokens[bt] * C, *pe = dwpe ? dwpe + (size_t)(bt % T) * C : NULL;
+            for (int c = c0; c < c1; c++) te[c] += d[c];
+            for (int c = c0; pe && c < c1; c++) pe[c] += d[c];
         }
     }
 }

@@ -5,6 +5,9 @@
 
 /* what a kernel body is: inlined into each caller, where its size parameters are literals gcc folds */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
+/* how the schedule calls a body: the statement after it runs on every thread of a new team, whose work the
+ * body's `omp for` loops (and the GEMM engine's tiles) split */
+#define PARALLEL _Pragma("omp parallel")
 
 // --------------------------------------------------------------------------------------------
 // vector math: written as scalar functions that gcc vectorises inside `omp simd` loops
@@ -291,7 +294,7 @@ static void gemm_grid(int mt, int nt, int threads, int *tm_out, int *tn_out) {
     }
 }
 
-/* One thread's share of C = [C +] A.B: call inside `omp parallel` with a Gemm of literal sizes,
+/* One thread's share of C = [C +] A.B: call inside a parallel region with a Gemm of literal sizes,
  * so that the compiler specialises all of this to the instance (this function is inlined);
  * with .serial = 1, all of C on the calling thread (anywhere). */
 ALWAYS_INLINE void gemm_thread(const Gemm *g) {

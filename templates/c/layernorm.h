@@ -1,5 +1,5 @@
-/* LayerNorm over the last axis (C channels) of N rows, and its backward (templates/c/layernorm.c.j2 calls
- * these with literal sizes inside its `omp parallel`; the bodies share the rows with `omp for`). */
+/* LayerNorm over the last axis (C channels) of N rows, and its backward (the schedule calls these with literal
+ * sizes in a parallel region, from templates/c/layernorm.c.j2; the bodies share the rows with `omp for`). */
 
 /* one row: mean and rstd of x, out = (x - mean) * rstd * w + b; keeps mean[r], rstd[r] for the backward */
 ALWAYS_INLINE void layernorm_row(float *out, float *mean, float *rstd, const float *x, const float *w, const float *b,

@@ -1,6 +1,6 @@
 /* Linear layers over M = B*T rows, weights (N, K) row-major like llm.c: each is one call of the GEMM engine
- * (templates/c/gemm.h) on the calling thread's share of C, so the kernels (templates/c/linear.c.j2) call these
- * inside their `omp parallel` with literal sizes, operand layouts, epilogue and cache blocks (kc, mc, nc:
+ * (templates/c/gemm.h) on the calling thread's share of C, so the schedule calls these (templates/c/linear.c.j2)
+ * in a parallel region with literal sizes, operand layouts, epilogue and cache blocks (kc, mc, nc:
  * codegen/c.py's gemm_blocks). */
 
 /* out[m,n] = sum_k x[m,k] * w[n,k] (+ b[n] unless b is NULL); with gelu, pre gets that and out = gelu(pre).

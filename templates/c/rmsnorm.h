@@ -1,6 +1,6 @@
 /* RMSNorm over the last axis (C channels) of N rows (Llama): y = w * x / sqrt(mean(x^2) + eps). The residual
  * variant adds two streams first and keeps the sum (the next residual stream). Called inside the
- * `omp parallel` of templates/c/rmsnorm.c.j2 with literal sizes. */
+ * parallel region the schedule opens (PARALLEL, templates/c/rmsnorm.c.j2), with literal sizes. */
 
 /* one row: out = w * x * rstd, rstd[r] = 1 / sqrt(mean_c x[c]^2 + eps) (kept for the backward) */
 ALWAYS_INLINE void rmsnorm_row(float *out, float *rstd, const float *x, const float *w, int r, int C, float eps) {

@@ -1,5 +1,5 @@
 /* The SwiGLU gate of Llama's MLP over n elements: h = silu(gate) * up, silu(g) = g * sigmoid(g). Called inside
- * the `omp parallel` of templates/c/swiglu.c.j2. */
+ * the parallel region the schedule opens (PARALLEL). */
 
 ALWAYS_INLINE void swiglu_forward(float *out, const float *gate, const float *up, long n) {
     #pragma omp for simd

@@ -1,5 +1,5 @@
 /* Cross-entropy over the first V of Vp logit columns (padded columns never enter the softmax). Rows are
- * independent: threads split them (`omp for`, inside the `omp parallel` of templates/c/xent.c.j2). Each row
+ * independent: threads split them (`omp for`, in the parallel region the schedule opens). Each row
  * is a few vectorised passes (exp_fast, omp simd reductions with a fixed vector width: the same bits every run). */
 
 /* losses[r] = logsumexp(z) - z[target];  dlogits = (softmax(z) - onehot(target)) * dloss / (B*T), written over

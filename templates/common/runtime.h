@@ -2,8 +2,8 @@
  * train.c and train.cu. C11 and C++17 clean with -Wall -Wextra, libc + POSIX only (-lm), little-endian hosts.
  * Every error goes through llmgen_fail(): "error: <message>" on stderr and exit status 1, the message naming
  * the file, the field and what was expected versus found; nothing here returns an error code.
- *   utilities llmgen_fail, x* allocators, llmgen_now, llmgen_mkdirs | random numbers Rng | token shards
- *   ShardLoader | safetensors StFile, st_open, st_find, st_read_f32, st_write_f32_fill | atomic writes */
+ *   utilities llmgen_fail, x* allocators, llmgen_now, llmgen_mkdirs, llmgen_read_file | random numbers Rng |
+ *   token shards ShardLoader | safetensors StFile, st_open, st_find, st_read_f32, st_write_f32_fill | atomic writes */
 #ifndef LLMGEN_RUNTIME_H
 #define LLMGEN_RUNTIME_H
 
@@ -93,18 +93,19 @@ LLMGEN_API void llmgen_mkdirs(const char *path) {
     free(buf);
 }
 
-// A growable byte string, always NUL-terminated.
-typedef struct {
-    char *data;
-    size_t len, cap;
-} LlmgenBuf;
-
-LLMGEN_API void llmgen_buf_append(LlmgenBuf *b, const char *s, size_t n) {
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n + 1) cap *= 2;
-    if (cap != b->cap) b->data = (char *)xrealloc(b->data, b->cap = cap);
-    memcpy(b->data + b->len, s, n);
-    b->data[b->len += n] = '\0';
+// The whole regular file at path (malloc'd, NUL-terminated, its size in *len), or NULL with errno set where it
+// cannot be read (ENOENT: there is no such file).
+LLMGEN_API char *llmgen_read_file(const char *path, size_t *len) {
+    struct stat st;
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return NULL;
+    const int regular = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode);
+    char *data = regular ? (char *)xmalloc((size_t)st.st_size + 1) : NULL;
+    int err = regular ? 0 : S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+    if (data && fread(data, 1, (size_t)st.st_size, f) != (size_t)st.st_size) err = ferror(f) ? errno : EIO;
+    fclose(f);
+    if (err) return free(data), errno = err, (char *)NULL;
+    return data[*len = (size_t)st.st_size] = '\0', data;
 }
 
 // ----------------------------------------------------------------------------
@@ -358,43 +359,22 @@ LLMGEN_API int st_json_more(StJson *j, int first, char close, const char *what) 
     return j->p++, 1;
 }
 
-// The XXXX of a \uXXXX escape, j->p at the 'u' (the string's closing quote stops it: not a hex digit).
-LLMGEN_API unsigned st_json_hex4(StJson *j) {
-    static const char hex[] = "0123456789abcdef0123456789ABCDEF";
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        const char *d = *++j->p ? strchr(hex, *j->p) : NULL;
-        if (d == NULL) st_json_fail(j, "expected 4 hex digits after \\u");
-        v = v * 16 + (unsigned)(d - hex) % 16;
-    }
-    return j->p++, v;
-}
-
-// A string, decoded to UTF-8 (malloc'd, NUL-terminated, never longer than its escaped form).
+// A string (malloc'd, NUL-terminated): the two-character escapes decoded; a \uXXXX escape is kept as written (the
+// names this reader looks up are ASCII, and writers escape only quotes, backslashes and control characters).
 LLMGEN_API char *st_json_string(StJson *j, size_t *len_out) {
-    static const char esc[] = "\"\\/bfnrt", unesc[] = "\"\\/\b\f\n\r\t";
+    static const char esc[] = "\"\\/bfnrtu", unesc[] = "\"\\/\b\f\n\r\t\\";
     if (st_json_peek(j) != '"') st_json_fail(j, "expected a string");
     const char *q = ++j->p;   // q: the closing quote
     while (q < j->end && *q != '"') q += *q == '\\' && j->end - q > 1 ? 2 : 1;
     if (q >= j->end) j->p = j->end, st_json_fail(j, "unterminated string");
     char *out = (char *)xmalloc((size_t)(q - j->p) + 1), *o = out;
     while (j->p < q) {
-        unsigned c = (unsigned char)*j->p, cp;
-        if (c < 0x20) st_json_fail(j, "control character inside a string");
-        if (c != '\\') { *o++ = (char)c, j->p++; continue; }
-        const char *e = *++j->p ? strchr(esc, *j->p) : NULL;
-        if (e) { *o++ = unesc[e - esc], j->p++; continue; }
-        if (*j->p != 'u') st_json_fail(j, "invalid escape in string");
-        if ((cp = st_json_hex4(j)) >= 0xD800 && cp < 0xDC00) {   // a high surrogate: the low one must follow
-            unsigned lo = j->p[0] == '\\' && j->p[1] == 'u' ? (j->p++, st_json_hex4(j)) : 0;
-            if (lo < 0xDC00 || lo > 0xDFFF) st_json_fail(j, "expected a low surrogate \\uDC00-\\uDFFF");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        } else if (cp == 0 || (cp >= 0xDC00 && cp <= 0xDFFF)) {
-            st_json_fail(j, cp ? "lone low surrogate in \\u escape" : "\\u0000 inside a string is not supported");
-        }
-        int extra = cp < 0x80 ? 0 : cp < 0x800 ? 1 : cp < 0x10000 ? 2 : 3;   // UTF-8 continuation bytes
-        *o++ = (char)(extra == 0 ? cp : ((0xFF00u >> (extra + 1)) & 0xFFu) | (cp >> (6 * extra)));
-        for (int k = extra - 1; k >= 0; k--) *o++ = (char)(0x80 | ((cp >> (6 * k)) & 0x3F));
+        const unsigned c = (unsigned char)*j->p++;
+        const char *e = c == '\\' && *j->p ? strchr(esc, *j->p) : NULL;
+        if (c < 0x20) j->p--, st_json_fail(j, "control character inside a string");
+        if (c == '\\' && !e) st_json_fail(j, "invalid escape in string");
+        *o++ = e ? unesc[e - esc] : (char)c;   // \u: its backslash, then "uXXXX" as it is
+        j->p += e && *e != 'u';
     }
     *o = '\0', j->p++;
     if (len_out) *len_out = (size_t)(o - out);
