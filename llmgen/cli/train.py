@@ -416,6 +416,8 @@ def run(args) -> int:
     spec = load_spec(args.spec, args.dtype)
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
+    if args.nproc > 1 and args.target == "auto":
+        target, why = "c", "target c: --nproc runs the data-parallel CPU twin (issue 12's CUDA part is not done)"
     spec, precision = train_precision(spec, target, args.dtype)
     if args.nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {args.nproc}")
