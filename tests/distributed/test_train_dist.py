@@ -12,13 +12,14 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 import oracle
 from conftest import run_binary, run_llmgen
-from dist_helpers import MPI_MISSING, clean_env, free_port, have_mpi, launcher_env, mpirun, ranks, wait_for
+from dist_helpers import MPI_MISSING, REPO, clean_env, free_port, have_mpi, launcher_env, mpirun, ranks, wait_for
 
 pytestmark = pytest.mark.skipif(not have_mpi(), reason=MPI_MISSING)
 _ = ranks  # the fixture, imported for the tests below
@@ -165,7 +166,8 @@ def test_torchrun_without_mpi_gives_the_bits_of_mpirun(setup, tmp_path, ranks):
 
 
 def test_llmgen_train_nproc(setup, tmp_path):
-    flags = ["-i", setup["pattern"], "-e", setup["model"], "-t", T, "-v", 0, "-b", 2, "-x", 4, *LR]
+    base = ["-i", setup["pattern"], "-e", setup["model"], "-t", T, "-v", 0, "-b", 2, *LR]
+    flags = [*base, "-x", 4]
     r = run_llmgen(
         "train",
         setup["model"] / "config.json",
@@ -202,6 +204,38 @@ def test_llmgen_train_nproc(setup, tmp_path):
         check=False,
     )
     assert bad.returncode == 1 and "N*B*T = 2*2*16 = 64" in bad.stderr, bad.stderr
+
+    # SIGTERM to the wrapper: every rank finishes the same step, rank 0 checkpoints it, exit 143; -y 1 goes on
+    run = tmp_path / "stopped"
+    argv = [sys.executable, "-m", "llmgen", "train", setup["model"] / "config.json", "--nproc", 2]
+    argv += [*base, "-x", 100000, "--cache-dir", tmp_path / "cache", "-o", run]
+    p = subprocess.Popen(
+        list(map(str, argv)),
+        cwd=REPO,
+        env=clean_env(ONE_THREAD),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: (run / "log.jsonl").is_file() and (run / "log.jsonl").stat().st_size > 0, 120, "steps")
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 143, err
+    step = int((run / "latest").read_text().strip()[5:])
+    assert max(log_of(run)) == step
+    argv[argv.index("-x") + 1] = step + 2
+    assert (
+        subprocess.run(
+            list(map(str, [*argv, "-y", 1])), cwd=REPO, env=clean_env(ONE_THREAD), capture_output=True
+        ).returncode
+        == 0
+    )
+    assert max(log_of(run)) == step + 2
 
 
 def test_sigkill_of_a_rank_ends_the_job_naming_it(setup, tmp_path, ranks):
