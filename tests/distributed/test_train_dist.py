@@ -20,9 +20,10 @@ import pytest
 import oracle
 from conftest import run_binary, run_llmgen
 from dist_helpers import MPI_MISSING, REPO, clean_env, free_port, have_mpi, launcher_env, mpirun, ranks, wait_for
+from test_two_hosts import two_hosts
 
 pytestmark = pytest.mark.skipif(not have_mpi(), reason=MPI_MISSING)
-_ = ranks  # the fixture, imported for the tests below
+_ = ranks, two_hosts  # fixtures, imported for the tests below
 
 T = 16
 STEPS = 10
@@ -163,6 +164,22 @@ def test_torchrun_without_mpi_gives_the_bits_of_mpirun(setup, tmp_path, ranks):
     assert "(tcp via" in results[0].stdout and not (tmp_path / "tcp1").exists(), "rank 0 alone writes the run"
     run_mpi(setup, 3, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
     assert log_of(tmp_path / "tcp0") == log_of(tmp_path / "mpi")
+
+
+def test_two_hosts_over_tcp(setup, tmp_path, ranks, two_hosts):
+    """rank 0 and rank 1 in two network namespaces joined by a veth pair (tests/distributed/test_two_hosts.py), the
+    gcc build (no MPI) over TCP to rank 0's address: the bits of mpirun on one host"""
+    a = two_hosts[0]
+    rk = ranks()
+    flags = [*setup["data"], "-b", 2, "-x", 4, *LR]
+    for r, h in enumerate(two_hosts):
+        env = {"RANK": r, "WORLD_SIZE": 2, "MASTER_ADDR": a.addr, "MASTER_PORT": 29500, **ONE_THREAD}
+        rk.start([setup["dir"] / "nompi" / "train", *flags, "-o", tmp_path / "run"], env, prefix=h.exec_prefix())
+    results = rk.wait(120)
+    assert all(x.returncode == 0 for x in results), rk.logs()
+    assert f"tcp via {a.addr}:29500" in results[0].stdout
+    run_mpi(setup, 2, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
+    assert log_of(tmp_path / "run") == log_of(tmp_path / "mpi")
 
 
 def test_llmgen_train_nproc(setup, tmp_path):
