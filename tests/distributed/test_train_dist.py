@@ -99,6 +99,12 @@ def test_n_ranks_equal_one_process_and_torch(setup, tmp_path, n, accum):
         assert close(z1[s][0], one[s][0]) and close(z1[s][1], one[s][1]), (s, z1[s], one[s])
     v1, vs = val_of(tmp_path / "z1"), val_of(single)
     assert sorted(v1) == sorted(vs) == [0, 5, 10] and all(close(v1[s], vs[s]) for s in vs), (v1, vs)
+    # the same tokens through one process's gradient accumulation: -b B -d D (N*accum micro-steps of B rows)
+    run_binary(
+        setup["dir"] / "single" / "train", *setup["data"], "-b", B, "-d", D, "-x", STEPS, *LR, "-o", tmp_path / "accum"
+    )
+    acc = log_of(tmp_path / "accum")
+    assert all(close(z1[s][0], acc[s][0]) and close(z1[s][1], acc[s][1]) for s in acc), (z1, acc)
 
     ref = oracle.train_gpt2(
         setup["model"], setup["pattern"], B * n, T, STEPS, 1e-3, total_batch=D, warmup=2, weight_decay=0.1
