@@ -57,4 +57,13 @@ def run(args) -> int:
     )
     src = out / ("train.c" if args.target == "c" else "train.cu")
     print(f"wrote {src} ({len(src.read_text().splitlines())} lines), built {binary}")
+    if args.distributed:
+        from llmgen.runtime.build import mpi_c_compiler
+
+        how = (
+            "built with mpicc -DLLMGEN_MPI: mpirun -np N, srun --mpi=pmix, or torchrun-style variables"
+            if mpi_c_compiler()
+            else "no mpicc found, built with gcc: torchrun-style variables or LLMGEN_RENDEZVOUS_DIR (not mpirun)"
+        )
+        print(f"data parallel: {how}; -b is per process (README: Many processes)")
     return 0
