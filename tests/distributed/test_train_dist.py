@@ -4,7 +4,8 @@ and the PyTorch oracle; -z 1 equals -z 0 bit for bit; one rank equals the plain 
 resume bit-exactly with the same N and correctly with another N (or the plain trainer); a SIGKILLed rank ends the
 job with an error naming it and leaves the last checkpoint whole; torchrun-style variables without MPI and
 `llmgen train --nproc 2` give the bits of mpirun; flags that differ between ranks, and a -d that is not a
-multiple of N*B*T, are refused."""
+multiple of N*B*T, are refused. Without OpenMPI the N-rank runs start torchrun style instead (the same bits) and
+only the mpirun fault test skips."""
 
 from __future__ import annotations
 
@@ -19,10 +20,21 @@ import pytest
 
 import oracle
 from conftest import run_binary, run_llmgen
-from dist_helpers import MPI_MISSING, REPO, clean_env, free_port, have_mpi, launcher_env, mpirun, ranks, wait_for
+from dist_helpers import (
+    MPI_MISSING,
+    REPO,
+    Result,
+    clean_env,
+    free_port,
+    have_mpi,
+    launcher_env,
+    mpirun,
+    ranks,
+    wait_for,
+)
 from test_two_hosts import two_hosts
 
-pytestmark = pytest.mark.skipif(not have_mpi(), reason=MPI_MISSING)
+needs_mpi = pytest.mark.skipif(not have_mpi(), reason=MPI_MISSING)  # without it, N ranks start torchrun style
 _ = ranks, two_hosts  # fixtures, imported for the tests below
 
 T = 16
@@ -40,14 +52,15 @@ def setup(tmp_path_factory):
     val = oracle.random_shards(d / "val", 500, 4000, seed=2)
     config = d / "model" / "config.json"
     run_llmgen("build", config, "-o", d / "single")
-    run_llmgen("build", config, "--distributed", "-o", d / "dist")  # mpicc -DLLMGEN_MPI
-    # the same source with gcc, no MPI: torchrun-style variables and the file rendezvous only
-    nompi = d / "nompi"
-    nompi.mkdir()
-    cmd = ["gcc", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=gnu11", str(d / "dist" / "train.c")]
-    subprocess.run([*cmd, "-lm", "-o", str(nompi / "train")], check=True, capture_output=True)
+    run_llmgen("build", config, "--distributed", "-o", d / "dist")  # mpicc -DLLMGEN_MPI where MPI is installed
+    nompi = d / "dist" / "train"
+    if have_mpi():  # the same source with gcc, no MPI: torchrun-style variables and the file rendezvous only
+        nompi = d / "nompi" / "train"
+        nompi.parent.mkdir()
+        cmd = ["gcc", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=gnu11", d / "dist" / "train.c"]
+        subprocess.run([*map(str, cmd), "-lm", "-o", str(nompi)], check=True, capture_output=True)
     data = ["-i", pattern, "-e", d / "model", "-t", T, "-v", 0]
-    return dict(dir=d, model=d / "model", pattern=pattern, val=val, data=[str(a) for a in data])
+    return dict(dir=d, model=d / "model", pattern=pattern, val=val, data=[str(a) for a in data], nompi=nompi)
 
 
 def log_of(run):
@@ -68,8 +81,21 @@ def close(a, b, rel=REL):
     return abs(a - b) <= rel * max(abs(a), abs(b))
 
 
-def run_mpi(setup, n, flags, out, check=True):
-    r = mpirun(n, [setup["dir"] / "dist" / "train", *setup["data"], *map(str, flags), "-o", out], ONE_THREAD, 300)
+def run_ranks(setup, n, flags, out, check=True):
+    """N ranks of the distributed trainer: under mpirun where MPI is installed, else torchrun style (the same bits)"""
+    argv = [*setup["data"], *map(str, flags), "-o", str(out)]
+    if have_mpi():
+        r = mpirun(n, [setup["dir"] / "dist" / "train", *argv], ONE_THREAD, 300)
+    else:
+        port = free_port()
+        envs = [clean_env({**launcher_env("torchrun", q, n, port), **ONE_THREAD}) for q in range(n)]
+        pipe = subprocess.PIPE
+        procs = [
+            subprocess.Popen([str(setup["nompi"]), *argv], env=e, stdout=pipe, stderr=pipe, text=True) for e in envs
+        ]
+        outs = [p.communicate(timeout=300) for p in procs]
+        rc = next((p.returncode for p in procs if p.returncode), 0)
+        r = Result(rc, outs[0][0], "".join(err for _, err in outs), 0.0)
     if check:
         assert r.returncode == 0, r.text
     return r
@@ -81,10 +107,10 @@ def test_n_ranks_equal_one_process_and_torch(setup, tmp_path, n, accum):
     grad norms within 1e-4, the val losses too; -z 0 gives the bits of -z 1 (the default), state.bin included."""
     B, D = 2, 2 * n * T * accum
     flags = ["-b", B, "-d", D, "-x", STEPS, *LR, "-j", setup["val"], "-v", 5, "-m", 2]
-    r = run_mpi(setup, n, flags, tmp_path / "z1")
-    assert f"data parallel: {n} processes (mpi)" in r.stdout and "-z 1 (AdamW moments sharded)" in r.stdout
+    r = run_ranks(setup, n, flags, tmp_path / "z1")
+    assert f"data parallel: {n} processes (" in r.stdout and "-z 1 (AdamW moments sharded)" in r.stdout
     assert r.stdout.count("step 1/") == 1, "only rank 0 prints the step lines"
-    run_mpi(setup, n, [*flags, "-z", 0], tmp_path / "z0")
+    run_ranks(setup, n, [*flags, "-z", 0], tmp_path / "z0")
     z1, z0 = log_of(tmp_path / "z1"), log_of(tmp_path / "z0")
     assert z1 == z0, "-z 1 and -z 0 differ"
     last = f"ckpt_{STEPS:08d}/state.bin"
@@ -135,18 +161,18 @@ def test_resume_same_n_bit_exact_other_n_close(setup, tmp_path):
     """6 steps on 2 ranks (-b 3, checkpoints every 3); from step 3 again with 2 ranks (the same bits), with 3 ranks
     at -b 2 and with the plain trainer at -b 6 (the same global batch: within 1e-4)"""
     flags = ["-d", 6 * T, "-x", 6, "-n", 3, *LR]
-    run_mpi(setup, 2, ["-b", 3, *flags], tmp_path / "full")
+    run_ranks(setup, 2, ["-b", 3, *flags], tmp_path / "full")
     full = log_of(tmp_path / "full")
 
     resume_from(tmp_path / "full", 3, tmp_path / "same")
-    r = run_mpi(setup, 2, ["-b", 3, *flags, "-y", 1], tmp_path / "same")
+    r = run_ranks(setup, 2, ["-b", 3, *flags, "-y", 1], tmp_path / "same")
     assert "resumed from" in r.stdout and "at step 3" in r.stdout
     assert log_of(tmp_path / "same") == full
     last = "ckpt_00000006/state.bin"
     assert (tmp_path / "same" / last).read_bytes() == (tmp_path / "full" / last).read_bytes()
 
     resume_from(tmp_path / "full", 3, tmp_path / "three")
-    run_mpi(setup, 3, ["-b", 2, *flags, "-y", 1], tmp_path / "three")
+    run_ranks(setup, 3, ["-b", 2, *flags, "-y", 1], tmp_path / "three")
     resume_from(tmp_path / "full", 3, tmp_path / "one")
     run_binary(setup["dir"] / "single" / "train", *setup["data"], "-b", 6, *flags, "-y", 1, "-o", tmp_path / "one")
     for other in (log_of(tmp_path / "three"), log_of(tmp_path / "one")):
@@ -154,11 +180,11 @@ def test_resume_same_n_bit_exact_other_n_close(setup, tmp_path):
             assert close(other[s][0], full[s][0]) and close(other[s][1], full[s][1]), (s, other[s], full[s])
 
 
-def torchrun(setup, ranks, n, argv_of, logs="logs", binary="nompi"):
+def torchrun(setup, ranks, n, argv_of, logs="logs"):
     port, rk = free_port(), ranks(logs)
     for r in range(n):
         env = {**launcher_env("torchrun", r, n, port), **ONE_THREAD}
-        rk.start([setup["dir"] / binary / "train", *argv_of(r)], env)
+        rk.start([setup["nompi"], *argv_of(r)], env)
     return rk
 
 
@@ -168,7 +194,7 @@ def test_torchrun_without_mpi_gives_the_bits_of_mpirun(setup, tmp_path, ranks):
     results = rk.wait(120)
     assert all(x.returncode == 0 for x in results), rk.logs()
     assert "(tcp via" in results[0].stdout and not (tmp_path / "tcp1").exists(), "rank 0 alone writes the run"
-    run_mpi(setup, 3, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
+    run_ranks(setup, 3, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
     assert log_of(tmp_path / "tcp0") == log_of(tmp_path / "mpi")
 
 
@@ -180,11 +206,11 @@ def test_two_hosts_over_tcp(setup, tmp_path, ranks, two_hosts):
     flags = [*setup["data"], "-b", 2, "-x", 4, *LR]
     for r, h in enumerate(two_hosts):
         env = {"RANK": r, "WORLD_SIZE": 2, "MASTER_ADDR": a.addr, "MASTER_PORT": 29500, **ONE_THREAD}
-        rk.start([setup["dir"] / "nompi" / "train", *flags, "-o", tmp_path / "run"], env, prefix=h.exec_prefix())
+        rk.start([setup["nompi"], *flags, "-o", tmp_path / "run"], env, prefix=h.exec_prefix())
     results = rk.wait(120)
     assert all(x.returncode == 0 for x in results), rk.logs()
     assert f"tcp via {a.addr}:29500" in results[0].stdout
-    run_mpi(setup, 2, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
+    run_ranks(setup, 2, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
     assert log_of(tmp_path / "run") == log_of(tmp_path / "mpi")
 
 
@@ -208,7 +234,7 @@ def test_llmgen_train_nproc(setup, tmp_path):
         timeout=600,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    run_mpi(setup, 2, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
+    run_ranks(setup, 2, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
     assert log_of(tmp_path / "run") == log_of(tmp_path / "mpi")
     bad = run_llmgen(
         "train",
@@ -285,6 +311,7 @@ def test_sigkill_of_a_rank_ends_the_job_naming_it(setup, tmp_path, ranks):
     assert "resumed from" in run_binary(setup["dir"] / "single" / "train", *flags).stdout
 
 
+@needs_mpi
 def test_sigkill_under_mpirun(setup, tmp_path):
     """the same under mpirun: the job ends non-zero (mpirun names the rank that died)"""
     run = tmp_path / "run"
@@ -313,7 +340,7 @@ def test_flags_and_batch_checked_across_ranks(setup, tmp_path, ranks):
     results = rk.wait(60)
     assert all(x.returncode == 1 for x in results), rk.logs()
     assert "'-b 2'" in results[0].stderr and "'-b 3'" in results[0].stderr, rk.logs()
-    r = run_mpi(setup, 2, ["-b", 2, "-d", 3 * T, "-x", 2], tmp_path / "bad", check=False)
+    r = run_ranks(setup, 2, ["-b", 2, "-d", 3 * T, "-x", 2], tmp_path / "bad", check=False)
     assert r.returncode != 0 and "D = 48 tokens" in r.text and "N*B*T = 2*2*16 = 64" in r.text, r.text
 
 
