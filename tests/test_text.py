@@ -19,7 +19,8 @@ def test_a_call_is_broken_after_its_commas():
 
 def test_a_list_the_next_line_continues_keeps_only_its_own_comma():
     # a message whose string literal the next line continues: no comma may appear after it
-    head = '    llmgen_fail("%s: a long message about something that went wrong while reading the file", path, other_name, '
+    head = '    llmgen_fail("%s: a long message about something that went wrong while reading the file", '
+    head += "path, other_name, "
     _same_code(head + '"the first part "')
     _same_code(head + "more_arguments,")  # a list ending with its comma keeps it
     assert wrap(head + "more_arguments,")[-1].endswith("more_arguments,")

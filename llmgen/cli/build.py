@@ -21,6 +21,12 @@ def register(sub) -> None:
         default=0,
         help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]",
     )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data parallel over processes: mpirun -np N, torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, "
+        "srun, or `llmgen train --nproc N` (the C target; built with mpicc where MPI is installed)",
+    )
     p.add_argument("-o", required=True, metavar="DIR", help="output folder (train.c or train.cu, train)")
     p.set_defaults(func=run)
 
@@ -33,7 +39,12 @@ def run(args) -> int:
     spec = load_spec(args.spec, args.dtype)
     if args.emulate and args.target != "cuda":
         raise CliError("--emulate applies to --target cuda only")
-    options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute)
+    if args.distributed and args.target != "c":
+        raise CliError(
+            "--distributed --target cuda: not done yet (issue 12's CUDA part: NCCL collectives, and "
+            "emulate_nccl.h for --emulate); --distributed builds the C target"
+        )
+    options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)
     out = Path(args.o)
     if out.exists() and not out.is_dir():
         raise CliError(f"-o {out}: exists and is not a folder")
@@ -46,4 +57,13 @@ def run(args) -> int:
     )
     src = out / ("train.c" if args.target == "c" else "train.cu")
     print(f"wrote {src} ({len(src.read_text().splitlines())} lines), built {binary}")
+    if args.distributed:
+        from llmgen.runtime.build import mpi_c_compiler
+
+        how = (
+            "built with mpicc -DLLMGEN_MPI: mpirun -np N, srun --mpi=pmix, or torchrun-style variables"
+            if mpi_c_compiler()
+            else "no mpicc found, built with gcc: torchrun-style variables or LLMGEN_RENDEZVOUS_DIR (not mpirun)"
+        )
+        print(f"data parallel: {how}; -b is per process (README: Many processes)")
     return 0

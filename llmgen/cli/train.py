@@ -56,6 +56,14 @@ def register(sub) -> None:
         help="a folder of token shards: *train*.bin and *val*.bin (from "
         "`llmgen data`, or llm.c's); sets -i, -j and the token table",
     )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data parallel: N local processes of a distributed trainer (the C target), started with torchrun-style "
+        "variables on 127.0.0.1; -b is per process, -d counts all of them [1]",
+    )
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where built trainers are kept [~/.cache/llmgen]")
     p.add_argument("-o", metavar="DIR", help="run folder [runs/<spec name>-<spec digest>]")
     p.add_argument(
@@ -109,9 +117,9 @@ def _parse(f: Flag, raw: str):
     return raw
 
 
-def check_flags(spec, raw: dict[str, str]) -> dict[str, object]:
+def check_flags(spec, raw: dict[str, str], nproc: int = 1) -> dict[str, object]:
     """{field: value} of the given flags, parsed and checked against the table's bounds and choices,
-    -t against the spec's context and -d against B*T; a bad one raises CliError naming the flag."""
+    -t against the spec's context and -d against N*B*T (nproc N); a bad one raises CliError naming the flag."""
     consts = _constants(spec)
     values: dict[str, object] = {}
     for f in FORWARDED:
@@ -133,6 +141,11 @@ def check_flags(spec, raw: dict[str, str]) -> dict[str, object]:
     T = values.get("T", min(1024, spec.max_seq_len))
     if "total_batch" in values:
         d = values["total_batch"]
+        if nproc > 1 and (d < nproc * B * T or d % (nproc * B * T)):
+            raise CliError(
+                f"-d (total batch, D = {d} tokens) must be a positive multiple of N*B*T = {nproc}*{B}*{T} = "
+                f"{nproc * B * T}: each of the --nproc {nproc} processes trains on B*T tokens per micro-step"
+            )
         if d < B * T or d % (B * T):
             raise CliError(f"-d (total batch, {d} tokens) must be a positive multiple of B*T = {B}*{T} = {B * T}")
     return values
@@ -270,26 +283,55 @@ def _die_with_parent() -> None:
             pass
 
 
-def run_trainer(binary: Path, flags: list[str], progress, on_step=None) -> TrainerExit:
+def rank_envs(nproc: int) -> list[dict[str, str] | None]:
+    """The environments of `nproc` local ranks, torchrun style (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+    MASTER_ADDR 127.0.0.1, a free MASTER_PORT), each with its share of the cores unless OMP_NUM_THREADS is set;
+    [None] (the inherited environment) for one process."""
+    import os
+    import socket
+
+    if nproc <= 1:
+        return [None]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # free now; rank 0 binds it within moments
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_COMM_WORLD", "PMI_", "PMIX_", "SLURM_"))}
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // nproc))
+    world = {"WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1"}
+    world.update(MASTER_PORT=str(port), OMP_NUM_THREADS=threads)
+    return [{**base, **world, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(nproc)]
+
+
+def run_trainer(binary: Path, flags: list[str], progress, on_step=None, nproc: int = 1) -> TrainerExit:
     """Run the binary, its output lines into the progress bar (steps) and the scroll-back (the
     rest). The trainer gets its own session: a terminal's Ctrl-C reaches this process only, which
     passes SIGINT/SIGTERM (SIGHUP as SIGTERM) on once per signal and keeps reading until the
-    trainer has written its checkpoint and exited."""
-    proc = subprocess.Popen(
-        [str(binary), *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        errors="replace",
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
+    trainer has written its checkpoint and exited. nproc > 1: that many ranks of a distributed trainer
+    (rank_envs); rank 0's lines are read (the others print only errors, on this process's stderr), every
+    signal goes to all of them, and the exit status is rank 0's, or else the first failing rank's."""
+    procs = [
+        subprocess.Popen(
+            [str(binary), *flags],
+            stdout=subprocess.PIPE if r == 0 else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if r == 0 else None,
+            text=True,
+            bufsize=1,
+            errors="replace",
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=env,
+        )
+        for r, env in enumerate(rank_envs(nproc))
+    ]
+    proc = procs[0]
     state = TrainerExit(rc=0, step=0, interrupted=None, last_error="")
 
     def forward(sig, _frame):
         again = state.interrupted is not None
         state.interrupted = state.interrupted or sig
+        for q in procs[1:]:
+            if q.poll() is None:
+                q.send_signal(signal.SIGTERM if sig == signal.SIGHUP else sig)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM if sig == signal.SIGHUP else sig)
             progress.note(
@@ -322,10 +364,14 @@ def run_trainer(binary: Path, flags: list[str], progress, on_step=None) -> Train
             if line:
                 progress.note(line)
         state.rc = proc.wait()
+        for q in procs[1:]:  # the others stop within moments of rank 0 (comm.h names the rank that failed)
+            rc = q.wait()
+            state.rc = state.rc or rc
     finally:
-        if proc.poll() is None:  # this wrapper itself failed: do not leave the trainer running
-            proc.terminate()
-            proc.wait()
+        for q in procs:
+            if q.poll() is None:  # this wrapper itself failed: do not leave a trainer running
+                q.terminate()
+                q.wait()
         for s, h in old.items():
             signal.signal(s, h)
         progress.close()
@@ -370,8 +416,17 @@ def run(args) -> int:
     spec = load_spec(args.spec, args.dtype)
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
+    if args.nproc > 1 and args.target == "auto":
+        target, why = "c", "target c: --nproc runs the data-parallel CPU twin (issue 12's CUDA part is not done)"
     spec, precision = train_precision(spec, target, args.dtype)
-    values = check_flags(spec, raw)
+    if args.nproc < 1:
+        raise CliError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and target != "c":
+        raise CliError(
+            f"--nproc {args.nproc}: only the C target is data parallel so far (issue 12's CUDA part is not done); "
+            "pass --target c"
+        )
+    values = check_flags(spec, raw, args.nproc)
     flags = data_flags(Path(args.data), raw) if args.data else []
     _check_globs(raw)
     if "train_pattern" not in raw and "-i" not in flags:
@@ -385,13 +440,16 @@ def run(args) -> int:
     wandb_log = _wandb(args.wandb, spec, out) if args.wandb else None
 
     print(f"llmgen train: {why}; {precision}", file=sys.stderr)
-    options = Options(target=target, fuse=not args.no_fuse, recompute=int(values.get("recompute", 0) or 0))
+    recompute = int(values.get("recompute", 0) or 0)
+    options = Options(target=target, fuse=not args.no_fuse, recompute=recompute, distributed=args.nproc > 1)
     binary = cached_build(spec, options, Path(args.cache_dir) if args.cache_dir else cache_dir())
     print(
         f"llmgen train: trainer {binary.parent / ('train.c' if target == 'c' else 'train.cu')}; run folder {out}",
         file=sys.stderr,
     )
-    res = run_trainer(binary, flags, TrainProgress(), on_step=wandb_log)
+    if args.nproc > 1:
+        print(f"llmgen train: {args.nproc} processes, data parallel (-b {values.get('B', 4)} each)", file=sys.stderr)
+    res = run_trainer(binary, flags, TrainProgress(), on_step=wandb_log, nproc=args.nproc)
     rc = report_exit(res, out)
     if rc == 0:
         print(

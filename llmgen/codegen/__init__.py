@@ -73,6 +73,7 @@ class Options:
     fuse: bool = True  # run the fusion passes
     recompute: int = 0  # llm.c's -r: 0 keep activations, 1 recompute GELU, 2 GELU + layernorm
     template_dirs: tuple[str, ...] = ()  # extra template folders, searched before llmgen's own
+    distributed: bool = False  # data parallel over processes (templates/common/comm.h); the C target only so far
 
 
 def program_for(spec, options: Options = Options()) -> Program:
@@ -80,9 +81,20 @@ def program_for(spec, options: Options = Options()) -> Program:
     # bf16 (spec.dtype) is the CUDA target's mixed precision; the C twin computes in fp32
     dtype = spec.dtype if options.target == "cuda" else "fp32"
     g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse, recompute=options.recompute, dtype=dtype)
-    prog = target.configure(
-        lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)
-    )
+    prog = lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)
+    if options.distributed:
+        if options.target != "c":
+            raise ValueError(
+                "--distributed: only the C target is data parallel so far; the CUDA part of issue 12 "
+                "(NCCL collectives, emulate_nccl.h in the emulated build) is not done yet"
+            )
+        from llmgen.codegen.lower import c_string
+        from llmgen.flags import c_rows, usage_lines
+
+        prog.distributed = True  # the flags' defaults and usage of a multi-process trainer (-z 1 with N > 1)
+        prog.flag_rows = c_rows(spec.max_seq_len, options.recompute, distributed=True)
+        prog.usage = [c_string(line + "\n") for line in usage_lines(distributed=True)]
+    prog = target.configure(prog)
     if hasattr(target, "bind_calls"):  # the C target: the schedule calls the kernels' bodies (see there)
         env = environment(tuple(map(str, options.template_dirs)))
         check_kernels(prog, env)

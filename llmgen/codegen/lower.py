@@ -457,6 +457,7 @@ class Program:
     llmc_elems: int = 0  # parameters in an llm.c model file of this spec; 0: not GPT-2, no such file
     generation_config_json: str = '"{}"'  # the HF generation_config.json checkpoints carry, a C string literal
     layer_note: str = ""  # why the parameters are not in per-layer tables, where they are not
+    distributed: bool = False  # data parallel over processes (comm.h pasted; Options.distributed)
     code: Callable | None = None  # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
     c_kernels: dict[str, str] = field(default_factory=dict)  # C: kernels with functions of their own, the calls
 

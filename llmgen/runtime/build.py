@@ -54,7 +54,7 @@ def build_trainer(
     if options.target == "c":
         if emulate:
             raise BuildError("--emulate applies to the cuda target only")
-        binary = build_c(src, out, lib_flags, on_compile=on_compile, deps=deps)
+        binary = build_c(src, out, lib_flags, on_compile=on_compile, deps=deps, mpi=options.distributed)
     else:
         binary = build_cuda(src, out, emulate=emulate, extra_flags=lib_flags, on_compile=on_compile, deps=deps)
     write_token_files(spec, out_dir)
@@ -77,7 +77,8 @@ def cached_build_dir(spec, options, cache_root: Path) -> Path:
 
     from llmgen import __version__
 
-    key = json.dumps([spec.digest(), options.target, options.fuse, options.recompute, __version__])
+    parts = [spec.digest(), options.target, options.fuse, options.recompute, __version__]
+    key = json.dumps(parts + (["distributed"] if options.distributed else []))
     return Path(cache_root) / "builds" / f"{spec.arch}-{options.target}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -123,10 +124,21 @@ def c_compiler() -> str:
 C_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-std=gnu11", "-Wall", "-Wno-unused-function"]
 
 
-def build_c(src: Path, out: Path, extra_flags: list[str] | None = None, on_compile=None, deps: tuple = ()) -> Path:
+def mpi_c_compiler() -> str | None:
+    """mpicc (or $MPICC) when MPI is installed: a distributed trainer built with it also runs under mpirun."""
+    return os.environ.get("MPICC") or shutil.which("mpicc")
+
+
+def build_c(
+    src: Path, out: Path, extra_flags: list[str] | None = None, on_compile=None, deps: tuple = (), mpi: bool = False
+) -> Path:
     """gcc -O3 -march=native -fopenmp; skipped when the binary was built from this exact source (and deps,
-    the files it includes)."""
-    cmd = [c_compiler(), *C_FLAGS, *(extra_flags or []), str(src), "-lm", "-o", str(out)]
+    the files it includes). mpi: a distributed trainer, through mpicc -DLLMGEN_MPI where MPI is installed
+    (mpirun, srun with PMIx, and the TCP launches), else gcc (torchrun-style variables and the file
+    rendezvous only: templates/common/comm.h)."""
+    mpicc = mpi_c_compiler() if mpi else None
+    cc, defines = (mpicc, ["-DLLMGEN_MPI"]) if mpicc else (c_compiler(), [])
+    cmd = [cc, *C_FLAGS, *defines, *(extra_flags or []), str(src), "-lm", "-o", str(out)]
     return _build(cmd, src, out, deps=deps, on_compile=on_compile)
 
 
