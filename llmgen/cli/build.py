@@ -25,7 +25,8 @@ def register(sub) -> None:
         "--distributed",
         action="store_true",
         help="data parallel over processes: mpirun -np N, torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, "
-        "srun, or `llmgen train --nproc N` (the C target; built with mpicc where MPI is installed)",
+        "srun, or `llmgen train --nproc N` (C: built with mpicc where MPI is installed; CUDA: NCCL, and with MPI's "
+        "flags where MPI is installed, --emulate too)",
     )
     p.add_argument("-o", required=True, metavar="DIR", help="output folder (train.c or train.cu, train)")
     p.set_defaults(func=run)
@@ -39,11 +40,6 @@ def run(args) -> int:
     spec = load_spec(args.spec, args.dtype)
     if args.emulate and args.target != "cuda":
         raise CliError("--emulate applies to --target cuda only")
-    if args.distributed and args.target != "c":
-        raise CliError(
-            "--distributed --target cuda: not done yet (issue 12's CUDA part: NCCL collectives, and "
-            "emulate_nccl.h for --emulate); --distributed builds the C target"
-        )
     options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)
     out = Path(args.o)
     if out.exists() and not out.is_dir():
