@@ -56,10 +56,15 @@ def run(args) -> int:
     if args.distributed:
         from llmgen.runtime.build import mpi_c_compiler
 
+        compiler = "gcc" if args.target == "c" else "g++" if args.emulate else "nvcc"
         how = (
-            "built with mpicc -DLLMGEN_MPI: mpirun -np N, srun --mpi=pmix, or torchrun-style variables"
+            f"built with {'mpicc' if args.target == 'c' else compiler + ' and MPI'} -DLLMGEN_MPI: mpirun -np N, "
+            "srun --mpi=pmix, or torchrun-style variables"
             if mpi_c_compiler()
-            else "no mpicc found, built with gcc: torchrun-style variables or LLMGEN_RENDEZVOUS_DIR (not mpirun)"
+            else f"no mpicc found, built with {compiler}: torchrun-style variables or LLMGEN_RENDEZVOUS_DIR "
+            "(not mpirun)"
         )
+        if args.target == "cuda":
+            how += "; the collectives are NCCL's" + (" (emulate_nccl.h, on the CPU)" if args.emulate else "")
         print(f"data parallel: {how}; -b is per process (README: Many processes)")
     return 0
