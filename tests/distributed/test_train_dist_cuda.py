@@ -116,14 +116,15 @@ def test_one_rank_is_the_plain_build_bit_for_bit(setup, tmp_path, dtype):
     assert same_run(tmp_path / "single", tmp_path / "dist", 4)
 
 
-def test_bf16_two_ranks_equal_one_process(setup, tmp_path):
-    """bf16: the fp32 master and the moments sharded, the bf16 parameters all-gathered; within BF16_LOSS / BF16_NORM
-    of one process, and -z 1 equals -z 0 bit for bit"""
-    steps, flags = 6, ["-d", 128, "-x", 6, *LR]
-    run_ranks(setup, 2, "bf16", ["-b", 2, *flags], tmp_path / "z1")
-    run_ranks(setup, 2, "bf16", ["-b", 2, *flags, "-z", 0], tmp_path / "z0")
+@pytest.mark.parametrize("n, B", [(2, 2), (3, 1)])
+def test_bf16_n_ranks_equal_one_process(setup, tmp_path, n, B):
+    """bf16: the fp32 master and the moments sharded, the bf16 parameters all-gathered (3 ranks: padded shards);
+    within BF16_LOSS / BF16_NORM of one process, and -z 1 equals -z 0 bit for bit"""
+    steps, flags = 6, ["-d", 2 * n * B * T, "-x", 6, *LR]
+    run_ranks(setup, n, "bf16", ["-b", B, *flags], tmp_path / "z1")
+    run_ranks(setup, n, "bf16", ["-b", B, *flags, "-z", 0], tmp_path / "z0")
     assert same_run(tmp_path / "z1", tmp_path / "z0", steps), "-z 1 and -z 0 differ"
-    run_one(setup, "single", "bf16", ["-b", 4, *flags], tmp_path / "one")
+    run_one(setup, "single", "bf16", ["-b", n * B, *flags], tmp_path / "one")
     z1, one = log_of(tmp_path / "z1"), log_of(tmp_path / "one")
     assert sorted(z1) == sorted(one) == list(range(1, steps + 1))
     for s in one:
