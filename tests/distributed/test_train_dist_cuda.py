@@ -178,3 +178,24 @@ def test_nvcc_compiles_distributed_gpt2_bf16(tmp_path):
     except BuildError as e:
         pytest.fail(str(e)[-4000:])
     assert (tmp_path / "train").is_file()
+
+
+@pytest.mark.parametrize("name, dtype", [("gpt2", "bf16"), ("gpt2", "fp32"), ("llama3.2-1b", "bf16")])
+def test_emitted_distributed_cuda_source(name, dtype):
+    """the house rules of tests/test_program_shape.py for the distributed CUDA source (no line over 120 columns, no
+    blank line before a closing brace, no trailing whitespace); its collectives are NCCL's, all on stream 0; the
+    plain build has none of it"""
+    from llmgen.codegen import Options, render
+    from llmgen.spec import load_spec
+
+    spec = load_spec(name, dtype)
+    lines = render(spec, Options(target="cuda", distributed=True)).splitlines()
+    assert not [(i + 1, x) for i, x in enumerate(lines) if len(x) > 120]
+    assert not [i + 1 for i in range(1, len(lines)) if lines[i].strip().startswith("}") and not lines[i - 1].strip()]
+    assert not [i + 1 for i, x in enumerate(lines) if x != x.rstrip()]
+    src = "\n".join(lines)
+    for call in ("ncclReduceScatter(", "ncclAllReduce(", "ncclAllGather(", "ncclCommInitRank(", "ncclGetUniqueId("):
+        assert call in src, call
+    calls = [x for x in lines if "NCCL_CHECK(nccl" in x and "Comm" not in x and "UniqueId" not in x]
+    assert calls and all(x.rstrip().endswith("nccl, 0));") for x in calls), calls
+    assert "nccl" not in render(spec, Options(target="cuda")).lower()
