@@ -183,8 +183,9 @@ def test_nvcc_compiles_distributed_gpt2_bf16(tmp_path):
 @pytest.mark.parametrize("name, dtype", [("gpt2", "bf16"), ("gpt2", "fp32"), ("llama3.2-1b", "bf16")])
 def test_emitted_distributed_cuda_source(name, dtype):
     """the house rules of tests/test_program_shape.py for the distributed CUDA source (no line over 120 columns, no
-    blank line before a closing brace, no trailing whitespace); its collectives are NCCL's, all on stream 0; the
-    plain build has none of it"""
+    blank line before a closing brace, no trailing whitespace); its collectives are NCCL's, on stream 0 (where the
+    kernels run) or, for the gradients' exchange that overlaps the backward, on comm_stream; the backward starts a
+    layer's exchange at the end of its loop body; the plain build has none of it"""
     from llmgen.codegen import Options, render
     from llmgen.spec import load_spec
 
@@ -194,8 +195,10 @@ def test_emitted_distributed_cuda_source(name, dtype):
     assert not [i + 1 for i in range(1, len(lines)) if lines[i].strip().startswith("}") and not lines[i - 1].strip()]
     assert not [i + 1 for i, x in enumerate(lines) if x != x.rstrip()]
     src = "\n".join(lines)
-    for call in ("ncclReduceScatter(", "ncclAllReduce(", "ncclAllGather(", "ncclCommInitRank(", "ncclGetUniqueId("):
+    for call in ("ncclReduceScatter(", "ncclReduce(", "ncclAllReduce(", "ncclAllGather(", "ncclCommInitRank("):
         assert call in src, call
-    calls = [x for x in lines if "NCCL_CHECK(nccl" in x and "Comm" not in x and "UniqueId" not in x]
-    assert calls and all(x.rstrip().endswith("nccl, 0));") for x in calls), calls
+    collectives = ("ncclReduceScatter(", "ncclReduce(", "ncclAllReduce(", "ncclAllGather(")
+    calls = [x for x in lines if "NCCL_CHECK(" in x and any(c in x for c in collectives)]
+    assert len(calls) >= 7 and all(x.endswith(("nccl, 0));", "nccl, comm_stream));")) for x in calls), calls
+    assert "        layer_grads_done(l);   /* layer l's gradients are final: start their exchange */\n    }" in src
     assert "nccl" not in render(spec, Options(target="cuda")).lower()
