@@ -25,7 +25,8 @@ def register(sub) -> None:
         "--distributed",
         action="store_true",
         help="data parallel over processes: mpirun -np N, torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, "
-        "srun, or `llmgen train --nproc N` (the C target; built with mpicc where MPI is installed)",
+        "srun, or `llmgen train --nproc N` (C: built with mpicc where MPI is installed; CUDA: NCCL, and with MPI's "
+        "flags where MPI is installed, --emulate too)",
     )
     p.add_argument("-o", required=True, metavar="DIR", help="output folder (train.c or train.cu, train)")
     p.set_defaults(func=run)
@@ -39,11 +40,6 @@ def run(args) -> int:
     spec = load_spec(args.spec, args.dtype)
     if args.emulate and args.target != "cuda":
         raise CliError("--emulate applies to --target cuda only")
-    if args.distributed and args.target != "c":
-        raise CliError(
-            "--distributed --target cuda: not done yet (issue 12's CUDA part: NCCL collectives, and "
-            "emulate_nccl.h for --emulate); --distributed builds the C target"
-        )
     options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)
     out = Path(args.o)
     if out.exists() and not out.is_dir():
@@ -60,10 +56,15 @@ def run(args) -> int:
     if args.distributed:
         from llmgen.runtime.build import mpi_c_compiler
 
+        compiler = "gcc" if args.target == "c" else "g++" if args.emulate else "nvcc"
         how = (
-            "built with mpicc -DLLMGEN_MPI: mpirun -np N, srun --mpi=pmix, or torchrun-style variables"
+            f"built with {'mpicc' if args.target == 'c' else compiler + ' and MPI'} -DLLMGEN_MPI: mpirun -np N, "
+            "srun --mpi=pmix, or torchrun-style variables"
             if mpi_c_compiler()
-            else "no mpicc found, built with gcc: torchrun-style variables or LLMGEN_RENDEZVOUS_DIR (not mpirun)"
+            else f"no mpicc found, built with {compiler}: torchrun-style variables or LLMGEN_RENDEZVOUS_DIR "
+            "(not mpirun)"
         )
+        if args.target == "cuda":
+            how += "; the collectives are NCCL's" + (" (emulate_nccl.h, on the CPU)" if args.emulate else "")
         print(f"data parallel: {how}; -b is per process (README: Many processes)")
     return 0

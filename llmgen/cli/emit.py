@@ -31,7 +31,8 @@ def register(sub) -> None:
         "--distributed",
         action="store_true",
         help="data parallel over processes: mpirun -np N, torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, "
-        "srun, or `llmgen train --nproc N` (the C target; built with mpicc where MPI is installed)",
+        "srun, or `llmgen train --nproc N` (C: built with mpicc where MPI is installed; CUDA: NCCL, and with MPI's "
+        "flags where MPI is installed, --emulate too)",
     )
     p.add_argument("-o", metavar="FILE", default=None, help="write the source here instead of to stdout")
     p.set_defaults(func=run)
@@ -44,11 +45,6 @@ def run(args) -> int:
     from llmgen.spec import load_spec
 
     spec = load_spec(args.spec, args.dtype)
-    if args.distributed and args.target != "c":
-        raise CliError(
-            "--distributed --target cuda: not done yet (issue 12's CUDA part: NCCL collectives, and "
-            "emulate_nccl.h for --emulate); --distributed builds the C target"
-        )
     if args.distributed and args.library:
         raise CliError("--distributed --library: the in-process API is one process; emit the trainer without --library")
     options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)

@@ -417,14 +417,14 @@ def run(args) -> int:
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
     if args.nproc > 1 and args.target == "auto":
-        target, why = "c", "target c: --nproc runs the data-parallel CPU twin (issue 12's CUDA part is not done)"
+        target, why = "c", "target c: --nproc runs the data-parallel CPU twin"
     spec, precision = train_precision(spec, target, args.dtype)
     if args.nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and target != "c":
         raise CliError(
-            f"--nproc {args.nproc}: only the C target is data parallel so far (issue 12's CUDA part is not done); "
-            "pass --target c"
+            f"--nproc {args.nproc}: runs the C target only; pass --target c, or start a CUDA trainer built with "
+            "`llmgen build --target cuda --distributed` under mpirun or torchrun-style variables"
         )
     values = check_flags(spec, raw, args.nproc)
     flags = data_flags(Path(args.data), raw) if args.data else []

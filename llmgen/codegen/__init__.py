@@ -73,7 +73,7 @@ class Options:
     fuse: bool = True  # run the fusion passes
     recompute: int = 0  # llm.c's -r: 0 keep activations, 1 recompute GELU, 2 GELU + layernorm
     template_dirs: tuple[str, ...] = ()  # extra template folders, searched before llmgen's own
-    distributed: bool = False  # data parallel over processes (templates/common/comm.h); the C target only so far
+    distributed: bool = False  # data parallel over processes (templates/common/comm.h; NCCL on the CUDA target)
 
 
 def program_for(spec, options: Options = Options()) -> Program:
@@ -83,11 +83,6 @@ def program_for(spec, options: Options = Options()) -> Program:
     g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse, recompute=options.recompute, dtype=dtype)
     prog = lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)
     if options.distributed:
-        if options.target != "c":
-            raise ValueError(
-                "--distributed: only the C target is data parallel so far; the CUDA part of issue 12 "
-                "(NCCL collectives, emulate_nccl.h in the emulated build) is not done yet"
-            )
         from llmgen.codegen.lower import c_string
         from llmgen.flags import c_rows, usage_lines
 

@@ -56,7 +56,9 @@ def build_trainer(
             raise BuildError("--emulate applies to the cuda target only")
         binary = build_c(src, out, lib_flags, on_compile=on_compile, deps=deps, mpi=options.distributed)
     else:
-        binary = build_cuda(src, out, emulate=emulate, extra_flags=lib_flags, on_compile=on_compile, deps=deps)
+        binary = build_cuda(
+            src, out, emulate=emulate, extra_flags=lib_flags, on_compile=on_compile, deps=deps, nccl=options.distributed
+        )
     write_token_files(spec, out_dir)
     return binary
 
@@ -221,10 +223,70 @@ def cublas_dirs() -> tuple[Path, Path] | None:
 
 def _cublas_lib_flag(lib: Path) -> str:
     """-lcublasLt where the unversioned link exists (toolkit), else the wheel's libcublasLt.so.N."""
-    if (lib / "libcublasLt.so").exists():
-        return "-lcublasLt"
-    versioned = sorted(lib.glob("libcublasLt.so.*"), key=lambda p: len(p.name))
+    return _lib_flag(lib, "cublasLt")
+
+
+def _lib_flag(lib: Path, name: str) -> str:
+    """-l<name> where the unversioned link exists, else -l:lib<name>.so.N (a wheel ships only that)."""
+    if (lib / f"lib{name}.so").exists():
+        return f"-l{name}"
+    versioned = sorted(lib.glob(f"lib{name}.so.*"), key=lambda p: len(p.name))
     return f"-l:{versioned[0].name}"
+
+
+def nccl_dirs() -> tuple[Path, Path] | None:
+    """(include, lib) of NCCL (nccl.h + libnccl.so): $NCCL_HOME, the CUDA install, the distribution's libnccl-dev,
+    else the nvidia-nccl-cu13 / -cu12 wheel in site-packages."""
+    cands = []
+    if os.environ.get("NCCL_HOME"):
+        home = Path(os.environ["NCCL_HOME"])
+        cands += [(home / "include", home / "lib"), (home / "include", home / "lib64")]
+    home = cuda_home()
+    if home is not None:
+        cands += [(home / "include", home / "lib64"), (home / "include", home / "lib")]
+    cands.append((Path("/usr/include"), Path("/usr/lib/x86_64-linux-gnu")))
+    try:
+        import nvidia  # namespace package of NVIDIA's wheels (nvidia-nccl-cu13)
+
+        for root in map(Path, nvidia.__path__):
+            for sub in ("nccl", "cu13", "cu12"):
+                cands.append((root / sub / "include", root / sub / "lib"))
+    except ImportError:
+        pass
+    for inc, lib in cands:
+        if (inc / "nccl.h").is_file() and any(lib.glob("libnccl.so*")):
+            return inc, lib
+    return None
+
+
+def mpi_flags() -> tuple[list[str], list[str]]:
+    """(compile, link) flags of the MPI install (mpicc --showme), or two empty lists without MPI: a distributed CUDA
+    trainer is built with them and -DLLMGEN_MPI where MPI exists, like the C twin through mpicc."""
+    mpicc = mpi_c_compiler()
+    if not mpicc:
+        return [], []
+    try:
+        flags = [
+            subprocess.run([mpicc, f"--showme:{w}"], capture_output=True, text=True, check=True).stdout.split()
+            for w in ("compile", "link")
+        ]
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise BuildError(f"{mpicc} --showme failed ({e}): set MPICC to Open MPI's mpicc, or take it off PATH") from e
+    return ["-DLLMGEN_MPI", *flags[0]], flags[1]
+
+
+def _for_nvcc(flags: list[str]) -> list[str]:
+    """gcc-style flags (mpicc --showme's) as nvcc takes them: -I, -L, -l, -D as they are, the rest through -Xcompiler
+    or, for -Wl,..., -Xlinker."""
+    out = []
+    for f in flags:
+        if f.startswith(("-I", "-L", "-l", "-D")):
+            out.append(f)
+        elif f.startswith("-Wl,"):
+            out.append("-Xlinker=" + f.removeprefix("-Wl,"))
+        else:
+            out.append("-Xcompiler=" + f)
+    return out
 
 
 def visible_gpu_arch() -> str | None:
@@ -271,14 +333,23 @@ def build_cuda(
     extra_flags: list[str] | None = None,
     on_compile=None,
     deps: tuple = (),
+    nccl: bool = False,
 ) -> Path:
     """Build train.cu. GPU: nvcc -O3 for `archs` (default: the visible GPU's, else sm_90), linked to
     cuBLASLt from the CUDA install or the nvidia-cublas wheel. emulate=True: the same source through
     g++ with the emulation headers (copied into emulate/ next to it and named by -I), as emulate.h's
-    contract says; no GPU, no cuBLAS."""
+    contract says; no GPU, no cuBLAS. nccl: a distributed trainer (`--distributed`), linked to NCCL
+    (nccl_dirs) or, emulated, with emulate_nccl.h; both with MPI's flags where MPI is installed."""
     src, out = Path(src), Path(out)
+    mpi_compile, mpi_link = mpi_flags() if nccl else ([], [])
     if emulate:
         headers = copy_emulation_headers(src.parent / "emulate")
+        if nccl:
+            from llmgen.codegen import templates_dir
+
+            nccl_h = src.parent / "emulate" / "emulate_nccl.h"
+            write_if_changed(nccl_h, (templates_dir() / "cuda" / "emulate_nccl.h").read_bytes())
+            headers.append(nccl_h)
         stale = src.parent / "emulate.h"  # the single-file header older versions copied here
         if stale.is_file() and stale.read_bytes().startswith(b"/* emulate.h -- run llmgen's"):
             stale.unlink()  # it would shadow emulate/emulate.h (same folder as train.cu)
@@ -294,6 +365,7 @@ def build_cuda(
             "-fopenmp",
             "-DLLMGEN_EMULATE",
             *inc,
+            *mpi_compile,
             *(extra_flags or []),
             "-x",
             "c++",
@@ -302,6 +374,7 @@ def build_cuda(
             "none",
             "-o",
             str(out),
+            *mpi_link,
             "-lm",
         ]
         return _build(cmd, src, out, deps=(*deps, *headers), on_compile=on_compile)
@@ -315,6 +388,17 @@ def build_cuda(
             "`pip install nvidia-cublas` provides both"
         )
     inc, lib = blas
+    link = [f"-L{lib}", f"-Xlinker=-rpath,{lib}", _cublas_lib_flag(lib)]
+    if nccl:
+        found = nccl_dirs()
+        if found is None:
+            raise BuildError(
+                "NCCL (nccl.h + libnccl.so) not found (NCCL_HOME, the CUDA install, /usr); "
+                "`pip install nvidia-nccl-cu13` provides both, or build with --emulate to run on the CPU"
+            )
+        nccl_inc, nccl_lib = found
+        mpi_compile = [f"-I{nccl_inc}", *_for_nvcc(mpi_compile)]
+        link += [f"-L{nccl_lib}", f"-Xlinker=-rpath,{nccl_lib}", _lib_flag(nccl_lib, "nccl"), *_for_nvcc(mpi_link)]
     archs = archs or [visible_gpu_arch() or CUDA_ARCH_DEFAULT]
     gencode = []
     for a in archs:
@@ -326,12 +410,11 @@ def build_cuda(
         "-std=c++17",
         *gencode,
         f"-I{inc}",
+        *mpi_compile,
         *(extra_flags or []),
         str(src),
         "-o",
         str(out),
-        f"-L{lib}",
-        f"-Xlinker=-rpath,{lib}",
-        _cublas_lib_flag(lib),
+        *link,
     ]
     return _build(cmd, src, out, deps=deps, on_compile=on_compile)

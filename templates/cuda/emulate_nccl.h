@@ -17,7 +17,7 @@
  *   Names, types, enum values and signatures follow NCCL's nccl.h / API documentation (2.18):
  *     ncclGetVersion, ncclGetUniqueId, ncclCommInitRank, ncclCommDestroy, ncclCommAbort,
  *     ncclCommFinalize, ncclCommCount, ncclCommUserRank, ncclCommCuDevice, ncclAllReduce,
- *     ncclReduceScatter, ncclAllGather, ncclBroadcast, ncclBcast, ncclGroupStart, ncclGroupEnd,
+ *     ncclReduceScatter, ncclReduce, ncclAllGather, ncclBroadcast, ncclBcast, ncclGroupStart, ncclGroupEnd,
  *     ncclGetErrorString, ncclGetLastError; ncclUniqueId, ncclComm_t, ncclResult_t,
  *     ncclDataType_t, ncclRedOp_t. Reductions: ncclSum and ncclAvg on ncclFloat32, ncclFloat64
  *     and ncclBfloat16; ncclAllGather / ncclBroadcast move any type. Anything else returns
@@ -324,6 +324,30 @@ inline ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size
     if ((r = llmgen_nccl::reduction("ncclReduceScatter", datatype, op, &dt, &cop)) != ncclSuccess) return r;
     if ((r = llmgen_nccl::check_buffers("ncclReduceScatter", sendbuff, recvbuff, recvcount)) != ncclSuccess) return r;
     comm_reduce_scatter(comm->comm, recvbuff, sendbuff, recvcount, dt, cop);
+    return ncclSuccess;
+}
+
+// On rank root: recvbuff[i] = op over ranks of sendbuff[i]; in place when sendbuff == recvbuff. recvbuff is
+// written on root only. Emulated as an all-reduce into a temporary: the same rank-order sums, more traffic.
+inline ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
+                               ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
+    (void)stream;
+    CommDtype dt = COMM_F32;
+    CommOp cop = COMM_SUM;
+    ncclResult_t r;
+    if ((r = llmgen_nccl::check_comm("ncclReduce", comm)) != ncclSuccess) return r;
+    if ((r = llmgen_nccl::reduction("ncclReduce", datatype, op, &dt, &cop)) != ncclSuccess) return r;
+    if (root < 0 || root >= comm->nranks)
+        return llmgen_nccl::fail(ncclInvalidArgument, "ncclReduce: root %d is not a rank of %d", root, comm->nranks);
+    if (count && !sendbuff) return llmgen_nccl::fail(ncclInvalidArgument, "ncclReduce: sendbuff is NULL");
+    if (count && comm->rank == root && !recvbuff)
+        return llmgen_nccl::fail(ncclInvalidArgument, "ncclReduce: recvbuff is NULL on the root");
+    const size_t bytes = count * comm_dtype_size(dt);
+    void* tmp = malloc(bytes ? bytes : 1);
+    if (!tmp) return llmgen_nccl::fail(ncclSystemError, "ncclReduce: out of memory (%zu bytes)", bytes);
+    comm_allreduce(comm->comm, tmp, sendbuff, count, dt, cop);
+    if (comm->rank == root && bytes) memcpy(recvbuff, tmp, bytes);
+    free(tmp);
     return ncclSuccess;
 }
 

@@ -342,8 +342,3 @@ def test_flags_and_batch_checked_across_ranks(setup, tmp_path, ranks):
     assert "'-b 2'" in results[0].stderr and "'-b 3'" in results[0].stderr, rk.logs()
     r = run_ranks(setup, 2, ["-b", 2, "-d", 3 * T, "-x", 2], tmp_path / "bad", check=False)
     assert r.returncode != 0 and "D = 48 tokens" in r.text and "N*B*T = 2*2*16 = 64" in r.text, r.text
-
-
-def test_cuda_distributed_is_refused():
-    r = run_llmgen("emit", "gpt2", "--target", "cuda", "--distributed", check=False)
-    assert r.returncode == 1 and "issue 12's CUDA part" in r.stderr, r.stderr
