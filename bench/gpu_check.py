@@ -5,7 +5,7 @@ Rows of the benchmark table: llmgen's CUDA trainer; PyTorch eager and torch.comp
 (bench/torch_gpt2.py, the fair peer: padded vocabulary, flash SDPA, fused AdamW, --compile-mode);
 the roofline prediction for the GPU found (llmgen/roofline.py; peak memory there is the memory
 plan's); llmgen with attention on CUDA cores (the ablation); and, on a machine with more than one
-GPU, llmgen data-parallel on all of them (mpirun -np N of a `--distributed` build) against N times
+GPU, llmgen data-parallel on all of them (N ranks of a `--distributed` build) against N times
 the one-GPU tokens/s. The roofline row is made even with --skip-bench (it needs no GPU).
 
     bash bench/gpu_check.sh OUTDIR          (the wrapper installs carried wheels, then runs this)
@@ -385,11 +385,49 @@ def gpu_count(args) -> int:
         return 0
 
 
+def launch(n, cmd, out_file, timeout=900):
+    """n ranks of cmd: under mpirun where OpenMPI is installed, else as n processes with torchrun-style
+    variables on 127.0.0.1 (the trainer's comm.h bootstraps NCCL over TCP then); raises if a rank fails."""
+    if shutil.which("mpirun"):
+        mpi = ["mpirun", "-np", n] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+        return sh([*mpi, *cmd], out_file, timeout=timeout)
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    logs = [Path(f"{out_file}.rank{r}") for r in range(n)]
+    files = [open(x, "w") for x in logs]
+    procs = [
+        subprocess.Popen(
+            [str(c) for c in cmd],
+            stdout=files[r],
+            stderr=subprocess.STDOUT,
+            env=dict(
+                os.environ,
+                RANK=str(r),
+                LOCAL_RANK=str(r),
+                WORLD_SIZE=str(n),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            ),
+        )
+        for r in range(n)
+    ]
+    t0, codes = time.time(), [p.wait(timeout=timeout) for p in procs]
+    for f in files:
+        f.close()
+    Path(out_file).write_text("".join(f"--- rank {r}\n{x.read_text()}" for r, x in enumerate(logs)))
+    if any(codes):
+        raise RuntimeError(f"ranks exited {codes}: {logs[0].read_text()[-2000:]}")
+    return "", time.time() - t0
+
+
 def multi_gpu_row(out, args, one):
     """llmgen data-parallel over every GPU (mpirun -np N of a `llmgen build --distributed` trainer, the
     same micro-batch per GPU, total batch N*B*T) against N x the one-GPU row `one`. Returns a row whose
-    "note" says why it was not measured where it was not: one GPU, no mpirun, or a build that fails
-    (the --distributed flag may not exist yet)."""
+    "note" says why it was not measured where it was not: one GPU, or a build or run that fails. Without
+    OpenMPI the ranks start with torchrun-style variables (`launch`)."""
     n = gpu_count(args)
     name = f"llmgen CUDA, {n} GPUs data-parallel"
     if n < 2:
@@ -397,8 +435,6 @@ def multi_gpu_row(out, args, one):
             name="llmgen CUDA, N GPUs data-parallel",
             note=f"skipped: {n} GPU{'s' if n != 1 else ''} on this machine (needs more than one)",
         )
-    if shutil.which("mpirun") is None:
-        return dict(name=name, note="not available: mpirun not found (install OpenMPI)")
     d = out / "work" / "bench"
     try:
         sh(
@@ -422,11 +458,10 @@ def multi_gpu_row(out, args, one):
     except Exception as e:  # noqa: BLE001
         return dict(name=name, note=f"not available: `llmgen build --distributed` failed: {_last_line(e)}")
     try:
-        mpi = ["mpirun", "-np", n] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
         run = d / "run-dist"
-        sh(
+        launch(
+            n,
             [
-                *mpi,
                 d / "build-dist" / "train",
                 "-e",
                 d / "model",
@@ -450,7 +485,6 @@ def multi_gpu_row(out, args, one):
                 run,
             ],
             out / "bench_dist.log",
-            timeout=900,
         )
         rows = [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
         steady = rows[min(5, len(rows) - 1) :]
