@@ -61,8 +61,8 @@ def register(sub) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="data parallel: N local processes of a distributed trainer (the C target), started with torchrun-style "
-        "variables on 127.0.0.1; -b is per process, -d counts all of them [1]",
+        help="data parallel: N local processes of a distributed trainer, started with torchrun-style variables on "
+        "127.0.0.1 (CUDA: one GPU each, by LOCAL_RANK); -b is per process, -d counts all of them [1]",
     )
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="where built trainers are kept [~/.cache/llmgen]")
     p.add_argument("-o", metavar="DIR", help="run folder [runs/<spec name>-<spec digest>]")
@@ -416,16 +416,9 @@ def run(args) -> int:
     spec = load_spec(args.spec, args.dtype)
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
-    if args.nproc > 1 and args.target == "auto":
-        target, why = "c", "target c: --nproc runs the data-parallel CPU twin"
     spec, precision = train_precision(spec, target, args.dtype)
     if args.nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc > 1 and target != "c":
-        raise CliError(
-            f"--nproc {args.nproc}: runs the C target only; pass --target c, or start a CUDA trainer built with "
-            "`llmgen build --target cuda --distributed` under mpirun or torchrun-style variables"
-        )
     values = check_flags(spec, raw, args.nproc)
     flags = data_flags(Path(args.data), raw) if args.data else []
     _check_globs(raw)
