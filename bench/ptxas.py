@@ -11,9 +11,10 @@ Options(target="cuda")) and compiles each to an object file for Hopper with `-Xp
 GPU and no libcuda are needed; cuBLASLt's headers come from the CUDA install or the nvidia-cublas
 wheel, found as build.py finds them). ptxas' report of each entry function is parsed into a table
 written to --out. Static shared memory is what ptxas reports; dynamic shared memory is the launch's
-(the fourth argument of LLMGEN_LAUNCH in the source, resolved where it is a constant). Spills are
-what emulation cannot show (DESIGN.md): every kernel should have none. tests/test_ptxas.py runs the
-same builds and asserts that. With --check the exit status is 1 when some kernel spills.
+(the fourth argument of LLMGEN_LAUNCH in the source, resolved where it is a constant, S::BC and the like
+from the AttentionShape instance; else the expression). Spills are what emulation cannot show
+(DESIGN.md): every kernel should have none. tests/test_ptxas.py runs the same builds and asserts that.
+With --check the exit status is 1 when some kernel spills.
 """
 
 from __future__ import annotations
@@ -221,20 +222,38 @@ def _eval_bytes(expr: str, src: str, before: int) -> int | str:
     e = re.sub(r"sizeof\((\w+)\)", lambda m: str(SIZEOF.get(m.group(1), f"?{m.group(1)}")), e)
     if re.fullmatch(r"[\d\s*+()]+", e):
         return int(eval(e))  # digits and * + ( ) only
-    return expr
+    return e if re.fullmatch(r"[A-Za-z_]\w*", expr) else expr  # a local: the expression it was set to
 
 
 def dynamic_smem(src: str) -> dict[str, int | str]:
-    """kernel name -> the largest dynamic shared memory it is launched with (LLMGEN_LAUNCH's 4th argument)."""
+    """kernel name -> the largest dynamic shared memory it is launched with (LLMGEN_LAUNCH's 4th argument).
+    A template launched as name<S> or (name<A, B>) is keyed by its name."""
     out: dict[str, int | str] = {}
     for m in re.finditer(r"(?<!define )LLMGEN_LAUNCH\(", src):
         args = _launch_args(src, m.end())
         if len(args) < 4 or args[3] == "0":
             continue
         v = _eval_bytes(args[3], src, m.start())
-        old = out.get(args[0], 0)
-        out[args[0]] = max(old, v) if isinstance(v, int) and isinstance(old, int) else v
+        name = args[0].lstrip("(").split("<")[0].strip()  # (name<NH, ...>) or name<S>: the template's name
+        old = out.get(name, 0)
+        out[name] = max(old, v) if isinstance(v, int) and isinstance(old, int) else v
     return out
+
+
+# the parameters of templates/cuda/attention.cuh's AttentionShape, in order: a launcher's S::BC * S::HD
+# is resolved from the instance's template arguments
+ATTENTION_SHAPE = ("NH", "KV", "HD", "QS", "KS", "TPR", "RB", "BQ", "BC", "BK")
+
+
+def resolve_shape(expr: int | str, args: str) -> int | str:
+    """A shared-memory expression over S::<name> evaluated with an AttentionShape instance's arguments
+    (args as template_args writes them); other expressions as they are."""
+    m = re.match(r"<AttentionShape<([\d, -]+)>>$", args)
+    if isinstance(expr, int) or not m:
+        return expr
+    values = dict(zip(ATTENTION_SHAPE, m.group(1).split(", ")))
+    e = re.sub(r"\bS::(\w+)", lambda n: values.get(n.group(1), n.group(0)), expr)
+    return _eval_bytes(e, "", 0) if "S::" not in e else expr
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +284,7 @@ def compile_build(name: str, work: Path, nvcc: str, include: Path) -> list[Kerne
         raise RuntimeError(f"{name}: no ptxas report in nvcc's output (was -Xptxas -v dropped?)")
     dyn = dynamic_smem(src)
     for k in rows:
-        k.smem_dynamic = dyn.get(k.name, 0)
+        k.smem_dynamic = resolve_shape(dyn.get(k.name, 0), k.args)
     return sorted(rows, key=lambda k: (not k.entry, k.name, k.args))
 
 
@@ -308,8 +327,9 @@ def markdown(results: dict[str, list[KernelUsage]], version: str) -> str:
         ]
         for k in rows:
             label = f"`{k.label}`" + ("" if k.entry else " (device function)")  # code: <...> is not HTML
+            dyn = k.smem_dynamic if isinstance(k.smem_dynamic, int) else f"`{k.smem_dynamic}`"
             lines.append(
-                f"| {label} | {k.registers} | {k.barriers} | {k.smem_static} | {k.smem_dynamic} | "
+                f"| {label} | {k.registers} | {k.barriers} | {k.smem_static} | {dyn} | "
                 f"{k.stack} | {k.spill_stores} | {k.spill_loads} |"
             )
         lines.append("")

@@ -96,6 +96,19 @@ def test_dynamic_shared_memory_from_launches():
     assert ptxas.dynamic_smem(src) == {"k_tc": 60416, "k_dkv": 16640}
 
 
+def test_dynamic_shared_memory_of_a_template_instance():
+    """A launch of name<S> is keyed by name; S::BC and S::HD come from the AttentionShape instance."""
+    src = """
+    const size_t smem_dkv = sizeof(float) * (2 * S::BC * S::HD + 2 * S::BC);
+    LLMGEN_LAUNCH(attention_dkv_kernel<S>, dim3(cdiv(T_, S::BK), B_ * S::KV), dim3(S::NK), smem_dkv, 0, x);
+    """
+    expr = ptxas.dynamic_smem(src)["attention_dkv_kernel"]
+    assert expr == "4 * (2 * S::BC * S::HD + 2 * S::BC)"  # the local resolved, sizeof too
+    shape = "<AttentionShape<12, 12, 64, 2304, 2304, 2, 1, 64, 32, 64>>"
+    assert ptxas.resolve_shape(expr, shape) == 4 * (2 * 32 * 64 + 2 * 32)
+    assert ptxas.resolve_shape(expr, "<64>") == expr
+
+
 @pytest.mark.parametrize("build", list(ptxas.BUILDS))
 def test_no_kernel_spills(usage, build):
     rows = usage[build]
