@@ -11,9 +11,10 @@ Options(target="cuda")) and compiles each to an object file for Hopper with `-Xp
 GPU and no libcuda are needed; cuBLASLt's headers come from the CUDA install or the nvidia-cublas
 wheel, found as build.py finds them). ptxas' report of each entry function is parsed into a table
 written to --out. Static shared memory is what ptxas reports; dynamic shared memory is the launch's
-(the fourth argument of LLMGEN_LAUNCH in the source, resolved where it is a constant). Spills are
-what emulation cannot show (DESIGN.md): every kernel should have none. tests/test_ptxas.py runs the
-same builds and asserts that. With --check the exit status is 1 when some kernel spills.
+(the fourth argument of LLMGEN_LAUNCH in the source, resolved where it is a constant, S::BC and the like
+from the AttentionShape instance; else the expression). Spills are what emulation cannot show
+(DESIGN.md): every kernel should have none. tests/test_ptxas.py runs the same builds and asserts that.
+With --check the exit status is 1 when some kernel spills.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ MAX_SMEM_PER_BLOCK = 227 * 1024  # Hopper: the most shared memory one block may 
 
 @dataclass
 class KernelUsage:
-    name: str  # demangled base name (e.g. attention_bwd_12x64x768_dkv_kernel)
+    name: str  # demangled base name (e.g. attention_dkv_kernel)
     registers: int = 0
     barriers: int = 0
     smem_static: int = 0
@@ -48,6 +49,13 @@ class KernelUsage:
     spill_stores: int = 0
     spill_loads: int = 0
     entry: bool = True  # a __global__ function (else a device function ptxas kept separate)
+    args: str = ""  # a template instance's arguments as written (<768, 8, true>), "" for a plain function
+    symbol: str = ""  # the mangled name ptxas reports: one row per symbol, so no instance hides another
+
+    @property
+    def label(self) -> str:
+        """name plus the template arguments: two instances of one template are two rows."""
+        return self.name + self.args
 
     @property
     def spills(self) -> int:
@@ -106,6 +114,48 @@ def demangle(sym: str) -> str:
     return sym[m.end() : m.end() + int(m.group(1))] if m else sym
 
 
+def _template_args(s: str, i: int) -> tuple[str, int]:
+    """The Itanium template-argument list starting at s[i] == 'I', as C++ writes it, and the index past
+    its 'E'. Handles what the emitted kernels use: integer and bool literals (L<type><value>E) and class
+    names, themselves possibly templates (<len><name>[I...E]); anything else raises ValueError."""
+    assert s[i] == "I"
+    i += 1
+    out = []
+    while s[i] != "E":
+        if s[i] == "L":  # literal: L, a builtin type code, the value (n for minus), E
+            j = s.index("E", i)
+            kind, value = s[i + 1], s[i + 2 : j].replace("n", "-")
+            out.append({"0": "false", "1": "true"}[value] if kind == "b" else value)
+            i = j + 1
+        elif m := re.match(r"\d+", s[i:]):  # a class name, maybe a template instance
+            n = int(m.group(0))
+            i += len(m.group(0))
+            name = s[i : i + n]
+            i += n
+            if s[i] == "I":
+                inner, i = _template_args(s, i)
+                name += inner
+            out.append(name)
+        else:
+            raise ValueError(f"template argument {s[i : i + 12]!r} of {s}")
+    return "<" + ", ".join(out) + ">", i + 1
+
+
+def template_args(sym: str) -> str:
+    """'<768, 8, true>' for a template instance's mangled name, '' for a plain function; the mangled
+    argument list itself where it holds something _template_args does not read (still unique)."""
+    m = re.match(r"_Z(\d+)", sym)
+    if not m:
+        return ""
+    i = m.end() + int(m.group(1))
+    if i >= len(sym) or sym[i] != "I":
+        return ""
+    try:
+        return _template_args(sym, i)[0]
+    except (ValueError, IndexError, KeyError):
+        return f" [{sym}]"
+
+
 def parse_ptxas(text: str) -> list[KernelUsage]:
     """ptxas -v's report: per function 'Compiling entry function', 'Function properties for' with
     its stack / spill line, and 'Used N registers, used N barriers, N bytes smem, ...'."""
@@ -114,11 +164,10 @@ def parse_ptxas(text: str) -> list[KernelUsage]:
     props: KernelUsage | None = None
 
     def row(sym: str, entry: bool) -> KernelUsage:
-        name = demangle(sym)
-        if name not in rows:
-            rows[name] = KernelUsage(name, entry=entry)
-        rows[name].entry |= entry
-        return rows[name]
+        if sym not in rows:  # keyed by the mangled name: each template instance is its own row
+            rows[sym] = KernelUsage(demangle(sym), entry=entry, args=template_args(sym), symbol=sym)
+        rows[sym].entry |= entry
+        return rows[sym]
 
     for line in text.splitlines():
         if m := re.search(r"Compiling entry function '([^']+)'", line):
@@ -173,20 +222,38 @@ def _eval_bytes(expr: str, src: str, before: int) -> int | str:
     e = re.sub(r"sizeof\((\w+)\)", lambda m: str(SIZEOF.get(m.group(1), f"?{m.group(1)}")), e)
     if re.fullmatch(r"[\d\s*+()]+", e):
         return int(eval(e))  # digits and * + ( ) only
-    return expr
+    return e if re.fullmatch(r"[A-Za-z_]\w*", expr) else expr  # a local: the expression it was set to
 
 
 def dynamic_smem(src: str) -> dict[str, int | str]:
-    """kernel name -> the largest dynamic shared memory it is launched with (LLMGEN_LAUNCH's 4th argument)."""
+    """kernel name -> the largest dynamic shared memory it is launched with (LLMGEN_LAUNCH's 4th argument).
+    A template launched as name<S> or (name<A, B>) is keyed by its name."""
     out: dict[str, int | str] = {}
     for m in re.finditer(r"(?<!define )LLMGEN_LAUNCH\(", src):
         args = _launch_args(src, m.end())
         if len(args) < 4 or args[3] == "0":
             continue
         v = _eval_bytes(args[3], src, m.start())
-        old = out.get(args[0], 0)
-        out[args[0]] = max(old, v) if isinstance(v, int) and isinstance(old, int) else v
+        name = args[0].lstrip("(").split("<")[0].strip()  # (name<NH, ...>) or name<S>: the template's name
+        old = out.get(name, 0)
+        out[name] = max(old, v) if isinstance(v, int) and isinstance(old, int) else v
     return out
+
+
+# the parameters of templates/cuda/attention.cuh's AttentionShape, in order: a launcher's S::BC * S::HD
+# is resolved from the instance's template arguments
+ATTENTION_SHAPE = ("NH", "KV", "HD", "QS", "KS", "TPR", "RB", "BQ", "BC", "BK")
+
+
+def resolve_shape(expr: int | str, args: str) -> int | str:
+    """A shared-memory expression over S::<name> evaluated with an AttentionShape instance's arguments
+    (args as template_args writes them); other expressions as they are."""
+    m = re.match(r"<AttentionShape<([\d, -]+)>>$", args)
+    if isinstance(expr, int) or not m:
+        return expr
+    values = dict(zip(ATTENTION_SHAPE, m.group(1).split(", ")))
+    e = re.sub(r"\bS::(\w+)", lambda n: values.get(n.group(1), n.group(0)), expr)
+    return _eval_bytes(e, "", 0) if "S::" not in e else expr
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,8 +284,8 @@ def compile_build(name: str, work: Path, nvcc: str, include: Path) -> list[Kerne
         raise RuntimeError(f"{name}: no ptxas report in nvcc's output (was -Xptxas -v dropped?)")
     dyn = dynamic_smem(src)
     for k in rows:
-        k.smem_dynamic = dyn.get(k.name, 0)
-    return sorted(rows, key=lambda k: (not k.entry, k.name))
+        k.smem_dynamic = resolve_shape(dyn.get(k.name, 0), k.args)
+    return sorted(rows, key=lambda k: (not k.entry, k.name, k.args))
 
 
 def compile_all(work: Path, jobs: int = 2) -> dict[str, list[KernelUsage]]:
@@ -246,10 +313,10 @@ def markdown(results: dict[str, list[KernelUsage]], version: str) -> str:
         lines += [
             f"## {name}",
             "",
-            f"{sum(k.entry for k in rows)} kernels; "
+            f"{sum(k.entry for k in rows)} kernels (template instances counted apart); "
             + (
                 f"**{len(spilling)} spill**: "
-                + ", ".join(f"{k.name} ({k.spill_stores} B stores, {k.spill_loads} B loads)" for k in spilling)
+                + ", ".join(f"{k.label} ({k.spill_stores} B stores, {k.spill_loads} B loads)" for k in spilling)
                 if spilling
                 else "no spills"
             ),
@@ -259,9 +326,10 @@ def markdown(results: dict[str, list[KernelUsage]], version: str) -> str:
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for k in rows:
-            label = k.name if k.entry else f"{k.name} (device function)"
+            label = f"`{k.label}`" + ("" if k.entry else " (device function)")  # code: <...> is not HTML
+            dyn = k.smem_dynamic if isinstance(k.smem_dynamic, int) else f"`{k.smem_dynamic}`"
             lines.append(
-                f"| {label} | {k.registers} | {k.barriers} | {k.smem_static} | {k.smem_dynamic} | "
+                f"| {label} | {k.registers} | {k.barriers} | {k.smem_static} | {dyn} | "
                 f"{k.stack} | {k.spill_stores} | {k.spill_loads} |"
             )
         lines.append("")
@@ -310,7 +378,7 @@ def main() -> int:
     spills = [(b, k) for b, rows in results.items() for k in rows if k.spills]
     for b, rows in results.items():
         over = [
-            k.name
+            k.label
             for k in rows
             if isinstance(k.smem_dynamic, int) and k.smem_static + k.smem_dynamic > MAX_SMEM_PER_BLOCK
         ]
@@ -321,7 +389,7 @@ def main() -> int:
         )
     for b, k in spills:
         print(
-            f"  spill: {b} {k.name}: {k.spill_stores} B stores, {k.spill_loads} B loads, {k.stack} B stack, "
+            f"  spill: {b} {k.label}: {k.spill_stores} B stores, {k.spill_loads} B loads, {k.stack} B stack, "
             f"{k.registers} registers"
         )
     print(f"wrote {args.out}")

@@ -22,7 +22,7 @@ COLSUM_MAX_BLOCKS = 256  # bias gradients: row chunks summed in a fixed order
 NORM_BLOCKS = 512  # grad norm: partial sums of squares (doubles)
 RMS_PER = 8  # RMSNorm: channels per thread (a block per row: C / 8 threads, 32 ... 1024)
 RMS_BWD_MAX_BLOCKS = 256  # RMSNorm backward: dw partial sums of at most this many blocks
-ATTN_DPT = 32  # grouped-query attention: at most this many channels of a head per thread
+ATTN_DPT = 32  # attention: at most this many channels of a head per thread
 ATTN_THREADS = 128  # attention: threads per block (about)
 
 
@@ -37,16 +37,17 @@ def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
     """Work split of the CUDA-core attention kernels (templates/cuda/attention.cuh).
 
     TPR threads share a (query row, head), each holding DPT channels of q and of the accumulator in
-    registers, reducing dot products with TPR-lane shuffles. Multi-head attention (R = NH/KV = 1)
-    keeps a whole head in one thread (TPR = 1, GPT-2's kernels always did); with grouped heads
-    TPR keeps DPT <= ATTN_DPT (head_dim 64: 2 threads, 128: 4). A forward / dq block takes BQ query
+    registers, reducing dot products with TPR-lane shuffles. TPR keeps DPT <= ATTN_DPT (head_dim up
+    to 32: 1 thread, 64: 2, 128: 4), grouped heads or not: the dk/dv kernel holds 4 arrays of DPT
+    floats a thread (k, v, dk, dv) and the dq kernel 3, which spill past 255 registers at DPT = 64
+    (GPT-2's head_dim with one thread a row, ptxas on sm_90a). A forward / dq block takes BQ query
     rows of RB heads of one K/V group (RB divides the group size R, RB * TPR <= 8), so a K/V tile
     staged in shared memory serves RB heads; BQ * TPR is a multiple of 32 (whole warps for the
     shuffles). A dk/dv block takes BK key rows (BK * TPR = 128). BC: rows of a K/V (or Q/dY) tile,
     the scores of a tile stay in registers."""
     R = NH // KV
     tpr = 1
-    while R > 1 and -(-HD // tpr) > ATTN_DPT and tpr < WARP:
+    while -(-HD // tpr) > ATTN_DPT and tpr < WARP:
         tpr *= 2
     rb = max(d for d in range(1, R + 1) if R % d == 0 and d * tpr <= max(tpr, 8))
     bq = 1

@@ -10,7 +10,8 @@
  *   TPR threads share one (query row, head): thread `part` holds channels part, part + TPR, ...
  *       (DPT = ceil(HD / TPR) of them) of q and of the accumulator; a dot product is DPT multiply-adds
  *       and a butterfly over the TPR lanes (__shfl_xor_sync, every lane ends with the same bits).
- *       TPR keeps DPT <= 32, so head_dim 128 needs 4 threads, not 256 registers in one.
+ *       TPR keeps DPT <= 32, so head_dim 64 needs 2 threads and 128 needs 4: the dk/dv kernel's k, v, dk
+ *       and dv of 64 floats each would not fit a thread's 255 registers (ptxas spills them).
  *   forward and dq: a block takes BQ query rows of RB heads of one K/V group; each K/V tile of BC rows
  *       it stages in shared memory (fp32) serves all RB heads. Online softmax (running max m, running
  *       sum l, rescaled accumulator) over the tiles up to the block's last row.
@@ -19,7 +20,7 @@
  *       so no two blocks write one element and nothing needs atomics.
  * Every shuffle runs in block-uniform control flow (masked scores become -inf or p = 0 instead of
  * skipping), and blocks are whole warps. Plain fp32 CUDA-core math (no tensor-core intrinsics), so the
- * emulation runs the code the GPU does. With TPR = 1 (multi-head attention) a thread holds a whole
+ * emulation runs the code the GPU does. With TPR = 1 (head_dim up to 32) a thread holds a whole
  * head of a query (or key) row. bf16 builds run attention_tc.cuh instead where it applies.
  *
  * Needs from the program before it: floatX, to_float / to_floatX, CUDA_CHECK, LAUNCH_CHECK, cdiv,
