@@ -20,7 +20,7 @@ Kernel paths the rows cover
     gqa4-untied-scaled  GQA 4:1, own lm_head, Llama 3.1 scaling from an original context of 64
                         (at T=64 every band of the scaling is hit), head_dim 16: one thread per
                         (query row, head), the 4 heads of a group in one block
-    mha-tied            1:1, tied head, no scaling, head_dim 48: one thread holds a whole head
+    mha-tied            1:1, tied head, no scaling, head_dim 48: a head split over 2 threads of 24 channels
     mha-tied-hd24       the same with head_dim 24 (the C twin's row)
     gqa2-tied-llama31   GQA 2:1, tied, Llama 3.1's own constants (head_dim 8 reaches the blended
                         and divided bands), built with --recompute 2
