@@ -28,22 +28,25 @@ __global__ void __launch_bounds__(256) grad_norm_final_kernel(float *out, const 
 }
 
 /* element i: clip the gradient, decay (decay = keep or 1) the master weight, update the moments, take the
- * bias-corrected step (and, in bf16 programs, the parameter from the master by stochastic rounding) */
+ * bias-corrected step (and, in bf16 programs, the parameter from the master by stochastic rounding). params and
+ * grads hold the whole arena; master holds it from element master_lo on, m and v from moment_lo on (a data-parallel
+ * rank's shard: its pointers stay inside their allocations) */
 template <class K>
 __device__ __forceinline__ void adamw_element(floatX *params, float *master, const float *grads, float *m, float *v,
                                               const float *normp, float step_size, float bc2_sqrt, float decay,
-                                              long i) {
+                                              long i, long master_lo = 0, long moment_lo = 0) {
     const float norm = *normp;
     float clip = K::max_norm / (norm + 1e-6f);
     if (clip > 1.0f) clip = 1.0f;
+    const long im = i - master_lo, io = i - moment_lo;
     const float g = grads[i] * clip;
-    const float p = master[i] * decay;
-    const float mi = m[i] + (float)(1.0 - K::beta1) * (g - m[i]);
-    const float vi = v[i] * K::beta2f + (float)(1.0 - K::beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
+    const float p = master[im] * decay;
+    const float mi = m[io] + (float)(1.0 - K::beta1) * (g - m[io]);
+    const float vi = v[io] * K::beta2f + (float)(1.0 - K::beta2) * g * g;
+    m[io] = mi;
+    v[io] = vi;
     const float np = p - step_size * (mi / (sqrtf(vi) / bc2_sqrt + K::eps));
-    master[i] = np;
+    master[im] = np;
 #if LLMGEN_BF16
     params[i] = round_param(np, (unsigned long)i);
 #else

@@ -4,7 +4,8 @@
 // comm.h, collectives on a stream.
 //
 //     nccl_emu DIR N    inputs DIR/in_r<rank>_{f32,f64,bf16}.bin (N elements), outputs
-//                       DIR/out_r<rank>_<name>.bin with the names of comm_driver.c
+//                       DIR/out_r<rank>_<name>.bin with the names of comm_driver.c, and
+//                       DIR/reduce_r<rank>_<name>.bin for ncclReduce (only its root's hold the result)
 #include "emulate.h"
 #include "emulate_nccl.h"
 
@@ -30,9 +31,9 @@ static void* read_input(const char* name, size_t bytes) {
     return dev;
 }
 
-static void write_output(const char* name, const void* dev, size_t bytes) {
+static void write_file(const char* prefix, const char* name, const void* dev, size_t bytes) {
     char path[4096];
-    snprintf(path, sizeof(path), "%s/out_r%d_%s.bin", g_dir, g_rank, name);
+    snprintf(path, sizeof(path), "%s/%s_r%d_%s.bin", g_dir, prefix, g_rank, name);
     void* host = malloc(bytes + 1);
     CUDA_CHECK(cudaMemcpy(host, dev, bytes, cudaMemcpyDeviceToHost));
     FILE* f = fopen(path, "wb");
@@ -42,6 +43,8 @@ static void write_output(const char* name, const void* dev, size_t bytes) {
     }
     free(host);
 }
+
+static void write_output(const char* name, const void* dev, size_t bytes) { write_file("out", name, dev, bytes); }
 
 static void* dev_alloc(size_t bytes) {
     void* p = NULL;
@@ -117,6 +120,17 @@ int main(int argc, char** argv) {
             NCCL_CHECK(ncclAllGather(sh, gathered, shard, types[t], nccl, stream));
             snprintf(name, sizeof(name), "ag_%s_%s", tnames[t], opname);
             write_output(name, gathered, padded * esz);
+            // ncclReduce (the trainer's per-layer exchange under -z 1): to the last rank out of place (the others'
+            // recvbuff stays zero), and to rank 0 in place (the others' buffer keeps their input)
+            char* red = (char*)dev_alloc(n * esz);
+            NCCL_CHECK(ncclReduce(in, red, n, types[t], op, N - 1, nccl, stream));
+            snprintf(name, sizeof(name), "red_%s_%s", tnames[t], opname);
+            write_file("reduce", name, red, n * esz);
+            CUDA_CHECK(cudaMemcpy(red, in, n * esz, cudaMemcpyDeviceToDevice));
+            NCCL_CHECK(ncclReduce(red, red, n, types[t], op, 0, nccl, stream));
+            snprintf(name, sizeof(name), "redi_%s_%s", tnames[t], opname);
+            write_file("reduce", name, red, n * esz);
+            CUDA_CHECK(cudaFree(red));
             CUDA_CHECK(cudaFree(out)); CUDA_CHECK(cudaFree(buf)); CUDA_CHECK(cudaFree(pad));
             CUDA_CHECK(cudaFree(sh)); CUDA_CHECK(cudaFree(pad2)); CUDA_CHECK(cudaFree(gathered));
         }
