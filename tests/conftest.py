@@ -141,6 +141,12 @@ def read_log(run):
     return [r for r in (json.loads(line) for line in open(Path(run) / "log.jsonl")) if "train_loss" in r]
 
 
+def losses_by_step(run):
+    """step -> (train loss, grad norm) of a run's log.jsonl, the later line winning (a resumed run logs the steps
+    after its checkpoint again)."""
+    return {r["step"]: (r["train_loss"], r["grad_norm"]) for r in read_log(run)}
+
+
 def rel_err(got, want):
     """max |got - want| relative to the largest |want| of the tensor"""
     return float(np.abs(np.asarray(got) - want).max() / (np.abs(want).max() + 1e-30))

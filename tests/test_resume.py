@@ -1,6 +1,5 @@
 """Checkpoints, resume and stopping: a stopped-and-resumed run logs the same bits as one that never stopped."""
 
-import json
 import os
 import re
 import signal
@@ -10,19 +9,9 @@ import time
 import pytest
 
 import oracle
-from conftest import run_binary, run_llmgen
+from conftest import losses_by_step, run_binary, run_llmgen
 
 STEPS = 8
-
-
-def final_losses(run):
-    """step -> train loss, the later line winning (a resumed run re-logs the steps after its checkpoint)."""
-    out = {}
-    for line in open(run / "log.jsonl"):
-        r = json.loads(line)
-        if "train_loss" in r:
-            out[r["step"]] = (r["train_loss"], r["grad_norm"])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +24,7 @@ def trainer(tmp_path_factory):
     flags = ["-i", pat, "-b", 2, "-t", 32, "-x", STEPS, "-l", "1e-3", "-u", 2, "-k", "cosine", "-c", "0.1", "-v", 0]
     ref = d / "ref"
     run_binary(d / "build" / "train", *flags, "-o", ref)
-    return dict(dir=d, binary=d / "build" / "train", flags=[str(f) for f in flags], ref=final_losses(ref))
+    return dict(dir=d, binary=d / "build" / "train", flags=[str(f) for f in flags], ref=losses_by_step(ref))
 
 
 def ckpt_is_whole(run, name):
@@ -69,10 +58,10 @@ def test_signal_checkpoints_the_step_then_resume_is_bit_exact(trainer, tmp_path,
     stopped_at = int(m.group(2))
     assert 3 <= stopped_at < STEPS and m.group(3) == f"ckpt_{stopped_at:08d}"
     assert (run / "latest").read_text().strip() == m.group(3)
-    assert max(final_losses(run)) == stopped_at
+    assert max(losses_by_step(run)) == stopped_at
     ckpt_is_whole(run, m.group(3))
     run_binary(trainer["binary"], *trainer["flags"], "-o", run, "-y", 1)
-    assert final_losses(run) == trainer["ref"]  # bit for bit: JSON holds every float32 digit
+    assert losses_by_step(run) == trainer["ref"]  # bit for bit: JSON holds every float32 digit
 
 
 def test_sigint_while_writing_a_checkpoint_lets_it_land(trainer, tmp_path):
@@ -103,7 +92,7 @@ def test_sigint_while_writing_a_checkpoint_lets_it_land(trainer, tmp_path):
     assert not list(run.rglob("*.tmp"))
     ckpt_is_whole(run, mid_write)
     run_binary(trainer["binary"], *trainer["flags"], "-o", run, "-y", 1)
-    assert final_losses(run) == trainer["ref"]
+    assert losses_by_step(run) == trainer["ref"]
 
 
 def test_reader_going_away_does_not_stop_the_run(trainer, tmp_path):
@@ -121,7 +110,7 @@ def test_reader_going_away_does_not_stop_the_run(trainer, tmp_path):
     assert p.wait(timeout=300) == 0
     assert (run / "latest").read_text().strip() == f"ckpt_{STEPS:08d}"
     ckpt_is_whole(run, f"ckpt_{STEPS:08d}")
-    assert final_losses(run) == trainer["ref"]
+    assert losses_by_step(run) == trainer["ref"]
 
     closed = tmp_path / "closed"
     r = subprocess.run(
@@ -130,7 +119,7 @@ def test_reader_going_away_does_not_stop_the_run(trainer, tmp_path):
         timeout=300,
     )
     assert r.returncode == 0
-    assert final_losses(closed) == trainer["ref"]  # every line of log.jsonl is JSON: no step line got in
+    assert losses_by_step(closed) == trainer["ref"]  # every line of log.jsonl is JSON: no step line got in
     ckpt_is_whole(closed, f"ckpt_{STEPS:08d}")
 
 
@@ -184,7 +173,7 @@ def test_sigkill_while_writing_a_checkpoint(trainer, tmp_path):
     latest = run / (run / "latest").read_text().strip()
     assert (latest / "model.safetensors").is_file() and (latest / "state.bin").is_file()
     run_binary(trainer["binary"], *trainer["flags"], "-o", run, "-y", 1)
-    assert final_losses(run) == trainer["ref"]
+    assert losses_by_step(run) == trainer["ref"]
 
 
 def test_resume_refuses_other_spec_and_truncated_state(trainer, tmp_path):

@@ -15,21 +15,11 @@ import numpy as np
 import pytest
 
 import oracle
-from conftest import REPO, run_binary, run_in_pty, run_llmgen
+from conftest import REPO, losses_by_step, run_binary, run_in_pty, run_llmgen
 from llmgen.checkpoint import read_safetensors
 
 STEPS = 14
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def final_losses(run):
-    """step -> (train loss, grad norm), the later line winning (a resumed run re-logs steps)."""
-    out = {}
-    for line in open(run / "log.jsonl"):
-        r = json.loads(line)
-        if "train_loss" in r:
-            out[r["step"]] = (r["train_loss"], r["grad_norm"])
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +58,7 @@ def setup(tmp_path_factory):
     ]
     r = run_llmgen("train", cfg, *flags, "-o", d / "ref")
     assert "building trainer for spec" in r.stderr and "(first run" in r.stderr
-    return dict(dir=d, cfg=cfg, flags=[str(f) for f in flags], ref=final_losses(d / "ref"), data=data)
+    return dict(dir=d, cfg=cfg, flags=[str(f) for f in flags], ref=losses_by_step(d / "ref"), data=data)
 
 
 def llmgen_argv(*args):
@@ -250,7 +240,7 @@ def test_ctrl_c_in_a_terminal_then_resume_is_bit_exact(setup, tmp_path, when):
     assert "transformer.wte.weight" in tensors and (latest / "state.bin").stat().st_size > 0
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
     run_llmgen("train", setup["cfg"], *setup["flags"], *extra, "-o", run, "-y", 1)
-    assert final_losses(run) == setup["ref"]
+    assert losses_by_step(run) == setup["ref"]
 
 
 def test_examples_runner_waits_for_the_interrupted_run(setup, tmp_path):
@@ -359,7 +349,7 @@ def test_wandb_hook_gets_the_step_lines(setup, tmp_path):
     calls = [json.loads(x) for x in record.read_text().splitlines()]
     assert calls[0] == ["init", "proj"]
     logged = {step: data for step, data in calls[1:]}
-    losses = final_losses(run)
+    losses = losses_by_step(run)
     assert sorted(logged) == sorted(losses)
     for step, data in logged.items():
         assert data["train_loss"] == pytest.approx(losses[step][0], abs=1e-6)

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import oracle
-from conftest import run_binary, run_llmgen
+from conftest import losses_by_step, run_binary, run_llmgen
 from dist_helpers import (
     MPI_MISSING,
     REPO,
@@ -63,16 +63,6 @@ def setup(tmp_path_factory):
     return dict(dir=d, model=d / "model", pattern=pattern, val=val, data=[str(a) for a in data], nompi=nompi)
 
 
-def log_of(run):
-    """step -> (train loss, grad norm) of log.jsonl, the later line winning (a resumed run logs its steps again)"""
-    out = {}
-    for line in open(run / "log.jsonl"):
-        r = json.loads(line)
-        if "train_loss" in r:
-            out[r["step"]] = (r["train_loss"], r["grad_norm"])
-    return out
-
-
 def val_of(run):
     return {r["step"]: r["val_loss"] for r in map(json.loads, open(run / "log.jsonl")) if "val_loss" in r}
 
@@ -111,7 +101,7 @@ def test_n_ranks_equal_one_process_and_torch(setup, tmp_path, n, accum):
     assert f"data parallel: {n} processes (" in r.stdout and "-z 1 (AdamW moments sharded)" in r.stdout
     assert r.stdout.count("step 1/") == 1, "only rank 0 prints the step lines"
     run_ranks(setup, n, [*flags, "-z", 0], tmp_path / "z0")
-    z1, z0 = log_of(tmp_path / "z1"), log_of(tmp_path / "z0")
+    z1, z0 = losses_by_step(tmp_path / "z1"), losses_by_step(tmp_path / "z0")
     assert z1 == z0, "-z 1 and -z 0 differ"
     last = f"ckpt_{STEPS:08d}/state.bin"
     assert (tmp_path / "z1" / last).read_bytes() == (tmp_path / "z0" / last).read_bytes()
@@ -119,7 +109,7 @@ def test_n_ranks_equal_one_process_and_torch(setup, tmp_path, n, accum):
     single = tmp_path / "single"
     one_flags = ["-b", B * n, "-d", D, "-x", STEPS, *LR, "-j", setup["val"], "-v", 5, "-m", 2]
     run_binary(setup["dir"] / "single" / "train", *setup["data"], *one_flags, "-o", single)
-    one = log_of(single)
+    one = losses_by_step(single)
     assert sorted(one) == sorted(z1) == list(range(1, STEPS + 1))
     for s in one:
         assert close(z1[s][0], one[s][0]) and close(z1[s][1], one[s][1]), (s, z1[s], one[s])
@@ -129,7 +119,7 @@ def test_n_ranks_equal_one_process_and_torch(setup, tmp_path, n, accum):
     run_binary(
         setup["dir"] / "single" / "train", *setup["data"], "-b", B, "-d", D, "-x", STEPS, *LR, "-o", tmp_path / "accum"
     )
-    acc = log_of(tmp_path / "accum")
+    acc = losses_by_step(tmp_path / "accum")
     assert all(close(z1[s][0], acc[s][0]) and close(z1[s][1], acc[s][1]) for s in acc), (z1, acc)
 
     ref = oracle.train_gpt2(
@@ -144,7 +134,7 @@ def test_one_rank_is_the_plain_trainer_bit_for_bit(setup, tmp_path):
     flags = [*setup["data"], "-b", 4, "-x", 5, *LR]
     run_binary(setup["dir"] / "single" / "train", *flags, "-o", tmp_path / "single")
     run_binary(setup["dir"] / "dist" / "train", *flags, "-o", tmp_path / "dist")
-    assert log_of(tmp_path / "dist") == log_of(tmp_path / "single")
+    assert losses_by_step(tmp_path / "dist") == losses_by_step(tmp_path / "single")
     last = "ckpt_00000005/state.bin"
     assert (tmp_path / "dist" / last).read_bytes() == (tmp_path / "single" / last).read_bytes()
 
@@ -162,12 +152,12 @@ def test_resume_same_n_bit_exact_other_n_close(setup, tmp_path):
     at -b 2 and with the plain trainer at -b 6 (the same global batch: within 1e-4)"""
     flags = ["-d", 6 * T, "-x", 6, "-n", 3, *LR]
     run_ranks(setup, 2, ["-b", 3, *flags], tmp_path / "full")
-    full = log_of(tmp_path / "full")
+    full = losses_by_step(tmp_path / "full")
 
     resume_from(tmp_path / "full", 3, tmp_path / "same")
     r = run_ranks(setup, 2, ["-b", 3, *flags, "-y", 1], tmp_path / "same")
     assert "resumed from" in r.stdout and "at step 3" in r.stdout
-    assert log_of(tmp_path / "same") == full
+    assert losses_by_step(tmp_path / "same") == full
     last = "ckpt_00000006/state.bin"
     assert (tmp_path / "same" / last).read_bytes() == (tmp_path / "full" / last).read_bytes()
 
@@ -175,7 +165,7 @@ def test_resume_same_n_bit_exact_other_n_close(setup, tmp_path):
     run_ranks(setup, 3, ["-b", 2, *flags, "-y", 1], tmp_path / "three")
     resume_from(tmp_path / "full", 3, tmp_path / "one")
     run_binary(setup["dir"] / "single" / "train", *setup["data"], "-b", 6, *flags, "-y", 1, "-o", tmp_path / "one")
-    for other in (log_of(tmp_path / "three"), log_of(tmp_path / "one")):
+    for other in (losses_by_step(tmp_path / "three"), losses_by_step(tmp_path / "one")):
         for s in (4, 5, 6):
             assert close(other[s][0], full[s][0]) and close(other[s][1], full[s][1]), (s, other[s], full[s])
 
@@ -195,7 +185,7 @@ def test_torchrun_without_mpi_gives_the_bits_of_mpirun(setup, tmp_path, ranks):
     assert all(x.returncode == 0 for x in results), rk.logs()
     assert "(tcp via" in results[0].stdout and not (tmp_path / "tcp1").exists(), "rank 0 alone writes the run"
     run_ranks(setup, 3, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
-    assert log_of(tmp_path / "tcp0") == log_of(tmp_path / "mpi")
+    assert losses_by_step(tmp_path / "tcp0") == losses_by_step(tmp_path / "mpi")
 
 
 def test_two_hosts_over_tcp(setup, tmp_path, ranks, two_hosts):
@@ -211,7 +201,7 @@ def test_two_hosts_over_tcp(setup, tmp_path, ranks, two_hosts):
     assert all(x.returncode == 0 for x in results), rk.logs()
     assert f"tcp via {a.addr}:29500" in results[0].stdout
     run_ranks(setup, 2, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
-    assert log_of(tmp_path / "run") == log_of(tmp_path / "mpi")
+    assert losses_by_step(tmp_path / "run") == losses_by_step(tmp_path / "mpi")
 
 
 def test_llmgen_train_nproc(setup, tmp_path):
@@ -235,7 +225,7 @@ def test_llmgen_train_nproc(setup, tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     run_ranks(setup, 2, ["-b", 2, "-x", 4, *LR], tmp_path / "mpi")
-    assert log_of(tmp_path / "run") == log_of(tmp_path / "mpi")
+    assert losses_by_step(tmp_path / "run") == losses_by_step(tmp_path / "mpi")
     bad = run_llmgen(
         "train",
         setup["model"] / "config.json",
@@ -276,7 +266,7 @@ def test_llmgen_train_nproc(setup, tmp_path):
             p.wait()
     assert p.returncode == 143, err
     step = int((run / "latest").read_text().strip()[5:])
-    assert max(log_of(run)) == step
+    assert max(losses_by_step(run)) == step
     argv[argv.index("-x") + 1] = step + 2
     assert (
         subprocess.run(
@@ -284,7 +274,7 @@ def test_llmgen_train_nproc(setup, tmp_path):
         ).returncode
         == 0
     )
-    assert max(log_of(run)) == step + 2
+    assert max(losses_by_step(run)) == step + 2
 
 
 def test_sigkill_of_a_rank_ends_the_job_naming_it(setup, tmp_path, ranks):

@@ -15,9 +15,9 @@ from unittest import mock
 import pytest
 
 import oracle
-from conftest import run_llmgen
+from conftest import losses_by_step, run_llmgen
 from dist_helpers import Result, clean_env, free_port, have_mpi, launcher_env, mpirun
-from test_train_dist import close, log_of, resume_from
+from test_train_dist import close, resume_from
 
 T = 16
 LR = ["-l", "1e-3", "-u", "2", "-c", "0.1", "-k", "cosine"]
@@ -87,7 +87,7 @@ def run_ranks(setup, n, dtype, flags, out, prog=None):
 def same_run(a, b, step):
     """the same logged losses and norms, and the same state.bin of step `step`"""
     last = f"ckpt_{step:08d}/state.bin"
-    return log_of(a) == log_of(b) and (a / last).read_bytes() == (b / last).read_bytes()
+    return losses_by_step(a) == losses_by_step(b) and (a / last).read_bytes() == (b / last).read_bytes()
 
 
 @pytest.mark.parametrize("n, accum", [(2, 2), (3, 1)])
@@ -102,7 +102,7 @@ def test_fp32_n_ranks_equal_one_process(setup, tmp_path, n, accum):
     run_ranks(setup, n, "fp32", [*flags, "-z", 0], tmp_path / "z0")
     assert same_run(tmp_path / "z1", tmp_path / "z0", steps), "-z 1 and -z 0 differ"
     run_one(setup, "single", "fp32", ["-b", B * n, *flags[2:]], tmp_path / "one")
-    z1, one = log_of(tmp_path / "z1"), log_of(tmp_path / "one")
+    z1, one = losses_by_step(tmp_path / "z1"), losses_by_step(tmp_path / "one")
     assert sorted(z1) == sorted(one) == list(range(1, steps + 1))
     for s in one:
         assert close(z1[s][0], one[s][0]) and close(z1[s][1], one[s][1]), (s, z1[s], one[s])
@@ -125,7 +125,7 @@ def test_bf16_n_ranks_equal_one_process(setup, tmp_path, n, B):
     run_ranks(setup, n, "bf16", ["-b", B, *flags, "-z", 0], tmp_path / "z0")
     assert same_run(tmp_path / "z1", tmp_path / "z0", steps), "-z 1 and -z 0 differ"
     run_one(setup, "single", "bf16", ["-b", n * B, *flags], tmp_path / "one")
-    z1, one = log_of(tmp_path / "z1"), log_of(tmp_path / "one")
+    z1, one = losses_by_step(tmp_path / "z1"), losses_by_step(tmp_path / "one")
     assert sorted(z1) == sorted(one) == list(range(1, steps + 1))
     for s in one:
         assert close(z1[s][0], one[s][0], BF16_LOSS) and close(z1[s][1], one[s][1], BF16_NORM), (s, z1[s], one[s])
@@ -143,7 +143,7 @@ def test_resume_same_n_bit_exact(setup, tmp_path, dtype):
     assert same_run(tmp_path / "full", tmp_path / "same", 6)
     resume_from(tmp_path / "full", 3, tmp_path / "one")
     run_one(setup, "single", dtype, ["-b", 4, *flags, "-y", 1], tmp_path / "one")
-    full, one = log_of(tmp_path / "full"), log_of(tmp_path / "one")
+    full, one = losses_by_step(tmp_path / "full"), losses_by_step(tmp_path / "one")
     rel = (1e-4, 1e-4) if dtype == "fp32" else (BF16_LOSS, BF16_NORM)
     for s in (4, 5, 6):
         assert close(one[s][0], full[s][0], rel[0]) and close(one[s][1], full[s][1], rel[1]), (s, one[s], full[s])
@@ -155,7 +155,7 @@ def test_torchrun_without_mpi_gives_the_bits_of_mpirun(setup, tmp_path):
     r = run_ranks(setup, 2, "fp32", flags, tmp_path / "tcp", prog=setup["nompi"])
     assert "(tcp via" in r.stdout, r.stdout
     run_ranks(setup, 2, "fp32", flags, tmp_path / "mpi")
-    assert log_of(tmp_path / "tcp") == log_of(tmp_path / "mpi")
+    assert losses_by_step(tmp_path / "tcp") == losses_by_step(tmp_path / "mpi")
 
 
 def test_nvcc_compiles_distributed_gpt2_bf16(tmp_path):
