@@ -35,6 +35,17 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fuse", action="store_true", help="skip the fusion passes (for comparison)")
 
 
+def add_distributed_arg(p: argparse.ArgumentParser) -> None:
+    """--distributed, of the commands that write a trainer's source (build, emit)."""
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data parallel over processes: mpirun -np N, torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, "
+        "srun, or `llmgen train --nproc N` (C: built with mpicc where MPI is installed; CUDA: NCCL, and with MPI's "
+        "flags where MPI is installed, --emulate too)",
+    )
+
+
 def make_parser() -> argparse.ArgumentParser:
     import importlib
 

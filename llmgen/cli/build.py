@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmgen.cli import CliError, add_spec_args
+from llmgen.cli import CliError, add_distributed_arg, add_spec_args
 
 
 def register(sub) -> None:
@@ -21,13 +21,7 @@ def register(sub) -> None:
         default=0,
         help="activation recompute in the backward (llm.c's -r): 0 none, 1 GELU, 2 GELU + layernorm [0]",
     )
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="data parallel over processes: mpirun -np N, torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, "
-        "srun, or `llmgen train --nproc N` (C: built with mpicc where MPI is installed; CUDA: NCCL, and with MPI's "
-        "flags where MPI is installed, --emulate too)",
-    )
+    add_distributed_arg(p)
     p.add_argument("-o", required=True, metavar="DIR", help="output folder (train.c or train.cu, train)")
     p.set_defaults(func=run)
 

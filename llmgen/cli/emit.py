@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmgen.cli import CliError, add_spec_args
+from llmgen.cli import CliError, add_distributed_arg, add_spec_args
 
 
 def register(sub) -> None:
@@ -27,13 +27,7 @@ def register(sub) -> None:
         action="store_true",
         help="the in-process API (library.c: buffers by name, llmgen_* functions), which includes train.c",
     )
-    p.add_argument(
-        "--distributed",
-        action="store_true",
-        help="data parallel over processes: mpirun -np N, torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, "
-        "srun, or `llmgen train --nproc N` (C: built with mpicc where MPI is installed; CUDA: NCCL, and with MPI's "
-        "flags where MPI is installed, --emulate too)",
-    )
+    add_distributed_arg(p)
     p.add_argument("-o", metavar="FILE", default=None, help="write the source here instead of to stdout")
     p.set_defaults(func=run)
 

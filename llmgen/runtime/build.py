@@ -207,18 +207,21 @@ def cublas_dirs() -> tuple[Path, Path] | None:
             (home / "include", home / "lib"),
             (home / "targets" / "x86_64-linux" / "include", home / "targets" / "x86_64-linux" / "lib"),
         ]
-    try:
-        import nvidia  # namespace package of NVIDIA's wheels (nvidia-cublas)
+    return _first_with(cands + _wheel_dirs("cu13", "cublas", "cu12"), "cublasLt.h", "libcublasLt.so*")
 
-        for root in map(Path, nvidia.__path__):
-            for sub in ("cu13", "cublas", "cu12"):
-                cands.append((root / sub / "include", root / sub / "lib"))
+
+def _wheel_dirs(*subs: str) -> list[tuple[Path, Path]]:
+    """(include, lib) of each of NVIDIA's wheels named subs in site-packages (the `nvidia` namespace package)."""
+    try:
+        import nvidia
     except ImportError:
-        pass
-    for inc, lib in cands:
-        if (inc / "cublasLt.h").is_file() and any(lib.glob("libcublasLt.so*")):
-            return inc, lib
-    return None
+        return []
+    return [(root / sub / "include", root / sub / "lib") for root in map(Path, nvidia.__path__) for sub in subs]
+
+
+def _first_with(cands: list[tuple[Path, Path]], header: str, lib_glob: str) -> tuple[Path, Path] | None:
+    """The first (include, lib) holding the header and a library matching lib_glob, or None."""
+    return next(((inc, lib) for inc, lib in cands if (inc / header).is_file() and any(lib.glob(lib_glob))), None)
 
 
 def _cublas_lib_flag(lib: Path) -> str:
@@ -245,18 +248,7 @@ def nccl_dirs() -> tuple[Path, Path] | None:
     if home is not None:
         cands += [(home / "include", home / "lib64"), (home / "include", home / "lib")]
     cands.append((Path("/usr/include"), Path("/usr/lib/x86_64-linux-gnu")))
-    try:
-        import nvidia  # namespace package of NVIDIA's wheels (nvidia-nccl-cu13)
-
-        for root in map(Path, nvidia.__path__):
-            for sub in ("nccl", "cu13", "cu12"):
-                cands.append((root / sub / "include", root / sub / "lib"))
-    except ImportError:
-        pass
-    for inc, lib in cands:
-        if (inc / "nccl.h").is_file() and any(lib.glob("libnccl.so*")):
-            return inc, lib
-    return None
+    return _first_with(cands + _wheel_dirs("nccl", "cu13", "cu12"), "nccl.h", "libnccl.so*")
 
 
 def mpi_flags() -> tuple[list[str], list[str]]:

@@ -2,12 +2,13 @@
  * clip_grad_norm_'s rescale. Parameters, grads and both moments share one layout. templates/c/adamw.c.j2 calls
  * these in a parallel region (PARALLEL) with the spec's constants as literals. */
 
-/* sqrt(sum of every gradient squared), accumulated in double over the n grads. Fixed chunks summed in a fixed
- * order (and a fixed vector width inside each): the same bits on every run, whatever the thread count.
- * Memory-bound: one read of the grads. part: CHUNKS partial sums shared by the team. */
+/* The grad norm, sqrt(sum of every gradient squared), into *norm, and the sum itself into *sumsq (either NULL: not
+ * wanted), accumulated in double over the n grads. Fixed chunks summed in a fixed order (and a fixed vector width
+ * inside each): the same bits on every run, whatever the thread count. Memory-bound: one read of the grads. part:
+ * NORM_CHUNKS partial sums shared by the team. */
 enum { NORM_CHUNKS = 64 };
 static double norm_part[NORM_CHUNKS];   /* the partial sums the schedule's call shares across the team */
-ALWAYS_INLINE void grad_norm_forward(float *out, const float *grads, double *part, long n) {
+ALWAYS_INLINE void grad_norm_forward(float *norm, double *sumsq, const float *grads, double *part, long n) {
     const long per = (n + NORM_CHUNKS - 1) / NORM_CHUNKS;
     #pragma omp for schedule(static)
     for (int c = 0; c < NORM_CHUNKS; c++) {
@@ -21,7 +22,8 @@ ALWAYS_INLINE void grad_norm_forward(float *out, const float *grads, double *par
     {
         double s = 0.0;
         for (int c = 0; c < NORM_CHUNKS; c++) s += part[c];
-        *out = (float)sqrt(s);
+        if (sumsq) *sumsq = s;
+        if (norm) *norm = (float)sqrt(s);
     }
 }
 
