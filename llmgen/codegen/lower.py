@@ -117,10 +117,6 @@ class Launch:
         """The call with every layer as a number (what the unrolled schedule runs)."""
         return self.statement()
 
-    def flat_in(self, base: int) -> str:
-        """The call in a loop whose iteration at hand is layer `base` (see render_layers), one line."""
-        return self.statement(base)
-
     def lines(self, indent: int, base: int | None = None) -> list[str]:
         """The comment and the call, wrapped to WIDTH columns, at `indent` spaces; base: see render_layers."""
         pad = " " * indent
@@ -197,7 +193,7 @@ class Loop:
                 # another kernel at the edge layer (the first block's norm has no residual to add)
                 edge, rest = render_layers(e.comment), render_layers(b.comment, self.first)
                 out += wrap_comment(f"at l = {at} {edge}, else {rest}", pad)
-                out += wrap(f"{pad}if (l == {at}) {e.flat()}") + wrap(f"{pad}else {b.flat_in(self.first)}")
+                out += wrap(f"{pad}if (l == {at}) {e.flat()}") + wrap(f"{pad}else {b.statement(self.first)}")
         return out + [" " * indent + "}"]
 
 
