@@ -90,9 +90,9 @@ def program_for(spec, options: Options = Options()) -> Program:
         prog.flag_rows = c_rows(spec.max_seq_len, options.recompute, distributed=True)
         prog.usage = [c_string(line + "\n") for line in usage_lines(distributed=True)]
     prog = target.configure(prog)
+    env = environment(tuple(map(str, options.template_dirs)))
+    check_kernels(prog, env)
     if hasattr(target, "bind_calls"):  # the C target: the schedule calls the kernels' bodies (see there)
-        env = environment(tuple(map(str, options.template_dirs)))
-        check_kernels(prog, env)
         target.bind_calls(prog, env)
     return prog
 
@@ -115,7 +115,6 @@ def check_kernels(prog: Program, env: jinja2.Environment) -> None:
 
 
 def render(spec, options: Options = Options()) -> str:
-    prog = program_for(spec, options)
+    prog = program_for(spec, options)  # its kernels checked
     env = environment(tuple(map(str, options.template_dirs)))
-    check_kernels(prog, env)
     return tidy(env.get_template(TARGETS[options.target].PROGRAM).render(p=prog))
