@@ -93,19 +93,19 @@ LLMGEN_API void llmgen_mkdirs(const char *path) {
     free(buf);
 }
 
-// The whole regular file at path (malloc'd, NUL-terminated, its size in *len), or NULL with errno set where it
-// cannot be read (ENOENT: there is no such file).
+// The whole file at path, read to its end (also a FIFO), malloc'd and NUL-terminated, its size in *len; or NULL
+// with errno set where it cannot be read (ENOENT: there is no such file; EISDIR: a directory).
 LLMGEN_API char *llmgen_read_file(const char *path, size_t *len) {
-    struct stat st;
     FILE *f = fopen(path, "rb");
     if (f == NULL) return NULL;
-    const int regular = fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode);
-    char *data = regular ? (char *)xmalloc((size_t)st.st_size + 1) : NULL;
-    int err = regular ? 0 : S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
-    if (data && fread(data, 1, (size_t)st.st_size, f) != (size_t)st.st_size) err = ferror(f) ? errno : EIO;
+    size_t n = 0, cap = (size_t)1 << 16;
+    char *data = (char *)xmalloc(cap);
+    for (size_t got; (got = fread(data + n, 1, cap - n - 1, f)) > 0;)
+        if ((n += got) + 1 == cap) data = (char *)xrealloc(data, cap *= 2);
+    const int err = ferror(f) ? (errno ? errno : EIO) : 0;
     fclose(f);
     if (err) return free(data), errno = err, (char *)NULL;
-    return data[*len = (size_t)st.st_size] = '\0', data;
+    return data[*len = n] = '\0', data;
 }
 
 // ----------------------------------------------------------------------------
