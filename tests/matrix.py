@@ -13,8 +13,10 @@ Kernel paths the rows cover
   epilogues (GELU_AUX_BIAS, BIAS, DGELU, BGRADB) and, built with -DLLMGEN_NO_FUSED_EPILOGUES, the
   kernels that run when cuBLASLt lacks one. Attention: fp32 programs run the CUDA-core flash kernels
   only (no tensor-core intrinsics in an fp32 program: tests/trainer/test_emitted_source.py); bf16
-  programs run the tensor-core (wmma) attention when T is a multiple of 64 and the head size a
-  multiple of 16 (gpt2-tiny, gpt2-tc) and the CUDA-core kernels otherwise (gpt2-wide, T=100).
+  programs run the FlashAttention-2-class kernels (templates/cuda/kernels/attention_fa2.cuh: mma.sync,
+  ldmatrix, cp.async) when the head size is 64 or 128 (gpt2-fa2: GPT-2's packed qkv, head size 64,
+  sharpened scores, T=192: three key tiles, the diagonal and off-diagonal tile bodies) and the
+  CUDA-core kernels otherwise (gpt2-tiny, gpt2-wide: head size 16).
   Llama (templates/cuda/{embed,rmsnorm,rope,attention,swiglu}.cu.j2; the attention's work split
   comes from llmgen/codegen/cuda.py's attention_config):
     gqa4-untied-scaled  GQA 4:1, own lm_head, Llama 3.1 scaling from an original context of 64
@@ -26,9 +28,11 @@ Kernel paths the rows cover
                         and divided bands), built with --recompute 2
     odd (step 0 only)   GQA 3:1, head_dim 66 (4 threads of 17 channels: a ragged last slot), B=3,
                         T=37, vocab 129: tails of every tile and loop
-    tc-gqa2 (bf16)      the tensor-core attention with head_dim 64, GQA 2:1, three 64-row tiles
-  In bf16, gqa4 (head_dim 16), mha-tied (48) and tc-gqa2 (64) run the tensor-core attention,
-  gqa2-tied-llama31 (head_dim 8) the CUDA-core one. rope_theta is 500000 everywhere.
+    fa2-gqa2 (bf16)     the FA2 kernels with head_dim 64, GQA 2:1, sharpened scores, T=192
+    fa2-mqa-hd128       (bf16, step 0 only) the FA2 kernels with head_dim 128, one K/V head for two
+                        query heads, T=130: a ragged last tile in every kernel
+  In bf16, fa2-gqa2 and fa2-mqa-hd128 run the FA2 attention, gqa4 (head_dim 16), mha-tied (48),
+  gqa2-tied-llama31 (8) and odd (66) the CUDA-core one. rope_theta is 500000 everywhere.
 
 Tolerances: every bound carries its reason and the worst error measured when it was set (in
 brackets); the run prints the worst errors of this session at the end (conftest.py).
@@ -253,7 +257,7 @@ LLAMA31_SCALING = dict(SHORT_SCALING, original_max_position_embeddings=8192)
 GPT2_TINY = _gpt2("gpt2-tiny", 2, 2, 32, 100, 64)
 GPT2_ODD = _gpt2("gpt2-odd", 1, 1, 48, 129, 32)  # one head, odd vocab and T: padding and loop tails
 GPT2_WIDE = _gpt2("gpt2-wide", 3, 4, 64, 300, 128)
-GPT2_TC = _gpt2("gpt2-tc", 2, 2, 128, 300, 256, qk_scale=8.0)  # GPT-2's head size, sharp attention
+GPT2_FA2 = _gpt2("gpt2-fa2", 2, 2, 128, 300, 256, qk_scale=8.0)  # GPT-2's head size, sharp attention
 
 LLAMA_GQA4 = _llama(
     "llama-gqa4-untied-scaled",
@@ -316,8 +320,8 @@ LLAMA_ODD = _llama(
     rope_scaling=None,
     tie_word_embeddings=False,
 )
-LLAMA_TC = _llama(
-    "llama-tc-gqa2",
+LLAMA_FA2 = _llama(
+    "llama-fa2-gqa2",
     dim=256,
     n_layers=1,
     n_heads=4,
@@ -329,6 +333,19 @@ LLAMA_TC = _llama(
     tie_word_embeddings=False,
     qk_scale=4.0,
 )  # scores 16x the init's
+LLAMA_FA2_HD128 = _llama(
+    "llama-fa2-mqa-hd128",
+    dim=256,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    vocab_size=300,
+    intermediate_size=128,
+    max_position_embeddings=256,
+    rope_scaling=None,
+    tie_word_embeddings=False,
+    qk_scale=4.0,
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -376,6 +393,12 @@ _CUDA_LLAMA_NEEDLES = (
 )
 # head_dim 66 over 4 threads per row (17 channel slots each, the last one ragged): the instance, the
 # template's ragged-slot guard, and the warp shuffles
+# the FA2 attention: its header pasted after ptx.cuh, D's buffer, the launcher's run-time condition
+_FA2_NEEDLES = (
+    "// ---- attention_fa2.cuh (templates/cuda/kernels/attention_fa2.cuh)",
+    "float *att_D; /* (B,",
+    "if ((addresses & 15) == 0) {",
+)
 _ODD_NEEDLES = ("AttentionShape<3, 1, 66, 198, 66, 4,", "!RAGGED || d < HD", "__shfl_xor_sync")
 
 # the matrix reads as a table: one row a line or two
@@ -396,7 +419,8 @@ ROWS = [
     Row(GPT2_TINY, CUDA_BF16, 4, 64, GPT2_CUDA_BF16, checks=frozenset({"llmc_flags"}),
         routes={"same_losses": dict(_SAME_LOSSES, steps=6)}),
     Row(GPT2_WIDE, CUDA_BF16, 2, 100, GPT2_CUDA_BF16),
-    Row(GPT2_TC, CUDA_BF16, 2, 192, GPT2_CUDA_BF16),       # the tensor-core attention, 3 key tiles
+    Row(GPT2_FA2, CUDA_BF16, 2, 192, GPT2_CUDA_BF16,       # the FA2 attention, 3 key tiles
+        source_needles=_FA2_NEEDLES + ("llmgen_fa2::attention_fwd<64>(y, lse, q, kk, v, B, T, 2, 2, 384, 384, 128",)),
     # Llama on the C twin
     Row(LLAMA_GQA4, C, 4, 64, LLAMA_C),
     Row(LLAMA_MHA24, C, 4, 64, LLAMA_C),
@@ -413,7 +437,10 @@ ROWS = [
     Row(LLAMA_MHA, CUDA_BF16, 4, 64, LLAMA_CUDA_BF16),
     Row(LLAMA_GQA2, CUDA_BF16, 4, 64, LLAMA_CUDA_BF16),
     Row(LLAMA_ODD, CUDA_BF16, 3, 37, LLAMA_CUDA_BF16, trained=False, source_needles=_ODD_NEEDLES),
-    Row(LLAMA_TC, CUDA_BF16, 2, 192, LLAMA_CUDA_BF16),
+    Row(LLAMA_FA2, CUDA_BF16, 2, 192, LLAMA_CUDA_BF16,
+        source_needles=_FA2_NEEDLES + ("llmgen_fa2::attention_bwd<64>(dq, dk, dv, A.att_D,",)),
+    Row(LLAMA_FA2_HD128, CUDA_BF16, 2, 130, LLAMA_CUDA_BF16, trained=False,
+        source_needles=_FA2_NEEDLES + ("llmgen_fa2::attention_fwd<128>(y, lse, q, kk, v, B, T, 2, 1, 256, 128, 256",)),
 ]
 # fmt: on
 
