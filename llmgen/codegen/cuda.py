@@ -155,7 +155,7 @@ def kernel_headers(prog: Program) -> list[str]:
     return out
 
 
-def fa2_scratch(prog: Program) -> None:
+def fa2_d_buffer(prog: Program) -> None:
     """The FA2 backward's D = rowsum(dy * y) (B, NH, T) fp32, laid out like lse: a buffer of its own at the end
     of the activation arena (NH floats per token, the widest attention's), shared by every layer: only the
     attention backward writes and reads it, within one launcher call."""
@@ -176,6 +176,6 @@ def configure(prog: Program) -> Program:
     prog.scratch_bytes = scratch
     prog.fa2_attention = any(k.cfg.get("FA2") for k in prog.kernels)
     if prog.fa2_attention:
-        fa2_scratch(prog)
+        fa2_d_buffer(prog)
     prog.kernel_headers = kernel_headers(prog)
     return prog
