@@ -73,7 +73,8 @@ def fa2_attention_config(HD: int, dtype: str, scale: float) -> dict[str, int]:
     """Whether the FlashAttention-2-class kernels (templates/cuda/kernels/attention_fa2.cuh: mma.sync, ldmatrix,
     cp.async) apply: bf16 builds with a head size the header instantiates and its softmax scale 1/sqrt(HD).
     Row strides are then multiples of 8 elements (HD is); the launcher also checks at run time that every
-    operand is 16-byte aligned and takes the CUDA-core kernels otherwise. Any T works."""
+    operand is 16-byte aligned and takes the CUDA-core kernels otherwise (the trainer's are for any B and T:
+    the memory plan aligns every value to 16 elements per token). Any T works."""
     ok = dtype == "bf16" and HD in FA2_HEAD_SIZES and abs(scale * math.sqrt(HD) - 1) < 1e-12
     return {"FA2": int(ok)}
 
@@ -161,7 +162,7 @@ def fa2_d_buffer(prog: Program) -> None:
     attention backward writes and reads it, within one launcher call."""
     nh = max(k.dims["NH"] for k in prog.kernels if k.cfg.get("FA2"))
     per_float = 4 // (2 if prog.dtype == "bf16" else 4)  # arena elements (floatX) per float
-    offset = -(-prog.act_per_token // 8) * 8  # 16-byte aligned for any B*T
+    offset = -(-prog.act_per_token // 16) * 16  # 16 elements, as the memory plan aligns its values
     prog.acts.append(ActField("att_D", offset, f"(B,{nh},T)", "attention_bwd", "f32", shared=True, node_id=-2))
     prog.act_per_token = offset + nh * per_float
 
