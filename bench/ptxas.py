@@ -12,7 +12,8 @@ GPU and no libcuda are needed; cuBLASLt's headers come from the CUDA install or 
 wheel, found as build.py finds them). ptxas' report of each entry function is parsed into a table
 written to --out. Static shared memory is what ptxas reports; dynamic shared memory is the launch's
 (the fourth argument of LLMGEN_LAUNCH in the source, resolved where it is a constant, S::BC and the like
-from the AttentionShape instance; else the expression). Spills are what emulation cannot show
+from the AttentionShape instance, the FA2 kernels' from the header's *_smem_bytes functions; else the
+expression). Spills are what emulation cannot show
 (DESIGN.md): every kernel should have none. tests/test_ptxas.py runs the same builds and asserts that.
 With --check the exit status is 1 when some kernel spills.
 """
@@ -108,10 +109,25 @@ def nvcc_command(nvcc: str, include: Path, src: Path, obj: Path) -> list[str]:
 # parsing
 
 
+def _name(sym: str) -> tuple[str, int] | None:
+    """The function name of an Itanium-mangled symbol, _Z<len><name>... or a name in a namespace,
+    _ZN<len><ns><len><name>[I...]E... (as ns::name), and the index past it; None for others."""
+    if m := re.match(r"_Z(\d+)", sym):
+        return sym[m.end() : m.end() + int(m.group(1))], m.end() + int(m.group(1))
+    if not sym.startswith("_ZN"):
+        return None
+    parts, i = [], 3
+    while m := re.match(r"\d+", sym[i:]):
+        n, i = int(m.group(0)), i + len(m.group(0))
+        parts.append(sym[i : i + n])
+        i += n
+    return ("::".join(parts), i) if parts else None
+
+
 def demangle(sym: str) -> str:
-    """The function name of an Itanium-mangled symbol (_Z<len><name>...); others as they are."""
-    m = re.match(r"_Z(\d+)", sym)
-    return sym[m.end() : m.end() + int(m.group(1))] if m else sym
+    """The function name of an Itanium-mangled symbol (_Z<len><name>..., ns::name for _ZN...); others as they are."""
+    found = _name(sym)
+    return found[0] if found else sym
 
 
 def _template_args(s: str, i: int) -> tuple[str, int]:
@@ -144,10 +160,10 @@ def _template_args(s: str, i: int) -> tuple[str, int]:
 def template_args(sym: str) -> str:
     """'<768, 8, true>' for a template instance's mangled name, '' for a plain function; the mangled
     argument list itself where it holds something _template_args does not read (still unique)."""
-    m = re.match(r"_Z(\d+)", sym)
-    if not m:
+    found = _name(sym)
+    if not found:
         return ""
-    i = m.end() + int(m.group(1))
+    i = found[1]
     if i >= len(sym) or sym[i] != "I":
         return ""
     try:
@@ -229,6 +245,7 @@ def dynamic_smem(src: str) -> dict[str, int | str]:
     """kernel name -> the largest dynamic shared memory it is launched with (LLMGEN_LAUNCH's 4th argument).
     A template launched as name<S> or (name<A, B>) is keyed by its name."""
     out: dict[str, int | str] = {}
+    src = re.sub(r"namespace llmgen_fa2 \{.*?\} /\* namespace llmgen_fa2 \*/", "", src, flags=re.S)  # fa2_smem
     for m in re.finditer(r"(?<!define )LLMGEN_LAUNCH\(", src):
         args = _launch_args(src, m.end())
         if len(args) < 4 or args[3] == "0":
@@ -238,6 +255,29 @@ def dynamic_smem(src: str) -> dict[str, int | str]:
         old = out.get(name, 0)
         out[name] = max(old, v) if isinstance(v, int) and isinstance(old, int) else v
     return out
+
+
+# the FA2 kernels (templates/cuda/kernels/attention_fa2.cuh, namespace llmgen_fa2): kernel -> the function
+# giving its dynamic shared memory from the kernel's first four template arguments
+FA2_SMEM_FUNCTIONS = {
+    "llmgen_fa2::attention_fwd_kernel": "fwd_smem_bytes",
+    "llmgen_fa2::attention_bwd_dkv_kernel": "dkv_smem_bytes",
+    "llmgen_fa2::attention_bwd_dq_kernel": "dq_smem_bytes",
+}
+
+
+def fa2_smem(src: str, name: str, args: str) -> int | None:
+    """Dynamic shared memory of an FA2 kernel instance (name and args as parse_ptxas writes them): the
+    header's constexpr <kind>_smem_bytes<HD, NW, MT, BN or BQ>(), read from the source and evaluated with
+    the instance's arguments; None for other kernels (the FA2 launchers pass it as a constexpr local)."""
+    fn = FA2_SMEM_FUNCTIONS.get(name)
+    m = fn and re.search(rf"template <(int \w+(?:, int \w+)*)>\s*constexpr int {fn}\(\) {{ return ([^;]+); }}", src)
+    a = re.match(r"<(\d+), (\d+), (\d+), (\d+),", args)
+    if not m or not a:
+        return None
+    params = [p.split()[1] for p in m.group(1).split(", ")]
+    expr = re.sub(r"\b[A-Z]\w*\b", lambda n: dict(zip(params, a.groups())).get(n.group(0), n.group(0)), m.group(2))
+    return int(eval(expr)) if re.fullmatch(r"[\d\s*+()]+", expr) else None  # digits and * + ( ) only
 
 
 # the parameters of templates/cuda/attention.cuh's AttentionShape, in order: a launcher's S::BC * S::HD
@@ -284,7 +324,8 @@ def compile_build(name: str, work: Path, nvcc: str, include: Path) -> list[Kerne
         raise RuntimeError(f"{name}: no ptxas report in nvcc's output (was -Xptxas -v dropped?)")
     dyn = dynamic_smem(src)
     for k in rows:
-        k.smem_dynamic = resolve_shape(dyn.get(k.name, 0), k.args)
+        fa2 = fa2_smem(src, k.name, k.args)
+        k.smem_dynamic = fa2 if fa2 is not None else resolve_shape(dyn.get(k.name, 0), k.args)
     return sorted(rows, key=lambda k: (not k.entry, k.name, k.args))
 
 

@@ -86,6 +86,28 @@ ptxas info    : Used 40 registers, used 0 barriers
     assert (c.name, c.label) == ("k_attn", "k_attn<Shape<12, -1>>")
 
 
+def test_parser_reads_namespaced_kernels():
+    """The FA2 kernels live in namespace llmgen_fa2 (_ZN...E): named ns::name with their arguments."""
+    sym = "_ZN10llmgen_fa220attention_fwd_kernelILi64ELi4ELi2ELi64ELb1EEEvP13__nv_bfloat16PfPKS1_S5_S5_iiiiiiif"
+    text = f"""ptxas info    : Compiling entry function '{sym}' for 'sm_90a'
+ptxas info    : Function properties for {sym}
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 253 registers, used 1 barriers
+"""
+    (k,) = ptxas.parse_ptxas(text)
+    assert (k.label, k.registers, k.spills) == ("llmgen_fa2::attention_fwd_kernel<64, 4, 2, 64, true>", 253, 0)
+
+
+def test_fa2_dynamic_shared_memory_from_the_header():
+    """An FA2 kernel's dynamic shared memory: the header's *_smem_bytes<HD, NW, MT, BN>() at its arguments
+    (README.md beside the header: 48 KiB forward and dq, 49 KiB dk/dv at HD 64)."""
+    src = (REPO / "templates" / "cuda" / "kernels" / "attention_fa2.cuh").read_text()
+    assert ptxas.fa2_smem(src, "llmgen_fa2::attention_fwd_kernel", "<64, 4, 2, 64, true>") == 48 * 1024
+    assert ptxas.fa2_smem(src, "llmgen_fa2::attention_bwd_dkv_kernel", "<64, 4, 1, 64, true>") == 50176
+    assert ptxas.fa2_smem(src, "llmgen_fa2::attention_bwd_dq_kernel", "<128, 4, 1, 32, true>") == 64 * 1024
+    assert ptxas.fa2_smem(src, "attention_fwd_kernel", "<AttentionShape<12, 12, 64>>") is None
+
+
 def test_dynamic_shared_memory_from_launches():
     src = """
     LLMGEN_LAUNCH(k_tc, dim3(T / 64, B * 12), dim3(128), 60416, 0, y, lse, f(a, b), T);

@@ -8,7 +8,9 @@ emulation runs just as well.
 
 from __future__ import annotations
 
-from llmgen.codegen.lower import Kernel, Program
+import math
+
+from llmgen.codegen.lower import ActField, Kernel, Program
 
 NAME = "cuda"
 PROGRAM = "cuda/program.cu.j2"  # the program skeleton
@@ -64,11 +66,17 @@ def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
     }
 
 
-def tc_attention_config(HD: int, dtype: str) -> dict[str, int]:
-    """Whether the tensor-core attention kernels (templates/cuda/attention_tc.cuh) apply: bf16 builds
-    with a head size that is a multiple of 16 up to 128 (so every row width NH*HD is too). Their tiles
-    and shared memory follow from HD in the header itself."""
-    return {"TC": int(dtype == "bf16" and HD % 16 == 0 and HD <= 128)}
+FA2_HEAD_SIZES = (64, 128)  # the head sizes templates/cuda/kernels/attention_fa2.cuh instantiates (Fa2Tiles<HD>)
+
+
+def fa2_attention_config(HD: int, dtype: str, scale: float) -> dict[str, int]:
+    """Whether the FlashAttention-2-class kernels (templates/cuda/kernels/attention_fa2.cuh: mma.sync, ldmatrix,
+    cp.async) apply: bf16 builds with a head size the header instantiates and its softmax scale 1/sqrt(HD).
+    Row strides are then multiples of 8 elements (HD is); the launcher also checks at run time that every
+    operand is 16-byte aligned and takes the CUDA-core kernels otherwise (the trainer's are for any B and T:
+    the memory plan aligns every value to 16 elements per token). Any T works."""
+    ok = dtype == "bf16" and HD in FA2_HEAD_SIZES and abs(scale * math.sqrt(HD) - 1) < 1e-12
+    return {"FA2": int(ok)}
 
 
 # family -> (kernel, dtype) -> (its launch choices, the scratch bytes it needs)
@@ -82,7 +90,8 @@ def _layernorm(k: Kernel, dtype: str) -> tuple[dict, int]:
 
 def _attention(k: Kernel, dtype: str) -> tuple[dict, int]:
     HD = k.dims["HD"]
-    return {**attention_config(HD, k.dims["NH"], k.dims["KV"]), **tc_attention_config(HD, dtype)}, 0
+    fa2 = fa2_attention_config(HD, dtype, k.consts["scale"])
+    return {**attention_config(HD, k.dims["NH"], k.dims["KV"]), **fa2}, 0
 
 
 def _xent(k: Kernel, dtype: str) -> tuple[dict, int]:
@@ -123,17 +132,39 @@ LAUNCH = {
 }
 
 
+# headers pasted before the kernel families that need them (each pasted once, before its first user)
+HEADER_NEEDS = {"cuda/kernels/attention_fa2.cuh": ["cuda/ptx.cuh"]}
+
+
 def kernel_headers(prog: Program) -> list[str]:
-    """The kernel families written as C++ templates that the program pastes before its kernels: the
-    tensor-core attention (templates/cuda/attention_tc.cuh) when it runs, then templates/cuda/<family>.cuh of
-    each family the program uses that has one (linear has none: cuBLASLt). They do not use one another; the
-    family templates (.cu.j2) instantiate them."""
+    """The kernel families written as C++ templates that the program pastes before its kernels, each once:
+    the FlashAttention-2-class attention (templates/cuda/kernels/attention_fa2.cuh, after the PTX wrappers of
+    templates/cuda/ptx.cuh it uses) when some attention kernel takes it, then templates/cuda/<family>.cuh of
+    each family the program uses that has one (linear has none: cuBLASLt). The family templates (.cu.j2)
+    instantiate them."""
     from llmgen.codegen import templates_dir
 
     folder = templates_dir() / "cuda"
     families = sorted({k.family for k in prog.kernels})
-    tc = ["cuda/attention_tc.cuh"] if prog.tensor_core_attention else []
-    return tc + [f"cuda/{f}.cuh" for f in families if (folder / f"{f}.cuh").is_file()]
+    wanted = ["cuda/kernels/attention_fa2.cuh"] if prog.fa2_attention else []
+    wanted += [f"cuda/{f}.cuh" for f in families if (folder / f"{f}.cuh").is_file()]
+    out: list[str] = []
+    for header in wanted:
+        for h in [*HEADER_NEEDS.get(header, []), header]:
+            if h not in out:
+                out.append(h)
+    return out
+
+
+def fa2_d_buffer(prog: Program) -> None:
+    """The FA2 backward's D = rowsum(dy * y) (B, NH, T) fp32, laid out like lse: a buffer of its own at the end
+    of the activation arena (NH floats per token, the widest attention's), shared by every layer: only the
+    attention backward writes and reads it, within one launcher call."""
+    nh = max(k.dims["NH"] for k in prog.kernels if k.cfg.get("FA2"))
+    per_float = 4 // (2 if prog.dtype == "bf16" else 4)  # arena elements (floatX) per float
+    offset = -(-prog.act_per_token // 16) * 16  # 16 elements, as the memory plan aligns its values
+    prog.acts.append(ActField("att_D", offset, f"(B,{nh},T)", "attention_bwd", "f32", shared=True, node_id=-2))
+    prog.act_per_token = offset + nh * per_float
 
 
 def configure(prog: Program) -> Program:
@@ -144,6 +175,8 @@ def configure(prog: Program) -> Program:
             k.cfg, need = LAUNCH[k.family](k, prog.dtype)
             scratch = max(scratch, need)
     prog.scratch_bytes = scratch
-    prog.tensor_core_attention = any(k.cfg.get("TC") for k in prog.kernels)
+    prog.fa2_attention = any(k.cfg.get("FA2") for k in prog.kernels)
+    if prog.fa2_attention:
+        fa2_d_buffer(prog)
     prog.kernel_headers = kernel_headers(prog)
     return prog

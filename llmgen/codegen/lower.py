@@ -444,7 +444,7 @@ class Program:
     dtype: str = "fp32"  # fp32 | bf16 (params and activations; the CUDA target only)
     recompute: int = 0  # activation recompute level the schedule was made with (0, 1, 2)
     scratch_bytes: int = 0  # CUDA: one scratch buffer for partial sums (codegen/cuda.py sizes it)
-    tensor_core_attention: bool = False  # CUDA: some attention kernel has a wmma version (codegen/cuda.py)
+    fa2_attention: bool = False  # CUDA: some attention kernel takes attention_fa2.cuh (codegen/cuda.py)
     kernel_headers: list[str] = field(default_factory=list)  # CUDA: the .cuh kernel templates to paste
     # the trainer's flags (llmgen/flags.py): its Options members, FLAGS rows and usage text (C string literals)
     options: list[str] = field(default_factory=list)

@@ -21,7 +21,8 @@
  * Every shuffle runs in block-uniform control flow (masked scores become -inf or p = 0 instead of
  * skipping), and blocks are whole warps. Plain fp32 CUDA-core math (no tensor-core intrinsics), so the
  * emulation runs the code the GPU does. With TPR = 1 (head_dim up to 32) a thread holds a whole
- * head of a query (or key) row. bf16 builds run attention_tc.cuh instead where it applies.
+ * head of a query (or key) row. bf16 builds with head size 64 or 128 run kernels/attention_fa2.cuh instead
+ * where it applies (attention.cu.j2).
  *
  * Needs from the program before it: floatX, to_float / to_floatX, CUDA_CHECK, LAUNCH_CHECK, cdiv,
  * LLMGEN_LAUNCH, LLMGEN_DYNAMIC_SMEM and LLMGEN_UNROLL.

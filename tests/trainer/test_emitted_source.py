@@ -1,10 +1,14 @@
 """The source a user reads (the matrix rows' train.c / train.cu), and the real CUDA toolchain on the
 Llama presets. fp32 CUDA programs have no tensor-core intrinsics (their attention runs the CUDA-core
-flash kernels); bf16 programs run the tensor-core (wmma) attention where T and the head size allow
-(tests/matrix.py)."""
+flash kernels); bf16 programs run the FlashAttention-2-class attention (templates/cuda/kernels/
+attention_fa2.cuh) where the head size allows (64, 128: tests/matrix.py), and inside the real trainer
+its shared-memory accesses are conflict-free (the emulation's bank count)."""
 
+import json
+import os
 import re
 import shutil
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -39,6 +43,14 @@ def test_cuda_source(row, trainer):
         assert f"void {kernel}(" in src or f") {kernel}(" in src, kernel
     if row.target.dtype == "bf16":
         assert "typedef __nv_bfloat16 floatX;" in src
+        code = re.sub(r"/\*.*?\*/|//[^\n]*", "", src, flags=re.S)  # comments removed
+        assert not re.search(r"\bwmma\b|<mma\.h>", code)  # the FA2 kernels or the CUDA-core ones, never wmma
+        fa2 = "llmgen_fa2::attention_fwd<" in body
+        assert fa2 == ("// ---- attention_fa2.cuh" in src) == ("*att_D;" in src)
+        if fa2:  # ptx.cuh pasted once, before the header that needs it
+            assert src.count("// ---- ptx.cuh") == 1 and src.index("// ---- ptx.cuh") < src.index(
+                "// ---- attention_fa2"
+            )
         return
     assert "<<<" not in body and "extern __shared__" not in body
     assert body.count("LLMGEN_LAUNCH(") > 20
@@ -80,3 +92,34 @@ def test_nvcc_builds_llama_presets_sm90(tmp_path):
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, binary in zip(builds, pool.map(one, builds)):
             assert binary.is_file(), name
+
+
+FA2_ROWS = [r for r in ROWS if r.target.dtype == "bf16" and any("attention_fa2" in n for n in r.source_needles)]
+
+
+@pytest.mark.parametrize("row", **params(FA2_ROWS))
+def test_fa2_attention_conflict_free_in_the_trainer(row, trainer, matrix_data, tmp_path):
+    """One emulated bf16 micro-step (--dump: forward and backward) of the real trainer with
+    LLMGEN_EMU_BANK_CONFLICTS set: the emulation counts the 32 lanes' shared-memory addresses of every
+    warp-collective access (templates/cuda/emulate/emu_banks.h) and writes them per kernel at exit. The
+    FA2 forward, dk/dv and dq kernels ran, and each ldmatrix, cp.async store and counted load and store of
+    theirs took one wavefront per 128-byte phase (no bank conflict), in the program as generated."""
+    m = matrix_data(row)
+    report = tmp_path / "smem.json"
+    argv = [trainer(row), "-e", m["model"], "-i", m["pattern"], "-b", row.B, "-t", row.T, "--dump", tmp_path / "d"]
+    env = dict(os.environ, LLMGEN_EMU_BANK_CONFLICTS=str(report))
+    r = subprocess.run(list(map(str, argv)), capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    stats = json.loads(report.read_text())
+    seen = set()
+    for kernel, counts in stats.items():
+        short = re.match(r"\(?attention_(?:bwd_)?(fwd|dkv|dq)_kernel<HD, C::", kernel)
+        if not short:
+            continue
+        seen.add(short.group(1))
+        for kind in ("ldmatrix", "cp_async_store", "ld_shared", "st_shared"):
+            c = counts[kind]
+            assert c["instructions"] > 0, (kernel, kind)
+            assert c["wavefronts"] == c["phases"] and c["max_way"] == 1, (kernel, kind, c)
+        assert counts["cp_async"]["max_pending_groups"] >= 1, kernel  # the tiles came by cp.async
+    assert seen == {"fwd", "dkv", "dq"}, sorted(stats)

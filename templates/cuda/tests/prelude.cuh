@@ -8,7 +8,6 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cublasLt.h>
-#include <mma.h>
 #include "launch.h"
 #endif
 #include <math.h>
