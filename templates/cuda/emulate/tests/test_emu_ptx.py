@@ -176,7 +176,7 @@ CONFLICTS = {
     "ldm_padded": (1, 4, 4, 1),  # rows 144 bytes apart: row i starts in bank 4i mod 32: all distinct
     "ldm_swizzled": (1, 4, 4, 1),  # chunk c of row i stored at chunk c ^ (i % 8): banks 4(c^i) distinct
     "ldm_32byte_rows": (1, 4, 8, 2),  # rows 32 bytes apart: rows i and i+4 share banks
-    "wmma_unpadded": (1, 4, 32, 8),  # the attention kernels' 128-byte-row tiles today
+    "wmma_unpadded": (1, 4, 32, 8),  # unpadded 128-byte-row tiles (the removed wmma attention's)
     "wmma_padded": (1, 4, 4, 1),
     "words_0": (1, 1, 1, 1),  # one word for every lane: a broadcast
     "words_1": (1, 1, 1, 1),
