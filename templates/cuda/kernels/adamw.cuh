@@ -294,9 +294,13 @@ cudaError_t adamw_update(T* params, float* master, float* m, float* v, const flo
     LLMK_REQUIRE(nseg >= 0 && nblocks >= 0 && t >= 1, "adamw_update", "nseg and nblocks must be >= 0 and t >= 1");
     LLMK_REQUIRE(master && m && v && grads && (nseg == 0 || segs) && (sizeof(T) == 4 || params), "adamw_update",
                  "a required pointer is NULL");
-    LLMK_REQUIRE(aligned_to(master, 16) && aligned_to(m, 16) && aligned_to(v, 16) && aligned_to(grads, 16)
+    /* an opt_base that is not a multiple of 4 (a ZeRO-1 shard starting anywhere) sends every segment down the
+     * scalar path, which needs no more than element alignment of master, m and v */
+    const size_t oa = opt_base % 4 == 0 ? 16 : 4;
+    LLMK_REQUIRE(aligned_to(master, oa) && aligned_to(m, oa) && aligned_to(v, oa) && aligned_to(grads, 16)
                      && (!params || aligned_to(params, 4 * sizeof(T))),
-                 "adamw_update", "master, m, v and grads must be 16-byte aligned, params 4-element aligned");
+                 "adamw_update", "grads must be 16-byte aligned, master, m, v too (when opt_base % 4 == 0), params to "
+                 "4 elements");
     if (nseg == 0 || nblocks == 0) return cudaSuccess;
     const AdamwStep st = adamw_step_scalars(lr, t, hyper);
     LLMGEN_LAUNCH((adamw_kernel<T>), dim3(nblocks), dim3(ADAMW_NT), 0, stream, params, master, m, v, grads, segs, nseg,
