@@ -378,17 +378,18 @@ _CUDA_GPT2_NEEDLES = (
     "CUBLASLT_EPILOGUE_BGRADB",
 )
 _CUDA_LLAMA_KERNELS = (
-    "embed_kernel",
-    "rmsnorm_kernel",
-    "residual_rmsnorm_kernel",
     "rope_kernel",
     "attention_fwd_kernel",
     "attention_dq_kernel",
     "attention_dkv_kernel",
     "swiglu_kernel",
     "swiglu_bwd_kernel",
-    "rmsnorm_bwd_kernel",
-    "embed_wte_bwd_kernel",
+    # the memory-bound kernels of templates/cuda/kernels/ (namespace llmk), instantiated at the row's dim 64
+    "llmk::embedding_forward<floatX, 64>(",
+    "llmk::rmsnorm_forward<floatX, 64>(",
+    "llmk::residual_rmsnorm_forward<floatX, 64>(",
+    "llmk::rmsnorm_backward<floatX, 64>(",
+    "llmk::embedding_backward_tokens<floatX, 64>(",
 )
 # the schedule's calls, each with the graph value it writes and its shape (rope works in place)
 _CUDA_LLAMA_NEEDLES = (

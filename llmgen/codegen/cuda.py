@@ -18,21 +18,13 @@ FAMILY = "cuda/{family}.cu.j2"  # a kernel family: one macro per op
 SCALAR_REF = "{}"  # the graph's scalars live in device memory: already pointers
 
 WARP = 32
-LN_WARPS = 8  # layernorm: one warp per row, 8 rows per block
-LN_BWD_MAX_BLOCKS = 256  # layernorm backward: column partial sums of at most this many blocks
 COLSUM_MAX_BLOCKS = 256  # bias gradients: row chunks summed in a fixed order
-NORM_BLOCKS = 512  # grad norm: partial sums of squares (doubles)
-RMS_PER = 8  # RMSNorm: channels per thread (a block per row: C / 8 threads, 32 ... 1024)
-RMS_BWD_MAX_BLOCKS = 256  # RMSNorm backward: dw partial sums of at most this many blocks
+NORM_BLOCKS = 1024  # grad norm: partial sums of squares (doubles; templates/cuda/kernels/adamw.cuh)
+# layernorm / RMSNorm backward (templates/cuda/kernels/norms.cuh): at most NORM_BWD_BLOCKS blocks each write their
+# column sums, the last of each NORM_GROUP adds its group's; NORM_COUNTERS unsigned ints count the finished blocks
+NORM_BWD_BLOCKS, NORM_GROUP, NORM_COUNTERS = 512, 16, 64
 ATTN_DPT = 32  # attention: at most this many channels of a head per thread
 ATTN_THREADS = 128  # attention: threads per block (about)
-
-
-def _pow2_at_least(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
 
 
 def attention_config(HD: int, NH: int, KV: int) -> dict[str, int]:
@@ -82,10 +74,16 @@ def fa2_attention_config(HD: int, dtype: str, scale: float) -> dict[str, int]:
 # family -> (kernel, dtype) -> (its launch choices, the scratch bytes it needs)
 
 
-def _layernorm(k: Kernel, dtype: str) -> tuple[dict, int]:
-    C = k.dims["C"]
-    cfg = {"WARPS": LN_WARPS, "PER": (C + WARP - 1) // WARP, "MAXB": LN_BWD_MAX_BLOCKS}
-    return cfg, 4 * 2 * C * LN_BWD_MAX_BLOCKS if k.op == "layernorm_bwd" else 0
+def _norm(k: Kernel, dtype: str) -> tuple[dict, int]:
+    """LayerNorm and RMSNorm (templates/cuda/kernels/norms.cuh: the row layout follows from C and the dtype in the
+    header). The backward's scratch: fp32 column sums (dw, db for LayerNorm, and the preceding projection's bias
+    gradient: room for it always) of each block and each group of NORM_GROUP blocks, norm_backward_scratch_bytes's
+    largest case; its group counters get a place of their own (configure)."""
+    if not k.op.endswith("_bwd"):
+        return {}, 0
+    nacc = (1 if k.family == "rmsnorm" else 2) + 1
+    parts = NORM_BWD_BLOCKS + -(-NORM_BWD_BLOCKS // NORM_GROUP)
+    return {"MAXB": NORM_BWD_BLOCKS}, 4 * parts * nacc * k.dims["C"]
 
 
 def _attention(k: Kernel, dtype: str) -> tuple[dict, int]:
@@ -95,7 +93,7 @@ def _attention(k: Kernel, dtype: str) -> tuple[dict, int]:
 
 
 def _xent(k: Kernel, dtype: str) -> tuple[dict, int]:
-    return {"NT": min(1024, max(WARP, _pow2_at_least(k.dims["V"] // 16)))}, 0
+    return {}, 0  # templates/cuda/kernels/xent.cuh: a block of 512 threads per row
 
 
 def _linear(k: Kernel, dtype: str) -> tuple[dict, int]:
@@ -114,39 +112,39 @@ def _adamw(k: Kernel, dtype: str) -> tuple[dict, int]:
     return ({"NB": NORM_BLOCKS}, 8 * NORM_BLOCKS) if k.op == "grad_norm" else ({}, 0)
 
 
-def _rmsnorm(k: Kernel, dtype: str) -> tuple[dict, int]:
-    C = k.dims["C"]
-    nt = min(1024, max(WARP, _pow2_at_least(-(-C // RMS_PER))))
-    cfg = {"NT": nt, "PER": -(-C // nt), "MAXB": RMS_BWD_MAX_BLOCKS}
-    return cfg, 4 * C * RMS_BWD_MAX_BLOCKS if k.op == "rmsnorm_bwd" else 0
-
-
 LAUNCH = {
-    "layernorm": _layernorm,
+    "layernorm": _norm,
     "attention": _attention,
     "xent": _xent,
     "linear": _linear,
     "elementwise": _elementwise,
     "adamw": _adamw,
-    "rmsnorm": _rmsnorm,
+    "rmsnorm": _norm,
 }
 
 
-# headers pasted before the kernel families that need them (each pasted once, before its first user)
-HEADER_NEEDS = {"cuda/kernels/attention_fa2.cuh": ["cuda/ptx.cuh"]}
+# family -> its header in templates/cuda/kernels/
+MEMORY_BOUND = {"layernorm": "norms", "rmsnorm": "norms", "xent": "xent", "adamw": "adamw", "embed": "embed"}
+# headers pasted before the kernel headers that need them (each pasted once, before its first user)
+HEADER_NEEDS = {
+    "cuda/kernels/attention_fa2.cuh": ["cuda/ptx.cuh"],
+    **{f"cuda/kernels/{h}.cuh": ["cuda/kernels/common.cuh"] for h in MEMORY_BOUND.values()},
+}
 
 
 def kernel_headers(prog: Program) -> list[str]:
     """The kernel families written as C++ templates that the program pastes before its kernels, each once:
     the FlashAttention-2-class attention (templates/cuda/kernels/attention_fa2.cuh, after the PTX wrappers of
-    templates/cuda/ptx.cuh it uses) when some attention kernel takes it, then templates/cuda/<family>.cuh of
-    each family the program uses that has one (linear has none: cuBLASLt). The family templates (.cu.j2)
+    templates/cuda/ptx.cuh it uses) when some attention kernel takes it, the memory-bound families' headers in
+    templates/cuda/kernels/ (MEMORY_BOUND, after the common.cuh they share), then templates/cuda/<family>.cuh
+    of each other family the program uses that has one (linear has none: cuBLASLt). The family templates (.cu.j2)
     instantiate them."""
     from llmgen.codegen import templates_dir
 
     folder = templates_dir() / "cuda"
     families = sorted({k.family for k in prog.kernels})
     wanted = ["cuda/kernels/attention_fa2.cuh"] if prog.fa2_attention else []
+    wanted += sorted({f"cuda/kernels/{MEMORY_BOUND[f]}.cuh" for f in families if f in MEMORY_BOUND})
     wanted += [f"cuda/{f}.cuh" for f in families if (folder / f"{f}.cuh").is_file()]
     out: list[str] = []
     for header in wanted:
@@ -174,6 +172,12 @@ def configure(prog: Program) -> Program:
         if k.family in LAUNCH:
             k.cfg, need = LAUNCH[k.family](k, prog.dtype)
             scratch = max(scratch, need)
+    norm_bwd = [k for k in prog.kernels if k.op in ("layernorm_bwd", "rmsnorm_bwd")]
+    if norm_bwd:  # the norm backward's group counters: past every kernel's part, so nothing else writes them
+        scratch = -(-scratch // 256) * 256
+        for k in norm_bwd:
+            k.cfg["CTR"] = scratch
+        scratch += 4 * NORM_COUNTERS
     prog.scratch_bytes = scratch
     prog.fa2_attention = any(k.cfg.get("FA2") for k in prog.kernels)
     if prog.fa2_attention:

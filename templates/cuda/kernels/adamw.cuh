@@ -8,10 +8,11 @@
  *
  *   Gradient norm (grad_norm): sqrt(sum of g^2) over grads[0, n), deterministic: part j of nparts
  *   (a block of 256 threads) sums, in double, the fixed 4-element vectors j*256 + t, + nparts*256, ...
- *   (the < 4 tail elements go to block 0), then its threads in a fixed order; a second one-block
- *   kernel adds the parts in order. The same bits on every run and for every device with the
- *   same nparts. Writes *norm (fp32) and, when sumsq is not NULL, the double sum of squares (for a
- *   sharded run to all-reduce before taking the root). Scratch: nparts doubles.
+ *   (the < 4 tail elements, and those before a 16-byte boundary, go to block 0), then its threads in a
+ *   fixed order; a second one-block kernel adds the parts in order. The same bits on every run and
+ *   for every device with the same nparts. Writes *norm (fp32) and, when sumsq is not NULL, the
+ *   double sum of squares (for a sharded run to all-reduce before taking the root). Scratch: nparts
+ *   doubles.
  *
  *   AdamW (adamw_update): torch.optim.AdamW's single-tensor formula after the clip, in this order of
  *   fp32 operations, each rounded once (__fmul_rn & co.: no FMA contraction on the GPU, none in g++):
@@ -40,7 +41,9 @@
 #define LLMK_ADAMW_CUH
 
 #include <math.h>
+#ifndef LLMK_COMMON_CUH   /* pasted after common.cuh (llmgen's train.cu): already there */
 #include "common.cuh"
+#endif
 
 namespace llmk {
 
@@ -50,8 +53,11 @@ enum { ADAMW_NT = 256, ADAMW_UNROLL = 2, ADAMW_EPB = ADAMW_NT * 4 * ADAMW_UNROLL
 /* gradient norm                                                                                */
 /* ============================================================================================ */
 __global__ void __launch_bounds__(GRAD_NORM_NT)
-    grad_norm_partial_kernel(double* partial, const float* grads, long long n) {
+    grad_norm_partial_kernel(double* partial, const float* grads, long long n, int head) {
     __shared__ double red[GRAD_NORM_NT / 32];
+    const float* const first = grads;          /* head (< 4) elements before the first 16-byte boundary */
+    grads += head;
+    n -= head;
     const long long n4 = n / 4, stride = (long long)gridDim.x * GRAD_NORM_NT;
     double s = 0.0;
     long long q = (long long)blockIdx.x * GRAD_NORM_NT + threadIdx.x;
@@ -73,6 +79,10 @@ __global__ void __launch_bounds__(GRAD_NORM_NT)
         const float x = grads[4 * n4 + threadIdx.x];
         s += (double)x * x;
     }
+    if (blockIdx.x == 0 && (int)threadIdx.x >= 4 && (int)threadIdx.x < 4 + head) {
+        const float x = first[threadIdx.x - 4];
+        s += (double)x * x;
+    }
     s = block_sum<GRAD_NORM_NT>(s, red);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -90,13 +100,17 @@ __global__ void __launch_bounds__(GRAD_NORM_NT)
 }
 
 /* *norm = ||grads[0, n)||_2 (fp32), *sumsq = its square in double (either may be NULL);
- * partial: nparts doubles of scratch (1024 parts keep an H100/H200 busy for 124M parameters) */
+ * partial: nparts doubles of scratch (1024 parts keep an H100/H200 busy for 124M parameters).
+ * grads needs 4-byte alignment only: the elements before its first 16-byte boundary (a ZeRO-1 shard
+ * may start anywhere) are summed by block 0 like the tail */
 static inline cudaError_t grad_norm(float* norm, double* sumsq, const float* grads, long long n, double* partial,
                                     int nparts, cudaStream_t stream = 0) {
     LLMK_REQUIRE(n >= 0 && nparts >= 1, "grad_norm", "n must be >= 0 and nparts >= 1");
     LLMK_REQUIRE(grads && partial, "grad_norm", "a required pointer is NULL");
-    LLMK_REQUIRE(aligned_to(grads, 16), "grad_norm", "grads is not 16-byte aligned");
-    LLMGEN_LAUNCH(grad_norm_partial_kernel, dim3(nparts), dim3(GRAD_NORM_NT), 0, stream, partial, grads, n);
+    LLMK_REQUIRE(aligned_to(grads, 4), "grad_norm", "grads is not 4-byte aligned");
+    long long head = (long long)((16 - (uintptr_t)grads % 16) % 16 / 4);
+    if (head > n) head = n;
+    LLMGEN_LAUNCH(grad_norm_partial_kernel, dim3(nparts), dim3(GRAD_NORM_NT), 0, stream, partial, grads, n, (int)head);
     LLMGEN_LAUNCH(grad_norm_final_kernel, dim3(1), dim3(GRAD_NORM_NT), 0, stream, norm, sumsq, partial, nparts);
     return cudaGetLastError();
 }
@@ -280,9 +294,13 @@ cudaError_t adamw_update(T* params, float* master, float* m, float* v, const flo
     LLMK_REQUIRE(nseg >= 0 && nblocks >= 0 && t >= 1, "adamw_update", "nseg and nblocks must be >= 0 and t >= 1");
     LLMK_REQUIRE(master && m && v && grads && (nseg == 0 || segs) && (sizeof(T) == 4 || params), "adamw_update",
                  "a required pointer is NULL");
-    LLMK_REQUIRE(aligned_to(master, 16) && aligned_to(m, 16) && aligned_to(v, 16) && aligned_to(grads, 16)
+    /* an opt_base that is not a multiple of 4 (a ZeRO-1 shard starting anywhere) sends every segment down the
+     * scalar path, which needs no more than element alignment of master, m and v */
+    const size_t oa = opt_base % 4 == 0 ? 16 : 4;
+    LLMK_REQUIRE(aligned_to(master, oa) && aligned_to(m, oa) && aligned_to(v, oa) && aligned_to(grads, 16)
                      && (!params || aligned_to(params, 4 * sizeof(T))),
-                 "adamw_update", "master, m, v and grads must be 16-byte aligned, params 4-element aligned");
+                 "adamw_update", "grads must be 16-byte aligned, master, m, v too (when opt_base % 4 == 0), params to "
+                 "4 elements");
     if (nseg == 0 || nblocks == 0) return cudaSuccess;
     const AdamwStep st = adamw_step_scalars(lr, t, hyper);
     LLMGEN_LAUNCH((adamw_kernel<T>), dim3(nblocks), dim3(ADAMW_NT), 0, stream, params, master, m, v, grads, segs, nseg,

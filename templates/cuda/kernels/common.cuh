@@ -8,7 +8,10 @@
  *   A program includes emulate.h (or, under nvcc, the CUDA headers and the LLMGEN_LAUNCH /
  *   LLMGEN_DYNAMIC_SMEM defines) before these headers; when it has not, this file includes
  *   emulate.h itself, which under nvcc is just those headers and defines. ptx.cuh comes in for
- *   the counted shared-memory accesses.
+ *   the counted shared-memory accesses. A program that pastes these headers (llmgen's train.cu)
+ *   defines LLMK_PLAIN_SHARED first: shared memory is then accessed by plain loads and stores (what
+ *   ptx.cuh's accesses are under nvcc; the emulation then counts no bank conflicts) and ptx.cuh
+ *   is not needed; its own #include lines are skipped by the include guards of what it pasted.
  *
  *   Everything lives in namespace llmk. Kernels are templates over the storage type T (float, or
  *   __nv_bfloat16 for bf16 programs: arithmetic is always fp32) and their compile-time sizes. Each
@@ -32,7 +35,9 @@
 #ifndef LLMGEN_LAUNCH
 #include "emulate.h"
 #endif
+#ifndef LLMK_PLAIN_SHARED
 #include "ptx.cuh"
+#endif
 #include <cuda_bf16.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -175,10 +180,17 @@ __device__ __forceinline__ void store_f(float* p, const FVec<N>& x) {
 /* ---- shared memory through ptx.cuh's counted accesses (bank conflicts counted under emulation).
  * Warp-collective in the emulation: every live lane of the warp makes the call, lanes with
  * nothing to do pass a harmless address (the launchers give each array a spare slot). */
+#ifdef LLMK_PLAIN_SHARED
+template <class V>
+__device__ __forceinline__ V sld(const V* smem) { return *smem; }
+template <class V>
+__device__ __forceinline__ void sst(V* smem, const V& v) { *smem = v; }
+#else
 template <class V>
 __device__ __forceinline__ V sld(const V* smem) { return ptx_ld_shared(smem); }
 template <class V>
 __device__ __forceinline__ void sst(V* smem, const V& v) { ptx_st_shared(smem, v); }
+#endif
 
 /* ---- warp reductions: butterflies, so every lane ends with the same bits ---------------------- */
 __device__ __forceinline__ float warp_sum(float v) {

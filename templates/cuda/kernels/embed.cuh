@@ -31,7 +31,9 @@
 #define LLMK_EMBED_CUH
 
 #include <algorithm>
+#ifndef LLMK_COMMON_CUH   /* pasted after common.cuh (llmgen's train.cu): already there */
 #include "common.cuh"
+#endif
 
 namespace llmk {
 

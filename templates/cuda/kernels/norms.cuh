@@ -49,7 +49,9 @@
 #ifndef LLMK_NORMS_CUH
 #define LLMK_NORMS_CUH
 
+#ifndef LLMK_COMMON_CUH   /* pasted after common.cuh (llmgen's train.cu): already there */
 #include "common.cuh"
+#endif
 
 namespace llmk {
 

@@ -22,13 +22,16 @@
  *   targets must lie in [0, V) (the trainer validated them on the host).
  *
  *   Launchers: softmax_xent_backward(losses, dlogits, logits, targets, dloss, dlosses, N, loss_rows,
- *   stream) and xent_forward(losses, logits, targets, N, stream) (evaluation: pass 1 only).
+ *   stream) (losses may be NULL: an unfused backward, whose forward wrote them) and
+ *   xent_forward(losses, logits, targets, N, stream) (evaluation: pass 1 only).
  */
 #ifndef LLMK_XENT_CUH
 #define LLMK_XENT_CUH
 
 #include <math.h>
+#ifndef LLMK_COMMON_CUH   /* pasted after common.cuh (llmgen's train.cu): already there */
 #include "common.cuh"
+#endif
 
 namespace llmk {
 
@@ -104,7 +107,7 @@ __global__ void __launch_bounds__(XENT_NT)
     m = red_m[0];
     s = red_s[0];
     for (int w = 1; w < XENT_NT / 32; w++) lse_combine(m, s, red_m[w], red_s[w]);   /* warp order */
-    if (threadIdx.x == 0) losses[row] = logf(s) + m - zt;
+    if (threadIdx.x == 0 && losses) losses[row] = logf(s) + m - zt;
     if (!GRAD) return;
 
     /* pass 2: dlogits over the whole padded row */
@@ -140,7 +143,7 @@ static cudaError_t xent_launch(const char* who, float* losses, T* dlogits, const
                                const float* dloss, const float* dlosses, int N, int loss_rows, cudaStream_t stream) {
     typedef XentShape<T, V, Vp> S;
     LLMK_REQUIRE(N >= 0, who, "N (rows) is negative");
-    LLMK_REQUIRE(losses && logits && targets && (!GRAD || (dlogits && (dloss || dlosses))), who,
+    LLMK_REQUIRE((losses || GRAD) && logits && targets && (!GRAD || (dlogits && (dloss || dlosses))), who,
                  "a required pointer is NULL");
     LLMK_REQUIRE(!GRAD || dlosses || loss_rows > 0, who, "loss_rows must be positive");
     LLMK_REQUIRE(aligned_to(logits, sizeof(T) * S::VEC) && (!GRAD || aligned_to(dlogits, sizeof(T) * S::VEC)), who,
@@ -151,8 +154,8 @@ static cudaError_t xent_launch(const char* who, float* losses, T* dlogits, const
     return cudaGetLastError();
 }
 
-/* losses (N) fp32, dlogits (N, Vp) (may be logits: in place) from logits (N, Vp), targets (N);
- * dlosses (N) per-row gradients, or NULL to use *dloss / loss_rows */
+/* losses (N) fp32 (or NULL: not written), dlogits (N, Vp) (may be logits: in place) from logits (N, Vp),
+ * targets (N); dlosses (N) per-row gradients, or NULL to use *dloss / loss_rows */
 template <class T, int V, int Vp>
 cudaError_t softmax_xent_backward(float* losses, T* dlogits, const T* logits, const int* targets, const float* dloss,
                                   const float* dlosses, int N, int loss_rows, cudaStream_t stream = 0) {

@@ -1,29 +1,35 @@
-/* rows_test.cu -- rmsnorm.cuh, swiglu.cuh, rope.cuh and xent.cuh alone (fp32: built with -DLLMGEN_BF16=0):
+/* rows_test.cu -- swiglu.cuh, rope.cuh and the RMSNorm and cross-entropy of kernels/norms.cuh and kernels/xent.cuh
+ * as train.cu pastes them (plain shared-memory accesses, llmgen_fail), alone (fp32: built with -DLLMGEN_BF16=0):
  * `prog CASE DIR` reads its inputs from DIR and writes its outputs there.
- *   rmsnorm: x, r, w, dy, dres, dw0 (N 37 rows of C 40, 32 threads a row: a ragged last register slot);
+ *   rmsnorm: x, r, w, dy, dres, dw0 (N 37 rows of C 40: 10 fp32 vectors, a ragged last one per warp);
  *            residual forward, residual backward over 3 blocks (dw accumulating) -> sum, out, rstd, dx, dw
  *   swiglu:  g, u, dh (N 5 rows of F 24) -> h, dg, du
  *   rope:    x, freq (N 6 rows = 2 sequences of T 3, NH 3 heads of HD 8) -> y (forward), dx (backward of x)
- *   xent:    z, t, dl (N 7 rows of VP 72, V 70 real columns, 32 threads a row) -> loss, dz, dz2 (fused) */
+ *   xent:    z, t, dl (N 7 rows of VP 72, V 70 real columns) -> loss, dz (from dl), loss2, dz2 (fused, in place) */
 #include "prelude.cuh"
-#include "rmsnorm.cuh"
+#define LLMK_PLAIN_SHARED 1
+#define LLMK_FAIL(msg) llmgen_fail("%s", (msg))
+#include "kernels/common.cuh"
+#include "kernels/norms.cuh"
+#include "kernels/xent.cuh"
 #include "swiglu.cuh"
 #include "rope.cuh"
-#include "xent.cuh"
 
 template <class T>
 static T *device_out(size_t n) { return (T *)device_alloc(sizeof(T) * n); }
 
 static void run_rmsnorm(const char *dir) {
-    constexpr int N = 37, C = 40, NT = 32, MAXB = 3;
+    constexpr int N = 37, C = 40, MAXB = 3;
     floatX *x = load_device<floatX>(dir, "x", N * C), *r = load_device<floatX>(dir, "r", N * C);
     floatX *w = load_device<floatX>(dir, "w", C), *dy = load_device<floatX>(dir, "dy", N * C);
     floatX *dres = load_device<floatX>(dir, "dres", N * C);
     float *dw = load_device<float>(dir, "dw0", C), *rstd = device_out<float>(N);
     floatX *sum = device_out<floatX>(N * C), *out = device_out<floatX>(N * C), *dx = device_out<floatX>(N * C);
-    float *partial = device_out<float>(C * MAXB);
-    residual_rmsnorm_fwd<C, NT>(sum, out, rstd, x, r, w, 1e-5f, N);
-    rmsnorm_bwd<C, NT, MAXB, true, true>(dx, dw, partial, dy, sum, w, rstd, dres, N);
+    float *partial = (float *)device_alloc(llmk::rmsnorm_backward_scratch_bytes<floatX, C>(N, MAXB));
+    unsigned *counters = device_out<unsigned>(llmk::NORM_COUNTERS);   /* zeroed */
+    CUDA_CHECK((llmk::residual_rmsnorm_forward<floatX, C>(sum, out, rstd, x, r, w, N, 1e-5f)));
+    CUDA_CHECK((llmk::rmsnorm_backward<floatX, C>(dx, dw, NULL, dy, sum, rstd, dres, w,
+                                                  llmk::NormScratch{partial, counters, MAXB}, N, llmk::NORM_ACC_DW)));
     CUDA_CHECK(cudaDeviceSynchronize());
     save_device(dir, "sum", sum, N * C);
     save_device(dir, "out", out, N * C);
@@ -69,15 +75,16 @@ static void run_rope(const char *dir) {
 }
 
 static void run_xent(const char *dir) {
-    constexpr int N = 7, V = 70, VP = 72, NT = 32;
+    constexpr int N = 7, V = 70, VP = 72;
     floatX *z = load_device<floatX>(dir, "z", N * VP), *z2 = load_device<floatX>(dir, "z", N * VP);
     int *t = load_device<int>(dir, "t", N);
     float *dl = load_device<float>(dir, "dl", N), *dloss = load_device<float>(dir, "dloss", 1);
     float *loss = device_out<float>(N), *loss2 = device_out<float>(N);
     floatX *dz = device_out<floatX>(N * VP);
-    xent_fwd<V, VP, NT>(loss, z, t, N);
-    xent_bwd<V, VP, NT>(dz, dl, z, t, N);
-    softmax_xent<V, VP, NT>(loss2, z2, z2, t, dloss, N);    /* the gradient written over the logits */
+    CUDA_CHECK((llmk::xent_forward<floatX, V, VP>(loss, z, t, N)));
+    CUDA_CHECK((llmk::softmax_xent_backward<floatX, V, VP>(NULL, dz, z, t, NULL, dl, N, N)));
+    /* the gradient written over the logits */
+    CUDA_CHECK((llmk::softmax_xent_backward<floatX, V, VP>(loss2, z2, z2, t, dloss, NULL, N, N)));
     CUDA_CHECK(cudaDeviceSynchronize());
     save_device(dir, "loss", loss, N);
     save_device(dir, "loss2", loss2, N);

@@ -128,8 +128,9 @@ def test_attention_cuda_cores_against_numpy(build, tmp_path, case, B, T, NH, KV,
 
 
 def test_layernorm_against_numpy(build, tmp_path):
-    """layernorm.cuh in fp32: residual forward (sum, out, mean, rstd) and the residual backward (dx + dres,
-    dw accumulated, db overwritten) with rows strided over fewer blocks than row groups"""
+    """kernels/norms.cuh's LayerNorm as train.cu pastes it, in fp32: residual forward (sum, out, mean, rstd)
+    and the residual backward (dx + dres, dw accumulated, db overwritten) with rows strided over fewer blocks
+    than row groups"""
     rng = np.random.default_rng(13)
     prog = build("layernorm", "-DLLMGEN_BF16=0")
     N, C, eps = 37, 40, 1e-5
@@ -157,8 +158,8 @@ def test_layernorm_against_numpy(build, tmp_path):
 
 
 def test_rmsnorm_against_numpy(build, tmp_path):
-    """rmsnorm.cuh in fp32: residual forward (sum, out, rstd) and the residual backward (dx + dres, dw
-    accumulated) with a ragged last register slot and rows strided over fewer blocks than rows"""
+    """kernels/norms.cuh's RMSNorm as train.cu pastes it, in fp32: residual forward (sum, out, rstd) and the
+    residual backward (dx + dres, dw accumulated) with a ragged last vector and rows strided over fewer blocks"""
     rng = np.random.default_rng(14)
     prog = build("rows", "-DLLMGEN_BF16=0")
     N, C, eps = 37, 40, 1e-5
@@ -213,8 +214,9 @@ def test_rope_against_numpy(build, tmp_path):
 
 
 def test_xent_against_numpy(build, tmp_path):
-    """xent.cuh in fp32: the losses over the first V of VP columns, the backward from per-row dlosses (zero
-    in the padding), and the fused softmax + cross-entropy writing its gradient over the logits"""
+    """kernels/xent.cuh as train.cu pastes it, in fp32: the losses over the first V of VP columns, the
+    backward from per-row dlosses (zero in the padding), and the fused softmax + cross-entropy writing its
+    gradient over the logits"""
     rng = np.random.default_rng(17)
     prog = build("rows", "-DLLMGEN_BF16=0")
     N, V, VP = 7, 70, 72

@@ -35,8 +35,8 @@ from emu_helpers import (
     run_program,
 )
 
-# the headers under test before templates/cuda: both folders hold an adamw.cuh, embed.cuh and xent.cuh (the
-# trainer's kernel families there, issue 13's rewrites here), and a driver's #include "adamw.cuh" means this one
+# the headers under test first, so a driver's #include "adamw.cuh" finds this folder's (templates/cuda holds the
+# family templates and the other headers the drivers include)
 INCLUDES = [
     f"-I{EMULATE}",
     f"-I{KERNEL_HEADERS}",
