@@ -407,6 +407,10 @@ def build_cuda(
         nvcc,
         "-O3",
         "-std=c++17",
+        # stream 0 (every kernel's) is the per-thread default stream, which a CUDA Graph can capture (train.cu's
+        # training micro-step); the legacy default stream cannot be captured
+        "--default-stream",
+        "per-thread",
         *gencode,
         f"-I{inc}",
         *mpi_compile,
