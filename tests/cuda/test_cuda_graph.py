@@ -17,11 +17,11 @@ import oracle
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _build(tmp_path, model_cfg, dtype):
+def _build(tmp_path, model_cfg, dtype, extra):
     out = tmp_path / f"build-{dtype}"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "llmgen", "build", str(model_cfg), "--target", "cuda", "--emulate", "--dtype", dtype]
-    subprocess.run([*cmd, "-o", str(out)], check=True, capture_output=True, env=env)
+    subprocess.run([*cmd, *extra, "-o", str(out)], check=True, capture_output=True, env=env)
     return out / "train"
 
 
@@ -38,11 +38,15 @@ def _steps(binary, model_dir, pattern, env_extra):
     return [re.sub(r" \| [\d.]+ ms \| \d+ tok/s", "", line) for line in lines]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_graph_replay_prints_the_eager_losses(tmp_path, dtype):
+@pytest.mark.parametrize(
+    "dtype, extra",
+    [("fp32", []), ("bf16", []), ("fp32", ["--no-fuse", "--recompute", "2"])],
+    ids=["fp32", "bf16", "unfused-r2"],
+)
+def test_graph_replay_prints_the_eager_losses(tmp_path, dtype, extra):
     mdir = oracle.make_gpt2_model_dir(tmp_path / "m", 2, 2, 32, 100, 64, seed=4)
     pattern = str(oracle.random_shards(tmp_path / "d", 100, 3000))
-    binary = _build(tmp_path, mdir / "config.json", dtype)
+    binary = _build(tmp_path, mdir / "config.json", dtype, extra)
     graph = _steps(binary, mdir, pattern, {})
     eager = _steps(binary, mdir, pattern, {"LLMGEN_NO_GRAPH": "1"})
     tuned = _steps(binary, mdir, pattern, {"LLMGEN_GEMM_TUNE": "1"})
