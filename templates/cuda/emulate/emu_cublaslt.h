@@ -913,7 +913,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
     r->alpha_p = host ? &r->alpha : alpha;
     r->beta_p = host ? &r->beta : beta;
     r->A = A, r->B = B, r->C = C, r->D = D;
-    llmgen_emu::g_capture.ops.push_back([r]() {
+    llmgen_emu::capture_push(stream, [r]() {
         const Recorded& q = *r;
         if (matmul_now(q.op, q.alpha_p, q.A, q.la, q.B, q.lb, q.beta_p, q.C, q.lc, q.D, q.ld,
                        q.has_algo ? &q.algo : nullptr) != CUBLAS_STATUS_SUCCESS)

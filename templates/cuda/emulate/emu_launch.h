@@ -543,19 +543,36 @@ inline void set_error(cudaError_t e) {
  * during a capture (synchronous copies and sets, synchronisations, allocations) fail from any thread with
  * cudaErrorStreamCaptureUnsupported and invalidate it (cudaStreamEndCapture then answers
  * cudaErrorStreamCaptureInvalidated). Stream 0 means the per-thread default stream, as in a build with
- * --default-stream per-thread. */
+ * --default-stream per-thread.
+ * Fork and join, as CUDA defines them: another stream that waits (cudaStreamWaitEvent) on an event recorded in
+ * the capture joins it, and its work is recorded too; the capture ends (on the stream it began on) only when the
+ * origin has waited for an event recorded after each joined stream's last work, else cudaStreamEndCapture answers
+ * cudaErrorStreamCaptureUnjoined (stricter than CUDA: a join through another forked stream does not count). The
+ * recorded operations replay in the order they were issued, which respects every stream's order and every event
+ * dependency (the emulation never runs two streams at once). */
 struct Capture {
     bool active = false;
     bool invalid = false;
-    cudaStream_t stream = nullptr;               /* the stream captured (cudaStreamPerThread as 0) */
-    std::vector<std::function<void()>> ops;      /* launches, copies, sets, GEMMs, in stream order */
+    cudaStream_t stream = nullptr;               /* the stream the capture began on (cudaStreamPerThread as 0) */
+    std::vector<std::function<void()>> ops;      /* launches, copies, sets, GEMMs, in issue order */
+    std::map<cudaStream_t, size_t> last_op;      /* joined stream -> ops recorded up to its last one */
+    std::map<cudaStream_t, size_t> waited;       /* joined stream -> ops of it the origin has waited for */
+    std::map<cudaEvent_t, std::pair<cudaStream_t, size_t>> events; /* recorded in the capture: stream, ops then */
 };
 inline Capture g_capture;
 inline cudaStream_t stream_key(cudaStream_t s) { return s == cudaStreamPerThread ? nullptr : s; }
-inline bool capturing(cudaStream_t s) { return g_capture.active && stream_key(s) == g_capture.stream; }
+inline bool capturing(cudaStream_t s) {
+    return g_capture.active && (stream_key(s) == g_capture.stream || g_capture.last_op.count(stream_key(s)));
+}
+/* record op on the captured stream s */
+inline void capture_push(cudaStream_t s, std::function<void()> op) {
+    g_capture.ops.push_back(std::move(op));
+    auto it = g_capture.last_op.find(stream_key(s));
+    if (it != g_capture.last_op.end()) it->second = g_capture.ops.size();
+}
 /* the operation `op` on stream s: recorded when s is being captured, else run now */
 inline void on_stream(cudaStream_t s, std::function<void()> op) {
-    if (capturing(s)) g_capture.ops.push_back(std::move(op));
+    if (capturing(s)) capture_push(s, std::move(op));
     else op();
 }
 /* a call CUDA refuses while a capture is under way: the error, and the capture is invalidated */
@@ -664,7 +681,7 @@ inline void launch(void (*kernel)(P...), F call, const char* name, dim3 grid, di
     }
     std::tuple<typename std::decay<P>::type...> args(std::forward<A>(a)...);
     if (capturing(stream)) { /* recorded: the kernel with its converted arguments, run by cudaGraphLaunch */
-        g_capture.ops.push_back([call, args, grid, block, shmem, name]() mutable {
+        capture_push(stream, [call, args, grid, block, shmem, name]() mutable {
             auto body = [&call, &args]() { std::apply(call, args); };
             run_grid(grid, block, shmem, &fiber_entry<decltype(body)>, &body, name);
         });

@@ -17,7 +17,10 @@
  *     refuses (cudaMemcpy, cudaMemset, cudaMemcpy2D, the synchronisations and queries, cudaMalloc,
  *     cudaMallocHost) return cudaErrorStreamCaptureUnsupported and invalidate it, so that
  *     cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated. As with --default-stream
- *     per-thread, stream 0 is cudaStreamPerThread (capturable); cudaStreamLegacy is refused. The fake device reports sm_90 limits, the name "llmgen CPU emulation" and one
+ *     per-thread, stream 0 is cudaStreamPerThread (capturable); cudaStreamLegacy is refused. Another
+ *     stream joins a capture by waiting on an event recorded in it (fork) and must be joined back
+ *     (emu_launch.h, Capture).
+ *   - The fake device reports sm_90 limits, the name "llmgen CPU emulation" and one
  *     multiprocessor per OpenMP thread. cudaFuncSetAttribute's dynamic shared-memory limit is
  *     honoured by LLMGEN_LAUNCH (48 KiB by default, 227 KiB at most).
  *   - The symbol templates cuda_runtime.h keeps behind __CUDACC__ (cudaMemcpyToSymbol, ...).
@@ -131,14 +134,14 @@ inline cudaError_t copy_on(void* dst, const void* src, size_t count, cudaMemcpyK
         return fail(func, "the destination range is not inside memory from cudaMalloc/cudaMallocHost");
     if (src_dev && !device_accessible(src, count))
         return fail(func, "the source range is not inside memory from cudaMalloc/cudaMallocHost");
-    g_capture.ops.push_back([=]() { copy(dst, src, count, kind, func); });
+    capture_push(stream, [=]() { copy(dst, src, count, kind, func); });
     return cudaSuccess;
 }
 inline cudaError_t fill_on(void* p, int value, size_t count, cudaStream_t stream, const char* func) {
     if (!capturing(stream)) return fill(p, value, count, func);
     if (count && !device_accessible(p, count))
         return fail(func, "the range is not inside memory from cudaMalloc/cudaMallocHost");
-    g_capture.ops.push_back([=]() { fill(p, value, count, func); });
+    capture_push(stream, [=]() { fill(p, value, count, func); });
     return cudaSuccess;
 }
 inline size_t physical_bytes() {
@@ -261,6 +264,8 @@ inline const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorIllegalState: return "cudaErrorIllegalState";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureUnmatched: return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureUnjoined: return "cudaErrorStreamCaptureUnjoined";
     default: return "cudaErrorUnknown";
     }
 }
@@ -278,6 +283,9 @@ inline const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorIllegalState: return "the operation is not permitted in the current state";
     case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
     case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnmatched: return "the capture was not initiated in this stream";
+    case cudaErrorStreamCaptureUnjoined:
+        return "capture sequence contains a fork that was not joined to the primary stream";
     default: return "unknown error";
     }
 }
@@ -301,7 +309,22 @@ inline cudaError_t cudaStreamQuery(cudaStream_t) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaStreamQuery");
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+/* in a capture: an event recorded in it forks `stream` into the capture (or, waited for by the origin, joins the
+ * recording stream's work up to the event back); otherwise streams are ordered already */
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+    llmgen_emu::Capture& c = llmgen_emu::g_capture;
+    if (!event) return cudaErrorInvalidResourceHandle;
+    auto it = c.active ? c.events.find(event) : c.events.end();
+    if (it == c.events.end()) return cudaSuccess;
+    const cudaStream_t s = llmgen_emu::stream_key(stream);
+    if (s == cudaStreamLegacy) return cudaErrorStreamCaptureImplicit;
+    if (!llmgen_emu::capturing(stream)) c.last_op[s] = 0, c.waited[s] = 0;   /* forked into the capture */
+    if (s == c.stream && it->second.first != c.stream) {                    /* the origin joins that stream's work */
+        size_t& w = c.waited[it->second.first];
+        w = std::max(w, it->second.second);
+    }
+    return cudaSuccess;
+}
 
 inline cudaError_t cudaEventCreate(cudaEvent_t* event) {
     if (!event) return cudaErrorInvalidValue;
@@ -311,10 +334,16 @@ inline cudaError_t cudaEventCreate(cudaEvent_t* event) {
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { return cudaEventCreate(event); }
 inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     if (!event) return cudaErrorInvalidResourceHandle;
+    const bool captured = llmgen_emu::capturing(stream);
     llmgen_emu::on_stream(stream, [event]() {
         event->t = std::chrono::steady_clock::now();
         event->recorded = true;
     });
+    if (captured) {   /* what a wait on it joins: the stream's work so far */
+        auto& c = llmgen_emu::g_capture;
+        const cudaStream_t s = llmgen_emu::stream_key(stream);
+        c.events[event] = {s, s == c.stream ? c.ops.size() : c.last_op[s]};
+    }
     return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
@@ -351,10 +380,17 @@ inline cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCa
 inline cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* pGraph) {
     if (!pGraph) return cudaErrorInvalidValue;
     if (!llmgen_emu::capturing(stream)) return cudaErrorIllegalState;
+    if (llmgen_emu::stream_key(stream) != llmgen_emu::g_capture.stream) return cudaErrorStreamCaptureUnmatched;
     llmgen_emu::Capture done = std::move(llmgen_emu::g_capture);
     llmgen_emu::g_capture = llmgen_emu::Capture();
     *pGraph = nullptr;
     if (done.invalid) return cudaErrorStreamCaptureInvalidated;
+    for (const auto& j : done.last_op)
+        if (j.second > done.waited[j.first]) {
+            fprintf(stderr, "llmgen emulate: cudaStreamEndCapture: a forked stream's last work was not joined back "
+                            "(the origin never waited for an event recorded after it)\n");
+            return cudaErrorStreamCaptureUnjoined;
+        }
     *pGraph = new CUgraph_st{std::move(done.ops)};
     return cudaSuccess;
 }

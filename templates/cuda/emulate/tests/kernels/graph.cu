@@ -4,7 +4,8 @@
  *     them) runs only at cudaGraphLaunch, in stream order, with the arguments of capture time, every replay;
  *   - synchronous calls during a capture fail with cudaErrorStreamCaptureUnsupported and invalidate it
  *     (cudaStreamEndCapture: cudaErrorStreamCaptureInvalidated, no graph);
- *   - cudaStreamIsCapturing, the legacy stream refused, a second capture after a failed one. */
+ *   - cudaStreamIsCapturing, the legacy stream refused, a second capture after a failed one;
+ *   - fork and join through events (another stream joins the capture), an unjoined fork refused. */
 #ifdef LLMGEN_EMULATE
 #include "emulate.h"
 #else
@@ -119,8 +120,53 @@ int main(int argc, char** argv) {
                              cudaStreamEndCapture(st, &g) == cudaErrorStreamCaptureInvalidated);
         (void)cudaGetLastError();
     }
-    EXPECT("legacy_stream_refused", cudaStreamBeginCapture(cudaStreamLegacy, cudaStreamCaptureModeGlobal) != cudaSuccess);
+    EXPECT("legacy_stream_refused",
+           cudaStreamBeginCapture(cudaStreamLegacy, cudaStreamCaptureModeGlobal) != cudaSuccess);
     (void)cudaGetLastError();
+
+    /* fork and join: s2 waits for an event of the capture (joins it), runs d2[i] = 3 d2[i] + 0 after st's copy into
+     * d2, and st waits for s2's event before reading d2 back: replayed in issue order */
+    cudaStream_t s2;
+    cudaEvent_t fork, join;
+    CHECK_CUDA(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    CHECK_CUDA(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    CHECK_CUDA(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+    CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    CHECK_CUDA(cudaMemcpyAsync(d2, h, sizeof(float) * n, cudaMemcpyHostToDevice, st));
+    CHECK_CUDA(cudaEventRecord(fork, st));
+    CHECK_CUDA(cudaStreamWaitEvent(s2, fork, 0));
+    CHECK_CUDA(cudaStreamIsCapturing(s2, &cs));
+    EXPECT("fork_joins_capture", cs == cudaStreamCaptureStatusActive);
+    LLMGEN_LAUNCH(axpb_kernel, dim3(1), dim3(n), 0, s2, d2, 3.0f, 0.0f, n);
+    CHECK_CUDA(cudaEventRecord(join, s2));
+    EXPECT("end_on_forked_stream_refused", cudaStreamEndCapture(s2, &graph) == cudaErrorStreamCaptureUnmatched);
+    CHECK_CUDA(cudaStreamWaitEvent(st, join, 0));
+    CHECK_CUDA(cudaMemcpyAsync(h, d2, sizeof(float) * n, cudaMemcpyDeviceToHost, st));
+    cudaGraph_t forked = nullptr;
+    CHECK_CUDA(cudaStreamEndCapture(st, &forked));
+    cudaGraphExec_t forked_exec = nullptr;
+    CHECK_CUDA(cudaGraphInstantiate(&forked_exec, forked, 0));
+    for (int i = 0; i < n; i++) h[i] = (float)i;
+    CHECK_CUDA(cudaGraphLaunch(forked_exec, st));
+    CHECK_CUDA(cudaStreamSynchronize(st));
+    ok = true;
+    for (int i = 0; i < n; i++) ok = ok && h[i] == 3.0f * (float)i;
+    EXPECT("fork_join_replay", ok);
+    CHECK_CUDA(cudaGraphExecDestroy(forked_exec));
+    CHECK_CUDA(cudaGraphDestroy(forked));
+    /* a fork whose last work the origin never waits for */
+    CHECK_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+    CHECK_CUDA(cudaEventRecord(fork, st));
+    CHECK_CUDA(cudaStreamWaitEvent(s2, fork, 0));
+    LLMGEN_LAUNCH(axpb_kernel, dim3(1), dim3(n), 0, s2, d2, 1.0f, 1.0f, n);
+    cudaGraph_t unjoined = nullptr;
+    EXPECT("unjoined_fork_refused", cudaStreamEndCapture(st, &unjoined) == cudaErrorStreamCaptureUnjoined &&
+                                        unjoined == nullptr);
+    CHECK_CUDA(cudaStreamIsCapturing(s2, &cs));
+    EXPECT("fork_released", cs == cudaStreamCaptureStatusNone);
+    CHECK_CUDA(cudaEventDestroy(fork));
+    CHECK_CUDA(cudaEventDestroy(join));
+    CHECK_CUDA(cudaStreamDestroy(s2));
 
     /* after all that, the first graph still replays */
     for (int i = 0; i < n; i++) h[i] = 0.5f;
