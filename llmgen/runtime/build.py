@@ -171,7 +171,13 @@ def _build(cmd: list[str], src: Path, out: Path, deps: tuple = (), on_compile=No
 # --------------------------------------------------------------------------------------------
 # CUDA: nvcc + cuBLASLt on a GPU machine, or the same .cu through g++ and emulate/emulate.h on any CPU
 
-CUDA_ARCH_DEFAULT = "sm_90"
+CUDA_ARCH_DEFAULT = "sm_90a"  # Hopper with its arch-specific instructions (wgmma, setmaxnreg): H100 / H200
+
+
+def hopper_arch(arch: str) -> str:
+    """sm_90 -> sm_90a: a Hopper build targets the arch-specific variant (wgmma, setmaxnreg, TMA multicast),
+    which runs only on sm_90 itself, the GPU it is built for; other archs unchanged."""
+    return "sm_90a" if arch == "sm_90" else arch
 
 
 def cuda_home() -> Path | None:
@@ -293,7 +299,7 @@ def visible_gpu_arch() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     first = r.stdout.strip().splitlines()[0].strip() if r.returncode == 0 and r.stdout.strip() else ""
-    return "sm_" + first.replace(".", "") if first.replace(".", "").isdigit() else None
+    return hopper_arch("sm_" + first.replace(".", "")) if first.replace(".", "").isdigit() else None
 
 
 def emulate_dir() -> Path:
@@ -327,11 +333,12 @@ def build_cuda(
     deps: tuple = (),
     nccl: bool = False,
 ) -> Path:
-    """Build train.cu. GPU: nvcc -O3 for `archs` (default: the visible GPU's, else sm_90), linked to
-    cuBLASLt from the CUDA install or the nvidia-cublas wheel. emulate=True: the same source through
-    g++ with the emulation headers (copied into emulate/ next to it and named by -I), as emulate.h's
-    contract says; no GPU, no cuBLAS. nccl: a distributed trainer (`--distributed`), linked to NCCL
-    (nccl_dirs) or, emulated, with emulate_nccl.h; both with MPI's flags where MPI is installed."""
+    """Build train.cu. GPU: nvcc -O3 for `archs` (default: the visible GPU's, else sm_90a; an sm_90 given or
+    seen is built as sm_90a), linked to cuBLASLt from the CUDA install or the nvidia-cublas wheel.
+    emulate=True: the same source through g++ with the emulation headers (copied into emulate/ next to it
+    and named by -I), as emulate.h's contract says; no GPU, no cuBLAS. nccl: a distributed trainer
+    (`--distributed`), linked to NCCL (nccl_dirs) or, emulated, with emulate_nccl.h; both with MPI's flags
+    where MPI is installed."""
     src, out = Path(src), Path(out)
     mpi_compile, mpi_link = mpi_flags() if nccl else ([], [])
     if emulate:
@@ -391,7 +398,7 @@ def build_cuda(
         nccl_inc, nccl_lib = found
         mpi_compile = [f"-I{nccl_inc}", *_for_nvcc(mpi_compile)]
         link += [f"-L{nccl_lib}", f"-Xlinker=-rpath,{nccl_lib}", _lib_flag(nccl_lib, "nccl"), *_for_nvcc(mpi_link)]
-    archs = archs or [visible_gpu_arch() or CUDA_ARCH_DEFAULT]
+    archs = [hopper_arch(a) for a in archs or [visible_gpu_arch() or CUDA_ARCH_DEFAULT]]
     gencode = []
     for a in archs:
         n = a.removeprefix("sm_")
@@ -400,6 +407,10 @@ def build_cuda(
         nvcc,
         "-O3",
         "-std=c++17",
+        # stream 0 (every kernel's) is the per-thread default stream, which a CUDA Graph can capture (train.cu's
+        # training micro-step); the legacy default stream cannot be captured
+        "--default-stream",
+        "per-thread",
         *gencode,
         f"-I{inc}",
         *mpi_compile,

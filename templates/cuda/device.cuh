@@ -8,6 +8,9 @@
  * section), llmgen_fail (the runtime) and LLMGEN_LAUNCH (emulate.h or the nvcc prelude).
  */
 static char *scratch_mem;           /* partial sums of the deterministic reductions (SCRATCH_BYTES) */
+/* the stream of every kernel, copy and GEMM: stream 0 means it in a `--default-stream per-thread` build (the CUDA
+ * Graph captures it); named where a library takes a stream (cuBLASLt) or a copy must be asynchronous */
+static const cudaStream_t main_stream = cudaStreamPerThread;
 static size_t device_bytes, device_peak_bytes;
 
 #define CUDA_CHECK(call)                                                                              \
@@ -183,6 +186,15 @@ __global__ void master_to_params_kernel(floatX *params, const float *master, lon
 }
 
 /* ---- cuBLASLt: D = alpha op(A) op(B) + beta C (C = D), column-major, with an epilogue ---- */
+/* Every call site (a launcher) keeps its plans: descriptors, layouts and the algorithm, made once per shape and
+ * pointer alignment at the first call (start-up) and reused, so a step only sets the bias / aux pointers and runs
+ * cublasLtMatmul. The preference carries the alignments of the actual pointers (PREF_MIN_ALIGNMENT_*_BYTES; cuBLASLt
+ * assumes 256 otherwise and may pick an algorithm a less aligned pointer then fails); a later call whose pointers are
+ * less aligned than a plan's gets a plan of its own. Of the heuristic's candidates (up to LT_CANDIDATES) a GPU keeps
+ * the fastest, each timed LT_TIMING_REPS times between two events where running the call again is harmless (beta 0,
+ * or the warm-up micro-step, lt_tuning); a later candidate must beat the kept one by 3%, so near-ties keep the
+ * heuristic's order. LLMGEN_GEMM_TUNE=0 keeps the heuristic's first everywhere (the same algorithms in every run).
+ * The emulation's candidates all compute the same, so it keeps the first (no timing: there is nothing to time). */
 static cublasLtHandle_t lt_handle;
 static void *lt_workspace;
 static const size_t LT_WORKSPACE_BYTES = 32u << 20;
@@ -191,14 +203,12 @@ static const cublasComputeType_t LT_COMPUTE = LLMGEN_BF16 ? CUBLAS_COMPUTE_32F :
 #else
 static const cublasComputeType_t LT_COMPUTE = CUBLAS_COMPUTE_32F;
 #endif
-
 #define LT_CHECK(call)                                                                                \
     do {                                                                                              \
         cublasStatus_t s_ = (call);                                                                   \
         if (s_ != CUBLAS_STATUS_SUCCESS)                                                              \
             llmgen_fail("cuBLASLt: %s failed at line %d: status %d", #call, __LINE__, (int)s_);      \
     } while (0)
-
 typedef struct {
     void *d; cudaDataType_t d_type; long ldd;
     const void *a; long lda; int transa;
@@ -210,65 +220,135 @@ typedef struct {
     const void *bias; cudaDataType_t bias_type;
     void *aux; long aux_ld;
 } LtCall;
+enum { LT_CANDIDATES = 8, LT_PLANS = 8, LT_TIMING_REPS = 3 };
+/* one GEMM configuration, made once and kept */
+typedef struct {
+    int m, n, k;
+    cublasLtEpilogue_t epilogue;
+    unsigned align[3];               /* the pointer alignments (A, B, C = D) it was chosen for */
+    int ok;                          /* 0: cuBLASLt has no algorithm for it (the caller runs the epilogue itself) */
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulAlgo_t algo;
+} LtPlan;
+/* the plans of one call site, in the order they were made */
+typedef struct { int n; LtPlan plan[LT_PLANS]; } LtCache;
+static int lt_tuning;     /* 1: the warm-up micro-step, whose results are discarded: any call may be timed */
+static int lt_capturing;  /* 1: a CUDA Graph capture is under way: nothing is timed (no event may be waited for) */
 
-/* the algorithm cuBLASLt picked for one launcher's shape; state -1: this epilogue is unsupported */
-typedef struct { int m, n, k, state; cublasLtMatmulAlgo_t algo; } LtCache;
-
+/* the largest power of two, at most 256, dividing the address */
+static unsigned lt_align(const void *p) {
+    unsigned a = 256;
+    while (a > 1 && (uintptr_t)p % a) a /= 2;
+    return a;
+}
+/* the per-call attributes: where the bias and the aux matrix are */
+static void lt_set_pointers(cublasLtMatmulDesc_t desc, const LtCall *c) {
+    if (c->bias)
+        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &c->bias, sizeof(c->bias)));
+    if (c->aux)
+        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &c->aux,
+                                                sizeof(c->aux)));
+}
+static cublasStatus_t lt_run(const LtPlan *pl, const LtCall *c, const cublasLtMatmulAlgo_t *algo) {
+    const float alpha = 1.0f, beta = c->beta;
+    return cublasLtMatmul(lt_handle, pl->desc, &alpha, c->a, pl->la, c->b, pl->lb, &beta, c->d, pl->ld, c->d, pl->ld,
+                          algo, lt_workspace, LT_WORKSPACE_BYTES, main_stream);
+}
+#if !LLMGEN_EMULATED
+/* index of the fastest of the found candidates on this call (which is run 1 + LT_TIMING_REPS times each) */
+static int lt_fastest(const LtPlan *pl, const LtCall *c, const cublasLtMatmulHeuristicResult_t *heur, int found) {
+    cudaEvent_t t0, t1;
+    CUDA_CHECK(cudaEventCreate(&t0));
+    CUDA_CHECK(cudaEventCreate(&t1));
+    int best = 0;
+    float best_ms = INFINITY;
+    for (int i = 0; i < found; i++) {
+        if (lt_run(pl, c, &heur[i].algo) != CUBLAS_STATUS_SUCCESS) continue;   /* warm-up; a refusal is skipped */
+        CUDA_CHECK(cudaEventRecord(t0, main_stream));
+        for (int r = 0; r < LT_TIMING_REPS; r++) LT_CHECK(lt_run(pl, c, &heur[i].algo));
+        CUDA_CHECK(cudaEventRecord(t1, main_stream));
+        CUDA_CHECK(cudaEventSynchronize(t1));
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+        if (ms < best_ms * 0.97f) { best_ms = ms; best = i; }
+    }
+    CUDA_CHECK(cudaEventDestroy(t0));
+    CUDA_CHECK(cudaEventDestroy(t1));
+    return best;
+}
+#endif
+/* a plan for this call's shape, epilogue and alignments: descriptors, layouts, the heuristic's candidates, the one
+ * kept */
+static void lt_plan(LtPlan *pl, const LtCall *c, const unsigned align[3]) {
+    memset(pl, 0, sizeof *pl);
+    pl->m = c->m; pl->n = c->n; pl->k = c->k; pl->epilogue = c->epilogue;
+    memcpy(pl->align, align, sizeof pl->align);
+    cublasOperation_t ta = c->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = c->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    LT_CHECK(cublasLtMatmulDescCreate(&pl->desc, LT_COMPUTE, CUDA_R_32F));
+    LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &c->epilogue,
+                                            sizeof(c->epilogue)));
+    if (c->bias) {
+        int32_t bt = (int32_t)c->bias_type;
+        LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    }
+    if (c->aux) {
+        int64_t aux_ld = c->aux_ld;
+        LT_CHECK(cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld,
+                                                sizeof(aux_ld)));
+    }
+    lt_set_pointers(pl->desc, c);
+    LT_CHECK(cublasLtMatrixLayoutCreate(&pl->la, c->ab_type, c->transa ? c->k : c->m, c->transa ? c->m : c->k,
+                                        c->lda));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&pl->lb, c->ab_type, c->transb ? c->n : c->k, c->transb ? c->k : c->n,
+                                        c->ldb));
+    LT_CHECK(cublasLtMatrixLayoutCreate(&pl->ld, c->d_type, c->m, c->n, c->ldd));
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulHeuristicResult_t heur[LT_CANDIDATES];
+    int found = 0;
+    size_t ws = LT_WORKSPACE_BYTES;
+    const uint32_t al[4] = {align[0], align[1], align[2], align[2]};   /* A, B, C, D (C is D) */
+    LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], 4));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], 4));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], 4));
+    LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[3], 4));
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_handle, pl->desc, pl->la, pl->lb, pl->ld, pl->ld, pref,
+                                                             LT_CANDIDATES, heur, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found == 0) return;   /* ok = 0 */
+    int pick = 0;
+#if !LLMGEN_EMULATED
+    const char *tune = getenv("LLMGEN_GEMM_TUNE");
+    if (found > 1 && !lt_capturing && (c->beta == 0.0f || lt_tuning) && !(tune && strcmp(tune, "0") == 0))
+        pick = lt_fastest(pl, c, heur, found);
+#endif
+    pl->algo = heur[pick].algo;
+    pl->ok = 1;
+}
 /* returns 0 when cuBLASLt has no algorithm for this call (the caller then runs the epilogue itself) */
 static int lt_matmul(const LtCall *c, LtCache *cache) {
 #ifdef LLMGEN_NO_FUSED_EPILOGUES   /* test switch: take the path of a cuBLASLt without these epilogues */
     if (c->epilogue != CUBLASLT_EPILOGUE_DEFAULT) return 0;
 #endif
-    if (cache->state != 0 && (cache->m != c->m || cache->n != c->n || cache->k != c->k)) cache->state = 0;
-    if (cache->state < 0) return 0;
-    cublasLtMatmulDesc_t desc;
-    cublasLtMatrixLayout_t la, lb, ld;
-    cublasOperation_t ta = c->transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = c->transb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    LT_CHECK(cublasLtMatmulDescCreate(&desc, LT_COMPUTE, CUDA_R_32F));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &c->epilogue, sizeof(c->epilogue)));
-    if (c->bias) {
-        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &c->bias, sizeof(c->bias)));
-        int32_t bt = (int32_t)c->bias_type;
-        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    const unsigned align[3] = {lt_align(c->a), lt_align(c->b), lt_align(c->d)};
+    LtPlan *pl = NULL;
+    for (int i = 0; i < cache->n && !pl; i++) {   /* the first plan this call's shape and pointers satisfy */
+        LtPlan *q = &cache->plan[i];
+        if (q->m == c->m && q->n == c->n && q->k == c->k && q->epilogue == c->epilogue && q->align[0] <= align[0] &&
+            q->align[1] <= align[1] && q->align[2] <= align[2])
+            pl = q;
     }
-    if (c->aux) {
-        int64_t aux_ld = c->aux_ld;
-        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &c->aux,
-                                                sizeof(c->aux)));
-        LT_CHECK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof(aux_ld)));
+    if (!pl) {
+        if (cache->n == LT_PLANS) llmgen_fail("cuBLASLt: more than %d plans for one GEMM call site", (int)LT_PLANS);
+        pl = &cache->plan[cache->n++];
+        lt_plan(pl, c, align);
     }
-    LT_CHECK(cublasLtMatrixLayoutCreate(&la, c->ab_type, c->transa ? c->k : c->m, c->transa ? c->m : c->k, c->lda));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&lb, c->ab_type, c->transb ? c->n : c->k, c->transb ? c->k : c->n, c->ldb));
-    LT_CHECK(cublasLtMatrixLayoutCreate(&ld, c->d_type, c->m, c->n, c->ldd));
-    int ok = 1;
-    if (cache->state == 0) {
-        cublasLtMatmulPreference_t pref;
-        cublasLtMatmulHeuristicResult_t heur;
-        int found = 0;
-        size_t ws = LT_WORKSPACE_BYTES;
-        LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-        LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(lt_handle, desc, la, lb, ld, ld, pref, 1, &heur, &found);
-        cublasLtMatmulPreferenceDestroy(pref);
-        cache->m = c->m; cache->n = c->n; cache->k = c->k;
-        if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-            cache->state = -1;
-            ok = 0;
-        } else {
-            cache->state = 1;
-            cache->algo = heur.algo;
-        }
-    }
-    if (ok) {
-        const float alpha = 1.0f, beta = c->beta;
-        LT_CHECK(cublasLtMatmul(lt_handle, desc, &alpha, c->a, la, c->b, lb, &beta, c->d, ld, c->d, ld,
-                                &cache->algo, lt_workspace, LT_WORKSPACE_BYTES, 0));
-    }
-    cublasLtMatrixLayoutDestroy(la);
-    cublasLtMatrixLayoutDestroy(lb);
-    cublasLtMatrixLayoutDestroy(ld);
-    cublasLtMatmulDescDestroy(desc);
-    return ok;
+    if (!pl->ok) return 0;
+    lt_set_pointers(pl->desc, c);
+    LT_CHECK(lt_run(pl, c, &pl->algo));
+    return 1;
 }

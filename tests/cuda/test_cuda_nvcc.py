@@ -1,6 +1,6 @@
-"""The generated .cu compiles and links with the real toolchain: nvcc for sm_80 and sm_90 against
-cuBLASLt's real headers and library (the CUDA install, or the nvidia-cublas wheel .ci/run installs
-where nvcc exists). Nothing runs: there is no GPU here. Skipped, saying why, without nvcc or
+"""The generated .cu compiles and links with the real toolchain: nvcc for sm_80 and sm_90a (Hopper's
+arch-specific target) against cuBLASLt's real headers and library (the CUDA install, or the nvidia-cublas
+wheel .ci/run installs where nvcc exists). Nothing runs: there is no GPU here. Skipped, saying why, without nvcc or
 without cuBLASLt."""
 
 import shutil
@@ -23,7 +23,7 @@ BUILDS = {
 }
 
 
-def test_nvcc_builds_sm80_and_sm90(tmp_path):
+def test_nvcc_builds_sm80_and_sm90a(tmp_path):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not found: the CUDA compile check needs the CUDA toolkit")
     if cublas_dirs() is None:
@@ -34,7 +34,7 @@ def test_nvcc_builds_sm80_and_sm90(tmp_path):
         d = tmp_path / name
         d.mkdir()
         (d / "train.cu").write_text(render(spec, options))
-        return build_cuda(d / "train.cu", d / "train", archs=["sm_80", "sm_90"])
+        return build_cuda(d / "train.cu", d / "train", archs=["sm_80", "sm_90a"])
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for name, binary in zip(BUILDS, pool.map(one, BUILDS)):

@@ -15,6 +15,18 @@
  *     zero); other FAST modes compute in plain fp32.
  *   These follow cuBLASLt's documentation; they could not be compared with a GPU here.
  *
+ *   Algorithms: cublasLtMatmulAlgoGetHeuristic returns up to 3 candidates (as many as requested), all
+ *   computing the same (only their ids differ: timing them here means nothing, so a program keeps the
+ *   first). Each candidate remembers the preference's CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_{A,B,C,D}_BYTES
+ *   (256 each when not set, cuBLASLt's default): an algorithm chosen for that alignment may rely on it,
+ *   so cublasLtMatmul with that algorithm refuses a matrix pointer less aligned than its preference said
+ *   (CUBLAS_STATUS_NOT_SUPPORTED, the emulation's reading of "the configured operation is not supported";
+ *   a GPU may instead fault or answer INVALID_VALUE). An algorithm the heuristic did not return (zeroed
+ *   memory) carries no requirement.
+ *   Stream capture (emu_runtime.h): a cublasLtMatmul on a stream being captured is recorded with copies of
+ *   its descriptor, layouts, algorithm and (host pointer mode) alpha and beta, and runs at cudaGraphLaunch;
+ *   a descriptor changed or destroyed after the capture does not change the graph, as on a GPU.
+ *
  *   FP8 (A and B of CUDA_R_8F_E4M3 / CUDA_R_8F_E5M2), as cublasLtMatmul()'s documentation states
  *   its requirements ("To use ... FP8 kernels") and its table of types for sm_89 / sm_90:
  *     D = scale_D * epilogue(alpha * scale_A * scale_B * (A^T B) + beta * scale_C * C + bias)
@@ -236,9 +248,14 @@ struct Layout { /* lives inside cublasLtMatrixLayoutOpaque_t */
     int64_t batch_stride;
 };
 struct Pref {
-    uint32_t search_mode;
-    uint64_t max_workspace;
+    uint32_t search_mode = 0;
+    uint64_t max_workspace = 0;
+    uint32_t min_align[4] = {256, 256, 256, 256}; /* PREF_MIN_ALIGNMENT_{A,B,C,D}_BYTES */
 };
+/* the emulation's algorithms: data[0] = kAlgoTag + candidate index, data[1..4] = the alignments (A, B, C,
+ * D) of the preference it was chosen with */
+constexpr uint64_t kAlgoTag = 0x6c6c6d67656e0000ull;
+constexpr int kCandidates = 3;
 static_assert(sizeof(Desc) <= sizeof(cublasLtMatmulDescOpaque_t), "Desc must fit NVIDIA's opaque size");
 static_assert(sizeof(Layout) <= sizeof(cublasLtMatrixLayoutOpaque_t), "Layout must fit NVIDIA's opaque size");
 static_assert(sizeof(Pref) <= sizeof(cublasLtMatmulPreferenceOpaque_t), "Pref must fit NVIDIA's opaque size");
@@ -680,11 +697,13 @@ inline cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPrefere
     switch (attr) {
     case CUBLASLT_MATMUL_PREF_SEARCH_MODE: ok = take(pref(p)->search_mode, buf, sizeInBytes); break;
     case CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES: ok = take(pref(p)->max_workspace, buf, sizeInBytes); break;
-    case CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK:
+    case CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK: ok = take(u32, buf, sizeInBytes); break; /* no effect */
     case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES:
     case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES:
     case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES:
-    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES: ok = take(u32, buf, sizeInBytes); break; /* no effect */
+    case CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES:
+        ok = take(pref(p)->min_align[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES], buf, sizeInBytes);
+        break;
     default: ok = buf != nullptr; break;                                                        /* no effect */
     }
     return ok ? CUBLAS_STATUS_SUCCESS : bad("cublasLtMatmulPreferenceSetAttribute: null buffer or wrong sizeInBytes");
@@ -710,30 +729,40 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandl
             }
         }
     }
-    memset(&heuristicResultsArray[0], 0, sizeof(heuristicResultsArray[0]));
-    heuristicResultsArray[0].workspaceSize = 0;
-    heuristicResultsArray[0].state = CUBLAS_STATUS_SUCCESS;
-    heuristicResultsArray[0].wavesCount = 1.0f;
-    *returnAlgoCount = 1;
+    const int count = std::min(requestedAlgoCount, llmgen_emu::lt::kCandidates);
+    const uint32_t* align = llmgen_emu::lt::pref(preference)->min_align;
+    for (int i = 0; i < count; ++i) {
+        cublasLtMatmulHeuristicResult_t& r = heuristicResultsArray[i];
+        memset(&r, 0, sizeof(r));
+        r.algo.data[0] = llmgen_emu::lt::kAlgoTag + (uint64_t)i;
+        for (int j = 0; j < 4; ++j) r.algo.data[1 + j] = align[j];
+        r.workspaceSize = 0;
+        r.state = CUBLAS_STATUS_SUCCESS;
+        r.wavesCount = 1.0f;
+    }
+    *returnAlgoCount = count;
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* D = epilogue(alpha * op(A) op(B) + beta * C), column-major (or ROW order) layouts, strided batches */
-inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t computeDesc,
-                                     const void* alpha, const void* A, cublasLtMatrixLayout_t Adesc, const void* B,
-                                     cublasLtMatrixLayout_t Bdesc, const void* beta, const void* C,
-                                     cublasLtMatrixLayout_t Cdesc, void* D, cublasLtMatrixLayout_t Ddesc,
-                                     const cublasLtMatmulAlgo_t* algo, void* workspace,
-                                     size_t workspaceSizeInBytes, cudaStream_t stream) {
-    using namespace llmgen_emu::lt;
-    (void)algo;
-    (void)workspace;
-    (void)workspaceSizeInBytes;
-    (void)stream;
-    if (!lightHandle || !computeDesc || !Adesc || !Bdesc || !Cdesc || !Ddesc) return CUBLAS_STATUS_NOT_INITIALIZED;
-    const Desc& op = *desc(computeDesc);
-    const Layout &la = *layout(Adesc), &lb = *layout(Bdesc), &lc = *layout(Cdesc), &ld = *layout(Ddesc);
+} /* extern "C" */
+
+namespace llmgen_emu {
+namespace lt {
+/* D = epilogue(alpha * op(A) op(B) + beta * C), column-major (or ROW order) layouts, strided batches: now */
+inline cublasStatus_t matmul_now(const Desc& op, const void* alpha, const void* A, const Layout& la, const void* B,
+                                 const Layout& lb, const void* beta, const void* C, const Layout& lc, void* D,
+                                 const Layout& ld, const cublasLtMatmulAlgo_t* algo) {
     if (!alpha || !beta || !A || !B || !D) return bad("cublasLtMatmul: null alpha/beta/A/B/D");
+    if (algo && algo->data[0] - kAlgoTag < (uint64_t)kCandidates) { /* the heuristic's: its alignments */
+        const void* ptrs[4] = {A, B, C ? C : D, D};
+        for (int j = 0; j < 4; ++j)
+            if (algo->data[1 + j] && (uintptr_t)ptrs[j] % algo->data[1 + j]) {
+                fprintf(stderr, "llmgen emulate: cublasLt: matrix %c at %p is less aligned than the %llu bytes "
+                        "(PREF_MIN_ALIGNMENT_%c_BYTES) its algorithm was chosen for: CUBLAS_STATUS_NOT_SUPPORTED\n",
+                        "ABCD"[j], ptrs[j], (unsigned long long)algo->data[1 + j], "ABCD"[j]);
+                return CUBLAS_STATUS_NOT_SUPPORTED;
+            }
+    }
 
     /* what is emulated */
     switch (op.compute) {
@@ -843,6 +872,53 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
         amax = fmaxf(amax, gemm(m, n, k, va, vb, al, C ? be : 0.0f, vc, vd, eb, tf32));
     }
     if (e.amax) memcpy(op.amax_d, &amax, 4);
+    return CUBLAS_STATUS_SUCCESS;
+}
+/* what a captured cublasLtMatmul keeps until cudaGraphLaunch */
+struct Recorded {
+    Desc op;
+    Layout la, lb, lc, ld;
+    cublasLtMatmulAlgo_t algo;
+    bool has_algo;
+    float alpha, beta;               /* host pointer mode: the values at capture */
+    const void *alpha_p, *beta_p;    /* device pointer mode: the pointers */
+    const void *A, *B, *C;
+    void* D;
+};
+} /* namespace lt */
+} /* namespace llmgen_emu */
+
+extern "C" {
+inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t computeDesc,
+                                     const void* alpha, const void* A, cublasLtMatrixLayout_t Adesc, const void* B,
+                                     cublasLtMatrixLayout_t Bdesc, const void* beta, const void* C,
+                                     cublasLtMatrixLayout_t Cdesc, void* D, cublasLtMatrixLayout_t Ddesc,
+                                     const cublasLtMatmulAlgo_t* algo, void* workspace,
+                                     size_t workspaceSizeInBytes, cudaStream_t stream) {
+    using namespace llmgen_emu::lt;
+    (void)workspace;
+    (void)workspaceSizeInBytes;
+    if (!lightHandle || !computeDesc || !Adesc || !Bdesc || !Cdesc || !Ddesc) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (!llmgen_emu::capturing(stream))
+        return matmul_now(*desc(computeDesc), alpha, A, *layout(Adesc), B, *layout(Bdesc), beta, C, *layout(Cdesc),
+                          D, *layout(Ddesc), algo);
+    if (!alpha || !beta || !A || !B || !D) return bad("cublasLtMatmul: null alpha/beta/A/B/D");
+    auto r = std::make_shared<Recorded>();
+    r->op = *desc(computeDesc);
+    r->la = *layout(Adesc), r->lb = *layout(Bdesc), r->lc = *layout(Cdesc), r->ld = *layout(Ddesc);
+    r->has_algo = algo != nullptr;
+    if (algo) r->algo = *algo;
+    const bool host = r->op.pointer_mode == CUBLASLT_POINTER_MODE_HOST;
+    if (host) memcpy(&r->alpha, alpha, 4), memcpy(&r->beta, beta, 4);
+    r->alpha_p = host ? &r->alpha : alpha;
+    r->beta_p = host ? &r->beta : beta;
+    r->A = A, r->B = B, r->C = C, r->D = D;
+    llmgen_emu::capture_push(stream, [r]() {
+        const Recorded& q = *r;
+        if (matmul_now(q.op, q.alpha_p, q.A, q.la, q.B, q.lb, q.beta_p, q.C, q.lc, q.D, q.ld,
+                       q.has_algo ? &q.algo : nullptr) != CUBLAS_STATUS_SUCCESS)
+            llmgen_emu::fatal("a cublasLtMatmul recorded by a stream capture failed at cudaGraphLaunch");
+    });
     return CUBLAS_STATUS_SUCCESS;
 }
 } /* extern "C" */

@@ -22,6 +22,11 @@
  *   - The arguments are converted to the kernel's parameter types once, as a real launch does;
  *     every CUDA thread gets its own copy. A templated kernel goes in parentheses:
  *     LLMGEN_LAUNCH((k<float, 4>), ...). Launches from device code abort.
+ *   - Stream capture (CUDA Graphs, emu_runtime.h): a launch into the stream being captured is
+ *     checked as above and recorded (the kernel and its converted arguments) instead of run;
+ *     cudaGraphLaunch runs the recorded operations in order. The emulation behaves as a build with
+ *     `--default-stream per-thread`: stream 0 and cudaStreamPerThread are one stream, which can be
+ *     captured; cudaStreamLegacy cannot.
  *
  * Part of the CUDA-on-CPU emulation (README.md beside it); include emulate.h, never a part alone.
  */
@@ -30,6 +35,9 @@
 #ifndef LLMGEN_EMULATE_H
 #error "emu_launch.h is a part of emulate.h: include emulate.h"
 #endif
+
+#include <functional>
+#include <memory>
 
 namespace llmgen_emu {
 
@@ -530,6 +538,54 @@ inline void set_error(cudaError_t e) {
     if (e != cudaSuccess) tl_last_error = e;
 }
 
+/* ---- stream capture: what a stream being captured records instead of running (CUDA Graphs) ---- */
+/* One capture at a time, in cudaStreamCaptureModeGlobal's terms: while it lasts, the calls CUDA refuses
+ * during a capture (synchronous copies and sets, synchronisations, allocations) fail from any thread with
+ * cudaErrorStreamCaptureUnsupported and invalidate it (cudaStreamEndCapture then answers
+ * cudaErrorStreamCaptureInvalidated). Stream 0 means the per-thread default stream, as in a build with
+ * --default-stream per-thread.
+ * Fork and join, as CUDA defines them: another stream that waits (cudaStreamWaitEvent) on an event recorded in
+ * the capture joins it, and its work is recorded too; the capture ends (on the stream it began on) only when the
+ * origin has waited for an event recorded after each joined stream's last work, else cudaStreamEndCapture answers
+ * cudaErrorStreamCaptureUnjoined (stricter than CUDA: a join through another forked stream does not count). The
+ * recorded operations replay in the order they were issued, which respects every stream's order and every event
+ * dependency (the emulation never runs two streams at once). */
+struct Capture {
+    bool active = false;
+    bool invalid = false;
+    cudaStream_t stream = nullptr;               /* the stream the capture began on (cudaStreamPerThread as 0) */
+    std::vector<std::function<void()>> ops;      /* launches, copies, sets, GEMMs, in issue order */
+    std::map<cudaStream_t, size_t> last_op;      /* joined stream -> ops recorded up to its last one */
+    std::map<cudaStream_t, size_t> waited;       /* joined stream -> ops of it the origin has waited for */
+    std::map<cudaEvent_t, std::pair<cudaStream_t, size_t>> events; /* recorded in the capture: stream, ops then */
+};
+inline Capture g_capture;
+inline cudaStream_t stream_key(cudaStream_t s) { return s == cudaStreamPerThread ? nullptr : s; }
+inline bool capturing(cudaStream_t s) {
+    return g_capture.active && (stream_key(s) == g_capture.stream || g_capture.last_op.count(stream_key(s)));
+}
+/* record op on the captured stream s */
+inline void capture_push(cudaStream_t s, std::function<void()> op) {
+    g_capture.ops.push_back(std::move(op));
+    auto it = g_capture.last_op.find(stream_key(s));
+    if (it != g_capture.last_op.end()) it->second = g_capture.ops.size();
+}
+/* the operation `op` on stream s: recorded when s is being captured, else run now */
+inline void on_stream(cudaStream_t s, std::function<void()> op) {
+    if (capturing(s)) capture_push(s, std::move(op));
+    else op();
+}
+/* a call CUDA refuses while a capture is under way: the error, and the capture is invalidated */
+inline bool refused_in_capture(const char* func, cudaError_t* err) {
+    if (!g_capture.active) return false;
+    fprintf(stderr, "llmgen emulate: %s during a stream capture: cudaErrorStreamCaptureUnsupported "
+                    "(the capture is invalidated)\n", func);
+    g_capture.invalid = true;
+    tl_last_error = cudaErrorStreamCaptureUnsupported;
+    *err = cudaErrorStreamCaptureUnsupported;
+    return true;
+}
+
 inline std::mutex g_func_mutex;
 inline std::map<const void*, int> g_func_max_dyn_smem; /* cudaFuncAttributeMaxDynamicSharedMemorySize */
 constexpr size_t kSmemDefault = 48 * 1024;
@@ -618,13 +674,19 @@ template <class... P, class F, class... A>
 inline void launch(void (*kernel)(P...), F call, const char* name, dim3 grid, dim3 block, size_t shmem,
                    cudaStream_t stream, A&&... a) {
     static_assert(sizeof...(P) == sizeof...(A), "LLMGEN_LAUNCH: wrong number of kernel arguments");
-    (void)stream;
     const cudaError_t e = check_launch(reinterpret_cast<const void*>(kernel), grid, block, shmem);
     if (e != cudaSuccess) {
         set_error(e);
         return;
     }
     std::tuple<typename std::decay<P>::type...> args(std::forward<A>(a)...);
+    if (capturing(stream)) { /* recorded: the kernel with its converted arguments, run by cudaGraphLaunch */
+        capture_push(stream, [call, args, grid, block, shmem, name]() mutable {
+            auto body = [&call, &args]() { std::apply(call, args); };
+            run_grid(grid, block, shmem, &fiber_entry<decltype(body)>, &body, name);
+        });
+        return;
+    }
     auto body = [&call, &args]() { std::apply(call, args); };
     run_grid(grid, block, shmem, &fiber_entry<decltype(body)>, &body, name);
 }

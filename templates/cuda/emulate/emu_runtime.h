@@ -9,7 +9,18 @@
  *     memory from cudaMalloc / cudaMallocHost and otherwise return cudaErrorInvalidValue, saying
  *     why on stderr (a GPU would fault).
  *   - Streams and events are trivially ordered (every call is synchronous); events read a steady
- *     clock. The fake device reports sm_90 limits, the name "llmgen CPU emulation" and one
+ *     clock.
+ *   - CUDA Graphs by stream capture (cudaStreamBeginCapture / EndCapture, cudaGraphInstantiate,
+ *     cudaGraphLaunch, the destroys, cudaStreamIsCapturing): launches, cudaMemcpyAsync,
+ *     cudaMemsetAsync, cudaEventRecord and cublasLtMatmul on the stream being captured are checked
+ *     and recorded, not run; cudaGraphLaunch runs them in order. During a capture the calls CUDA
+ *     refuses (cudaMemcpy, cudaMemset, cudaMemcpy2D, the synchronisations and queries, cudaMalloc,
+ *     cudaMallocHost) return cudaErrorStreamCaptureUnsupported and invalidate it, so that
+ *     cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated. As with --default-stream
+ *     per-thread, stream 0 is cudaStreamPerThread (capturable); cudaStreamLegacy is refused. Another
+ *     stream joins a capture by waiting on an event recorded in it (fork) and must be joined back
+ *     (emu_launch.h, Capture).
+ *   - The fake device reports sm_90 limits, the name "llmgen CPU emulation" and one
  *     multiprocessor per OpenMP thread. cudaFuncSetAttribute's dynamic shared-memory limit is
  *     honoured by LLMGEN_LAUNCH (48 KiB by default, 227 KiB at most).
  *   - The symbol templates cuda_runtime.h keeps behind __CUDACC__ (cudaMemcpyToSymbol, ...).
@@ -108,14 +119,52 @@ inline cudaError_t fill(void* p, int value, size_t count, const char* func) {
     memset(p, value, count);
     return cudaSuccess;
 }
+/* a copy or set on `stream`: checked now, done now or, on a stream being captured, at cudaGraphLaunch */
+inline cudaError_t copy_on(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream,
+                           const char* func) {
+    if (!capturing(stream)) return copy(dst, src, count, kind, func);
+    if ((int)kind < 0 || (int)kind > 4) {
+        tl_last_error = cudaErrorInvalidMemcpyDirection;
+        return cudaErrorInvalidMemcpyDirection;
+    }
+    const bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    const bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if (count && (!dst || !src)) return fail(func, "null pointer");
+    if (dst_dev && !device_accessible(dst, count))
+        return fail(func, "the destination range is not inside memory from cudaMalloc/cudaMallocHost");
+    if (src_dev && !device_accessible(src, count))
+        return fail(func, "the source range is not inside memory from cudaMalloc/cudaMallocHost");
+    capture_push(stream, [=]() { copy(dst, src, count, kind, func); });
+    return cudaSuccess;
+}
+inline cudaError_t fill_on(void* p, int value, size_t count, cudaStream_t stream, const char* func) {
+    if (!capturing(stream)) return fill(p, value, count, func);
+    if (count && !device_accessible(p, count))
+        return fail(func, "the range is not inside memory from cudaMalloc/cudaMallocHost");
+    capture_push(stream, [=]() { fill(p, value, count, func); });
+    return cudaSuccess;
+}
 inline size_t physical_bytes() {
     return (size_t)sysconf(_SC_PHYS_PAGES) * (size_t)sysconf(_SC_PAGESIZE);
 }
 inline int g_device = 0;
 } /* namespace llmgen_emu */
 
+/* NVIDIA leaves these opaque: here a graph is the list of operations its capture recorded */
+struct CUgraph_st { std::vector<std::function<void()>> ops; };
+struct CUgraphExec_st { std::vector<std::function<void()>> ops; };
+
+/* the calls a capture refuses return through this */
+#define LLMGEN_EMU_NOT_IN_CAPTURE(func)                                          \
+    do {                                                                         \
+        cudaError_t refused_;                                                    \
+        if (::llmgen_emu::refused_in_capture(func, &refused_)) return refused_;  \
+    } while (0)
+
 extern "C" {
 inline cudaError_t cudaMalloc(void** devPtr, size_t size) {
+    if (devPtr) *devPtr = nullptr;
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaMalloc");
     const cudaError_t e = llmgen_emu::alloc(devPtr, size, llmgen_emu::MEM_DEVICE);
     llmgen_emu::set_error(e);
     return e;
@@ -129,6 +178,8 @@ inline cudaError_t cudaFree(void* devPtr) {
 }
 inline cudaError_t cudaFreeAsync(void* devPtr, cudaStream_t) { return cudaFree(devPtr); }
 inline cudaError_t cudaMallocHost(void** ptr, size_t size) {
+    if (ptr) *ptr = nullptr;
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaMallocHost");
     const cudaError_t e = llmgen_emu::alloc(ptr, size, llmgen_emu::MEM_HOST_PINNED);
     llmgen_emu::set_error(e);
     return e;
@@ -140,13 +191,16 @@ inline cudaError_t cudaFreeHost(void* ptr) {
     return e;
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaMemcpy");
     return llmgen_emu::copy(dst, src, count, kind, "cudaMemcpy");
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind, cudaStream_t) {
-    return llmgen_emu::copy(dst, src, count, kind, "cudaMemcpyAsync");
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
+                                   cudaStream_t stream) {
+    return llmgen_emu::copy_on(dst, src, count, kind, stream, "cudaMemcpyAsync");
 }
 inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
                                 size_t height, enum cudaMemcpyKind kind) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaMemcpy2D");
     if (width > dpitch || width > spitch) return llmgen_emu::fail("cudaMemcpy2D", "width exceeds a pitch");
     for (size_t r = 0; r < height; ++r) {
         const cudaError_t e = llmgen_emu::copy((char*)dst + r * dpitch, (const char*)src + r * spitch, width,
@@ -156,10 +210,11 @@ inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_
     return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void* devPtr, int value, size_t count) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaMemset");
     return llmgen_emu::fill(devPtr, value, count, "cudaMemset");
 }
-inline cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t) {
-    return llmgen_emu::fill(devPtr, value, count, "cudaMemsetAsync");
+inline cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream) {
+    return llmgen_emu::fill_on(devPtr, value, count, stream, "cudaMemsetAsync");
 }
 inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total) {
     const size_t t = llmgen_emu::physical_bytes();
@@ -183,7 +238,10 @@ inline cudaError_t cudaMemcpyFromSymbol(void* dst, const void* symbol, size_t co
     return cudaSuccess;
 }
 
-inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize(void) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaDeviceSynchronize");
+    return cudaSuccess;
+}
 inline cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
 inline cudaError_t cudaDeviceSetLimit(enum cudaLimit, size_t) { return cudaSuccess; }
 inline cudaError_t cudaGetLastError(void) {
@@ -203,6 +261,11 @@ inline const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureUnmatched: return "cudaErrorStreamCaptureUnmatched";
+    case cudaErrorStreamCaptureUnjoined: return "cudaErrorStreamCaptureUnjoined";
     default: return "cudaErrorUnknown";
     }
 }
@@ -217,6 +280,12 @@ inline const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNotReady: return "device not ready";
+    case cudaErrorIllegalState: return "the operation is not permitted in the current state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnmatched: return "the capture was not initiated in this stream";
+    case cudaErrorStreamCaptureUnjoined:
+        return "capture sequence contains a fork that was not joined to the primary stream";
     default: return "unknown error";
     }
 }
@@ -232,9 +301,30 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     delete stream;
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaStreamSynchronize");
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamQuery(cudaStream_t) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaStreamQuery");
+    return cudaSuccess;
+}
+/* in a capture: an event recorded in it forks `stream` into the capture (or, waited for by the origin, joins the
+ * recording stream's work up to the event back); otherwise streams are ordered already */
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
+    llmgen_emu::Capture& c = llmgen_emu::g_capture;
+    if (!event) return cudaErrorInvalidResourceHandle;
+    auto it = c.active ? c.events.find(event) : c.events.end();
+    if (it == c.events.end()) return cudaSuccess;
+    const cudaStream_t s = llmgen_emu::stream_key(stream);
+    if (s == cudaStreamLegacy) return cudaErrorStreamCaptureImplicit;
+    if (!llmgen_emu::capturing(stream)) c.last_op[s] = 0, c.waited[s] = 0;   /* forked into the capture */
+    if (s == c.stream && it->second.first != c.stream) {                    /* the origin joins that stream's work */
+        size_t& w = c.waited[it->second.first];
+        w = std::max(w, it->second.second);
+    }
+    return cudaSuccess;
+}
 
 inline cudaError_t cudaEventCreate(cudaEvent_t* event) {
     if (!event) return cudaErrorInvalidValue;
@@ -242,16 +332,26 @@ inline cudaError_t cudaEventCreate(cudaEvent_t* event) {
     return cudaSuccess;
 }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { return cudaEventCreate(event); }
-inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     if (!event) return cudaErrorInvalidResourceHandle;
-    event->t = std::chrono::steady_clock::now();
-    event->recorded = true;
+    const bool captured = llmgen_emu::capturing(stream);
+    llmgen_emu::on_stream(stream, [event]() {
+        event->t = std::chrono::steady_clock::now();
+        event->recorded = true;
+    });
+    if (captured) {   /* what a wait on it joins: the stream's work so far */
+        auto& c = llmgen_emu::g_capture;
+        const cudaStream_t s = llmgen_emu::stream_key(stream);
+        c.events[event] = {s, s == c.stream ? c.ops.size() : c.last_op[s]};
+    }
     return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaEventSynchronize");
     return event ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 inline cudaError_t cudaEventQuery(cudaEvent_t event) {
+    LLMGEN_EMU_NOT_IN_CAPTURE("cudaEventQuery");
     return event ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
@@ -262,6 +362,64 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_
 }
 inline cudaError_t cudaEventDestroy(cudaEvent_t event) {
     delete event;
+    return cudaSuccess;
+}
+
+/* ---- CUDA Graphs by stream capture (one capture at a time; see llmgen_emu::Capture) ---- */
+inline cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode) {
+    if (stream == cudaStreamLegacy) {
+        fprintf(stderr, "llmgen emulate: cudaStreamBeginCapture: the legacy default stream cannot be captured\n");
+        return cudaErrorStreamCaptureUnsupported;
+    }
+    if (llmgen_emu::g_capture.active) return cudaErrorIllegalState;
+    llmgen_emu::g_capture = llmgen_emu::Capture();
+    llmgen_emu::g_capture.active = true;
+    llmgen_emu::g_capture.stream = llmgen_emu::stream_key(stream);
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* pGraph) {
+    if (!pGraph) return cudaErrorInvalidValue;
+    if (!llmgen_emu::capturing(stream)) return cudaErrorIllegalState;
+    if (llmgen_emu::stream_key(stream) != llmgen_emu::g_capture.stream) return cudaErrorStreamCaptureUnmatched;
+    llmgen_emu::Capture done = std::move(llmgen_emu::g_capture);
+    llmgen_emu::g_capture = llmgen_emu::Capture();
+    *pGraph = nullptr;
+    if (done.invalid) return cudaErrorStreamCaptureInvalidated;
+    for (const auto& j : done.last_op)
+        if (j.second > done.waited[j.first]) {
+            fprintf(stderr, "llmgen emulate: cudaStreamEndCapture: a forked stream's last work was not joined back "
+                            "(the origin never waited for an event recorded after it)\n");
+            return cudaErrorStreamCaptureUnjoined;
+        }
+    *pGraph = new CUgraph_st{std::move(done.ops)};
+    return cudaSuccess;
+}
+inline cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureStatus* status) {
+    if (!status) return cudaErrorInvalidValue;
+    *status = !llmgen_emu::capturing(stream) ? cudaStreamCaptureStatusNone
+            : llmgen_emu::g_capture.invalid  ? cudaStreamCaptureStatusInvalidated
+                                             : cudaStreamCaptureStatusActive;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* pGraphExec, cudaGraph_t graph, unsigned long long) {
+    if (!pGraphExec || !graph) return cudaErrorInvalidValue;
+    *pGraphExec = new CUgraphExec_st{graph->ops};
+    return cudaSuccess;
+}
+/* the recorded operations, in order (in a capture of `stream`: recorded in turn) */
+inline cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
+    if (!graphExec) return cudaErrorInvalidValue;
+    llmgen_emu::on_stream(stream, [graphExec]() {
+        for (auto& op : graphExec->ops) op();
+    });
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec) {
+    delete graphExec;
+    return cudaSuccess;
+}
+inline cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    delete graph;
     return cudaSuccess;
 }
 

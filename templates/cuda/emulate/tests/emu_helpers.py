@@ -45,6 +45,7 @@ PROGRAMS = {
     "cublaslt": ("cublaslt.cu", ["-fopenmp"]),
     "cublaslt_fp8": ("cublaslt_fp8.cu", ["-fopenmp"]),
     "runtime": ("runtime.cu", ["-fopenmp"]),
+    "graph": ("graph.cu", ["-fopenmp"]),
     "bench": ("bench.cu", ["-fopenmp"]),
     "wmma": ("wmma.cu", ["-fopenmp"]),
     "ptx": ("ptx.cu", ["-fopenmp"]),

@@ -268,3 +268,17 @@ def test_bad_aux_ld_is_invalid_value(programs, tmp_path):
 def test_attribute_size_is_checked(programs, tmp_path):
     r = run_program(programs["cublaslt"], "attr_size", tmp_path)
     np.testing.assert_array_equal(r.out("status", np.int32), [7, 0])
+
+
+def test_heuristic_candidates_alignment_and_capture(programs, tmp_path):
+    """The heuristic returns up to 3 candidates (8 requested), all giving the same D; an algorithm chosen
+    under the default 256-byte alignment preference refuses an A one float off (NOT_SUPPORTED, 15), one
+    chosen with MIN_ALIGNMENT_A_BYTES = 4 accepts it but still refuses a misaligned B; a zeroed algorithm
+    carries no requirement; a captured GEMM runs only at cudaGraphLaunch, with the alpha and descriptor of
+    capture time."""
+    r = run_program(programs["cublaslt"], "algos", tmp_path)
+    found, s0, s1, s2, same, mis_a, pref_a, mis_b, zeroed, untouched, replayed = r.out("status", np.int32)
+    assert found == 3 and (s0, s1, s2) == (0, 0, 0) and same == 1
+    assert (mis_a, pref_a, mis_b, zeroed) == (15, 0, 15, 0)
+    assert untouched == 1 and replayed == 1
+    assert "PREF_MIN_ALIGNMENT_A_BYTES" in r.stderr

@@ -27,6 +27,92 @@ static void* upload(const char* name, size_t min_bytes) {
     return d;
 }
 
+/* The heuristic's candidates, the alignment preferences and stream capture, on one fp32 GEMM (D = A B, all
+ * 8 x 8, column-major). status.bin: found, the three candidates' statuses, their D equal (1/0), A one float
+ * past a 256-byte boundary with the default preference, the same with MIN_ALIGNMENT_A_BYTES = 4, B one float
+ * off with that preference, a zeroed algorithm with both off, captured D untouched before the launch (1/0),
+ * captured D equal after it (1/0). */
+static int algos_case() {
+    const int n = 8;
+    float *A, *B, *D0, *D1;
+    CHECK_CUDA(cudaMalloc((void**)&A, sizeof(float) * (n * n + 64)));
+    CHECK_CUDA(cudaMalloc((void**)&B, sizeof(float) * (n * n + 64)));
+    CHECK_CUDA(cudaMalloc((void**)&D0, sizeof(float) * n * n * 4));
+    CHECK_CUDA(cudaMalloc((void**)&D1, sizeof(float) * n * n));
+    std::vector<float> h(n * n + 64);
+    for (size_t i = 0; i < h.size(); i++) h[i] = (float)((i * 7) % 11) - 5.0f;
+    CHECK_CUDA(cudaMemcpy(A, h.data(), sizeof(float) * h.size(), cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(B, h.data(), sizeof(float) * h.size(), cudaMemcpyHostToDevice));
+    cublasLtHandle_t lt;
+    cublasLtCreate(&lt);
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    cublasLtMatrixLayout_t l;
+    cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, n, n, n);
+    const float alpha0 = 1.0f, beta = 0.0f;
+    std::vector<int> st;
+    auto heuristic = [&](uint32_t align_a, cublasLtMatmulHeuristicResult_t* out, int want) {
+        cublasLtMatmulPreference_t pref;
+        cublasLtMatmulPreferenceCreate(&pref);
+        if (align_a)
+            cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                 sizeof(align_a));
+        int found = 0;
+        cublasLtMatmulAlgoGetHeuristic(lt, desc, l, l, l, l, pref, want, out, &found);
+        cublasLtMatmulPreferenceDestroy(pref);
+        return found;
+    };
+    cublasLtMatmulHeuristicResult_t heur[8];
+    const int found = heuristic(0, heur, 8);
+    st.push_back(found);
+    for (int i = 0; i < 3; i++)
+        st.push_back((int)cublasLtMatmul(lt, desc, &alpha0, A, l, B, l, &beta, D0 + i * n * n, l, D0 + i * n * n, l,
+                                         &heur[i].algo, nullptr, 0, 0));
+    std::vector<float> d(n * n * 3);
+    CHECK_CUDA(cudaMemcpy(d.data(), D0, sizeof(float) * d.size(), cudaMemcpyDeviceToHost));
+    st.push_back(memcmp(d.data(), d.data() + n * n, sizeof(float) * n * n) == 0 &&
+                 memcmp(d.data(), d.data() + 2 * n * n, sizeof(float) * n * n) == 0);
+    st.push_back((int)cublasLtMatmul(lt, desc, &alpha0, A + 1, l, B, l, &beta, D1, l, D1, l, &heur[0].algo, nullptr, 0,
+                                     0));
+    cublasLtMatmulHeuristicResult_t h4;
+    heuristic(4, &h4, 1);
+    st.push_back((int)cublasLtMatmul(lt, desc, &alpha0, A + 1, l, B, l, &beta, D1, l, D1, l, &h4.algo, nullptr, 0, 0));
+    st.push_back((int)cublasLtMatmul(lt, desc, &alpha0, A + 1, l, B + 1, l, &beta, D1, l, D1, l, &h4.algo, nullptr, 0,
+                                     0));
+    cublasLtMatmulAlgo_t zero;
+    memset(&zero, 0, sizeof zero);
+    st.push_back((int)cublasLtMatmul(lt, desc, &alpha0, A + 1, l, B + 1, l, &beta, D1, l, D1, l, &zero, nullptr, 0, 0));
+    /* capture: the GEMM of candidate 0 into D1 (zeroed first); alpha and the descriptor change after the capture */
+    CHECK_CUDA(cudaMemset(D1, 0, sizeof(float) * n * n));
+    float alpha = 1.0f;
+    CHECK_CUDA(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeGlobal));
+    const cublasStatus_t cs = cublasLtMatmul(lt, desc, &alpha, A, l, B, l, &beta, D1, l, D1, l, &heur[0].algo,
+                                             nullptr, 0, cudaStreamPerThread);
+    cudaGraph_t graph;
+    CHECK_CUDA(cudaStreamEndCapture(cudaStreamPerThread, &graph));
+    alpha = 3.0f;
+    const int32_t t = CUBLAS_OP_T;
+    cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t);
+    std::vector<float> got(n * n);
+    CHECK_CUDA(cudaMemcpy(got.data(), D1, sizeof(float) * n * n, cudaMemcpyDeviceToHost));
+    bool untouched = cs == CUBLAS_STATUS_SUCCESS;
+    for (float v : got) untouched = untouched && v == 0.0f;
+    st.push_back(untouched);
+    cudaGraphExec_t exec;
+    CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    CHECK_CUDA(cudaGraphLaunch(exec, cudaStreamPerThread));
+    CHECK_CUDA(cudaStreamSynchronize(cudaStreamPerThread));
+    CHECK_CUDA(cudaMemcpy(got.data(), D1, sizeof(float) * n * n, cudaMemcpyDeviceToHost));
+    st.push_back(memcmp(got.data(), d.data(), sizeof(float) * n * n) == 0);
+    CHECK_CUDA(cudaGraphExecDestroy(exec));
+    CHECK_CUDA(cudaGraphDestroy(graph));
+    cublasLtMatrixLayoutDestroy(l);
+    cublasLtMatmulDescDestroy(desc);
+    cublasLtDestroy(lt);
+    write_output("status", st);
+    return 0;
+}
+
 int main(int argc, char** argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s CASE DIR\n", argv[0]); return 2; }
     const std::string c = argv[1];
@@ -43,6 +129,7 @@ int main(int argc, char** argv) {
         write_output("status", st);
         return 0;
     }
+    if (c == "algos") return algos_case();
     if (c != "matmul") { fprintf(stderr, "unknown case %s\n", c.c_str()); return 2; }
 
     std::vector<int64_t> p = read_input<int64_t>("params");
