@@ -233,8 +233,10 @@ typedef struct {
 } LtPlan;
 /* the plans of one call site, in the order they were made */
 typedef struct { int n; LtPlan plan[LT_PLANS]; } LtCache;
-static int lt_tuning;     /* 1: the warm-up micro-step, whose results are discarded: any call may be timed */
-static int lt_capturing;  /* 1: a CUDA Graph capture is under way: nothing is timed (no event may be waited for) */
+/* lt_tuning: 1 in the warm-up micro-step, whose results are discarded: any call may be timed. lt_capturing: 1 while a
+ * CUDA Graph capture is under way: nothing is timed (no event may be waited for). Marked unused: a program without
+ * GEMMs (a kernel test) never reads them. */
+static int lt_tuning __attribute__((unused)), lt_capturing __attribute__((unused));
 
 /* the largest power of two, at most 256, dividing the address */
 static unsigned lt_align(const void *p) {
