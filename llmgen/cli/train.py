@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmgen.cli import CliError, add_spec_args
+from llmgen.cli import CliError, add_spec_args, check_fp8_target
 from llmgen.flags import TRAINER_FLAGS, Flag
 
 # one step line of the trainer (templates/common/trainer.c.j2's training loop)
@@ -255,11 +255,14 @@ def pick_target(requested: str) -> tuple[str, str]:
 
 def train_precision(spec, target: str, requested: str | None):
     """The spec to train and a line saying its precision. On a GPU, bf16 mixed precision (fp32 master
-    weights, as llm.c trains) unless --dtype asked for fp32; the CPU twin always computes in fp32."""
+    weights, as llm.c trains) unless --dtype asked for fp32; the CPU twin always computes in fp32 (and refuses
+    --dtype fp8, which only the CUDA target has)."""
+    check_fp8_target(spec, target)
     if target == "cuda":
         if requested is None and spec.dtype == "fp32":
             return spec.replace(dtype="bf16"), "bf16 mixed precision with fp32 master weights (--dtype fp32: all fp32)"
-        return spec, f"{spec.dtype}{' mixed precision with fp32 master weights' if spec.dtype == 'bf16' else ''}"
+        mixed = {"bf16": " mixed precision with fp32 master weights", "fp8": " (bf16, block linears in FP8)"}
+        return spec, f"{spec.dtype}{mixed.get(spec.dtype, '')}"
     return spec.replace(dtype="fp32"), "fp32 (the CPU twin computes in fp32)"
 
 

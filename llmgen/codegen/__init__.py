@@ -78,7 +78,13 @@ class Options:
 
 def program_for(spec, options: Options = Options()) -> Program:
     target = TARGETS[options.target]
-    # bf16 (spec.dtype) is the CUDA target's mixed precision; the C twin computes in fp32
+    if spec.dtype == "fp8" and (options.target != "cuda" or options.distributed):
+        raise ValueError(
+            "--dtype fp8 needs --target cuda (cuBLASLt's FP8 GEMM) and one process"
+            f" (got --target {options.target}{' --distributed' if options.distributed else ''})"
+        )
+    # bf16 (spec.dtype) is the CUDA target's mixed precision (fp8: bf16 with FP8 block linears, plan.fp8); the C
+    # twin computes in fp32
     dtype = spec.dtype if options.target == "cuda" else "fp32"
     g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse, recompute=options.recompute, dtype=dtype)
     prog = lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)

@@ -117,6 +117,7 @@ LAUNCH = {
     "attention": _attention,
     "xent": _xent,
     "linear": _linear,
+    "linear_fp8": _linear,  # --dtype fp8's block linears (templates/cuda/linear_fp8.cu.j2): the same colsum scratch
     "elementwise": _elementwise,
     "adamw": _adamw,
     "rmsnorm": _rmsnorm,
@@ -133,7 +134,8 @@ def kernel_headers(prog: Program) -> list[str]:
     folder = templates_dir() / "cuda"
     families = sorted({k.family for k in prog.kernels})
     tc = ["cuda/attention_tc.cuh"] if prog.tensor_core_attention else []
-    return tc + [f"cuda/{f}.cuh" for f in families if (folder / f"{f}.cuh").is_file()]
+    fp8 = ["cuda/ptx.cuh", "cuda/kernels/fp8.cuh"] if prog.fp8 else []  # the FP8 casts need ptx.cuh's prmt
+    return tc + fp8 + [f"cuda/{f}.cuh" for f in families if (folder / f"{f}.cuh").is_file()]
 
 
 def configure(prog: Program) -> Program:

@@ -1,0 +1,202 @@
+"""--dtype fp8 (issue 14): the refusals, `inspect`'s FP8 report, and the emulated FP8 trainer against the FP8
+oracle (tests/fp8_oracle.py: PyTorch quantise-dequantise at the recipe's points).
+
+The FP8 trainer is the bf16 trainer with the block linears' GEMMs in FP8 (templates/cuda/linear_fp8.cu.j2), built
+for the CPU through templates/cuda/emulate/ (cuBLASLt's FP8 GEMM emulated with its scale pointers). A tiny GPT-2
+(tests/matrix.py's gpt2-tiny: every linear a multiple of 16, so every block linear runs in FP8).
+
+Tolerances: FP8 rounding is discontinuous, so the trainer and the oracle cannot agree bit for bit: their bf16
+inputs to each cast already differ by bf16 ulps (other summation orders, the trainer's stochastically rounded
+bf16 weights against the oracle's nearest rounding), and a bf16 ulp moves an E4M3 code (3 mantissa bits) or an
+E5M2 one (2 bits) across a rounding boundary now and then, a jump of 2^-4 or 2^-3 of the element. Each bound
+says which effect it covers and the worst error measured when it was set (in brackets). Where the bounds are
+loose, a sharper check says the trainer quantises where the oracle does: it is closer to the FP8 oracle than
+to the same oracle without FP8.
+"""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import note, read_log, rel_err, run_binary, run_llmgen, train
+from matrix import GPT2_TINY, Bound, Row, Target
+
+CUDA_FP8 = Target("cuda-fp8", ("--dtype", "fp8", "--target", "cuda", "--emulate"), dtype="fp8")
+
+TOL = {
+    "logits": Bound(
+        3e-2,
+        "logits O(1): the bf16 build's bound; the FP8 GEMMs' roundings average over n_embd terms [5.9e-3]",
+        "abs",
+    ),
+    "loss": Bound(1e-3, "the mean of B*T per-token losses [3.2e-5]"),
+    "grads": Bound(
+        0.2,
+        "to each tensor's largest |value|: dY in E5M2 (2 mantissa bits, 12.5% per flipped rounding) feeds every "
+        "block gradient, and the trainer's and the oracle's bf16 inputs differ by ulps that flip some [9.9e-2]",
+    ),
+    "losses": Bound(
+        5e-4,
+        "10 AdamW losses at lr 1e-3: means over B*T tokens average the flipped roundings out, as in bf16 [4.9e-5]",
+    ),
+}
+
+ROW = Row(GPT2_TINY, CUDA_FP8, 4, 64, TOL)
+
+
+def test_fp8_refused_for_the_c_target(tmp_path):
+    for cmd in (
+        ["build", "gpt2-tiny", "--dtype", "fp8", "-o", str(tmp_path / "b")],
+        ["emit", "gpt2-tiny", "--dtype", "fp8"],
+    ):
+        r = run_llmgen(*cmd, check=False)
+        assert r.returncode == 1
+        assert r.stderr.strip() == "error: --dtype fp8 needs --target cuda (the c target has no FP8 GEMMs)"
+    r = run_llmgen("emit", "gpt2-tiny", "--dtype", "fp8", "--target", "cuda", "--distributed", check=False)
+    assert r.returncode == 1 and "--distributed: not supported yet" in r.stderr
+
+
+def test_fp8_refused_by_program_for():
+    from llmgen.codegen import Options, program_for
+    from llmgen.spec import PRESETS
+
+    with pytest.raises(ValueError, match="--dtype fp8 needs --target cuda"):
+        program_for(PRESETS["gpt2-tiny"].replace(dtype="fp8"), Options(target="c"))
+
+
+def test_inspect_reports_fp8_gemms_and_buffers():
+    r = run_llmgen("inspect", "gpt2", "--dtype", "fp8")
+    out = r.stdout
+    for w in ("h<l>.attn.c_attn.w", "h<l>.attn.c_proj.w", "h<l>.mlp.c_fc.w", "h<l>.mlp.c_proj.w"):
+        assert any(line.split()[:2] == ["FP8", w] for line in out.splitlines()), w
+    assert any(line.split()[:2] == ["bf16", "wte"] for line in out.splitlines())
+    for b in ("W8", "W8t", "x8", "x8t", "dY8", "dY8t", "meta", "amax"):
+        assert any(line.split()[:1] == [b] for line in out.splitlines()), b
+    # 48 weights of 124M's blocks: 85M parameters, W8 and W8t one byte each
+    assert " W8    fp8_weights      81.0 MiB" in out
+    r = run_llmgen("inspect", "llama3.2-1b", "--dtype", "fp8")
+    for w in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert f"FP8  l<l>.{w}.w" in r.stdout, w
+
+
+def test_fp8_choices_keep_unaligned_linears_bf16():
+    from llmgen.compiler import compile_graph
+    from llmgen.spec import GPT2Spec
+
+    spec = GPT2Spec(n_layer=1, n_head=1, n_embd=48, vocab_size=129, max_seq_len=32, dtype="fp8")
+    _, plan = compile_graph(spec, 1, 1, dtype="fp8")
+    fp8 = {c.weight.name: c.fp8 for c in plan.fp8.choices}
+    assert fp8 == {
+        "h0.attn.c_attn.w": True,
+        "h0.attn.c_proj.w": True,
+        "h0.mlp.c_fc.w": True,
+        "h0.mlp.c_proj.w": True,
+        "wte": False,
+    }
+    spec = GPT2Spec(n_layer=1, n_head=2, n_embd=40, vocab_size=129, max_seq_len=32, dtype="fp8")
+    _, plan = compile_graph(spec, 1, 1, dtype="fp8")
+    assert not any(c.fp8 for c in plan.fp8.choices) and plan.fp8.weight_bytes == 0
+
+
+def test_binary_refuses_a_gpu_older_than_sm89(matrix_data, trainer, tmp_path):
+    """The emulation reports compute capability 9.0; built to need more, the trainer refuses it at start-up."""
+    from llmgen.runtime.build import build_cuda
+
+    m, base = matrix_data(ROW), trainer(ROW)
+    strict = build_cuda(
+        base.parent / "train.cu", tmp_path / "train91", emulate=True, extra_flags=["-DLLMGEN_FP8_MIN_CC=91"]
+    )
+    r = subprocess.run(
+        [str(strict), "-e", m["model"], "-i", m["pattern"], "-b", "4", "-t", "64", "-x", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode != 0
+    assert "--dtype fp8 needs a GPU of compute capability 9.1 or newer" in r.stderr
+    assert "is 9.0" in r.stderr
+    r = subprocess.run(
+        [str(base), "-e", m["model"], "-i", m["pattern"], "-b", "3", "-t", "7", "-x", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode != 0 and "B*T = 21 must be a multiple of 16" in r.stderr
+
+
+def _errors(got, ref):
+    return {k: rel_err(got["grad." + k], v) for k, v in ref["grads"].items()}
+
+
+def test_step0_against_the_fp8_oracle(matrix_data, trainer, tmp_path):
+    import fp8_oracle
+
+    from llmgen.checkpoint import read_safetensors
+
+    m = matrix_data(ROW)
+    run_binary(
+        trainer(ROW),
+        "-e",
+        m["model"],
+        "-i",
+        m["pattern"],
+        "-b",
+        ROW.B,
+        "-t",
+        ROW.T,
+        "--dump",
+        tmp_path / "dump",
+        timeout=900,
+    )
+    got = read_safetensors(tmp_path / "dump")
+    ref = fp8_oracle.fp8_step0_dump(m["model"], m["pattern"], ROW.B, ROW.T, fp8_oracle.Recipe())
+    assert [fmt for _, fmt in ref["events"]].count("e5m2") > 0
+    err = float(np.abs(got["logits"] - ref["logits"]).max())
+    note("cuda-fp8 gpt2 logits abs", err)
+    assert err <= TOL["logits"].value
+    err = abs(got["loss"][0] - ref["loss"]) / ref["loss"]
+    note("cuda-fp8 gpt2 loss rel", err)
+    assert err <= TOL["loss"].value
+    errs = _errors(got, ref)
+    note("cuda-fp8 gpt2 grads rel", max(errs.values()))
+    assert max(errs.values()) <= TOL["grads"].value, max(errs, key=errs.get)
+    # the trainer quantises where the oracle does: nearer the FP8 oracle than the bf16 one, for the logits and for
+    # the typical gradient [measured with another gpt2-tiny seed: logits 6.3e-3 vs 7.8e-3; median grads 3.9e-2 vs
+    # 5.1e-2]
+    bf = fp8_oracle.fp8_step0_dump(m["model"], m["pattern"], ROW.B, ROW.T, fp8_oracle.Recipe(fp8=False))
+    assert np.abs(got["logits"] - ref["logits"]).max() < np.abs(got["logits"] - bf["logits"]).max()
+    assert np.median(list(errs.values())) < np.median(list(_errors(got, bf).values()))
+
+
+def test_ten_adamw_losses_against_the_fp8_oracle(matrix_data, trainer, tmp_path):
+    import fp8_oracle
+
+    m = matrix_data(ROW)
+    log = train(trainer(ROW), m, tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(1, 11))
+    got = np.array([r["train_loss"] for r in log])
+    ref = fp8_oracle.train_fp8(m["model"], m["pattern"], ROW.B, ROW.T, 10, 1e-3, schedule="constant")
+    err = float(np.max(np.abs(got - ref["losses"]) / np.abs(ref["losses"])))
+    note("cuda-fp8 gpt2 10 AdamW losses rel", err)
+    print("fp8 trainer", got.tolist(), "oracle", list(ref["losses"]))
+    assert err <= TOL["losses"].value
+
+
+def test_124m_fp8_compiles_with_nvcc_for_sm90a(tmp_path):
+    from llmgen.codegen import Options, render
+    from llmgen.runtime.build import build_cuda, cublas_dirs
+    from llmgen.spec import PRESETS
+
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not found: the CUDA compile check needs the CUDA toolkit")
+    if cublas_dirs() is None:
+        pytest.skip("cuBLASLt headers/library not found (CUDA install or `pip install nvidia-cublas`)")
+    (tmp_path / "train.cu").write_text(render(PRESETS["gpt2"].replace(dtype="fp8"), Options(target="cuda")))
+    assert build_cuda(tmp_path / "train.cu", tmp_path / "train", archs=["sm_90a"]).is_file()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-x"]))
