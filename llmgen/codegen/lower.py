@@ -468,22 +468,34 @@ def fp8_program(g: Graph, plan: MemoryPlan, ref: Callable[[Value], str]) -> Fp8P
     )
 
 
-def fp8_node_flags(g: Graph, plan: MemoryPlan) -> dict[int, dict[str, bool]]:
-    """The extra flags of each FP8 GEMM node: fp8, and for the backward's cast_dy, which casts dY (E5M2, both
-    layouts) into the dY8 / dY8t scratch: the first of a linear's dX and dW GEMMs, and the second too where
-    another linear's cast came between them."""
+def fp8_node_flags(g: Graph, plan: MemoryPlan) -> dict[int, dict]:
+    """The extra flags of each FP8 GEMM node, and its x meta. fp8: it runs in FP8. cast_dy (dX, dW): it casts dY
+    (E5M2, both layouts) into the dY8 / dY8t scratch: the first of a linear's dX and dW GEMMs, and the second
+    too where another linear's cast came between them. cast_x (forward, dW): it casts x into fp8_x8 (x8 in the
+    forward, x8t in the backward); a linear reading the x the previous FP8 linear of its phase cast (Llama's q, k, v;
+    gate, up) reuses its codes and its scale: "xmeta" names the weight whose Fp8Meta holds x's scale."""
     if plan.fp8 is None:
         return {}
-    out: dict[int, dict[str, bool]] = {}
-    holder = None  # the weight whose dY the scratch holds
+    out: dict[int, dict] = {}
+    holder = last = None  # the weight whose dY the dY8 scratch holds; the last forward FP8 linear
+    x_holder: dict[str, int] = {}  # phase -> the x value whose codes fp8_x8 holds
+    x_scale: dict[int, Value] = {}  # weight id -> the weight whose Fp8Meta holds its x's forward scale
     for n in g.nodes:
         if n.id not in plan.fp8.nodes:
             continue
+        w = fp8_weight_of(n)
         out[n.id] = {"fp8": True}
         if n.op in ("linear_dx", "linear_dw"):
-            w = fp8_weight_of(n)
             out[n.id]["cast_dy"] = holder is not w
             holder = w
+        if n.op in ("linear", "linear_dw"):
+            x = n.inputs[0] if n.op == "linear" else n.inputs[1]
+            out[n.id]["cast_x"] = x_holder.get(n.phase) != x.id
+            if n.op == "linear":  # the forward sets x's scale where it casts x; the dW GEMMs cast x8t with it
+                x_scale[w.id] = w if out[n.id]["cast_x"] else x_scale[last.id]
+                last = w
+            x_holder[n.phase] = x.id
+            out[n.id]["xmeta"] = x_scale[w.id]
     return out
 
 
@@ -839,7 +851,8 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
     names: set[str] = set()
     for n in g.nodes:
         opdef = OPS[n.op]
-        dims, flags = opdef.dims(n, ctx), _flags(n) | fp8_flags.get(n.id, {})
+        fp8_node = {f: v for f, v in fp8_flags.get(n.id, {}).items() if f != "xmeta"}
+        dims, flags = opdef.dims(n, ctx), _flags(n) | fp8_node
         consts = opdef.consts(n, ctx) if opdef.consts else {}
         key = (n.op, tuple(dims.items()), tuple(sorted(flags.items())), _freeze(consts))
         if key not in kernels:
@@ -856,11 +869,12 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         else:
             # outputs that update an input in place (AdamW) are that input's buffer: pass it once
             args = [ref(v) for v in n.outputs if "updates" not in v.meta] + [ref(v) for v in n.inputs]
-        if n.id in fp8_flags:  # an FP8 GEMM: the weight's E4M3 copies (not dW's) and its linear's Fp8Metas
+        if n.id in fp8_flags:  # an FP8 GEMM: the weight's E4M3 copies (not dW's), its linear's Fp8Metas, x's
             w, fp8 = fp8_weight_of(n), plan.fp8
             off = fp8.weight_offset[w.id] - w.layer * fp8.layer_stride
             args += [] if n.op == "linear_dw" else [f"fp8_w8({mark(w.layer)}, {off}L)"]
-            args += [f"fp8_meta({mark(w.layer)}, {fp8.meta_index[w.id] - w.layer * fp8.meta_per_layer})"]
+            for m in [w] + ([fp8_flags[n.id]["xmeta"]] if n.op != "linear_dx" else []):
+                args.append(f"fp8_meta({mark(m.layer)}, {fp8.meta_index[m.id] - m.layer * fp8.meta_per_layer})")
         outs = ", ".join(f"{label(v)} {shape_str(v)}" for v in n.outputs[:4])
         if len(n.outputs) > 4:
             outs += f", ... ({len(n.outputs)} outputs)"

@@ -147,7 +147,7 @@ def plan_fp8(g: Graph, choices: list[Fp8Choice] | None = None) -> Fp8Plan:
     plan.buffers = [
         Fp8Buffer("W8", "fp8_weights", 0, plan.weight_bytes // 2, f"E4M3 (out, in) of {n_w} weights, every step"),
         Fp8Buffer("W8t", "fp8_weights", 0, plan.weight_bytes // 2, "E4M3 (in, out), each right after its W8"),
-        Fp8Buffer("x8", "fp8_scratch", 0, kmax, "E4M3 (B,T,in): forward GEMM input, cast per linear"),
+        Fp8Buffer("x8", "fp8_scratch", 0, kmax, "E4M3 (B,T,in): forward GEMM input, cast once per input"),
         Fp8Buffer("x8t", "fp8_scratch", 0, kmax, "E4M3 (in,B*T): dW input, recast in the backward (x8's bytes)"),
         Fp8Buffer("dY8", "fp8_scratch", kmax, nmax, "E5M2 (B,T,out): dX GEMM input"),
         Fp8Buffer("dY8t", "fp8_scratch", kmax + nmax, nmax, "E5M2 (out,B*T): dW GEMM input"),
