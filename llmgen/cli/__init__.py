@@ -38,6 +38,12 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         help="override the spec's dtype (fp8: bf16 with the block linears in FP8, --target cuda only, sm_89 or newer)",
     )
     p.add_argument("--no-fuse", action="store_true", help="skip the fusion passes (for comparison)")
+    p.add_argument(
+        "--fp8-recipe",
+        choices=("current", "delayed"),
+        default="current",
+        help="--dtype fp8: each tensor's scale from its current amax, or delayed from a 16-step amax history [current]",
+    )
 
 
 def check_fp8_target(spec, target: str, distributed: bool = False) -> None:

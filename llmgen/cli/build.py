@@ -35,7 +35,13 @@ def run(args) -> int:
     check_fp8_target(spec, args.target, args.distributed)
     if args.emulate and args.target != "cuda":
         raise CliError("--emulate applies to --target cuda only")
-    options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)
+    options = Options(
+        target=args.target,
+        fuse=not args.no_fuse,
+        recompute=args.recompute,
+        distributed=args.distributed,
+        fp8_recipe=args.fp8_recipe,
+    )
     out = Path(args.o)
     if out.exists() and not out.is_dir():
         raise CliError(f"-o {out}: exists and is not a folder")

@@ -42,7 +42,13 @@ def run(args) -> int:
     check_fp8_target(spec, args.target, args.distributed)
     if args.distributed and args.library:
         raise CliError("--distributed --library: the in-process API is one process; emit the trainer without --library")
-    options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)
+    options = Options(
+        target=args.target,
+        fuse=not args.no_fuse,
+        recompute=args.recompute,
+        distributed=args.distributed,
+        fp8_recipe=args.fp8_recipe,
+    )
     src = (render_library if args.library else render)(spec, options)
     if args.o is None:
         try:

@@ -436,7 +436,10 @@ class Fp8Program:
     weight_bytes: int
     kmax: int  # largest in features: x8 / x8t take BT * kmax bytes
     nmax: int  # largest out features: dY8 and dY8t take BT * nmax bytes each
+    wmax: int = 0  # the largest dimension of an FP8 weight (sizes the cast_transpose partials)
     margin: int = 0  # scale = MAX / amax / 2^margin (fp8.cuh's Recipe)
+    delayed: bool = False  # the delayed recipe: each use's scale from the last update, an amax history of `history`
+    history: int = 16
 
 
 def fp8_program(g: Graph, plan: MemoryPlan, ref: Callable[[Value], str]) -> Fp8Program | None:
@@ -465,6 +468,7 @@ def fp8_program(g: Graph, plan: MemoryPlan, ref: Callable[[Value], str]) -> Fp8P
         fp8.weight_bytes,
         max(c.K for c in chosen),
         max(c.N for c in chosen),
+        max(max(c.K, c.N) for c in chosen),
     )
 
 
