@@ -71,6 +71,13 @@ def test_fp8_refused_for_the_c_target(tmp_path):
     assert r.returncode == 1 and "--distributed: not supported yet" in r.stderr
 
 
+def test_train_refuses_the_delayed_recipe_it_cannot_cache():
+    r = run_llmgen(
+        "train", "gpt2-tiny", "--target", "cuda", "--dtype", "fp8", "--fp8-recipe", "delayed", "-i", "x", check=False
+    )
+    assert r.returncode == 1 and "build with `llmgen build ... --fp8-recipe delayed`" in r.stderr
+
+
 def test_fp8_refused_by_program_for():
     from llmgen.codegen import Options, program_for
     from llmgen.spec import PRESETS
@@ -89,6 +96,9 @@ def test_inspect_reports_fp8_gemms_and_buffers():
         assert any(line.split()[:1] == [b] for line in out.splitlines()), b
     # 48 weights of 124M's blocks: 85M parameters, W8 and W8t one byte each
     assert " W8    fp8_weights      81.0 MiB" in out
+    assert "next" not in out  # the delayed recipe's states and histories: only with --fp8-recipe delayed
+    delayed = run_llmgen("inspect", "gpt2", "--dtype", "fp8", "--fp8-recipe", "delayed").stdout
+    assert "  next  fp8_meta         11.2 KiB  delayed recipe" in delayed
     r = run_llmgen("inspect", "llama3.2-1b", "--dtype", "fp8")
     for w in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert f"FP8  l<l>.{w}.w" in r.stdout, w

@@ -66,7 +66,7 @@ def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
     }
 
 
-def print_fp8(fp8, B: int, T: int) -> None:
+def print_fp8(fp8, B: int, T: int, recipe: str = "current") -> None:
     """--dtype fp8: which linears' GEMMs run in FP8 (and why the others do not), and the FP8 buffers."""
     print("\nFP8 GEMMs (forward y = x W^T, dX = dY W, dW = dY^T x; E4M3 x and W, E5M2 dY, per-tensor scales):")
     rows: dict[tuple, list] = {}
@@ -83,7 +83,10 @@ def print_fp8(fp8, B: int, T: int) -> None:
         total = b.bytes * B * T if b.arena == "fp8_scratch" else b.bytes
         print(f"  {b.name:<5} {b.arena:<12} {_human(total):>12}  {b.what}")
     scratch = fp8.scratch_per_token * B * T
-    print(f"  {'total':<18} {_human(fp8.weight_bytes + fp8.meta_bytes + scratch):>12}")
+    delayed = fp8.metas * (fp8.META_BYTES + 4 * 16) if recipe == "delayed" else 0
+    if delayed:
+        print(f"  {'next':<5} {'fp8_meta':<12} {_human(delayed):>12}  delayed recipe: a state and 16 amaxes per meta")
+    print(f"  {'total':<18} {_human(fp8.weight_bytes + fp8.meta_bytes + scratch + delayed):>12}")
 
 
 def run(args) -> int:
@@ -118,7 +121,7 @@ def run(args) -> int:
         print(f"  {'fp8 (below)':<18} {_human(rep['peak'] - sum(rep['bytes'][k] for k in keys)):>12}")
     print(f"  {'peak':<18} {_human(rep['peak']):>12}")
     if rep["plan"].fp8 is not None:
-        print_fp8(rep["plan"].fp8, B, T)
+        print_fp8(rep["plan"].fp8, B, T, args.fp8_recipe)
     fpt = rep["flops_per_token"]
     print(
         f"\nFLOPs per token (forward + backward): {fpt / 1e9:.3f} GFLOP  "

@@ -420,6 +420,8 @@ def run(args) -> int:
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
     spec, precision = train_precision(spec, target, args.dtype)
+    if args.fp8_recipe != "current":  # the build cache's key (runtime/build.py cached_build_dir) has no recipe yet
+        raise CliError("--fp8-recipe delayed: build with `llmgen build ... --fp8-recipe delayed` and run that trainer")
     if args.nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {args.nproc}")
     values = check_flags(spec, raw, args.nproc)
@@ -437,7 +439,13 @@ def run(args) -> int:
 
     print(f"llmgen train: {why}; {precision}", file=sys.stderr)
     recompute = int(values.get("recompute", 0) or 0)
-    options = Options(target=target, fuse=not args.no_fuse, recompute=recompute, distributed=args.nproc > 1)
+    options = Options(
+        target=target,
+        fuse=not args.no_fuse,
+        recompute=recompute,
+        distributed=args.nproc > 1,
+        fp8_recipe=args.fp8_recipe,
+    )
     binary = cached_build(spec, options, Path(args.cache_dir) if args.cache_dir else cache_dir())
     print(
         f"llmgen train: trainer {binary.parent / ('train.c' if target == 'c' else 'train.cu')}; run folder {out}",
