@@ -177,6 +177,7 @@ class KernelCost:
     bytes: float
     matmul: bool  # FLOPs at the matmul rate (tensor cores in bf16 builds)
     per_step: bool  # runs once per optimizer step (else once per micro-batch)
+    speedup: float = 1.0  # the matmul rate times this: FP8_SPEEDUP for an FP8 GEMM of --dtype fp8
     compute_s: float = 0.0
     memory_s: float = 0.0
 
@@ -210,7 +211,8 @@ class Prediction:
 
     @property
     def mfu(self) -> float:
-        return self.model_flops / self.step_s / (self.gpu.bf16_flops if self.dtype == "bf16" else self.gpu.fp32_flops)
+        tc = self.dtype in ("bf16", "fp8")  # fp8: against the bf16 peak, as the trainer's log does
+        return self.model_flops / self.step_s / (self.gpu.bf16_flops if tc else self.gpu.fp32_flops)
 
     def classes(self) -> dict[str, dict]:
         """class -> kernels, flops, bytes, seconds (per step, micro-batch kernels times accum), share."""
@@ -339,6 +341,13 @@ def attention_model_flops(g: Graph) -> float:
     return total
 
 
+# --dtype fp8: the block linears' GEMMs at twice the bf16 rate (H100 / H200 datasheet: 1979 dense FP8 TFLOP/s
+# against 989 bf16; the achievable fraction is assumed the bf16 GEMM's, not measured); the A100 has no FP8. Their
+# bytes are the bf16 GEMM's (the FP8 operands are half, but the casts and amax passes read the bf16 tensors again).
+FP8_SPEEDUP = 2.0
+FP8_GPUS = ("h200", "h100")
+
+
 def predict(
     spec, B: int, T: int, gpu="h200", dtype: str | None = None, accum: int = 1, recompute: int = 0
 ) -> Prediction:
@@ -351,26 +360,32 @@ def predict(
         raise ValueError(f"T={T} exceeds the spec's max_seq_len={spec.max_seq_len}")
     gpu = get_gpu(gpu)
     dtype = dtype or spec.dtype
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    if dtype not in ("fp32", "bf16", "fp8"):
+        raise ValueError(f"dtype must be fp32, bf16 or fp8, got {dtype!r}")
+    if dtype == "fp8" and gpu not in [GPUS[k] for k in FP8_GPUS]:
+        raise ValueError(f"--dtype fp8: {gpu.name} has no FP8 tensor cores (FP8 roofline for {', '.join(FP8_GPUS)})")
     spec = spec.replace(dtype=dtype)
     g, plan = compile_graph(spec, B=B, T=T, recompute=recompute, dtype=dtype)
-    kernels = kernel_costs(g, dtype, plan.param_elems)
+    kernels = kernel_costs(g, plan.dtype, plan.param_elems)  # fp8: the bf16 plan's bytes
+    for n, k in zip(g.nodes, kernels):
+        if plan.fp8 is not None and n.id in plan.fp8.nodes:
+            k.speedup = FP8_SPEEDUP
+    mm_dtype = plan.dtype  # the tensor-core rate of bf16 and fp8 builds
 
     def total(mm_rate: float, other_rate: float, bps: float) -> float:
         s = 0.0
         for k in kernels:
-            c = k.flops / (mm_rate if k.matmul else other_rate)
+            c = k.flops / (mm_rate * k.speedup if k.matmul else other_rate)
             m = k.bytes / bps
             s += max(c, m) * (1 if k.per_step else accum)
         return s
 
-    mm_peak = gpu.achievable_bf16 if dtype == "bf16" else gpu.achievable_fp32
+    mm_peak = gpu.achievable_bf16 if mm_dtype == "bf16" else gpu.achievable_fp32
     for k in kernels:
-        k.compute_s = k.flops / (mm_peak if k.matmul else gpu.achievable_fp32)
+        k.compute_s = k.flops / (mm_peak * k.speedup if k.matmul else gpu.achievable_fp32)
         k.memory_s = k.bytes / gpu.achievable_bps
     step = total(mm_peak, gpu.achievable_fp32, gpu.achievable_bps)
-    sheet = total(gpu.bf16_flops if dtype == "bf16" else gpu.fp32_flops, gpu.fp32_flops, gpu.hbm_bps)
+    sheet = total(gpu.bf16_flops if mm_dtype == "bf16" else gpu.fp32_flops, gpu.fp32_flops, gpu.hbm_bps)
     gemm = sum(k.flops for k in kernels if k.cls.startswith("gemm"))
     model_flops = accum * (gemm + attention_model_flops(g))
     return Prediction(
@@ -391,13 +406,14 @@ def _si(x: float, unit: str) -> str:
 
 def format_prediction(p: Prediction, verbose: bool = False) -> str:
     gpu, spec = p.gpu, p.spec
-    mm = gpu.achievable_bf16 if p.dtype == "bf16" else gpu.achievable_fp32
+    tc = p.dtype in ("bf16", "fp8")  # tensor-core matmuls
+    mm = gpu.achievable_bf16 if tc else gpu.achievable_fp32
     lines = [
         f"roofline: {spec.arch} n_layer={spec.n_layer} n_embd={spec.n_embd} ({p.n_params / 1e6:.0f}M parameters) "
         f"{p.dtype}, B={p.B} T={p.T}"
         + (f" x {p.accum} micro-batches" if p.accum > 1 else "")
         + f" = {p.tokens:,} tokens per optimizer step, on {gpu.name}",
-        f"ceilings (achievable): {mm / 1e12:.0f} TFLOP/s {'bf16 tensor-core' if p.dtype == 'bf16' else 'fp32'} "
+        f"ceilings (achievable): {mm / 1e12:.0f} TFLOP/s {'bf16 tensor-core' if tc else 'fp32'} "
         f"matmul, {gpu.achievable_fp32 / 1e12:.1f} TFLOP/s fp32 elsewhere, {gpu.achievable_bps / 1e12:.2f} TB/s "
         f"({gpu.source})",
         "",
@@ -418,7 +434,7 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
         f"{_si(sum(c['bytes'] for c in p.classes().values()), 'B')} | | | {p.step_s * 1e3:.3f} | 100% |"
     )
     attn = sum(c["share"] for k, c in p.classes().items() if k.startswith("attention"))
-    peak = gpu.bf16_flops if p.dtype == "bf16" else gpu.fp32_flops
+    peak = gpu.bf16_flops if tc else gpu.fp32_flops
     mem = p.memory_bytes
     plan = mem.get("params", 0) + mem.get("grads", 0) + mem.get("optimizer_state", 0) + mem.get("activations", 0)
     lines += [
@@ -439,6 +455,13 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
         "(FlashAttention-2's 5 matmuls); MFU counts attention as 6 * 2 * n_layer * C * T per token, not halved "
         "(the trainer's convention); each kernel moves its inputs and outputs once; no launch gaps or host syncs.",
     ]
+    n_fp8 = sum(k.speedup != 1.0 for k in p.kernels)
+    if n_fp8:
+        lines.append(
+            f"fp8: {n_fp8} GEMMs (the block linears' forward, dX, dW) at {FP8_SPEEDUP:g}x the bf16 rate: the "
+            "datasheet's dense FP8 rate, its achievable fraction assumed the bf16 GEMM's; their bytes are the "
+            "bf16 GEMM's (the casts and amax passes are not separate kernels here); MFU against the bf16 peak."
+        )
     unknown = sorted({k.op for k in p.kernels if k.cls == "other"})
     if unknown:
         lines.append(f"note: ops not in OP_TABLE, counted as streams of their operands: {', '.join(unknown)}")
@@ -478,7 +501,7 @@ def main(argv=None) -> int:
     ap.add_argument("-b", type=int, default=16, help="micro-batch size [16]")
     ap.add_argument("-t", type=int, default=0, help="sequence length [min(1024, max_seq_len)]")
     ap.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step [1]")
-    ap.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="override the spec's dtype")
+    ap.add_argument("--dtype", choices=("fp32", "bf16", "fp8"), default=None, help="override the spec's dtype")
     ap.add_argument("--recompute", type=int, choices=(0, 1, 2), default=0, help="activation recompute level [0]")
     ap.add_argument("-v", "--verbose", action="store_true", help="also list every kernel")
     args = ap.parse_args(argv)

@@ -19,7 +19,7 @@ import runpy
 from dataclasses import dataclass
 from pathlib import Path
 
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp8")  # fp8: bf16 storage, the block linears' GEMMs in FP8 (CUDA, sm_89+)
 
 
 class SpecError(ValueError):

@@ -31,8 +31,27 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         help="preset name (gpt2, d12, llama3.2-1b, ...), a .py file defining `spec`, "
         "or a Hugging Face config.json / model folder",
     )
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default=None, help="override the spec's dtype")
+    p.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp8"),
+        default=None,
+        help="override the spec's dtype (fp8: bf16 with the block linears in FP8, --target cuda only, sm_89 or newer)",
+    )
     p.add_argument("--no-fuse", action="store_true", help="skip the fusion passes (for comparison)")
+    p.add_argument(
+        "--fp8-recipe",
+        choices=("current", "delayed"),
+        default="current",
+        help="--dtype fp8: each tensor's scale from its current amax, or delayed from a 16-step amax history [current]",
+    )
+
+
+def check_fp8_target(spec, target: str, distributed: bool = False) -> None:
+    """--dtype fp8 is the CUDA target's (cuBLASLt's FP8 GEMM on sm_89 / sm_90); the C twin has no FP8."""
+    if spec.dtype == "fp8" and target != "cuda":
+        raise CliError(f"--dtype fp8 needs --target cuda (the {target} target has no FP8 GEMMs)")
+    if spec.dtype == "fp8" and distributed:
+        raise CliError("--dtype fp8 --distributed: not supported yet (amax across ranks, FP8 weight all-gather)")
 
 
 def add_distributed_arg(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmgen.cli import CliError, add_distributed_arg, add_spec_args
+from llmgen.cli import CliError, add_distributed_arg, add_spec_args, check_fp8_target
 
 
 def register(sub) -> None:
@@ -32,9 +32,16 @@ def run(args) -> int:
     from llmgen.spec import load_spec
 
     spec = load_spec(args.spec, args.dtype)
+    check_fp8_target(spec, args.target, args.distributed)
     if args.emulate and args.target != "cuda":
         raise CliError("--emulate applies to --target cuda only")
-    options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)
+    options = Options(
+        target=args.target,
+        fuse=not args.no_fuse,
+        recompute=args.recompute,
+        distributed=args.distributed,
+        fp8_recipe=args.fp8_recipe,
+    )
     out = Path(args.o)
     if out.exists() and not out.is_dir():
         raise CliError(f"-o {out}: exists and is not a folder")

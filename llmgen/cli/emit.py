@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmgen.cli import CliError, add_distributed_arg, add_spec_args
+from llmgen.cli import CliError, add_distributed_arg, add_spec_args, check_fp8_target
 
 
 def register(sub) -> None:
@@ -39,9 +39,16 @@ def run(args) -> int:
     from llmgen.spec import load_spec
 
     spec = load_spec(args.spec, args.dtype)
+    check_fp8_target(spec, args.target, args.distributed)
     if args.distributed and args.library:
         raise CliError("--distributed --library: the in-process API is one process; emit the trainer without --library")
-    options = Options(target=args.target, fuse=not args.no_fuse, recompute=args.recompute, distributed=args.distributed)
+    options = Options(
+        target=args.target,
+        fuse=not args.no_fuse,
+        recompute=args.recompute,
+        distributed=args.distributed,
+        fp8_recipe=args.fp8_recipe,
+    )
     src = (render_library if args.library else render)(spec, options)
     if args.o is None:
         try:

@@ -48,6 +48,7 @@ def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
     mem = plan.bytes()
     acts = mem["activations"] * B * T
     n_params = sum(p.numel for p in g.params)
+    fp8 = plan.fp8.weight_bytes + plan.fp8.meta_bytes + plan.fp8.scratch_per_token * B * T if plan.fp8 else 0
     return {
         "graph": g,
         "plan": plan,
@@ -60,9 +61,32 @@ def inspect_report(spec, B: int, T: int, fuse: bool = True) -> dict:
             "activations": acts,
             "activations_unshared": mem["activations_unshared"] * B * T,
         },
-        "peak": mem["params"] + mem["grads"] + mem["optimizer_state"] + acts,
+        "peak": mem["params"] + mem["grads"] + mem["optimizer_state"] + acts + fp8,
         "flops_per_token": flops_per_token(g, T),
     }
+
+
+def print_fp8(fp8, B: int, T: int, recipe: str = "current") -> None:
+    """--dtype fp8: which linears' GEMMs run in FP8 (and why the others do not), and the FP8 buffers."""
+    print("\nFP8 GEMMs (forward y = x W^T, dX = dY W, dW = dY^T x; E4M3 x and W, E5M2 dY, per-tensor scales):")
+    rows: dict[tuple, list] = {}
+    for c in fp8.choices:
+        name = c.weight.name if c.layer is None else c.weight.name.replace(f"{c.layer}.", "<l>.", 1)
+        rows.setdefault((name, c.N, c.K, c.fp8, c.why), []).append(c.layer)
+    for (name, N, K, on, why), layers in rows.items():
+        where = f"x{len(layers)} layers" if layers[0] is not None else ""
+        print(f"  {'FP8 ' if on else 'bf16'} {name:<24} {N:>6} x {K:<6} {where:<11} {why}")
+    if B * T % 16:
+        print(f"  (B*T = {B * T} is not a multiple of 16: the FP8 program refuses this batch)")
+    print(f"FP8 buffers (memory plan; scratch at B={B} T={T}):")
+    for b in fp8.buffers:
+        total = b.bytes * B * T if b.arena == "fp8_scratch" else b.bytes
+        print(f"  {b.name:<5} {b.arena:<12} {_human(total):>12}  {b.what}")
+    scratch = fp8.scratch_per_token * B * T
+    delayed = fp8.metas * (fp8.META_BYTES + 4 * 16) if recipe == "delayed" else 0
+    if delayed:
+        print(f"  {'next':<5} {'fp8_meta':<12} {_human(delayed):>12}  delayed recipe: a state and 16 amaxes per meta")
+    print(f"  {'total':<18} {_human(fp8.weight_bytes + fp8.meta_bytes + scratch + delayed):>12}")
 
 
 def run(args) -> int:
@@ -89,10 +113,15 @@ def run(args) -> int:
     for (phase, op, desc), c in counts.items():
         print(f"  [{phase}] {op:<20} x{c:<4} {('fused: ' + desc) if desc else ''}")
     print("\nmemory plan:")
-    for k in ("params", "grads", "optimizer_state", "activations"):
+    keys = ("params", "grads", "optimizer_state", "activations")
+    for k in keys:
         print(f"  {k:<18} {_human(rep['bytes'][k]):>12}")
     print(f"  {'activations if nothing shared':<18} {_human(rep['bytes']['activations_unshared']):>12}")
+    if rep["plan"].fp8 is not None:
+        print(f"  {'fp8 (below)':<18} {_human(rep['peak'] - sum(rep['bytes'][k] for k in keys)):>12}")
     print(f"  {'peak':<18} {_human(rep['peak']):>12}")
+    if rep["plan"].fp8 is not None:
+        print_fp8(rep["plan"].fp8, B, T, args.fp8_recipe)
     fpt = rep["flops_per_token"]
     print(
         f"\nFLOPs per token (forward + backward): {fpt / 1e9:.3f} GFLOP  "

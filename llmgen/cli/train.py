@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmgen.cli import CliError, add_spec_args
+from llmgen.cli import CliError, add_spec_args, check_fp8_target
 from llmgen.flags import TRAINER_FLAGS, Flag
 
 # one step line of the trainer (templates/common/trainer.c.j2's training loop)
@@ -255,11 +255,14 @@ def pick_target(requested: str) -> tuple[str, str]:
 
 def train_precision(spec, target: str, requested: str | None):
     """The spec to train and a line saying its precision. On a GPU, bf16 mixed precision (fp32 master
-    weights, as llm.c trains) unless --dtype asked for fp32; the CPU twin always computes in fp32."""
+    weights, as llm.c trains) unless --dtype asked for fp32; the CPU twin always computes in fp32 (and refuses
+    --dtype fp8, which only the CUDA target has)."""
+    check_fp8_target(spec, target)
     if target == "cuda":
         if requested is None and spec.dtype == "fp32":
             return spec.replace(dtype="bf16"), "bf16 mixed precision with fp32 master weights (--dtype fp32: all fp32)"
-        return spec, f"{spec.dtype}{' mixed precision with fp32 master weights' if spec.dtype == 'bf16' else ''}"
+        mixed = {"bf16": " mixed precision with fp32 master weights", "fp8": " (bf16, block linears in FP8)"}
+        return spec, f"{spec.dtype}{mixed.get(spec.dtype, '')}"
     return spec.replace(dtype="fp32"), "fp32 (the CPU twin computes in fp32)"
 
 
@@ -417,6 +420,8 @@ def run(args) -> int:
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
     spec, precision = train_precision(spec, target, args.dtype)
+    if args.fp8_recipe != "current":  # the build cache's key (runtime/build.py cached_build_dir) has no recipe yet
+        raise CliError("--fp8-recipe delayed: build with `llmgen build ... --fp8-recipe delayed` and run that trainer")
     if args.nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {args.nproc}")
     values = check_flags(spec, raw, args.nproc)
@@ -434,7 +439,13 @@ def run(args) -> int:
 
     print(f"llmgen train: {why}; {precision}", file=sys.stderr)
     recompute = int(values.get("recompute", 0) or 0)
-    options = Options(target=target, fuse=not args.no_fuse, recompute=recompute, distributed=args.nproc > 1)
+    options = Options(
+        target=target,
+        fuse=not args.no_fuse,
+        recompute=recompute,
+        distributed=args.nproc > 1,
+        fp8_recipe=args.fp8_recipe,
+    )
     binary = cached_build(spec, options, Path(args.cache_dir) if args.cache_dir else cache_dir())
     print(
         f"llmgen train: trainer {binary.parent / ('train.c' if target == 'c' else 'train.cu')}; run folder {out}",

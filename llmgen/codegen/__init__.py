@@ -74,14 +74,23 @@ class Options:
     recompute: int = 0  # llm.c's -r: 0 keep activations, 1 recompute GELU, 2 GELU + layernorm
     template_dirs: tuple[str, ...] = ()  # extra template folders, searched before llmgen's own
     distributed: bool = False  # data parallel over processes (templates/common/comm.h; NCCL on the CUDA target)
+    fp8_recipe: str = "current"  # --dtype fp8's scales: current amax, or delayed (an amax history, kernels/fp8.cuh)
 
 
 def program_for(spec, options: Options = Options()) -> Program:
     target = TARGETS[options.target]
-    # bf16 (spec.dtype) is the CUDA target's mixed precision; the C twin computes in fp32
+    if spec.dtype == "fp8" and (options.target != "cuda" or options.distributed):
+        raise ValueError(
+            "--dtype fp8 needs --target cuda (cuBLASLt's FP8 GEMM) and one process"
+            f" (got --target {options.target}{' --distributed' if options.distributed else ''})"
+        )
+    # bf16 (spec.dtype) is the CUDA target's mixed precision (fp8: bf16 with FP8 block linears, plan.fp8); the C
+    # twin computes in fp32
     dtype = spec.dtype if options.target == "cuda" else "fp32"
     g, plan = compile_graph(spec, B=1, T=1, fuse=options.fuse, recompute=options.recompute, dtype=dtype)
     prog = lower(g, plan, target.NAME, __version__, recompute=options.recompute, scalar_ref=target.SCALAR_REF)
+    if prog.fp8 is not None:
+        prog.fp8.delayed = options.fp8_recipe == "delayed"
     if options.distributed:
         from llmgen.codegen.lower import c_string
         from llmgen.flags import c_rows, usage_lines

@@ -117,6 +117,7 @@ LAUNCH = {
     "attention": _attention,
     "xent": _xent,
     "linear": _linear,
+    "linear_fp8": _linear,  # --dtype fp8's block linears (templates/cuda/linear_fp8.cu.j2): the same colsum scratch
     "elementwise": _elementwise,
     "adamw": _adamw,
     "rmsnorm": _norm,
@@ -128,6 +129,7 @@ MEMORY_BOUND = {"layernorm": "norms", "rmsnorm": "norms", "xent": "xent", "adamw
 # headers pasted before the kernel headers that need them (each pasted once, before its first user)
 HEADER_NEEDS = {
     "cuda/kernels/attention_fa2.cuh": ["cuda/ptx.cuh"],
+    "cuda/kernels/fp8.cuh": ["cuda/ptx.cuh"],  # the FP8 casts use ptx.cuh's prmt
     **{f"cuda/kernels/{h}.cuh": ["cuda/kernels/common.cuh"] for h in MEMORY_BOUND.values()},
 }
 
@@ -144,6 +146,7 @@ def kernel_headers(prog: Program) -> list[str]:
     folder = templates_dir() / "cuda"
     families = sorted({k.family for k in prog.kernels})
     wanted = ["cuda/kernels/attention_fa2.cuh"] if prog.fa2_attention else []
+    wanted += ["cuda/kernels/fp8.cuh"] if prog.fp8 else []
     wanted += sorted({f"cuda/kernels/{MEMORY_BOUND[f]}.cuh" for f in families if f in MEMORY_BOUND})
     wanted += [f"cuda/{f}.cuh" for f in families if (folder / f"{f}.cuh").is_file()]
     out: list[str] = []

@@ -24,7 +24,7 @@ from llmgen.flags import c_options, c_rows, usage_lines
 from llmgen.ir.graph import Graph, Value, field_of
 from llmgen.ir.ops import OPS
 from llmgen.passes.memory import MemoryPlan, layer_key
-from llmgen.passes.precision import storage_dtypes
+from llmgen.passes.precision import fp8_weight_of, storage_dtypes
 
 # the graph's interface values -> the program's variables: scalars, and what the trainer passes in
 SCALARS = {("outputs", "loss"): "s_loss", ("inputs", "dloss"): "s_dloss", ("outputs", "grad_norm"): "s_grad_norm"}
@@ -412,6 +412,98 @@ class ActName:
 
 
 @dataclass
+class Fp8Weight:
+    """One FP8 weight of a block, as layer l's instance: the bf16 parameter (`expr`, in a loop over l), its
+    E4M3 copies at fp8_w8(l, offset) (W8 (N, K), then W8t (K, N)) and its Fp8Metas fp8_meta(l, meta) (x, W, dY)."""
+
+    expr: str  # e.g. LP[l].c_attn_w
+    name: str  # layer 0's graph name, for comments
+    N: int  # out features
+    K: int  # in features
+    offset: int  # bytes into the layer's W8 copies
+    meta: int  # index of its first Fp8Meta in the layer's
+
+
+@dataclass
+class Fp8Program:
+    """--dtype fp8: what the FP8 linears share (llmgen/passes/memory.py's Fp8Plan, rendered by
+    templates/cuda/linear_fp8.cu.j2's setup)."""
+
+    weights: list[Fp8Weight]  # one layer's FP8 weights
+    layer_stride: int  # bytes between layers' W8 copies
+    metas_per_layer: int
+    metas: int
+    weight_bytes: int
+    kmax: int  # largest in features: x8 / x8t take BT * kmax bytes
+    nmax: int  # largest out features: dY8 and dY8t take BT * nmax bytes each
+    wmax: int = 0  # the largest dimension of an FP8 weight (sizes the cast_transpose partials)
+    margin: int = 0  # scale = MAX / amax / 2^margin (fp8.cuh's Recipe)
+    delayed: bool = False  # the delayed recipe: each use's scale from the last update, an amax history of `history`
+    history: int = 16
+
+
+def fp8_program(g: Graph, plan: MemoryPlan, ref: Callable[[Value], str]) -> Fp8Program | None:
+    fp8 = plan.fp8
+    chosen = [c for c in fp8.choices if c.fp8] if fp8 else []
+    if not chosen:
+        return None
+    first = min(c.layer for c in chosen)
+    weights = [
+        Fp8Weight(
+            render_layers(ref(c.weight), first),
+            c.weight.name,
+            c.N,
+            c.K,
+            fp8.weight_offset[c.weight.id] - c.layer * fp8.layer_stride,
+            fp8.meta_index[c.weight.id] - c.layer * fp8.meta_per_layer,
+        )
+        for c in chosen
+        if c.layer == first
+    ]
+    return Fp8Program(
+        weights,
+        fp8.layer_stride,
+        fp8.meta_per_layer,
+        fp8.metas,
+        fp8.weight_bytes,
+        max(c.K for c in chosen),
+        max(c.N for c in chosen),
+        max(max(c.K, c.N) for c in chosen),
+    )
+
+
+def fp8_node_flags(g: Graph, plan: MemoryPlan) -> dict[int, dict]:
+    """The extra flags of each FP8 GEMM node, and its x meta. fp8: it runs in FP8. cast_dy (dX, dW): it casts dY
+    (E5M2, both layouts) into the dY8 / dY8t scratch: the first of a linear's dX and dW GEMMs, and the second
+    too where another linear's cast came between them. cast_x (forward, dW): it casts x into fp8_x8 (x8 in the
+    forward, x8t in the backward); a linear reading the x the previous FP8 linear of its phase cast (Llama's q, k, v;
+    gate, up) reuses its codes and its scale: "xmeta" names the weight whose Fp8Meta holds x's scale."""
+    if plan.fp8 is None:
+        return {}
+    out: dict[int, dict] = {}
+    holder = last = None  # the weight whose dY the dY8 scratch holds; the last forward FP8 linear
+    x_holder: dict[str, int] = {}  # phase -> the x value whose codes fp8_x8 holds
+    x_scale: dict[int, Value] = {}  # weight id -> the weight whose Fp8Meta holds its x's forward scale
+    for n in g.nodes:
+        if n.id not in plan.fp8.nodes:
+            continue
+        w = fp8_weight_of(n)
+        out[n.id] = {"fp8": True}
+        if n.op in ("linear_dx", "linear_dw"):
+            out[n.id]["cast_dy"] = holder is not w
+            holder = w
+        if n.op in ("linear", "linear_dw"):
+            x = n.inputs[0] if n.op == "linear" else n.inputs[1]
+            out[n.id]["cast_x"] = x_holder.get(n.phase) != x.id
+            if n.op == "linear":  # the forward sets x's scale where it casts x; the dW GEMMs cast x8t with it
+                x_scale[w.id] = w if out[n.id]["cast_x"] else x_scale[last.id]
+                last = w
+            x_holder[n.phase] = x.id
+            out[n.id]["xmeta"] = x_scale[w.id]
+    return out
+
+
+@dataclass
 class Program:
     """Everything a program template needs; one per emitted file."""
 
@@ -456,6 +548,7 @@ class Program:
     distributed: bool = False  # data parallel over processes (comm.h pasted; Options.distributed)
     code: Callable | None = None  # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
     c_kernels: dict[str, str] = field(default_factory=dict)  # C: kernels with functions of their own, the calls
+    fp8: Fp8Program | None = None  # --dtype fp8 (the CUDA target): the FP8 linears' shared buffers
 
     @staticmethod
     def pack(statements: list[str], pad: str) -> list[str]:
@@ -755,13 +848,15 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
 
     ctx = LowerContext(plan.param_elems, ref, prow)
 
+    fp8_flags = fp8_node_flags(g, plan)
     kernels: dict[tuple, Kernel] = {}
     launches: dict[str, list[Launch]] = {"fwd": [], "bwd": [], "opt": []}
     needs_targets: set[int] = {g.inputs["targets"].id}
     names: set[str] = set()
     for n in g.nodes:
         opdef = OPS[n.op]
-        dims, flags = opdef.dims(n, ctx), _flags(n)
+        fp8_node = {f: v for f, v in fp8_flags.get(n.id, {}).items() if f != "xmeta"}
+        dims, flags = opdef.dims(n, ctx), _flags(n) | fp8_node
         consts = opdef.consts(n, ctx) if opdef.consts else {}
         key = (n.op, tuple(dims.items()), tuple(sorted(flags.items())), _freeze(consts))
         if key not in kernels:
@@ -770,13 +865,20 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
                 name += "_"
             names.add(name)
             comment = f"{n.op} " + ", ".join(f"{a}={b}" for a, b in dims.items())
-            kernels[key] = Kernel(n.op, opdef.family, name, comment, dims, flags, consts)
+            family = "linear_fp8" if n.id in fp8_flags else opdef.family  # templates/cuda/linear_fp8.cu.j2
+            kernels[key] = Kernel(n.op, family, name, comment, dims, flags, consts)
         k = kernels[key]
         if opdef.args:
             args = opdef.args(n, ctx)
         else:
             # outputs that update an input in place (AdamW) are that input's buffer: pass it once
             args = [ref(v) for v in n.outputs if "updates" not in v.meta] + [ref(v) for v in n.inputs]
+        if n.id in fp8_flags:  # an FP8 GEMM: the weight's E4M3 copies (not dW's), its linear's Fp8Metas, x's
+            w, fp8 = fp8_weight_of(n), plan.fp8
+            off = fp8.weight_offset[w.id] - w.layer * fp8.layer_stride
+            args += [] if n.op == "linear_dw" else [f"fp8_w8({mark(w.layer)}, {off}L)"]
+            for m in [w] + ([fp8_flags[n.id]["xmeta"]] if n.op != "linear_dx" else []):
+                args.append(f"fp8_meta({mark(m.layer)}, {fp8.meta_index[m.id] - m.layer * fp8.meta_per_layer})")
         outs = ", ".join(f"{label(v)} {shape_str(v)}" for v in n.outputs[:4])
         if len(n.outputs) > 4:
             outs += f", ... ({len(n.outputs)} outputs)"
@@ -784,6 +886,9 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         if nt:
             needs_targets.update(v.id for v in n.outputs)
         launches[n.phase].append(Launch(k.name, args, f"{n.op}: {outs}", nt and n.phase == "fwd", n.layer))
+    fp8_prog = fp8_program(g, plan, ref)
+    if fp8_prog is not None:  # the FP8 weights follow the bf16 ones AdamW wrote
+        launches["opt"].append(Launch("fp8_cast_weights", [], "fp8: the block weights' E4M3 copies W8, W8t"))
 
     # params are stored in the program's dtype; grads and moments stay fp32
     buffers = [
@@ -847,4 +952,5 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         llmc_elems=llmc_elems,
         layer_note=layer_note,
         generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"),
+        fp8=fp8_prog,
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from llmgen.ir.graph import Graph, Value, field_of
 from llmgen.ir.ops import OPS
-from llmgen.passes.precision import storage_dtypes
+from llmgen.passes.precision import Fp8Choice, fp8_choices, fp8_nodes, storage_dtypes
 
 ALIGN = 16
 
@@ -56,6 +56,7 @@ class MemoryPlan:
     alias: dict[int, int] = field(default_factory=dict)  # in-place value id -> the value it overwrites
     dtype: str = "fp32"  # activation element: fp32 or bf16
     fields: dict[str, Placement] = field(default_factory=dict)  # field key (layer_key) -> its placement
+    fp8: Fp8Plan | None = None  # --dtype fp8: the FP8 GEMMs' buffers (plan_fp8); dtype is then bf16
 
     def bytes(self) -> dict[str, int]:
         """Bytes per arena. fp32: 4 per element everywhere. bf16 (the CUDA target's mixed precision):
@@ -69,7 +70,91 @@ class MemoryPlan:
             "optimizer_state": 8 * n,
             "activations": self.act_elems * act,
             "activations_unshared": self.unplanned_elems * act,
-        }
+        } | ({"fp8_weights": self.fp8.weight_bytes, "fp8_meta": self.fp8.meta_bytes} if self.fp8 else {})
+
+
+@dataclass(frozen=True)
+class Fp8Buffer:
+    """One buffer of the FP8 GEMMs: `bytes` in all (per token for scratch), at `offset` of its arena."""
+
+    name: str  # x8, x8t, W8, W8t, dY8, dY8t, meta, amax
+    arena: str  # fp8_weights (W8/W8t of every FP8 weight) | fp8_scratch (per token) | fp8_meta
+    offset: int  # bytes into the arena (scratch: per token)
+    bytes: int  # bytes (scratch: per token)
+    what: str  # shape and lifetime, for `inspect`
+
+
+@dataclass
+class Fp8Plan:
+    """The FP8 GEMMs' buffers (--dtype fp8; kernels/fp8.cuh's USE IN A TRAINER).
+
+    fp8_weights: W8 (N, K) and W8t (K, N) E4M3 copies of every FP8 weight, cast once per optimizer step after
+    AdamW, laid out layer after layer (`layer_stride` bytes apart, like the parameters).
+    fp8_scratch (per token, BT * bytes): x8, the E4M3 input of the forward GEMM; x8t, its transpose, which the
+    dW GEMM needs: the backward casts x again with the forward's scale (bit-identical codes), so x8 and x8t
+    never live at once and share bytes; dY8 and dY8t (E5M2) live from the dX GEMM to the dW GEMM of one linear.
+    fp8_meta: an Fp8Meta (scale, 1/scale, amax, step: 16 bytes) for x, W and dY of every FP8 linear, then the
+    amax partials (at most 1024 floats, reused by every cast).
+    """
+
+    choices: list[Fp8Choice]  # every forward linear, FP8 or not, and why
+    nodes: set[int]  # ids of the graph nodes (linear, linear_dx, linear_dw) that run in FP8
+    weight_offset: dict[int, int] = field(default_factory=dict)  # FP8 weight param id -> W8's byte offset
+    layer_stride: int = 0  # bytes from a layer's W8 copies to the next layer's
+    weight_bytes: int = 0
+    meta_index: dict[int, int] = field(default_factory=dict)  # FP8 weight param id -> its first Fp8Meta (x, W, dY)
+    meta_per_layer: int = 0  # Fp8Metas per layer
+    metas: int = 0
+    scratch_per_token: int = 0
+    buffers: list[Fp8Buffer] = field(default_factory=list)
+
+    AMAX_PARTIALS = 1024  # fp8.cuh's MAX_FLAT_BLOCKS
+    META_BYTES = 16
+
+    @property
+    def meta_bytes(self) -> int:
+        return self.metas * self.META_BYTES + 4 * self.AMAX_PARTIALS
+
+
+def plan_fp8(g: Graph, choices: list[Fp8Choice] | None = None) -> Fp8Plan:
+    """The FP8 buffers of the linears `choices` marks FP8 (precision.fp8_choices by default)."""
+    choices = fp8_choices(g) if choices is None else choices
+    plan = Fp8Plan(choices, fp8_nodes(g, choices))
+    chosen = [c for c in choices if c.fp8]
+    if not chosen:
+        return plan
+    # W8 and W8t of each weight, layer by layer; every layer has the same FP8 linears (blocks repeat)
+    per_layer: dict[int, list[Fp8Choice]] = {}
+    for c in chosen:
+        per_layer.setdefault(c.layer, []).append(c)
+    layers = sorted(per_layer)
+    one = [(c.N, c.K) for c in per_layer[layers[0]]]
+    if any([(c.N, c.K) for c in per_layer[l]] != one for l in layers):
+        raise ValueError("--dtype fp8: the blocks' linears differ from layer to layer")
+    plan.layer_stride = sum(2 * N * K for N, K in one)
+    plan.meta_per_layer = 3 * len(one)
+    for l in layers:
+        off = l * plan.layer_stride
+        for j, c in enumerate(per_layer[l]):
+            plan.weight_offset[c.weight.id] = off
+            plan.meta_index[c.weight.id] = l * plan.meta_per_layer + 3 * j
+            off += 2 * c.N * c.K
+    plan.weight_bytes = (layers[-1] + 1) * plan.layer_stride
+    plan.metas = (layers[-1] + 1) * plan.meta_per_layer
+    kmax, nmax = max(c.K for c in chosen), max(c.N for c in chosen)
+    plan.scratch_per_token = kmax + 2 * nmax
+    n_w = len(chosen)
+    plan.buffers = [
+        Fp8Buffer("W8", "fp8_weights", 0, plan.weight_bytes // 2, f"E4M3 (out, in) of {n_w} weights, every step"),
+        Fp8Buffer("W8t", "fp8_weights", 0, plan.weight_bytes // 2, "E4M3 (in, out), each right after its W8"),
+        Fp8Buffer("x8", "fp8_scratch", 0, kmax, "E4M3 (B,T,in): forward GEMM input, cast once per input"),
+        Fp8Buffer("x8t", "fp8_scratch", 0, kmax, "E4M3 (in,B*T): dW input, recast in the backward (x8's bytes)"),
+        Fp8Buffer("dY8", "fp8_scratch", kmax, nmax, "E5M2 (B,T,out): dX GEMM input"),
+        Fp8Buffer("dY8t", "fp8_scratch", kmax + nmax, nmax, "E5M2 (out,B*T): dW GEMM input"),
+        Fp8Buffer("meta", "fp8_meta", 0, plan.metas * plan.META_BYTES, f"{plan.metas} Fp8Meta: x, W, dY per linear"),
+        Fp8Buffer("amax", "fp8_meta", plan.metas * plan.META_BYTES, 4 * plan.AMAX_PARTIALS, "amax partials"),
+    ]
+    return plan
 
 
 def layer_key(v: Value) -> str:
@@ -130,7 +215,10 @@ def _inconsistent_aliases(vals: dict[int, Value], alias: dict[int, int], every: 
 
 
 def plan_memory(g: Graph, dtype: str = "fp32") -> MemoryPlan:
-    plan = MemoryPlan(dtype=dtype)
+    """dtype fp32 | bf16 | fp8 (the bf16 plan and the FP8 GEMMs' buffers, plan.fp8)."""
+    fp8 = dtype == "fp8"
+    dtype = "bf16" if fp8 else dtype
+    plan = MemoryPlan(dtype=dtype, fp8=plan_fp8(g) if fp8 else None)
     stored = storage_dtypes(g, dtype)
     units = {vid: 2 if dtype == "bf16" and dt == "f32" else 1 for vid, dt in stored.items()}
     off = 0
