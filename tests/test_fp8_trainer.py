@@ -71,11 +71,18 @@ def test_fp8_refused_for_the_c_target(tmp_path):
     assert r.returncode == 1 and "--distributed: not supported yet" in r.stderr
 
 
-def test_train_refuses_the_delayed_recipe_it_cannot_cache():
-    r = run_llmgen(
-        "train", "gpt2-tiny", "--target", "cuda", "--dtype", "fp8", "--fp8-recipe", "delayed", "-i", "x", check=False
-    )
-    assert r.returncode == 1 and "build with `llmgen build ... --fp8-recipe delayed`" in r.stderr
+def test_the_build_cache_keeps_the_recipes_apart(tmp_path):
+    """llmgen train caches one trainer per (spec, options): the delayed recipe's build must not be the current
+    recipe's (a different program), while the key of a build without FP8 stays what it was."""
+    from llmgen.codegen import Options
+    from llmgen.runtime.build import cached_build_dir
+    from llmgen.spec import load_spec
+
+    spec = load_spec("gpt2-tiny", "fp8")
+    current = cached_build_dir(spec, Options(target="cuda"), tmp_path)
+    delayed = cached_build_dir(spec, Options(target="cuda", fp8_recipe="delayed"), tmp_path)
+    assert current != delayed
+    assert current == cached_build_dir(spec, Options(target="cuda", fp8_recipe="current"), tmp_path)
 
 
 def test_fp8_refused_by_program_for():

@@ -420,8 +420,6 @@ def run(args) -> int:
     raw = {f.field: getattr(args, f.dest) for f in FORWARDED if getattr(args, f.dest) is not None}
     target, why = pick_target(args.target)
     spec, precision = train_precision(spec, target, args.dtype)
-    if args.fp8_recipe != "current":  # the build cache's key (runtime/build.py cached_build_dir) has no recipe yet
-        raise CliError("--fp8-recipe delayed: build with `llmgen build ... --fp8-recipe delayed` and run that trainer")
     if args.nproc < 1:
         raise CliError(f"--nproc must be >= 1, got {args.nproc}")
     values = check_flags(spec, raw, args.nproc)

@@ -80,7 +80,9 @@ def cached_build_dir(spec, options, cache_root: Path) -> Path:
     from llmgen import __version__
 
     parts = [spec.digest(), options.target, options.fuse, options.recompute, __version__]
-    key = json.dumps(parts + (["distributed"] if options.distributed else []))
+    parts += ["distributed"] if options.distributed else []
+    parts += [f"fp8-{options.fp8_recipe}"] if options.fp8_recipe != "current" else []  # today's keys stay as they were
+    key = json.dumps(parts)
     return Path(cache_root) / "builds" / f"{spec.arch}-{options.target}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
