@@ -30,6 +30,10 @@ steal cores: before each run the script waits (--settle) for them to go quiet, a
 column says how many cores they used during the runs. FLOPs per step are the model's (llmgen
 inspect's count: matmuls forward + backward, plus attention), the same number for every side.
 
+The twin is built with this machine's GEMM blocks (LLMGEN_CPU_PROFILE=host unless set; llmgen/codegen/c.py),
+and the table's head names the CPU: model, logical CPUs and threads used, per-core caches, AVX-512 or not,
+and the blocks chosen (cpu.json's environment holds the same).
+
 Writes OUT/cpu.json (every step time, the environment, the summary) and OUT/table.md; OUT defaults
 to out/bench-cpu (git-ignored). Exit status 0 unless a side fails to run.
 """
@@ -92,9 +96,15 @@ def make_shard(spec, path: Path, n_tokens: int) -> Path:
 
 
 def build_twin(preset: str, out: Path) -> Path:
-    """`llmgen build <preset> -o out`, as a user runs it (cached by source hash)."""
+    """`llmgen build <preset> -o out`, as a user runs it (cached by source hash), with the GEMM blocks of this
+    machine (LLMGEN_CPU_PROFILE=host, llmgen/codegen/c.py) unless the environment names a profile."""
+    env = dict(os.environ, LLMGEN_CPU_PROFILE=os.environ.get("LLMGEN_CPU_PROFILE") or "host")
     r = subprocess.run(
-        [sys.executable, "-m", "llmgen", "build", preset, "-o", str(out)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "llmgen", "build", preset, "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if r.returncode != 0:
         raise SystemExit(f"llmgen build {preset} failed:\n{r.stdout}\n{r.stderr}")
@@ -287,21 +297,39 @@ def torch_worker(args) -> int:
 # the benchmark
 
 
+def cpu_info() -> dict:
+    """The CPU the benchmark runs on and the GEMM blocks the twin was built with: its model name, logical CPUs,
+    per-core caches and vector width as llmgen/codegen/c.py reads them (the profile the blocks come from)."""
+    from llmgen.codegen import c as c_target
+
+    profile = c_target.cpu_profile(os.environ.get("LLMGEN_CPU_PROFILE") or "host")
+    limits = c_target.block_limits(profile)
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return {
+        "cpu": profile.name,
+        "cores": os.cpu_count(),
+        "isa": [f for f in ("avx512f", "avx2", "fma") if re.search(rf"\b{f}\b", flags)],
+        "avx512": profile.vl == 16,
+        "l1d_kib": profile.l1d >> 10,
+        "l2_kib": profile.l2 >> 10,
+        "l3_kib_per_core": profile.l3 >> 10,
+        "gemm_blocks": {
+            "kc_max": limits["kc"],
+            "mc_at_kc": max(16, limits["a_block"] // 4 // limits["kc"]),
+            "nc_at_kc": max(32, limits["b_panel"] // 4 // limits["kc"]),
+            "a_block_kib": limits["a_block"] >> 10,
+            "b_panel_kib": limits["b_panel"] >> 10,
+            "override": os.environ.get(c_target.BLOCKS_ENV, ""),
+        },
+    }
+
+
 def environment_info(threads: int) -> dict:
     import torch
 
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").is_file() else ""
-    isa = [f for f in ("avx512f", "avx2", "fma") if re.search(rf"\b{f}\b", flags)]
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "isa": isa,
+        **cpu_info(),
         "threads": threads,
         "omp_wait_policy": WAIT_POLICY or "default",
         "gomp_spincount": SPINCOUNT or "default (twin: 1000)",
@@ -388,8 +416,14 @@ def bench_shape(name: str, args, work: Path) -> dict:
 
 
 def table(results: list[dict], env: dict) -> str:
+    blocks = env["gemm_blocks"]
     lines = [
-        f"CPU: {env['cpu']} ({env['cores']} cores, {', '.join(env['isa'])}), {env['threads']} threads, "
+        f"CPU: {env['cpu']} ({env['cores']} logical CPUs, {env['threads']} threads used; "
+        f"{'AVX-512' if env['avx512'] else 'no AVX-512'}: {', '.join(env['isa'])}; per core L1d {env['l1d_kib']} KiB, "
+        f"L2 {env['l2_kib']} KiB, L3 {env['l3_kib_per_core']} KiB)",
+        f"twin GEMM blocks: kc <= {blocks['kc_max']}, A blocks {blocks['a_block_kib']} KiB (mc {blocks['mc_at_kc']}), "
+        f"B panels {blocks['b_panel_kib']} KiB (nc {blocks['nc_at_kc']})"
+        + (f", LLMGEN_GEMM_BLOCKS={blocks['override']}" if blocks["override"] else ""),
         f"OMP_WAIT_POLICY {env['omp_wait_policy']}, GOMP_SPINCOUNT {env['gomp_spincount']} | "
         f"torch {env['torch']} | {env['gcc']} | load average {env['loadavg_start']:.2f} -> "
         f"{env['loadavg_end']:.2f}",
