@@ -4,6 +4,7 @@ and peak memory, in one run.
     python bench/cpu.py                      GPT-2 124M (B=4, T=64) and gpt2-tiny: table + JSON
     python bench/cpu.py --quick              gpt2-tiny only, a few steps (the smoke test runs this)
     python bench/cpu.py --shapes 124m --steps 8 --rounds 3 --peers hf,plain --out DIR
+    python bench/cpu.py --shapes 124m --blocks kc=128 --blocks kc=256   the twin with other GEMM blocks beside it
 
 Both sides train the same model from the same start, on the same batches, with the same optimizer:
 - weights: a random transformers GPT2LMHeadModel (seeded, dropout 0) saved with save_pretrained;
@@ -95,10 +96,13 @@ def make_shard(spec, path: Path, n_tokens: int) -> Path:
     return write_shard(path, rng.integers(0, spec.vocab_size, size=n_tokens), spec.vocab_size)
 
 
-def build_twin(preset: str, out: Path) -> Path:
+def build_twin(preset: str, out: Path, blocks: str = "") -> Path:
     """`llmgen build <preset> -o out`, as a user runs it (cached by source hash), with the GEMM blocks of this
-    machine (LLMGEN_CPU_PROFILE=host, llmgen/codegen/c.py) unless the environment names a profile."""
+    machine (LLMGEN_CPU_PROFILE=host, llmgen/codegen/c.py) unless the environment names a profile; blocks:
+    LLMGEN_GEMM_BLOCKS for this build (kc=..,mc=..,nc=..: a --blocks variant)."""
     env = dict(os.environ, LLMGEN_CPU_PROFILE=os.environ.get("LLMGEN_CPU_PROFILE") or "host")
+    if blocks:
+        env["LLMGEN_GEMM_BLOCKS"] = blocks
     r = subprocess.run(
         [sys.executable, "-m", "llmgen", "build", preset, "-o", str(out)],
         cwd=REPO,
@@ -371,10 +375,12 @@ def bench_shape(name: str, args, work: Path) -> dict:
     log(f"[{name}] preparing: random {preset} weights, a token shard, `llmgen build {preset}`")
     model = make_model_dir(spec, d / "model")
     shard = make_shard(spec, d / "data" / "train_000000.bin", steps * B * T + 1)
-    binary = build_twin(preset, d / "build")
+    binaries = {"twin": build_twin(preset, d / "build")}
+    for i, blocks in enumerate(args.blocks):  # the same twin with other GEMM blocks
+        binaries[f"twin[{blocks}]"] = build_twin(preset, d / f"build-{i}", blocks)
     rep = inspect_report(spec, B, T)
     flops_step = rep["flops_per_token"] * B * T
-    sides = ["twin"] + args.peers
+    sides = list(binaries) + args.peers
     runs: dict[str, list] = {s: [] for s in sides}
     for r in range(args.rounds):
         order = sides if r % 2 == 0 else sides[::-1]
@@ -383,8 +389,10 @@ def bench_shape(name: str, args, work: Path) -> dict:
             if args.settle:
                 settle(args.settle)
             t0 = time.time()
-            if s == "twin":
-                res = run_twin(binary, model, shard, B, T, steps, args.threads, d, tag)
+            if s in binaries:
+                res = run_twin(
+                    binaries[s], model, shard, B, T, steps, args.threads, d, tag.replace("=", "").replace(",", "-")
+                )
             else:
                 res = run_torch(s, model, shard, B, T, steps, args.threads, d, tag)
             runs[s].append(res)
@@ -407,6 +415,8 @@ def bench_shape(name: str, args, work: Path) -> dict:
         "sides": {s: summarize(runs[s], args.warmup, flops_step, B * T) for s in sides},
     }
     tw = out["sides"]["twin"]
+    for s in list(binaries)[1:]:
+        out["sides"][s]["time_vs_twin"] = out["sides"][s]["median_ms"] / tw["median_ms"]
     for s in args.peers:
         p = out["sides"][s]
         p["twin_time_ratio"] = tw["median_ms"] / p["median_ms"]
@@ -444,9 +454,12 @@ def table(results: list[dict], env: dict) -> str:
         )
         for s, v in res["sides"].items():
             ratio = f"{v['twin_time_ratio']:.2f}x" if "twin_time_ratio" in v else ""
+            name = names.get(s) or "llmgen CPU twin, LLMGEN_GEMM_BLOCKS=" + s[len("twin[") : -1]
+            if "time_vs_twin" in v:  # a --blocks variant: its time against the twin's
+                ratio = f"(this / twin {v['time_vs_twin']:.2f}x)"
             rss = f"{v['twin_rss_ratio']:.2f}x" if "twin_rss_ratio" in v else ""
             lines.append(
-                f"| {shape} | {names[s]} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['tokens_per_s']:.0f} | "
+                f"| {shape} | {name} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['tokens_per_s']:.0f} | "
                 f"{v['gflops']:.1f} | {v['peak_rss_mib']:.0f} | {ratio} | {rss} | {v['loss_step1']:.6f} | "
                 f"{v['background_cores']:.2f} |"
             )
@@ -478,6 +491,13 @@ def main(argv=None) -> int:
         "--spincount",
         default="",
         help="GOMP_SPINCOUNT for every side (the twin sets 1000 for itself when this is unset)",
+    )
+    ap.add_argument(
+        "--blocks",
+        action="append",
+        default=[],
+        metavar="kc=N,mc=N,nc=N",
+        help="also run the twin built with these GEMM blocks (LLMGEN_GEMM_BLOCKS; repeat for more variants)",
     )
     ap.add_argument("-b", type=int, default=0, help="override the shapes' batch size")
     ap.add_argument("-t", type=int, default=0, help="override the shapes' sequence length")
