@@ -143,6 +143,12 @@ def test_gemm_blocks_follow_the_machine_profile(monkeypatch, tmp_path):
     host = c.host_profile()
     assert host.vl in (4, 8, 16) and 0 < host.l1d <= host.l2 and host.l3 > 0 and host.name
     assert c.cpu_profile("host") == host  # deterministic for a machine
+    with c.default_profile("l1d=32K,l2=1M,l3=1408K,vl=16,name=skx"):  # what a build would set ("host")
+        assert c.cpu_profile() == sky
+        monkeypatch.setenv(c.PROFILE_ENV, "fixed")  # the environment still decides first
+        assert c.cpu_profile() == c.FIXED
+        monkeypatch.delenv(c.PROFILE_ENV)
+    assert c.cpu_profile() == c.FIXED
     monkeypatch.setenv(c.BLOCKS_ENV, "kc=128,nc=96")
     assert c.gemm_blocks("linear", qkv, c.block_limits(c.FIXED)) == {"kc": 128, "mc": 1024, "nc": 96}
     monkeypatch.setenv(c.BLOCKS_ENV, "kc=abc")

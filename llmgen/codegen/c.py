@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
@@ -94,11 +95,27 @@ PROFILE_ENV = "LLMGEN_CPU_PROFILE"  # fixed (the default) | host | a JSON file |
 BLOCKS_ENV = "LLMGEN_GEMM_BLOCKS"  # kc=..,mc=..,nc=.. (any of them): overrides what the profile gives
 
 
+_default_choice = ""  # what cpu_profile takes when neither its caller nor the environment chooses (default_profile)
+
+
+@contextmanager
+def default_profile(choice: str):
+    """Within: cpu_profile's default is `choice` ("host" for a build: the blocks of the machine that compiles the
+    trainer), still below $LLMGEN_CPU_PROFILE."""
+    global _default_choice
+    before, _default_choice = _default_choice, choice
+    try:
+        yield
+    finally:
+        _default_choice = before
+
+
 def cpu_profile(choice: str | None = None) -> CpuProfile:
-    """The profile the C target derives its blocks from: `choice`, else $LLMGEN_CPU_PROFILE, else FIXED.
+    """The profile the C target derives its blocks from: `choice`, else $LLMGEN_CPU_PROFILE, else the one
+    default_profile set, else FIXED.
     "host": this machine (host_profile); a path: a JSON object with CpuProfile's fields (as bench/cpu.py writes);
     "l1d=48K,l2=1M,l3=16M,vl=16": spelled out (fields left out come from FIXED)."""
-    choice = (choice if choice is not None else os.environ.get(PROFILE_ENV, "")).strip()
+    choice = (choice if choice is not None else os.environ.get(PROFILE_ENV) or _default_choice).strip()
     if choice in ("", "fixed"):
         return FIXED
     if choice == "host":
