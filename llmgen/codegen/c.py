@@ -191,13 +191,15 @@ def attention_config(k: Kernel, limits: dict[str, int]) -> dict[str, int]:
 def blocks_note(profile: CpuProfile, limits: dict[str, int]) -> str:
     """The comment the kernel helpers open with: the machine the GEMM blocks are for, and the blocks."""
     kc, isa = limits["kc"], {16: "AVX-512", 8: "AVX2"}.get(profile.vl, f"{profile.vl}-float vectors")
-    mc, nc = max(16, limits["a_block"] // 4 // kc), max(32, limits["b_panel"] // 4 // kc)
-    given = f" ({BLOCKS_ENV}={os.environ[BLOCKS_ENV]})"[:60] if os.environ.get(BLOCKS_ENV) else ""
+    over = _overrides()
+    mc = over.get("mc", max(16, limits["a_block"] // 4 // kc))
+    nc = over.get("nc", max(32, limits["b_panel"] // 4 // kc))
+    given = f"; {BLOCKS_ENV}={os.environ[BLOCKS_ENV][:40]}" if over else ""
     return (
-        f"/* GEMM cache blocks (codegen/c.py, block_limits) for {profile.name[:64]}{given}: L1d {_size(profile.l1d)},\n"
-        f" * L2 {_size(profile.l2)}, L3 {_size(profile.l3)} per core, {isa} -> kc <= {kc}, A blocks "
-        f"{_size(limits['a_block'])} (mc {mc}), B panels {_size(limits['b_panel'])} (nc {nc}).\n"
-        f" * {PROFILE_ENV}=host (this machine) | fixed | FILE.json | l1d=48K,l2=1M,l3=16M,vl=16 picks the profile. */"
+        f"/* GEMM cache blocks (codegen/c.py, block_limits) for {profile.name[:60]}:\n"
+        f" * L1d {_size(profile.l1d)}, L2 {_size(profile.l2)}, L3 {_size(profile.l3)} per core, {isa}{given}\n"
+        f" * -> kc <= {kc}, A blocks {_size(limits['a_block'])} (mc {mc}), B panels {_size(limits['b_panel'])} "
+        f"(nc {nc}); {PROFILE_ENV}=host|fixed|FILE|l1d=.. */"
     )
 
 
