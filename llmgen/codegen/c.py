@@ -113,7 +113,7 @@ def default_profile(choice: str):
 def cpu_profile(choice: str | None = None) -> CpuProfile:
     """The profile the C target derives its blocks from: `choice`, else $LLMGEN_CPU_PROFILE, else the one
     default_profile set, else FIXED.
-    "host": this machine (host_profile); a path: a JSON object with CpuProfile's fields (as bench/cpu.py writes);
+    "host": this machine (host_profile); a path: a JSON object with CpuProfile's fields (sizes as "48K" or bytes);
     "l1d=48K,l2=1M,l3=16M,vl=16": spelled out (fields left out come from FIXED)."""
     choice = (choice if choice is not None else os.environ.get(PROFILE_ENV) or _default_choice).strip()
     if choice in ("", "fixed"):
@@ -146,7 +146,7 @@ def block_limits(profile: CpuProfile) -> dict[str, int]:
     operand sized for the cache level it is reused from), with NR = 3 vectors (templates/c/gemm.h's register
     tile). kc: the longest reduction slice, 1.5 L1d / (NR x 4 bytes) as a multiple of 16 in [128, 512]: the
     kc x NR micro-panel of B, reused by every MR-row tile of an A block, in L1 (a third may spill to L2, which
-    feeds it fast enough: kc from 128 to 384 measured within +-4% on Zen 5, 85-90% of the core's fp32 peak).
+    feeds it fast enough: on Zen 5, 85-90% of the core's fp32 peak at 384, 256 and 512 within 4%, 128 7% slower).
     a_block: bytes of the packed mc x kc block of A, half of L2 (it streams through the micro-kernel once per
     B micro-panel). b_panel: bytes of the packed kc x nc panel of B that a thread reuses across its A blocks,
     1.5 L2, or L2 and half the core's L3 share if that is less. The fixed profile's: 384, 512 KiB, 1.5 MiB."""
