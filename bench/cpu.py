@@ -4,6 +4,7 @@ and peak memory, in one run.
     python bench/cpu.py                      GPT-2 124M (B=4, T=64) and gpt2-tiny: table + JSON
     python bench/cpu.py --quick              gpt2-tiny only, a few steps (the smoke test runs this)
     python bench/cpu.py --shapes 124m --steps 8 --rounds 3 --peers hf,plain --out DIR
+    python bench/cpu.py --shapes 124m --blocks kc=128 --blocks kc=256   the twin with other GEMM blocks beside it
 
 Both sides train the same model from the same start, on the same batches, with the same optimizer:
 - weights: a random transformers GPT2LMHeadModel (seeded, dropout 0) saved with save_pretrained;
@@ -29,6 +30,10 @@ rest of all rounds (and the minimum, a noise-free lower bound). On a shared mach
 steal cores: before each run the script waits (--settle) for them to go quiet, and the table's last
 column says how many cores they used during the runs. FLOPs per step are the model's (llmgen
 inspect's count: matmuls forward + backward, plus attention), the same number for every side.
+
+The twin is built with this machine's GEMM blocks (LLMGEN_CPU_PROFILE=host unless set; llmgen/codegen/c.py),
+and the table's head names the CPU: model, logical CPUs and threads used, per-core caches, AVX-512 or not,
+and the blocks chosen (cpu.json's environment holds the same).
 
 Writes OUT/cpu.json (every step time, the environment, the summary) and OUT/table.md; OUT defaults
 to out/bench-cpu (git-ignored). Exit status 0 unless a side fails to run.
@@ -91,10 +96,19 @@ def make_shard(spec, path: Path, n_tokens: int) -> Path:
     return write_shard(path, rng.integers(0, spec.vocab_size, size=n_tokens), spec.vocab_size)
 
 
-def build_twin(preset: str, out: Path) -> Path:
-    """`llmgen build <preset> -o out`, as a user runs it (cached by source hash)."""
+def build_twin(preset: str, out: Path, blocks: str = "") -> Path:
+    """`llmgen build <preset> -o out`, as a user runs it (cached by source hash), with the GEMM blocks of this
+    machine (LLMGEN_CPU_PROFILE=host, llmgen/codegen/c.py) unless the environment names a profile; blocks:
+    LLMGEN_GEMM_BLOCKS for this build (kc=..,mc=..,nc=..: a --blocks variant)."""
+    env = dict(os.environ, LLMGEN_CPU_PROFILE=os.environ.get("LLMGEN_CPU_PROFILE") or "host")
+    if blocks:
+        env["LLMGEN_GEMM_BLOCKS"] = blocks
     r = subprocess.run(
-        [sys.executable, "-m", "llmgen", "build", preset, "-o", str(out)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "llmgen", "build", preset, "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if r.returncode != 0:
         raise SystemExit(f"llmgen build {preset} failed:\n{r.stdout}\n{r.stderr}")
@@ -287,21 +301,39 @@ def torch_worker(args) -> int:
 # the benchmark
 
 
+def cpu_info() -> dict:
+    """The CPU the benchmark runs on and the GEMM blocks the twin was built with: its model name, logical CPUs,
+    per-core caches and vector width as llmgen/codegen/c.py reads them (the profile the blocks come from)."""
+    from llmgen.codegen import c as c_target
+
+    profile = c_target.cpu_profile(os.environ.get("LLMGEN_CPU_PROFILE") or "host")
+    limits = c_target.block_limits(profile)
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return {
+        "cpu": profile.name,
+        "cores": os.cpu_count(),
+        "isa": [f for f in ("avx512f", "avx2", "fma") if re.search(rf"\b{f}\b", flags)],
+        "avx512": profile.vl == 16,
+        "l1d_kib": profile.l1d >> 10,
+        "l2_kib": profile.l2 >> 10,
+        "l3_kib_per_core": profile.l3 >> 10,
+        "gemm_blocks": {
+            "kc_max": limits["kc"],
+            "mc_at_kc": max(16, limits["a_block"] // 4 // limits["kc"]),
+            "nc_at_kc": max(32, limits["b_panel"] // 4 // limits["kc"]),
+            "a_block_kib": limits["a_block"] >> 10,
+            "b_panel_kib": limits["b_panel"] >> 10,
+            "override": os.environ.get(c_target.BLOCKS_ENV, ""),
+        },
+    }
+
+
 def environment_info(threads: int) -> dict:
     import torch
 
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").is_file() else ""
-    isa = [f for f in ("avx512f", "avx2", "fma") if re.search(rf"\b{f}\b", flags)]
     gcc = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "isa": isa,
+        **cpu_info(),
         "threads": threads,
         "omp_wait_policy": WAIT_POLICY or "default",
         "gomp_spincount": SPINCOUNT or "default (twin: 1000)",
@@ -343,10 +375,12 @@ def bench_shape(name: str, args, work: Path) -> dict:
     log(f"[{name}] preparing: random {preset} weights, a token shard, `llmgen build {preset}`")
     model = make_model_dir(spec, d / "model")
     shard = make_shard(spec, d / "data" / "train_000000.bin", steps * B * T + 1)
-    binary = build_twin(preset, d / "build")
+    binaries = {"twin": build_twin(preset, d / "build")}
+    for i, blocks in enumerate(args.blocks):  # the same twin with other GEMM blocks
+        binaries[f"twin[{blocks}]"] = build_twin(preset, d / f"build-{i}", blocks)
     rep = inspect_report(spec, B, T)
     flops_step = rep["flops_per_token"] * B * T
-    sides = ["twin"] + args.peers
+    sides = list(binaries) + args.peers
     runs: dict[str, list] = {s: [] for s in sides}
     for r in range(args.rounds):
         order = sides if r % 2 == 0 else sides[::-1]
@@ -355,8 +389,10 @@ def bench_shape(name: str, args, work: Path) -> dict:
             if args.settle:
                 settle(args.settle)
             t0 = time.time()
-            if s == "twin":
-                res = run_twin(binary, model, shard, B, T, steps, args.threads, d, tag)
+            if s in binaries:
+                res = run_twin(
+                    binaries[s], model, shard, B, T, steps, args.threads, d, tag.replace("=", "").replace(",", "-")
+                )
             else:
                 res = run_torch(s, model, shard, B, T, steps, args.threads, d, tag)
             runs[s].append(res)
@@ -379,6 +415,8 @@ def bench_shape(name: str, args, work: Path) -> dict:
         "sides": {s: summarize(runs[s], args.warmup, flops_step, B * T) for s in sides},
     }
     tw = out["sides"]["twin"]
+    for s in list(binaries)[1:]:
+        out["sides"][s]["time_vs_twin"] = out["sides"][s]["median_ms"] / tw["median_ms"]
     for s in args.peers:
         p = out["sides"][s]
         p["twin_time_ratio"] = tw["median_ms"] / p["median_ms"]
@@ -388,8 +426,14 @@ def bench_shape(name: str, args, work: Path) -> dict:
 
 
 def table(results: list[dict], env: dict) -> str:
+    blocks = env["gemm_blocks"]
     lines = [
-        f"CPU: {env['cpu']} ({env['cores']} cores, {', '.join(env['isa'])}), {env['threads']} threads, "
+        f"CPU: {env['cpu']} ({env['cores']} logical CPUs, {env['threads']} threads used; "
+        f"{'AVX-512' if env['avx512'] else 'no AVX-512'}: {', '.join(env['isa'])}; per core L1d {env['l1d_kib']} KiB, "
+        f"L2 {env['l2_kib']} KiB, L3 {env['l3_kib_per_core']} KiB)",
+        f"twin GEMM blocks: kc <= {blocks['kc_max']}, A blocks {blocks['a_block_kib']} KiB (mc {blocks['mc_at_kc']}), "
+        f"B panels {blocks['b_panel_kib']} KiB (nc {blocks['nc_at_kc']})"
+        + (f", LLMGEN_GEMM_BLOCKS={blocks['override']}" if blocks["override"] else ""),
         f"OMP_WAIT_POLICY {env['omp_wait_policy']}, GOMP_SPINCOUNT {env['gomp_spincount']} | "
         f"torch {env['torch']} | {env['gcc']} | load average {env['loadavg_start']:.2f} -> "
         f"{env['loadavg_end']:.2f}",
@@ -410,9 +454,12 @@ def table(results: list[dict], env: dict) -> str:
         )
         for s, v in res["sides"].items():
             ratio = f"{v['twin_time_ratio']:.2f}x" if "twin_time_ratio" in v else ""
+            name = names.get(s) or "llmgen CPU twin, LLMGEN_GEMM_BLOCKS=" + s[len("twin[") : -1]
+            if "time_vs_twin" in v:  # a --blocks variant: its time against the twin's
+                ratio = f"(this / twin {v['time_vs_twin']:.2f}x)"
             rss = f"{v['twin_rss_ratio']:.2f}x" if "twin_rss_ratio" in v else ""
             lines.append(
-                f"| {shape} | {names[s]} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['tokens_per_s']:.0f} | "
+                f"| {shape} | {name} | {v['median_ms']:.1f} | {v['min_ms']:.1f} | {v['tokens_per_s']:.0f} | "
                 f"{v['gflops']:.1f} | {v['peak_rss_mib']:.0f} | {ratio} | {rss} | {v['loss_step1']:.6f} | "
                 f"{v['background_cores']:.2f} |"
             )
@@ -444,6 +491,13 @@ def main(argv=None) -> int:
         "--spincount",
         default="",
         help="GOMP_SPINCOUNT for every side (the twin sets 1000 for itself when this is unset)",
+    )
+    ap.add_argument(
+        "--blocks",
+        action="append",
+        default=[],
+        metavar="kc=N,mc=N,nc=N",
+        help="also run the twin built with these GEMM blocks (LLMGEN_GEMM_BLOCKS; repeat for more variants)",
     )
     ap.add_argument("-b", type=int, default=0, help="override the shapes' batch size")
     ap.add_argument("-t", type=int, default=0, help="override the shapes' sequence length")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import oracle
+import pytest
 from conftest import REPO, run_binary
 
 
@@ -116,3 +117,52 @@ def test_attention_causal_blocks_match_torch(tmp_path, build_cache):
     for name, want in ref["grads"].items():
         err = np.abs(got["grad." + name] - want).max() / (np.abs(want).max() + 1e-30)
         assert err < 2e-5, (name, err)
+
+
+def test_gemm_blocks_follow_the_machine_profile(monkeypatch, tmp_path):
+    """codegen/c.py derives the GEMM blocks from a CPU profile: the fixed one by default (emit and the tests do
+    not depend on this machine), this machine's with LLMGEN_CPU_PROFILE=host, and any blocks by
+    LLMGEN_GEMM_BLOCKS; the emitted helpers say which machine and which blocks."""
+    from llmgen.codegen import Options, c, render
+    from llmgen.spec import PRESETS
+
+    monkeypatch.delenv(c.PROFILE_ENV, raising=False)
+    monkeypatch.delenv(c.BLOCKS_ENV, raising=False)
+    assert c.cpu_profile() == c.FIXED
+    assert c.block_limits(c.FIXED) == {"kc": 384, "a_block": 512 << 10, "b_panel": 1536 << 10}
+    qkv = {"K": 768, "N": 2304, "M": "BT"}
+    assert c.gemm_blocks("linear", qkv, c.block_limits(c.FIXED)) == {"kc": 384, "mc": 341, "nc": 1024}
+    assert c.gemm_blocks("linear_dx", {"K": 3072, "N": 768, "M": "BT"}, c.block_limits(c.FIXED))["kc"] == 384
+    # a Skylake-SP-like core (32 KiB L1d, 1 MiB L2): shorter slices, more rows; AVX2: 24-float tiles, longer slices
+    sky = c.cpu_profile("l1d=32K,l2=1M,l3=1408K,vl=16,name=skx")
+    assert c.block_limits(sky) == {"kc": 256, "a_block": 512 << 10, "b_panel": 1536 << 10}
+    assert c.gemm_blocks("linear", qkv, c.block_limits(sky)) == {"kc": 256, "mc": 512, "nc": 1536}
+    assert c.block_limits(c.cpu_profile("l1d=32K,l2=256K,vl=8"))["kc"] == 512
+    (tmp_path / "p.json").write_text(json.dumps({"name": "skx", "l1d": "32K", "l2": "1M", "l3": "1408K", "vl": 16}))
+    assert c.cpu_profile(str(tmp_path / "p.json")) == sky
+    host = c.host_profile()
+    assert host.vl in (4, 8, 16) and 0 < host.l1d <= host.l2 and host.l3 > 0 and host.name
+    assert c.cpu_profile("host") == host  # deterministic for a machine
+    with c.default_profile("l1d=32K,l2=1M,l3=1408K,vl=16,name=skx"):  # what a build would set ("host")
+        assert c.cpu_profile() == sky
+        monkeypatch.setenv(c.PROFILE_ENV, "fixed")  # the environment still decides first
+        assert c.cpu_profile() == c.FIXED
+        monkeypatch.delenv(c.PROFILE_ENV)
+    assert c.cpu_profile() == c.FIXED
+    monkeypatch.setenv(c.BLOCKS_ENV, "kc=128,nc=96")
+    assert c.gemm_blocks("linear", qkv, c.block_limits(c.FIXED)) == {"kc": 128, "mc": 1024, "nc": 96}
+    monkeypatch.setenv(c.BLOCKS_ENV, "kc=abc")
+    with pytest.raises(ValueError, match="LLMGEN_GEMM_BLOCKS"):
+        c.block_limits(c.FIXED)
+    monkeypatch.delenv(c.BLOCKS_ENV)
+
+    spec = PRESETS["gpt2-tiny"]
+    fixed = render(spec, Options(target="c"))
+    assert "GEMM cache blocks (codegen/c.py, block_limits) for fixed profile (Zen 5):\n * L1d 48 KiB," in fixed
+    assert "kc <= 384, A blocks 512 KiB (mc 341), B panels 1536 KiB (nc 1024);" in fixed
+    monkeypatch.setenv(c.PROFILE_ENV, "l1d=32K,l2=1M,l3=1408K,vl=16,name=" + "Intel(R) Xeon(R) Platinum 8480+ " * 3)
+    monkeypatch.setenv(c.BLOCKS_ENV, "kc=512,mc=96,nc=960")
+    other = render(spec, Options(target="c"))
+    assert "for Intel(R) Xeon(R) Platinum 8480+ Intel" in other and "kc <= 512, A blocks 512 KiB (mc 96)" in other
+    assert abs(len(other.splitlines()) - len(fixed.splitlines())) <= 4  # literals of other widths may wrap a call
+    assert max(map(len, other.splitlines())) <= 120

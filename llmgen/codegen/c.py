@@ -7,12 +7,20 @@ bodies are `static inline` C functions taking their sizes as parameters (templat
 and vector math in templates/c/gemm.h), and a family's template (templates/c/<family>.c.j2) only writes the
 statement the schedule runs for an instance: its body called with literal sizes (`bind_calls`), so gcc folds
 them as if written out. `used_code` pastes the header pieces those statements reach, and nothing else.
+
+The GEMM cache blocks come from a CPU profile (per-core caches, vector width): FIXED unless $LLMGEN_CPU_PROFILE
+names another ("host": the machine that renders, which is the one `llmgen build` compiles on), so `llmgen emit`
+and the tests give the same source everywhere; the emitted kernel helpers open with the profile and the blocks.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from functools import cache
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache, partial
 from pathlib import Path
 
 from llmgen.codegen.lower import Kernel, Launch, Program
@@ -23,50 +31,191 @@ FAMILY = "c/{family}.c.j2"  # a kernel family: one macro per op
 SCALAR_REF = "&{}"  # the graph's scalars are host variables: kernels get their address
 
 
-def gemm_blocks(op: str, dims: dict) -> dict[str, int]:
-    """Cache blocks of the C target's GEMM engine (templates/c/gemm.h) for one linear kernel.
+@dataclass(frozen=True)
+class CpuProfile:
+    """What the GEMM blocks are derived from: one core's data caches (bytes; L3: the core's share) and the
+    vector width the compiler's -march=native will use (floats per register: 16 AVX-512, 8 AVX2, 4 SSE/NEON)."""
 
-    kc: the reduction slice. A kc x NR panel of B (NR = 32 floats with AVX-512) should stay in L1
-        and an MC x kc block of A in L2, so kc <= 384; the reduction is cut into equal slices
-        (768 -> 2 x 384, 3072 -> 8 x 384), rounded up to 16 (the packing's transpose width).
-        linear_dw reduces over the runtime B*T rows: 384 there.
-    mc: rows of A per block, MC x kc x 4 bytes ~ 512 KiB (half of a 1-2 MiB L2).
-    nc: columns of B per block, kc x NC x 4 bytes ~ 1.5 MiB: the packed panels a thread reuses
-        across its MC row blocks (only when it has more than MC rows) sit in L2/L3.
-    Measured on one Zen 5 core at the GPT-2 124M shapes (B*T = 256): kc from 128 to 384 all within
-    +-4% (85-90% of the core's fp32 peak on the layer GEMMs); 384 makes the fewest passes over C."""
-    reduction = {"linear": dims["K"], "linear_dx": dims["N"], "linear_dw": dims["M"]}[op]
-    if isinstance(reduction, int):
-        per_slice = -(-reduction // -(-reduction // 384))  # ceil(R / ceil(R / 384))
-        kc = -(-per_slice // 16) * 16
+    name: str
+    l1d: int
+    l2: int
+    l3: int
+    vl: int
+
+
+# The default profile (`llmgen emit`, the tests, and any build not asked for the host's): the Zen 5 core the
+# engine was tuned on. It gives the blocks the C twin always had, so its numbers do not depend on the machine.
+FIXED = CpuProfile("fixed profile (Zen 5)", 48 << 10, 1 << 20, 16 << 20, 16)
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n >> 10} KiB"
+
+
+def _bytes(text: str) -> int:
+    """'48K', '1024K', '2M', '32768 KB', '65536' -> bytes"""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, re.I)
+    if not m:
+        raise ValueError(f"not a cache size: {text!r}")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+
+
+def host_profile() -> CpuProfile:
+    """The machine this runs on: cpu0's data caches from sysfs (L3 divided by the CPUs that share it; L1d and L2
+    as they are, a core's own even when SMT siblings share them), else sysconf; the vector width from
+    /proc/cpuinfo's flags (what gcc -march=native enables)."""
+    caches: dict[int, int] = {}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (d / "type").read_text().strip() == "Instruction":
+                continue
+            shared = [r.partition("-") for r in (d / "shared_cpu_list").read_text().strip().split(",") if r]
+            cpus = sum(int(hi or lo) - int(lo) + 1 for lo, _, hi in shared)
+            level = int((d / "level").read_text())
+            caches[level] = _bytes((d / "size").read_text()) // (max(1, cpus) if level >= 3 else 1)
+        except (OSError, ValueError):
+            continue
+    for level in (1, 2, 3):
+        key = f"SC_LEVEL{level}_{'D' if level == 1 else ''}CACHE_SIZE"
+        if level not in caches and key in os.sysconf_names and os.sysconf(key) > 0:
+            caches[level] = os.sysconf(key)
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    name = re.search(r"^(?:model name|Model)\s*:\s*(.+)$", info, re.M)
+    flags = re.search(r"^(?:flags|Features)\s*:(.*)$", info, re.M)
+    flags = set(flags.group(1).split()) if flags else set()
+    vl = 16 if "avx512f" in flags else 8 if "avx2" in flags or "avx" in flags else 4
+    l1d, l2 = caches.get(1, FIXED.l1d), caches.get(2, FIXED.l2)
+    return CpuProfile(name.group(1).strip() if name else "unknown CPU", l1d, l2, caches.get(3, l2), vl)
+
+
+PROFILE_ENV = "LLMGEN_CPU_PROFILE"  # fixed (the default) | host | a JSON file | l1d=48K,l2=1M,l3=16M,vl=16[,name=..]
+BLOCKS_ENV = "LLMGEN_GEMM_BLOCKS"  # kc=..,mc=..,nc=.. (any of them): overrides what the profile gives
+
+
+_default_choice = ""  # what cpu_profile takes when neither its caller nor the environment chooses (default_profile)
+
+
+@contextmanager
+def default_profile(choice: str):
+    """Within: cpu_profile's default is `choice` ("host" for a build: the blocks of the machine that compiles the
+    trainer), still below $LLMGEN_CPU_PROFILE."""
+    global _default_choice
+    before, _default_choice = _default_choice, choice
+    try:
+        yield
+    finally:
+        _default_choice = before
+
+
+def cpu_profile(choice: str | None = None) -> CpuProfile:
+    """The profile the C target derives its blocks from: `choice`, else $LLMGEN_CPU_PROFILE, else the one
+    default_profile set, else FIXED.
+    "host": this machine (host_profile); a path: a JSON object with CpuProfile's fields (sizes as "48K" or bytes);
+    "l1d=48K,l2=1M,l3=16M,vl=16": spelled out (fields left out come from FIXED)."""
+    choice = (choice if choice is not None else os.environ.get(PROFILE_ENV) or _default_choice).strip()
+    if choice in ("", "fixed"):
+        return FIXED
+    if choice == "host":
+        return host_profile()
+    if "=" not in choice:
+        fields = json.loads(Path(choice).read_text())
     else:
-        kc = 384
-    return {"kc": kc, "mc": max(16, (512 * 1024 // 4) // kc), "nc": max(32, (1536 * 1024 // 4) // kc)}
+        fields = dict(kv.split("=", 1) for kv in choice.split(","))
+        fields.setdefault("name", "given profile")
+    got = {f: fields.get(f, getattr(FIXED, f)) for f in ("name", "l1d", "l2", "l3", "vl")}
+    sizes = {f: _bytes(str(got[f])) for f in ("l1d", "l2", "l3")}
+    return CpuProfile(str(got["name"]), **sizes, vl=int(got["vl"]))
 
 
-def attention_config(k: Kernel) -> dict[str, int]:
+def _overrides() -> dict[str, int]:
+    text = os.environ.get(BLOCKS_ENV, "")
+    out = {}
+    for kv in filter(None, text.replace(" ", "").split(",")):
+        key, _, value = kv.partition("=")
+        if key not in ("kc", "mc", "nc") or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{BLOCKS_ENV}={text!r}: expected kc=N,mc=N,nc=N (any of them)")
+        out[key] = int(value)
+    return out
+
+
+def block_limits(profile: CpuProfile) -> dict[str, int]:
+    """The GEMM engine's cache blocks for a machine (the BLIS analytical model, Low et al. 2016: each packed
+    operand sized for the cache level it is reused from), with NR = 3 vectors (templates/c/gemm.h's register
+    tile). kc: the longest reduction slice, 1.5 L1d / (NR x 4 bytes) as a multiple of 16 in [128, 512]: the
+    kc x NR micro-panel of B, reused by every MR-row tile of an A block, in L1 (a third may spill to L2, which
+    feeds it fast enough: on Zen 5, 85-90% of the core's fp32 peak at 384, 256 and 512 within 4%, 128 7% slower).
+    a_block: bytes of the packed mc x kc block of A, half of L2 (it streams through the micro-kernel once per
+    B micro-panel). b_panel: bytes of the packed kc x nc panel of B that a thread reuses across its A blocks,
+    1.5 L2, or L2 and half the core's L3 share if that is less. The fixed profile's: 384, 512 KiB, 1.5 MiB."""
+    nr = 3 * profile.vl
+    kc = min(512, max(128, (3 * profile.l1d // 2) // (nr * 4) // 16 * 16))
+    b_panel = min(3 * profile.l2 // 2, profile.l2 + profile.l3 // 2)
+    return {"kc": _overrides().get("kc", kc), "a_block": profile.l2 // 2, "b_panel": b_panel}
+
+
+def gemm_blocks(op: str, dims: dict, limits: dict[str, int]) -> dict[str, int]:
+    """Cache blocks of one linear kernel: the reduction is cut into equal slices of at most limits["kc"]
+    (768 -> 2 x 384, 3072 -> 8 x 384), rounded up to 16 (the packing's transpose width); linear_dw reduces over
+    the runtime B*T rows: limits["kc"] there. mc, nc: as many rows and columns as the byte budgets hold at that
+    kc, unless $LLMGEN_GEMM_BLOCKS names them."""
+    reduction = {"linear": dims["K"], "linear_dx": dims["N"], "linear_dw": dims["M"]}[op]
+    kc = limits["kc"]
+    if isinstance(reduction, int):
+        per_slice = -(-reduction // -(-reduction // kc))  # ceil(R / ceil(R / kc))
+        kc = -(-per_slice // 16) * 16
+    given = _overrides()
+    mc = given.get("mc", max(16, limits["a_block"] // 4 // kc))
+    return {"kc": kc, "mc": mc, "nc": given.get("nc", max(32, limits["b_panel"] // 4 // kc))}
+
+
+def attention_config(k: Kernel, limits: dict[str, int]) -> dict[str, int]:
     """The attention schedule (templates/c/attention.c.j2). With one K/V head per query head
     (R = NH/KV = 1), threads split the (b, h) heads and every product is a per-head GEMM of at most
-    T x T x HD (the GEMM engine's blocks kc, mc, nc), one block of rb query rows at a time so that
-    the masked upper triangle is mostly skipped (~half the work at T = 1024). Grouped heads (R > 1,
+    T x T x HD (the GEMM engine's blocks kc, mc, nc: the machine's, block_limits), one block of rb query rows at
+    a time so that the masked upper triangle is mostly skipped (~half the work at T = 1024). Grouped heads (R > 1,
     GROUPED = 1) take the row schedule instead: a thread owns a (b, K/V head) and walks the group's
     query heads row by row, so the dk, dv it sums over them need no second pass."""
-    return {"kc": 384, "mc": 256, "nc": 1024, "rb": 64, "GROUPED": int(k.dims["NH"] != k.dims["KV"])}
+    kc = limits["kc"]
+    return {
+        "kc": kc,
+        "mc": 256,
+        "nc": max(32, limits["b_panel"] // 4 // kc),
+        "rb": 64,
+        "GROUPED": int(k.dims["NH"] != k.dims["KV"]),
+    }
 
 
-# family -> its launch choices, for the families that have any
-LAUNCH = {
-    "linear": lambda k: gemm_blocks(k.op, k.dims),
-    "attention": attention_config,
-}
+def blocks_note(profile: CpuProfile, limits: dict[str, int]) -> str:
+    """The comment the kernel helpers open with: the machine the GEMM blocks are for, and the blocks."""
+    kc, isa = limits["kc"], {16: "AVX-512", 8: "AVX2"}.get(profile.vl, f"{profile.vl}-float vectors")
+    over = _overrides()
+    mc = over.get("mc", max(16, limits["a_block"] // 4 // kc))
+    nc = over.get("nc", max(32, limits["b_panel"] // 4 // kc))
+    given = f"; {BLOCKS_ENV}={os.environ[BLOCKS_ENV][:40]}" if over else ""
+    return (
+        f"/* GEMM cache blocks (codegen/c.py, block_limits) for {profile.name[:60]}:\n"
+        f" * L1d {_size(profile.l1d)}, L2 {_size(profile.l2)}, L3 {_size(profile.l3)} per core, {isa}{given}\n"
+        f" * -> kc <= {kc}, A blocks {_size(limits['a_block'])} (mc {mc}), B panels {_size(limits['b_panel'])} "
+        f"(nc {nc}); {PROFILE_ENV}=host|fixed|FILE|l1d=.. */"
+    )
 
 
-def configure(prog: Program) -> Program:
+def configure(prog: Program, profile: CpuProfile | None = None) -> Program:
+    """Each kernel's template and launch choices; the GEMM blocks from `profile` (default: cpu_profile())."""
+    profile = profile or cpu_profile()
+    limits = block_limits(profile)
+    launch = {  # family -> its launch choices, for the families that have any
+        "linear": lambda k: gemm_blocks(k.op, k.dims, limits),
+        "attention": lambda k: attention_config(k, limits),
+    }
     for k in prog.kernels:
         k.template = FAMILY.format(family=k.family)
-        if k.family in LAUNCH:
-            k.cfg = LAUNCH[k.family](k)
-    prog.code = used_code
+        if k.family in launch:
+            k.cfg = launch[k.family](k)
+    prog.code = partial(used_code, note=blocks_note(profile, limits))
     return prog
 
 
@@ -156,9 +305,9 @@ def _pieces(path: Path) -> list[tuple[str, set[str], set[str]]]:
     return out
 
 
-def used_code(kernels: str, folder: Path | None = None) -> dict[str, str]:
+def used_code(kernels: str, folder: Path | None = None, note: str = "") -> dict[str, str]:
     """The header pieces that the kernels' source (the rendered per-instance functions) reaches, in header order:
-    {"helpers": the pieces of gemm.h, "bodies": those of the family headers}."""
+    {"helpers": the pieces of gemm.h (after `note`, a comment, if given), "bodies": those of the family headers}."""
     if folder is None:
         from llmgen.codegen import templates_dir
 
@@ -188,4 +337,5 @@ def used_code(kernels: str, folder: Path | None = None) -> dict[str, str]:
     order = {h.name: (h.name != HELPERS, first_use(h.name)) for h in headers}
     taken_in_order = sorted(taken, key=lambda i: (order[pieces[i][0]], i))
     pick = lambda helpers: "\n\n".join(pieces[i][1] for i in taken_in_order if (pieces[i][0] == HELPERS) == helpers)  # noqa: E731
-    return {"helpers": pick(True), "bodies": pick(False)}
+    helpers = pick(True)
+    return {"helpers": f"{note}\n{helpers}" if note and helpers else helpers, "bodies": pick(False)}

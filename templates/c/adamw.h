@@ -1,6 +1,12 @@
 /* The optimizer: global grad norm, then AdamW (torch.optim.AdamW's single-tensor formula) after
  * clip_grad_norm_'s rescale. Parameters, grads and both moments share one layout. templates/c/adamw.c.j2 calls
- * these in a parallel region (PARALLEL) with the spec's constants as literals. */
+ * these in a parallel region (PARALLEL) with the spec's constants as literals.
+ *
+ * Both run at memory bandwidth: one vectorised pass each, every thread on one contiguous slice, the parameter
+ * table walked once per thread (never searched per element). GPT-2 124M, 2 threads, Zen 5 (AMD EPYC):
+ * adamw_update 78-97 ms for 124.5M parameters (28 bytes each: 36-45 GB/s), where a bare loop that reads the
+ * same four arrays and writes three took 82-96 ms: the arithmetic (two divisions and a square root a vector)
+ * hides under the memory traffic, and fewer bytes would need other numbers (bf16 moments) or another order. */
 
 /* The grad norm, sqrt(sum of every gradient squared), into *norm, and the sum itself into *sumsq (either NULL: not
  * wanted), accumulated in double over the n grads. Fixed chunks summed in a fixed order (and a fixed vector width

@@ -59,7 +59,7 @@ static inline float gelu_grad(float x) {
 //                          the next panel's source lines (weights stream from DRAM once per GEMM),
 //       for ir (MR rows): the micro-kernel adds an MR x NR tile of C in registers; the epilogue
 //                         (bias, GELU, dGELU) runs on the finished tile while it is in L1.
-// KC, MC and NC are decided per GEMM by llmgen's lowering (they are literals at each call site);
+// KC, MC and NC are decided per GEMM from a CPU profile's caches (codegen/c.py; literals at each call site);
 // the register tile MR x NR depends on the instruction set, which only the compiler knows, so it
 // is chosen here by the preprocessor. The vectors are GCC vector extensions: gcc turns them into
 // AVX-512, AVX2, SSE or NEON instructions, with no intrinsics to keep in sync per ISA.
