@@ -24,6 +24,7 @@ from functools import cache, partial
 from pathlib import Path
 
 from llmgen.codegen.lower import Kernel, Launch, Program
+from llmgen.codegen.text import wrap_comment
 
 NAME = "c"
 PROGRAM = "c/program.c.j2"  # the program skeleton
@@ -194,13 +195,12 @@ def blocks_note(profile: CpuProfile, limits: dict[str, int]) -> str:
     over = _overrides()
     mc = over.get("mc", max(16, limits["a_block"] // 4 // kc))
     nc = over.get("nc", max(32, limits["b_panel"] // 4 // kc))
-    given = f"; {BLOCKS_ENV}={os.environ[BLOCKS_ENV][:40]}" if over else ""
-    return (
-        f"/* GEMM cache blocks (codegen/c.py, block_limits) for {profile.name[:60]}:\n"
-        f" * L1d {_size(profile.l1d)}, L2 {_size(profile.l2)}, L3 {_size(profile.l3)} per core, {isa}{given}\n"
-        f" * -> kc <= {kc}, A blocks {_size(limits['a_block'])} (mc {mc}), B panels {_size(limits['b_panel'])} "
-        f"(nc {nc}); {PROFILE_ENV}=host|fixed|FILE|l1d=.. */"
+    given = f", {BLOCKS_ENV}={os.environ[BLOCKS_ENV][:40]}" if over else ""
+    text = (
+        f"GEMM blocks for {profile.name[:60]} (L1d {_size(profile.l1d)}, L2 {_size(profile.l2)}, "
+        f"L3 {_size(profile.l3)}, {isa}{given}): kc <= {kc}, mc {mc}, nc {nc}"
     )
+    return "\n".join(wrap_comment(text, ""))
 
 
 def configure(prog: Program, profile: CpuProfile | None = None) -> Program:

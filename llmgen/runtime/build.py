@@ -35,19 +35,24 @@ def build_trainer(
     Face tokenizer files beside it (the trainer prints samples with the first and copies the others
     into its checkpoints). emulate: the CUDA source through g++ and emulate.h. on_compile() is called
     just before a compiler actually runs. Returns the path of the binary or library."""
+    from llmgen.codegen import c as c_target
     from llmgen.codegen import render
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "c" if options.target == "c" else "cu"
     src = out_dir / f"train.{ext}"
-    write_if_changed(src, render(spec, options))
+    # the C twin's GEMM blocks for the machine that compiles it (codegen/c.py: $LLMGEN_CPU_PROFILE still decides
+    # first; `llmgen emit` keeps the fixed profile, so emitted sources do not depend on the machine)
+    with c_target.default_profile("host"):
+        write_if_changed(src, render(spec, options))
     out = out_dir / ("libtrain.so" if library else "train")
     lib_flags, deps = [], ()
     if library:
         deps = (src,)
         src = out_dir / f"library.{ext}"
-        write_if_changed(src, render_library(spec, options))
+        with c_target.default_profile("host"):
+            write_if_changed(src, render_library(spec, options))
         lib_flags = (
             ["-shared", "-Xcompiler", "-fPIC"] if options.target == "cuda" and not emulate else ["-shared", "-fPIC"]
         )
