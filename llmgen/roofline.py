@@ -12,7 +12,8 @@ the gradients run once per optimizer step. For each kernel:
   2*M*N*K (epilogues not counted). Causal attention counts the pairs it must visit, the diagonal
   included (P = T*(T+1)/2 per head, HALVED against the full T*T): forward 2 matmuls (QK^T, PV),
   2*2*B*NH*hd*P FLOPs; backward 5, as FlashAttention-2 does (S recomputed from the saved log-sum-exp,
-  dV, dP, dQ, dK), 2.5x the forward. Other kernels: an estimated FLOPs per element (OP_TABLE),
+  dV, dP, dQ, dK), 2.5x the forward, or 7 (3.5x) where the program runs its deterministic FlashAttention-2-class
+  kernels (attention_bwd_factor). Other kernels: an estimated FLOPs per element (OP_TABLE),
   which never bind (their intensity is far below the fp32 ridge).
 - Bytes: the least the kernel must move: each input read once and each output written once at the
   size the program stores it (bf16 builds: activations bf16 except the fp32 statistics of
@@ -270,6 +271,15 @@ def _attention_dims(n: Node, rule: str) -> tuple[int, int, int]:
     return v.shape[0], v.shape[1], v.shape[-1]
 
 
+def attention_bwd_factor(n: Node, dtype: str, C: int) -> float:
+    """The attention backward's FLOPs over the forward's, as the program executes them: the FlashAttention-2-class
+    kernels (bf16 and fp8 builds, head size 64 or 128: codegen/cuda.py) do 7 matmuls, 3.5x (dk/dv: S, dP, dV, dK;
+    dq recomputes S and dP before dQ, so that no float atomics are needed), the others FlashAttention-2's 5, 2.5x."""
+    from llmgen.codegen.cuda import FA2_HEAD_SIZES
+
+    return 3.5 if dtype in ("bf16", "fp8") and C // n.attrs["n_head"] in FA2_HEAD_SIZES else 2.5
+
+
 def kernel_cost(n: Node, g: Graph, sb, dtype: str, param_elems: int) -> KernelCost:
     cls, rule, per_elem = OP_TABLE.get(n.op, ("other", "stream", 1))
     name = n.outputs[0].name if n.outputs else n.op
@@ -291,7 +301,13 @@ def kernel_cost(n: Node, g: Graph, sb, dtype: str, param_elems: int) -> KernelCo
         pairs = T * (T + 1) / 2  # causal: (query, key) pairs with key <= query
         fwd = 2 * 2.0 * B * C * pairs  # QK^T and PV over the pairs, all heads
         return KernelCost(
-            name, n.op, cls, fwd if rule == "attn_fwd" else 2.5 * fwd, _stream_bytes(n, sb), matmul, False
+            name,
+            n.op,
+            cls,
+            attention_bwd_factor(n, dtype, C) * fwd if rule == "attn_bwd" else fwd,
+            _stream_bytes(n, sb),
+            matmul,
+            False,
         )
     if rule == "adamw":
         elems = param_elems if n.op == "adamw_all" else n.inputs[0].numel
@@ -451,8 +467,8 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
             if plan > gpu.memory_bytes
             else f" of the {gpu.memory_bytes / 1e9:.0f} GB"
         ),
-        "assumptions: causal attention FLOPs halved (pairs with key <= query), backward 2.5x forward "
-        "(FlashAttention-2's 5 matmuls); MFU counts attention as 6 * 2 * n_layer * C * T per token, not halved "
+        "assumptions: causal attention FLOPs halved (pairs with key <= query), backward 3.5x forward "
+        "(the FA2-class kernels' 7 matmuls; 2.5x elsewhere); MFU counts attention as 6 * 2 * n_layer * C * T per token, not halved "
         "(the trainer's convention); each kernel moves its inputs and outputs once; no launch gaps or host syncs.",
     ]
     n_fp8 = sum(k.speedup != 1.0 for k in p.kernels)

@@ -51,7 +51,7 @@ def test_gpt2_attention_flops_causal_halved(gpt2_bf16):
     fwd = sum(k.flops for k in by_class(gpt2_bf16, "attention fwd"))
     bwd = sum(k.flops for k in by_class(gpt2_bf16, "attention bwd"))
     assert fwd == L * 2 * (2 * B * pairs * C)  # QK^T and PV over all heads (NH * hd = C)
-    assert bwd == 2.5 * fwd  # FlashAttention-2's five matmuls
+    assert bwd == 3.5 * fwd  # the FA2-class kernels' seven matmuls (two recomputed so that dq needs no atomics)
     # MFU convention: 6N + 12 L C T per token, attention not halved (the trainer's log uses the same)
     assert gpt2_bf16.model_flops == B * T * (6 * gpt2_matmul_params(L, C, 50304) + 12 * L * C * T)
 
