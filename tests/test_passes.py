@@ -61,6 +61,35 @@ def test_fusion_saves_kernels_and_activation_memory():
     assert plan_memory(g).act_elems < plan_memory(g0).act_elems
 
 
+def test_projection_bias_grads_come_from_the_norm_backward():
+    """GPT-2's attn.c_proj.b and mlp.c_proj.b gradients are the column sums of the residual-stream gradient the
+    next layernorm backward writes (ln_2; the next block's ln_1, or ln_f): that node produces them, and those
+    dW GEMMs keep dW only; the first block's ln_1 (the embedding before it: no bias) and c_fc / c_attn keep theirs."""
+    spec = GPT2Spec(n_layer=2, n_head=2, n_embd=32, vocab_size=100, max_seq_len=32)
+    g = training_graph(spec, 1, 1)
+    for _, fn, _ in PIPELINE:
+        g = fn(g)
+    prod = {v.id: n for n in g.nodes for v in n.outputs}
+    grads = {p.name: v for p, v in ((v.grad_of, v) for v in g.grads.values())}
+    expect = {
+        "h0.attn.c_proj.b": "h0.ln_2.w",
+        "h0.mlp.c_proj.b": "h1.ln_1.w",
+        "h1.attn.c_proj.b": "h1.ln_2.w",
+        "h1.mlp.c_proj.b": "ln_f.w",
+    }
+    for bias, norm_w in expect.items():
+        n = prod[grads[bias].id]
+        assert n.op == "layernorm_bwd" and n.attrs.get("dbias") and n.outputs[3] is grads[bias], bias
+        assert n.inputs[2].name == norm_w, bias
+        dw = prod[grads[bias.replace(".b", ".w")].id]
+        assert dw.op == "linear_dw" and not dw.attrs.get("bias") and len(dw.outputs) == 1, bias
+        assert dw.inputs[0] is n.outputs[0], bias  # the same gradient: dy of the projection = dx of the norm
+    for bias in ("h0.attn.c_attn.b", "h0.mlp.c_fc.b"):
+        assert prod[grads[bias].id].op == "linear_dw", bias
+    first_ln1 = next(n for n in g.nodes if n.op == "layernorm_bwd" and n.inputs[2].name == "h0.ln_1.w")
+    assert not first_ln1.attrs.get("dbias") and len(first_ln1.outputs) == 3
+
+
 def test_memory_plan_never_overlaps_live_buffers():
     spec = GPT2Spec(n_layer=3, n_head=2, n_embd=32, vocab_size=100, max_seq_len=32)
     g = training_graph(spec, 1, 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import zip_longest
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
@@ -179,12 +180,14 @@ class Loop:
                     for x, y, a in zip(e.args, here.args, b.args)
                 ]
                 op, _, outs = b.comment.partition(": ")
+                # an output the edge's node lacks (its argument NULL there) is marked "none" at the edge
                 items = [
                     y if render_layers(x) == render_layers(z) else f"{y} (l = {at}: {render_layers(x)})"
-                    for x, y, z in zip(
+                    for x, y, z in zip_longest(
                         e.comment.partition(": ")[2].split(", "),
                         outs.split(", "),
                         here.comment.partition(": ")[2].split(", "),
+                        fillvalue="none",
                     )
                 ]
                 merged = Launch(b.fn, args, f"{op}: {', '.join(items)}", b.needs_targets, call=b.call)

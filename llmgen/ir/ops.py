@@ -221,11 +221,17 @@ def _layernorm_vjp(g, n, d):
     return [dx, dw, db]
 
 
-def _ln_bwd_acc(x):
+def _ln_bwd_acc(x, a):
     dx, dw, db = layernorm_bwd_ref(*x[:5])
     if len(x) == 6:
         dx = (dx + x[5]).astype(F32)
-    return [dx, dw, db]
+    return [dx, dw, db] + ([rows(dx).sum(0).astype(F32)] if a.get("dbias") else [])
+
+
+def _ln_bwd_args(n, ctx):
+    """dx, dw, db, dbias (NULL where the node has none: one kernel either way), then the inputs."""
+    outs = [ctx.ref(v) for v in n.outputs]
+    return outs[:3] + [outs[3] if len(outs) > 3 else "NULL"] + [ctx.ref(v) for v in n.inputs]
 
 
 def _rows_dims(n, ctx):
@@ -237,7 +243,8 @@ def _eps(n, ctx):
 
 
 def _norm_bwd_describe(n):
-    return n.op.replace("_bwd", "") + " backward + residual grad" if n.attrs.get("accumulate") else ""
+    parts = [" + residual grad" if n.attrs.get("accumulate") else "", " + bias grad" if n.attrs.get("dbias") else ""]
+    return n.op.replace("_bwd", "") + " backward" + "".join(parts) if any(parts) else ""
 
 
 defop(
@@ -267,14 +274,19 @@ defop(
     describe=lambda n: "residual add + layernorm",
 )
 
-# layernorm backward; with accumulate=True a 6th input (the residual stream's grad) is added to dx
+# layernorm backward; with accumulate=True a 6th input (the residual stream's grad) is added to dx; with
+# dbias=True (passes/fusion.py fuse_norm_bwd_dbias) a 4th output, sum_rows dx: the bias gradient of the
+# projection whose output entered the residual stream. That gradient always accumulates (acc3 stays off: the
+# kernel is the same with or without it, NULL where the node has none)
 defop(
     "layernorm_bwd",
     "layernorm",
-    shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[2])],
-    ref=lambda x, a: _ln_bwd_acc(x),
+    shape=lambda s, a: [f32(s[1]), f32(s[2]), f32(s[2])] + ([f32(s[2])] if a.get("dbias") else []),
+    ref=_ln_bwd_acc,
     dims=_rows_dims,
-    outs=("x", "w", "b"),
+    flags=lambda n: {"acc3": False},
+    args=_ln_bwd_args,
+    outs=("x", "w", "b", "dbias"),
     describe=_norm_bwd_describe,
 )
 

@@ -162,6 +162,32 @@ def fuse_layernorm_bwd_residual(g: Graph) -> Graph:
             replace[ln.id] = []
             replace[n.id] = [fused]
             break
+    # the norm backward now writes the whole residual-stream gradient: the bias gradient of the projection
+    # that fed the stream can come from the same pass
+    return fuse_norm_bwd_dbias(_rebuild(g, replace, {}))
+
+
+def fuse_norm_bwd_dbias(g: Graph) -> Graph:
+    """A linear_dw with a bias gradient whose dy is the dx a layernorm backward wrote (GPT-2's attn.c_proj
+    after ln_2, mlp.c_proj after the next block's ln_1 or ln_f): dy is the gradient of the residual stream the
+    projection's output was added into, so its bias gradient sum_rows dy becomes a 4th output of the norm
+    backward (attr dbias), which sums the rows of dx while it writes them; the linear_dw keeps dW only.
+    RMSNorm (Llama: no biases) is left alone."""
+    prod = _producers(g)
+    replace: dict[int, list[Node]] = {}
+    for n in g.nodes:
+        if n.op != "linear_dw" or not n.attrs.get("bias") or len(n.outputs) != 2:
+            continue
+        ln = prod.get(n.inputs[0].id)
+        if ln is None or ln.op != "layernorm_bwd" or ln.attrs.get("dbias") or ln.outputs[0] is not n.inputs[0]:
+            continue
+        if ln.id in replace:  # one bias gradient per norm backward
+            continue
+        replace[ln.id] = [
+            Node(ln.op, ln.inputs, [*ln.outputs, n.outputs[1]], dict(ln.attrs, dbias=True), ln.phase, ln.layer)
+        ]
+        attrs = {k: v for k, v in n.attrs.items() if k != "bias"}
+        replace[n.id] = [Node("linear_dw", n.inputs, n.outputs[:1], attrs, n.phase, n.layer)]
     return _rebuild(g, replace, {})
 
 
