@@ -468,8 +468,9 @@ def format_prediction(p: Prediction, verbose: bool = False) -> str:
             else f" of the {gpu.memory_bytes / 1e9:.0f} GB"
         ),
         "assumptions: causal attention FLOPs halved (pairs with key <= query), backward 3.5x forward "
-        "(the FA2-class kernels' 7 matmuls; 2.5x elsewhere); MFU counts attention as 6 * 2 * n_layer * C * T per token, not halved "
-        "(the trainer's convention); each kernel moves its inputs and outputs once; no launch gaps or host syncs.",
+        "(the FA2-class kernels' 7 matmuls; 2.5x elsewhere); MFU counts attention as 6 * 2 * n_layer * C * T "
+        "per token, not halved (the trainer's convention); each kernel moves its inputs and outputs once; "
+        "no launch gaps or host syncs.",
     ]
     n_fp8 = sum(k.speedup != 1.0 for k in p.kernels)
     if n_fp8:

@@ -14,6 +14,7 @@ from llmgen.passes.fusion import (
     accumulate_param_grads,
     fuse_adamw,
     fuse_layernorm_bwd_residual,
+    fuse_norm_bwd_dbias,
     fuse_matmul_epilogue,
     fuse_residual_layernorm,
     fuse_softmax_xent,
@@ -42,6 +43,7 @@ PIPELINE = [
     ("fuse_matmul_epilogue", fuse_matmul_epilogue, FUSION),  # bias / GELU / dGELU / bias-grad epilogues
     ("fuse_residual_layernorm", fuse_residual_layernorm, FUSION),  # residual add inside the layernorm / RMSNorm
     ("fuse_layernorm_bwd_residual", fuse_layernorm_bwd_residual, FUSION),  # dx += residual grad (layernorm, RMSNorm)
+    ("fuse_norm_bwd_dbias", fuse_norm_bwd_dbias, FUSION),  # the preceding projection's bias grad from the norm bwd
     # tied wte: both contributions += one grad buffer. Not optional: the activation arena is
     # planned per token, so a parameter-sized temporary must never land in it.
     ("accumulate_param_grads", accumulate_param_grads, ALWAYS),

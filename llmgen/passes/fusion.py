@@ -162,9 +162,9 @@ def fuse_layernorm_bwd_residual(g: Graph) -> Graph:
             replace[ln.id] = []
             replace[n.id] = [fused]
             break
-    # the norm backward now writes the whole residual-stream gradient: the bias gradient of the projection
-    # that fed the stream can come from the same pass
-    return fuse_norm_bwd_dbias(_rebuild(g, replace, {}))
+    # the norm backward now writes the whole residual-stream gradient: fuse_norm_bwd_dbias (next in the pass
+    # list) then takes the bias gradient of the projection that fed the stream from the same kernel
+    return _rebuild(g, replace, {})
 
 
 def fuse_norm_bwd_dbias(g: Graph) -> Graph:
