@@ -872,7 +872,9 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             name = f"classifier_{classifier['K']}x{chunks.vp}"
             classifier |= {"fwd": f"{name}_fwd", "bwd": f"{name}_bwd", "logits": f"{name}_logits"}
             classifier["x"], classifier["w"] = ref(lin.inputs[0]), ref(lin.inputs[1])
-            args = [ref(n.outputs[0]), ref(lin.inputs[0]), ref(lin.inputs[1]), ref(n.inputs[1])]
+            dx, dw = by_id[chunks.dx].outputs[0], by_id[chunks.dw].outputs[0]
+            args = [ref(n.outputs[0]), ref(dx), ref(dw), ref(lin.inputs[0]), ref(lin.inputs[1]), ref(n.inputs[1])]
+            args.append(ref(n.inputs[2]))
             comment = f"classifier in chunks of {chunks.rows} rows: {label(n.outputs[0])} {shape_str(n.outputs[0])}"
             launches["fwd"].append(Launch(classifier["fwd"], args, comment, True, None))
             continue

@@ -22,7 +22,8 @@ The classifier in row chunks (plan_memory(chunk_classifier=True), the CUDA targe
 the fused softmax + cross-entropy overwrites with dlogits, leave the per-token arena for a buffer of R rows of
 their own (`ClassifierChunks`). The program then runs, R rows at a time, logits = x W^T and the cross-entropy
 (forward: the losses; backward: the logits again, dlogits in place, dx = dlogits W, dW += dlogits^T x in the
-chunks' fixed order). R: the most rows whose logits fit LOGITS_BUDGET bytes, a multiple of 128 (the last chunk
+chunks' fixed order; a training micro-step does all of it in the forward's loop, so dx lives from the classifier's
+forward on). R: the most rows whose logits fit LOGITS_BUDGET bytes, a multiple of 128 (the last chunk
 may be shorter); LLMGEN_CLASSIFIER_ROWS=<rows> at build time sets it (tests force small chunks with it).
 """
 
@@ -328,6 +329,11 @@ def plan_memory(g: Graph, dtype: str = "fp32", chunk_classifier: bool = False) -
         for vid in (plan.classifier.logits, plan.classifier.dlogits):
             vals.pop(vid, None)
             alias.pop(vid, None)
+        # a training micro-step runs the classifier's backward in the forward's chunk loop: dX lives from there
+        at = {n.id: i for i, n in enumerate(g.nodes)}
+        dx = next(n for n in g.nodes if n.id == plan.classifier.dx).outputs[0]
+        if dx.id in vals:
+            start[dx.id] = min(start[dx.id], at[plan.classifier.linear])
     plan.act_values = list(vals.values())
     size_of = {vid: _align(v.numel * units.get(vid, 1)) for vid, v in vals.items()}
     plan.unplanned_elems = sum(size_of.values())
