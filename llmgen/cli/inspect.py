@@ -89,6 +89,30 @@ def print_fp8(fp8, B: int, T: int, recipe: str = "current") -> None:
     print(f"  {'total':<18} {_human(fp8.weight_bytes + fp8.meta_bytes + scratch + delayed):>12}")
 
 
+def print_classifier_chunks(rep: dict, B: int, T: int) -> None:
+    """The CUDA target's classifier in row chunks (passes/memory.py): rows per chunk, the logits buffer against
+    the whole (B*T, Vp) logits, and the activations and peak with it."""
+    from llmgen.passes.memory import plan_memory
+
+    plan = rep["plan"]
+    chunked = plan_memory(rep["graph"], plan.dtype if plan.fp8 is None else "fp8", chunk_classifier=True)
+    c = chunked.classifier
+    if c is None:
+        print("\nclassifier chunks (CUDA target): none (no fused softmax + cross-entropy to chunk)")
+        return
+    tokens = B * T
+    buf, whole = c.buffer_bytes(tokens), c.whole_bytes(tokens)
+    acts = chunked.bytes()["activations"] * tokens + buf
+    saved = rep["bytes"]["activations"] - acts
+    print(
+        f"\nclassifier chunks (CUDA target): {c.rows} rows x {c.vp} per chunk, {c.chunks(tokens)} chunk(s) at "
+        f"B*T = {tokens}\n"
+        f"  {'logits':<18} {_human(buf):>12}  instead of {_human(whole)} whole\n"
+        f"  {'activations':<18} {_human(acts):>12}  with the chunk buffer (-{_human(saved)})\n"
+        f"  {'peak':<18} {_human(rep['peak'] - saved):>12}"
+    )
+
+
 def run(args) -> int:
     from llmgen.spec import load_spec
 
@@ -122,6 +146,7 @@ def run(args) -> int:
     print(f"  {'peak':<18} {_human(rep['peak']):>12}")
     if rep["plan"].fp8 is not None:
         print_fp8(rep["plan"].fp8, B, T, args.fp8_recipe)
+    print_classifier_chunks(rep, B, T)
     fpt = rep["flops_per_token"]
     print(
         f"\nFLOPs per token (forward + backward): {fpt / 1e9:.3f} GFLOP  "

@@ -24,7 +24,7 @@ from llmgen.codegen.text import WIDTH, wrap, wrap_comment
 from llmgen.flags import c_options, c_rows, usage_lines
 from llmgen.ir.graph import Graph, Value, field_of
 from llmgen.ir.ops import OPS
-from llmgen.passes.memory import MemoryPlan, layer_key
+from llmgen.passes.memory import MemoryPlan, layer_key, plan_memory
 from llmgen.passes.precision import fp8_weight_of, storage_dtypes
 
 # the graph's interface values -> the program's variables: scalars, and what the trainer passes in
@@ -552,6 +552,9 @@ class Program:
     code: Callable | None = None  # C: the kernels' source -> the header code it uses (codegen/c.py's used_code)
     c_kernels: dict[str, str] = field(default_factory=dict)  # C: kernels with functions of their own, the calls
     fp8: Fp8Program | None = None  # --dtype fp8 (the CUDA target): the FP8 linears' shared buffers
+    # CUDA: the classifier in row chunks (passes/memory.py's ClassifierChunks): rows, vp and the names of its
+    # host functions (fwd, bwd, logits) and GEMM launchers; None: the logits are a whole activation
+    classifier: dict | None = None
 
     @staticmethod
     def pack(statements: list[str], pad: str) -> list[str]:
@@ -747,6 +750,10 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
     """scalar_ref: how a kernel argument names one of the graph's scalars ("&{}": a host variable
     whose address is passed, the C target; "{}": already a device pointer, the CUDA target)."""
     spec = g.spec
+    if target == "cuda" and plan.classifier is None:  # the classifier in row chunks (passes/memory.py)
+        chunked = plan_memory(g, "fp8" if plan.fp8 is not None else plan.dtype, chunk_classifier=True)
+        plan = chunked if chunked.classifier is not None else plan
+    chunks = plan.classifier
     stored = storage_dtypes(g, plan.dtype)
     params = []
     for p in g.params:
@@ -856,10 +863,28 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
     launches: dict[str, list[Launch]] = {"fwd": [], "bwd": [], "opt": []}
     needs_targets: set[int] = {g.inputs["targets"].id}
     names: set[str] = set()
+    by_id = {n.id: n for n in g.nodes}
+    chunk_parts = {chunks.linear, chunks.xent, chunks.dx, chunks.dw} if chunks else set()
+    classifier: dict | None = None  # the chunked classifier's host functions (templates/cuda/xent.cu.j2)
     for n in g.nodes:
         opdef = OPS[n.op]
+        if n.id == getattr(chunks, "xent", None):  # its forward launch: the chunk loop (losses only)
+            lin = by_id[chunks.linear]
+            needs_targets.update(v.id for v in n.outputs)
+            classifier = {"rows": chunks.rows, "vp": chunks.vp, "dims": opdef.dims(n, ctx), "K": lin.inputs[1].shape[1]}
+            name = f"classifier_{classifier['K']}x{chunks.vp}"
+            classifier |= {"fwd": f"{name}_fwd", "bwd": f"{name}_bwd", "logits": f"{name}_logits"}
+            classifier["x"], classifier["w"] = ref(lin.inputs[0]), ref(lin.inputs[1])
+            dx, dw = by_id[chunks.dx].outputs[0], by_id[chunks.dw].outputs[0]
+            args = [ref(n.outputs[0]), ref(dx), ref(dw), ref(lin.inputs[0]), ref(lin.inputs[1]), ref(n.inputs[1])]
+            args.append(ref(n.inputs[2]))
+            comment = f"classifier in chunks of {chunks.rows} rows: {label(n.outputs[0])} {shape_str(n.outputs[0])}"
+            launches["fwd"].append(Launch(classifier["fwd"], args, comment, True, None))
+            continue
         fp8_node = {f: v for f, v in fp8_flags.get(n.id, {}).items() if f != "xmeta"}
         dims, flags = opdef.dims(n, ctx), _flags(n) | fp8_node
+        if n.id in chunk_parts:  # a GEMM of the chunked classifier: its launcher takes the chunk's rows
+            flags["rows"] = True
         consts = opdef.consts(n, ctx) if opdef.consts else {}
         key = (n.op, tuple(dims.items()), tuple(sorted(flags.items())), _freeze(consts))
         if key not in kernels:
@@ -871,6 +896,26 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             family = "linear_fp8" if n.id in fp8_flags else opdef.family  # templates/cuda/linear_fp8.cu.j2
             kernels[key] = Kernel(n.op, family, name, comment, dims, flags, consts)
         k = kernels[key]
+        if n.id == getattr(chunks, "dx", None):  # the classifier's backward: the chunk loop, dX and dW in it
+            xent, dw = by_id[chunks.xent], by_id[chunks.dw]
+            classifier["linear_dx"] = k.name
+            args = [ref(n.outputs[0]), ref(dw.outputs[0])]
+            args += [classifier["x"], classifier["w"], ref(xent.inputs[1]), ref(xent.inputs[2])]
+            comment = f"classifier backward in chunks: {label(n.outputs[0])} {shape_str(n.outputs[0])}, "
+            comment += f"{label(dw.outputs[0])} {shape_str(dw.outputs[0])}"
+            launches["bwd"].append(Launch(classifier["bwd"], args, comment, False, None))
+            continue
+        if n.id == getattr(chunks, "linear", None):
+            classifier_linear = k.name
+            continue
+        if n.id == getattr(chunks, "dw", None):  # the last part: the chunk loop's kernel, after its GEMMs
+            classifier |= {"linear": classifier_linear, "linear_dw": k.name, "acc": bool(flags.get("acc0"))}
+            dims = dict(classifier["dims"]) | {"K": classifier["K"], "R": chunks.rows}
+            comment = f"classifier_chunks K={classifier['K']}, Vp={chunks.vp}, R={chunks.rows}"
+            kernels[("classifier_chunks",)] = Kernel(
+                "classifier_chunks", "xent", "classifier", comment, dims, {}, dict(classifier)
+            )
+            continue
         if opdef.args:
             args = opdef.args(n, ctx)
         else:
@@ -956,4 +1001,5 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
         layer_note=layer_note,
         generation_config_json=c_string(json.dumps(generation_config(spec), indent=2) + "\n"),
         fp8=fp8_prog,
+        classifier=classifier,
     )

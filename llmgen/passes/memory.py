@@ -17,10 +17,19 @@ base + l * size, llm.c's (L, B, T, ...) activations. Fields and the values outsi
 then packed greedily, largest first, each at the lowest offset free during all of its lifetimes.
 Offsets are in elements (4 bytes each in fp32 programs; bf16 elements in bf16 programs, where an
 fp32 value takes two), aligned to 16 elements (64 bytes).
+
+The classifier in row chunks (plan_memory(chunk_classifier=True), the CUDA target): the logits, a (B*T, Vp) value
+the fused softmax + cross-entropy overwrites with dlogits, leave the per-token arena for a buffer of R rows of
+their own (`ClassifierChunks`). The program then runs, R rows at a time, logits = x W^T and the cross-entropy
+(forward: the losses; backward: the logits again, dlogits in place, dx = dlogits W, dW += dlogits^T x in the
+chunks' fixed order; a training micro-step does all of it in the forward's loop, so dx lives from the classifier's
+forward on). R: the most rows whose logits fit LOGITS_BUDGET bytes, a multiple of 128 (the last chunk
+may be shorter); LLMGEN_CLASSIFIER_ROWS=<rows> at build time sets it (tests force small chunks with it).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from llmgen.ir.graph import Graph, Value, field_of
@@ -28,6 +37,8 @@ from llmgen.ir.ops import OPS
 from llmgen.passes.precision import Fp8Choice, fp8_choices, fp8_nodes, storage_dtypes
 
 ALIGN = 16
+LOGITS_BUDGET = 256 << 20  # bytes the classifier's chunk of logits may take (a chunk of R rows x Vp)
+CHUNK_ROW_MULTIPLE = 128  # R is a multiple of this (full GEMM tiles; the ragged last chunk aside)
 
 
 def _align(n: int) -> int:
@@ -57,6 +68,7 @@ class MemoryPlan:
     dtype: str = "fp32"  # activation element: fp32 or bf16
     fields: dict[str, Placement] = field(default_factory=dict)  # field key (layer_key) -> its placement
     fp8: Fp8Plan | None = None  # --dtype fp8: the FP8 GEMMs' buffers (plan_fp8); dtype is then bf16
+    classifier: ClassifierChunks | None = None  # the classifier in row chunks (chunk_classifier=True)
 
     def bytes(self) -> dict[str, int]:
         """Bytes per arena. fp32: 4 per element everywhere. bf16 (the CUDA target's mixed precision):
@@ -71,6 +83,77 @@ class MemoryPlan:
             "activations": self.act_elems * act,
             "activations_unshared": self.unplanned_elems * act,
         } | ({"fp8_weights": self.fp8.weight_bytes, "fp8_meta": self.fp8.meta_bytes} if self.fp8 else {})
+
+
+@dataclass(frozen=True)
+class ClassifierChunks:
+    """The classifier (linear -> softmax_xent -> linear_dx, linear_dw) run `rows` rows at a time: its logits
+    live in a buffer of min(rows, B*T) x vp elements outside the per-token arena."""
+
+    rows: int  # R: rows per chunk (the last chunk of a micro-batch may be shorter)
+    vp: int  # the padded vocabulary (elements per logits row)
+    elem_bytes: int  # bytes per logits element (2 in bf16 programs, 4 in fp32)
+    linear: int  # node ids: the logits' GEMM, the fused cross-entropy, dX and dW of the classifier
+    xent: int
+    dx: int
+    dw: int
+    logits: int  # value ids: the logits and the dlogits written over them
+    dlogits: int
+
+    def buffer_bytes(self, tokens: int) -> int:
+        """The chunk buffer at B*T = tokens."""
+        return min(self.rows, tokens) * self.vp * self.elem_bytes
+
+    def whole_bytes(self, tokens: int) -> int:
+        """What the logits took in the arena, unchunked."""
+        return tokens * self.vp * self.elem_bytes
+
+    def chunks(self, tokens: int) -> int:
+        return -(-tokens // self.rows)
+
+
+def classifier_rows(vp: int, elem_bytes: int, budget: int = LOGITS_BUDGET) -> int:
+    """R: LLMGEN_CLASSIFIER_ROWS if set, else the most rows (a multiple of 128, at least 128) whose logits fit
+    `budget` bytes."""
+    env = os.environ.get("LLMGEN_CLASSIFIER_ROWS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"LLMGEN_CLASSIFIER_ROWS must be a positive row count (got {env!r})")
+        return int(env)
+    rows = budget // (vp * elem_bytes) // CHUNK_ROW_MULTIPLE * CHUNK_ROW_MULTIPLE
+    return max(rows, CHUNK_ROW_MULTIPLE)
+
+
+def find_classifier(g: Graph, elem_bytes: int, rows: int | None = None) -> ClassifierChunks | None:
+    """The fused classifier (a linear without bias whose only reader is softmax_xent, whose dlogits only the
+    classifier's linear_dx and linear_dw read), or None (an unfused graph: no chunks)."""
+    producer = {v.id: n for n in g.nodes for v in n.outputs}
+    readers: dict[int, list] = {}
+    for n in g.nodes:
+        for v in n.inputs:
+            readers.setdefault(v.id, []).append(n)
+    xents = [n for n in g.nodes if n.op == "softmax_xent"]
+    if len(xents) != 1:
+        return None
+    xent = xents[0]
+    logits, dlogits = xent.inputs[0], xent.outputs[1]
+    lin = producer.get(logits.id)
+    if lin is None or lin.op != "linear" or lin.attrs.get("bias") or len(lin.inputs) != 2:
+        return None
+    if [n.id for n in readers.get(logits.id, [])] != [xent.id]:
+        return None
+    back = readers.get(dlogits.id, [])
+    ops = sorted(n.op for n in back)
+    if ops != ["linear_dw", "linear_dx"]:
+        return None
+    dx = next(n for n in back if n.op == "linear_dx")
+    dw = next(n for n in back if n.op == "linear_dw")
+    x, w = lin.inputs
+    if dx.inputs[1].id != w.id or dw.inputs[1].id != x.id:
+        return None
+    vp = logits.shape[-1]
+    rows = classifier_rows(vp, elem_bytes) if rows is None else rows
+    return ClassifierChunks(rows, vp, elem_bytes, lin.id, xent.id, dx.id, dw.id, logits.id, dlogits.id)
 
 
 @dataclass(frozen=True)
@@ -214,11 +297,14 @@ def _inconsistent_aliases(vals: dict[int, Value], alias: dict[int, int], every: 
     return {key for key, kinds in how.items() if len(kinds) != 1 or any(v.id not in alias for v in every[key])}
 
 
-def plan_memory(g: Graph, dtype: str = "fp32") -> MemoryPlan:
-    """dtype fp32 | bf16 | fp8 (the bf16 plan and the FP8 GEMMs' buffers, plan.fp8)."""
+def plan_memory(g: Graph, dtype: str = "fp32", chunk_classifier: bool = False) -> MemoryPlan:
+    """dtype fp32 | bf16 | fp8 (the bf16 plan and the FP8 GEMMs' buffers, plan.fp8). chunk_classifier: the
+    logits leave the arena for the classifier's chunk buffer (plan.classifier; the CUDA target)."""
     fp8 = dtype == "fp8"
     dtype = "bf16" if fp8 else dtype
     plan = MemoryPlan(dtype=dtype, fp8=plan_fp8(g) if fp8 else None)
+    if chunk_classifier:
+        plan.classifier = find_classifier(g, 2 if dtype == "bf16" else 4)
     stored = storage_dtypes(g, dtype)
     units = {vid: 2 if dtype == "bf16" and dt == "f32" else 1 for vid, dt in stored.items()}
     off = 0
@@ -239,6 +325,15 @@ def plan_memory(g: Graph, dtype: str = "fp32") -> MemoryPlan:
         if not bad:
             break
         no_alias |= bad
+    if plan.classifier is not None:  # the logits (and the dlogits over them) live in the chunk buffer
+        for vid in (plan.classifier.logits, plan.classifier.dlogits):
+            vals.pop(vid, None)
+            alias.pop(vid, None)
+        # a training micro-step runs the classifier's backward in the forward's chunk loop: dX lives from there
+        at = {n.id: i for i, n in enumerate(g.nodes)}
+        dx = next(n for n in g.nodes if n.id == plan.classifier.dx).outputs[0]
+        if dx.id in vals:
+            start[dx.id] = min(start[dx.id], at[plan.classifier.linear])
     plan.act_values = list(vals.values())
     size_of = {vid: _align(v.numel * units.get(vid, 1)) for vid, v in vals.items()}
     plan.unplanned_elems = sum(size_of.values())
