@@ -242,3 +242,45 @@ def test_fp8_two_ranks_equal_one_process(fp8_builds, tmp_path):
     run_one(fp8_builds, "single", "fp8", flags, tmp_path / "single")
     run_one(fp8_builds, "dist", "fp8", flags, tmp_path / "dist")
     assert same_run(tmp_path / "single", tmp_path / "dist", 3)
+
+
+# the test's own hook, pasted into a copy of the distributed fp8 train.cu at the start of dist_free (after the last
+# step, every rank): this rank's Fp8Metas (scales, inverse scales, amaxes of the last casts) and E4M3 weights, raw
+FP8_DUMP_HOOK = """    {   /* test hook: this rank's FP8 state */
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const size_t nm = sizeof(Fp8Meta) * FP8_METAS;
+        char *h = (char *)malloc(nm + FP8_WEIGHT_BYTES), path[1024];
+        CUDA_CHECK(cudaMemcpy(h, fp8_meta_mem, nm, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(h + nm, fp8_weights_mem, FP8_WEIGHT_BYTES, cudaMemcpyDeviceToHost));
+        snprintf(path, sizeof path, "%s/fp8_r%d.bin", getenv("LLMGEN_TEST_FP8_DUMP_DIR"), comm.rank);
+        FILE *f = fopen(path, "wb");
+        fwrite(h, 1, nm + FP8_WEIGHT_BYTES, f);
+        fclose(f);
+        free(h);
+    }
+"""
+
+
+def test_fp8_ranks_hold_the_same_scales_and_weights(fp8_builds, tmp_path):
+    """After 3 steps on 2 ranks every rank holds the same Fp8Metas (the scales of the last casts of x, W and dY) and
+    the same E4M3 weights, bit for bit. The same hook in a build whose amax agreement is switched off shows that the
+    check sees a difference: the ranks' activation scales then differ (their batches do)."""
+    from llmgen.runtime.build import build_cuda
+
+    src = (fp8_builds["dir"] / "dist_fp8" / "train.cu").read_text()
+    head = "static void dist_free(void) {\n    if (comm.world_size == 1) return;\n"
+    agree = "    if (comm.world_size > 1)\n        NCCL_CHECK(ncclAllReduce(fp8_partials"
+    assert head in src and agree in src
+    hooked = src.replace(head, head + FP8_DUMP_HOOK)
+    dumps = {}
+    for kind, text in (("agreed", hooked), ("per-rank", hooked.replace(agree, agree.replace("> 1", "> 99")))):
+        d = tmp_path / kind
+        d.mkdir()
+        (d / "train.cu").write_text(text)
+        prog = build_cuda(d / "train.cu", d / "train", emulate=True, nccl=True)
+        flags = ["-b", 2, "-d", 128, "-x", 3, *LR]
+        with mock.patch.dict(ONE_THREAD, {"LLMGEN_TEST_FP8_DUMP_DIR": str(d)}):
+            run_ranks(fp8_builds, 2, "fp8", flags, d / "run", prog=prog)
+        dumps[kind] = [(d / f"fp8_r{r}.bin").read_bytes() for r in range(2)]
+    assert len(dumps["agreed"][0]) > 0 and dumps["agreed"][0] == dumps["agreed"][1]
+    assert dumps["per-rank"][0] != dumps["per-rank"][1]
