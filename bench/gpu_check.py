@@ -14,7 +14,14 @@ the one-GPU tokens/s. The roofline row is made even with --skip-bench (it needs 
 Writes OUTDIR/summary.json and OUTDIR/logs.txt after every stage (every build and run log,
 concatenated: the device tool brings back only a few files), prints a side-by-side table. Each
 stage records its own failure and the next stage still runs. Budget: under 8 minutes on an
-H100/H200.
+H100/H200 without the FP8 rows.
+
+FP8 (--dtype fp8, issue 14): the small correctness configs also in fp8 (every block linear in FP8),
+against the PyTorch reference, the bf16 build of the same config and the FP8 oracle (tests/fp8_oracle.py);
+then, last, GPT-2 124M and Llama-3.2-1B in fp8 against bf16 (tokens/s, peak memory, losses, and the
+roofline's prediction of both, which --skip-bench still makes). Those four builds and runs take several
+more minutes: `--fp8-only` runs just the FP8 checks, `--no-fp8-bench` leaves the FP8 rows out, and
+bench/gpu_check.sh's limit is $LLMGEN_GPU_CHECK_TIMEOUT seconds (470 by default).
 """
 
 from __future__ import annotations
@@ -116,8 +123,19 @@ def random_model_dir(path, spec, seed, qk_scale=1.0):
     return path
 
 
+# --dtype fp8's small configs: the compiler keeps linears of at most 1024 * 2048 weights in bf16
+# (llmgen/passes/precision.py), i.e. every linear of these models; this setting puts them all in FP8
+FP8_EVERYWHERE = {"LLMGEN_FP8_MIN_WEIGHTS": "0"}
+# fp8 against the FP8 oracle (tests/fp8_oracle.py, PyTorch quantise-dequantise at the recipe's points):
+# tests/test_fp8_trainer.py's 10-loss bound is 5e-4 (measured 4.9e-5 emulated); 1e-3 here, as a GPU's
+# cuBLASLt FP8 GEMM accumulates in another order than the emulation's. Against the bf16 build of the same
+# config: FP8's 3 (E4M3) and 2 (E5M2) mantissa bits, the issue's 1% over a short run.
+FP8_ORACLE_TOL, FP8_VS_BF16_TOL = 1e-3, 1e-2
+
+
 def correctness(out, args):
-    """Small configs, fp32 and bf16: 10 AdamW losses against the PyTorch reference (CPU, fp32)."""
+    """Small configs, fp32, bf16 and fp8: 10 AdamW losses against the PyTorch reference (CPU, fp32); fp8
+    also against the bf16 build of the same config and the FP8 oracle (tests/fp8_oracle.py)."""
     import oracle
     import torch
     from llmgen.checkpoint import read_safetensors
@@ -125,18 +143,21 @@ def correctness(out, args):
 
     results = []
     # bf16 bound: bf16 keeps 8 bits of mantissa (rel. rounding 2^-9 ~ 2e-3 per value); losses
-    # average thousands of such errors, measured agreement is ~1e-3 relative on 10 steps.
-    tol = {"fp32": 1e-4, "bf16": 2e-2}
+    # average thousands of such errors, measured agreement is ~1e-3 relative on 10 steps. fp8 against
+    # the fp32 reference: bf16's bound (its oracle and bf16 bounds are the sharp ones).
+    tol = {"fp32": 1e-4, "bf16": 2e-2, "fp8": 2e-2}
     configs = [
         (dtype, L, H, C, V, P, 4, 64, 1.0)
-        for dtype in ("fp32", "bf16")
+        for dtype in ("fp32", "bf16", "fp8")
         for L, H, C, V, P in ((2, 2, 64, 1000, 128), (3, 4, 128, 5000, 128))
     ]
     # the tensor-core attention over several 64-row tiles (head size 64), with sharp scores so a
     # wrong online-softmax rescale or causal mask shows
     configs.append(("bf16", 2, 2, 128, 1000, 256, 2, 192, 8.0))
     if args.quick:  # a smoke run: the first config of each dtype
-        configs = [next(c for c in configs if c[0] == dt) for dt in ("fp32", "bf16")]
+        configs = [next(c for c in configs if c[0] == dt) for dt in ("fp32", "bf16", "fp8")]
+    if args.fp8_only:  # the fp8 configs and the bf16 builds they are compared with
+        configs = [c for c in configs if c[0] == "fp8" or (c[0] == "bf16" and c[-1] == 1.0)]
     for dtype, L, H, C, V, P, B, T, qk in configs:
         name = f"gpt2-{L}l-{C}c-{dtype}" + (f"-t{T}-qk{qk:g}" if qk != 1.0 else "")
         t0 = time.time()
@@ -152,7 +173,8 @@ def correctness(out, args):
             build = ["build", d / "spec.py", "--target", "cuda", "-o", d / "build"]
             if args.emulate:
                 build.append("--emulate")
-            sh([sys.executable, "-m", "llmgen", *build], out / f"{name}.build.log")
+            env = dict(os.environ, **FP8_EVERYWHERE) if dtype == "fp8" else None
+            sh([sys.executable, "-m", "llmgen", *build], out / f"{name}.build.log", env=env)
             flags = [
                 "-e",
                 mdir,
@@ -189,23 +211,51 @@ def correctness(out, args):
                 threads=min(8, os.cpu_count() or 2),
             )["losses"]
             rel = float(np.max(np.abs(np.array(losses[0]) - ref) / np.abs(ref)))
-            results.append(
-                dict(
-                    name=name,
-                    max_rel_loss_err=rel,
-                    tolerance=tol[dtype],
-                    ok=rel <= tol[dtype],
-                    deterministic=losses[0] == losses[1],
-                    losses=losses[0],
-                    torch_losses=ref,
-                    seconds=round(time.time() - t0, 1),
-                )
+            row = dict(
+                name=name,
+                max_rel_loss_err=rel,
+                tolerance=tol[dtype],
+                ok=rel <= tol[dtype],
+                deterministic=losses[0] == losses[1],
+                losses=losses[0],
+                torch_losses=ref,
             )
+            if dtype == "fp8":
+                row.update(fp8_checks(results, name, losses[0], mdir, pat, B, T))
+                row["ok"] = row["ok"] and row["vs_bf16_ok"] and row["vs_oracle_ok"]
+            row["seconds"] = round(time.time() - t0, 1)
+            results.append(row)
             log(f"  {name}: max rel loss err {rel:.2e} (tol {tol[dtype]}) deterministic={losses[0] == losses[1]}")
+            if dtype == "fp8":
+                log(
+                    f"  {name}: vs the bf16 build {row['vs_bf16_rel']:.2e} (tol {FP8_VS_BF16_TOL}), vs the FP8 "
+                    f"oracle {row['vs_oracle_rel']:.2e} (tol {FP8_ORACLE_TOL})"
+                )
         except Exception as e:  # noqa: BLE001 - record and go on to the next config
             results.append(dict(name=name, ok=False, error=f"{type(e).__name__}: {e}"[-3000:]))
             log(f"  {name}: FAILED {e}")
     return results
+
+
+def fp8_checks(results, name, losses, mdir, pat, B, T):
+    """An fp8 config's losses against the bf16 build of the same config (its row in `results`) and against the
+    FP8 oracle (tests/fp8_oracle.py: the same 10 constant-LR AdamW steps in PyTorch, quantised where the trainer
+    quantises)."""
+    import fp8_oracle
+
+    bf16 = next((r for r in results if r["name"] == name.replace("-fp8", "-bf16") and "losses" in r), None)
+    got = np.array(losses)
+    res = {}
+    if bf16 is None:
+        res.update(vs_bf16_rel=float("nan"), vs_bf16_ok=False)
+    else:
+        res["vs_bf16_rel"] = float(np.max(np.abs(got - bf16["losses"]) / np.abs(bf16["losses"])))
+        res["vs_bf16_ok"] = res["vs_bf16_rel"] <= FP8_VS_BF16_TOL
+    ref = fp8_oracle.train_fp8(mdir, pat, B, T, 10, 1e-3, schedule="constant")["losses"]
+    res["vs_oracle_rel"] = float(np.max(np.abs(got - ref) / np.abs(ref)))
+    res["vs_oracle_ok"] = res["vs_oracle_rel"] <= FP8_ORACLE_TOL
+    res["oracle_losses"] = [float(x) for x in ref]
+    return res
 
 
 def bench_llmgen(out, args, variant=""):
@@ -367,6 +417,79 @@ def roofline_row(args):
         datasheet_ms=p.datasheet_step_s * 1e3,
         classes={k: {"ms": c["seconds"] * 1e3, "share": c["share"]} for k, c in p.classes().items()},
     )
+
+
+# --dtype fp8 against bf16 (issue 14's goals): preset, B, T. Llama-3.2-1B at T=2048 (the issue's shape; B=4 fits an
+# H200's 141 GB with fp32 master weights, moments and gradients: 16 bytes per parameter, 20 GB), GPT-2 124M at the
+# benchmark's T=1024. Both from random weights (-S), on random tokens, bf16 and fp8 on the same batches.
+FP8_BENCH = (("gpt2", 16, 1024), ("llama3.2-1b", 4, 2048))
+
+
+def fp8_roofline(preset, B, T, args):
+    """the roofline's bf16 and fp8 step times for one FP8 bench shape on the GPU found (else h200)"""
+    from llmgen.roofline import get_gpu, predict
+    from llmgen.spec import PRESETS
+
+    name = gpu_name(args)
+    try:
+        gpu = get_gpu(args.gpu if args.gpu != "auto" else (name or "h200"))
+    except ValueError:
+        gpu = get_gpu("h200")
+    bf, f8 = (predict(PRESETS[preset], B, T, gpu, d) for d in ("bf16", "fp8"))
+    return dict(
+        gpu=gpu.name,
+        bf16_ms=bf.step_s * 1e3,
+        fp8_ms=f8.step_s * 1e3,
+        fp8_tokens_per_s=f8.tokens_per_s,
+        speedup=bf.step_s / f8.step_s,
+        fp8_gemms=sum(k.speedup > 1 for k in f8.kernels),
+    )
+
+
+def fp8_bench_row(out, args, preset, B, T):
+    """One FP8 row: `preset` built in bf16 and in fp8 (the compiler's own size threshold: the GEMMs too small for
+    FP8 stay bf16), each trained args.steps steps at B x T from the same random weights on the same tokens;
+    tokens/s (median of the steady steps), peak memory and the last losses side by side, and the roofline's
+    prediction for both."""
+    from llmgen.spec import PRESETS
+
+    import oracle
+
+    spec = PRESETS[preset]
+    d = out / "work" / f"fp8-{preset}"
+    d.mkdir(parents=True, exist_ok=True)
+    tokens = np.random.default_rng(0).integers(0, spec.vocab_size, B * T * (args.steps + 2) + 1)
+    oracle.write_shard(d / "tokens.bin", tokens, version=1 if spec.vocab_size <= 65535 else 7)
+    row = dict(name=f"{preset} fp8 vs bf16 (B={B} T={T})")
+    row["roofline"] = fp8_roofline(preset, B, T, args)
+    for dtype in ("bf16", "fp8"):
+        build = ["build", preset, "--dtype", dtype, "--target", "cuda", "-o", d / f"build-{dtype}"]
+        if args.emulate:
+            build.append("--emulate")
+        sh([sys.executable, "-m", "llmgen", *build], out / f"fp8_{preset}_{dtype}_build.log", timeout=900)
+        run = d / f"run-{dtype}"
+        flags = ["-i", d / "tokens.bin", "-b", B, "-t", T, "-x", args.steps, "-l", "3e-4", "-k", "constant", "-v", 0]
+        sh([d / f"build-{dtype}" / "train", *flags, "-o", run], out / f"fp8_{preset}_{dtype}.log", timeout=900)
+        rows = [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
+        steady = rows[min(5, len(rows) - 1) :]
+        ms = statistics.median(r["ms"] for r in steady)
+        row[dtype] = dict(
+            ms=ms,
+            tokens_per_s=B * T / (ms / 1e3),
+            peak_mem_bytes=max((r.get("peak_mem_bytes") or 0) for r in steady),
+            losses=[r["train_loss"] for r in rows],
+        )
+    bf, f8 = row["bf16"], row["fp8"]
+    row["speedup"] = f8["tokens_per_s"] / bf["tokens_per_s"]
+    row["memory_ratio"] = f8["peak_mem_bytes"] / bf["peak_mem_bytes"] if bf["peak_mem_bytes"] else float("nan")
+    row["last_loss_rel"] = abs(f8["losses"][-1] / bf["losses"][-1] - 1)
+    goal = 1.3 if preset.startswith("llama") else 1.0  # issue 14: Llama-3.2-1B >= 1.3x, GPT-2 124M not slower
+    row["note"] = (
+        f"fp8 {f8['tokens_per_s']:,.0f} tokens/s = {row['speedup']:.2f}x bf16's {bf['tokens_per_s']:,.0f} "
+        f"(goal {goal}x; roofline {row['roofline']['speedup']:.2f}x), peak memory {row['memory_ratio']:.2f}x, "
+        f"last loss {row['last_loss_rel']:.2%} apart"
+    )
+    return row
 
 
 def _last_line(e: Exception) -> str:
@@ -538,6 +661,14 @@ def main():
         help="torch.compile mode of the PyTorch peer [bench/torch_gpt2.py's COMPILE_MODE]",
     )
     ap.add_argument(
+        "--no-fp8-bench", action="store_true", help="skip the FP8 rows (GPT-2 124M and Llama-3.2-1B, fp8 vs bf16)"
+    )
+    ap.add_argument(
+        "--fp8-only",
+        action="store_true",
+        help="only the FP8 checks: the fp8 correctness configs (and their bf16 twins), the roofline, the FP8 rows",
+    )
+    ap.add_argument(
         "--gpu", default="auto", help="GPU of the roofline row: h200, h100, a100 [auto: the one found, else h200]"
     )
     args = ap.parse_args()
@@ -572,12 +703,28 @@ def main():
         if args.dtype == "bf16" and not args.quick:
             stages.append(("cuda-core-attention", None))
         stages.append(("multi-gpu", "multi"))
+        if args.fp8_only:
+            stages = [("roofline", "roofline")]
+        if not args.no_fp8_bench and not args.quick:  # last: the slowest (four more builds and runs)
+            stages += [(f"fp8-{preset}", "fp8") for preset, _, _ in FP8_BENCH]
     mdir = None
     for name, fn in stages:
         try:
             if fn == "roofline":
                 res = roofline_row(args)
                 summary["roofline"] = res
+                # the FP8 rows' predictions (no GPU needed): fp8 against bf16 for each FP8 bench shape
+                summary["roofline_fp8"] = {}
+                for p, b, t in FP8_BENCH:
+                    try:
+                        r = summary["roofline_fp8"][p] = fp8_roofline(p, b, t, args)
+                        log(f"  roofline fp8 {p}: {r['fp8_ms']:.1f} ms/step, {r['speedup']:.2f}x the bf16 prediction")
+                    except ValueError as e:  # a GPU without FP8 tensor cores (--gpu a100)
+                        summary["roofline_fp8"][p] = dict(note=str(e))
+            elif fn == "fp8":
+                preset = name.removeprefix("fp8-")
+                res = fp8_bench_row(out, args, *next(x for x in FP8_BENCH if x[0] == preset))
+                summary.setdefault("fp8_bench", []).append(res)
             elif fn == "multi":
                 one = next((r for r in rows if r.get("name") == "llmgen CUDA" and "ms" in r), None)
                 res = multi_gpu_row(out, args, one)

@@ -3,7 +3,10 @@ oracle (tests/fp8_oracle.py: PyTorch quantise-dequantise at the recipe's points)
 
 The FP8 trainer is the bf16 trainer with the block linears' GEMMs in FP8 (templates/cuda/linear_fp8.cu.j2), built
 for the CPU through templates/cuda/emulate/ (cuBLASLt's FP8 GEMM emulated with its scale pointers). A tiny GPT-2
-(tests/matrix.py's gpt2-tiny: every linear a multiple of 16, so every block linear runs in FP8).
+(tests/matrix.py's gpt2-tiny: every linear a multiple of 16). The compiler keeps linears of at most 1024 * 2048
+weights in bf16 (llmgen/passes/precision.py, FP8_MIN_WEIGHTS), which would be every linear of a tiny model: this
+module sets LLMGEN_FP8_MIN_WEIGHTS=0 (the `fp8_everywhere` fixture) so that every block linear runs in FP8, and
+tests the default threshold on the full-size presets without building them.
 
 Tolerances: FP8 rounding is discontinuous, so the trainer and the oracle cannot agree bit for bit: their bf16
 inputs to each cast already differ by bf16 ulps (other summation orders, the trainer's stochastically rounded
@@ -59,6 +62,14 @@ LLAMA_TOL = {
 LLAMA_ROW = Row(LLAMA_GQA4, CUDA_FP8, 4, 64, LLAMA_TOL)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fp8_everywhere():
+    """every aligned block linear in FP8 (no size threshold) for the builds and the compiler calls of this module"""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMGEN_FP8_MIN_WEIGHTS", "0")
+        yield
+
+
 def test_fp8_refused_for_the_c_target(tmp_path):
     for cmd in (
         ["build", "gpt2-tiny", "--dtype", "fp8", "-o", str(tmp_path / "b")],
@@ -67,8 +78,9 @@ def test_fp8_refused_for_the_c_target(tmp_path):
         r = run_llmgen(*cmd, check=False)
         assert r.returncode == 1
         assert r.stderr.strip() == "error: --dtype fp8 needs --target cuda (the c target has no FP8 GEMMs)"
-    r = run_llmgen("emit", "gpt2-tiny", "--dtype", "fp8", "--target", "cuda", "--distributed", check=False)
-    assert r.returncode == 1 and "--distributed: not supported yet" in r.stderr
+    # with --distributed: the amaxes agreed over the ranks (tests/distributed/test_train_dist_cuda.py runs it)
+    src = run_llmgen("emit", "gpt2-tiny", "--dtype", "fp8", "--target", "cuda", "--distributed").stdout
+    assert "ncclAllReduce(fp8_partials, fp8_partials, parts, ncclFloat32, ncclMax, nccl, 0)" in src
 
 
 def test_the_build_cache_keeps_the_recipes_apart(tmp_path):
@@ -93,7 +105,9 @@ def test_fp8_refused_by_program_for():
         program_for(PRESETS["gpt2-tiny"].replace(dtype="fp8"), Options(target="c"))
 
 
-def test_inspect_reports_fp8_gemms_and_buffers():
+def test_inspect_reports_fp8_gemms_and_buffers(monkeypatch):
+    """with the threshold forced off (this module's fixture) every block linear of 124M is FP8; with the default
+    one, the linears of at most 1024 * 2048 weights stay bf16 and inspect says why"""
     r = run_llmgen("inspect", "gpt2", "--dtype", "fp8")
     out = r.stdout
     for w in ("h<l>.attn.c_attn.w", "h<l>.attn.c_proj.w", "h<l>.mlp.c_fc.w", "h<l>.mlp.c_proj.w"):
@@ -109,6 +123,51 @@ def test_inspect_reports_fp8_gemms_and_buffers():
     r = run_llmgen("inspect", "llama3.2-1b", "--dtype", "fp8")
     for w in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert f"FP8  l<l>.{w}.w" in r.stdout, w
+    monkeypatch.delenv("LLMGEN_FP8_MIN_WEIGHTS")
+    out = run_llmgen("inspect", "gpt2", "--dtype", "fp8").stdout.splitlines()
+    why = "at most 2097152 weights, bf16 (torchao: FP8 0.8x at 1024x2048x1024)"
+    for w, fp8 in (
+        ("h<l>.attn.c_attn.w", 0),
+        ("h<l>.attn.c_proj.w", 0),
+        ("h<l>.mlp.c_fc.w", 1),
+        ("h<l>.mlp.c_proj.w", 1),
+    ):
+        line = next(x for x in out if x.split()[1:2] == [w])
+        assert line.split()[0] == ("FP8" if fp8 else "bf16") and (why in line) != bool(fp8), line
+    assert "  W8    fp8_weights      54.0 MiB  E4M3 (out, in) of 24 weights, every step" in out
+    out = run_llmgen("inspect", "llama3.2-1b", "--dtype", "fp8").stdout
+    for w in ("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert f"FP8  l<l>.{w}.w" in out, w
+    for w in ("k_proj", "v_proj"):  # 512 x 2048
+        assert f"bf16 l<l>.{w}.w" in out and "512x2048: at most 2097152 weights" in out, w
+
+
+def test_fp8_size_threshold():
+    """FP8_MIN_WEIGHTS (torchao's 1024x2048 weight, measured 0.8x bf16): at most that many weights stay bf16, one more
+    row of 16 goes FP8; LLMGEN_FP8_MIN_WEIGHTS overrides it and is checked"""
+    from llmgen.compiler import compile_graph
+    from llmgen.passes.precision import FP8_MIN_WEIGHTS, fp8_choices, fp8_min_weights
+    from llmgen.spec import GPT2Spec
+
+    assert FP8_MIN_WEIGHTS == 1024 * 2048 and fp8_min_weights() == 0  # this module's fixture
+    spec = GPT2Spec(n_layer=1, n_head=1, n_embd=64, vocab_size=129, max_seq_len=32, dtype="fp8")
+    g, _ = compile_graph(spec, 1, 1, dtype="fp8")
+    # (out, in): c_attn 192 x 64, c_proj 64 x 64, c_fc 256 x 64, mlp c_proj 64 x 256
+    got = {c.weight.name: c.fp8 for c in fp8_choices(g, min_weights=64 * 64)}
+    assert got == {
+        "h0.attn.c_attn.w": True,
+        "h0.attn.c_proj.w": False,
+        "h0.mlp.c_fc.w": True,
+        "h0.mlp.c_proj.w": True,
+        "wte": False,
+    }
+    assert not any(c.fp8 for c in fp8_choices(g, min_weights=256 * 64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMGEN_FP8_MIN_WEIGHTS", "lots")
+        with pytest.raises(ValueError, match="LLMGEN_FP8_MIN_WEIGHTS='lots'"):
+            fp8_min_weights()
+        mp.delenv("LLMGEN_FP8_MIN_WEIGHTS")
+        assert fp8_min_weights() == FP8_MIN_WEIGHTS
 
 
 def test_fp8_choices_keep_unaligned_linears_bf16():
@@ -358,13 +417,17 @@ def test_fp8_tracks_bf16_on_shakespeare(tmp_path):
     assert err <= 0.02, val
 
 
-def test_roofline_counts_fp8_gemms_at_twice_the_bf16_rate():
+def test_roofline_counts_fp8_gemms_at_twice_the_bf16_rate(monkeypatch):
     from llmgen.roofline import predict
     from llmgen.spec import PRESETS
 
     bf, f8 = (predict(PRESETS["llama3.2-1b"], 4, 2048, "h200", d) for d in ("bf16", "fp8"))
     assert sum(k.speedup == 2.0 for k in f8.kernels) == 16 * 7 * 3  # 7 linears x (forward, dX, dW) per layer
     assert 1.3 < bf.step_s / f8.step_s < 2.0  # the GEMMs dominate; attention, norms and AdamW do not speed up
+    monkeypatch.delenv("LLMGEN_FP8_MIN_WEIGHTS")  # the default threshold: k and v (512 x 2048) stay bf16
+    f8 = predict(PRESETS["llama3.2-1b"], 4, 2048, "h200", "fp8")
+    assert sum(k.speedup == 2.0 for k in f8.kernels) == 16 * 5 * 3
+    assert 1.3 < bf.step_s / f8.step_s < 2.0  # [1.40]
     with pytest.raises(ValueError, match="no FP8 tensor cores"):
         predict(PRESETS["gpt2"], 4, 1024, "a100", "fp8")
 

@@ -47,11 +47,10 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_fp8_target(spec, target: str, distributed: bool = False) -> None:
-    """--dtype fp8 is the CUDA target's (cuBLASLt's FP8 GEMM on sm_89 / sm_90); the C twin has no FP8."""
+    """--dtype fp8 is the CUDA target's (cuBLASLt's FP8 GEMM on sm_89 / sm_90, one process or --distributed); the C twin
+    has no FP8."""
     if spec.dtype == "fp8" and target != "cuda":
         raise CliError(f"--dtype fp8 needs --target cuda (the {target} target has no FP8 GEMMs)")
-    if spec.dtype == "fp8" and distributed:
-        raise CliError("--dtype fp8 --distributed: not supported yet (amax across ranks, FP8 weight all-gather)")
 
 
 def add_distributed_arg(p: argparse.ArgumentParser) -> None:

@@ -37,12 +37,37 @@ def storage_dtypes(g: Graph, dtype: str = "fp32") -> dict[int, str]:
 # bf16 (dW: fp32) output. Embeddings, the classifier, attention and norms stay bf16. sm_89 / sm_90's FP8
 # GEMM takes only the TN layout with k and every leading dimension a multiple of 16 (16 bytes of FP8), so
 # a linear qualifies when its in and out features are multiples of FP8_ALIGN; the third dimension, the
-# B*T rows, is the program's runtime batch and the FP8 program checks it at start-up. min_dim leaves the
-# smallest linears in bf16 (torchao measured FP8 slower below about 1024x2048x1024 on H100); 0 keeps every
-# qualifying linear in FP8 (what the tiny test models need), until a GPU benchmark sets the threshold.
+# B*T rows, is the program's runtime batch and the FP8 program checks it at start-up.
+#
+# The size threshold: an FP8 GEMM saves half the tensor-core time of its bf16 twin (2 M N K flops at twice the rate)
+# but pays for its casts, memory-bound passes over x (M x K), dY (M x N) and W (N x K) that the bf16 GEMM does not
+# make; the smaller the weight, the larger that toll against the saving. torchao's float8 training benchmarks
+# (tensorwise scaling, H100) measured FP8 at 0.8x bf16's speed for the GEMM 1024 x 2048 x 1024 (M x K x N), so a
+# linear whose weight has at most 1024 * 2048 elements (FP8_MIN_WEIGHTS) stays bf16: GPT-2 124M's qkv (2304 x 768)
+# and attention projection (768 x 768), Llama-3.2-1B's k and v (512 x 2048). It is a static rule of the weight's
+# shape only (the B*T rows are the runtime's), taken from a published measurement, not one of ours: a GPU benchmark
+# (bench/gpu_check.py's FP8 rows) can move it. LLMGEN_FP8_MIN_WEIGHTS=<n> overrides it (0: every aligned linear in
+# FP8, what the tiny test models need to exercise the FP8 path).
 
 FP8_ALIGN = 16
-FP8_MIN_DIM = 0
+FP8_MIN_WEIGHTS = 1024 * 2048
+FP8_MIN_ENV = "LLMGEN_FP8_MIN_WEIGHTS"
+
+
+def fp8_min_weights() -> int:
+    """The threshold in force: $LLMGEN_FP8_MIN_WEIGHTS when set, else FP8_MIN_WEIGHTS."""
+    import os
+
+    v = os.environ.get(FP8_MIN_ENV, "").strip()
+    if not v:
+        return FP8_MIN_WEIGHTS
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"{FP8_MIN_ENV}={v!r}: expected a whole number of weight elements") from None
+    if n < 0:
+        raise ValueError(f"{FP8_MIN_ENV}={v!r}: expected a number >= 0")
+    return n
 
 
 @dataclass(frozen=True)
@@ -57,8 +82,10 @@ class Fp8Choice:
     why: str
 
 
-def fp8_choices(g: Graph, min_dim: int = FP8_MIN_DIM) -> list[Fp8Choice]:
-    """Every forward linear of the graph with its FP8 decision, in schedule order."""
+def fp8_choices(g: Graph, min_weights: int | None = None) -> list[Fp8Choice]:
+    """Every forward linear of the graph with its FP8 decision, in schedule order; a linear whose weight has at most
+    min_weights elements stays bf16 (None: fp8_min_weights())."""
+    min_weights = fp8_min_weights() if min_weights is None else min_weights
     out = []
     for n in g.nodes:
         if n.op != "linear" or n.phase != "fwd":
@@ -69,8 +96,9 @@ def fp8_choices(g: Graph, min_dim: int = FP8_MIN_DIM) -> list[Fp8Choice]:
             out.append(Fp8Choice(w, n.layer, K, N, False, "outside the blocks (embedding / classifier): bf16"))
         elif K % FP8_ALIGN or N % FP8_ALIGN:
             out.append(Fp8Choice(w, n.layer, K, N, False, f"{N}x{K}: not a multiple of {FP8_ALIGN}, bf16"))
-        elif min(K, N) < min_dim:
-            out.append(Fp8Choice(w, n.layer, K, N, False, f"{N}x{K}: smaller than {min_dim}, bf16 is faster"))
+        elif N * K <= min_weights:
+            why = f"{N}x{K}: at most {min_weights} weights, bf16 (torchao: FP8 0.8x at 1024x2048x1024)"
+            out.append(Fp8Choice(w, n.layer, K, N, False, why))
         else:
             out.append(Fp8Choice(w, n.layer, K, N, True, "block linear: FP8 forward, dX and dW"))
     return out

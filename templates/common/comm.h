@@ -39,6 +39,7 @@ Contract
   buffer in N near-equal chunks, chunk q owned by rank q), which sums the N contributions IN RANK
   ORDER 0, 1, ..., N-1: acc = x0; acc += x1; ...; in fp32 for COMM_F32 and COMM_BF16 (bf16 values
   widened exactly), in fp64 for COMM_F64; COMM_AVG then divides acc by N in the same precision;
+  COMM_MAX keeps the larger of acc and x (x when either is NaN: fp8 amaxes are never NaN);
   bf16 results are rounded once, to nearest even. The owner sends the result to the others, so
   every rank holds identical bits, and the bits do not depend on the backend (tcp and mpi move
   the same bytes; MPI's own reductions are never used), nor on the segment size.
@@ -157,7 +158,7 @@ static COMM_UNUSED void comm_options_from_env(CommOptions *o) {
 
 typedef enum { COMM_SINGLE = 0, COMM_TCP = 1, COMM_FILE = 2, COMM_MPI = 3 } CommBackend;
 typedef enum { COMM_F32 = 0, COMM_F64 = 1, COMM_BF16 = 2, COMM_U8 = 3, COMM_I32 = 4, COMM_I64 = 5 } CommDtype;
-typedef enum { COMM_SUM = 0, COMM_AVG = 1 } CommOp;
+typedef enum { COMM_SUM = 0, COMM_AVG = 1, COMM_MAX = 2 } CommOp;
 
 typedef struct {
     int rank, world_size;              // this process among all
@@ -1099,22 +1100,28 @@ static COMM_UNUSED int comm_reducible(CommDtype dt) {
     return dt == COMM_F32 || dt == COMM_F64 || dt == COMM_BF16;
 }
 
-// acc (fp32 for f32/bf16, fp64 for f64) = src (first) or acc + src, element by element.
-static COMM_UNUSED void comm_accumulate(CommDtype dt, void *acc, const void *src, size_t n, int first) {
+// acc (fp32 for f32/bf16, fp64 for f64) = src (first), else acc + src (COMM_MAX: the larger of acc and src),
+// element by element.
+static COMM_UNUSED void comm_accumulate(CommDtype dt, CommOp op, void *acc, const void *src, size_t n, int first) {
+    const int mx = op == COMM_MAX;
     if (dt == COMM_F64) {
         double *a = (double *)acc;
         const double *s = (const double *)src;
         if (first) for (size_t i = 0; i < n; i++) a[i] = s[i];
+        else if (mx) for (size_t i = 0; i < n; i++) a[i] = a[i] > s[i] ? a[i] : s[i];
         else for (size_t i = 0; i < n; i++) a[i] += s[i];
     } else if (dt == COMM_F32) {
         float *a = (float *)acc;
         const float *s = (const float *)src;
         if (first) for (size_t i = 0; i < n; i++) a[i] = s[i];
+        else if (mx) for (size_t i = 0; i < n; i++) a[i] = a[i] > s[i] ? a[i] : s[i];
         else for (size_t i = 0; i < n; i++) a[i] += s[i];
     } else {
         float *a = (float *)acc;
         const uint16_t *s = (const uint16_t *)src;
         if (first) for (size_t i = 0; i < n; i++) a[i] = comm_bf16_to_f32(s[i]);
+        else if (mx) for (size_t i = 0; i < n; i++) a[i] = a[i] > comm_bf16_to_f32(s[i]) ? a[i]
+                                                                                         : comm_bf16_to_f32(s[i]);
         else for (size_t i = 0; i < n; i++) a[i] += comm_bf16_to_f32(s[i]);
     }
 }
@@ -1171,7 +1178,7 @@ static COMM_UNUSED void comm_reduce_chunks(Comm *c, const char *what, CommDtype 
         if (!mine) continue;
         for (int q = 0; q < N; q++) {
             const char *x = q == me ? src + (off[me] + s) * esz : pieces + (size_t)q * seg * esz;
-            comm_accumulate(dt, acc, x, mine, q == 0);
+            comm_accumulate(dt, op, acc, x, mine, q == 0);
         }
         comm_finish(dt, op, N, (char *)own_out + s * esz, acc, mine);
     }

@@ -19,9 +19,10 @@
  *     ncclCommFinalize, ncclCommCount, ncclCommUserRank, ncclCommCuDevice, ncclAllReduce,
  *     ncclReduceScatter, ncclReduce, ncclAllGather, ncclBroadcast, ncclBcast, ncclGroupStart, ncclGroupEnd,
  *     ncclGetErrorString, ncclGetLastError; ncclUniqueId, ncclComm_t, ncclResult_t,
- *     ncclDataType_t, ncclRedOp_t. Reductions: ncclSum and ncclAvg on ncclFloat32, ncclFloat64
- *     and ncclBfloat16; ncclAllGather / ncclBroadcast move any type. Anything else returns
- *     ncclInvalidArgument with the reason in ncclGetLastError() and on stderr.
+ *     ncclDataType_t, ncclRedOp_t. Reductions: ncclSum, ncclAvg and ncclMax on ncclFloat32,
+ *     ncclFloat64 and ncclBfloat16 (ncclMax: the FP8 trainer's amaxes); ncclAllGather /
+ *     ncclBroadcast move any type. Anything else returns ncclInvalidArgument with the reason in
+ *     ncclGetLastError() and on stderr.
  *
  *   Bootstrap, as on the GPU: the program calls comm_init (comm.h) first; rank 0 calls
  *   ncclGetUniqueId; the 128-byte id goes to every rank with comm_broadcast; every rank calls
@@ -159,7 +160,8 @@ inline ncclResult_t reduction(const char* call, ncclDataType_t t, ncclRedOp_t op
     }
     if (op == ncclSum) *cop = COMM_SUM;
     else if (op == ncclAvg) *cop = COMM_AVG;
-    else return fail(ncclInvalidArgument, "%s: only ncclSum and ncclAvg are emulated (op %d)", call, (int)op);
+    else if (op == ncclMax) *cop = COMM_MAX;
+    else return fail(ncclInvalidArgument, "%s: only ncclSum, ncclAvg and ncclMax are emulated (op %d)", call, (int)op);
     return ncclSuccess;
 }
 

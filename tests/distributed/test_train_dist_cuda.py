@@ -3,8 +3,10 @@ CPU: the exact train.cu through g++ and the emulation headers (--emulate), its N
 comm.h, started by mpirun (or torchrun style where OpenMPI is missing). On a tiny GPT-2: N ranks (2, and 3 with padded
 ZeRO shards) equal one process with the same global batch (fp32: 1e-4; bf16: the tolerance below); -z 1 equals -z 0
 bit for bit; one rank equals the plain build bit for bit; a checkpoint resumes bit-exactly with the same N and
-closely with one process. Also: the build without MPI (torchrun-style variables) gives the bits of mpirun, and nvcc
-compiles a distributed GPT-2 bf16 train.cu for sm_90a where nvcc and NCCL's headers are installed."""
+closely with one process; --dtype fp8 (each FP8 tensor's amax the max over the ranks, the E4M3 weights cast from the
+gathered bf16 ones) on 2 ranks equals one process within the bf16 tolerance. Also: the build without MPI
+(torchrun-style variables) gives the bits of mpirun, and nvcc compiles a distributed GPT-2 bf16 train.cu for sm_90a
+where nvcc and NCCL's headers are installed."""
 
 from __future__ import annotations
 
@@ -202,3 +204,83 @@ def test_emitted_distributed_cuda_source(name, dtype):
     assert len(calls) >= 7 and all(x.endswith(("nccl, 0));", "nccl, comm_stream));")) for x in calls), calls
     assert "        layer_grads_done(l);   /* layer l's gradients are final: start their exchange */\n    }" in src
     assert "nccl" not in render(spec, Options(target="cuda")).lower()
+
+
+@pytest.fixture(scope="module")
+def fp8_builds(setup):
+    """the fp8 plain and distributed builds of the same model (gpt2-tiny's shapes: every block linear a multiple of
+    16, so every one runs in FP8 once LLMGEN_FP8_MIN_WEIGHTS is 0)"""
+    d, config = setup["dir"], setup["model"] / "config.json"
+    common = [config, "--target", "cuda", "--emulate", "--dtype", "fp8"]
+    with mock.patch.dict("os.environ", {"LLMGEN_FP8_MIN_WEIGHTS": "0"}):
+        run_llmgen("build", *common, "-o", d / "single_fp8")
+        run_llmgen("build", *common, "--distributed", "-o", d / "dist_fp8")
+    assert "fp8_agree_amax" in (d / "dist_fp8" / "train.cu").read_text()
+    return setup
+
+
+def test_fp8_two_ranks_equal_one_process(fp8_builds, tmp_path):
+    """--dtype fp8, -b 2 on 2 ranks against -b 4 on one process, 6 AdamW steps. With the amaxes agreed over the
+    ranks every rank casts with the scale one process takes for the whole batch, so each row's FP8 codes are the
+    single process's (the per-rank loss scale 1/(B*T) is 2x, a power of 2: dY's scale halves exactly, its codes stay);
+    what differs is the weight gradients' summation order, as in bf16: within BF16_LOSS / BF16_NORM. -z 1 equals -z 0
+    bit for bit (the same gathered weights, so the same E4M3 copies and scales on every rank); one rank of the
+    distributed build is the plain build bit for bit."""
+    steps, n, B = 6, 2, 2
+    flags = ["-d", 2 * n * B * T, "-x", steps, *LR]
+    run_ranks(fp8_builds, n, "fp8", ["-b", B, *flags], tmp_path / "z1")
+    run_ranks(fp8_builds, n, "fp8", ["-b", B, *flags, "-z", 0], tmp_path / "z0")
+    assert same_run(tmp_path / "z1", tmp_path / "z0", steps), "-z 1 and -z 0 differ"
+    run_one(fp8_builds, "single", "fp8", ["-b", n * B, *flags], tmp_path / "one")
+    z1, one = losses_by_step(tmp_path / "z1"), losses_by_step(tmp_path / "one")
+    assert sorted(z1) == sorted(one) == list(range(1, steps + 1))
+    worst = max(max(abs(z1[s][0] / one[s][0] - 1), abs(z1[s][1] / one[s][1] - 1)) for s in one)
+    print(f"fp8 2 ranks against one process: worst relative loss / norm difference {worst:.2e}")
+    for s in one:
+        assert close(z1[s][0], one[s][0], BF16_LOSS) and close(z1[s][1], one[s][1], BF16_NORM), (s, z1[s], one[s])
+    flags = ["-b", 4, "-d", 128, "-x", 3, *LR]
+    run_one(fp8_builds, "single", "fp8", flags, tmp_path / "single")
+    run_one(fp8_builds, "dist", "fp8", flags, tmp_path / "dist")
+    assert same_run(tmp_path / "single", tmp_path / "dist", 3)
+
+
+# the test's own hook, pasted into a copy of the distributed fp8 train.cu at the start of dist_free (after the last
+# step, every rank): this rank's Fp8Metas (scales, inverse scales, amaxes of the last casts) and E4M3 weights, raw
+FP8_DUMP_HOOK = """    {   /* test hook: this rank's FP8 state */
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const size_t nm = sizeof(Fp8Meta) * FP8_METAS;
+        char *h = (char *)malloc(nm + FP8_WEIGHT_BYTES), path[1024];
+        CUDA_CHECK(cudaMemcpy(h, fp8_meta_mem, nm, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(h + nm, fp8_weights_mem, FP8_WEIGHT_BYTES, cudaMemcpyDeviceToHost));
+        snprintf(path, sizeof path, "%s/fp8_r%d.bin", getenv("LLMGEN_TEST_FP8_DUMP_DIR"), comm.rank);
+        FILE *f = fopen(path, "wb");
+        fwrite(h, 1, nm + FP8_WEIGHT_BYTES, f);
+        fclose(f);
+        free(h);
+    }
+"""
+
+
+def test_fp8_ranks_hold_the_same_scales_and_weights(fp8_builds, tmp_path):
+    """After 3 steps on 2 ranks every rank holds the same Fp8Metas (the scales of the last casts of x, W and dY) and
+    the same E4M3 weights, bit for bit. The same hook in a build whose amax agreement is switched off shows that the
+    check sees a difference: the ranks' activation scales then differ (their batches do)."""
+    from llmgen.runtime.build import build_cuda
+
+    src = (fp8_builds["dir"] / "dist_fp8" / "train.cu").read_text()
+    head = "static void dist_free(void) {\n    if (comm.world_size == 1) return;\n"
+    agree = "    if (comm.world_size > 1)\n        NCCL_CHECK(ncclAllReduce(fp8_partials"
+    assert head in src and agree in src
+    hooked = src.replace(head, head + FP8_DUMP_HOOK)
+    dumps = {}
+    for kind, text in (("agreed", hooked), ("per-rank", hooked.replace(agree, agree.replace("> 1", "> 99")))):
+        d = tmp_path / kind
+        d.mkdir()
+        (d / "train.cu").write_text(text)
+        prog = build_cuda(d / "train.cu", d / "train", emulate=True, nccl=True)
+        flags = ["-b", 2, "-d", 128, "-x", 3, *LR]
+        with mock.patch.dict(ONE_THREAD, {"LLMGEN_TEST_FP8_DUMP_DIR": str(d)}):
+            run_ranks(fp8_builds, 2, "fp8", flags, d / "run", prog=prog)
+        dumps[kind] = [(d / f"fp8_r{r}.bin").read_bytes() for r in range(2)]
+    assert len(dumps["agreed"][0]) > 0 and dumps["agreed"][0] == dumps["agreed"][1]
+    assert dumps["per-rank"][0] != dumps["per-rank"][1]
