@@ -83,10 +83,13 @@ def cached_build_dir(spec, options, cache_root: Path) -> Path:
     import json
 
     from llmgen import __version__
+    from llmgen.passes.precision import FP8_MIN_WEIGHTS, fp8_min_weights
 
     parts = [spec.digest(), options.target, options.fuse, options.recompute, __version__]
     parts += ["distributed"] if options.distributed else []
     parts += [f"fp8-{options.fp8_recipe}"] if options.fp8_recipe != "current" else []  # today's keys stay as they were
+    if spec.dtype == "fp8" and fp8_min_weights() != FP8_MIN_WEIGHTS:  # $LLMGEN_FP8_MIN_WEIGHTS changes the program
+        parts += [f"fp8-min-{fp8_min_weights()}"]
     key = json.dumps(parts)
     return Path(cache_root) / "builds" / f"{spec.arch}-{options.target}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
