@@ -83,6 +83,18 @@ def test_fp8_refused_for_the_c_target(tmp_path):
     assert "ncclAllReduce(fp8_partials, fp8_partials, parts, ncclFloat32, ncclMax, nccl, 0)" in src
 
 
+def test_a_build_with_no_fp8_gemm_says_so(monkeypatch):
+    """The size threshold can leave a small model with no FP8 GEMM at all: emit (and build) still write the program,
+    and say on stderr that it is the bf16 one and how to force FP8; a model with FP8 GEMMs gets no note."""
+    monkeypatch.delenv("LLMGEN_FP8_MIN_WEIGHTS")
+    r = run_llmgen("emit", "gpt2-tiny", "--target", "cuda", "--dtype", "fp8")
+    assert "note: --dtype fp8: no block linear runs in FP8" in r.stderr and "LLMGEN_FP8_MIN_WEIGHTS=0" in r.stderr
+    assert "fp8_matmul(" not in r.stdout.split("fp8_matmul(void")[-1]  # defined, never called
+    assert "note:" not in run_llmgen("emit", "gpt2", "--target", "cuda", "--dtype", "fp8").stderr
+    monkeypatch.setenv("LLMGEN_FP8_MIN_WEIGHTS", "0")
+    assert "note:" not in run_llmgen("emit", "gpt2-tiny", "--target", "cuda", "--dtype", "fp8").stderr
+
+
 def test_the_build_cache_keeps_the_recipes_apart(tmp_path):
     """llmgen train caches one trainer per (spec, options): the delayed recipe's build must not be the current
     recipe's (a different program), while the key of a build without FP8 stays what it was."""

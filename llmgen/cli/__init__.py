@@ -51,6 +51,18 @@ def check_fp8_target(spec, target: str, distributed: bool = False) -> None:
     has no FP8."""
     if spec.dtype == "fp8" and target != "cuda":
         raise CliError(f"--dtype fp8 needs --target cuda (the {target} target has no FP8 GEMMs)")
+    if spec.dtype == "fp8":
+        from llmgen.compiler import compile_graph
+        from llmgen.passes.precision import FP8_MIN_ENV, fp8_min_weights
+
+        plan = compile_graph(spec, B=1, T=1, dtype="fp8")[1]
+        if plan.fp8 is not None and not any(c.fp8 for c in plan.fp8.choices):  # a note, not an error: it builds
+            print(
+                f"note: --dtype fp8: no block linear runs in FP8 (each weight has at most "
+                f"{fp8_min_weights()} elements, too small for FP8 to pay for its casts, or sizes not multiples of 16); "
+                f"the program is the bf16 one. {FP8_MIN_ENV}=0 puts every aligned linear in FP8.",
+                file=sys.stderr,
+            )
 
 
 def add_distributed_arg(p: argparse.ArgumentParser) -> None:
