@@ -146,7 +146,7 @@ int main(int argc, char** argv) {
     // what is not emulated says so instead of computing something else
     float* x = (float*)dev_alloc(16);
     int* xi = (int*)dev_alloc(16);
-    int neg_ok = ncclAllReduce(x, x, 4, ncclFloat32, ncclMax, nccl, stream) == ncclInvalidArgument &&
+    int neg_ok = ncclAllReduce(x, x, 4, ncclFloat32, ncclProd, nccl, stream) == ncclInvalidArgument &&
                  ncclAllReduce(xi, xi, 4, ncclInt32, ncclSum, nccl, stream) == ncclInvalidArgument &&
                  ncclGroupEnd() == ncclInvalidUsage && strstr(ncclGetLastError(nccl), "ncclGroupEnd") != NULL;
     printf("rank %d: negative checks %s\n", c.rank, neg_ok ? "ok" : "FAILED");
