@@ -65,6 +65,19 @@ def check_fp8_target(spec, target: str, distributed: bool = False) -> None:
             )
 
 
+def build_options(args):
+    """The Options of the commands that write a trainer's source (build, emit), from their shared flags."""
+    from llmgen.codegen import Options
+
+    return Options(
+        target=args.target,
+        fuse=not args.no_fuse,
+        recompute=args.recompute,
+        distributed=args.distributed,
+        fp8_recipe=args.fp8_recipe,
+    )
+
+
 def add_distributed_arg(p: argparse.ArgumentParser) -> None:
     """--distributed, of the commands that write a trainer's source (build, emit)."""
     p.add_argument(

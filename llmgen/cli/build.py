@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmgen.cli import CliError, add_distributed_arg, add_spec_args, check_fp8_target
+from llmgen.cli import CliError, add_distributed_arg, build_options, add_spec_args, check_fp8_target
 
 
 def register(sub) -> None:
@@ -27,7 +27,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from llmgen.codegen import Options
     from llmgen.runtime.build import build_trainer
     from llmgen.spec import load_spec
 
@@ -35,13 +34,7 @@ def run(args) -> int:
     check_fp8_target(spec, args.target, args.distributed)
     if args.emulate and args.target != "cuda":
         raise CliError("--emulate applies to --target cuda only")
-    options = Options(
-        target=args.target,
-        fuse=not args.no_fuse,
-        recompute=args.recompute,
-        distributed=args.distributed,
-        fp8_recipe=args.fp8_recipe,
-    )
+    options = build_options(args)
     out = Path(args.o)
     if out.exists() and not out.is_dir():
         raise CliError(f"-o {out}: exists and is not a folder")

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from llmgen.cli import CliError, add_distributed_arg, add_spec_args, check_fp8_target
+from llmgen.cli import CliError, add_distributed_arg, build_options, add_spec_args, check_fp8_target
 
 
 def register(sub) -> None:
@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from llmgen.codegen import Options, render
+    from llmgen.codegen import render
     from llmgen.files import write_atomic
     from llmgen.runtime.build import render_library
     from llmgen.spec import load_spec
@@ -42,13 +42,7 @@ def run(args) -> int:
     check_fp8_target(spec, args.target, args.distributed)
     if args.distributed and args.library:
         raise CliError("--distributed --library: the in-process API is one process; emit the trainer without --library")
-    options = Options(
-        target=args.target,
-        fuse=not args.no_fuse,
-        recompute=args.recompute,
-        distributed=args.distributed,
-        fp8_recipe=args.fp8_recipe,
-    )
+    options = build_options(args)
     src = (render_library if args.library else render)(spec, options)
     if args.o is None:
         try:
