@@ -354,3 +354,48 @@ static int lt_matmul(const LtCall *c, LtCache *cache) {
     LT_CHECK(lt_run(pl, c, &pl->algo));
     return 1;
 }
+
+/* ---- a bias gradient db = the column sums of dY: from the dW GEMM's BGRADB epilogue (into scratch, then vec_acc)
+ * or from the plain dW GEMM and colsum's two kernels, whichever is measured faster. A GPU times both at each call
+ * site's first call in the warm-up micro-step (lt_tuning: its gradients are discarded, so running a path again is
+ * harmless), each once untimed then LT_TIMING_REPS times between two events, and keeps the epilogue unless the
+ * kernels beat it by 3%. LLMGEN_BGRAD=epilogue | kernel forces one path everywhere; without a warm-up (the
+ * emulation, LLMGEN_GEMM_TUNE=0) the epilogue is kept. The emulation with LLMGEN_GEMM_TUNE=1 runs the timing as a
+ * GPU does but keeps the epilogue (its clock measures the CPU), so the warm-up changes no number. ---- */
+enum { BGRAD_UNSET = -1, BGRAD_KERNELS = 0, BGRAD_EPILOGUE = 1 };
+/* call sites that timing sent to each path (the warm-up's report line) */
+static int bgrad_timed[2] __attribute__((unused));
+/* run(): one run of a path on `stream`; ms per run over LT_TIMING_REPS runs after an untimed one */
+template <typename Run>
+static float bgrad_ms(Run run, cudaStream_t stream) {
+    cudaEvent_t t0, t1;
+    float ms = 0.0f;
+    run();
+    CUDA_CHECK(cudaEventCreate(&t0));
+    CUDA_CHECK(cudaEventCreate(&t1));
+    CUDA_CHECK(cudaEventRecord(t0, stream));
+    for (int r = 0; r < LT_TIMING_REPS; r++) run();
+    CUDA_CHECK(cudaEventRecord(t1, stream));
+    CUDA_CHECK(cudaEventSynchronize(t1));
+    CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));
+    CUDA_CHECK(cudaEventDestroy(t0));
+    CUDA_CHECK(cudaEventDestroy(t1));
+    return ms / LT_TIMING_REPS;
+}
+/* epilogue(): the dW GEMM with BGRADB, then vec_acc; returns 0 where cuBLASLt has no such algorithm.
+ * kernels(): the plain dW GEMM, then colsum. Both on `stream`. Returns the path this call site keeps. */
+template <typename Epilogue, typename Kernels>
+static int bgrad_choose(Epilogue epilogue, Kernels kernels, cudaStream_t stream) {
+    const char *force = getenv("LLMGEN_BGRAD");
+    if (force && *force) {
+        if (strcmp(force, "epilogue") == 0) return BGRAD_EPILOGUE;
+        if (strcmp(force, "kernel") == 0) return BGRAD_KERNELS;
+        llmgen_fail("LLMGEN_BGRAD=%s: expected epilogue or kernel", force);
+    }
+    if (!lt_tuning || lt_capturing) return BGRAD_EPILOGUE;
+    if (!epilogue()) return BGRAD_KERNELS;   /* no BGRADB algorithm for this shape: nothing to time */
+    const float epi_ms = bgrad_ms([&] { epilogue(); }, stream), own_ms = bgrad_ms(kernels, stream);
+    const int pick = own_ms < epi_ms * 0.97f && !LLMGEN_EMULATED ? BGRAD_KERNELS : BGRAD_EPILOGUE;
+    bgrad_timed[pick]++;
+    return pick;
+}
