@@ -896,25 +896,28 @@ def lower(g: Graph, plan: MemoryPlan, target: str, version: str, recompute: int 
             family = "linear_fp8" if n.id in fp8_flags else opdef.family  # templates/cuda/linear_fp8.cu.j2
             kernels[key] = Kernel(n.op, family, name, comment, dims, flags, consts)
         k = kernels[key]
-        if n.id == getattr(chunks, "dx", None):  # the classifier's backward: the chunk loop, dX and dW in it
-            xent, dw = by_id[chunks.xent], by_id[chunks.dw]
-            classifier["linear_dx"] = k.name
-            args = [ref(n.outputs[0]), ref(dw.outputs[0])]
-            args += [classifier["x"], classifier["w"], ref(xent.inputs[1]), ref(xent.inputs[2])]
-            comment = f"classifier backward in chunks: {label(n.outputs[0])} {shape_str(n.outputs[0])}, "
-            comment += f"{label(dw.outputs[0])} {shape_str(dw.outputs[0])}"
-            launches["bwd"].append(Launch(classifier["bwd"], args, comment, False, None))
-            continue
         if n.id == getattr(chunks, "linear", None):
             classifier_linear = k.name
             continue
-        if n.id == getattr(chunks, "dw", None):  # the last part: the chunk loop's kernel, after its GEMMs
+        if n.id == getattr(chunks, "dx", None):
+            classifier["linear_dx"] = k.name
+        if n.id == getattr(chunks, "dw", None):  # the chunk loop's kernel, after its GEMMs
             classifier |= {"linear": classifier_linear, "linear_dw": k.name, "acc": bool(flags.get("acc0"))}
             dims = dict(classifier["dims"]) | {"K": classifier["K"], "R": chunks.rows}
             comment = f"classifier_chunks K={classifier['K']}, Vp={chunks.vp}, R={chunks.rows}"
             kernels[("classifier_chunks",)] = Kernel(
                 "classifier_chunks", "xent", "classifier", comment, dims, {}, dict(classifier)
             )
+        if n.id in (getattr(chunks, "dx", None), getattr(chunks, "dw", None)):
+            # the classifier's backward, the chunk loop with dX and dW in it, at the later of the two nodes: after
+            # --recompute 2's copy of x, which it reads (the forward's x has died by then)
+            if "linear_dx" in classifier and "linear_dw" in classifier:
+                xent, dx, dw = by_id[chunks.xent], by_id[chunks.dx], by_id[chunks.dw]
+                args = [ref(dx.outputs[0]), ref(dw.outputs[0])]
+                args += [ref(dw.inputs[1]), classifier["w"], ref(xent.inputs[1]), ref(xent.inputs[2])]
+                comment = f"classifier backward in chunks: {label(dx.outputs[0])} {shape_str(dx.outputs[0])}, "
+                comment += f"{label(dw.outputs[0])} {shape_str(dw.outputs[0])}"
+                launches["bwd"].append(Launch(classifier["bwd"], args, comment, False, None))
             continue
         if opdef.args:
             args = opdef.args(n, ctx)

@@ -149,7 +149,13 @@ def find_classifier(g: Graph, elem_bytes: int, rows: int | None = None) -> Class
     dx = next(n for n in back if n.op == "linear_dx")
     dw = next(n for n in back if n.op == "linear_dw")
     x, w = lin.inputs
-    if dx.inputs[1].id != w.id or dw.inputs[1].id != x.id:
+    # dW reads x, or with --recompute 2 its copy recomputed in the backward (the same numbers)
+    if dx.inputs[1].id != w.id or x.id not in (dw.inputs[1].id, dw.inputs[1].meta.get("recomputes")):
+        return None
+    # the backward's chunk loop runs at the later of dX and dW (after x's recompute): nothing in between may read dx
+    order = [n.id for n in g.nodes]
+    lo, hi = sorted((order.index(dx.id), order.index(dw.id)))
+    if any(v.id == dx.outputs[0].id for n in g.nodes[lo + 1 : hi] for v in n.inputs):
         return None
     vp = logits.shape[-1]
     rows = classifier_rows(vp, elem_bytes) if rows is None else rows
@@ -334,6 +340,11 @@ def plan_memory(g: Graph, dtype: str = "fp32", chunk_classifier: bool = False) -
         dx = next(n for n in g.nodes if n.id == plan.classifier.dx).outputs[0]
         if dx.id in vals:
             start[dx.id] = min(start[dx.id], at[plan.classifier.linear])
+        # the chunk loop reads x until its last chunk, after it wrote the first chunk's losses: x lives through the
+        # cross-entropy (with --recompute 2 the linear is its last forward reader)
+        x = next(n for n in g.nodes if n.id == plan.classifier.linear).inputs[0]
+        if x.id in vals:
+            end[x.id] = max(end[x.id], at[plan.classifier.xent])
     plan.act_values = list(vals.values())
     size_of = {vid: _align(v.numel * units.get(vid, 1)) for vid, v in vals.items()}
     plan.unplanned_elems = sum(size_of.values())

@@ -48,6 +48,7 @@ def recompute_activations(g: Graph, level: int = 0) -> Graph:
         node.outputs = OPS[op].new_outputs(node, f"{v.name}_re")  # "h3.fch_gelu_re"
         for o in node.outputs:
             o.layer = v.layer
+        node.outputs[0].meta["recomputes"] = v.id  # the same numbers as v (passes/memory.py's find_classifier)
         first = min(readers, key=g.nodes.index)
         before.setdefault(first.id, []).append(node)
         subst[v.id] = node.outputs[0]

@@ -55,18 +55,18 @@ def test_only_the_cuda_target_chunks():
 
 @pytest.fixture(scope="module")
 def chunked_trainer(matrix_data, tmp_path_factory):
-    """the row's trainer built with LLMGEN_CLASSIFIER_ROWS=96, once per row"""
+    """the row's trainer built with LLMGEN_CLASSIFIER_ROWS=96 (and the given build flags), once per row"""
     built = {}
 
-    def get(row):
-        if row.id not in built:
+    def get(row, *flags):
+        if (row.id, flags) not in built:
             out = tmp_path_factory.mktemp("chunked")
             env = dict(os.environ, LLMGEN_CLASSIFIER_ROWS=str(FORCED_ROWS))
             cfg = matrix_data(row)["cfg"]
-            run_llmgen("build", cfg, *row.arch.build_flags, *row.target.flags, "-o", out, env=env)
+            run_llmgen("build", cfg, *row.arch.build_flags, *row.target.flags, *flags, "-o", out, env=env)
             assert f"CLASSIFIER_ROWS = {FORCED_ROWS}" in (out / "train.cu").read_text()
-            built[row.id] = out / "train"
-        return built[row.id]
+            built[row.id, flags] = out / "train"
+        return built[row.id, flags]
 
     return get
 
@@ -92,3 +92,25 @@ def test_chunked_training_matches_pytorch(row, matrix_data, chunked_trainer, ora
     err = float(np.max(np.abs(norms - ref["grad_norms"]) / np.abs(ref["grad_norms"])))
     note(f"{row.target.name} {row.family} chunked grad norms rel", err)
     assert err <= row.tol["norms"].value, f"grad norms: {err:.2e}"
+
+
+RECOMPUTED = [r for r in CHUNKED if r.target.name == "cuda-bf16" and r.arch.name == "gpt2-tiny"]
+
+
+@pytest.mark.parametrize("row", **params(RECOMPUTED))
+def test_chunks_with_recompute_2_match_pytorch(row, matrix_data, chunked_trainer, oracle_runs, tmp_path):
+    """--recompute 2 recomputes the classifier's input (the final layernorm's output) in the backward: the chunk
+    loop's backward (step 0's --dump) reads that copy, a training micro-step the forward's x"""
+    binary = chunked_trainer(row, "--recompute", "2")
+    cu = (binary.parent / "train.cu").read_text()
+    assert "A.lnf_re, P.wte, targets" in cu  # the backward's chunk loop reads the recomputed x
+    m, ref = matrix_data(row), oracle_runs(row)
+    args = ["-e", m["model"], "-i", m["pattern"], "-b", row.B, "-t", row.T, "--dump", tmp_path / "dump"]
+    run_binary(binary, *args, timeout=900)
+    check_dump(row, read_safetensors(tmp_path / "dump"), ref["dump"])
+    log = train(binary, m, tmp_path / "run")
+    err = float(
+        np.max(np.abs(np.array([r["train_loss"] for r in log]) - ref["train"]["losses"]) / ref["train"]["losses"])
+    )
+    note(f"{row.target.name} {row.family} chunked -r 2 10 AdamW losses rel", err)
+    assert err <= row.tol["losses"].value, f"losses: {err:.2e}"
