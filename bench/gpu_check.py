@@ -4,9 +4,10 @@ bf16 at T=1024 against PyTorch eager and torch.compile on the same GPU, beside t
 Rows of the benchmark table: llmgen's CUDA trainer; PyTorch eager and torch.compile
 (bench/torch_gpt2.py, the fair peer: padded vocabulary, flash SDPA, fused AdamW, --compile-mode);
 the roofline prediction for the GPU found (llmgen/roofline.py; peak memory there is the memory
-plan's); llmgen with attention on CUDA cores (the ablation); and, on a machine with more than one
-GPU, llmgen data-parallel on all of them (N ranks of a `--distributed` build) against N times
-the one-GPU tokens/s. The roofline row is made even with --skip-bench (it needs no GPU).
+plan's); the ablations of llmgen (VARIANTS: attention on CUDA cores, each bias-gradient path
+forced, the dW GEMMs on stream 0); and, on a machine with more than one GPU, llmgen data-parallel
+on all of them (N ranks of a `--distributed` build) against N times the one-GPU tokens/s. The
+roofline row is made even with --skip-bench (it needs no GPU).
 
     bash bench/gpu_check.sh OUTDIR          (the wrapper installs carried wheels, then runs this)
     python bench/gpu_check.py OUTDIR [--quick] [--device cpu --emulate]   (a CPU smoke run)
@@ -258,9 +259,17 @@ def fp8_checks(results, name, losses, mdir, pat, B, T):
     return res
 
 
+# the ablations: the benchmark's train.cu rebuilt with these flags, or its binary run with this environment
+VARIANTS = {
+    "cuda-core-attention": (["-DLLMGEN_NO_TC_ATTENTION"], {}),  # attention on CUDA cores, not tensor cores
+    "bias-grad-epilogue": ([], {"LLMGEN_BGRAD": "epilogue"}),  # every bias gradient from BGRADB (not timed)
+    "bias-grad-kernel": ([], {"LLMGEN_BGRAD": "kernel"}),  # every bias gradient from colsum's kernels
+    "no-dw-stream": ([], {"LLMGEN_DW_STREAM": "0"}),  # the dW GEMMs on stream 0 with everything else
+}
+
+
 def bench_llmgen(out, args, variant=""):
-    """The CUDA target on the benchmark shape. variant "cuda-core-attention": the same train.cu
-    rebuilt with -DLLMGEN_NO_TC_ATTENTION (attention on CUDA cores instead of tensor cores)."""
+    """The CUDA target on the benchmark shape; variant: one of VARIANTS (an ablation of the same train.cu)."""
     from llmgen.spec import PRESETS
     from llmgen.runtime.build import build_cuda
 
@@ -280,13 +289,16 @@ def bench_llmgen(out, args, variant=""):
             build.append("--emulate")
         sh([sys.executable, "-m", "llmgen", *build], out / "bench_build.log", timeout=900)
         binary = d / "build" / "train"
-    else:
+    elif VARIANTS[variant][0]:
         binary = build_cuda(
             d / "build" / "train.cu",
             d / "build" / f"train-{variant}",
             emulate=args.emulate,
-            extra_flags=["-DLLMGEN_NO_TC_ATTENTION"],
+            extra_flags=VARIANTS[variant][0],
         )
+    else:
+        binary = d / "build" / "train"
+    env = dict(os.environ, **VARIANTS[variant][1]) if variant else None
     build_s = time.time() - t0
     run = d / f"run{'-' + variant if variant else ''}"
     sh(
@@ -313,6 +325,7 @@ def bench_llmgen(out, args, variant=""):
         ],
         out / f"bench_llmgen{'_' + variant if variant else ''}.log",
         timeout=900,
+        env=env,
     )
     rows = [json.loads(x) for x in open(run / "log.jsonl") if "train_loss" in x]
     steady = rows[min(5, len(rows) - 1) :]
@@ -701,7 +714,7 @@ def main():
         log(f"== benchmark: {args.bench_spec} {args.dtype} B={args.batch} T={args.seq}, {args.steps} steps")
         stages = [("llmgen", None), ("eager", False), ("compile", True), ("roofline", "roofline")]
         if args.dtype == "bf16" and not args.quick:
-            stages.append(("cuda-core-attention", None))
+            stages += [(v, None) for v in VARIANTS]
         stages.append(("multi-gpu", "multi"))
         if args.fp8_only:
             stages = [("roofline", "roofline")]
