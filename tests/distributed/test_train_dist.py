@@ -277,6 +277,31 @@ def test_llmgen_train_nproc(setup, tmp_path):
     assert max(losses_by_step(run)) == step + 2
 
 
+@needs_mpi
+def test_sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint(setup, tmp_path):
+    """mpirun's own Ctrl-C kills the ranks a second after its SIGTERM (Open MPI's odls_base_sigkill_timeout), too soon
+    for a checkpoint; SIGUSR1 it forwards to every rank: they finish the same step, rank 0 checkpoints it, each exits
+    128 + SIGUSR1, and -y 1 goes on from there"""
+    run = tmp_path / "run"
+    argv = [setup["dir"] / "dist" / "train", *setup["data"], "-b", 2, *LR, "-x", 100000, "-o", run]
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", *map(str, argv)]
+    p = subprocess.Popen(cmd, env=clean_env(ONE_THREAD), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (run / "log.jsonl").is_file() and (run / "log.jsonl").stat().st_size > 0, 120, "steps")
+        p.send_signal(signal.SIGUSR1)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 128 + signal.SIGUSR1, out[-2000:] + err[-2000:]
+    step = int((run / "latest").read_text().strip()[5:])
+    assert f"stopped by SIGUSR1 after step {step} (checkpoint ckpt_{step:08d})" in out
+    assert max(losses_by_step(run)) == step
+    run_ranks(setup, 2, ["-b", 2, *LR, "-x", step + 2, "-y", 1], run)
+    assert max(losses_by_step(run)) == step + 2
+
+
 def test_sigkill_of_a_rank_ends_the_job_naming_it(setup, tmp_path, ranks):
     """rank 1 of 2 killed mid-run: rank 0 stops within moments, naming rank 1; the latest checkpoint is whole"""
     run = tmp_path / "run"
