@@ -128,3 +128,42 @@ def test_a_missing_wait_changes_the_deferred_numbers(trainers, switch, mode):
     assert _steps(bins[switch], mdir, pattern, root / f"n-{switch}-steps", env) != _steps(
         bins[""], mdir, pattern, root / f"n-{switch}-want", one
     )
+
+
+@pytest.mark.parametrize(
+    "name, dtype, recompute", [("gpt2", "bf16", 0), ("gpt2", "fp32", 2), ("llama3.1-8b", "bf16", 0)]
+)
+def test_every_block_dw_is_forked_and_each_wait_precedes_a_write_of_what_it_reads(name, dtype, recompute):
+    """The schedule dw_stream_schedule emits, checked on the flat backward: each block dW sits between dw_fork(s)
+    and dw_done(s); between a dW and the first later launch that writes an arena range it reads, a dw_wait(s) of its
+    slot runs (inside a loop: at that launch's place in the body, every iteration); the backward ends with dw_join.
+    --dtype fp8 forks none (its dW shares its linear's FP8 scratch)."""
+    from llmgen.codegen import Options, program_for
+    from llmgen.codegen.cuda import act_ranges, launch_effects
+    from llmgen.codegen.lower import Loop, render_layers
+    from llmgen.spec import PRESETS
+
+    spec = PRESETS[name].replace(dtype=dtype)
+    prog = program_for(spec, Options(target="cuda", recompute=recompute))
+    assert prog.dw_slots > 0 and program_for(spec.replace(dtype="fp8"), Options(target="cuda")).dw_slots == 0
+    flat = [x for b in prog.backward for x in (b.expand() if isinstance(b, Loop) else [b])]
+    assert flat[-1].call == "dw_join()"
+    ranges, by_name = act_ranges(prog), {b.name: b.expr for b in prog.buffers}
+    forked = 0
+    for i, x in enumerate(flat):
+        if x.fn.startswith("linear_dw") and not x.fn.startswith("classifier"):
+            assert flat[i - 1].call.startswith("dw_fork(") and flat[i + 1].call.startswith("dw_done(")
+            slot = flat[i - 1].call[len("dw_fork(") : -1]
+            assert flat[i + 1].call == f"dw_done({slot})"
+            forked += 1
+            reads = launch_effects(x, ranges, by_name)[0]
+            waited = False
+            for y in flat[i + 2 :]:
+                waited = waited or y.call in (f"dw_wait({slot})", "dw_join()")
+                if y.call:
+                    continue
+                writes = launch_effects(y, ranges, by_name)[1]
+                if any(lo < ahi and alo < hi for _, (lo, hi) in writes for _, (alo, ahi) in reads):
+                    assert waited, f"{render_layers(y.statement())} overwrites what {x.fn} reads, unwaited"
+                    break
+    assert forked >= spec.n_layer * prog.dw_slots // 2
