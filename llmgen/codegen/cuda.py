@@ -229,9 +229,24 @@ def relative(text: str, layer: int | None) -> str:
     return re.sub(r"\[(\d+)\]", sub, text)
 
 
+def _only(layers: set, loop: Loop | None) -> str:
+    """The guard of a wait in a loop that only some iterations need ("if (l == 0) "; "" where all do)."""
+    if loop is None or len(layers) == loop.count:
+        return ""
+    lo, hi = min(layers), max(layers)
+    if len(layers) == 1:
+        return f"if (l == {lo}) "
+    first, last = sorted((loop.first, loop.first + loop.step * (loop.count - 1)))
+    if len(layers) == hi - lo + 1:  # a run of layers: what bounds it within the loop's
+        if lo == first or hi == last:
+            return f"if (l <= {hi}) " if lo == first else f"if (l >= {lo}) "
+        return f"if (l >= {lo} && l <= {hi}) "
+    return "if (" + " || ".join(f"l == {x}" for x in sorted(layers)) + ") "
+
+
 def _pseudo(call: str, about: str) -> Launch:
     """A statement of the schedule that is no kernel: the dW stream's fork, done, wait, join."""
-    return Launch(call.split("(")[0], [], f"dw: {about}" if about else "", call=call)
+    return Launch(re.search(r"dw_\w+", call).group(0), [], f"dw: {about}" if about else "", call=call)
 
 
 def dw_stream_schedule(prog: Program) -> None:
@@ -268,7 +283,8 @@ def dw_stream_schedule(prog: Program) -> None:
     if not slot_of:
         return
     effects = [launch_effects(x, ranges, by_name) for _, _, x in flat]
-    waits: dict[tuple[int, int | None], dict[int, str]] = {}  # place -> slot -> the buffer it protects
+    # each dW of the flat backward: the first later launch that writes what it reads or names its gradients, and what
+    first: dict[int, tuple[int, str]] = {}
     for i, (bi, j, x) in enumerate(flat):
         if (bi, j) not in slot_of:
             continue
@@ -283,16 +299,31 @@ def dw_stream_schedule(prog: Program) -> None:
             ]
             hit += [g for g in grads if g in {render_layers(a) for a in flat[c][2].args}]
             if hit:
-                waits.setdefault(flat[c][:2], {}).setdefault(slot_of[(bi, j)], relative(hit[0], layer_at[c]))
+                first[i] = (c, hit[0])
                 break
+    # a dW whose every instance is overwritten by the very next launch overlaps nothing: it stays on stream 0 (a wait
+    # for it would also wait for every dW before it on dw_stream)
+    busy = {(bi, j) for i, (bi, j, _) in enumerate(flat) if (bi, j) in slot_of and first.get(i, (0,))[0] != i + 1}
+    slot_of = {place: n for n, place in enumerate(p for p in slot_of if p in busy)}
+    if not slot_of:
+        return
+    # place -> slot -> (the buffer it protects, the layers of the loop iterations whose launch there needs it)
+    waits: dict[tuple[int, int | None], dict[int, tuple[str, set]]] = {}
+    for i, (c, hit) in first.items():
+        if flat[i][:2] in slot_of:
+            about, layers = waits.setdefault(flat[c][:2], {}).setdefault(
+                slot_of[flat[i][:2]], (relative(hit, layer_at[c]), set())
+            )
+            layers.add(layer_at[c])
 
-    def wrap_launch(place: tuple[int, int | None], x: Launch) -> list[Launch]:
+    def wrap_launch(place: tuple[int, int | None], x: Launch, loop: Loop | None = None) -> list[Launch]:
         out = []
-        for s, buf in sorted(waits.get(place, {}).items()):
-            out.append(_pseudo(f"dw_wait({s})", f"protects {buf}: written next"))
+        for s, (buf, layers) in sorted(waits.get(place, {}).items()):
+            out.append(_pseudo(f"{_only(layers, loop)}dw_wait({s})", f"protects {buf}: written next"))
         if place in slot_of:
             s = slot_of[place]
-            return out + [_pseudo(f"dw_fork({s})", "the dW next runs on dw_stream"), x, _pseudo(f"dw_done({s})", "issued")]
+            fork, done = _pseudo(f"dw_fork({s})", "the dW next runs on dw_stream"), _pseudo(f"dw_done({s})", "issued")
+            return out + [fork, x, done]
         return out + [x]
 
     blocks: list[Launch | Loop] = []
@@ -302,7 +333,7 @@ def dw_stream_schedule(prog: Program) -> None:
             continue
         body, edge = [], []
         for j, (x, e) in enumerate(zip(b.body, b.edge or [None] * len(b.body))):
-            new = wrap_launch((bi, j), x)
+            new = wrap_launch((bi, j), x, b)
             body += new
             edge += [e if y is x else None for y in new]
         b.body, b.edge = body, (edge if b.edge else [])
