@@ -5,7 +5,9 @@ too early, or a missing join, changes the numbers) or stream 0's as late (`main`
 stream 0 wrote them does). In both modes, with the micro-step's CUDA Graph replayed or not, the tiny bf16 GPT-2 and
 Llama trainers give the step-0 gradients and the losses and grad norms of the run with every op on stream 0
 (LLMGEN_DW_STREAM=0) bit for bit. The negative checks: built with LLMGEN_TEST_DW_NO_WAIT (no wait before an overwrite)
-the `side` run differs; with LLMGEN_TEST_DW_NO_FORK (the dW does not wait for its inputs) the `main` run does."""
+the `side` run differs; with LLMGEN_TEST_DW_NO_FORK (the dW does not wait for its inputs) the `main` run does.
+Also: the emitted schedule's waits checked statically (gpt2 124M, llama3.1-8b), and the data-parallel exchange's wait
+for the dW stream (2 emulated ranks)."""
 
 import dataclasses
 import json
@@ -185,3 +187,71 @@ def test_every_block_dw_is_forked_and_each_wait_precedes_a_write_of_what_it_read
                     assert waited, f"{render_layers(y.statement())} overwrites what {x.fn} reads, unwaited"
                     break
     assert forked >= spec.n_layer * prog.dw_slots // 2
+
+
+def test_data_parallel_exchange_waits_for_the_dw_stream(tmp_path):
+    """2 ranks (emulated NCCL, -z 1), 4 layers, so the exchange of each layer's gradients starts in the backward
+    (layer_grads_done): under `side` the run gives the bits of LLMGEN_DW_STREAM=0; the program without the exchange's
+    wait for dw_stream (dw_fence) reduces gradients a deferred dW has not written yet, and differs."""
+    sys.path.insert(0, str(REPO / "tests" / "distributed"))
+    from dist_helpers import clean_env, free_port, launcher_env
+
+    from conftest import losses_by_step
+    from llmgen.runtime.build import build_cuda
+
+    mdir = oracle.make_gpt2_model_dir(
+        tmp_path / "m", n_layer=4, n_head=4, n_embd=64, vocab_size=500, n_positions=32, seed=3
+    )
+    pattern = str(oracle.random_shards(tmp_path / "d", 500, 20000, seed=1))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "llmgen", "build", str(mdir / "config.json"), "--target", "cuda", "--emulate"]
+    subprocess.run(
+        [*cmd, "--dtype", "bf16", "--distributed", "-o", str(tmp_path / "b")],
+        check=True,
+        capture_output=True,
+        env=env,
+        cwd=REPO,
+    )
+    src = (tmp_path / "b" / "train.cu").read_text()
+    assert "layer_grads_done(l);" in src and src.count("    dw_fence(comm_stream);") == 1
+    (tmp_path / "nf").mkdir()
+    (tmp_path / "nf" / "train.cu").write_text(src.replace("    dw_fence(comm_stream);", "    /* no fence */"))
+    unfenced = build_cuda(tmp_path / "nf" / "train.cu", tmp_path / "nf" / "train", emulate=True, nccl=True)
+
+    def ranks(prog, out, extra):
+        argv = [
+            "-i",
+            pattern,
+            "-e",
+            str(mdir),
+            "-b",
+            "2",
+            "-t",
+            "16",
+            "-d",
+            "128",
+            "-x",
+            "3",
+            "-l",
+            "1e-3",
+            "-c",
+            "0",
+            "-v",
+            "0",
+            "-z",
+            "1",
+            "-o",
+            str(out),
+        ]
+        port, pipe = free_port(), subprocess.PIPE
+        envs = [clean_env({**launcher_env("torchrun", q, 2, port), "OMP_NUM_THREADS": "1", **extra}) for q in (0, 1)]
+        procs = [subprocess.Popen([str(prog), *argv], env=e, stdout=pipe, stderr=pipe, text=True) for e in envs]
+        outs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs[0][1][-3000:]
+        return losses_by_step(out)
+
+    want = ranks(tmp_path / "b" / "train", tmp_path / "one", {"LLMGEN_DW_STREAM": "0"})
+    assert len(want) == 3
+    side = {"LLMGEN_EMU_DEFER_STREAMS": "side"}
+    assert ranks(tmp_path / "b" / "train", tmp_path / "side", side) == want
+    assert ranks(unfenced, tmp_path / "nf-side", side) != want
