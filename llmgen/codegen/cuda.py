@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 
-from llmgen.codegen.lower import ActField, Kernel, Program
+import re
+
+from llmgen.codegen.lower import ActField, Kernel, Launch, Loop, Program, render_layers
 
 NAME = "cuda"
 PROGRAM = "cuda/program.cu.j2"  # the program skeleton
@@ -168,6 +170,179 @@ def fa2_d_buffer(prog: Program) -> None:
     prog.act_per_token = offset + nh * per_float
 
 
+# ---- the block weight-gradient GEMMs on a second stream (templates/cuda/program.cu.j2's dw_fork) ----
+
+
+def act_ranges(prog: Program) -> dict[str, tuple[int, int]]:
+    """Each activation buffer's C expression (layers as numbers: "A.dfch", "LA[3].fch") -> its range of the
+    activation arena in elements (floatX) per token, [start, end): the arena holds B*T times each (ACT_AT)."""
+    per_float = 2 if prog.dtype == "bf16" else 1  # an fp32 value of a bf16 program takes 2 floatX elements
+
+    def size(a: ActField) -> int:
+        n = math.prod(int(d) for d in re.findall(r"\d+", a.shape))
+        return n * (per_float if a.dtype == "f32" else 1)
+
+    out = {f"A.{a.cname}": (a.per_token, a.per_token + size(a)) for a in prog.acts}
+    for a in prog.layer_acts:
+        for layer in range(prog.n_layer):
+            lo = a.per_token + layer * a.stride
+            out[f"LA[{layer}].{a.cname}"] = (lo, lo + size(a))
+    return out
+
+
+def _buffer(arg: str) -> str:
+    """An argument's buffer: "A.dqkv + 128" -> "A.dqkv" (a part of the buffer counts as all of it)."""
+    return arg.split(" + ")[0].strip()
+
+
+def launch_effects(x: Launch, ranges: dict, by_name: dict[str, str]) -> tuple[list, list]:
+    """What a launch (layers as numbers) reads and writes of the activation arena: (reads, writes) as lists of
+    (buffer, range). Writes: the outputs its comment names, found in the program's named buffers; where the
+    comment does not list them all, every activation argument counts as written."""
+    args = [_buffer(render_layers(a)) for a in x.args]
+    reads = [(a, ranges[a]) for a in args if a in ranges]
+    outs = render_layers(x.comment).partition(": ")[2].split(", ")
+    if any(o.startswith("... (") for o in outs):
+        return reads, reads
+    writes = []
+    for o in outs:
+        expr = by_name.get(o.rsplit(" (", 1)[0])
+        if expr is not None and _buffer(expr) in ranges:
+            writes.append((_buffer(expr), ranges[_buffer(expr)]))
+    return reads, writes
+
+
+def _is_block_dw(x: Launch, kernels: dict[str, Kernel]) -> bool:
+    k = kernels.get(x.fn)
+    return k is not None and k.op == "linear_dw" and k.family == "linear" and not k.flags.get("rows")
+
+
+def relative(text: str, layer: int | None) -> str:
+    """Layer numbers in buffer names ("LA[2].fch") relative to a loop's `l` at `layer` ("LA[l - 1].fch")."""
+    if layer is None:
+        return text
+
+    def sub(m):
+        d = int(m.group(1)) - layer
+        return "[l]" if d == 0 else f"[l + {d}]" if d > 0 else f"[l - {-d}]"
+
+    return re.sub(r"\[(\d+)\]", sub, text)
+
+
+def _only(layers: set, loop: Loop | None) -> str:
+    """The guard of a wait in a loop that only some iterations need ("if (l == 0) "; "" where all do)."""
+    if loop is None or len(layers) == loop.count:
+        return ""
+    lo, hi = min(layers), max(layers)
+    if len(layers) == 1:
+        return f"if (l == {lo}) "
+    first, last = sorted((loop.first, loop.first + loop.step * (loop.count - 1)))
+    if len(layers) == hi - lo + 1:  # a run of layers: what bounds it within the loop's
+        if lo == first or hi == last:
+            return f"if (l <= {hi}) " if lo == first else f"if (l >= {lo}) "
+        return f"if (l >= {lo} && l <= {hi}) "
+    return "if (" + " || ".join(f"l == {x}" for x in sorted(layers)) + ") "
+
+
+def _pseudo(call: str, about: str) -> Launch:
+    """A statement of the schedule that is no kernel: the dW stream's fork, done, wait, join."""
+    return Launch(re.search(r"dw_\w+", call).group(0), [], f"dw: {about}" if about else "", call=call)
+
+
+def dw_stream_schedule(prog: Program) -> None:
+    """The backward's block dW launches onto dw_stream (bf16 and fp32 programs; not --dtype fp8, whose dW shares
+    its linear's FP8 scratch): each becomes dw_fork(s); dW; dw_done(s), slot s one per dW of the code (a loop's
+    dW is one slot for every layer). Stream 0 waits for slot s (dw_wait(s), whose comment names the buffer) right
+    before the first later launch that writes an arena range the dW reads (dY, x: the memory plan shares bytes
+    between buffers whose lifetimes do not overlap) or names its gradients; a wait inside a loop runs at every
+    iteration, and waits only for a dW not waited for yet. The backward ends with dw_join (the weight gradients
+    are read next: grad norm, AdamW, the end of a CUDA Graph capture). Sets prog.dw_slots (0: none)."""
+    prog.dw_slots = 0
+    if prog.fp8 is not None:
+        return
+    kernels = {k.name: k for k in prog.kernels}
+    ranges = act_ranges(prog)
+    by_name = {b.name: b.expr for b in prog.buffers}
+    # the flat backward, each launch with its place in the code: (block, body position or None, launch)
+    flat: list[tuple[int, int | None, Launch]] = []
+    slot_of: dict[tuple[int, int | None], int] = {}
+    layer_at: list[int | None] = []  # the layer of a loop iteration's launch (its `l`)
+    for bi, b in enumerate(prog.backward):
+        if isinstance(b, Loop):
+            edge = b.edge or [None] * len(b.body)
+            for j, (x, e) in enumerate(zip(b.body, edge)):
+                if _is_block_dw(x, kernels) and (e is None or e.fn == x.fn):
+                    slot_of[(bi, j)] = len(slot_of)
+            flat += [(bi, i % len(b.body), x) for i, x in enumerate(b.expand())]
+            layer_at += [b.first + b.step * (i // len(b.body)) for i in range(len(b.body) * b.count)]
+        else:
+            if _is_block_dw(b, kernels):
+                slot_of[(bi, None)] = len(slot_of)
+            flat.append((bi, None, b))
+            layer_at.append(None)
+    if not slot_of:
+        return
+    effects = [launch_effects(x, ranges, by_name) for _, _, x in flat]
+    # each dW of the flat backward: the first later launch that writes what it reads or names its gradients, and what
+    first: dict[int, tuple[int, str]] = {}
+    for i, (bi, j, x) in enumerate(flat):
+        if (bi, j) not in slot_of:
+            continue
+        reads = effects[i][0]
+        grads = {render_layers(a) for a in x.args if render_layers(a).startswith(("G.", "LG["))}
+        for c in range(i + 1, len(flat)):
+            hit = [
+                f"{r} (dW reads {a})" if r != a else a
+                for r, (lo, hi) in effects[c][1]
+                for a, (alo, ahi) in reads
+                if lo < ahi and alo < hi
+            ]
+            hit += [g for g in grads if g in {render_layers(a) for a in flat[c][2].args}]
+            if hit:
+                first[i] = (c, hit[0])
+                break
+    # a dW whose every instance is overwritten by the very next launch overlaps nothing: it stays on stream 0 (a wait
+    # for it would also wait for every dW before it on dw_stream)
+    busy = {(bi, j) for i, (bi, j, _) in enumerate(flat) if (bi, j) in slot_of and first.get(i, (0,))[0] != i + 1}
+    slot_of = {place: n for n, place in enumerate(p for p in slot_of if p in busy)}
+    if not slot_of:
+        return
+    # place -> slot -> (the buffer it protects, the layers of the loop iterations whose launch there needs it)
+    waits: dict[tuple[int, int | None], dict[int, tuple[str, set]]] = {}
+    for i, (c, hit) in first.items():
+        if flat[i][:2] in slot_of:
+            about, layers = waits.setdefault(flat[c][:2], {}).setdefault(
+                slot_of[flat[i][:2]], (relative(hit, layer_at[c]), set())
+            )
+            layers.add(layer_at[c])
+
+    def wrap_launch(place: tuple[int, int | None], x: Launch, loop: Loop | None = None) -> list[Launch]:
+        out = []
+        for s, (buf, layers) in sorted(waits.get(place, {}).items()):
+            out.append(_pseudo(f"{_only(layers, loop)}dw_wait({s})", f"protects {buf}: written next"))
+        if place in slot_of:
+            s = slot_of[place]
+            fork, done = _pseudo(f"dw_fork({s})", "the dW next runs on dw_stream"), _pseudo(f"dw_done({s})", "issued")
+            return out + [fork, x, done]
+        return out + [x]
+
+    blocks: list[Launch | Loop] = []
+    for bi, b in enumerate(prog.backward):
+        if not isinstance(b, Loop):
+            blocks += wrap_launch((bi, None), b)
+            continue
+        body, edge = [], []
+        for j, (x, e) in enumerate(zip(b.body, b.edge or [None] * len(b.body))):
+            new = wrap_launch((bi, j), x, b)
+            body += new
+            edge += [e if y is x else None for y in new]
+        b.body, b.edge = body, (edge if b.edge else [])
+        blocks.append(b)
+    blocks.append(_pseudo("dw_join()", "the weight gradients are read next"))
+    prog.backward = blocks
+    prog.dw_slots = len(slot_of)
+
+
 def configure(prog: Program) -> Program:
     scratch = 0  # bytes of the shared scratch buffer
     for k in prog.kernels:
@@ -186,4 +361,5 @@ def configure(prog: Program) -> Program:
     if prog.fa2_attention:
         fa2_d_buffer(prog)
     prog.kernel_headers = kernel_headers(prog)
+    dw_stream_schedule(prog)
     return prog

@@ -11,6 +11,9 @@ static char *scratch_mem;           /* partial sums of the deterministic reducti
 /* the stream of every kernel, copy and GEMM: stream 0 means it in a `--default-stream per-thread` build (the CUDA
  * Graph captures it); named where a library takes a stream (cuBLASLt) or a copy must be asynchronous */
 static const cudaStream_t main_stream = cudaStreamPerThread;
+/* the stream the op being issued runs on: main_stream, or the weight-gradient stream while a block's dW GEMM is
+ * issued (the program's dw_fork / dw_done switch it, with lt_workspace and scratch_mem, to that stream's own) */
+static cudaStream_t work_stream = cudaStreamPerThread;
 static size_t device_bytes, device_peak_bytes;
 
 #define CUDA_CHECK(call)                                                                              \
@@ -146,9 +149,11 @@ static void colsum(float *db, const floatX *dy, long rows, int cols, int accumul
     float *partial = (float *)scratch_mem;
     int nparts = rows < max_blocks ? (int)rows : max_blocks;
     if (nparts < 1) nparts = 1;
-    LLMGEN_LAUNCH(colsum_partial_kernel, dim3(nparts, cdiv(cols, 256)), dim3(256), 0, 0, partial, dy, rows, cols);
+    LLMGEN_LAUNCH(colsum_partial_kernel, dim3(nparts, cdiv(cols, 256)), dim3(256), 0, work_stream, partial, dy, rows,
+                  cols);
     LAUNCH_CHECK("colsum_partial_kernel");
-    LLMGEN_LAUNCH(colsum_final_kernel, dim3(cdiv(cols, 256)), dim3(256), 0, 0, db, partial, nparts, cols, accumulate);
+    LLMGEN_LAUNCH(colsum_final_kernel, dim3(cdiv(cols, 256)), dim3(256), 0, work_stream, db, partial, nparts, cols,
+                  accumulate);
     LAUNCH_CHECK("colsum_final_kernel");
 }
 
@@ -196,7 +201,7 @@ __global__ void master_to_params_kernel(floatX *params, const float *master, lon
  * heuristic's order. LLMGEN_GEMM_TUNE=0 keeps the heuristic's first everywhere (the same algorithms in every run).
  * The emulation's candidates all compute the same, so it keeps the first (no timing: there is nothing to time). */
 static cublasLtHandle_t lt_handle;
-static void *lt_workspace;
+static void *lt_workspace;         /* work_stream's (each stream has its own) */
 static const size_t LT_WORKSPACE_BYTES = 32u << 20;
 #ifdef LLMGEN_TF32
 static const cublasComputeType_t LT_COMPUTE = LLMGEN_BF16 ? CUBLAS_COMPUTE_32F : CUBLAS_COMPUTE_32F_FAST_TF32;
@@ -255,7 +260,7 @@ static void lt_set_pointers(cublasLtMatmulDesc_t desc, const LtCall *c) {
 static cublasStatus_t lt_run(const LtPlan *pl, const LtCall *c, const cublasLtMatmulAlgo_t *algo) {
     const float alpha = 1.0f, beta = c->beta;
     return cublasLtMatmul(lt_handle, pl->desc, &alpha, c->a, pl->la, c->b, pl->lb, &beta, c->d, pl->ld, c->d, pl->ld,
-                          algo, lt_workspace, LT_WORKSPACE_BYTES, main_stream);
+                          algo, lt_workspace, LT_WORKSPACE_BYTES, work_stream);
 }
 #if !LLMGEN_EMULATED
 /* index of the fastest of the found candidates on this call (which is run 1 + LT_TIMING_REPS times each) */
@@ -267,9 +272,9 @@ static int lt_fastest(const LtPlan *pl, const LtCall *c, const cublasLtMatmulHeu
     float best_ms = INFINITY;
     for (int i = 0; i < found; i++) {
         if (lt_run(pl, c, &heur[i].algo) != CUBLAS_STATUS_SUCCESS) continue;   /* warm-up; a refusal is skipped */
-        CUDA_CHECK(cudaEventRecord(t0, main_stream));
+        CUDA_CHECK(cudaEventRecord(t0, work_stream));
         for (int r = 0; r < LT_TIMING_REPS; r++) LT_CHECK(lt_run(pl, c, &heur[i].algo));
-        CUDA_CHECK(cudaEventRecord(t1, main_stream));
+        CUDA_CHECK(cudaEventRecord(t1, work_stream));
         CUDA_CHECK(cudaEventSynchronize(t1));
         float ms = 0.0f;
         CUDA_CHECK(cudaEventElapsedTime(&ms, t0, t1));

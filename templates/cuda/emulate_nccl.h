@@ -43,10 +43,11 @@
  *     in its sources), which equals sum/N exactly only when N is a power of two (absent
  *     underflow). NCCL results are still identical on all ranks (each element's result is
  *     computed once and copied), which is the property the trainer relies on.
- *   - Streams are ignored: every call completes before it returns (emulate.h runs everything
- *     synchronously), so stream-ordering bugs (a collective on the wrong stream, llm.c #369)
- *     cannot show here. ncclGroupStart/End only count; grouped calls run one by one, in call
- *     order, which is valid because every rank issues the same calls in the same order.
+ *   - Streams: a call first runs the work queued on its stream (LLMGEN_EMU_DEFER_STREAMS), then
+ *     completes before it returns. Without deferral emulate.h runs everything at once, so
+ *     stream-ordering bugs (a collective on the wrong stream, llm.c #369) show only under
+ *     LLMGEN_EMU_DEFER_STREAMS=side|main. ncclGroupStart/End only count; grouped calls run one by
+ *     one, in call order, which is valid because every rank issues the same calls in the same order.
  *   - A dead or stuck peer ends the process with comm.h's message (comm_fail) instead of an
  *     ncclRemoteError / asynchronous error for ncclCommGetAsyncError.
  */
@@ -302,7 +303,7 @@ inline ncclResult_t ncclGroupEnd() {
 // recvbuff[i] = op over ranks of sendbuff[i]; in place when sendbuff == recvbuff.
 inline ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                                   ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
+    llmgen_emu::flush_stream(stream);   /* LLMGEN_EMU_DEFER_STREAMS: the stream's queued work first */
     CommDtype dt = COMM_F32;
     CommOp cop = COMM_SUM;
     ncclResult_t r;
@@ -318,7 +319,7 @@ inline ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t c
 inline ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
                                       ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
                                       cudaStream_t stream) {
-    (void)stream;
+    llmgen_emu::flush_stream(stream);   /* LLMGEN_EMU_DEFER_STREAMS: the stream's queued work first */
     CommDtype dt = COMM_F32;
     CommOp cop = COMM_SUM;
     ncclResult_t r;
@@ -333,7 +334,7 @@ inline ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size
 // written on root only. Emulated as an all-reduce into a temporary: the same rank-order sums, more traffic.
 inline ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                                ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
+    llmgen_emu::flush_stream(stream);   /* LLMGEN_EMU_DEFER_STREAMS: the stream's queued work first */
     CommDtype dt = COMM_F32;
     CommOp cop = COMM_SUM;
     ncclResult_t r;
@@ -357,7 +358,7 @@ inline ncclResult_t ncclReduce(const void* sendbuff, void* recvbuff, size_t coun
 // sendbuff == recvbuff + rank*sendcount.
 inline ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount, ncclDataType_t datatype,
                                   ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
+    llmgen_emu::flush_stream(stream);   /* LLMGEN_EMU_DEFER_STREAMS: the stream's queued work first */
     ncclResult_t r;
     if ((r = llmgen_nccl::check_comm("ncclAllGather", comm)) != ncclSuccess) return r;
     size_t esz = llmgen_nccl::type_size(datatype);
@@ -370,7 +371,7 @@ inline ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t s
 // recvbuff of every rank = sendbuff of rank root (sendbuff is read on root only).
 inline ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count, ncclDataType_t datatype,
                                   int root, ncclComm_t comm, cudaStream_t stream) {
-    (void)stream;
+    llmgen_emu::flush_stream(stream);   /* LLMGEN_EMU_DEFER_STREAMS: the stream's queued work first */
     ncclResult_t r;
     if ((r = llmgen_nccl::check_comm("ncclBroadcast", comm)) != ncclSuccess) return r;
     size_t esz = llmgen_nccl::type_size(datatype);

@@ -102,6 +102,10 @@ struct CUstream_st { int unused; };
 struct CUevent_st {
     std::chrono::steady_clock::time_point t;
     bool recorded;
+    /* LLMGEN_EMU_DEFER_STREAMS (emu_launch.h): the deferred stream its last record waits in, and that record's
+     * place in it (0: the record has run) */
+    cudaStream_t queue = nullptr;
+    uint64_t seq = 0;
 };
 
 namespace llmgen_emu {

@@ -25,7 +25,8 @@
  *   memory) carries no requirement.
  *   Stream capture (emu_runtime.h): a cublasLtMatmul on a stream being captured is recorded with copies of
  *   its descriptor, layouts, algorithm and (host pointer mode) alpha and beta, and runs at cudaGraphLaunch;
- *   a descriptor changed or destroyed after the capture does not change the graph, as on a GPU.
+ *   a descriptor changed or destroyed after the capture does not change the graph, as on a GPU. A call queued by
+ *   LLMGEN_EMU_DEFER_STREAMS (emu_launch.h) is kept the same way.
  *
  *   FP8 (A and B of CUDA_R_8F_E4M3 / CUDA_R_8F_E5M2), as cublasLtMatmul()'s documentation states
  *   its requirements ("To use ... FP8 kernels") and its table of types for sm_89 / sm_90:
@@ -899,7 +900,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
     (void)workspace;
     (void)workspaceSizeInBytes;
     if (!lightHandle || !computeDesc || !Adesc || !Bdesc || !Cdesc || !Ddesc) return CUBLAS_STATUS_NOT_INITIALIZED;
-    if (!llmgen_emu::capturing(stream))
+    if (!llmgen_emu::kept(stream))
         return matmul_now(*desc(computeDesc), alpha, A, *layout(Adesc), B, *layout(Bdesc), beta, C, *layout(Cdesc),
                           D, *layout(Ddesc), algo);
     if (!alpha || !beta || !A || !B || !D) return bad("cublasLtMatmul: null alpha/beta/A/B/D");
@@ -913,11 +914,11 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmu
     r->alpha_p = host ? &r->alpha : alpha;
     r->beta_p = host ? &r->beta : beta;
     r->A = A, r->B = B, r->C = C, r->D = D;
-    llmgen_emu::capture_push(stream, [r]() {
+    llmgen_emu::on_stream(stream, [r]() {
         const Recorded& q = *r;
         if (matmul_now(q.op, q.alpha_p, q.A, q.la, q.B, q.lb, q.beta_p, q.C, q.lc, q.D, q.ld,
                        q.has_algo ? &q.algo : nullptr) != CUBLAS_STATUS_SUCCESS)
-            llmgen_emu::fatal("a cublasLtMatmul recorded by a stream capture failed at cudaGraphLaunch");
+            llmgen_emu::fatal("a cublasLtMatmul recorded by a stream capture (or queued) failed when run");
     });
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -36,6 +36,7 @@
 #error "emu_launch.h is a part of emulate.h: include emulate.h"
 #endif
 
+#include <deque>
 #include <functional>
 #include <memory>
 
@@ -564,17 +565,96 @@ inline cudaStream_t stream_key(cudaStream_t s) { return s == cudaStreamPerThread
 inline bool capturing(cudaStream_t s) {
     return g_capture.active && (stream_key(s) == g_capture.stream || g_capture.last_op.count(stream_key(s)));
 }
-/* record op on the captured stream s */
-inline void capture_push(cudaStream_t s, std::function<void()> op) {
-    g_capture.ops.push_back(std::move(op));
+
+/* ---- LLMGEN_EMU_DEFER_STREAMS: each stream's work as late, or as early, as CUDA allows ----
+ * Unset (or empty, or 0), every operation runs when it is issued. `side`: the work issued to created streams
+ * (cudaStreamCreate*) waits in the stream's queue until something forces it: another stream waits on an event
+ * recorded after it (cudaStreamWaitEvent), an event, stream or device synchronisation or query, a synchronous copy
+ * or set (which force every stream). Stream 0 runs at once, so a created stream runs as late as CUDA allows: a
+ * missing wait before stream 0 overwrites what it reads, or a missing join, gives other numbers. `main`: stream 0's
+ * work waits instead, and created streams run at once (as early as allowed): a missing wait for what stream 0
+ * writes first (a fork) reads stale data. A stream's queue runs in its order; a replayed CUDA Graph issues its
+ * operations to their streams in turn (the same rules). The emulated NCCL (emulate_nccl.h) runs a collective when
+ * it is called: these modes are for single-process programs. */
+enum DeferMode { DEFER_NONE, DEFER_SIDE, DEFER_MAIN };
+inline DeferMode defer_mode() {
+    static const DeferMode mode = [] {
+        const char* e = getenv("LLMGEN_EMU_DEFER_STREAMS");
+        if (!e || !*e || strcmp(e, "0") == 0) return DEFER_NONE;
+        if (strcmp(e, "side") == 0) return DEFER_SIDE;
+        if (strcmp(e, "main") == 0) return DEFER_MAIN;
+        fprintf(stderr, "llmgen emulate: LLMGEN_EMU_DEFER_STREAMS=%s: expected side, main or 0\n", e);
+        abort();
+    }();
+    return mode;
+}
+struct StreamQueue {
+    std::deque<std::function<void()>> ops;   /* issued, not run yet, in order */
+    uint64_t issued = 0, done = 0;           /* operations issued to the queue so far, and run */
+};
+inline std::map<cudaStream_t, StreamQueue> g_queues;   /* by stream_key */
+/* whether work issued to stream s (not being captured) waits in its queue */
+inline bool deferring(cudaStream_t s) {
+    const DeferMode m = defer_mode();
+    if (m == DEFER_NONE || capturing(s)) return false;
+    const bool main = stream_key(s) == nullptr || s == cudaStreamLegacy;
+    return m == DEFER_MAIN ? main : !main;
+}
+/* run stream s's queue up to its operation `upto` (1-based; UINT64_MAX: all of it) */
+inline void flush_stream(cudaStream_t s, uint64_t upto = UINT64_MAX) {
+    auto it = g_queues.find(stream_key(s));
+    if (it == g_queues.end()) return;
+    StreamQueue& q = it->second;
+    while (q.done < upto && !q.ops.empty()) {
+        std::function<void()> op = std::move(q.ops.front());
+        q.ops.pop_front();
+        q.done++;
+        op();
+    }
+}
+inline void flush_all() {
+    for (auto& q : g_queues) flush_stream(q.first);
+}
+/* the operation `op` issued to stream s outside a capture: queued (deferring) or run now; returns its place */
+inline uint64_t run_on(cudaStream_t s, std::function<void()> op) {
+    if (!deferring(s)) {
+        op();
+        return 0;
+    }
+    StreamQueue& q = g_queues[stream_key(s)];
+    q.ops.push_back(std::move(op));
+    return ++q.issued;
+}
+/* an event record on stream s, issued outside a capture */
+inline void record_event(cudaEvent_t event, cudaStream_t s) {
+    const uint64_t seq = run_on(s, [event]() {
+        event->t = std::chrono::steady_clock::now();
+        event->recorded = true;
+    });
+    event->queue = stream_key(s);
+    event->seq = seq;
+}
+/* a wait on `event` outside a capture: the work up to its record runs first (what the waiter may read) */
+inline void wait_event(cudaEvent_t event) {
+    if (event->seq) flush_stream(event->queue, event->seq);
+}
+/* record fn on the captured stream s as it is (event records) */
+inline void capture_raw(cudaStream_t s, std::function<void()> fn) {
+    g_capture.ops.push_back(std::move(fn));
     auto it = g_capture.last_op.find(stream_key(s));
     if (it != g_capture.last_op.end()) it->second = g_capture.ops.size();
 }
-/* the operation `op` on stream s: recorded when s is being captured, else run now */
+/* record op on the captured stream s: a replay issues it to s again (run_on) */
+inline void capture_push(cudaStream_t s, std::function<void()> op) {
+    capture_raw(s, [s, op]() { run_on(s, op); });
+}
+/* the operation `op` on stream s: recorded when s is being captured, else run now or queued (run_on) */
 inline void on_stream(cudaStream_t s, std::function<void()> op) {
     if (capturing(s)) capture_push(s, std::move(op));
-    else op();
+    else run_on(s, std::move(op));
 }
+/* whether an operation on s is kept for later (a capture records it, a deferring stream queues it) */
+inline bool kept(cudaStream_t s) { return capturing(s) || deferring(s); }
 /* a call CUDA refuses while a capture is under way: the error, and the capture is invalidated */
 inline bool refused_in_capture(const char* func, cudaError_t* err) {
     if (!g_capture.active) return false;
@@ -680,8 +760,8 @@ inline void launch(void (*kernel)(P...), F call, const char* name, dim3 grid, di
         return;
     }
     std::tuple<typename std::decay<P>::type...> args(std::forward<A>(a)...);
-    if (capturing(stream)) { /* recorded: the kernel with its converted arguments, run by cudaGraphLaunch */
-        capture_push(stream, [call, args, grid, block, shmem, name]() mutable {
+    if (kept(stream)) { /* recorded or queued: the kernel with its converted arguments, run later */
+        on_stream(stream, [call, args, grid, block, shmem, name]() mutable {
             auto body = [&call, &args]() { std::apply(call, args); };
             run_grid(grid, block, shmem, &fiber_entry<decltype(body)>, &body, name);
         });

@@ -9,7 +9,10 @@
  *     memory from cudaMalloc / cudaMallocHost and otherwise return cudaErrorInvalidValue, saying
  *     why on stderr (a GPU would fault).
  *   - Streams and events are trivially ordered (every call is synchronous); events read a steady
- *     clock.
+ *     clock. LLMGEN_EMU_DEFER_STREAMS=side (or main) keeps the work of created streams (or of stream 0) in a
+ *     queue until a wait on an event recorded after it, a synchronisation, a query or a synchronous copy or
+ *     set forces it (emu_launch.h, DeferMode): the latest (earliest) schedule CUDA allows, so a missing event
+ *     wait between streams gives other numbers.
  *   - CUDA Graphs by stream capture (cudaStreamBeginCapture / EndCapture, cudaGraphInstantiate,
  *     cudaGraphLaunch, the destroys, cudaStreamIsCapturing): launches, cudaMemcpyAsync,
  *     cudaMemsetAsync, cudaEventRecord and cublasLtMatmul on the stream being captured are checked
@@ -119,10 +122,11 @@ inline cudaError_t fill(void* p, int value, size_t count, const char* func) {
     memset(p, value, count);
     return cudaSuccess;
 }
-/* a copy or set on `stream`: checked now, done now or, on a stream being captured, at cudaGraphLaunch */
+/* a copy or set on `stream`: checked now, done now or, on a stream being captured, at cudaGraphLaunch (or, on a
+ * deferring stream, when its queue runs) */
 inline cudaError_t copy_on(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream,
                            const char* func) {
-    if (!capturing(stream)) return copy(dst, src, count, kind, func);
+    if (!kept(stream)) return copy(dst, src, count, kind, func);
     if ((int)kind < 0 || (int)kind > 4) {
         tl_last_error = cudaErrorInvalidMemcpyDirection;
         return cudaErrorInvalidMemcpyDirection;
@@ -134,14 +138,14 @@ inline cudaError_t copy_on(void* dst, const void* src, size_t count, cudaMemcpyK
         return fail(func, "the destination range is not inside memory from cudaMalloc/cudaMallocHost");
     if (src_dev && !device_accessible(src, count))
         return fail(func, "the source range is not inside memory from cudaMalloc/cudaMallocHost");
-    capture_push(stream, [=]() { copy(dst, src, count, kind, func); });
+    on_stream(stream, [=]() { copy(dst, src, count, kind, func); });
     return cudaSuccess;
 }
 inline cudaError_t fill_on(void* p, int value, size_t count, cudaStream_t stream, const char* func) {
-    if (!capturing(stream)) return fill(p, value, count, func);
+    if (!kept(stream)) return fill(p, value, count, func);
     if (count && !device_accessible(p, count))
         return fail(func, "the range is not inside memory from cudaMalloc/cudaMallocHost");
-    capture_push(stream, [=]() { fill(p, value, count, func); });
+    on_stream(stream, [=]() { fill(p, value, count, func); });
     return cudaSuccess;
 }
 inline size_t physical_bytes() {
@@ -192,6 +196,7 @@ inline cudaError_t cudaFreeHost(void* ptr) {
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaMemcpy");
+    llmgen_emu::flush_all();   /* synchronous: the work issued before it is done */
     return llmgen_emu::copy(dst, src, count, kind, "cudaMemcpy");
 }
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
@@ -201,6 +206,7 @@ inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enu
 inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
                                 size_t height, enum cudaMemcpyKind kind) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaMemcpy2D");
+    llmgen_emu::flush_all();
     if (width > dpitch || width > spitch) return llmgen_emu::fail("cudaMemcpy2D", "width exceeds a pitch");
     for (size_t r = 0; r < height; ++r) {
         const cudaError_t e = llmgen_emu::copy((char*)dst + r * dpitch, (const char*)src + r * spitch, width,
@@ -211,6 +217,7 @@ inline cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_
 }
 inline cudaError_t cudaMemset(void* devPtr, int value, size_t count) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaMemset");
+    llmgen_emu::flush_all();
     return llmgen_emu::fill(devPtr, value, count, "cudaMemset");
 }
 inline cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream) {
@@ -240,6 +247,7 @@ inline cudaError_t cudaMemcpyFromSymbol(void* dst, const void* symbol, size_t co
 
 inline cudaError_t cudaDeviceSynchronize(void) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaDeviceSynchronize");
+    llmgen_emu::flush_all();
     return cudaSuccess;
 }
 inline cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
@@ -298,24 +306,32 @@ inline cudaError_t cudaStreamCreate(cudaStream_t* pStream) {
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* pStream, unsigned int) { return cudaStreamCreate(pStream); }
 inline cudaError_t cudaStreamCreateWithPriority(cudaStream_t* pStream, unsigned int, int) { return cudaStreamCreate(pStream); }
 inline cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    llmgen_emu::flush_stream(stream);
     delete stream;
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) {
+inline cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaStreamSynchronize");
+    llmgen_emu::flush_stream(stream);
     return cudaSuccess;
 }
-inline cudaError_t cudaStreamQuery(cudaStream_t) {
+inline cudaError_t cudaStreamQuery(cudaStream_t stream) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaStreamQuery");
+    llmgen_emu::flush_stream(stream);   /* answers "done" */
     return cudaSuccess;
 }
 /* in a capture: an event recorded in it forks `stream` into the capture (or, waited for by the origin, joins the
- * recording stream's work up to the event back); otherwise streams are ordered already */
+ * recording stream's work up to the event back), and a replay waits again; otherwise the work up to the event's
+ * record runs first where it is queued (LLMGEN_EMU_DEFER_STREAMS), else it has run already */
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int) {
     llmgen_emu::Capture& c = llmgen_emu::g_capture;
     if (!event) return cudaErrorInvalidResourceHandle;
     auto it = c.active ? c.events.find(event) : c.events.end();
-    if (it == c.events.end()) return cudaSuccess;
+    if (it == c.events.end()) {
+        if (!llmgen_emu::capturing(stream)) llmgen_emu::wait_event(event);
+        return cudaSuccess;
+    }
+    c.ops.push_back([event]() { llmgen_emu::wait_event(event); });
     const cudaStream_t s = llmgen_emu::stream_key(stream);
     if (s == cudaStreamLegacy) return cudaErrorStreamCaptureImplicit;
     if (!llmgen_emu::capturing(stream)) c.last_op[s] = 0, c.waited[s] = 0;   /* forked into the capture */
@@ -335,10 +351,8 @@ inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { 
 inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     if (!event) return cudaErrorInvalidResourceHandle;
     const bool captured = llmgen_emu::capturing(stream);
-    llmgen_emu::on_stream(stream, [event]() {
-        event->t = std::chrono::steady_clock::now();
-        event->recorded = true;
-    });
+    if (!captured) llmgen_emu::record_event(event, stream);
+    else llmgen_emu::capture_raw(stream, [event, stream]() { llmgen_emu::record_event(event, stream); });
     if (captured) {   /* what a wait on it joins: the stream's work so far */
         auto& c = llmgen_emu::g_capture;
         const cudaStream_t s = llmgen_emu::stream_key(stream);
@@ -348,10 +362,12 @@ inline cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaEventSynchronize");
+    if (event) llmgen_emu::wait_event(event);
     return event ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 inline cudaError_t cudaEventQuery(cudaEvent_t event) {
     LLMGEN_EMU_NOT_IN_CAPTURE("cudaEventQuery");
+    if (event) llmgen_emu::wait_event(event);   /* answers "done" */
     return event ? cudaSuccess : cudaErrorInvalidResourceHandle;
 }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
@@ -409,9 +425,13 @@ inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t* pGraphExec, cudaGraph_t
 /* the recorded operations, in order (in a capture of `stream`: recorded in turn) */
 inline cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
     if (!graphExec) return cudaErrorInvalidValue;
-    llmgen_emu::on_stream(stream, [graphExec]() {
-        for (auto& op : graphExec->ops) op();
-    });
+    if (llmgen_emu::capturing(stream)) {
+        llmgen_emu::capture_raw(stream, [graphExec]() {
+            for (auto& op : graphExec->ops) op();
+        });
+        return cudaSuccess;
+    }
+    for (auto& op : graphExec->ops) op();   /* each issues itself to its stream (run_on) */
     return cudaSuccess;
 }
 inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec) {

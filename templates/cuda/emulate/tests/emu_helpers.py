@@ -46,6 +46,7 @@ PROGRAMS = {
     "cublaslt_fp8": ("cublaslt_fp8.cu", ["-fopenmp"]),
     "runtime": ("runtime.cu", ["-fopenmp"]),
     "graph": ("graph.cu", ["-fopenmp"]),
+    "defer": ("defer.cu", ["-fopenmp"]),
     "bench": ("bench.cu", ["-fopenmp"]),
     "wmma": ("wmma.cu", ["-fopenmp"]),
     "ptx": ("ptx.cu", ["-fopenmp"]),
