@@ -8,6 +8,7 @@ emulation runs just as well.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from llmgen.codegen.lower import ActField, Kernel, Program
@@ -168,6 +169,79 @@ def fa2_d_buffer(prog: Program) -> None:
     prog.act_per_token = offset + nh * per_float
 
 
+def fp8_fuse_amax(prog: Program) -> None:
+    """--dtype fp8, current recipe: the kernel that writes an FP8 linear's input x also writes x's amax partials
+    where it is one of precision.FP8_AMAX_PRODUCERS and runs right before the linear that casts x (the rule of
+    precision.fp8_casts, which `inspect` reports, applied to the schedule). The producer kernel gets cfg AMAX (its
+    launcher writes the partials into fp8_partials, their count into fp8_amax_parts: templates/cuda/layernorm.cu.j2,
+    rmsnorm.cu.j2; at every launch, harmless where no cast follows) and the linear cfg AMAX_FROM, the producer's
+    name (its cast takes those partials instead of an amax pass: templates/cuda/linear_fp8.cu.j2). A linear kernel
+    serves several launches (layers; Llama's q and o have one shape): where only some of them follow a producer, those
+    launches call a copy of it named `..._amax_...` (the same GEMM, the fused cast). Whether a launch is fused is
+    decided per (kernel, x relative to the layer), so a loop body's launch stands for all its layers."""
+    from llmgen.codegen.lower import Launch, Loop, render_layers
+    from llmgen.passes.precision import FP8_AMAX_PRODUCERS
+
+    if prog.fp8 is None or prog.fp8.delayed:
+        return
+    by_name = {k.name: k for k in prog.kernels}
+
+    def x_of(launch: Launch, base: int | None) -> tuple[str, str] | None:
+        """(kernel, x relative to the layer `base`) of an FP8 linear launch that casts its x, else None"""
+        k = by_name.get(launch.fn)
+        if k is None or k.family != "linear_fp8" or k.op != "linear" or not k.flags.get("cast_x"):
+            return None
+        return k.name, render_layers(launch.args[2 if k.flags.get("gelu") else 1], base)  # (pre,) out, x, w, ...
+
+    fused: dict[tuple[str, str], bool] = {}  # (kernel, x) -> every such launch follows a producer of x
+    makers: dict[tuple[str, str], set[str]] = {}
+    fwd = prog.flat["fwd"]
+    for i, launch in enumerate(fwd):
+        key = x_of(launch, launch.node_layer)
+        if key is None:
+            continue
+        prev = fwd[i - 1] if i else None
+        pk = by_name.get(prev.fn) if prev else None
+        ok = pk is not None and pk.op in FP8_AMAX_PRODUCERS
+        ok = ok and render_layers(prev.args[FP8_AMAX_PRODUCERS[pk.op][1]], launch.node_layer) == key[1]
+        fused[key] = fused.get(key, True) and ok
+        if ok:
+            makers.setdefault(key, set()).add(pk.name)
+    split: dict[str, str] = {}  # a linear kernel -> its fused copy, where it has launches of both kinds
+    for name in {key[0] for key in fused}:
+        kinds = {v for key, v in fused.items() if key[0] == name}
+        if kinds == {True, False}:
+            k = by_name[name]
+            parts = name.rsplit("_", 1)
+            split[name] = f"{parts[0]}_amax_{parts[1]}"
+            copy = dataclasses.replace(k, name=split[name], cfg=dict(k.cfg))
+            prog.kernels.insert(prog.kernels.index(k) + 1, copy)
+            by_name[copy.name] = copy
+    for key, ok in fused.items():
+        if not ok:
+            continue
+        k = by_name[split.get(key[0], key[0])]
+        k.cfg["AMAX_FROM"] = " / ".join(sorted({FP8_AMAX_PRODUCERS[by_name[m].op][0] for m in makers[key]}))
+        for m in makers[key]:
+            by_name[m].cfg["AMAX"] = 1
+
+    def rename(launch: Launch | None, base: int | None) -> None:
+        key = x_of(launch, base) if launch is not None else None
+        if key is not None and fused.get(key) and key[0] in split:
+            launch.fn = split[key[0]]
+
+    for launch in fwd:
+        rename(launch, launch.node_layer)
+    for item in prog.forward:  # the loops' bodies may be copies of the flat launches
+        if isinstance(item, Loop):
+            for b in item.body:
+                rename(b, item.first)
+            for e in item.edge:
+                rename(e, e.node_layer if e is not None else None)
+        else:
+            rename(item, item.node_layer)
+
+
 def configure(prog: Program) -> Program:
     scratch = 0  # bytes of the shared scratch buffer
     for k in prog.kernels:
@@ -182,6 +256,7 @@ def configure(prog: Program) -> Program:
             k.cfg["CTR"] = scratch
         scratch += 4 * NORM_COUNTERS
     prog.scratch_bytes = scratch
+    fp8_fuse_amax(prog)
     prog.fa2_attention = any(k.cfg.get("FA2") for k in prog.kernels)
     if prog.fa2_attention:
         fa2_d_buffer(prog)
