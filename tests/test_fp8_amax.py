@@ -1,7 +1,8 @@
 """--dtype fp8 (issue 14, Deliver 1): "per-tensor scales from the current amax ... computed in the kernels that produce
-each tensor where possible, not in extra passes". The compiler pairs each FP8 linear's input cast with the kernel that
-wrote the input (llmgen/passes/precision.py fp8_casts, which `llmgen inspect --dtype fp8` prints; the schedule side is
-llmgen/codegen/cuda.py fp8_fuse_amax): a LayerNorm / RMSNorm forward right before the linear writes the amax partials
+each tensor where possible, not in extra passes". The compiler pairs each FP8 cast of a linear's input x or output
+gradient dY with the kernel that wrote the tensor (llmgen/passes/precision.py fp8_casts, which `llmgen inspect --dtype
+fp8` prints; the schedule side is llmgen/codegen/cuda.py fp8_fuse_amax): a LayerNorm / RMSNorm forward right before
+the linear (x), a norm backward right before the dX GEMM (dY: the residual stream's gradient) writes the amax partials
 (templates/cuda/kernels/norms.cuh NormAmax) and the cast takes them; every other cast runs fp8.cuh's amax pass.
 
 These tests read the emitted train.cu: the amax pass is launched only for the casts inspect says are not fused, the
@@ -23,12 +24,16 @@ def fp8_everywhere(monkeypatch):
     monkeypatch.setenv("LLMGEN_FP8_MIN_WEIGHTS", "0")
 
 
-def amax_sources(name: str, *flags: str) -> dict[str, str]:
-    """inspect's x casts: weight member (as train.cu's LP[l] names it) -> where the cast's amax comes from"""
+SOURCES = r"layernorm forward|RMSNorm forward|layernorm backward|RMSNorm backward|amax pass"
+
+
+def amax_sources(name: str, tensor: str, *flags: str) -> dict[str, str]:
+    """inspect's casts of `tensor` (x, dY, W): weight member (as train.cu's LP[l] names it) -> where its amax comes
+    from"""
     out = run_llmgen("inspect", name, "--dtype", "fp8", *flags).stdout
     section = out.split("FP8 amax", 1)[1].split("FP8 buffers", 1)[0]
-    rows = re.findall(r"^  x    (\S+) .*?  (layernorm forward|RMSNorm forward|amax pass)$", section, re.M)
-    return {w.split(">.", 1)[1].replace(".", "_"): src for w, src in rows}
+    rows = re.findall(rf"^  {tensor} +(\S+) .*?  ({SOURCES})( \(.*\))?$", section, re.M)
+    return {w.split(">.", 1)[1].replace(".", "_"): src for w, src, _ in rows}
 
 
 def functions(src: str) -> dict[str, str]:
@@ -36,53 +41,67 @@ def functions(src: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in re.finditer(r"^static void (\w+)\((.*?)^\}$", src, re.M | re.S)}
 
 
-def forward_calls(src: str) -> list[tuple[str, str]]:
-    """the forward schedule's calls, in order: (function, arguments), comments dropped and lines joined"""
-    body = functions(src)["forward"]
+def calls(src: str, fn: str) -> list[tuple[str, str]]:
+    """the calls of function fn's body, in order: (function, arguments), comments dropped and lines joined"""
+    body = functions(src)[fn]
     body = re.sub(r"/\*.*?\*/", "", body, flags=re.S).replace("\n", " ")
     return re.findall(r"(\w+)\(([^;]*)\);", body)
 
 
-def x_cast(body: str) -> str | None:
-    """how an FP8 linear's forward casts its x: "fused" (the producer's partials), "amax pass", or None (no cast:
-    the previous linear's codes)"""
-    m = re.search(r"fp8_quantize<FP8_E4M3>\(fp8_x8, NULL, xmeta, x, BT, \d+, 1(, 0, 1)?\);", body)
+def how_cast(body: str, fmt: str) -> str | None:
+    """how an FP8 GEMM casts its x (fmt E4M3) or dY (E5M2) with an amax: "fused" (the producer's partials), "amax
+    pass", or None (no such cast: the codes another GEMM cast)"""
+    m = re.search(rf"fp8_quantize<FP8_{fmt}>\([^;]*?, 1(, 0, 1)?\);", body)
     return None if m is None else "fused" if m.group(1) else "amax pass"
 
 
-@pytest.mark.parametrize(
-    "name, fused",
-    [("gpt2-tiny", {"attn_c_attn_w", "mlp_c_fc_w"}), ("llama3.2-1b", {"q_proj_w", "gate_proj_w"})],
-)
-def test_the_norm_forward_gives_the_next_linear_its_amax(name, fused):
-    """The x of a linear right after a norm (GPT-2's qkv and fc, Llama's q (k, v reuse its codes) and gate (up
-    likewise)) takes its amax from the norm forward; the other x casts (after attention, GELU, SwiGLU) run the amax
-    pass, as inspect says, and each fused cast's launch follows a norm launch that writes the partials of its x."""
-    sources = amax_sources(name)
-    assert {w for w, s in sources.items() if s != "amax pass"} == fused
-    src = run_llmgen("emit", name, "--target", "cuda", "--dtype", "fp8").stdout
-    fns = functions(src)
-    calls = forward_calls(src)
-    seen = {}
-    for i, (fn, args) in enumerate(calls):
+def check_phase(src: str, phase: str, tensor: str, fmt: str, sources: dict[str, str]) -> None:
+    fns, seen = functions(src), {}
+    sched = calls(src, phase)
+    for i, (fn, args) in enumerate(sched):
         if "_fp8" not in fn or fn not in fns:
             continue
-        weight = re.search(r"LP\[l\]\.(\w+)", args).group(1)
-        how = x_cast(fns[fn])
-        if how is None:  # reads the x the previous FP8 linear cast
-            assert weight not in sources
+        weight = re.search(r"LP\[l\]\.(\w+)", args)
+        how = how_cast(fns[fn], fmt)
+        if how is None:
+            continue
+        if weight is None:  # a dW GEMM names its weight by its gradient
+            weight = re.search(r"LG\[l\]\.(\w+)", args)
+        weight = weight.group(1)
+        if weight in seen:  # a dY cast again (another linear's cast came between its dX and dW GEMMs)
+            assert how == "amax pass"
             continue
         seen[weight] = how
         assert how == ("fused" if sources[weight] != "amax pass" else "amax pass"), (weight, fn)
-        if how == "fused":  # the launch before: a norm forward writing the partials of this linear's x
-            prev_fn, prev_args = calls[i - 1]
-            x = args.split(",")[2 if "gelu" in fn else 1].strip()
-            assert "llmk::NormAmax amax =" in fns[prev_fn] and "fp8_amax_of = out;" in fns[prev_fn], prev_fn
-            assert x in [a.strip() for a in prev_args.split(",")], (prev_fn, x)
+        if how == "fused":  # the launch before: a norm writing the partials of the tensor this GEMM casts
+            prev_fn, prev_args = sched[i - 1]
+            assert "llmk::NormAmax amax =" in fns[prev_fn] and "fp8_amax_of = " in fns[prev_fn], prev_fn
+            at = 2 if ("gelu" in fn and tensor == "x") or (fn.startswith("linear_dw_bias") and tensor == "dY") else 1
+            t = args.split(",")[at].strip()
+            assert t in [a.strip() for a in prev_args.split(",")], (prev_fn, t)
     assert seen == {w: ("fused" if s != "amax pass" else "amax pass") for w, s in sources.items()}
-    # every backward dY cast and the weights' casts keep the amax pass
-    quantize = re.findall(r"fp8_quantize<FP8_E5M2>\([^;]*\);", src)
-    assert quantize and all(q.endswith(", 1);") for q in quantize)
+
+
+@pytest.mark.parametrize(
+    "name, fused_x, fused_dy",
+    [
+        ("gpt2-tiny", {"attn_c_attn_w", "mlp_c_fc_w"}, {"attn_c_proj_w", "mlp_c_proj_w"}),
+        ("llama3.2-1b", {"q_proj_w", "gate_proj_w"}, {"o_proj_w", "down_proj_w"}),
+    ],
+)
+def test_the_norms_give_the_next_gemm_its_amax(name, fused_x, fused_dy):
+    """The x of a linear right after a norm forward (GPT-2's qkv and fc, Llama's q (k, v reuse its codes) and gate
+    (up likewise)) and the dY of a projection whose output entered the residual stream (its gradient comes from the
+    norm backward: GPT-2's attention and MLP projections, Llama's o and down) take their amax from the norm; the
+    other casts (after attention, GELU, SwiGLU; the weights) run the amax pass, as inspect says, and each fused
+    cast's launch follows a norm launch that writes the partials of the tensor it casts."""
+    xs, dys = amax_sources(name, "x"), amax_sources(name, "dY")
+    assert {w for w, s in xs.items() if s != "amax pass"} == fused_x
+    assert {w for w, s in dys.items() if s != "amax pass"} == fused_dy
+    assert set(amax_sources(name, "W").values()) == {"amax pass"}
+    src = run_llmgen("emit", name, "--target", "cuda", "--dtype", "fp8").stdout
+    check_phase(src, "forward", "x", "E4M3", xs)
+    check_phase(src, "backward", "dY", "E5M2", dys)
 
 
 def test_the_delayed_recipe_and_bf16_builds_fuse_nothing():

@@ -170,15 +170,16 @@ def fa2_d_buffer(prog: Program) -> None:
 
 
 def fp8_fuse_amax(prog: Program) -> None:
-    """--dtype fp8, current recipe: the kernel that writes an FP8 linear's input x also writes x's amax partials
-    where it is one of precision.FP8_AMAX_PRODUCERS and runs right before the linear that casts x (the rule of
-    precision.fp8_casts, which `inspect` reports, applied to the schedule). The producer kernel gets cfg AMAX (its
-    launcher writes the partials into fp8_partials, their count into fp8_amax_parts: templates/cuda/layernorm.cu.j2,
-    rmsnorm.cu.j2; at every launch, harmless where no cast follows) and the linear cfg AMAX_FROM, the producer's
-    name (its cast takes those partials instead of an amax pass: templates/cuda/linear_fp8.cu.j2). A linear kernel
-    serves several launches (layers; Llama's q and o have one shape): where only some of them follow a producer, those
-    launches call a copy of it named `..._amax_...` (the same GEMM, the fused cast). Whether a launch is fused is
-    decided per (kernel, x relative to the layer), so a loop body's launch stands for all its layers."""
+    """--dtype fp8, current recipe: the kernel that writes an FP8 linear's input x (its output gradient dY) also
+    writes the tensor's amax partials where it is one of precision.FP8_AMAX_PRODUCERS and runs right before the GEMM
+    that casts it (the rule of precision.fp8_casts, which `inspect` reports, applied to the schedule). The producer
+    kernel gets cfg AMAX (its launcher writes the partials into fp8_partials, their count into fp8_amax_parts:
+    templates/cuda/layernorm.cu.j2, rmsnorm.cu.j2; at every launch, harmless where no cast follows) and the GEMM cfg
+    AMAX_FROM, the producer's name (its cast takes those partials instead of an amax pass:
+    templates/cuda/linear_fp8.cu.j2). A GEMM kernel serves several launches (layers; Llama's q and o have one shape):
+    where only some of them follow a producer, those launches call a copy of it named `..._amax_...` (the same GEMM,
+    the fused cast). Whether a launch is fused is decided per (kernel, the tensor relative to the layer), so a loop
+    body's launch stands for all its layers."""
     from llmgen.codegen.lower import Launch, Loop, render_layers
     from llmgen.passes.precision import FP8_AMAX_PRODUCERS
 
@@ -187,26 +188,34 @@ def fp8_fuse_amax(prog: Program) -> None:
     by_name = {k.name: k for k in prog.kernels}
 
     def x_of(launch: Launch, base: int | None) -> tuple[str, str] | None:
-        """(kernel, x relative to the layer `base`) of an FP8 linear launch that casts its x, else None"""
+        """(kernel, the tensor it casts relative to the layer `base`) of an FP8 GEMM launch that casts its x
+        (forward) or its dY (dX, dW) with an amax, else None"""
         k = by_name.get(launch.fn)
-        if k is None or k.family != "linear_fp8" or k.op != "linear" or not k.flags.get("cast_x"):
+        if k is None or k.family != "linear_fp8":
             return None
-        return k.name, render_layers(launch.args[2 if k.flags.get("gelu") else 1], base)  # (pre,) out, x, w, ...
+        if k.op == "linear" and k.flags.get("cast_x"):
+            at = 2 if k.flags.get("gelu") else 1  # (pre,) out, x, w, ...
+        elif k.op in ("linear_dx", "linear_dw") and k.flags.get("cast_dy"):
+            at = 2 if k.op == "linear_dw" and k.flags.get("bias") else 1  # dx | dw (, db), dy, ...
+        else:
+            return None
+        return k.name, render_layers(launch.args[at], base)
 
     fused: dict[tuple[str, str], bool] = {}  # (kernel, x) -> every such launch follows a producer of x
     makers: dict[tuple[str, str], set[str]] = {}
-    fwd = prog.flat["fwd"]
-    for i, launch in enumerate(fwd):
-        key = x_of(launch, launch.node_layer)
-        if key is None:
-            continue
-        prev = fwd[i - 1] if i else None
-        pk = by_name.get(prev.fn) if prev else None
-        ok = pk is not None and pk.op in FP8_AMAX_PRODUCERS
-        ok = ok and render_layers(prev.args[FP8_AMAX_PRODUCERS[pk.op][1]], launch.node_layer) == key[1]
-        fused[key] = fused.get(key, True) and ok
-        if ok:
-            makers.setdefault(key, set()).add(pk.name)
+    for phase in ("fwd", "bwd"):
+        flat = prog.flat[phase]
+        for i, launch in enumerate(flat):
+            key = x_of(launch, launch.node_layer)
+            if key is None:
+                continue
+            prev = flat[i - 1] if i else None
+            pk = by_name.get(prev.fn) if prev else None
+            ok = pk is not None and pk.op in FP8_AMAX_PRODUCERS
+            ok = ok and render_layers(prev.args[FP8_AMAX_PRODUCERS[pk.op][1]], launch.node_layer) == key[1]
+            fused[key] = fused.get(key, True) and ok
+            if ok:
+                makers.setdefault(key, set()).add(pk.name)
     split: dict[str, str] = {}  # a linear kernel -> its fused copy, where it has launches of both kinds
     for name in {key[0] for key in fused}:
         kinds = {v for key, v in fused.items() if key[0] == name}
@@ -230,9 +239,9 @@ def fp8_fuse_amax(prog: Program) -> None:
         if key is not None and fused.get(key) and key[0] in split:
             launch.fn = split[key[0]]
 
-    for launch in fwd:
+    for launch in prog.flat["fwd"] + prog.flat["bwd"]:
         rename(launch, launch.node_layer)
-    for item in prog.forward:  # the loops' bodies may be copies of the flat launches
+    for item in prog.forward + prog.backward:  # the loops' bodies may be copies of the flat launches
         if isinstance(item, Loop):
             for b in item.body:
                 rename(b, item.first)

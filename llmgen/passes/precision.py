@@ -124,23 +124,26 @@ def fp8_nodes(g: Graph, choices: list[Fp8Choice]) -> set[int]:
 # FP8 amax: which kernel gives each cast its amax (issue 14: "computed in the kernels that produce each tensor")
 #
 # The current recipe scales a tensor by its own amax, so the amax must be known before the cast. Where the kernel
-# that writes an FP8 linear's input x is one of FP8_AMAX_PRODUCERS and runs right before that linear (nothing
-# between them uses the amax scratch), it also writes x's amax partials (kernels/fp8.cuh's block partials, here
-# norms.cuh's NormAmax) and the cast takes those: no extra read of x. Every other cast runs fp8.cuh's amax pass
-# first ("amax pass"). The weights are cast once per optimizer step, after the update, each with an amax pass (AdamW
-# writes every parameter in one launch: no per-weight partials there). The delayed recipe takes each amax from the
+# that writes an FP8 linear's input x (or, in the backward, its output gradient dY) is one of FP8_AMAX_PRODUCERS and
+# runs right before the GEMM that casts it (nothing between them uses the amax scratch), it also writes the tensor's
+# amax partials (kernels/fp8.cuh's block partials, here norms.cuh's NormAmax) and the cast takes those: no extra
+# read of the tensor. Every other cast runs fp8.cuh's amax pass first ("amax pass"). The weights are cast once per
+# optimizer step, after the update, each with an amax pass (AdamW writes every parameter in one launch: no
+# per-weight partials there). The delayed recipe takes each amax from the
 # cast itself (the scale comes from the history): nothing to fuse.
 #
 # cuBLASLt's CUBLASLT_MATMUL_DESC_AMAX_D_POINTER (the GEMM that writes the next linear's input) is not used for a
 # bf16 D: the FP8 GEMM documentation states the D amax with FP8 outputs (scale_D), and an amax taken before the
 # rounding to bf16 is not the amax of the bf16 tensor the cast reads (other codes than the amax pass's).
 
-# op -> (what inspect calls it, the index of the FP8 linear's input among the op's outputs)
+# op -> (what inspect calls it, the index of the FP8 linear's input (x) or output gradient (dY) among its outputs)
 FP8_AMAX_PRODUCERS = {
     "layernorm": ("layernorm forward", 0),
     "residual_layernorm": ("layernorm forward", 1),
     "rmsnorm": ("RMSNorm forward", 0),
     "residual_rmsnorm": ("RMSNorm forward", 1),
+    "layernorm_bwd": ("layernorm backward", 0),  # the residual stream's gradient: attention / MLP projections' dY
+    "rmsnorm_bwd": ("RMSNorm backward", 0),
 }
 FP8_AMAX_PASS = "amax pass"
 
@@ -164,22 +167,25 @@ def fp8_casts(g: Graph, choices: list[Fp8Choice]) -> list[Fp8Cast]:
     out: list[Fp8Cast] = []
     cast_x: set[int] = set()  # forward inputs already cast
     cast_dy: set[int] = set()  # weights whose dY is cast
+
+    def cast(i: int, tensor: str, v: Value, w: Value) -> Fp8Cast:
+        """node i casts v: fused with the node before it where that one produced v"""
+        prev = g.nodes[i - 1] if i else None
+        fused = prev is not None and prev.op in FP8_AMAX_PRODUCERS
+        fused = fused and prev.outputs[FP8_AMAX_PRODUCERS[prev.op][1]].id == v.id
+        return Fp8Cast(
+            w, n.layer, tensor, FP8_AMAX_PRODUCERS[prev.op][0] if fused else FP8_AMAX_PASS, prev.id if fused else None
+        )
+
     for i, n in enumerate(g.nodes):
         w = fp8_weight_of(n)
         if w is None or w.id not in weights:
             continue
-        if n.op == "linear" and n.phase == "fwd":
-            x = n.inputs[0]
-            if x.id in cast_x:
-                continue
-            cast_x.add(x.id)
-            prev = g.nodes[i - 1] if i else None
-            fused = prev is not None and prev.op in FP8_AMAX_PRODUCERS and prev.phase == "fwd"
-            fused = fused and prev.outputs[FP8_AMAX_PRODUCERS[prev.op][1]].id == x.id
-            src = FP8_AMAX_PRODUCERS[prev.op][0] if fused else FP8_AMAX_PASS
-            out.append(Fp8Cast(w, n.layer, "x", src, prev.id if fused else None))
-        elif n.op in ("linear_dx", "linear_dw") and w.id not in cast_dy:
+        if n.op == "linear" and n.phase == "fwd" and n.inputs[0].id not in cast_x:
+            cast_x.add(n.inputs[0].id)
+            out.append(cast(i, "x", n.inputs[0], w))
+        elif n.op in ("linear_dx", "linear_dw") and w.id not in cast_dy:  # dY: both GEMMs' first input
             cast_dy.add(w.id)
-            out.append(Fp8Cast(w, n.layer, "dY", FP8_AMAX_PASS))
+            out.append(cast(i, "dY", n.inputs[0], w))
     out += [Fp8Cast(c.weight, c.layer, "W", FP8_AMAX_PASS) for c in choices if c.fp8]
     return out

@@ -310,11 +310,12 @@ static size_t norm_backward_smem(int nacc) {
     return (size_t)S::G * nacc * S::NCH * S::NSLOT * sizeof(FVec<S::ACCW>) + S::NSLOT * sizeof(Vec<T, S::VEC>);
 }
 
-template <class T, int C, bool RMS>
+/* AMAX (FP8 builds): also amax[blockIdx.x] = the block's max |dx| (dx as stored), as the forward's */
+template <class T, int C, bool RMS, bool AMAX>
 __global__ void __launch_bounds__(NormShape<T, C>::NT)
     norm_backward_kernel(T* dx, float* dw, float* db, float* dbias, float* partial, unsigned* counters, const T* dy,
                          const T* x, const float* mean, const float* rstd, const T* dres, const T* w, int N,
-                         unsigned acc_flags) {
+                         unsigned acc_flags, float* amax) {
     typedef NormShape<T, C> S;
     typedef Vec<T, S::VEC> V;
     typedef FVec<S::ACCW> A;
@@ -326,6 +327,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
     __shared__ unsigned s_last;
     const int g = threadIdx.x / S::RT, t = threadIdx.x % S::RT;
     A* acc = s_acc + (size_t)g * nacc * S::NCH * S::NSLOT;    /* this row group's accumulators */
+    float amax_t = 0.0f;                                      /* AMAX: this thread's max |dx| */
 
     for (int base = 0; base < S::NVEC; base += S::NT) {       /* weights in, accumulators zeroed */
         const int v = base + (int)threadIdx.x, k = v < S::NVEC ? v : S::NVEC;
@@ -400,7 +402,13 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
                 c1[i] = gv[s][i];
                 c2[i] = to_f32(o.v[i]);
             }
-            if (ok) store_vec<S::VEC>(dx + off, o);
+            if (ok) {
+                store_vec<S::VEC>(dx + off, o);
+                if (AMAX) {
+                    LLMK_UNROLL
+                    for (int i = 0; i < S::VEC; i++) amax_t = fmaxf(amax_t, fabsf(c2[i]));
+                }
+            }
             LLMK_UNROLL
             for (int ch = 0; ch < S::NCH; ch++) {
                 A* p = acc + (size_t)ch * S::NSLOT + k;            /* accumulator 0 */
@@ -426,6 +434,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
         }
     }
     __syncthreads();
+    if (AMAX) norm_amax_partial<S::NT>(amax_t, amax);
 
     /* the block's column sums: its row groups in order -> partial[block] ([nacc][NCH][NVEC] of A) */
     const int nA = nacc * S::NCH * S::NVEC;                 /* A-vectors of one partial */
@@ -518,10 +527,10 @@ struct NormScratch {
     int max_blocks;       /* 0: NORM_BWD_BLOCKS */
 };
 
-template <class T, int C, bool RMS>
+template <class T, int C, bool RMS, bool AMAX>
 static cudaError_t norm_backward(const char* who, T* dx, float* dw, float* db, float* dbias, const T* dy, const T* x,
                                  const float* mean, const float* rstd, const T* dres, const T* w, NormScratch scratch,
-                                 int N, unsigned acc_flags, cudaStream_t stream) {
+                                 int N, unsigned acc_flags, cudaStream_t stream, NormAmax amax) {
     typedef NormShape<T, C> S;
     const size_t va = sizeof(T) * S::VEC, fa = sizeof(float) * S::ACCW;
     LLMK_REQUIRE(N >= 0, who, "N (rows) is negative");
@@ -535,30 +544,34 @@ static cudaError_t norm_backward(const char* who, T* dx, float* dw, float* db, f
                  who, "a gradient or scratch.partial is not aligned to 16 bytes (to 4 * ACCW for narrow rows)");
     const int nacc = (RMS ? 1 : 2) + (dbias ? 1 : 0);
     const int grid = norm_backward_grid<T, C, RMS>(N, scratch.max_blocks);
+    /* the grid decides the gradients' bits: it is never capped for the amax partials, they must have room */
+    LLMK_REQUIRE(!AMAX || (amax.partials && amax.count && amax.capacity >= grid), who,
+                 "the amax partials need a buffer, a count and room for one per block");
     const size_t smem = norm_backward_smem<T, C>(nacc);
     static const bool smem_allowed =   /* once per instantiation, for the largest nacc */
-        (allow_smem(norm_backward_kernel<T, C, RMS>, norm_backward_smem<T, C>(RMS ? 2 : 3)), true);
+        (allow_smem(norm_backward_kernel<T, C, RMS, AMAX>, norm_backward_smem<T, C>(RMS ? 2 : 3)), true);
     (void)smem_allowed;
-    LLMGEN_LAUNCH((norm_backward_kernel<T, C, RMS>), dim3(grid), dim3(S::NT), smem, stream, dx,
-                  dw, db, dbias, scratch.partial, scratch.counters, dy, x, mean, rstd, dres, w, N, acc_flags);
+    if (AMAX) *amax.count = grid;
+    LLMGEN_LAUNCH((norm_backward_kernel<T, C, RMS, AMAX>), dim3(grid), dim3(S::NT), smem, stream, dx, dw, db, dbias,
+                  scratch.partial, scratch.counters, dy, x, mean, rstd, dres, w, N, acc_flags, amax.partials);
     return cudaGetLastError();
 }
 
 /* dx (N, C) = layernorm backward [+ dres]; dw, db (C) fp32; dbias_prev (C) fp32 or NULL; dres may be
- * NULL or dx itself */
-template <class T, int C>
+ * NULL or dx itself; AMAX: also dx's amax partials (NormAmax: one per block, the grid is not capped) */
+template <class T, int C, bool AMAX = false>
 cudaError_t layernorm_backward(T* dx, float* dw, float* db, float* dbias_prev, const T* dy, const T* x,
                                const float* mean, const float* rstd, const T* dres, const T* w, NormScratch scratch,
-                               int N, unsigned acc_flags, cudaStream_t stream = 0) {
-    return norm_backward<T, C, false>("layernorm_backward", dx, dw, db, dbias_prev, dy, x, mean, rstd, dres, w, scratch,
-                                      N, acc_flags, stream);
+                               int N, unsigned acc_flags, cudaStream_t stream = 0, NormAmax amax = NormAmax{}) {
+    return norm_backward<T, C, false, AMAX>("layernorm_backward", dx, dw, db, dbias_prev, dy, x, mean, rstd, dres, w,
+                                            scratch, N, acc_flags, stream, amax);
 }
-template <class T, int C>
+template <class T, int C, bool AMAX = false>
 cudaError_t rmsnorm_backward(T* dx, float* dw, float* dbias_prev, const T* dy, const T* x, const float* rstd,
                              const T* dres, const T* w, NormScratch scratch, int N, unsigned acc_flags,
-                             cudaStream_t stream = 0) {
-    return norm_backward<T, C, true>("rmsnorm_backward", dx, dw, (float*)nullptr, dbias_prev, dy, x,
-                                     (const float*)nullptr, rstd, dres, w, scratch, N, acc_flags, stream);
+                             cudaStream_t stream = 0, NormAmax amax = NormAmax{}) {
+    return norm_backward<T, C, true, AMAX>("rmsnorm_backward", dx, dw, (float*)nullptr, dbias_prev, dy, x,
+                                           (const float*)nullptr, rstd, dres, w, scratch, N, acc_flags, stream, amax);
 }
 template <class T, int C>
 size_t layernorm_backward_scratch_bytes(int N, int max_blocks = 0) {
