@@ -142,6 +142,7 @@ FP8_AMAX_PRODUCERS = {
     "residual_layernorm": ("layernorm forward", 1),
     "rmsnorm": ("RMSNorm forward", 0),
     "residual_rmsnorm": ("RMSNorm forward", 1),
+    "swiglu": ("SwiGLU forward", 0),  # Llama's down projection's x
     "layernorm_bwd": ("layernorm backward", 0),  # the residual stream's gradient: attention / MLP projections' dY
     "rmsnorm_bwd": ("RMSNorm backward", 0),
 }

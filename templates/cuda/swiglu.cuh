@@ -3,6 +3,7 @@
  * floatX storage; the same expressions as templates/c/swiglu.h.
  *
  * Needs from the program before it: floatX, to_float / to_floatX, cdiv, LAUNCH_CHECK and LLMGEN_LAUNCH.
+ * FP8 builds: swiglu_fwd_amax also writes out's amax partials (kernels/fp8.cuh's USE IN A TRAINER).
  */
 
 /* out = gate / (1 + exp(-gate)) * up */
@@ -28,11 +29,44 @@ __global__ void swiglu_bwd_kernel(floatX *dgate, floatX *dup, const floatX *dh, 
     dup[i] = to_floatX(d * (g * sig));
 }
 
+/* FP8 builds (codegen/cuda.py fp8_fuse_amax: the down projection's input): out as swiglu_kernel writes it (the
+ * same expression), grid-stride over at most `capacity` blocks of 256 threads, each block also writing the max |out|
+ * (out as stored) of its elements to amax[blockIdx.x] (a max: the same bits in any order) */
+template <int F>
+__global__ void swiglu_amax_kernel(floatX *out, const floatX *gate, const floatX *up, int N, float *amax) {
+    __shared__ float red[256];
+    float m = 0.0f;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (long)N * F; i += (long)gridDim.x * blockDim.x) {
+        const float g = to_float(gate[i]);
+        const floatX o = to_floatX(g / (1.0f + expf(-g)) * to_float(up[i]));
+        out[i] = o;
+        m = fmaxf(m, fabsf(to_float(o)));
+    }
+    red[threadIdx.x] = m;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + s]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) amax[blockIdx.x] = red[0];
+}
+
 /* host launchers: N rows of F */
 template <int F>
 static void swiglu_fwd(floatX *out, const floatX *gate, const floatX *up, int N) {
     LLMGEN_LAUNCH((swiglu_kernel<F>), dim3(cdiv((long)N * F, 256)), dim3(256), 0, 0, out, gate, up, N);
     LAUNCH_CHECK("swiglu_kernel");
+}
+
+/* returns the number of amax partials written (the grid) */
+template <int F>
+static int swiglu_fwd_amax(floatX *out, const floatX *gate, const floatX *up, int N, float *amax, int capacity) {
+    long blocks = cdiv((long)N * F, 256);
+    if (blocks > capacity) blocks = capacity;
+    if (blocks < 1) blocks = 1;
+    LLMGEN_LAUNCH((swiglu_amax_kernel<F>), dim3((unsigned)blocks), dim3(256), 0, 0, out, gate, up, N, amax);
+    LAUNCH_CHECK("swiglu_amax_kernel");
+    return (int)blocks;
 }
 
 template <int F>

@@ -90,8 +90,10 @@
  *   the LayerNorm / RMSNorm forward before a linear writes the partials (norms.cuh's NormAmax, one per block,
  *   their count on the host), and so does the norm backward whose dx is the dY of the projection before it;
  *   every other x and dY and every weight gets amax() first (an extra read; `llmgen inspect --dtype fp8`
- *   lists which). The weights' pass runs once per optimizer step, after the update. The GEMM's AMAX_D_POINTER is not used for a bf16 D: it is the amax before the rounding to bf16,
- *   not that of the bf16 tensor the cast reads (and cuBLASLt documents it with FP8 outputs).
+ *   lists which; the SwiGLU before Llama's down projection writes them too). The weights' pass runs once per
+ *   optimizer step, after the update. The GEMM's AMAX_D_POINTER is not used for a bf16 D: it is the amax
+ *   before the rounding to bf16, not that of the bf16 tensor the cast reads (and cuBLASLt documents it with
+ *   FP8 outputs).
  *   Backward: the producer of dY writes its partials -> scale_update<E5M2>(meta_dy) -> cast_transpose<E5M2>
  *   (dY8, dY8t) -> dX: A = W8t (lda M), B = dY8 (ldb M), m = K, n = N, k = M (E4M3 x E5M2, bf16 D; DGELU
  *   epilogue allowed) -> dW: A = x8t (lda N), B = dY8t (ldb N), m = K, n = M, k = N, fp32 D with beta = 1
