@@ -2,9 +2,9 @@
 each tensor where possible, not in extra passes". The compiler pairs each FP8 cast of a linear's input x or output
 gradient dY with the kernel that wrote the tensor (llmgen/passes/precision.py fp8_casts, which `llmgen inspect --dtype
 fp8` prints; the schedule side is llmgen/codegen/cuda.py fp8_fuse_amax): a LayerNorm / RMSNorm forward or a SwiGLU
-right before the linear (x), a norm backward right before the dX GEMM (dY: the residual stream's gradient) writes the
-amax partials (templates/cuda/kernels/norms.cuh NormAmax, templates/cuda/swiglu.cuh) and the cast takes them; every
-other cast runs fp8.cuh's amax pass.
+right before the linear (x), a norm backward (the residual stream's gradient) or a SwiGLU backward right before the
+dX GEMM (dY) writes the amax partials (templates/cuda/kernels/norms.cuh NormAmax, templates/cuda/swiglu.cuh) and the
+cast takes them; every other cast runs fp8.cuh's amax pass.
 
 These tests read the emitted train.cu: the amax pass is launched only for the casts inspect says are not fused, the
 fused ones take the producer's partials, and the producer is the launch right before. The numbers are the amax pass's
@@ -25,7 +25,7 @@ def fp8_everywhere(monkeypatch):
     monkeypatch.setenv("LLMGEN_FP8_MIN_WEIGHTS", "0")
 
 
-SOURCES = r"layernorm forward|RMSNorm forward|SwiGLU forward|layernorm backward|RMSNorm backward|amax pass"
+SOURCES = r"(?:layernorm|RMSNorm|SwiGLU) (?:forward|backward)|amax pass"
 
 
 def amax_sources(name: str, tensor: str, *flags: str) -> dict[str, str]:
@@ -87,15 +87,16 @@ def check_phase(src: str, phase: str, tensor: str, fmt: str, sources: dict[str, 
     "name, fused_x, fused_dy",
     [
         ("gpt2-tiny", {"attn_c_attn_w", "mlp_c_fc_w"}, {"attn_c_proj_w", "mlp_c_proj_w"}),
-        ("llama3.2-1b", {"q_proj_w", "gate_proj_w", "down_proj_w"}, {"o_proj_w", "down_proj_w"}),
+        ("llama3.2-1b", {"q_proj_w", "gate_proj_w", "down_proj_w"}, {"o_proj_w", "down_proj_w", "up_proj_w"}),
     ],
 )
 def test_the_norms_give_the_next_gemm_its_amax(name, fused_x, fused_dy):
     """The x of a linear right after a norm forward (GPT-2's qkv and fc, Llama's q (k, v reuse its codes) and gate
-    (up likewise)) or a SwiGLU (Llama's down) and the dY of a projection whose output entered the residual stream
-    (its gradient comes from the norm backward: GPT-2's attention and MLP projections, Llama's o and down) take their
-    amax from that kernel; the other casts (after attention and the GELU epilogue, the weights) run the amax pass, as
-    inspect says, and each fused cast's launch follows a launch that writes the partials of the tensor it casts."""
+    (up likewise)) or a SwiGLU (Llama's down), and the dY of a projection whose output entered the residual stream
+    (its gradient comes from the norm backward: GPT-2's attention and MLP projections, Llama's o and down) or of
+    Llama's up (the SwiGLU backward's dup), take their amax from that kernel; the other casts (after attention and
+    the GELU epilogue, the weights) run the amax pass, as inspect says, and each fused cast's launch follows a launch
+    that writes the partials of the tensor it casts."""
     xs, dys = amax_sources(name, "x"), amax_sources(name, "dY")
     assert {w for w, s in xs.items() if s != "amax pass"} == fused_x
     assert {w for w, s in dys.items() if s != "amax pass"} == fused_dy

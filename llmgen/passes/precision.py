@@ -143,6 +143,7 @@ FP8_AMAX_PRODUCERS = {
     "rmsnorm": ("RMSNorm forward", 0),
     "residual_rmsnorm": ("RMSNorm forward", 1),
     "swiglu": ("SwiGLU forward", 0),  # Llama's down projection's x
+    "swiglu_bwd": ("SwiGLU backward", 1),  # dup: Llama's up projection's dY (dgate's cast comes later: a pass)
     "layernorm_bwd": ("layernorm backward", 0),  # the residual stream's gradient: attention / MLP projections' dY
     "rmsnorm_bwd": ("RMSNorm backward", 0),
 }
