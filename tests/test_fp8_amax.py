@@ -52,8 +52,8 @@ def calls(src: str, fn: str) -> list[tuple[str, str]]:
 def how_cast(body: str, fmt: str) -> str | None:
     """how an FP8 GEMM casts its x (fmt E4M3) or dY (E5M2) with an amax: "fused" (the producer's partials), "amax
     pass", or None (no such cast: the codes another GEMM cast)"""
-    m = re.search(rf"fp8_quantize<FP8_{fmt}>\([^;]*?, 1(, 0, 1)?\);", body)
-    return None if m is None else "fused" if m.group(1) else "amax pass"
+    m = re.search(rf"fp8_quantize<FP8_{fmt}>\([^;]*?, 1(, 0, ([12]))?\);", body)
+    return None if m is None else f"fused {m.group(2)}" if m.group(1) else "amax pass"
 
 
 def check_phase(src: str, phase: str, tensor: str, fmt: str, sources: dict[str, str]) -> None:
@@ -72,14 +72,19 @@ def check_phase(src: str, phase: str, tensor: str, fmt: str, sources: dict[str, 
         if weight in seen:  # a dY cast again (another linear's cast came between its dX and dW GEMMs)
             assert how == "amax pass"
             continue
-        seen[weight] = how
-        assert how == ("fused" if sources[weight] != "amax pass" else "amax pass"), (weight, fn)
-        if how == "fused":  # the launch before: a norm writing the partials of the tensor this GEMM casts
+        seen[weight] = "fused" if how.startswith("fused") else how
+        assert seen[weight] == ("fused" if sources[weight] != "amax pass" else "amax pass"), (weight, fn)
+        if how == "fused 1":  # the launch before: a kernel writing the partials of the tensor this GEMM casts
             prev_fn, prev_args = sched[i - 1]
             assert "fp8_amax_of = " in fns[prev_fn], prev_fn
+        if how == "fused 2":  # the last launch before writing a second set: of this tensor
+            prev_fn, prev_args = next(c for c in reversed(sched[:i]) if "fp8_amax_of2 = " in fns.get(c[0], ""))
+        if how.startswith("fused"):
             at = 2 if ("gelu" in fn and tensor == "x") or (fn.startswith("linear_dw_bias") and tensor == "dY") else 1
             t = args.split(",")[at].strip()
             assert t in [a.strip() for a in prev_args.split(",")], (prev_fn, t)
+            if prev_fn.startswith("swiglu_bwd"):  # dgate (its first output) is the second set, dup the first
+                assert prev_args.split(",")[0 if how == "fused 2" else 1].strip() == t, (prev_fn, t, how)
     assert seen == {w: ("fused" if s != "amax pass" else "amax pass") for w, s in sources.items()}
 
 
@@ -87,7 +92,11 @@ def check_phase(src: str, phase: str, tensor: str, fmt: str, sources: dict[str, 
     "name, fused_x, fused_dy",
     [
         ("gpt2-tiny", {"attn_c_attn_w", "mlp_c_fc_w"}, {"attn_c_proj_w", "mlp_c_proj_w"}),
-        ("llama3.2-1b", {"q_proj_w", "gate_proj_w", "down_proj_w"}, {"o_proj_w", "down_proj_w", "up_proj_w"}),
+        (
+            "llama3.2-1b",
+            {"q_proj_w", "gate_proj_w", "down_proj_w"},
+            {"o_proj_w", "down_proj_w", "up_proj_w", "gate_proj_w"},
+        ),
     ],
 )
 def test_the_norms_give_the_next_gemm_its_amax(name, fused_x, fused_dy):

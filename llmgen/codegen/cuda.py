@@ -178,10 +178,10 @@ def fp8_fuse_amax(prog: Program) -> None:
     AMAX_FROM, the producer's name (its cast takes those partials instead of an amax pass:
     templates/cuda/linear_fp8.cu.j2). A GEMM kernel serves several launches (layers; Llama's q and o have one shape):
     where only some of them follow a producer, those launches call a copy of it named `..._amax_...` (the same GEMM,
-    the fused cast). Whether a launch is fused is decided per (kernel, the tensor relative to the layer), so a loop
-    body's launch stands for all its layers."""
+    the fused cast; `..._amax2_...` where it takes a producer's second set). Whether a launch is fused is decided
+    per (kernel, the tensor relative to the layer), so a loop body's launch stands for all its layers."""
     from llmgen.codegen.lower import Launch, Loop, render_layers
-    from llmgen.passes.precision import FP8_AMAX_PRODUCERS
+    from llmgen.passes.precision import FP8_AMAX_PRODUCERS, FP8_AMAX_SECOND
 
     if prog.fp8 is None or prog.fp8.delayed:
         return
@@ -201,7 +201,9 @@ def fp8_fuse_amax(prog: Program) -> None:
             return None
         return k.name, render_layers(launch.args[at], base)
 
-    fused: dict[tuple[str, str], bool] = {}  # (kernel, x) -> every such launch follows a producer of x
+    # (kernel, tensor) -> the partials set every such launch takes (1: the launch before wrote them, 2: the second
+    # set of the last FP8_AMAX_SECOND launch before it), 0 where some launch has none
+    fused: dict[tuple[str, str], int] = {}
     makers: dict[tuple[str, str], set[str]] = {}
     for phase in ("fwd", "bwd"):
         flat = prog.flat[phase]
@@ -211,33 +213,46 @@ def fp8_fuse_amax(prog: Program) -> None:
                 continue
             prev = flat[i - 1] if i else None
             pk = by_name.get(prev.fn) if prev else None
-            ok = pk is not None and pk.op in FP8_AMAX_PRODUCERS
-            ok = ok and render_layers(prev.args[FP8_AMAX_PRODUCERS[pk.op][1]], launch.node_layer) == key[1]
-            fused[key] = fused.get(key, True) and ok
-            if ok:
+            how = 0
+            if pk is not None and pk.op in FP8_AMAX_PRODUCERS:
+                how = int(render_layers(prev.args[FP8_AMAX_PRODUCERS[pk.op][1]], launch.node_layer) == key[1])
+            if not how:
+                before = (x for x in reversed(flat[:i]) if by_name.get(x.fn) and by_name[x.fn].op in FP8_AMAX_SECOND)
+                prev = next(before, None)
+                pk = by_name[prev.fn] if prev else None
+                if pk is not None and render_layers(prev.args[FP8_AMAX_SECOND[pk.op][1]], launch.node_layer) == key[1]:
+                    how = 2
+            fused[key] = how if fused.get(key, how) == how else 0
+            if how:
                 makers.setdefault(key, set()).add(pk.name)
-    split: dict[str, str] = {}  # a linear kernel -> its fused copy, where it has launches of both kinds
+    # a GEMM kernel whose launches take different partials (none, the first set, the second) -> a copy per fused
+    # kind: `..._amax_...` (first set), `..._amax2_...` (second set); the launches with none keep the kernel
+    split: dict[tuple[str, int], str] = {}
     for name in {key[0] for key in fused}:
         kinds = {v for key, v in fused.items() if key[0] == name}
-        if kinds == {True, False}:
-            k = by_name[name]
+        if len(kinds) == 1:
+            continue
+        k = by_name[name]
+        for how in sorted(kinds - {0}):
             parts = name.rsplit("_", 1)
-            split[name] = f"{parts[0]}_amax_{parts[1]}"
-            copy = dataclasses.replace(k, name=split[name], cfg=dict(k.cfg))
+            split[name, how] = f"{parts[0]}_amax{'' if how == 1 else how}_{parts[1]}"
+            copy = dataclasses.replace(k, name=split[name, how], cfg=dict(k.cfg))
             prog.kernels.insert(prog.kernels.index(k) + 1, copy)
             by_name[copy.name] = copy
-    for key, ok in fused.items():
-        if not ok:
+    for key, how in fused.items():
+        if not how:
             continue
-        k = by_name[split.get(key[0], key[0])]
-        k.cfg["AMAX_FROM"] = " / ".join(sorted({FP8_AMAX_PRODUCERS[by_name[m].op][0] for m in makers[key]}))
+        k = by_name[split.get((key[0], how), key[0])]
+        table = FP8_AMAX_PRODUCERS if how == 1 else FP8_AMAX_SECOND
+        k.cfg["AMAX_FROM"] = " / ".join(sorted({table[by_name[m].op][0] for m in makers[key]}))
+        k.cfg["AMAX_SET"] = how
         for m in makers[key]:
             by_name[m].cfg["AMAX"] = 1
 
     def rename(launch: Launch | None, base: int | None) -> None:
         key = x_of(launch, base) if launch is not None else None
-        if key is not None and fused.get(key) and key[0] in split:
-            launch.fn = split[key[0]]
+        if key is not None and (key[0], fused.get(key)) in split:
+            launch.fn = split[key[0], fused[key]]
 
     for launch in prog.flat["fwd"] + prog.flat["bwd"]:
         rename(launch, launch.node_layer)

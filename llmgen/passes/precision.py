@@ -127,10 +127,11 @@ def fp8_nodes(g: Graph, choices: list[Fp8Choice]) -> set[int]:
 # that writes an FP8 linear's input x (or, in the backward, its output gradient dY) is one of FP8_AMAX_PRODUCERS and
 # runs right before the GEMM that casts it (nothing between them uses the amax scratch), it also writes the tensor's
 # amax partials (kernels/fp8.cuh's block partials, here norms.cuh's NormAmax) and the cast takes those: no extra
-# read of the tensor. Every other cast runs fp8.cuh's amax pass first ("amax pass"). The weights are cast once per
-# optimizer step, after the update, each with an amax pass (AdamW writes every parameter in one launch: no
-# per-weight partials there). The delayed recipe takes each amax from the
-# cast itself (the scale comes from the history): nothing to fuse.
+# read of the tensor. A producer of two cast tensors (the SwiGLU backward: dup, cast right after, and dgate, cast
+# after the up projection's GEMMs) keeps the second one's partials apart (FP8_AMAX_SECOND). Every other cast runs
+# fp8.cuh's amax pass first ("amax pass"). The weights are cast once per optimizer step, after the update, each with
+# an amax pass (AdamW writes every parameter in one launch: no per-weight partials there). The delayed recipe takes
+# each amax from the cast itself (the scale comes from the history): nothing to fuse.
 #
 # cuBLASLt's CUBLASLT_MATMUL_DESC_AMAX_D_POINTER (the GEMM that writes the next linear's input) is not used for a
 # bf16 D: the FP8 GEMM documentation states the D amax with FP8 outputs (scale_D), and an amax taken before the
@@ -143,10 +144,13 @@ FP8_AMAX_PRODUCERS = {
     "rmsnorm": ("RMSNorm forward", 0),
     "residual_rmsnorm": ("RMSNorm forward", 1),
     "swiglu": ("SwiGLU forward", 0),  # Llama's down projection's x
-    "swiglu_bwd": ("SwiGLU backward", 1),  # dup: Llama's up projection's dY (dgate's cast comes later: a pass)
+    "swiglu_bwd": ("SwiGLU backward", 1),  # dup: Llama's up projection's dY (dgate: FP8_AMAX_SECOND)
     "layernorm_bwd": ("layernorm backward", 0),  # the residual stream's gradient: attention / MLP projections' dY
     "rmsnorm_bwd": ("RMSNorm backward", 0),
 }
+# op -> (its name, the index of its second output whose partials it keeps apart, fp8_partials + fp8_partials_cap,
+# which no other kernel writes: the cast of that output need not follow right after, only before the op runs again)
+FP8_AMAX_SECOND = {"swiglu_bwd": ("SwiGLU backward", 0)}  # dgate: Llama's gate dY, cast after up's dX and dW GEMMs
 FP8_AMAX_PASS = "amax pass"
 
 
@@ -171,13 +175,19 @@ def fp8_casts(g: Graph, choices: list[Fp8Choice]) -> list[Fp8Cast]:
     cast_dy: set[int] = set()  # weights whose dY is cast
 
     def cast(i: int, tensor: str, v: Value, w: Value) -> Fp8Cast:
-        """node i casts v: fused with the node before it where that one produced v"""
+        """node i casts v: fused with the node before it where that one produced v, or with the last node of
+        FP8_AMAX_SECOND before it where v is its second output"""
         prev = g.nodes[i - 1] if i else None
-        fused = prev is not None and prev.op in FP8_AMAX_PRODUCERS
-        fused = fused and prev.outputs[FP8_AMAX_PRODUCERS[prev.op][1]].id == v.id
-        return Fp8Cast(
-            w, n.layer, tensor, FP8_AMAX_PRODUCERS[prev.op][0] if fused else FP8_AMAX_PASS, prev.id if fused else None
-        )
+        if (
+            prev is not None
+            and prev.op in FP8_AMAX_PRODUCERS
+            and prev.outputs[FP8_AMAX_PRODUCERS[prev.op][1]].id == v.id
+        ):
+            return Fp8Cast(w, n.layer, tensor, FP8_AMAX_PRODUCERS[prev.op][0], prev.id)
+        two = next((m for m in reversed(g.nodes[:i]) if m.op in FP8_AMAX_SECOND), None)
+        if two is not None and two.outputs[FP8_AMAX_SECOND[two.op][1]].id == v.id:
+            return Fp8Cast(w, n.layer, tensor, FP8_AMAX_SECOND[two.op][0], two.id)
+        return Fp8Cast(w, n.layer, tensor, FP8_AMAX_PASS)
 
     for i, n in enumerate(g.nodes):
         w = fp8_weight_of(n)
