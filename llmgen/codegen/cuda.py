@@ -8,8 +8,8 @@ emulation runs just as well.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-
 import re
 
 from llmgen.codegen.lower import ActField, Kernel, Launch, Loop, Program, render_layers
@@ -343,6 +343,102 @@ def dw_stream_schedule(prog: Program) -> None:
     prog.dw_slots = len(slot_of)
 
 
+def fp8_fuse_amax(prog: Program) -> None:
+    """--dtype fp8, current recipe: the kernel that writes an FP8 linear's input x (its output gradient dY) also
+    writes the tensor's amax partials where it is one of precision.FP8_AMAX_PRODUCERS and runs right before the GEMM
+    that casts it (the rule of precision.fp8_casts, which `inspect` reports, applied to the schedule). The producer
+    kernel gets cfg AMAX (its launcher writes the partials into fp8_partials, their count into fp8_amax_parts:
+    templates/cuda/layernorm.cu.j2, rmsnorm.cu.j2; at every launch, harmless where no cast follows) and the GEMM cfg
+    AMAX_FROM, the producer's name (its cast takes those partials instead of an amax pass:
+    templates/cuda/linear_fp8.cu.j2). A GEMM kernel serves several launches (layers; Llama's q and o have one shape):
+    where only some of them follow a producer, those launches call a copy of it named `..._amax_...` (the same GEMM,
+    the fused cast; `..._amax2_...` where it takes a producer's second set). Whether a launch is fused is decided
+    per (kernel, the tensor relative to the layer), so a loop body's launch stands for all its layers."""
+    from llmgen.passes.precision import FP8_AMAX_PRODUCERS, FP8_AMAX_SECOND
+
+    if prog.fp8 is None or prog.fp8.delayed:
+        return
+    by_name = {k.name: k for k in prog.kernels}
+
+    def x_of(launch: Launch, base: int | None) -> tuple[str, str] | None:
+        """(kernel, the tensor it casts relative to the layer `base`) of an FP8 GEMM launch that casts its x
+        (forward) or its dY (dX, dW) with an amax, else None"""
+        k = by_name.get(launch.fn)
+        if k is None or k.family != "linear_fp8":
+            return None
+        if k.op == "linear" and k.flags.get("cast_x"):
+            at = 2 if k.flags.get("gelu") else 1  # (pre,) out, x, w, ...
+        elif k.op in ("linear_dx", "linear_dw") and k.flags.get("cast_dy"):
+            at = 2 if k.op == "linear_dw" and k.flags.get("bias") else 1  # dx | dw (, db), dy, ...
+        else:
+            return None
+        return k.name, render_layers(launch.args[at], base)
+
+    # (kernel, tensor) -> the partials set every such launch takes (1: the launch before wrote them, 2: the second
+    # set of the last FP8_AMAX_SECOND launch before it), 0 where some launch has none
+    fused: dict[tuple[str, str], int] = {}
+    makers: dict[tuple[str, str], set[str]] = {}
+    for phase in ("fwd", "bwd"):
+        flat = prog.flat[phase]
+        for i, launch in enumerate(flat):
+            key = x_of(launch, launch.node_layer)
+            if key is None:
+                continue
+            prev = flat[i - 1] if i else None
+            pk = by_name.get(prev.fn) if prev else None
+            how = 0
+            if pk is not None and pk.op in FP8_AMAX_PRODUCERS:
+                how = int(render_layers(prev.args[FP8_AMAX_PRODUCERS[pk.op][1]], launch.node_layer) == key[1])
+            if not how:
+                before = (x for x in reversed(flat[:i]) if by_name.get(x.fn) and by_name[x.fn].op in FP8_AMAX_SECOND)
+                prev = next(before, None)
+                pk = by_name[prev.fn] if prev else None
+                if pk is not None and render_layers(prev.args[FP8_AMAX_SECOND[pk.op][1]], launch.node_layer) == key[1]:
+                    how = 2
+            fused[key] = how if fused.get(key, how) == how else 0
+            if how:
+                makers.setdefault(key, set()).add(pk.name)
+    # a GEMM kernel whose launches take different partials (none, the first set, the second) -> a copy per fused
+    # kind: `..._amax_...` (first set), `..._amax2_...` (second set); the launches with none keep the kernel
+    split: dict[tuple[str, int], str] = {}
+    for name in {key[0] for key in fused}:
+        kinds = {v for key, v in fused.items() if key[0] == name}
+        if len(kinds) == 1:
+            continue
+        k = by_name[name]
+        for how in sorted(kinds - {0}):
+            parts = name.rsplit("_", 1)
+            split[name, how] = f"{parts[0]}_amax{'' if how == 1 else how}_{parts[1]}"
+            copy = dataclasses.replace(k, name=split[name, how], cfg=dict(k.cfg))
+            prog.kernels.insert(prog.kernels.index(k) + 1, copy)
+            by_name[copy.name] = copy
+    for key, how in fused.items():
+        if not how:
+            continue
+        k = by_name[split.get((key[0], how), key[0])]
+        table = FP8_AMAX_PRODUCERS if how == 1 else FP8_AMAX_SECOND
+        k.cfg["AMAX_FROM"] = " / ".join(sorted({table[by_name[m].op][0] for m in makers[key]}))
+        k.cfg["AMAX_SET"] = how
+        for m in makers[key]:
+            by_name[m].cfg["AMAX"] = 1
+
+    def rename(launch: Launch | None, base: int | None) -> None:
+        key = x_of(launch, base) if launch is not None else None
+        if key is not None and (key[0], fused.get(key)) in split:
+            launch.fn = split[key[0], fused[key]]
+
+    for launch in prog.flat["fwd"] + prog.flat["bwd"]:
+        rename(launch, launch.node_layer)
+    for item in prog.forward + prog.backward:  # the loops' bodies may be copies of the flat launches
+        if isinstance(item, Loop):
+            for b in item.body:
+                rename(b, item.first)
+            for e in item.edge:
+                rename(e, e.node_layer if e is not None else None)
+        else:
+            rename(item, item.node_layer)
+
+
 def configure(prog: Program) -> Program:
     scratch = 0  # bytes of the shared scratch buffer
     for k in prog.kernels:
@@ -357,6 +453,7 @@ def configure(prog: Program) -> Program:
             k.cfg["CTR"] = scratch
         scratch += 4 * NORM_COUNTERS
     prog.scratch_bytes = scratch
+    fp8_fuse_amax(prog)
     prog.fa2_attention = any(k.cfg.get("FA2") for k in prog.kernels)
     if prog.fa2_attention:
         fa2_d_buffer(prog)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from llmgen.ir.graph import Graph, Value, field_of
 from llmgen.ir.ops import OPS
-from llmgen.passes.precision import Fp8Choice, fp8_choices, fp8_nodes, storage_dtypes
+from llmgen.passes.precision import Fp8Cast, Fp8Choice, fp8_casts, fp8_choices, fp8_nodes, storage_dtypes
 
 ALIGN = 16
 LOGITS_BUDGET = 256 << 20  # bytes the classifier's chunk of logits may take (a chunk of R rows x Vp)
@@ -183,7 +183,10 @@ class Fp8Plan:
     dW GEMM needs: the backward casts x again with the forward's scale (bit-identical codes), so x8 and x8t
     never live at once and share bytes; dY8 and dY8t (E5M2) live from the dX GEMM to the dW GEMM of one linear.
     fp8_meta: an Fp8Meta (scale, 1/scale, amax, step: 16 bytes) for x, W and dY of every FP8 linear, then the
-    amax partials (at most 1024 floats, reused by every cast).
+    amax partials (1024 floats, or more where the GPU runs more blocks of a producer at once: the program sizes
+    them at start-up, SMs x blocks per SM; reused by every cast).
+    casts: each current-recipe cast and where its amax comes from (precision.fp8_casts: the producing kernel or
+    an amax pass).
     """
 
     choices: list[Fp8Choice]  # every forward linear, FP8 or not, and why
@@ -196,6 +199,7 @@ class Fp8Plan:
     metas: int = 0
     scratch_per_token: int = 0
     buffers: list[Fp8Buffer] = field(default_factory=list)
+    casts: list[Fp8Cast] = field(default_factory=list)
 
     AMAX_PARTIALS = 1024  # fp8.cuh's MAX_FLAT_BLOCKS
     META_BYTES = 16
@@ -232,6 +236,7 @@ def plan_fp8(g: Graph, choices: list[Fp8Choice] | None = None) -> Fp8Plan:
     plan.metas = (layers[-1] + 1) * plan.meta_per_layer
     kmax, nmax = max(c.K for c in chosen), max(c.N for c in chosen)
     plan.scratch_per_token = kmax + 2 * nmax
+    plan.casts = fp8_casts(g, choices)
     n_w = len(chosen)
     plan.buffers = [
         Fp8Buffer("W8", "fp8_weights", 0, plan.weight_bytes // 2, f"E4M3 (out, in) of {n_w} weights, every step"),
@@ -241,7 +246,7 @@ def plan_fp8(g: Graph, choices: list[Fp8Choice] | None = None) -> Fp8Plan:
         Fp8Buffer("dY8", "fp8_scratch", kmax, nmax, "E5M2 (B,T,out): dX GEMM input"),
         Fp8Buffer("dY8t", "fp8_scratch", kmax + nmax, nmax, "E5M2 (out,B*T): dW GEMM input"),
         Fp8Buffer("meta", "fp8_meta", 0, plan.metas * plan.META_BYTES, f"{plan.metas} Fp8Meta: x, W, dY per linear"),
-        Fp8Buffer("amax", "fp8_meta", plan.metas * plan.META_BYTES, 4 * plan.AMAX_PARTIALS, "amax partials"),
+        Fp8Buffer("amax", "fp8_meta", plan.metas * plan.META_BYTES, 4 * plan.AMAX_PARTIALS, "amax partials (or more)"),
     ]
     return plan
 

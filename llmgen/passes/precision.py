@@ -118,3 +118,86 @@ def fp8_nodes(g: Graph, choices: list[Fp8Choice]) -> set[int]:
     """Node ids of the GEMMs that run in FP8: every linear, linear_dx and linear_dw of an FP8 weight."""
     weights = {c.weight.id for c in choices if c.fp8}
     return {n.id for n in g.nodes if (w := fp8_weight_of(n)) is not None and w.id in weights}
+
+
+# --------------------------------------------------------------------------------------------
+# FP8 amax: which kernel gives each cast its amax (issue 14: "computed in the kernels that produce each tensor")
+#
+# The current recipe scales a tensor by its own amax, so the amax must be known before the cast. Where the kernel
+# that writes an FP8 linear's input x (or, in the backward, its output gradient dY) is one of FP8_AMAX_PRODUCERS and
+# runs right before the GEMM that casts it (nothing between them uses the amax scratch), it also writes the tensor's
+# amax partials (kernels/fp8.cuh's block partials, here norms.cuh's NormAmax) and the cast takes those: no extra
+# read of the tensor. A producer of two cast tensors (the SwiGLU backward: dup, cast right after, and dgate, cast
+# after the up projection's GEMMs) keeps the second one's partials apart (FP8_AMAX_SECOND). Every other cast runs
+# fp8.cuh's amax pass first ("amax pass"). The weights are cast once per optimizer step, after the update, each with
+# an amax pass (AdamW writes every parameter in one launch: no per-weight partials there). The delayed recipe takes
+# each amax from the cast itself (the scale comes from the history): nothing to fuse.
+#
+# cuBLASLt's CUBLASLT_MATMUL_DESC_AMAX_D_POINTER (the GEMM that writes the next linear's input) is not used for a
+# bf16 D: the FP8 GEMM documentation states the D amax with FP8 outputs (scale_D), and an amax taken before the
+# rounding to bf16 is not the amax of the bf16 tensor the cast reads (other codes than the amax pass's).
+
+# op -> (what inspect calls it, the index of the FP8 linear's input (x) or output gradient (dY) among its outputs)
+FP8_AMAX_PRODUCERS = {
+    "layernorm": ("layernorm forward", 0),
+    "residual_layernorm": ("layernorm forward", 1),
+    "rmsnorm": ("RMSNorm forward", 0),
+    "residual_rmsnorm": ("RMSNorm forward", 1),
+    "swiglu": ("SwiGLU forward", 0),  # Llama's down projection's x
+    "swiglu_bwd": ("SwiGLU backward", 1),  # dup: Llama's up projection's dY (dgate: FP8_AMAX_SECOND)
+    "layernorm_bwd": ("layernorm backward", 0),  # the residual stream's gradient: attention / MLP projections' dY
+    "rmsnorm_bwd": ("RMSNorm backward", 0),
+}
+# op -> (its name, the index of its second output whose partials it keeps apart, fp8_partials + fp8_partials_cap,
+# which no other kernel writes: the cast of that output need not follow right after, only before the op runs again)
+FP8_AMAX_SECOND = {"swiglu_bwd": ("SwiGLU backward", 0)}  # dgate: Llama's gate dY, cast after up's dX and dW GEMMs
+FP8_AMAX_PASS = "amax pass"
+
+
+@dataclass(frozen=True)
+class Fp8Cast:
+    """One current-recipe cast of an FP8 linear's tensor and where its amax comes from."""
+
+    weight: Value  # the linear's weight
+    layer: int | None
+    tensor: str  # "x" (E4M3, forward) | "dY" (E5M2, backward) | "W" (E4M3, after each update)
+    source: str  # FP8_AMAX_PRODUCERS' name of the producer, or FP8_AMAX_PASS
+    producer: int | None = None  # the producing node's id where fused
+
+
+def fp8_casts(g: Graph, choices: list[Fp8Choice]) -> list[Fp8Cast]:
+    """Every amax-taking cast of the FP8 linears `choices` marks, in schedule order (forward x casts, backward dY
+    casts, then the weights), with its amax source. A linear reading the x its predecessor cast (Llama's k, v; up)
+    takes no cast of its own; a linear's dY is cast once for its dX and dW GEMMs."""
+    weights = {c.weight.id for c in choices if c.fp8}
+    out: list[Fp8Cast] = []
+    cast_x: set[int] = set()  # forward inputs already cast
+    cast_dy: set[int] = set()  # weights whose dY is cast
+
+    def cast(i: int, tensor: str, v: Value, w: Value) -> Fp8Cast:
+        """node i casts v: fused with the node before it where that one produced v, or with the last node of
+        FP8_AMAX_SECOND before it where v is its second output"""
+        prev = g.nodes[i - 1] if i else None
+        if (
+            prev is not None
+            and prev.op in FP8_AMAX_PRODUCERS
+            and prev.outputs[FP8_AMAX_PRODUCERS[prev.op][1]].id == v.id
+        ):
+            return Fp8Cast(w, n.layer, tensor, FP8_AMAX_PRODUCERS[prev.op][0], prev.id)
+        two = next((m for m in reversed(g.nodes[:i]) if m.op in FP8_AMAX_SECOND), None)
+        if two is not None and two.outputs[FP8_AMAX_SECOND[two.op][1]].id == v.id:
+            return Fp8Cast(w, n.layer, tensor, FP8_AMAX_SECOND[two.op][0], two.id)
+        return Fp8Cast(w, n.layer, tensor, FP8_AMAX_PASS)
+
+    for i, n in enumerate(g.nodes):
+        w = fp8_weight_of(n)
+        if w is None or w.id not in weights:
+            continue
+        if n.op == "linear" and n.phase == "fwd" and n.inputs[0].id not in cast_x:
+            cast_x.add(n.inputs[0].id)
+            out.append(cast(i, "x", n.inputs[0], w))
+        elif n.op in ("linear_dx", "linear_dw") and w.id not in cast_dy:  # dY: both GEMMs' first input
+            cast_dy.add(w.id)
+            out.append(cast(i, "dY", n.inputs[0], w))
+    out += [Fp8Cast(c.weight, c.layer, "W", FP8_AMAX_PASS) for c in choices if c.fp8]
+    return out

@@ -86,8 +86,14 @@
  *   Forward, current recipe: the producer of x (layernorm, attention, GELU / SwiGLU) writes x in bf16 and its
  *   amax partials -> scale_update<E4M3>(meta_x) -> cast_transpose<E4M3>(x8, x8t, -, x, &meta_x.scale) ->
  *   cublasLtMatmul TN: A = W8 (lda K), B = x8 (ldb K), m = M, n = N, k = K, A/B_SCALE_POINTER =
- *   &meta_W.scale_inv / &meta_x.scale_inv, bf16 D, BIAS (bf16) or GELU_AUX_BIAS epilogue; with GELU the
- *   GEMM's AMAX_D_POINTER gives the amax of the next linear's input directly.
+ *   &meta_W.scale_inv / &meta_x.scale_inv, bf16 D, BIAS (bf16) or GELU_AUX_BIAS epilogue. llmgen's trainer:
+ *   the LayerNorm / RMSNorm forward before a linear writes the partials (norms.cuh's NormAmax, one per block,
+ *   their count on the host), and so does the norm backward whose dx is the dY of the projection before it;
+ *   every other x and dY and every weight gets amax() first (an extra read; `llmgen inspect --dtype fp8`
+ *   lists which; the SwiGLU before Llama's down projection writes them too). The weights' pass runs once per
+ *   optimizer step, after the update. The GEMM's AMAX_D_POINTER is not used for a bf16 D: it is the amax
+ *   before the rounding to bf16, not that of the bf16 tensor the cast reads (and cuBLASLt documents it with
+ *   FP8 outputs).
  *   Backward: the producer of dY writes its partials -> scale_update<E5M2>(meta_dy) -> cast_transpose<E5M2>
  *   (dY8, dY8t) -> dX: A = W8t (lda M), B = dY8 (ldb M), m = K, n = N, k = M (E4M3 x E5M2, bf16 D; DGELU
  *   epilogue allowed) -> dW: A = x8t (lda N), B = dY8t (ldb N), m = K, n = M, k = N, fp32 D with beta = 1

@@ -113,11 +113,27 @@ __device__ __forceinline__ Vec<T, N> vec_zero() {
 /* ============================================================================================ */
 /* forward                                                                                      */
 /* ============================================================================================ */
-/* grid: as many blocks as fit (<= ceil(N / G)); block NT threads; dynamic smem (RMS ? 1 : 2) * NSLOT vectors */
-template <class T, int C, bool RMS, bool ADD>
+/* FP8 builds: the block's max |out| (out as stored, every row the block wrote) into partials[blockIdx.x]; every thread
+ * of the block calls it. A max is the same in any order: the partials have the same bits whatever the schedule. */
+template <int NT>
+__device__ __forceinline__ void norm_amax_partial(float v, float* partials) {
+    __shared__ float wmax[NT / 32];
+    v = warp_max(v);
+    if (threadIdx.x % 32 == 0) wmax[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float m = wmax[0];
+        for (int i = 1; i < NT / 32; i++) m = fmaxf(m, wmax[i]);
+        partials[blockIdx.x] = m;
+    }
+}
+
+/* grid: as many blocks as fit (<= ceil(N / G)); block NT threads; dynamic smem (RMS ? 1 : 2) * NSLOT vectors.
+ * AMAX: also amax[blockIdx.x] = the block's max |out| (norm_amax_partial) */
+template <class T, int C, bool RMS, bool ADD, bool AMAX>
 __global__ void __launch_bounds__(NormShape<T, C>::NT)
     norm_forward_kernel(T* out, float* mean, float* rstd, T* resid, const T* a, const T* b, const T* w,
-                        const T* bias, int N, float eps) {
+                        const T* bias, int N, float eps, float* amax) {
     typedef NormShape<T, C> S;
     typedef Vec<T, S::VEC> V;
     LLMGEN_DYNAMIC_SMEM(V, s_w);             /* [NSLOT] weight vectors, then [NSLOT] bias vectors */
@@ -130,6 +146,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
     }
     __syncthreads();
     const int g = threadIdx.x / S::RT, t = threadIdx.x % S::RT;
+    float amax_t = 0.0f;   /* AMAX: this thread's max |out| */
     for (int r0 = blockIdx.x * S::G; r0 < N; r0 += gridDim.x * S::G) {
         const int row = r0 + g;
         if (S::WARPS == 1 && row >= N) break;   /* a lone warp: no block barrier in this loop */
@@ -195,18 +212,35 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
                 LLMK_UNROLL
                 for (int i = 0; i < S::VEC; i++) o.v[i] = from_f32<T>((x[s][i] - m) * r * wv.f(i) + bv.f(i));
             }
-            if (v < S::NVEC) store_vec<S::VEC>(out + (long long)row * C + (long long)v * S::VEC, o);
+            if (v < S::NVEC) {
+                store_vec<S::VEC>(out + (long long)row * C + (long long)v * S::VEC, o);
+                if (AMAX) {
+                    LLMK_UNROLL
+                    for (int i = 0; i < S::VEC; i++) amax_t = fmaxf(amax_t, fabsf(o.f(i)));
+                }
+            }
         }
         if (live && t == 0) {
             if (!RMS && mean) mean[row] = m;
             if (rstd) rstd[row] = r;
         }
     }
+    if (AMAX) norm_amax_partial<S::NT>(amax_t, amax);
 }
 
-template <class T, int C, bool RMS, bool ADD>
+/* FP8 builds (kernels/fp8.cuh's USE IN A TRAINER): a norm whose output is the input of an FP8 GEMM also writes
+ * that output's amax partials, so the GEMM's cast needs no amax pass over it. partials[0 .. *count) = per-block
+ * max |out| (out as stored); the grid is capped at `capacity` blocks (the rows are walked grid-stride, so any grid
+ * gives the same out, mean and rstd), *count receives it. The launchers take it with their template flag AMAX. */
+struct NormAmax {
+    float* partials;
+    int capacity;
+    int* count;
+};
+
+template <class T, int C, bool RMS, bool ADD, bool AMAX>
 static cudaError_t norm_forward(const char* who, T* out, float* mean, float* rstd, T* resid, const T* a, const T* b,
-                                const T* w, const T* bias, int N, float eps, cudaStream_t stream) {
+                                const T* w, const T* bias, int N, float eps, cudaStream_t stream, NormAmax amax) {
     typedef NormShape<T, C> S;
     const size_t va = sizeof(T) * S::VEC;
     LLMK_REQUIRE(N >= 0, who, "N (rows) is negative");
@@ -214,45 +248,54 @@ static cudaError_t norm_forward(const char* who, T* out, float* mean, float* rst
     LLMK_REQUIRE(aligned_to(out, va) && aligned_to(a, va) && aligned_to(w, va) && (RMS || aligned_to(bias, va))
                      && (!ADD || (aligned_to(b, va) && aligned_to(resid, va))),
                  who, "a T array is not aligned to the vector width (VEC * sizeof(T) bytes)");
-    if (N == 0) return cudaSuccess;
+    LLMK_REQUIRE(!AMAX || (amax.partials && amax.count && amax.capacity >= 1), who,
+                 "the amax partials need a buffer, a count and a capacity >= 1");
+    if (N == 0) {
+        if (AMAX) *amax.count = 0;
+        return cudaSuccess;
+    }
     const size_t smem = (RMS ? 1 : 2) * S::NSLOT * sizeof(Vec<T, S::VEC>);
     /* once per instantiation: the shared-memory limit, and how many blocks fit on the device at once */
     static const long long fit = [smem]() {
-        auto kernel = norm_forward_kernel<T, C, RMS, ADD>;
+        auto kernel = norm_forward_kernel<T, C, RMS, ADD, AMAX>;
         allow_smem(kernel, smem);
         return (long long)sm_count() * blocks_per_sm(kernel, S::NT, smem);
     }();
     long long grid = ceil_div(N, S::G);
     if (grid > fit) grid = fit;
-    LLMGEN_LAUNCH((norm_forward_kernel<T, C, RMS, ADD>), dim3((unsigned)grid), dim3(S::NT), smem, stream, out, mean,
-                  rstd, resid, a, b, w, bias, N, eps);
+    if (AMAX && grid > amax.capacity) grid = amax.capacity;
+    if (AMAX) *amax.count = (int)grid;
+    LLMGEN_LAUNCH((norm_forward_kernel<T, C, RMS, ADD, AMAX>), dim3((unsigned)grid), dim3(S::NT), smem, stream, out,
+                  mean, rstd, resid, a, b, w, bias, N, eps, amax.partials);
     return cudaGetLastError();
 }
 
-/* (N, C) x -> out; mean, rstd (N) fp32 (either may be NULL) */
-template <class T, int C>
+/* (N, C) x -> out; mean, rstd (N) fp32 (either may be NULL); AMAX: also out's amax partials (NormAmax) */
+template <class T, int C, bool AMAX = false>
 cudaError_t layernorm_forward(T* out, float* mean, float* rstd, const T* x, const T* w, const T* b, int N, float eps,
-                              cudaStream_t stream = 0) {
-    return norm_forward<T, C, false, false>("layernorm_forward", out, mean, rstd, (T*)nullptr, x, (const T*)nullptr, w,
-                                            b, N, eps, stream);
+                              cudaStream_t stream = 0, NormAmax amax = NormAmax{}) {
+    return norm_forward<T, C, false, false, AMAX>("layernorm_forward", out, mean, rstd, (T*)nullptr, x,
+                                                  (const T*)nullptr, w, b, N, eps, stream, amax);
 }
 /* resid = T(a + b), then out = layernorm(resid) */
-template <class T, int C>
+template <class T, int C, bool AMAX = false>
 cudaError_t residual_layernorm_forward(T* resid, T* out, float* mean, float* rstd, const T* a, const T* b, const T* w,
-                                       const T* bias, int N, float eps, cudaStream_t stream = 0) {
-    return norm_forward<T, C, false, true>("residual_layernorm_forward", out, mean, rstd, resid, a, b, w, bias, N, eps,
-                                           stream);
+                                       const T* bias, int N, float eps, cudaStream_t stream = 0,
+                                       NormAmax amax = NormAmax{}) {
+    return norm_forward<T, C, false, true, AMAX>("residual_layernorm_forward", out, mean, rstd, resid, a, b, w, bias,
+                                                 N, eps, stream, amax);
 }
-template <class T, int C>
-cudaError_t rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int N, float eps, cudaStream_t stream = 0) {
-    return norm_forward<T, C, true, false>("rmsnorm_forward", out, (float*)nullptr, rstd, (T*)nullptr, x,
-                                           (const T*)nullptr, w, (const T*)nullptr, N, eps, stream);
+template <class T, int C, bool AMAX = false>
+cudaError_t rmsnorm_forward(T* out, float* rstd, const T* x, const T* w, int N, float eps, cudaStream_t stream = 0,
+                            NormAmax amax = NormAmax{}) {
+    return norm_forward<T, C, true, false, AMAX>("rmsnorm_forward", out, (float*)nullptr, rstd, (T*)nullptr, x,
+                                                 (const T*)nullptr, w, (const T*)nullptr, N, eps, stream, amax);
 }
-template <class T, int C>
+template <class T, int C, bool AMAX = false>
 cudaError_t residual_rmsnorm_forward(T* resid, T* out, float* rstd, const T* a, const T* b, const T* w, int N,
-                                     float eps, cudaStream_t stream = 0) {
-    return norm_forward<T, C, true, true>("residual_rmsnorm_forward", out, (float*)nullptr, rstd, resid, a, b, w,
-                                          (const T*)nullptr, N, eps, stream);
+                                     float eps, cudaStream_t stream = 0, NormAmax amax = NormAmax{}) {
+    return norm_forward<T, C, true, true, AMAX>("residual_rmsnorm_forward", out, (float*)nullptr, rstd, resid, a, b,
+                                                w, (const T*)nullptr, N, eps, stream, amax);
 }
 
 /* ============================================================================================ */
@@ -267,11 +310,12 @@ static size_t norm_backward_smem(int nacc) {
     return (size_t)S::G * nacc * S::NCH * S::NSLOT * sizeof(FVec<S::ACCW>) + S::NSLOT * sizeof(Vec<T, S::VEC>);
 }
 
-template <class T, int C, bool RMS>
+/* AMAX (FP8 builds): also amax[blockIdx.x] = the block's max |dx| (dx as stored), as the forward's */
+template <class T, int C, bool RMS, bool AMAX>
 __global__ void __launch_bounds__(NormShape<T, C>::NT)
     norm_backward_kernel(T* dx, float* dw, float* db, float* dbias, float* partial, unsigned* counters, const T* dy,
                          const T* x, const float* mean, const float* rstd, const T* dres, const T* w, int N,
-                         unsigned acc_flags) {
+                         unsigned acc_flags, float* amax) {
     typedef NormShape<T, C> S;
     typedef Vec<T, S::VEC> V;
     typedef FVec<S::ACCW> A;
@@ -283,6 +327,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
     __shared__ unsigned s_last;
     const int g = threadIdx.x / S::RT, t = threadIdx.x % S::RT;
     A* acc = s_acc + (size_t)g * nacc * S::NCH * S::NSLOT;    /* this row group's accumulators */
+    float amax_t = 0.0f;                                      /* AMAX: this thread's max |dx| */
 
     for (int base = 0; base < S::NVEC; base += S::NT) {       /* weights in, accumulators zeroed */
         const int v = base + (int)threadIdx.x, k = v < S::NVEC ? v : S::NVEC;
@@ -357,7 +402,13 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
                 c1[i] = gv[s][i];
                 c2[i] = to_f32(o.v[i]);
             }
-            if (ok) store_vec<S::VEC>(dx + off, o);
+            if (ok) {
+                store_vec<S::VEC>(dx + off, o);
+                if (AMAX) {
+                    LLMK_UNROLL
+                    for (int i = 0; i < S::VEC; i++) amax_t = fmaxf(amax_t, fabsf(c2[i]));
+                }
+            }
             LLMK_UNROLL
             for (int ch = 0; ch < S::NCH; ch++) {
                 A* p = acc + (size_t)ch * S::NSLOT + k;            /* accumulator 0 */
@@ -383,6 +434,7 @@ __global__ void __launch_bounds__(NormShape<T, C>::NT)
         }
     }
     __syncthreads();
+    if (AMAX) norm_amax_partial<S::NT>(amax_t, amax);
 
     /* the block's column sums: its row groups in order -> partial[block] ([nacc][NCH][NVEC] of A) */
     const int nA = nacc * S::NCH * S::NVEC;                 /* A-vectors of one partial */
@@ -475,10 +527,10 @@ struct NormScratch {
     int max_blocks;       /* 0: NORM_BWD_BLOCKS */
 };
 
-template <class T, int C, bool RMS>
+template <class T, int C, bool RMS, bool AMAX>
 static cudaError_t norm_backward(const char* who, T* dx, float* dw, float* db, float* dbias, const T* dy, const T* x,
                                  const float* mean, const float* rstd, const T* dres, const T* w, NormScratch scratch,
-                                 int N, unsigned acc_flags, cudaStream_t stream) {
+                                 int N, unsigned acc_flags, cudaStream_t stream, NormAmax amax) {
     typedef NormShape<T, C> S;
     const size_t va = sizeof(T) * S::VEC, fa = sizeof(float) * S::ACCW;
     LLMK_REQUIRE(N >= 0, who, "N (rows) is negative");
@@ -492,30 +544,34 @@ static cudaError_t norm_backward(const char* who, T* dx, float* dw, float* db, f
                  who, "a gradient or scratch.partial is not aligned to 16 bytes (to 4 * ACCW for narrow rows)");
     const int nacc = (RMS ? 1 : 2) + (dbias ? 1 : 0);
     const int grid = norm_backward_grid<T, C, RMS>(N, scratch.max_blocks);
+    /* the grid decides the gradients' bits: it is never capped for the amax partials, they must have room */
+    LLMK_REQUIRE(!AMAX || (amax.partials && amax.count && amax.capacity >= grid), who,
+                 "the amax partials need a buffer, a count and room for one per block");
     const size_t smem = norm_backward_smem<T, C>(nacc);
     static const bool smem_allowed =   /* once per instantiation, for the largest nacc */
-        (allow_smem(norm_backward_kernel<T, C, RMS>, norm_backward_smem<T, C>(RMS ? 2 : 3)), true);
+        (allow_smem(norm_backward_kernel<T, C, RMS, AMAX>, norm_backward_smem<T, C>(RMS ? 2 : 3)), true);
     (void)smem_allowed;
-    LLMGEN_LAUNCH((norm_backward_kernel<T, C, RMS>), dim3(grid), dim3(S::NT), smem, stream, dx,
-                  dw, db, dbias, scratch.partial, scratch.counters, dy, x, mean, rstd, dres, w, N, acc_flags);
+    if (AMAX) *amax.count = grid;
+    LLMGEN_LAUNCH((norm_backward_kernel<T, C, RMS, AMAX>), dim3(grid), dim3(S::NT), smem, stream, dx, dw, db, dbias,
+                  scratch.partial, scratch.counters, dy, x, mean, rstd, dres, w, N, acc_flags, amax.partials);
     return cudaGetLastError();
 }
 
 /* dx (N, C) = layernorm backward [+ dres]; dw, db (C) fp32; dbias_prev (C) fp32 or NULL; dres may be
- * NULL or dx itself */
-template <class T, int C>
+ * NULL or dx itself; AMAX: also dx's amax partials (NormAmax: one per block, the grid is not capped) */
+template <class T, int C, bool AMAX = false>
 cudaError_t layernorm_backward(T* dx, float* dw, float* db, float* dbias_prev, const T* dy, const T* x,
                                const float* mean, const float* rstd, const T* dres, const T* w, NormScratch scratch,
-                               int N, unsigned acc_flags, cudaStream_t stream = 0) {
-    return norm_backward<T, C, false>("layernorm_backward", dx, dw, db, dbias_prev, dy, x, mean, rstd, dres, w, scratch,
-                                      N, acc_flags, stream);
+                               int N, unsigned acc_flags, cudaStream_t stream = 0, NormAmax amax = NormAmax{}) {
+    return norm_backward<T, C, false, AMAX>("layernorm_backward", dx, dw, db, dbias_prev, dy, x, mean, rstd, dres, w,
+                                            scratch, N, acc_flags, stream, amax);
 }
-template <class T, int C>
+template <class T, int C, bool AMAX = false>
 cudaError_t rmsnorm_backward(T* dx, float* dw, float* dbias_prev, const T* dy, const T* x, const float* rstd,
                              const T* dres, const T* w, NormScratch scratch, int N, unsigned acc_flags,
-                             cudaStream_t stream = 0) {
-    return norm_backward<T, C, true>("rmsnorm_backward", dx, dw, (float*)nullptr, dbias_prev, dy, x,
-                                     (const float*)nullptr, rstd, dres, w, scratch, N, acc_flags, stream);
+                             cudaStream_t stream = 0, NormAmax amax = NormAmax{}) {
+    return norm_backward<T, C, true, AMAX>("rmsnorm_backward", dx, dw, (float*)nullptr, dbias_prev, dy, x,
+                                           (const float*)nullptr, rstd, dres, w, scratch, N, acc_flags, stream, amax);
 }
 template <class T, int C>
 size_t layernorm_backward_scratch_bytes(int N, int max_blocks = 0) {
