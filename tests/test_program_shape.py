@@ -87,11 +87,15 @@ def test_loops_run_exactly_the_unrolled_schedule(name, fuse, recompute, target):
     options = Options(target=target, fuse=fuse, recompute=recompute)
     prog = program_for(spec, options)
     src = render(spec, options)
+    # the dW stream's fork / done / wait / join statements (CUDA) are no launches of the graph's schedule: they are
+    # left out here; tests/cuda/test_dw_stream.py checks where they stand
+    dw = re.compile(r"(if\(.*\))?dw_(fork|done|wait|join)\(")
     for fn, phase in PHASES:
         want = [re.sub(r"\s+", "", x.flat()) for x in prog.flat[phase]]
-        assert [re.sub(r"\s+", "", x.flat()) for x in expand_schedule(getattr(prog, fn))] == want, fn
-        got = unroll(statements(function_body(src, fn)), spec.n_layer)
-        assert [s for s in got if s != "(void)inputs;" and s != "(void)targets;"] == want, fn
+        expanded = [re.sub(r"\s+", "", x.flat()) for x in expand_schedule(getattr(prog, fn))]
+        assert [s for s in expanded if not dw.match(s)] == want, fn
+        got = unroll([s for s in statements(function_body(src, fn)) if not dw.match(s)], spec.n_layer)
+        assert [s for s in got if s not in ("(void)inputs;", "(void)targets;")] == want, fn
     loops = {fn: [b for b in getattr(prog, fn) if isinstance(b, Loop)] for fn, _ in PHASES}
     # the blocks repeat: forward and backward each loop over every layer, the first block (it reads the
     # embedding) by the edge layer's choices; the unfused update loops over every layer
