@@ -15,13 +15,6 @@
 #include <cmath>
 #include "testio.h"
 
-static int failures = 0;
-#define EXPECT(name, cond)                                          \
-    do {                                                            \
-        if (cond) printf("OK %s\n", name);                          \
-        else { printf("FAIL %s (line %d)\n", name, __LINE__); ++failures; } \
-    } while (0)
-
 /* p[0] = v */
 __global__ void set_kernel(float* p, float v) { *p = v; }
 /* p[0] = p[0] * a + b */

@@ -14,13 +14,6 @@
 #endif
 #include "testio.h"
 
-static int failures = 0;
-#define EXPECT(name, cond)                                          \
-    do {                                                            \
-        if (cond) printf("OK %s\n", name);                          \
-        else { printf("FAIL %s (line %d)\n", name, __LINE__); ++failures; } \
-    } while (0)
-
 /* p[i] = p[i] * a + b */
 __global__ void axpb_kernel(float* p, float a, float b, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -8,13 +8,6 @@
 
 #include <algorithm>
 
-static int g_fail = 0;
-#define EXPECT(name, cond)                                                  \
-    do {                                                                    \
-        if (cond) printf("OK %s\n", name);                                  \
-        else { printf("FAIL %s: %s\n", name, #cond); ++g_fail; }            \
-    } while (0)
-
 __constant__ float c_table[16];
 __device__ int d_counter;
 
@@ -272,6 +265,6 @@ int main(int argc, char** argv) {
 
     EXPECT("free", cudaFree(d) == cudaSuccess && cudaFree(d2) == cudaSuccess);
     EXPECT("device_sync", cudaDeviceSynchronize() == cudaSuccess);
-    printf("DONE %d failures\n", g_fail);
-    return g_fail ? 1 : 0;
+    printf("DONE %d failures\n", failures);
+    return failures ? 1 : 0;
 }

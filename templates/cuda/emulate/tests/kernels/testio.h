@@ -19,6 +19,14 @@
 
 static std::string g_dir = ".";
 
+/* the self-checking programs (runtime.cu, graph.cu, defer.cu): one OK / FAIL line per check, failures counted */
+static int failures __attribute__((unused)) = 0;
+#define EXPECT(name, cond)                                                   \
+    do {                                                                     \
+        if (cond) printf("OK %s\n", name);                                   \
+        else { printf("FAIL %s (line %d)\n", name, __LINE__); ++failures; } \
+    } while (0)
+
 static inline std::vector<char> read_bytes(const char* name) {
     std::string path = g_dir + "/" + name + ".bin";
     FILE* f = fopen(path.c_str(), "rb");
