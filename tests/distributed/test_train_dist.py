@@ -91,6 +91,22 @@ def run_ranks(setup, n, flags, out, check=True):
     return r
 
 
+def signal_once_training(argv, run, sig):
+    """Start argv (a launcher and its ranks), send it sig once the run folder's log has a step, and wait for it:
+    (exit status, stdout, stderr)"""
+    pipe = subprocess.PIPE
+    p = subprocess.Popen(list(map(str, argv)), cwd=REPO, env=clean_env(ONE_THREAD), stdout=pipe, stderr=pipe, text=True)
+    try:
+        wait_for(lambda: (run / "log.jsonl").is_file() and (run / "log.jsonl").stat().st_size > 0, 120, "steps")
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out, err
+
+
 @pytest.mark.parametrize("n, accum", [(2, 2), (3, 1)])
 def test_n_ranks_equal_one_process_and_torch(setup, tmp_path, n, accum):
     """-b 2 on N ranks (with -d: 2 micro-steps) against -b 2N on one process and torch at B=2N: 10 AdamW losses and
@@ -248,23 +264,8 @@ def test_llmgen_train_nproc(setup, tmp_path):
     run = tmp_path / "stopped"
     argv = [sys.executable, "-m", "llmgen", "train", setup["model"] / "config.json", "--nproc", 2]
     argv += [*base, "-x", 100000, "--cache-dir", tmp_path / "cache", "-o", run]
-    p = subprocess.Popen(
-        list(map(str, argv)),
-        cwd=REPO,
-        env=clean_env(ONE_THREAD),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: (run / "log.jsonl").is_file() and (run / "log.jsonl").stat().st_size > 0, 120, "steps")
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert p.returncode == 143, err
+    rc, _, err = signal_once_training(argv, run, signal.SIGTERM)
+    assert rc == 143, err
     step = int((run / "latest").read_text().strip()[5:])
     assert max(losses_by_step(run)) == step
     argv[argv.index("-x") + 1] = step + 2
@@ -284,17 +285,8 @@ def test_sigusr1_to_mpirun_stops_every_rank_with_a_checkpoint(setup, tmp_path):
     128 + SIGUSR1, and -y 1 goes on from there"""
     run = tmp_path / "run"
     argv = [setup["dir"] / "dist" / "train", *setup["data"], "-b", 2, *LR, "-x", 100000, "-o", run]
-    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2", *map(str, argv)]
-    p = subprocess.Popen(cmd, env=clean_env(ONE_THREAD), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: (run / "log.jsonl").is_file() and (run / "log.jsonl").stat().st_size > 0, 120, "steps")
-        p.send_signal(signal.SIGUSR1)
-        out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    assert p.returncode == 128 + signal.SIGUSR1, out[-2000:] + err[-2000:]
+    rc, out, err = signal_once_training(["mpirun", "--allow-run-as-root", "-np", 2, *argv], run, signal.SIGUSR1)
+    assert rc == 128 + signal.SIGUSR1, out[-2000:] + err[-2000:]
     step = int((run / "latest").read_text().strip()[5:])
     assert f"stopped by SIGUSR1 after step {step} (checkpoint ckpt_{step:08d})" in out
     assert max(losses_by_step(run)) == step
