@@ -177,17 +177,17 @@ def fp8_casts(g: Graph, choices: list[Fp8Choice]) -> list[Fp8Cast]:
     def cast(i: int, tensor: str, v: Value, w: Value) -> Fp8Cast:
         """node i casts v: fused with the node before it where that one produced v, or with the last node of
         FP8_AMAX_SECOND before it where v is its second output"""
-        prev = g.nodes[i - 1] if i else None
+        layer, prev = g.nodes[i].layer, g.nodes[i - 1] if i else None
         if (
             prev is not None
             and prev.op in FP8_AMAX_PRODUCERS
             and prev.outputs[FP8_AMAX_PRODUCERS[prev.op][1]].id == v.id
         ):
-            return Fp8Cast(w, n.layer, tensor, FP8_AMAX_PRODUCERS[prev.op][0], prev.id)
+            return Fp8Cast(w, layer, tensor, FP8_AMAX_PRODUCERS[prev.op][0], prev.id)
         two = next((m for m in reversed(g.nodes[:i]) if m.op in FP8_AMAX_SECOND), None)
         if two is not None and two.outputs[FP8_AMAX_SECOND[two.op][1]].id == v.id:
-            return Fp8Cast(w, n.layer, tensor, FP8_AMAX_SECOND[two.op][0], two.id)
-        return Fp8Cast(w, n.layer, tensor, FP8_AMAX_PASS)
+            return Fp8Cast(w, layer, tensor, FP8_AMAX_SECOND[two.op][0], two.id)
+        return Fp8Cast(w, layer, tensor, FP8_AMAX_PASS)
 
     for i, n in enumerate(g.nodes):
         w = fp8_weight_of(n)
