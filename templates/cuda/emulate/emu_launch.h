@@ -574,8 +574,8 @@ inline bool capturing(cudaStream_t s) {
  * missing wait before stream 0 overwrites what it reads, or a missing join, gives other numbers. `main`: stream 0's
  * work waits instead, and created streams run at once (as early as allowed): a missing wait for what stream 0
  * writes first (a fork) reads stale data. A stream's queue runs in its order; a replayed CUDA Graph issues its
- * operations to their streams in turn (the same rules). The emulated NCCL (emulate_nccl.h) runs a collective when
- * it is called: these modes are for single-process programs. */
+ * operations to their streams in turn (the same rules). The emulated NCCL (emulate_nccl.h) runs the work queued on
+ * a collective's stream, then the collective, when it is called. */
 enum DeferMode { DEFER_NONE, DEFER_SIDE, DEFER_MAIN };
 inline DeferMode defer_mode() {
     static const DeferMode mode = [] {
