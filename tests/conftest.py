@@ -152,6 +152,32 @@ def rel_err(got, want):
     return float(np.abs(np.asarray(got) - want).max() / (np.abs(want).max() + 1e-30))
 
 
+def row_key(row, quantity):
+    """a matrix row's name for a measured quantity in the end-of-run table"""
+    return f"{row.target.name} {row.family} {quantity}"
+
+
+def check_dump(row, got, ref):
+    """logits, loss and every gradient of a --dump against the oracle's step 0, under the row's table"""
+    tol = row.tol
+    if tol["logits"].kind == "abs":
+        err = float(np.abs(got["logits"] - ref["logits"]).max())
+    else:
+        err = rel_err(got["logits"], ref["logits"])
+    note(row_key(row, f"logits {tol['logits'].kind}"), err)
+    assert err <= tol["logits"].value, f"logits: {err:.2e}"
+    err = abs(got["loss"][0] - ref["loss"]) / ref["loss"]
+    note(row_key(row, "loss rel"), err)
+    assert err <= tol["loss"].value, f"loss: {err:.2e}"
+    assert set(k[5:] for k in got if k.startswith("grad.")) == set(ref["grads"])
+    worst = 0.0
+    for name, want in ref["grads"].items():
+        e = rel_err(got["grad." + name], want)
+        worst = max(worst, e)
+        assert e <= tol["grads"].value, f"{name}: {e:.2e}"
+    note(row_key(row, "grads rel"), worst)
+
+
 def train(binary, m, run, *extra, steps=10, B=None, T=None):
     """`steps` constant-LR AdamW steps (lr 1e-3, no decay, no val) from m's weights; the log rows."""
     run_binary(

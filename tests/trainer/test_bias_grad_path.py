@@ -6,10 +6,9 @@ here) to PyTorch's step 0 under the matrix's tolerance tables, and check a bad v
 
 import pytest
 
-from conftest import run_binary
+from conftest import check_dump, run_binary
 from llmgen.checkpoint import read_safetensors
 from matrix import ROWS, params
-from test_matrix import check_dump
 
 GPT2_CUDA = [r for r in ROWS if r.target.cuda and r.arch.name == "gpt2-tiny" and r.target.name != "cuda-fp8"]
 

@@ -9,13 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from conftest import note, run_binary, run_llmgen, train
+from conftest import check_dump, note, run_binary, run_llmgen, train
 from llmgen.checkpoint import read_safetensors
 from llmgen.compiler import compile_graph
 from llmgen.passes.memory import classifier_rows, plan_memory
 from llmgen.spec import load_spec
 from matrix import ROWS, params
-from test_matrix import check_dump
 
 FORCED_ROWS = 96  # does not divide B*T = 256: the last chunk is ragged
 CHUNKED = [r for r in ROWS if r.target.cuda and r.arch.name in ("gpt2-tiny", "llama-gqa4-untied-scaled")]

@@ -17,34 +17,9 @@ import numpy as np
 import pytest
 
 import oracle
-from conftest import note, read_log, rel_err, run_binary, train
+from conftest import check_dump, note, read_log, rel_err, row_key, run_binary, train
 from llmgen.checkpoint import read_safetensors
 from matrix import ROWS, params, rows_with
-
-
-def _key(row, quantity):
-    return f"{row.target.name} {row.family} {quantity}"
-
-
-def check_dump(row, got, ref):
-    """logits, loss and every gradient of a --dump against the oracle's step 0, under the row's table"""
-    tol = row.tol
-    if tol["logits"].kind == "abs":
-        err = float(np.abs(got["logits"] - ref["logits"]).max())
-    else:
-        err = rel_err(got["logits"], ref["logits"])
-    note(_key(row, f"logits {tol['logits'].kind}"), err)
-    assert err <= tol["logits"].value, f"logits: {err:.2e}"
-    err = abs(got["loss"][0] - ref["loss"]) / ref["loss"]
-    note(_key(row, "loss rel"), err)
-    assert err <= tol["loss"].value, f"loss: {err:.2e}"
-    assert set(k[5:] for k in got if k.startswith("grad.")) == set(ref["grads"])
-    worst = 0.0
-    for name, want in ref["grads"].items():
-        e = rel_err(got["grad." + name], want)
-        worst = max(worst, e)
-        assert e <= tol["grads"].value, f"{name}: {e:.2e}"
-    note(_key(row, "grads rel"), worst)
 
 
 def check_checkpoint(row, m, run, ref):
@@ -65,7 +40,7 @@ def check_checkpoint(row, m, run, ref):
         assert model.config.num_key_value_heads == m["hf"]["n_kv_heads"]
     x, y = list(oracle.batches(m["pattern"], m["B"], m["T"], 11))[-1]
     err = abs(oracle.eval_loss(model, x, y) - ref["next_batch_loss"]) / ref["next_batch_loss"]
-    note(_key(row, "checkpoint eval rel"), err)
+    note(row_key(row, "checkpoint eval rel"), err)
     assert err <= row.tol["ckpt"].value, f"checkpoint eval: {err:.2e}"
 
 
@@ -96,11 +71,11 @@ def test_ten_adamw_steps_and_checkpoint(row, matrix_data, trainer, oracle_runs, 
     assert [r["step"] for r in log] == list(range(1, 11))
     got = np.array([r["train_loss"] for r in log])
     err = np.max(np.abs(got - ref["losses"]) / np.abs(ref["losses"]))
-    note(_key(row, "10 AdamW losses rel"), err)
+    note(row_key(row, "10 AdamW losses rel"), err)
     assert err <= row.tol["losses"].value, f"losses: {err:.2e}"
     norms = np.array([r["grad_norm"] for r in log])
     err = np.max(np.abs(norms - ref["grad_norms"]) / np.abs(ref["grad_norms"]))
-    note(_key(row, "grad norms rel"), err)
+    note(row_key(row, "grad norms rel"), err)
     assert err <= row.tol["norms"].value, f"grad norms: {err:.2e}"
     if row.target.cuda:  # MFU is null on the CPU (no peak), but logged; the peak memory is measured
         assert all("mfu" in r and r["peak_mem_bytes"] > 0 for r in log)
